@@ -1,0 +1,143 @@
+"""The one interface the CLI, the hot-folder daemon and the GIMP plug-in call.
+
+A backend turns an image into an alpha mask. It never decides how the result
+is written: ``core.imaging`` applies the mask to the original pixels, so every
+opaque pixel of the output is the input's own colour at full resolution.
+
+Backends:
+    ``wavespeed``  the WaveSpeedAI API (``core.wavespeed``)
+    ``local``      an offline ONNX model (``core.local``)
+    ``auto``       wavespeed when an API key is configured, else local
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from core.errors import CancelledError, ConfigError, MissingKeyError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from core.config import Config
+
+log = logging.getLogger(__name__)
+
+BACKEND_NAMES = ("auto", "wavespeed", "local")
+
+#: ``progress(stage, fraction)``: stage is one of "prepare", "upload", "wait",
+#: "download", "inference", "compose"; fraction is 0.0-1.0 within the whole job.
+ProgressFn = Callable[[str, float], None]
+
+
+class CancelToken:
+    """A thread-safe cancel flag that backends check between steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise CancelledError("cancelled")
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; return True at once if cancelled meanwhile."""
+        return self._event.wait(seconds)
+
+
+@dataclass(frozen=True)
+class Cutout:
+    """What a backend returns: the alpha mask and where it came from."""
+
+    alpha: Image.Image  # mode "L"; may be smaller than the input, the pipeline resizes it
+    backend: str
+    task_id: str | None = None
+    requests: int = 0  # HTTP requests made for this image (0 for local)
+
+
+@dataclass
+class JobHooks:
+    """Optional callbacks and state for one job.
+
+    ``on_task`` is called with the remote task id as soon as it is known and
+    before waiting for the result, so a journal can record it. ``resume_task``
+    asks the backend to wait for an already-submitted task instead of
+    submitting again (after a crash).
+    """
+
+    progress: ProgressFn | None = None
+    cancel: CancelToken | None = None
+    on_task: Callable[[str], None] | None = None
+    resume_task: str | None = None
+
+    def report(self, stage: str, fraction: float) -> None:
+        if self.progress is not None:
+            self.progress(stage, fraction)
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None:
+            self.cancel.raise_if_cancelled()
+
+
+class Backend(Protocol):
+    """Turns an image into an alpha mask."""
+
+    name: str
+
+    def cut_out(self, image: Image.Image, hooks: JobHooks | None = None) -> Cutout:
+        """Return the alpha mask of ``image`` (RGB or RGBA, 8-bit, already oriented)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections, sessions and threads."""
+        ...
+
+
+def resolve_backend_name(config: Config, name: str | None = None) -> str:
+    """Return ``wavespeed`` or ``local`` for a requested name (default: the config's)."""
+    wanted = name or config.backend
+    if wanted not in BACKEND_NAMES:
+        raise ConfigError(
+            f"unknown backend {wanted!r}", hint=f"use one of {', '.join(BACKEND_NAMES)}"
+        )
+    if wanted == "auto":
+        if config.wavespeed.api_key:
+            return "wavespeed"
+        return "local"
+    return wanted
+
+
+_auto_announced = False
+
+
+def make_backend(config: Config, name: str | None = None, *, wait_mode: str | None = None) -> Backend:
+    """Build the backend named ``name`` (default: the config's ``backend``).
+
+    ``wait_mode`` overrides ``wavespeed.wait`` ("sync" or "poll"); the daemon
+    asks for "poll" so it can journal the task id before waiting.
+    """
+    global _auto_announced
+    resolved = resolve_backend_name(config, name)
+    if resolved == "wavespeed":
+        if not config.wavespeed.api_key:
+            raise MissingKeyError()
+        from core.wavespeed import WaveSpeedBackend
+
+        return WaveSpeedBackend(config, wait_mode=wait_mode)
+    if (name or config.backend) == "auto" and not _auto_announced:
+        _auto_announced = True
+        log.info("no WaveSpeed API key configured: using the local offline model")
+    from core.local import LocalBackend
+
+    return LocalBackend(config)

@@ -1,0 +1,1 @@
+"""Sub-commands of the bgremove command line, one module each."""

@@ -1,0 +1,332 @@
+"""Settings: a YAML file, environment variables and flags, checked at start.
+
+Precedence: flag > environment > file > default. The file is ``--config``,
+else ``$BGREMOVE_CONFIG``, else ``config.yaml`` in the user's config dir (if it
+exists). ``WAVESPEED_API_KEY`` and ``WAVESPEED_BASE_URL`` override the file.
+Unknown keys, wrong types and impossible values raise ``ConfigError`` naming
+the file, the key and what is allowed. ``config.example.yaml`` documents every
+key; a test keeps the two in step.
+
+The API key is held in a field excluded from ``repr`` and is never logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import stat
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENV_CONFIG = "BGREMOVE_CONFIG"
+ENV_API_KEY = "WAVESPEED_API_KEY"
+ENV_BASE_URL = "WAVESPEED_BASE_URL"
+DEFAULT_BASE_URL = "https://api.wavespeed.ai"
+
+
+def _opt(default: Any, *, choices: tuple[Any, ...] | None = None, min: float | None = None,
+         max: float | None = None, repr: bool = True) -> Any:
+    """A dataclass field with validation metadata."""
+    return field(default=default, repr=repr,
+                 metadata={"choices": choices, "min": min, "max": max})
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds allowed for each kind of call; none is ever unlimited."""
+
+    connect: float = _opt(10.0, min=0.1)
+    upload: float = _opt(120.0, min=0.1)
+    submit: float = _opt(60.0, min=0.1)
+    sync_wait: float = _opt(300.0, min=0.1)  # a sync-mode submit stays open until the task ends
+    result: float = _opt(30.0, min=0.1)
+    download: float = _opt(120.0, min=0.1)
+    overall: float = _opt(900.0, min=1.0)  # one image, all attempts included
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for connection errors, 408, 429 and 5xx."""
+
+    max_attempts: int = _opt(6, min=1, max=100)
+    backoff_initial: float = _opt(0.5, min=0.0)
+    backoff_max: float = _opt(30.0, min=0.0)
+    retry_after_max: float = _opt(300.0, min=0.0)
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """How often a task's result is asked for while it runs."""
+
+    initial: float = _opt(0.5, min=0.05)
+    factor: float = _opt(1.5, min=1.0, max=10.0)
+    max: float = _opt(5.0, min=0.05)
+
+
+@dataclass(frozen=True)
+class WaveSpeedConfig:
+    api_key: str | None = _opt(None, repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    wait: str = _opt("sync", choices=("sync", "poll"))
+    base64_output: bool = False
+    max_upload_bytes: int = _opt(20 * 1024 * 1024, min=1024)
+    max_upload_side: int = _opt(8192, min=64)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    poll: PollPolicy = field(default_factory=PollPolicy)
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    model: str = _opt("u2netp", choices=("u2netp", "u2net"))
+    threads: int = _opt(0, min=0, max=256)  # 0: let onnxruntime choose
+    refine: bool = False  # edge refinement
+    foreground: bool = False  # foreground colour estimation on soft edges
+    cache_dir: str | None = None  # default: the user's cache dir
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    format: str = _opt("png", choices=("png", "webp", "tiff"))
+    mask_only: bool = False
+    background: str | None = None  # a colour: "#ffffff", "white", "255,255,255"
+    crop: bool = False
+    crop_margin: int = _opt(0, min=0)
+    suffix: str = "-nobg"  # used when no output folder is given
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    max_pixels: int = _opt(100_000_000, min=1)
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    inbox: str | None = None
+    outbox: str | None = None
+    done: str | None = None  # default INBOX/done
+    failed: str | None = None  # default INBOX/failed
+    recursive: bool = False
+    polling: bool = False
+    once: bool = False
+    json: bool = False
+    account_level: str | None = _opt(None, choices=(None, "bronze", "silver", "gold", "ultra"))
+    concurrency: int = _opt(2, min=1, max=1024)
+    images_per_minute: int = _opt(0, min=0)  # 0: no limit
+    max_per_hour: int = _opt(0, min=0)  # cost guard, 0: no cap
+    max_per_day: int = _opt(0, min=0)
+    stable_seconds: float = _opt(0.5, min=0.0)  # size and mtime unchanged this long
+    rescan_seconds: float = _opt(30.0, min=1.0)
+    poll_seconds: float = _opt(1.0, min=0.1)  # polling observer interval
+    retry_for_seconds: float = _opt(900.0, min=0.0)  # give up transient errors after
+    reprocess: bool = False  # process content already seen
+    journal: str | None = None  # default: OUTBOX/.bgremove/journal.sqlite3
+    shutdown_grace: float = _opt(30.0, min=0.0)
+
+
+@dataclass(frozen=True)
+class Config:
+    backend: str = _opt("auto", choices=("auto", "wavespeed", "local"))
+    concurrency: int = _opt(4, min=1, max=1024)
+    log_level: str = _opt("info", choices=("debug", "info", "warning", "error"))
+    wavespeed: WaveSpeedConfig = field(default_factory=WaveSpeedConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    #: Where the settings came from (not a key of the file).
+    source: str | None = field(default=None, compare=False, metadata={"internal": True})
+
+    def with_overrides(self, overrides: Mapping[str, Any], origin: str = "flag") -> Config:
+        """Return a copy with dotted keys (``"wavespeed.wait"``) replaced, validated."""
+        return _apply(self, {k: v for k, v in overrides.items() if v is not None}, origin)
+
+
+def default_config_path() -> Path:
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("bgremove")) / "config.yaml"
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None,
+                     env: Mapping[str, str] | None = None) -> Path | None:
+    """The config file to read: explicit, then $BGREMOVE_CONFIG, then the default if present."""
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit).expanduser()
+    if env.get(ENV_CONFIG):
+        return Path(env[ENV_CONFIG]).expanduser()
+    path = default_config_path()
+    return path if path.is_file() else None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *,
+                overrides: Mapping[str, Any] | None = None,
+                env: Mapping[str, str] | None = None) -> Config:
+    """Read, merge and validate the settings (flag > env > file > default)."""
+    env = os.environ if env is None else env
+    config = Config()
+    file = find_config_file(path, env)
+    if file is not None:
+        data = _read_yaml(file)
+        config = _apply(config, _flatten(data), str(file))
+        config = dataclasses.replace(config, source=str(file))
+        _warn_if_exposed(file, config)
+    env_values = {}
+    if env.get(ENV_API_KEY):
+        env_values["wavespeed.api_key"] = env[ENV_API_KEY].strip()
+    if env.get(ENV_BASE_URL):
+        env_values["wavespeed.base_url"] = env[ENV_BASE_URL].strip()
+    config = _apply(config, env_values, "environment")
+    if overrides:
+        config = config.with_overrides(overrides)
+    return config
+
+
+def _read_yaml(file: Path) -> Mapping[str, Any]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist",
+                          hint="check the --config path or $BGREMOVE_CONFIG") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {file} is not valid YAML{where}",
+                          hint="compare it with config.example.yaml") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {file} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _apply(config: Config, values: Mapping[str, Any], origin: str) -> Config:
+    """Set dotted keys on the frozen tree, validating each value."""
+    result: Any = config
+    for dotted, value in values.items():
+        result = _set(result, dotted.split("."), value, dotted, origin)
+    return typing.cast(Config, result)
+
+
+def _set(obj: Any, parts: list[str], value: Any, dotted: str, origin: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(obj) if not f.metadata.get("internal")}
+    name = parts[0]
+    if name not in fields:
+        allowed = ", ".join(sorted(fields))
+        raise ConfigError(f"{origin}: unknown key {dotted!r}", hint=f"allowed here: {allowed}")
+    hints = typing.get_type_hints(type(obj))
+    ftype = hints[name]
+    current = getattr(obj, name)
+    if dataclasses.is_dataclass(current):
+        if len(parts) == 1:
+            raise ConfigError(f"{origin}: key {dotted!r} must be a mapping of keys",
+                              hint="see config.example.yaml")
+        new = _set(current, parts[1:], value, dotted, origin)
+    else:
+        if len(parts) > 1:
+            raise ConfigError(f"{origin}: unknown key {dotted!r}",
+                              hint=f"{'.'.join(dotted.split('.')[:-len(parts) + 1])} is not a section")
+        new = _check(value, ftype, fields[name].metadata, dotted, origin)
+    return dataclasses.replace(obj, **{name: new})
+
+
+def _check(value: Any, ftype: Any, meta: Mapping[str, Any], dotted: str, origin: str) -> Any:
+    args = typing.get_args(ftype)
+    optional = typing.get_origin(ftype) in (Union, types.UnionType) and type(None) in args
+    base = next((a for a in args if a is not type(None)), ftype) if optional else ftype
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{origin}: key {dotted!r} needs a value", hint=f"expected {base.__name__}")
+    if base is bool:
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            value = value.lower() in ("true", "yes", "on", "1")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{origin}: key {dotted!r} must be true or false, not {value!r}")
+    elif base is int:
+        if isinstance(value, str):
+            try:
+                value = int(value.replace("_", ""))
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{origin}: key {dotted!r} must be a whole number, not {value!r}")
+    elif base is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{origin}: key {dotted!r} must be a number, not {value!r}")
+        value = float(value)
+    elif base is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{origin}: key {dotted!r} must be text, not {value!r}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        shown = ", ".join("null" if c is None else str(c) for c in choices)
+        raise ConfigError(f"{origin}: key {dotted!r} is {value!r}", hint=f"allowed: {shown}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{origin}: key {dotted!r} is {value!r}", hint=f"it must be at least {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{origin}: key {dotted!r} is {value!r}", hint=f"it must be at most {hi}")
+    return value
+
+
+def _warn_if_exposed(file: Path, config: Config) -> None:
+    """Warn when a file holding the API key can be read by other users."""
+    if os.name != "posix" or not config.wavespeed.api_key:
+        return
+    try:
+        mode = file.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("config file %s holds the API key and is readable by other users: "
+                    "run chmod 600 %s", file, file)
+
+
+def example_config_keys(config: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the config tree (used to check config.example.yaml)."""
+    obj = Config() if config is None else config
+    keys: list[str] = []
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("internal"):
+            continue
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys.extend(example_config_keys(value, f"{prefix}{f.name}."))
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
