@@ -1,0 +1,210 @@
+"""``bgremove remove INPUT...``: cut out a batch of files, N at a time."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from core.cli import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
+
+if TYPE_CHECKING:
+    from core.jobs import JobResult
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "remove",
+        help="remove the background of image files",
+        description="Remove the background of each INPUT (files, or folders of images). "
+        "Writes DIR/<stem>.<ext> with -o, else <stem>-nobg.<ext> beside the input.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("-o", "--output-dir", metavar="DIR", help="folder for the results")
+    p.add_argument("--concurrency", type=int, metavar="N",
+                   help="images processed at once (default: concurrency in the config, 4)")
+    p.add_argument("--backend", choices=("auto", "wavespeed", "local"),
+                   help="auto: WaveSpeed when an API key is set, else the offline model")
+    p.add_argument("--format", choices=("png", "webp", "tiff"), help="output format (default png)")
+    p.add_argument("--mask-only", action="store_true", default=None,
+                   help="write the mask as a greyscale image instead of the cut-out")
+    p.add_argument("--background", metavar="COLOR",
+                   help="fill the background with a colour (#ffffff, white, 255,255,255)")
+    p.add_argument("--crop", action="store_true", default=None, help="crop to the subject")
+    p.add_argument("--crop-margin", type=int, metavar="PX", help="margin kept around the subject")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per file on stdout")
+    add_config_argument(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from core.backends import make_backend
+    from core.errors import ConfigError
+    from core.imaging import parse_color
+
+    if args.concurrency is not None and args.concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1")
+    config = config_from_args(args, {
+        "concurrency": args.concurrency,
+        "backend": args.backend,
+        "output.format": args.format,
+        "output.mask_only": args.mask_only,
+        "output.background": args.background,
+        "output.crop": args.crop,
+        "output.crop_margin": args.crop_margin,
+    })
+    if config.output.background:
+        parse_color(config.output.background)  # a bad colour is a usage error, before any work
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    plan = plan_outputs(expand_inputs(args.inputs), out_dir, config.output)
+    backend = make_backend(config)
+    try:
+        results = run_batch(plan, backend, config, json_lines=args.json)
+    finally:
+        backend.close()
+    return EXIT_OK if all(r.status == "ok" for r in results) else EXIT_FAILED
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given (missing ones too: they fail with a clear line); folders -> their images."""
+    paths: list[Path] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir()
+                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                                and not p.name.startswith(".")))
+        else:
+            paths.append(path)
+    return paths
+
+
+def plan_outputs(inputs: list[Path], out_dir: Path | None, output: Any) -> list[tuple[Path, Path]]:
+    """Pair each input with an output; never two inputs on one output, never onto an input."""
+    from core.jobs import output_path_for
+
+    taken: set[str] = {_key(p) for p in inputs}
+    plan: list[tuple[Path, Path]] = []
+    for src in inputs:
+        dst = output_path_for(src, out_dir, output)
+        n = 1
+        while _key(dst) in taken:
+            n += 1
+            base = output_path_for(src, out_dir, output)
+            dst = base.with_name(f"{base.stem}-{n}{base.suffix}")
+        taken.add(_key(dst))
+        plan.append((src, dst))
+    return plan
+
+
+def _key(path: Path) -> str:
+    # Case-folded absolute path: on case-insensitive filesystems X.png and x.png collide.
+    return str(path.absolute()).casefold()
+
+
+def run_batch(plan: list[tuple[Path, Path]], backend: Any, config: Any, *,
+              json_lines: bool, out: TextIO | None = None, err: TextIO | None = None
+              ) -> list[JobResult]:
+    """Run every job on a pool of ``config.concurrency`` threads; report each as it ends."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from core.backends import CancelToken, JobHooks
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    cancel = CancelToken()
+    bar = _ProgressBar(len(plan), err) if err.isatty() and not json_lines else None
+    results: list[JobResult] = []
+    lock = threading.Lock()
+
+    def one(src: Path, dst: Path) -> JobResult:
+        return _run_one(src, dst, backend, config, JobHooks(cancel=cancel))
+
+    pool = ThreadPoolExecutor(max_workers=max(1, min(config.concurrency, len(plan) or 1)),
+                              thread_name_prefix="bgremove")
+    try:
+        futures = [pool.submit(one, src, dst) for src, dst in plan]
+        for future in as_completed(futures):
+            result = future.result()
+            with lock:
+                results.append(result)
+                if bar:
+                    bar.clear()
+                _report(result, json_lines, out, err)
+                if bar:
+                    bar.update(result.status == "ok")
+    except KeyboardInterrupt:
+        cancel.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        if bar:
+            bar.finish()
+    return results
+
+
+def _run_one(src: Path, dst: Path, backend: Any, config: Any, hooks: Any) -> JobResult:
+    import time
+
+    from core.errors import BgremoveError, OutputError
+    from core.jobs import JobResult, remove_file
+
+    started = time.monotonic()
+    try:
+        if not dst.parent.is_dir():
+            try:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"cannot create output folder {dst.parent}: {exc.strerror}",
+                                  hint="check the -o path and its permissions") from None
+        return remove_file(src, dst, backend, config, hooks)
+    except BgremoveError as exc:
+        return JobResult(src, None, "failed", exc, time.monotonic() - started,
+                         getattr(exc, "task_id", None))
+
+
+def _report(result: JobResult, json_lines: bool, out: TextIO, err: TextIO) -> None:
+    if json_lines:
+        out.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
+        out.flush()
+    elif result.status == "ok":
+        out.write(f"{result.input} -> {result.output} ({result.seconds:.1f} s)\n")
+        out.flush()
+    else:
+        err.write(f"bgremove: {result.input}: {result.error}\n")
+        err.flush()
+
+
+class _ProgressBar:
+    """A one-line bar on stderr, redrawn in place; only used on a terminal."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total, self.done, self.failed, self.stream = total, 0, 0, stream
+        self.draw()
+
+    def draw(self) -> None:
+        width = 30
+        filled = int(width * self.done / self.total) if self.total else width
+        failed = f", {self.failed} failed" if self.failed else ""
+        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
+                          f"{self.done}/{self.total}{failed}")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        self.stream.write("\r\033[K")
+
+    def update(self, ok: bool) -> None:
+        self.done += 1
+        self.failed += 0 if ok else 1
+        self.draw()
+
+    def finish(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()

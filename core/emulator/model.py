@@ -1,0 +1,114 @@
+"""The emulator's "models": a deterministic key-out, or the real local backend.
+
+``keyout_alpha`` is the contract the tests rely on: the key colour is the RGB of
+pixel (0, 0); a pixel is transparent (0) when every channel is within 24 of the
+key, otherwise opaque (255); for an input with alpha the result is the minimum
+of that and the input's own alpha. Every pixel can be predicted.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+KEY_TOLERANCE = 24
+MODEL_NAMES = ("keyout", "local")
+
+#: image (RGB or RGBA) -> alpha (mode "L", same size)
+AlphaFn = Callable[["Image.Image"], "Image.Image"]
+
+
+def _normalise(image: Image.Image) -> Image.Image:
+    """RGBA when the image carries transparency, else RGB."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        image.mode == "P" and "transparency" in image.info)
+    wanted = "RGBA" if has_alpha else "RGB"
+    return image if image.mode == wanted else image.convert(wanted)
+
+
+def keyout_alpha(image: Image.Image) -> Image.Image:
+    """The deterministic key-out mask of ``image`` (see the module docstring)."""
+    from PIL import Image, ImageChops
+
+    image = _normalise(image)
+    rgb = image.convert("RGB") if image.mode == "RGBA" else image
+    key = rgb.getpixel((0, 0))
+    assert isinstance(key, tuple)
+    diff = ImageChops.difference(rgb, Image.new("RGB", rgb.size, key[:3]))
+    red, green, blue = diff.split()
+    distance = ImageChops.lighter(ImageChops.lighter(red, green), blue)
+    alpha = distance.point(lambda v: 0 if v <= KEY_TOLERANCE else 255)
+    if image.mode == "RGBA":
+        alpha = ImageChops.darker(alpha, image.getchannel("A"))
+    return alpha
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode an uploaded image (first frame), or raise ``ValueError``."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened) or opened.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot decode the input image: {exc}") from None
+    return _normalise(image)
+
+
+def cutout_png(image: Image.Image, alpha: Image.Image) -> bytes:
+    """The output the service returns: the input's RGB with ``alpha``, as PNG."""
+    rgba = image.convert("RGB").copy()
+    if alpha.size != rgba.size:
+        alpha = alpha.resize(rgba.size)
+    rgba.putalpha(alpha)
+    buffer = io.BytesIO()
+    rgba.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+class LocalModel:
+    """The offline backend (``core.local``) used as the emulator's model; loaded once."""
+
+    def __init__(self) -> None:
+        try:
+            from core.local import LocalBackend
+        except ImportError as exc:
+            raise ConfigError(
+                "the emulator's 'local' model needs the local backend (core.local), "
+                f"which cannot be imported: {exc}",
+                hint="use --model keyout, or install the local extras: pip install 'bgremove[local]'",
+            ) from None
+        from core.config import Config
+
+        self._backend = LocalBackend(Config(backend="local"))
+        self._lock = threading.Lock()  # one inference at a time: the session is shared
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        with self._lock:
+            cutout = self._backend.cut_out(image, None)
+        alpha: Image.Image = cutout.alpha
+        return alpha
+
+    def close(self) -> None:
+        self._backend.close()
+
+
+def load_model(name: str) -> tuple[AlphaFn, Callable[[], None]]:
+    """The alpha function for ``name`` and a function that releases it."""
+    if name == "keyout":
+        return keyout_alpha, lambda: None
+    if name == "local":
+        model = LocalModel()
+        return model, model.close
+    raise ConfigError(f"unknown emulator model {name!r}", hint=f"allowed: {', '.join(MODEL_NAMES)}")

@@ -1,0 +1,86 @@
+"""One image in, one cut-out out: the job the CLI, the daemon and the plug-in share.
+
+``remove_file`` loads and orients the input, asks a backend for the alpha
+mask, applies it to the original pixels and writes the result atomically, so
+an interrupted job never leaves a truncated output.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.errors import BgremoveError
+
+if TYPE_CHECKING:
+    from core.backends import Backend, JobHooks
+    from core.config import Config, OutputConfig
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """The outcome of one file, as ``--json`` and the daemon's log report it."""
+
+    input: Path
+    output: Path | None
+    status: str  # "ok" or "failed"
+    error: BgremoveError | None
+    seconds: float
+    task_id: str | None = None
+    requests: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "input": str(self.input),
+            "output": str(self.output) if self.output else None,
+            "status": self.status,
+            "error": str(self.error) if self.error else None,
+            "error_kind": self.error.kind if self.error else None,
+            "seconds": round(self.seconds, 3),
+            "task_id": self.task_id,
+        }
+
+
+def output_path_for(src: Path, out_dir: Path | None, output: OutputConfig) -> Path:
+    """``DIR/<stem>.<ext>``, or ``<stem><suffix>.<ext>`` beside the input without a folder."""
+    from core.imaging import extension_for
+
+    ext = extension_for("png" if output.mask_only and output.format == "png" else output.format)
+    if out_dir is None:
+        return src.with_name(f"{src.stem}{output.suffix}{ext}")
+    return out_dir / f"{src.stem}{ext}"
+
+
+def remove_file(
+    src: Path,
+    dst: Path,
+    backend: Backend,
+    config: Config,
+    hooks: JobHooks | None = None,
+) -> JobResult:
+    """Cut out ``src`` into ``dst``; raises ``BgremoveError`` on failure."""
+    from core.backends import JobHooks
+    from core.imaging import compose, load_image, save_image
+
+    hooks = hooks or JobHooks()
+    started = time.monotonic()
+    hooks.report("prepare", 0.0)
+    source = load_image(src, max_pixels=config.input.max_pixels)
+    hooks.check_cancel()
+    cutout = backend.cut_out(source.image, hooks)
+    hooks.check_cancel()
+    hooks.report("compose", 0.95)
+    result = compose(source, cutout.alpha, config.output)
+    save_image(result, dst, fmt=config.output.format, icc_profile=source.icc_profile)
+    hooks.report("compose", 1.0)
+    return JobResult(
+        input=src,
+        output=dst,
+        status="ok",
+        error=None,
+        seconds=time.monotonic() - started,
+        task_id=cutout.task_id,
+        requests=cutout.requests,
+    )
