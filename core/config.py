@@ -92,6 +92,7 @@ class LocalConfig:
     model: str = _opt("u2netp", choices=("u2netp", "u2net"))
     threads: int = _opt(0, min=0, max=256)  # 0: let onnxruntime choose
     refine: bool = False  # edge refinement
+    refine_size: int = _opt(1024, min=320, max=8192)  # longer side the refinement works at
     foreground: bool = False  # foreground colour estimation on soft edges
     cache_dir: str | None = None  # default: the user's cache dir
 
@@ -133,6 +134,8 @@ class WatchConfig:
     reprocess: bool = False  # process content already seen
     journal: str | None = None  # default: OUTBOX/.bgremove/journal.sqlite3
     shutdown_grace: float = _opt(30.0, min=0.0)
+    settle_seconds: float = _opt(5.0, min=0.0)  # unchanged this long after failing to decode: broken
+    stale_claim_seconds: float = _opt(60.0, min=1.0)  # a daemon silent this long is dead
 
 
 @dataclass(frozen=True)

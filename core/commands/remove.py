@@ -178,7 +178,10 @@ def _report(result: JobResult, json_lines: bool, out: TextIO, err: TextIO) -> No
         out.write(f"{result.input} -> {result.output} ({result.seconds:.1f} s)\n")
         out.flush()
     else:
-        err.write(f"bgremove: {result.input}: {result.error}\n")
+        # Core errors usually name the file already; add it only where they do not.
+        text = str(result.error)
+        where = "" if str(result.input) in text else f"{result.input}: "
+        err.write(f"bgremove: {where}{text}\n")
         err.flush()
 
 

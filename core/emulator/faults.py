@@ -138,12 +138,17 @@ class FaultPlan:
         self._counts = [0] * len(self.faults)
         self._random = random.Random(self.seed)
 
-    def pick(self, route: str, kinds: tuple[str, ...]) -> list[Fault]:
-        """The faults of ``kinds`` that fire for this request to ``route``."""
+    def pick(self, route: str, kinds: tuple[str, ...], *, after: bool = False) -> list[Fault]:
+        """The faults of ``kinds`` that fire for this request to ``route``.
+
+        ``after`` selects the status/drop faults meant for after a submit created its task.
+        """
         fired: list[Fault] = []
         with self._lock:
             for index, fault in enumerate(self.faults):
                 if fault.kind not in kinds or not fault.covers(route):
+                    continue
+                if fault.kind in ("status", "drop") and fault.after != after:
                     continue
                 self._counts[index] += 1
                 n = self._counts[index]

@@ -8,6 +8,7 @@ of that and the input's own alpha. Every pixel can be predicted.
 
 from __future__ import annotations
 
+import importlib
 import io
 import logging
 import threading
@@ -82,16 +83,17 @@ class LocalModel:
 
     def __init__(self) -> None:
         try:
-            from core.local import LocalBackend
-        except ImportError as exc:
+            backend_class = importlib.import_module("core.local").LocalBackend
+        except (ImportError, AttributeError) as exc:
             raise ConfigError(
                 "the emulator's 'local' model needs the local backend (core.local), "
                 f"which cannot be imported: {exc}",
-                hint="use --model keyout, or install the local extras: pip install 'bgremove[local]'",
+                hint="use --model keyout, or install the local extras: "
+                "pip install 'bgremove[local]'",
             ) from None
         from core.config import Config
 
-        self._backend = LocalBackend(Config(backend="local"))
+        self._backend = backend_class(Config(backend="local"))
         self._lock = threading.Lock()  # one inference at a time: the session is shared
 
     def __call__(self, image: Image.Image) -> Image.Image:

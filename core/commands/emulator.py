@@ -1,0 +1,125 @@
+"""``bgremove emulator``: serve the built-in WaveSpeed API emulator until interrupted.
+
+The first line on stdout is the base URL (so scripts can read it with ``--port 0``).
+Point bgremove at it with ``WAVESPEED_BASE_URL=<url> WAVESPEED_API_KEY=anything``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "emulator",
+        help="run a local WaveSpeed API emulator (for tests, benchmarks and trying bgremove)",
+        description="Serve the WaveSpeed background-remover API on this machine: submit, "
+        "result, both uploads, file download and balance. The default model keys out "
+        "the colour of pixel (0,0). Prints the base URL first, then runs until Ctrl-C.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="port (0: a free one; default 8765)")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="allow a non-loopback --host (anyone who can reach it can use it)")
+    parser.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
+    parser.add_argument("--key-state", choices=("active", "inactive", "suspended"),
+                        default="active", help="simulate an unactivated (401) or suspended "
+                        "(403) account")
+    parser.add_argument("--model", choices=("keyout", "local"), default="keyout",
+                        help="keyout: deterministic colour key; local: the offline model")
+    parser.add_argument("--delay", type=float, default=0.0, metavar="S",
+                        help="inference seconds per task")
+    parser.add_argument("--sync-timeout", type=float, metavar="S",
+                        help="a sync-mode submit stops waiting after S seconds")
+    parser.add_argument("--sync-timeout-style", choices=("504", "processing"), default="504",
+                        help="answer a sync timeout with a 504, or a 200 with code 5004")
+    parser.add_argument("--concurrency-cap", type=int, default=0, metavar="N",
+                        help="tasks running at once; the rest wait (Bronze: 2; 0: no cap)")
+    parser.add_argument("--images-per-minute", type=int, default=0, metavar="N",
+                        help="submits per minute beyond N get 429 (0: no limit)")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB",
+                        help="larger uploads get 413 (default 20)")
+    parser.add_argument("--fault", action="append", default=[], metavar="SPEC",
+                        help="inject a fault: KIND[,key=value...], e.g. "
+                        "'status,route=submit,status=429,every=3,retry_after=2'; kinds: status, "
+                        "drop, malformed, truncate, fail_task, delay; may repeat")
+    parser.add_argument("--rate-429", type=float, default=0.0, metavar="P",
+                        help="share of submits answered 429 (seeded random)")
+    parser.add_argument("--rate-5xx", type=float, default=0.0, metavar="P",
+                        help="share of API calls answered 503 (seeded random)")
+    parser.add_argument("--drop-rate", type=float, default=0.0, metavar="P",
+                        help="share of API calls whose connection is closed without an answer")
+    parser.add_argument("--fail-rate", type=float, default=0.0, metavar="P",
+                        help="share of tasks that fail with code 5000")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the random fault rates")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        default="info", help="requests are logged at debug")
+    parser.set_defaults(func=run)
+
+
+def _faults(args: argparse.Namespace) -> tuple[Any, ...]:
+    from core.emulator.faults import Fault
+
+    faults = [Fault.parse(spec) for spec in args.fault]
+    if args.rate_429:
+        faults.append(Fault("status", route="submit", status=429, rate=args.rate_429))
+    if args.rate_5xx:
+        for route in ("submit", "result", "upload"):
+            faults.append(Fault("status", route=route, status=503, rate=args.rate_5xx))
+    if args.drop_rate:
+        for route in ("submit", "result", "upload"):
+            faults.append(Fault("drop", route=route, rate=args.drop_rate))
+    if args.fail_rate:
+        faults.append(Fault("fail_task", route="submit", code=5000, rate=args.fail_rate))
+    return tuple(faults)
+
+
+def run(args: argparse.Namespace) -> int:
+    import signal
+    import sys
+    import threading
+
+    from core.emulator import Emulator, EmulatorOptions
+    from core.errors import ConfigError
+    from core.logs import register_secret, setup_logging
+
+    if args.host not in LOOPBACK and not args.allow_remote:
+        raise ConfigError(f"refusing to listen on {args.host}: the emulator has no real "
+                          "security and would be open to the network",
+                          hint="add --allow-remote if you mean it")
+    register_secret(args.api_key)
+    setup_logging(args.log_level)
+    options = EmulatorOptions(
+        host=args.host, port=args.port, api_key=args.api_key, key_state=args.key_state,
+        model=args.model, delay=args.delay, sync_timeout=args.sync_timeout,
+        sync_timeout_style=args.sync_timeout_style, concurrency_cap=args.concurrency_cap,
+        images_per_minute=args.images_per_minute,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), faults=_faults(args),
+        seed=args.seed)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    emulator = Emulator(options)
+    try:
+        emulator.start()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+                          hint="pick another --port, or --port 0 for a free one") from None
+    try:
+        print(emulator.base_url, flush=True)
+        print(f"use: WAVESPEED_BASE_URL={emulator.base_url} WAVESPEED_API_KEY="
+              f"{'<your --api-key>' if args.api_key else 'any-value'}; Ctrl-C stops",
+              file=sys.stderr, flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        emulator.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

@@ -1,0 +1,433 @@
+"""The image pipeline: load an input, encode what is uploaded, apply the returned mask, save.
+
+    load_image(path, max_pixels=)   -> SourceImage  oriented 8-bit RGB/RGBA + matching ICC profile
+    source_from_raw(w, h, data)     -> SourceImage  a raw pixel buffer (the GIMP plug-in)
+    encode_for_upload(image, ...)   -> UploadImage  no metadata; PNG, else JPEG q95, else smaller
+    alpha_from_bytes(data)          -> "L" image    the service's result reduced to its alpha
+    fit_alpha(alpha, size)          -> "L" image    the mask at the source's size
+    compose(source, alpha, output)  -> the result: original pixels + mask, options applied
+    save_image(image, path, ...)    atomic write (``core.imaging_save``)
+
+Every opaque output pixel is the input's own pixel: the mask is applied to the original,
+never to the service's re-encoded copy. Colour-mode handling is in ``core.imaging_modes``.
+Pillow is imported inside the functions so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import stat
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from core.errors import (
+    ConfigError,
+    ImageTooLargeError,
+    InputError,
+    InputNotFoundError,
+    ProtocolError,
+    UnreadableImageError,
+)
+from core.imaging_modes import apply_orientation, exif_orientation, to_8bit_rgb
+from core.imaging_save import FORMATS, extension_for, save_image
+
+if TYPE_CHECKING:
+    from PIL import Image, ImageFile
+
+    from core.config import OutputConfig
+
+__all__ = [
+    "FORMATS", "SourceImage", "UploadImage", "alpha_from_bytes", "compose", "encode_for_upload",
+    "extension_for", "fit_alpha", "load_image", "parse_color", "save_image", "source_from_raw",
+]
+
+log = logging.getLogger(__name__)
+
+#: Pillow format names accepted as input. Phone JPEGs with several pictures open through
+#: "JPEG" as format "MPO"; they are reported as JPEG and their first picture is used.
+_INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
+ACCEPTED = "JPEG, PNG, WebP, TIFF, BMP, GIF (first frame)"
+_ACCEPTED_HINT = f"accepted formats: {ACCEPTED}"
+
+#: JPEG fallback quality; alpha is flattened onto this colour for a JPEG upload.
+JPEG_QUALITY = 95
+_JPEG_FLATTEN_ON = (255, 255, 255)
+_PNG_UPLOAD_LEVEL = 1  # fast: the upload is sent once, and the bytes matter less than the time
+_MIN_UPLOAD_SIDE = 16
+
+
+@dataclass
+class SourceImage:
+    """An input ready for the backend: upright, mode "RGB" or "RGBA", 8 bits per channel."""
+
+    image: Image.Image
+    icc_profile: bytes | None = None  # describes ``image``'s pixels (never a CMYK profile)
+    format: str | None = None  # "JPEG", "PNG", ... (None for a raw buffer)
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class UploadImage:
+    """The bytes sent to the service: no EXIF, no ICC, no text chunks, no file name."""
+
+    data: bytes
+    content_type: str
+    filename: str
+    size: tuple[int, int]  # pixel size actually uploaded
+
+
+# --- loading -------------------------------------------------------------------------------
+
+_limit_lock = threading.Lock()
+_filter_installed = False
+
+
+def _prepare_pillow(max_pixels: int) -> None:
+    """Let Pillow's own bomb check never refuse below ``max_pixels``; make its warning an error.
+
+    Our explicit check after reading the header is the one that enforces ``max_pixels``;
+    Pillow's global limit is only raised (never lowered), so threads loading with different
+    limits cannot undo each other. Its DecompressionBombWarning becomes an exception so a
+    bomb is refused, not just reported on stderr.
+    """
+    global _filter_installed
+    from PIL import Image
+
+    with _limit_lock:
+        Image.init()  # register every plugin, so the format of a refused file can be named
+        if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+        if not _filter_installed:
+            warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+            _filter_installed = True
+
+
+def load_image(path: str | os.PathLike[str], *, max_pixels: int) -> SourceImage:
+    """Read, fully decode, orient and normalise an input image.
+
+    Raises InputNotFoundError, UnreadableImageError (empty, truncated, not an image, a format
+    not accepted) or ImageTooLargeError (over ``max_pixels`` or a decompression bomb); every
+    message names the file.
+    """
+    src = Path(path)
+    _prepare_pillow(max_pixels)
+    try:
+        st = src.stat()
+    except FileNotFoundError:
+        raise InputNotFoundError(f"{src}: no such file") from None
+    except OSError as exc:
+        raise UnreadableImageError(f"{src}: cannot read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputNotFoundError(f"{src}: is a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputNotFoundError(f"{src}: not a regular file")
+    if st.st_size == 0:
+        raise UnreadableImageError(f"{src}: the file is empty (0 bytes)", hint=_ACCEPTED_HINT)
+    try:
+        fh = open(src, "rb")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        raise InputNotFoundError(f"{src}: no such file") from None
+    except OSError as exc:
+        raise UnreadableImageError(f"{src}: cannot read: {exc.strerror or exc}",
+                                   hint="check the file's permissions") from None
+    with fh:
+        im = _open(fh, src)
+        pixels = im.width * im.height
+        if pixels > max_pixels:
+            raise ImageTooLargeError(
+                f"{src}: {im.width}x{im.height} is {pixels:,} pixels, over the limit of "
+                f"{max_pixels:,}", hint="raise input.max_pixels if you trust this file")
+        _decode(im, src)
+        orientation = exif_orientation(im)
+        icc = im.info.get("icc_profile") or None
+        fmt = "JPEG" if im.format == "MPO" else im.format
+    try:
+        image, icc = to_8bit_rgb(im, icc)
+        image = apply_orientation(image, orientation)
+    except MemoryError:
+        raise ImageTooLargeError(f"{src}: not enough memory to convert this image") from None
+    except (OSError, ValueError) as exc:
+        raise UnreadableImageError(f"{src}: cannot convert its {im.mode} pixels: {exc}") from None
+    image.info = {}  # nothing from the file (EXIF, text, transparency) travels further
+    log.debug("loaded %s: %s %s %dx%d, orientation %d, icc %s", src, fmt, im.mode, image.width,
+              image.height, orientation, "yes" if icc else "no")
+    return SourceImage(image=image, icc_profile=icc, format=fmt, path=src)
+
+
+def _open(fh: IO[bytes], src: Path) -> ImageFile.ImageFile:
+    """Read the header only, mapping Pillow's errors to ours."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(fh, formats=_INPUT_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"{src}: refused as a decompression bomb ({_one_line(exc)})",
+                                 hint="raise input.max_pixels if you trust this file") from None
+    except UnidentifiedImageError:
+        other = _identify_any(fh)
+        if other is not None:
+            raise UnreadableImageError(f"{src}: {other} images are not accepted",
+                                       hint=_ACCEPTED_HINT) from None
+        raise UnreadableImageError(f"{src}: not an image bgremove can read",
+                                   hint=_ACCEPTED_HINT) from None
+    except Exception as exc:  # a malformed header can make a plugin raise anything
+        raise UnreadableImageError(f"{src}: corrupt image header ({_one_line(exc)})",
+                                   hint=_ACCEPTED_HINT) from None
+
+
+def _identify_any(fh: IO[bytes]) -> str | None:
+    """The format name of a file that Pillow knows but we do not accept, if any."""
+    from PIL import Image
+
+    try:
+        fh.seek(0)
+        with Image.open(fh) as other:
+            return str(other.format) if other.format else None
+    except Exception:
+        return None
+
+
+def _decode(im: Image.Image, src: Path) -> None:
+    """Decode every pixel now, so a truncated file fails here and not halfway through a job."""
+    from PIL import Image
+
+    try:
+        im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"{src}: refused as a decompression bomb ({_one_line(exc)})") \
+            from None
+    except MemoryError:
+        raise ImageTooLargeError(f"{src}: not enough memory to decode this image") from None
+    except Exception as exc:
+        raise UnreadableImageError(f"{src}: the image data is truncated or corrupt "
+                                   f"({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def source_from_raw(width: int, height: int, data: bytes, mode: str = "RGBA") -> SourceImage:
+    """Wrap a raw pixel buffer (8-bit RGBA, RGB, LA or L, rows top to bottom) as a SourceImage."""
+    from PIL import Image
+
+    bands = {"RGBA": 4, "RGB": 3, "LA": 2, "L": 1}
+    if mode not in bands:
+        raise InputError(f"raw pixels in mode {mode!r} are not supported",
+                         hint="use RGBA, RGB, LA or L, 8 bits per channel")
+    if width <= 0 or height <= 0:
+        raise InputError(f"raw pixels of size {width}x{height}: both sides must be positive")
+    expected = width * height * bands[mode]
+    if len(data) != expected:
+        raise InputError(f"raw {mode} pixels for {width}x{height} need {expected} bytes, "
+                         f"got {len(data)}")
+    image = Image.frombytes(mode, (width, height), data)
+    if mode in ("L", "LA"):
+        image = image.convert("RGBA" if mode == "LA" else "RGB")
+    return SourceImage(image=image, icc_profile=None, format=None, path=None)
+
+
+# --- upload ----------------------------------------------------------------------------------
+
+class _TooBig(Exception):
+    """Raised by _LimitedBuffer when the encoded output passes its limit."""
+
+
+class _LimitedBuffer(io.BytesIO):
+    """A BytesIO that stops an encoder as soon as its output is over ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if self.tell() + len(data) > self.limit:
+            raise _TooBig
+        return super().write(data)
+
+
+def encode_for_upload(image: Image.Image, *, max_bytes: int, max_side: int) -> UploadImage:
+    """Encode ``image`` for the service, with no metadata at all (no EXIF, GPS, ICC, text).
+
+    Lossless PNG (fast compression) when it fits in ``max_bytes``, so the service sees the
+    exact pixels; otherwise JPEG quality 95 (alpha flattened onto white); otherwise smaller
+    JPEGs (aspect kept) until one fits. An image with a side over ``max_side`` is first
+    reduced to fit. The file name sent is neutral ("image.png"), never the user's.
+    """
+    from PIL import Image
+
+    im = image if image.mode in ("RGB", "RGBA") else image.convert(
+        "RGBA" if "A" in image.getbands() else "RGB")
+    if max(im.size) > max_side:
+        im = _scaled(im, max_side / max(im.size))
+    png = _encode_png(im, max_bytes)
+    if png is not None:
+        return UploadImage(png, "image/png", "image.png", im.size)
+    if im.mode == "RGBA":
+        flat = Image.new("RGB", im.size, _JPEG_FLATTEN_ON)
+        flat.paste(im, (0, 0), im.getchannel("A"))
+        im = flat
+    while True:
+        jpeg = _encode_jpeg(im)
+        if len(jpeg) <= max_bytes:
+            if im.size != image.size:
+                log.info("uploading a reduced copy: %dx%d -> %dx%d (%d bytes)", image.width,
+                         image.height, im.width, im.height, len(jpeg))
+            return UploadImage(jpeg, "image/jpeg", "image.jpg", im.size)
+        # Bytes scale roughly with the pixel count; aim a little under the limit.
+        factor = min(0.9, math.sqrt(max_bytes / len(jpeg)) * 0.95)
+        if min(im.size) * factor < _MIN_UPLOAD_SIDE:
+            raise ImageTooLargeError(
+                f"cannot encode the image under {max_bytes} bytes for upload",
+                hint="raise wavespeed.max_upload_bytes")
+        im = _scaled(im, factor)
+
+
+def _scaled(im: Image.Image, factor: float) -> Image.Image:
+    from PIL import Image
+
+    size = (max(1, round(im.width * factor)), max(1, round(im.height * factor)))
+    return im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def _encode_png(im: Image.Image, limit: int) -> bytes | None:
+    buf = _LimitedBuffer(limit)
+    try:
+        # icc_profile=None: Pillow would otherwise copy a profile left in ``im.info``.
+        im.save(buf, format="PNG", compress_level=_PNG_UPLOAD_LEVEL, icc_profile=None)
+    except _TooBig:
+        return None
+    return buf.getvalue()
+
+
+def _encode_jpeg(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=JPEG_QUALITY, icc_profile=None, exif=b"")
+    return buf.getvalue()
+
+
+# --- download --------------------------------------------------------------------------------
+
+def alpha_from_bytes(data: bytes) -> Image.Image:
+    """Decode the service's result image to its alpha channel (mode "L").
+
+    RGBA, LA and palette-with-transparency results give their alpha; an "L" (or 1-bit) image
+    is taken as the mask itself. A result with colour but no alpha, or bytes that do not
+    decode completely, raise ProtocolError.
+    """
+    from PIL import Image
+
+    _prepare_pillow(0)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            mask = _alpha_of(im)
+            fmt, mode = im.format, im.mode
+    except Exception as exc:
+        raise ProtocolError(f"the service's result image cannot be decoded ({_one_line(exc)}; "
+                            f"{len(data)} bytes)") from None
+    if mask is None:
+        raise ProtocolError(f"the service's result ({fmt} {mode}) has no alpha channel",
+                            hint="the model must return a cut-out with transparency or a mask")
+    return mask
+
+
+def _alpha_of(im: Image.Image) -> Image.Image | None:
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return im.getchannel("A")
+    if im.mode == "P" and "transparency" in im.info:
+        return im.convert("RGBA").getchannel("A")
+    if im.mode == "L":
+        return im.copy()
+    if im.mode == "1":
+        return im.convert("L")
+    return None
+
+
+def fit_alpha(alpha: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The mask as "L" at ``size``, resized (Lanczos) if the service returned another size."""
+    from PIL import Image
+
+    mask = alpha if alpha.mode == "L" else alpha.convert("L")
+    if mask.size == tuple(size):
+        return mask
+    if abs(mask.width / mask.height - size[0] / size[1]) > 0.01 * size[0] / size[1]:
+        log.warning("the mask is %dx%d but the image is %dx%d: stretching it", mask.width,
+                    mask.height, size[0], size[1])
+    return mask.resize(size, Image.Resampling.LANCZOS)
+
+
+# --- composing -------------------------------------------------------------------------------
+
+def parse_color(text: str) -> tuple[int, int, int]:
+    """An opaque colour from "#rgb", "#rrggbb", a CSS name, "r,g,b" or "rgb(r, g, b)".
+
+    Colours with an alpha part ("#rrggbbaa") are refused: a background is always opaque
+    (leave the background unset to keep transparency).
+    """
+    from PIL import ImageColor
+
+    examples = 'use e.g. "#ffffff", "#fff", "white" or "255,255,255"'
+    value = text.strip()
+    if value.count(",") == 2 and not value.lower().startswith(("rgb", "hsl", "hsv")):
+        parts = [p.strip() for p in value.split(",")]
+        if all(p.isdigit() and int(p) <= 255 for p in parts):
+            return int(parts[0]), int(parts[1]), int(parts[2])
+        raise ConfigError(f"bad colour {text!r}: each of r,g,b must be 0-255", hint=examples)
+    try:
+        rgb = ImageColor.getrgb(value)
+    except ValueError:
+        raise ConfigError(f"bad colour {text!r}", hint=examples) from None
+    if len(rgb) == 4:
+        raise ConfigError(f"bad colour {text!r}: a background colour cannot be transparent",
+                          hint=f"{examples}; leave the background unset to keep transparency")
+    return rgb[0], rgb[1], rgb[2]
+
+
+def compose(source: SourceImage, alpha: Image.Image, options: OutputConfig) -> Image.Image:
+    """Apply the mask to the original pixels and the output options.
+
+    The result has the source's size (or the subject's box with ``crop``). An input that
+    already had alpha keeps min(input alpha, mask). ``mask_only`` gives the "L" mask (and
+    wins over ``background``); ``background`` flattens onto a solid colour (RGB); otherwise
+    RGBA. With ``crop``, an empty mask keeps the full size.
+    """
+    from PIL import Image, ImageChops
+
+    src = source.image
+    mask = fit_alpha(alpha, src.size)
+    if src.mode == "RGBA":
+        mask = ImageChops.darker(mask, src.getchannel("A"))
+    if options.crop:
+        box = subject_box(mask, options.crop_margin)
+        if box is None:
+            log.info("crop: the mask is empty, keeping the full image")
+        elif box != (0, 0, src.width, src.height):
+            src, mask = src.crop(box), mask.crop(box)
+    if options.mask_only:
+        return mask.copy() if mask is alpha else mask
+    if options.background is not None:
+        out = Image.new("RGB", src.size, parse_color(options.background))
+        out.paste(src, (0, 0), mask)  # opaque pixels: exactly src; partial: blended
+        return out
+    # One copy of the pixels: a cropped RGBA is already a fresh image.
+    out = src if (src is not source.image and src.mode == "RGBA") else src.convert("RGBA")
+    out.putalpha(mask)
+    return out
+
+
+def subject_box(mask: Image.Image, margin: int = 0) -> tuple[int, int, int, int] | None:
+    """The box of pixels with alpha > 0, grown by ``margin`` and clamped; None if none."""
+    box = mask.getbbox()
+    if box is None:
+        return None
+    left, top, right, bottom = box
+    return (max(0, left - margin), max(0, top - margin),
+            min(mask.width, right + margin), min(mask.height, bottom + margin))

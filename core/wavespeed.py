@@ -1,0 +1,128 @@
+"""The ``wavespeed`` backend: an image in, the service's alpha mask out.
+
+One ``cut_out`` = encode (no metadata) -> upload -> submit -> wait -> download
+-> decode the alpha. ``wavespeed.wait`` picks how the result is awaited:
+
+``sync`` (the CLI's default)
+    one blocking submit (``enable_sync_mode``): 4 requests per image (upload
+    ticket, PUT, submit, download). If the service's sync wait ends before
+    the task (a 504 naming the task, or code 5004 / "timed out"), the task
+    is polled by id instead of failing.
+``poll`` (what the hot-folder daemon asks for)
+    an async submit, ``hooks.on_task(id)`` so a journal can record the task
+    before any waiting, then polling ``poll.initial`` x ``poll.factor`` up
+    to ``poll.max``.
+
+``hooks.resume_task`` skips upload and submit and waits on that task; a task
+the service no longer knows raises ``TaskFailedError`` (status
+``not_found``) so the caller can submit again.
+
+The submit policy (never resubmit when a task may already exist and be
+billed) is written down in ``core.retry``. The client itself lives in
+``core.wavespeed_client``, the error table in ``core.wavespeed_errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from core.backends import Cutout, JobHooks
+from core.errors import ConfigError, TaskFailedError
+from core.wavespeed_client import CallContext, ClientStats, Prediction, WaveSpeedClient
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from core.config import Config
+
+log = logging.getLogger(__name__)
+
+WAIT_MODES = ("sync", "poll")
+
+
+class WaveSpeedBackend:
+    """The Backend protocol on the WaveSpeedAI API. Thread-safe: one instance serves N threads."""
+
+    name = "wavespeed"
+
+    def __init__(self, config: Config, wait_mode: str | None = None, *,
+                 http: httpx.Client | None = None, **client_options: Any) -> None:
+        mode = wait_mode or config.wavespeed.wait
+        if mode not in WAIT_MODES:
+            raise ConfigError(f"unknown wait mode {mode!r}", hint="use sync or poll")
+        self.config = config
+        self.wait_mode = mode
+        client_options.setdefault("max_connections",
+                                  max(config.concurrency, config.watch.concurrency))
+        self.client = WaveSpeedClient(config.wavespeed, http=http, **client_options)
+
+    def __repr__(self) -> str:
+        return f"WaveSpeedBackend(wait_mode={self.wait_mode!r}, client={self.client!r})"
+
+    @property
+    def stats(self) -> ClientStats:
+        """Counters over every image: requests, retries, bytes sent and received."""
+        return self.client.stats
+
+    def cut_out(self, image: Image.Image, hooks: JobHooks | None = None) -> Cutout:
+        from core import imaging
+
+        hooks = hooks or JobHooks()
+        ctx = self.client.context(hooks.cancel)
+        hooks.check_cancel()
+        if hooks.resume_task:
+            prediction = self._resume(hooks.resume_task, ctx, hooks)
+        else:
+            hooks.report("upload", 0.0)
+            upload = imaging.encode_for_upload(
+                image, max_bytes=self.config.wavespeed.max_upload_bytes,
+                max_side=self.config.wavespeed.max_upload_side)
+            hooks.check_cancel()
+            url = self.client.upload(upload.data, upload.filename, upload.content_type, ctx=ctx)
+            hooks.report("upload", 0.3)
+            hooks.check_cancel()
+            hooks.report("wait", 0.3)
+            prediction = self.client.run(url, sync=self.wait_mode == "sync", ctx=ctx,
+                                         on_task=hooks.on_task,
+                                         progress=_scaled(hooks, "wait", 0.3, 0.8))
+        hooks.report("wait", 0.8)
+        hooks.check_cancel()
+        hooks.report("download", 0.8)
+        data = self.client.download_output(prediction, ctx=ctx)
+        hooks.report("download", 0.95)
+        alpha = imaging.alpha_from_bytes(data)
+        log.debug("task %s: %d requests", prediction.id, ctx.requests)
+        return Cutout(alpha=alpha, backend=self.name, task_id=prediction.id,
+                      requests=ctx.requests)
+
+    def _resume(self, task_id: str, ctx: CallContext, hooks: JobHooks) -> Prediction:
+        from core.errors import APIStatusError
+
+        hooks.report("wait", 0.3)
+        try:
+            return self.client.wait(task_id, ctx=ctx, poll_first=True,
+                                    progress=_scaled(hooks, "wait", 0.3, 0.8))
+        except APIStatusError as exc:
+            if exc.status_code not in (400, 404, 410):
+                raise
+            raise TaskFailedError(
+                f"task {task_id} is unknown to the service (HTTP {exc.status_code})",
+                status="not_found", task_id=task_id,
+                hint="results are kept 7 days; submit the image again") from exc
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _scaled(hooks: JobHooks, stage: str, start: float, end: float) -> Callable[[float], None]:
+    def report(fraction: float) -> None:
+        hooks.report(stage, start + (end - start) * min(max(fraction, 0.0), 1.0))
+
+    return report
+
+
+__all__ = ["CallContext", "ClientStats", "Prediction", "WaveSpeedBackend", "WaveSpeedClient"]

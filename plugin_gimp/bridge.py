@@ -1,0 +1,358 @@
+"""The GIMP plug-in's worker: runs in bgremove's own environment, talks over stdin/stdout.
+
+GIMP's bundled Python cannot import httpx or Pillow, so the plug-in file
+(``remove_background.py``) only starts ``PYTHON -m plugin_gimp.bridge`` with the
+interpreter recorded at install time and exchanges raw pixel buffers with it.
+
+Protocol (version ``PROTOCOL``), all JSON lines are UTF-8 and end with ``\\n``::
+
+    bridge -> plug-in   {"type": "hello", "protocol": 1, "version": "0.1.0"}
+    plug-in -> bridge   {"protocol": 1, "width": W, "height": H, "format": F,
+                         "backend": "auto"|"wavespeed"|"local", "want": "mask"|"pixels",
+                         "mask": bool}
+                        then W*H*bpp(F) raw bytes, then (if "mask") W*H bytes "Y u8"
+    bridge -> plug-in   {"type": "progress", "stage": "upload", "fraction": 0.4}   (any number)
+                        then either
+                        {"type": "result", "width": W, "height": H, "format": G,
+                         "bytes": N, "backend": "wavespeed", "task_id": "..."} and N raw bytes
+                        or
+                        {"type": "error", "kind": "auth", "message": "one line: what and what next"}
+
+F is one of ``FORMATS`` (GEGL/babl format names, 8-bit, perceptual). With
+``want == "mask"`` the result is the cut-out's alpha as ``"Y u8"``, at the
+layer's full size, combined (minimum) with the layer's existing mask when one
+was sent. With ``want == "pixels"`` the result has format F with an alpha
+channel added if F had none: the input's colour bytes unchanged, alpha the
+minimum of the cut-out and the layer's old alpha.
+
+The plug-in keeps stdin open while it waits. End of file on stdin (the
+plug-in closed it, or GIMP killed the plug-in when the user pressed cancel)
+or a ``cancel`` line cancels the job: the backend stops at its next check and
+the bridge exits with ``EXIT_CANCELLED`` within ``CANCEL_GRACE`` seconds.
+Logs (with the API key redacted) go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from core.backends import CancelToken
+    from core.config import Config
+    from core.errors import BgremoveError
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = 1
+#: babl format name -> (bytes per pixel, PIL mode)
+FORMATS: dict[str, tuple[int, str]] = {
+    "R'G'B'A u8": (4, "RGBA"),
+    "R'G'B' u8": (3, "RGB"),
+    "Y'A u8": (2, "LA"),
+    "Y' u8": (1, "L"),
+}
+#: a format without alpha -> the same with alpha (what "pixels" results come back as)
+WITH_ALPHA = {"R'G'B' u8": "R'G'B'A u8", "Y' u8": "Y'A u8"}
+MASK_FORMAT = "Y u8"
+WANTS = ("mask", "pixels")
+MAX_HEADER = 64 * 1024
+MAX_PIXELS = 400_000_000  # a sanity bound on the header, far above any real layer
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_REQUEST, EXIT_CANCELLED = 0, 1, 2, 3
+#: After a cancel, how long the backend may take to stop before the process just exits.
+CANCEL_GRACE = 1.0
+
+
+class RequestError(ValueError):
+    """The plug-in sent a header or payload the bridge cannot use."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One layer to cut out, as the plug-in describes it."""
+
+    width: int
+    height: int
+    format: str
+    backend: str
+    want: str
+    mask: bool
+
+    @property
+    def pixel_bytes(self) -> int:
+        return self.width * self.height * FORMATS[self.format][0]
+
+    @property
+    def mask_bytes(self) -> int:
+        return self.width * self.height if self.mask else 0
+
+
+def parse_request(line: bytes) -> Request:
+    """Validate the plug-in's header line; raise ``RequestError`` naming the bad field."""
+    from core.backends import BACKEND_NAMES
+
+    try:
+        data = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"the request header is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RequestError("the request header must be a JSON object")
+    if data.get("protocol") != PROTOCOL:
+        raise RequestError(
+            f"the plug-in speaks protocol {data.get('protocol')!r}, this bgremove speaks "
+            f"{PROTOCOL}: run `bgremove gimp install` again")
+    width, height = data.get("width"), data.get("height")
+    for name, value in (("width", width), ("height", height)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise RequestError(f"{name} must be a positive whole number, not {value!r}")
+    assert isinstance(width, int) and isinstance(height, int)
+    if width * height > MAX_PIXELS:
+        raise RequestError(f"the layer has {width}x{height} pixels, more than {MAX_PIXELS}")
+    fmt = data.get("format")
+    if fmt not in FORMATS:
+        raise RequestError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    backend = data.get("backend", "auto")
+    if backend not in BACKEND_NAMES:
+        raise RequestError(f"backend {backend!r} is not one of {', '.join(BACKEND_NAMES)}")
+    want = data.get("want", "mask")
+    if want not in WANTS:
+        raise RequestError(f"want {want!r} is not one of {', '.join(WANTS)}")
+    mask = data.get("mask", False)
+    if not isinstance(mask, bool):
+        raise RequestError(f"mask must be true or false, not {mask!r}")
+    return Request(width=width, height=height, format=fmt, backend=backend, want=want, mask=mask)
+
+
+def read_exact(stream: IO[bytes], size: int) -> bytes:
+    """Read ``size`` bytes; raise ``EOFError`` if the stream ends first."""
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining:
+        chunk = stream.read(min(remaining, 1 << 22))
+        if not chunk:
+            raise EOFError(f"the input ended {remaining} bytes short of {size}")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def to_source_image(request: Request, pixels: bytes) -> Image.Image:
+    """The image the backend sees: RGB or RGBA, 8-bit; opaque RGBA is sent as RGB."""
+    from core.imaging import source_from_raw
+
+    mode = FORMATS[request.format][1]
+    image = source_from_raw(request.width, request.height, pixels, mode=mode).image
+    if image.mode == "RGBA" and image.getchannel("A").getextrema() == (255, 255):
+        image = image.convert("RGB")  # smaller upload, same answer
+    return image
+
+
+def combine(request: Request, pixels: bytes, alpha: Image.Image,
+            old_mask: bytes | None) -> tuple[str, bytes]:
+    """The result to send back: (format, raw bytes) at the layer's full size."""
+    from PIL import Image, ImageChops
+
+    from core.imaging import fit_alpha
+
+    size = (request.width, request.height)
+    alpha = fit_alpha(alpha, size)
+    if alpha.mode != "L":
+        alpha = alpha.convert("L")
+    if request.want == "mask":
+        if old_mask is not None:
+            alpha = ImageChops.darker(alpha, Image.frombytes("L", size, old_mask))
+        return MASK_FORMAT, alpha.tobytes()
+    mode = FORMATS[request.format][1]
+    layer = Image.frombytes(mode, size, pixels)
+    if mode in ("RGBA", "LA"):
+        alpha = ImageChops.darker(alpha, layer.getchannel("A"))
+        layer.putalpha(alpha)
+        return request.format, layer.tobytes()
+    layer.putalpha(alpha)  # adds the channel: RGB -> RGBA, L -> LA, colours untouched
+    return WITH_ALPHA[request.format], layer.tobytes()
+
+
+# What to do next, by error class, worded for someone inside GIMP (no command-line flags).
+_NEXT_STEPS: tuple[tuple[str, str], ...] = (
+    ("MissingKeyError",
+     "Set WAVESPEED_API_KEY in the environment GIMP is started from, or api_key under "
+     "wavespeed: in {config}; or choose Backend: local to work offline."),
+    ("AuthenticationError",
+     "Check the key in WAVESPEED_API_KEY or {config}; a new key only works once the "
+     "account has been topped up."),
+    ("AccountSuspendedError", "Check your WaveSpeed account's status on its dashboard."),
+    ("RateLimitError",
+     "Wait a minute and run Remove Background again, or choose Backend: local."),
+    ("ServiceTimeoutError",
+     "Try again; if it keeps happening, raise wavespeed.timeouts in {config} or choose "
+     "Backend: local."),
+    ("ServiceConnectionError",
+     "Check the internet connection (and proxy settings), or choose Backend: local to work "
+     "offline."),
+    ("ServerError", "The service has a problem: try again in a few minutes."),
+    ("PayloadTooLargeError", "Scale the layer down, or choose Backend: local."),
+)
+
+
+def user_message(error: BgremoveError, config_path: str) -> str:
+    """One line: what went wrong and what to do next, for a GIMP message box."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    for name, step in _NEXT_STEPS:
+        if name in names:
+            return f"{error.message.rstrip('.')}. {step.format(config=config_path)}"
+    return str(error)
+
+
+class Output:
+    """Writes protocol lines and raw bytes to the plug-in, from any thread."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def line(self, payload: dict[str, Any], data: bytes = b"") -> None:
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                self._stream.write(json.dumps(payload).encode() + b"\n")
+                if data:
+                    self._stream.write(data)
+                self._stream.flush()
+            except (BrokenPipeError, ValueError):  # the plug-in is gone
+                self.closed = True
+
+    def progress(self, stage: str, fraction: float) -> None:
+        self.line({"type": "progress", "stage": stage,
+                   "fraction": round(min(max(fraction, 0.0), 1.0), 4)})
+
+    def error(self, kind: str, message: str) -> None:
+        self.line({"type": "error", "kind": kind, "message": message})
+
+
+def watch_for_cancel(stream: IO[bytes], token: CancelToken, done: threading.Event,
+                     grace: float = CANCEL_GRACE) -> None:
+    """Cancel on end of file or a ``cancel`` line; exit hard if the work does not stop."""
+    while True:
+        try:
+            line = stream.readline()
+        except (OSError, ValueError):
+            line = b""
+        if not line or line.strip() == b"cancel":
+            break
+    if done.is_set():
+        return
+    log.info("the plug-in cancelled (or went away): stopping")
+    token.cancel()
+    if not done.wait(grace):
+        os._exit(EXIT_CANCELLED)  # a request in flight does not see the token: just go
+
+
+def _config_path_text(config: Config | None) -> str:
+    if config is not None and config.source:
+        return str(config.source)
+    try:
+        from core.config import default_config_path
+
+        return str(default_config_path())
+    except Exception:  # platformdirs missing: the message must still be useful
+        return "the bgremove config file"
+
+
+def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
+          env: dict[str, str] | None = None) -> int:
+    """Handle one request from ``stdin``; return the process exit code."""
+    out = Output(stdout)
+    try:
+        from core import __version__
+        from core.backends import CancelToken, JobHooks, make_backend
+        from core.config import load_config
+        from core.errors import BgremoveError, CancelledError
+        from core.logs import register_secret, setup_logging
+    except ImportError as exc:
+        out.error("environment", broken_environment_message(str(exc)))
+        return EXIT_ERROR
+    out.line({"type": "hello", "protocol": PROTOCOL, "version": __version__})
+
+    try:
+        header = stdin.readline(MAX_HEADER)
+        if not header:
+            return EXIT_CANCELLED  # the plug-in went away before asking anything
+        request = parse_request(header)
+        pixels = read_exact(stdin, request.pixel_bytes)
+        old_mask = read_exact(stdin, request.mask_bytes) if request.mask else None
+    except EOFError:
+        return EXIT_CANCELLED
+    except RequestError as exc:
+        out.error("request", str(exc))
+        return EXIT_BAD_REQUEST
+
+    token = CancelToken()
+    done = threading.Event()
+    threading.Thread(target=watch_for_cancel, args=(stdin, token, done, grace),
+                     name="bgremove-cancel-watch", daemon=True).start()
+
+    config = None
+    backend = None
+    try:
+        config = load_config(None, env=env)
+        register_secret(config.wavespeed.api_key)
+        setup_logging(config.log_level)
+        out.progress("prepare", 0.02)
+        image = to_source_image(request, pixels)
+        backend = make_backend(config, name=request.backend)
+        hooks = JobHooks(progress=out.progress, cancel=token)
+        cutout = backend.cut_out(image, hooks)
+        token.raise_if_cancelled()
+        out.progress("compose", 0.98)
+        fmt, data = combine(request, pixels, cutout.alpha, old_mask)
+        done.set()
+        out.line({"type": "result", "width": request.width, "height": request.height,
+                  "format": fmt, "bytes": len(data), "backend": cutout.backend,
+                  "task_id": cutout.task_id}, data)
+        return EXIT_OK
+    except CancelledError:
+        done.set()
+        out.error("cancelled", "cancelled")
+        return EXIT_CANCELLED
+    except BgremoveError as exc:
+        done.set()
+        log.debug("job failed: %s", exc, exc_info=True)
+        out.error(exc.kind, user_message(exc, _config_path_text(config)))
+        return EXIT_ERROR
+    except Exception as exc:  # a bug: say so in one line, details in the log
+        done.set()
+        log.exception("unexpected error in the GIMP bridge")
+        out.error("internal", f"unexpected error in bgremove: {type(exc).__name__}: {exc}. "
+                  "Run GIMP from a terminal to see the details, and report it.")
+        return EXIT_ERROR
+    finally:
+        done.set()
+        if backend is not None:
+            backend.close()
+
+
+def broken_environment_message(detail: str) -> str:
+    """Tell the user how to repair the environment this interpreter belongs to."""
+    python = sys.executable
+    return (f"bgremove's Python environment ({python}) is broken: {detail}. "
+            f"Repair it with `{python} -m pip install --force-reinstall bgremove`, "
+            "then run `bgremove gimp install` again.")
+
+
+def main() -> int:
+    # Raw bytes on both pipes; text mode would mangle the pixels on Windows.
+    return serve(sys.stdin.buffer, sys.stdout.buffer)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""The bgremove command: help, version, exit codes, batches, JSON lines, the key kept secret."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from core.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def emulator_env(emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Point the command at a running emulator through the environment, as a user would."""
+    empty = tmp_path / "empty-config.yaml"
+    empty.write_text("{}\n")
+    monkeypatch.setenv("BGREMOVE_CONFIG", str(empty))
+    monkeypatch.setenv("WAVESPEED_API_KEY", emulator.api_key)
+    monkeypatch.setenv("WAVESPEED_BASE_URL", emulator.base_url)
+
+
+def _subcommands() -> list[str]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return sorted(action.choices)  # type: ignore[attr-defined]
+
+
+def test_every_command_has_help_text(capsys: pytest.CaptureFixture[str]) -> None:
+    names = _subcommands()
+    assert {"remove", "doctor", "emulator", "models", "watch", "status", "gimp"} <= set(names)
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    helps = {c.dest: c.help for c in action._choices_actions}  # type: ignore[attr-defined]
+    for name in names:
+        assert helps.get(name), f"{name} has no help line"
+        with pytest.raises(SystemExit) as info:
+            main([name, "--help"])
+        assert info.value.code == 0
+        assert "usage: bgremove" in capsys.readouterr().out
+
+
+def test_version_and_python_dash_m() -> None:
+    out = subprocess.run([sys.executable, "-m", "core", "--version"], capture_output=True,
+                         text=True, check=True, cwd=ROOT)
+    assert out.stdout.startswith("bgremove ")
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def _solid(path: Path, colour: tuple[int, int, int] = (0, 200, 0)) -> Path:
+    img = Image.new("RGB", (40, 30), colour)
+    img.paste((200, 20, 20), (10, 5, 30, 25))
+    img.save(path)
+    return path
+
+
+def test_missing_key_with_wavespeed_backend_exits_2(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("WAVESPEED_API_KEY", raising=False)
+    monkeypatch.setenv("BGREMOVE_CONFIG", str(tmp_path / "absent.yaml"))
+    (tmp_path / "absent.yaml").write_text("{}\n")
+    src = _solid(tmp_path / "a.png")
+    assert main(["remove", str(src), "--backend", "wavespeed"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "WAVESPEED_API_KEY" in err[0]
+
+
+def test_bad_config_exits_2_with_one_line(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("output:\n  format: gif\n")
+    src = _solid(tmp_path / "a.png")
+    assert main(["remove", str(src), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(cfg) in err[0] and "output.format" in err[0]
+
+
+def test_bad_background_colour_is_a_usage_error(tmp_path: Path, emulator_env: None,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    src = _solid(tmp_path / "a.png")
+    assert main(["remove", str(src), "--background", "not-a-colour"]) == 2
+    assert "not-a-colour" in capsys.readouterr().err
+
+
+def test_batch_continues_past_bad_files_and_reports_json(tmp_path: Path, emulator_env: None,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    good = _solid(tmp_path / "good photo é.png")
+    bad = tmp_path / "fake.jpg"
+    bad.write_text("this is not an image")
+    missing = tmp_path / "missing.png"
+    out_dir = tmp_path / "out"
+    code = main(["remove", str(good), str(bad), str(missing), "-o", str(out_dir), "--json",
+                 "--concurrency", "3"])
+    assert code == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by_input = {Path(r["input"]).name: r for r in lines}
+    assert set(by_input) == {good.name, bad.name, missing.name}
+    for record in lines:
+        assert set(record) >= {"input", "output", "status", "error", "seconds", "task_id"}
+    assert by_input[good.name]["status"] == "ok"
+    assert by_input[good.name]["task_id"]
+    assert Path(by_input[good.name]["output"]) == out_dir / "good photo é.png"
+    assert by_input[bad.name]["status"] == "failed" and "fake.jpg" in by_input[bad.name]["error"]
+    assert by_input[missing.name]["status"] == "failed"
+    result = Image.open(out_dir / "good photo é.png")
+    assert result.mode == "RGBA" and result.size == (40, 30)
+    # The key-out model keys the corner colour: background transparent, subject opaque.
+    assert result.getpixel((0, 0))[3] == 0
+    assert result.getpixel((20, 15)) == (200, 20, 20, 255)
+
+
+def test_outputs_never_collide_or_overwrite_an_input(tmp_path: Path, emulator_env: None) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one = _solid(tmp_path / "a" / "x.png")
+    two = _solid(tmp_path / "b" / "x.png", (0, 0, 200))
+    three = _solid(tmp_path / "a" / "x.jpg")
+    before = one.read_bytes()
+    assert main(["remove", str(one), str(two), str(three), "-o", str(tmp_path / "a")]) == 0
+    outputs = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert outputs == ["x-2.png", "x-3.png", "x-4.png", "x.jpg", "x.png"]
+    assert one.read_bytes() == before
+
+
+def test_default_output_is_beside_the_input(tmp_path: Path, emulator_env: None) -> None:
+    src = _solid(tmp_path / "photo.png")
+    assert main(["remove", str(src), "--format", "webp"]) == 0
+    assert Image.open(tmp_path / "photo-nobg.webp").size == (40, 30)
+
+
+def test_unwritable_output_folder_fails_each_file_with_one_line(
+        tmp_path: Path, emulator_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file-not-folder"
+        blocker.write_text("x")
+        out_dir = blocker / "sub"  # a folder cannot be made under a file, even as root
+    else:
+        out_dir = tmp_path / "ro"
+        out_dir.mkdir()
+        out_dir.chmod(0o500)
+    srcs = [_solid(tmp_path / f"{i}.png") for i in range(2)]
+    assert main(["remove", *map(str, srcs), "-o", str(out_dir)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2
+    assert all("output" in line and ".png" in line for line in err)
+    assert all(s.exists() for s in srcs)
+
+
+def test_key_never_printed_even_at_debug(tmp_path: Path, emulator_env: None,
+                                         capfd: pytest.CaptureFixture[str]) -> None:
+    src = _solid(tmp_path / "a.png")
+    missing = tmp_path / "nope.png"
+    main(["remove", str(src), str(missing), "--log-level", "debug", "--json"])
+    out, err = capfd.readouterr()
+    key = os.environ["WAVESPEED_API_KEY"]
+    assert key not in out and key not in err

@@ -1,0 +1,195 @@
+"""Cross-process claims: a file is worked on by one daemon only, even on a shared drive.
+
+Each daemon owns ``INBOX/.bgremove-claims/<host>-<pid>-<start>/``. To claim a
+file it renames it into ``<that folder>/<n>/<path relative to INBOX>``. A
+rename is atomic on local disks, NFS and SMB alike: when two daemons race for
+one file exactly one rename succeeds and the other gets ``FileNotFoundError``.
+(``flock`` is not used: it is advisory, and unreliable over network shares.)
+
+A daemon touches ``.heartbeat`` in its folder every few seconds. A folder is
+stale when its owner runs on this host and its process is gone, or when its
+heartbeat has not changed for ``stale_seconds`` as seen by *this* daemon's
+clock (file-server clocks may be skewed, so the mtime is compared with its
+own earlier value, not with the local time). Files in a stale folder are
+claimed again, by rename, by whichever live daemon gets there first; the
+journal then resumes their task instead of paying for them twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT = ".heartbeat"
+OWNER_FILE = "owner.json"
+
+
+def make_owner_id(pid: int | None = None, started: float | None = None) -> str:
+    host = re.sub(r"[^A-Za-z0-9_.]+", "_", socket.gethostname()) or "host"
+    return f"{host}-{pid or os.getpid()}-{int(started or time.time())}"
+
+
+def parse_owner(owner: str) -> tuple[str, int]:
+    """(host, pid) of an owner id."""
+    host, pid, _started = owner.rsplit("-", 2)
+    return host, int(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with ``pid`` runs on this host (zombies count as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class Claims:
+    """The claim folder of one daemon, and recovery of dead daemons' folders."""
+
+    def __init__(self, root: Path, owner: str, *, stale_seconds: float = 60.0) -> None:
+        self.root = root
+        self.owner = owner
+        self.dir = root / owner
+        self.stale_seconds = stale_seconds
+        self._host = parse_owner(owner)[0]
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()
+        # owner folder -> (heartbeat mtime last seen, monotonic time it was first seen)
+        self._seen: dict[str, tuple[float, float]] = {}
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        host, pid = parse_owner(self.owner)
+        (self.dir / OWNER_FILE).write_text(
+            json.dumps({"owner": self.owner, "host": host, "pid": pid, "started": time.time()}),
+            encoding="utf-8")
+        self.heartbeat()
+
+    def heartbeat(self) -> None:
+        path = self.dir / HEARTBEAT
+        try:
+            path.touch()
+            os.utime(path)
+        except OSError as exc:
+            log.warning("cannot update the claim heartbeat %s: %s", path, exc)
+
+    def claim(self, path: Path, rel: Path) -> Path | None:
+        """Move ``path`` into this daemon's folder; None if another process was first."""
+        with self._lock:
+            dest = self.dir / str(next(self._seq)) / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(path, dest)
+        except FileNotFoundError:
+            _remove_empty(dest.parent, self.dir)
+            return None
+        except PermissionError:  # Windows: the writer still has it open
+            _remove_empty(dest.parent, self.dir)
+            return None
+        return dest
+
+    def rel_of(self, claimed: Path) -> Path:
+        """The INBOX-relative path a claimed file came from."""
+        rel = claimed.relative_to(self.root)
+        return Path(*rel.parts[2:])
+
+    def release(self, claimed: Path) -> None:
+        """Remove the now empty folders a finished claim leaves behind."""
+        _remove_empty(claimed.parent, self.dir)
+
+    def is_alive(self, owner: str) -> bool:
+        """Whether the daemon ``owner`` is still running (see the module docstring)."""
+        if owner == self.owner:
+            return True
+        try:
+            host, pid = parse_owner(owner)
+        except ValueError:
+            return False
+        if host == self._host and not pid_alive(pid):
+            return False
+        try:
+            mtime = (self.root / owner / HEARTBEAT).stat().st_mtime
+        except OSError:
+            # No claim folder here: a daemon on another INBOX sharing the journal. Its
+            # process check passed (this host) or cannot be made: consider it alive.
+            return True
+        now = time.monotonic()
+        seen = self._seen.get(owner)
+        if seen is None or seen[0] != mtime:
+            self._seen[owner] = (mtime, now)
+            return True
+        return now - seen[1] < self.stale_seconds
+
+    def stale_owners(self) -> list[str]:
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError:
+            return []
+        return [e.name for e in entries
+                if e.is_dir() and e.name != self.owner and not self.is_alive(e.name)]
+
+    def recover(self) -> list[tuple[Path, Path]]:
+        """Claim the files of dead daemons; returns (claimed path, INBOX-relative path)."""
+        taken: list[tuple[Path, Path]] = []
+        for owner in self.stale_owners():
+            folder = self.root / owner
+            for path in _files_under(folder):
+                rel_parts = path.relative_to(folder).parts
+                if len(rel_parts) < 2:
+                    continue  # owner.json, .heartbeat
+                rel = Path(*rel_parts[1:])
+                claimed = self.claim(path, rel)
+                if claimed is not None:
+                    log.info("recovered %s from stopped daemon %s", rel, owner)
+                    taken.append((claimed, rel))
+            if not any(len(p.relative_to(folder).parts) >= 2 for p in _files_under(folder)):
+                shutil.rmtree(folder, ignore_errors=True)
+                self._seen.pop(owner, None)
+        return taken
+
+    def mine(self) -> list[tuple[Path, Path]]:
+        """Files already in this daemon's folder (normally none at start)."""
+        return [(p, self.rel_of(p)) for p in _files_under(self.dir)
+                if len(p.relative_to(self.dir).parts) >= 2]
+
+    def stop(self) -> None:
+        """Remove this daemon's folder if nothing is left in it."""
+        if not self.mine():
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _files_under(folder: Path) -> Iterator[Path]:
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            yield Path(dirpath) / name
+
+
+def _remove_empty(folder: Path, stop: Path) -> None:
+    while folder != stop and stop in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent

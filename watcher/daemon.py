@@ -1,0 +1,717 @@
+"""The hot-folder daemon: INBOX -> cut-outs in OUTBOX, originals to done/ or failed/.
+
+Threads::
+
+    watchdog observer --announce--> ReadinessTracker <--check_due-- readiness thread
+                                                                    |
+                                                      Scheduler (ready files, retries)
+                                                                    |
+                                                      N worker threads (the slow work)
+    main thread: housekeeping (heartbeats, rescans, supervision, status), shutdown
+
+A worker takes a stable file, checks that it decodes, claims it (``claims``),
+hashes it, asks the journal what to do (new, resume, duplicate, busy), and
+walks the job through its states (``journal``): submit and wait (task id
+journaled first), stage the cut-out under ``OUTBOX/.bgremove/staging``, link
+it to a free output name, then move the original to done/. Every step can
+be repeated after a crash without paying twice or writing twice.
+
+Failures: permanent errors send the file to failed/ with ``<name>.error.json``
+at once; transient ones retry with capped exponential backoff for
+``watch.retry_for_seconds`` while the other files go on. An unwritable
+OUTBOX (or a full disk) pauses intake, keeps every input, and resumes when a
+probe write succeeds.
+
+Duplicates: a file whose content (with the same settings) was already
+processed is not sent again; it moves to done/ and its log line names the
+earlier input and its output. ``watch.reprocess`` forces a new cut-out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import heapq
+import itertools
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.backends import CancelToken, JobHooks
+from core.errors import (
+    APIStatusError,
+    BgremoveError,
+    CancelledError,
+    ImageTooLargeError,
+    InputError,
+    InputNotFoundError,
+    OutputError,
+    RateLimitError,
+    TaskFailedError,
+)
+from watcher.claims import Claims, make_owner_id
+from watcher.events import Watcher
+from watcher.journal import Job, Journal
+from watcher.limits import CostGuard, Limits, RateLimiter, effective_limits
+from watcher.naming import Layout, candidate_names, link_no_replace, move_no_replace
+from watcher.readiness import ReadinessTracker, Ready
+
+if TYPE_CHECKING:
+    from core.backends import Backend
+    from core.config import Config
+
+log = logging.getLogger(__name__)
+
+BACKOFF_INITIAL = 2.0
+BACKOFF_MAX = 60.0
+HEARTBEAT_SECONDS = 2.0
+SUPERVISE_SECONDS = 2.0
+OUTPUT_PROBE_SECONDS = 2.0
+
+
+@dataclass(order=True)
+class _Item:
+    due: float
+    seq: int
+    ready: Ready | None = dataclasses.field(default=None, compare=False)
+    claimed: Path | None = dataclasses.field(default=None, compare=False)
+    rel: Path | None = dataclasses.field(default=None, compare=False)
+    input_error: BgremoveError | None = dataclasses.field(default=None, compare=False)
+
+
+class _Scheduler:
+    """Work items by due time; workers block in ``get``."""
+
+    def __init__(self) -> None:
+        self._heap: list[_Item] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, due: float = 0.0, **fields: Any) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, _Item(due, next(self._seq), **fields))
+            self._cond.notify()
+
+    def get(self, timeout: float) -> _Item | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if self._closed:
+                    return None
+                if self._heap and self._heap[0].due <= now:
+                    return heapq.heappop(self._heap)
+                wait = deadline - now
+                if self._heap:
+                    wait = min(wait, self._heap[0].due - now)
+                if wait <= 0 and now >= deadline:
+                    return None
+                self._cond.wait(max(wait, 0.001))
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._heap)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def settings_fingerprint(config: Config, backend_name: str) -> str:
+    """What makes two cut-outs of one image differ: backend and output options."""
+    parts: dict[str, Any] = {"backend": backend_name,
+                             "output": dataclasses.asdict(config.output),
+                             "max_pixels": config.input.max_pixels}
+    if backend_name == "local":
+        parts["local"] = {"model": config.local.model, "refine": config.local.refine,
+                          "foreground": config.local.foreground}
+    blob = json.dumps(parts, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Daemon:
+    """One ``bgremove watch`` run. ``run()`` blocks; other threads may call the stop methods."""
+
+    def __init__(self, config: Config, layout: Layout, *,
+                 backend_factory: Callable[[], Backend] | None = None,
+                 on_status: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.config = config
+        self.watch = config.watch
+        self.layout = layout
+        self.limits: Limits = effective_limits(config.watch)
+        self.started = time.time()
+        self.owner = make_owner_id(started=self.started)
+        self.cancel = CancelToken()
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._on_status = on_status
+        self._backend_factory = backend_factory
+        self._backend: Backend | None = None
+        self.tracker = ReadinessTracker(self.watch.stable_seconds, self.watch.settle_seconds)
+        self.scheduler = _Scheduler()
+        self.journal: Journal | None = None
+        self.claims = Claims(layout.claims, self.owner, stale_seconds=self.watch.stale_claim_seconds)
+        self.watcher = Watcher(layout, self._announce, polling=self.watch.polling,
+                               poll_seconds=self.watch.poll_seconds)
+        self.rate = RateLimiter(self.limits.images_per_minute)
+        self.guard: CostGuard | None = None
+        self._lock = threading.Lock()
+        self._active_keys: set[str] = set()
+        self._in_flight = 0
+        self._busy_workers = 0
+        self._threads: list[threading.Thread] = []
+        self._output_blocked: str | None = None
+        self._fingerprint = ""
+        self._ext = ".png"
+        self.session = {"done": 0, "failed": 0, "duplicates": 0, "retries": 0}
+
+    # -- control ----------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop taking new files; in-flight jobs finish (up to ``watch.shutdown_grace``)."""
+        if not self._stopping.is_set():
+            log.info("stopping: no new files; waiting up to %.0f s for %d in flight",
+                     self.watch.shutdown_grace, self._in_flight)
+        self._stopping.set()
+
+    def abort(self) -> None:
+        """Stop now: cancel in-flight work (the journal resumes it next time)."""
+        self._stopping.set()
+        self.cancel.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def wait_stopped(self, timeout: float) -> bool:
+        return self._stopped.wait(timeout)
+
+    # -- status -----------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        paused = self._output_blocked or (self.guard.paused if self.guard else None)
+        if self.watcher.offline:
+            paused = "INBOX unreachable"
+        with self._lock:
+            in_flight = self._in_flight
+        return {
+            "owner": self.owner,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "inbox": str(self.layout.inbox),
+            "outbox": str(self.layout.outbox),
+            "mode": self.watcher.mode,
+            "queued": len(self.tracker) + len(self.scheduler),
+            "in_flight": in_flight,
+            "done": self.session["done"],
+            "failed": self.session["failed"],
+            "duplicates": self.session["duplicates"],
+            "retries": self.session["retries"],
+            "paused": paused,
+            "stopping": self.stopping,
+            "concurrency": self.limits.concurrency,
+            "images_per_minute": self.limits.images_per_minute,
+        }
+
+    # -- main -------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Watch until stopped (or, with ``watch.once``, until INBOX is drained)."""
+        from core.backends import make_backend, resolve_backend_name
+        from core.imaging import extension_for
+
+        layout = self.layout
+        layout.outbox.mkdir(parents=True, exist_ok=True)
+        self.staging.mkdir(parents=True, exist_ok=True)
+        journal_path = Path(self.watch.journal).expanduser() if self.watch.journal \
+            else layout.state_dir / "journal.sqlite3"
+        self.journal = Journal(journal_path)
+        self.guard = CostGuard(self.journal, per_hour=self.limits.max_per_hour,
+                               per_day=self.limits.max_per_day)
+        self._fingerprint = settings_fingerprint(self.config,
+                                                 resolve_backend_name(self.config))
+        self._ext = extension_for(self.config.output.format)
+        self._backend = (self._backend_factory() if self._backend_factory
+                         else make_backend(self.config, wait_mode="poll"))
+        try:
+            self.claims.start()
+            self._heartbeat()
+            log.info("watching %s -> %s (done: %s, failed: %s; %s%s; %d at once%s)",
+                     layout.inbox, layout.outbox, layout.done, layout.failed,
+                     "recursive, " if layout.recursive else "",
+                     "polling" if self.watch.polling else "events",
+                     self.limits.concurrency,
+                     f", {self.limits.images_per_minute}/min" if self.limits.images_per_minute
+                     else "")
+            self._recover()
+            if self.watch.once:
+                self.watcher.rescan()
+            else:
+                self.watcher.start()
+            self._start_threads()
+            self._housekeeping()
+            return self._shutdown()
+        finally:
+            self.watcher.stop()
+            self.tracker.close()
+            self.scheduler.close()
+            for thread in self._threads:
+                thread.join(timeout=5.0)
+            self._heartbeat(stopped=True)
+            if self._backend is not None:
+                self._backend.close()
+            self.claims.stop()
+            self.journal.close()
+            self._stopped.set()
+
+    @property
+    def staging(self) -> Path:
+        return self.layout.state_dir / "staging"
+
+    def _start_threads(self) -> None:
+        readiness = threading.Thread(target=self._readiness_loop, name="bgremove-readiness",
+                                     daemon=True)
+        self._threads.append(readiness)
+        for i in range(self.limits.concurrency):
+            self._threads.append(threading.Thread(target=self._worker_loop,
+                                                  name=f"bgremove-worker-{i}", daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def _announce(self, path: Path) -> None:
+        if not self.stopping:
+            self.tracker.seen(path)
+
+    def _recover(self) -> None:
+        """Re-take files left in claim folders by a previous (killed) run."""
+        recovered = self.claims.mine() + self.claims.recover()
+        for claimed, rel in recovered:
+            self.scheduler.put(claimed=claimed, rel=rel)
+        if recovered:
+            log.info("resuming %d file(s) left by a stopped daemon", len(recovered))
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        next_beat = next_supervise = next_probe = now
+        next_rescan = now + self.watch.rescan_seconds
+        next_recover = now + max(self.watch.stale_claim_seconds / 4, 1.0)
+        while not self.stopping:
+            now = time.monotonic()
+            if now >= next_beat:
+                self._heartbeat()
+                self.claims.heartbeat()
+                next_beat = now + HEARTBEAT_SECONDS
+            if self._output_blocked and now >= next_probe:
+                self._probe_output()
+                next_probe = now + OUTPUT_PROBE_SECONDS
+            if not self.watch.once:
+                if now >= next_supervise:
+                    self.watcher.supervise()
+                    next_supervise = now + SUPERVISE_SECONDS
+                if now >= next_rescan:
+                    self._safe_rescan()
+                    next_rescan = now + self.watch.rescan_seconds
+                if now >= next_recover:
+                    for claimed, rel in self.claims.recover():
+                        self.scheduler.put(claimed=claimed, rel=rel)
+                    next_recover = now + max(self.watch.stale_claim_seconds / 4, 1.0)
+            elif self._idle():
+                log.info("INBOX drained")
+                break
+            if self._on_status is not None:
+                self._on_status(self.snapshot())
+            self._stopping.wait(0.1 if self.watch.once else 0.25)
+
+    def _safe_rescan(self) -> None:
+        if self.watcher.offline:
+            return
+        try:
+            self.watcher.rescan()
+        except OSError as exc:
+            log.warning("rescan of %s failed: %s", self.layout.inbox, exc)
+
+    def _idle(self) -> bool:
+        with self._lock:
+            busy = self._busy_workers
+        return busy == 0 and len(self.tracker) == 0 and len(self.scheduler) == 0
+
+    def _shutdown(self) -> int:
+        self._stopping.set()
+        self.watcher.stop()
+        deadline = time.monotonic() + self.watch.shutdown_grace
+        while time.monotonic() < deadline and not self.cancel.cancelled:
+            with self._lock:
+                if self._busy_workers == 0:
+                    break
+            time.sleep(0.02)
+        if self._busy_workers:
+            log.warning("shutdown grace over: %d job(s) still running are left for the next "
+                        "start (the journal resumes them)", self._busy_workers)
+        self.cancel.cancel()
+        self.scheduler.close()
+        self.tracker.close()
+        return 1 if self.session["failed"] else 0
+
+    def _heartbeat(self, stopped: bool = False) -> None:
+        if self.journal is None:
+            return
+        try:
+            self.journal.daemon_heartbeat(self.owner, host=socket.gethostname(), pid=os.getpid(),
+                                          started=self.started,
+                                          status=json.dumps(self.snapshot()), stopped=stopped)
+        except Exception as exc:  # the status is a convenience: never stop the daemon for it
+            log.debug("heartbeat failed: %s", exc)
+
+    # -- readiness ----------------------------------------------------------------
+
+    def _readiness_loop(self) -> None:
+        while not self.stopping:
+            for ready in self.tracker.check_due():
+                self.scheduler.put(ready=ready)
+            self.tracker.wait_for_work(0.5)
+
+    # -- workers -----------------------------------------------------------------
+
+    def _worker_loop(self) -> None:
+        while not self.stopping:
+            if not self._intake_open():
+                continue
+            item = self.scheduler.get(0.25)
+            if item is None:
+                continue
+            with self._lock:
+                self._busy_workers += 1
+            try:
+                if item.ready is not None:
+                    self._take_ready(item.ready)
+                elif item.claimed is not None and item.rel is not None:
+                    self._process(item.claimed, item.rel, item.input_error)
+            except Exception:
+                log.exception("unexpected error on %s", item.rel or item.ready)
+            finally:
+                with self._lock:
+                    self._busy_workers -= 1
+
+    def _intake_open(self) -> bool:
+        """Wait while OUTBOX is unwritable or the cost cap is reached; False to re-check."""
+        if self._output_blocked is not None:
+            self.cancel.wait(0.25)
+            return False
+        guard = self.guard
+        if guard is not None and guard.paused is not None and not guard.open_now():
+            self.cancel.wait(0.5)
+            return False
+        return True
+
+    def _take_ready(self, ready: Ready) -> None:
+        from core.imaging import load_image
+
+        path = ready.path
+        rel = self.layout.relative(path)
+        if rel is None or self.stopping:
+            self.tracker.forget(path)
+            return
+        input_error: BgremoveError | None = None
+        try:
+            load_image(path, max_pixels=self.config.input.max_pixels)
+        except InputNotFoundError:
+            self.tracker.forget(path)
+            return
+        except ImageTooLargeError as exc:
+            input_error = exc
+        except InputError as exc:
+            if not ready.settled:
+                self.tracker.not_yet(ready)
+                return
+            input_error = exc
+        try:
+            st = os.stat(path)
+        except OSError:
+            self.tracker.forget(path)
+            return
+        if (st.st_size, st.st_mtime_ns) != (ready.size, ready.mtime_ns):
+            self.tracker.not_yet(ready, decode_failed=False)
+            return
+        claimed = self.claims.claim(path, rel)
+        self.tracker.forget(path)
+        if claimed is None:
+            log.debug("%s was taken by another daemon", rel)
+            return
+        self._process(claimed, rel, input_error)
+
+    def _process(self, claimed: Path, rel: Path, input_error: BgremoveError | None) -> None:
+        assert self.journal is not None
+        started = time.monotonic()
+        try:
+            key = f"{file_sha256(claimed)}:{self._fingerprint}"
+        except OSError as exc:
+            log.warning("cannot read claimed file %s: %s; retrying", claimed, exc)
+            self.scheduler.put(time.monotonic() + BACKOFF_INITIAL, claimed=claimed, rel=rel,
+                               input_error=input_error)
+            return
+        with self._lock:
+            mine_busy = key in self._active_keys
+            if not mine_busy:
+                self._active_keys.add(key)
+        if mine_busy:
+            self.scheduler.put(time.monotonic() + 1.0, claimed=claimed, rel=rel,
+                               input_error=input_error)
+            return
+        try:
+            begin = self.journal.begin(key, owner=self.owner, input=str(rel),
+                                       claim=str(claimed), reprocess=self.watch.reprocess,
+                                       is_alive=self.claims.is_alive)
+            if begin.action == "busy":
+                self.scheduler.put(time.monotonic() + 2.0, claimed=claimed, rel=rel,
+                                   input_error=input_error)
+                return
+            if begin.action == "duplicate":
+                self._duplicate(claimed, rel, begin.job)
+                return
+            assert begin.job is not None
+            if input_error is not None:
+                self._fail(begin.job, claimed, rel, input_error)
+                return
+            with self._lock:
+                self._in_flight += 1
+            try:
+                self._run_job(begin.job, claimed, rel, started)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+        finally:
+            with self._lock:
+                self._active_keys.discard(key)
+
+    def _run_job(self, job: Job, claimed: Path, rel: Path, started: float) -> None:
+        assert self.journal is not None
+        try:
+            job = self._advance(job, claimed, rel)
+        except CancelledError:
+            log.info("%s: interrupted by shutdown; it resumes on the next start", rel)
+            return
+        except BgremoveError as exc:
+            self._handle_error(job, claimed, rel, exc)
+            return
+        except OSError as exc:
+            self._handle_error(job, claimed, rel, OutputError(
+                f"cannot write the result of {rel}: {exc.strerror or exc}"))
+            return
+        seconds = time.monotonic() - started
+        with self._lock:
+            self.session["done"] += 1
+        log.info("done %s -> %s in %.2f s (task %s)", rel, job.output, seconds,
+                 job.task_id or "-",
+                 extra={"event": "done", "input": str(rel), "output": job.output,
+                        "seconds": round(seconds, 3), "task_id": job.task_id})
+
+    def _advance(self, job: Job, claimed: Path, rel: Path) -> Job:
+        """Take a job from its journaled state to done; each step is safe to repeat."""
+        assert self.journal is not None and self._backend is not None
+        from core.jobs import remove_file
+
+        journal, key = self.journal, job.key
+        staged = self.staging / f"{key[:24]}{self._ext}"
+        if job.state in ("claimed", "submitted"):
+            self._check_output_dir(rel)
+            resume = job.task_id if job.state == "submitted" else None
+            if resume is None:
+                if not self.rate.acquire(self.cancel):
+                    raise CancelledError("shutting down")
+                assert self.guard is not None
+                if not self.guard.acquire(key, self.cancel):
+                    raise CancelledError("shutting down")
+            else:
+                log.info("%s: resuming task %s instead of submitting again", rel, resume)
+
+            def on_task(task_id: str) -> None:
+                journal.update(key, state="submitted", task_id=task_id)
+
+            hooks = JobHooks(cancel=self.cancel, on_task=on_task, resume_task=resume)
+            result = remove_file(claimed, staged, self._backend, self.config, hooks)
+            journal.update(key, state="staged", staged=str(staged),
+                           task_id=result.task_id or resume)
+            job = self._reload(key)
+        if job.state in ("staged", "placing"):
+            output = self._place(job, staged, rel)
+            journal.update(key, state="placed", output=str(output))
+            job = self._reload(key)
+        if job.state == "placed":
+            move_no_replace(claimed, self.layout.done / rel)
+            self.claims.release(claimed)
+            journal.update(key, state="done", claim=None)
+            journal.add_event("done", input=str(rel), output=job.output, task_id=job.task_id)
+            job = self._reload(key)
+        return job
+
+    def _reload(self, key: str) -> Job:
+        assert self.journal is not None
+        job = self.journal.get(key)
+        assert job is not None
+        return job
+
+    def _check_output_dir(self, rel: Path) -> None:
+        folder = self.layout.outbox / rel.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {folder}: {exc.strerror or exc}") from None
+
+    def _place(self, job: Job, staged: Path, rel: Path) -> Path:
+        """Give the staged cut-out a free name in OUTBOX (never replacing a file)."""
+        assert self.journal is not None
+        preferred = self.layout.output_for(rel, self._ext)
+        if job.state == "placing" and job.output:
+            chosen = Path(job.output)
+            if chosen.exists() and (not staged.exists() or os.path.samefile(chosen, staged)):
+                if staged.exists():
+                    os.unlink(staged)
+                return chosen
+        if not staged.exists():
+            # staged output lost (should not happen): fetch the result again
+            self.journal.update(job.key, state="submitted" if job.task_id else "claimed")
+            raise OutputError(f"the staged result of {rel} is missing; fetching it again")
+        try:
+            preferred.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {preferred.parent}: {exc.strerror or exc}") from None
+        for candidate in candidate_names(preferred):
+            if os.path.lexists(candidate):
+                continue
+            self.journal.update(job.key, state="placing", output=str(candidate))
+            if link_no_replace(staged, candidate):
+                if staged.exists():
+                    os.unlink(staged)
+                return candidate
+        raise OutputError(f"no free output name for {rel} in {preferred.parent}")
+
+    # -- outcomes ---------------------------------------------------------------
+
+    def _duplicate(self, claimed: Path, rel: Path, first: Job | None) -> None:
+        assert self.journal is not None
+        done = move_no_replace(claimed, self.layout.done / rel)
+        self.claims.release(claimed)
+        output = first.output if first else None
+        self.journal.add_event("duplicate", input=str(rel), output=output)
+        with self._lock:
+            self.session["duplicates"] += 1
+        log.info("duplicate %s: same content as %s, already cut out as %s; moved to %s",
+                 rel, first.input if first else "?", output, done,
+                 extra={"event": "duplicate", "input": str(rel), "output": output,
+                        "seconds": 0.0, "task_id": first.task_id if first else None})
+
+    def _handle_error(self, job: Job, claimed: Path, rel: Path, exc: BgremoveError) -> None:
+        assert self.journal is not None
+        code = getattr(exc, "code", None) if isinstance(exc, TaskFailedError) else \
+            getattr(exc, "status_code", None)
+        if isinstance(exc, OutputError):
+            self._block_output(str(exc))
+            self.journal.add_event("warning", input=str(rel), error_kind=exc.kind, error=str(exc))
+            self.scheduler.put(time.monotonic() + OUTPUT_PROBE_SECONDS, claimed=claimed, rel=rel)
+            return
+        resumed_gone = (job.task_id is not None and isinstance(exc, APIStatusError)
+                        and exc.status_code == 404)
+        if isinstance(exc, TaskFailedError) or resumed_gone:
+            # the task is dead: the next attempt submits a new one
+            self.journal.update(job.key, state="claimed", task_id=None)
+        if not (exc.transient or resumed_gone):
+            self._fail(job, claimed, rel, exc)
+            return
+        noted = self.journal.note_error(job.key, kind=exc.kind, code=code, message=str(exc))
+        attempts = noted.attempts if noted else 1
+        first = noted.first_error if noted and noted.first_error else time.time()
+        if time.time() - first >= self.watch.retry_for_seconds:
+            self._fail(self._reload(job.key), claimed, rel, exc,
+                       note=f"gave up after {attempts} attempts over "
+                            f"{time.time() - first:.0f} s")
+            return
+        delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (attempts - 1))
+        delay *= random.uniform(0.8, 1.2)
+        if isinstance(exc, RateLimitError) and exc.retry_after:
+            delay = max(delay, exc.retry_after)
+        with self._lock:
+            self.session["retries"] += 1
+        self.journal.add_event("retry", input=str(rel), error_kind=exc.kind, error=str(exc))
+        log.warning("%s: %s (attempt %d); retrying in %.0f s", rel, exc, attempts, delay,
+                    extra={"event": "retry", "input": str(rel), "error_kind": exc.kind})
+        self.scheduler.put(time.monotonic() + delay, claimed=claimed, rel=rel)
+
+    def _fail(self, job: Job, claimed: Path, rel: Path, exc: BgremoveError,
+              note: str | None = None) -> None:
+        assert self.journal is not None
+        target = move_no_replace(claimed, self.layout.failed / rel)
+        self.claims.release(claimed)
+        latest = self.journal.get(job.key) or job
+        report = {
+            "input": str(rel),
+            "error": str(exc),
+            "kind": exc.kind,
+            "code": getattr(exc, "code", None) or getattr(exc, "status_code", None),
+            "transient": bool(exc.transient),
+            "attempts": max(latest.attempts, 1),
+            "first_error": _iso(latest.first_error or time.time()),
+            "failed_at": _iso(time.time()),
+            "task_id": latest.task_id,
+            "note": note,
+        }
+        error_file = target.with_name(target.name + ".error.json")
+        try:
+            error_file.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc2:
+            log.warning("cannot write %s: %s", error_file, exc2)
+        self.journal.update(job.key, state="failed", claim=None, error_kind=exc.kind,
+                            error=str(exc))
+        self.journal.add_event("failed", input=str(rel), error_kind=exc.kind, error=str(exc))
+        with self._lock:
+            self.session["failed"] += 1
+        log.error("failed %s -> %s: %s%s", rel, target, exc, f" ({note})" if note else "",
+                  extra={"event": "failed", "input": str(rel), "output": None,
+                         "error_kind": exc.kind, "task_id": latest.task_id})
+
+    # -- OUTBOX health ------------------------------------------------------------
+
+    def _block_output(self, reason: str) -> None:
+        if self._output_blocked is None:
+            log.error("OUTBOX %s cannot be written (%s): inputs are kept, intake paused until "
+                      "it can", self.layout.outbox, reason)
+        self._output_blocked = reason
+
+    def _probe_output(self) -> None:
+        probe = self.staging / f".probe-{os.getpid()}"
+        try:
+            self.staging.mkdir(parents=True, exist_ok=True)
+            with open(probe, "wb") as fh:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.unlink(probe)
+            test = self.layout.outbox / f".bgremove-probe-{os.getpid()}"
+            with open(test, "wb"):
+                pass
+            os.unlink(test)
+        except OSError:
+            return
+        log.warning("OUTBOX %s is writable again: resuming", self.layout.outbox)
+        self._output_blocked = None
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -1,0 +1,184 @@
+"""Where files go: the folder layout, ignored names, and moves that never overwrite.
+
+Layout (``--recursive`` mirrors sub-folders in OUTBOX, done and failed)::
+
+    INBOX/a/x.jpg  ->  OUTBOX/a/x.png         the cut-out
+                   ->  DONE/a/x.jpg           the original, once the output is in place
+                   or  FAILED/a/x.jpg + FAILED/a/x.jpg.error.json
+
+Two inputs never share an output: a name that is taken gets ``-1``, ``-2``...
+(``x.jpg`` and ``x.png`` in one folder give ``x.png`` and ``x-1.png``). The
+final step of every move is ``os.link`` (fails if the name exists) or, where
+hard links are not supported, a rename after an existence check, so an
+existing file is never replaced.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import ConfigError
+
+#: Folder inside INBOX where daemons move the files they work on (see ``claims``).
+CLAIMS_DIR = ".bgremove-claims"
+#: Folder inside OUTBOX for the journal, staged outputs and daemon state files.
+STATE_DIR = ".bgremove"
+
+_TEMP_SUFFIXES = (".part", ".crdownload", ".tmp", ".partial", ".download", ".swp", ".temp", "~")
+_IMAGE_SUFFIXES = frozenset(
+    (".png", ".jpg", ".jpeg", ".jpe", ".webp", ".tif", ".tiff", ".bmp", ".gif",
+     ".heic", ".heif", ".avif")
+)
+
+
+def is_ignored_name(name: str) -> bool:
+    """True for temp, partial, hidden and lock files (``.part``, ``~$x``, ``.x``...)."""
+    lower = name.lower()
+    return (
+        name.startswith((".", "~$"))
+        or lower.endswith(_TEMP_SUFFIXES)
+        or lower.endswith(".error.json")
+        or lower in ("thumbs.db", "desktop.ini")
+    )
+
+
+def is_image_name(name: str) -> bool:
+    """True for the file types the daemon tries (others stay where they are, with a log line)."""
+    return Path(name).suffix.lower() in _IMAGE_SUFFIXES
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The daemon's folders, absolute and checked."""
+
+    inbox: Path
+    outbox: Path
+    done: Path
+    failed: Path
+    recursive: bool
+
+    @classmethod
+    def create(cls, inbox: str | os.PathLike[str], outbox: str | os.PathLike[str],
+               done: str | os.PathLike[str] | None = None,
+               failed: str | os.PathLike[str] | None = None,
+               recursive: bool = False) -> Layout:
+        """Resolve and check the folders; ``ConfigError`` with one clear line if they clash."""
+        inbox_p = Path(inbox).expanduser().resolve()
+        outbox_p = Path(outbox).expanduser().resolve()
+        done_p = Path(done).expanduser().resolve() if done else inbox_p / "done"
+        failed_p = Path(failed).expanduser().resolve() if failed else inbox_p / "failed"
+        if not inbox_p.is_dir():
+            raise ConfigError(f"INBOX {inbox_p} is not a folder", hint="create it first")
+        if outbox_p == inbox_p:
+            raise ConfigError(f"OUTBOX {outbox_p} is the INBOX: outputs would be taken as inputs",
+                              hint="use a separate folder")
+        if recursive and _inside(outbox_p, inbox_p) and not (
+                _inside(outbox_p, done_p) or _inside(outbox_p, failed_p)):
+            raise ConfigError(f"OUTBOX {outbox_p} is inside the watched INBOX {inbox_p}",
+                              hint="use a folder outside INBOX, or drop --recursive")
+        if recursive and _inside(inbox_p, outbox_p):
+            raise ConfigError(f"INBOX {inbox_p} is inside OUTBOX {outbox_p}: mirrored outputs "
+                              "could land in the INBOX", hint="use folders that do not nest")
+        for name, path in (("done", done_p), ("failed", failed_p)):
+            if path in (outbox_p, inbox_p):
+                raise ConfigError(f"the {name} folder {path} must differ from INBOX and OUTBOX")
+        if done_p == failed_p:
+            raise ConfigError(f"the done and failed folders are the same ({done_p})")
+        return cls(inbox_p, outbox_p, done_p, failed_p, recursive)
+
+    @property
+    def claims(self) -> Path:
+        return self.inbox / CLAIMS_DIR
+
+    @property
+    def state_dir(self) -> Path:
+        return self.outbox / STATE_DIR
+
+    def excluded(self) -> tuple[Path, ...]:
+        """Folders never taken as input."""
+        return (self.done, self.failed, self.outbox, self.claims)
+
+    def relative(self, path: Path) -> Path | None:
+        """``path`` relative to INBOX if the daemon should consider it, else None."""
+        try:
+            rel = path.relative_to(self.inbox)
+        except ValueError:
+            return None
+        parts = rel.parts
+        if not parts or any(is_ignored_name(p) for p in parts):
+            return None
+        if len(parts) > 1 and not self.recursive:
+            return None
+        if any(_inside(path, ex) for ex in self.excluded()):
+            return None
+        return rel
+
+    def output_for(self, rel: Path, ext: str) -> Path:
+        """The preferred output path (the real one may get a suffix)."""
+        return self.outbox / rel.parent / f"{rel.stem}{ext}"
+
+
+def candidate_names(preferred: Path) -> list[Path]:
+    """``x.png``, ``x-1.png``, ``x-2.png``... (a long but finite list)."""
+    stem, suffix = preferred.stem, preferred.suffix
+    names = [preferred]
+    names.extend(preferred.with_name(f"{stem}-{i}{suffix}") for i in range(1, 10000))
+    return names
+
+
+def link_no_replace(src: Path, dst: Path) -> bool:
+    """Give ``src`` the name ``dst`` unless ``dst`` exists; True if it was taken.
+
+    Leaves ``src`` in place when a hard link was made (the caller removes it),
+    so a crash in between leaves two names for one file, never zero.
+    """
+    try:
+        os.link(src, dst)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                             errno.EMLINK, errno.EACCES, errno.ENOSYS):
+            raise
+    # No hard links here (FAT, some SMB mounts) or another device.
+    if os.path.lexists(dst):
+        return False
+    if _same_device(src, dst.parent):
+        os.rename(src, dst)
+        return True
+    tmp = dst.with_name(f".{dst.name}.bgremove-tmp")
+    shutil.copy2(src, tmp)
+    if os.path.lexists(dst):
+        os.unlink(tmp)
+        return False
+    os.replace(tmp, dst)
+    os.unlink(src)
+    return True
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
+
+
+def move_no_replace(src: Path, preferred: Path) -> Path:
+    """Move ``src`` to ``preferred`` or the first free ``-N`` variant; return the new path."""
+    preferred.parent.mkdir(parents=True, exist_ok=True)
+    for dst in candidate_names(preferred):
+        if link_no_replace(src, dst):
+            if os.path.lexists(src):  # a hard link was made: drop the old name
+                os.unlink(src)
+            return dst
+    raise FileExistsError(errno.EEXIST, "no free name", str(preferred))
+

@@ -1,0 +1,136 @@
+"""``bgremove status`` and the live status line of ``bgremove watch`` on a terminal.
+
+A running daemon writes a small status record (queued, in flight, paused...)
+into the journal's ``daemons`` table every two seconds; ``bgremove status``
+reads it with the journal's counts and last errors, so it works whether the
+daemon is running, stopped or killed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from watcher.claims import pid_alive
+
+#: A daemon whose last heartbeat is older than this is reported as not running.
+RUNNING_WITHIN = 15.0
+
+
+def read_status(journal_path: Path) -> dict[str, Any]:
+    """Everything ``bgremove status`` shows, as a JSON-ready dict."""
+    import socket
+
+    from watcher.journal import Journal
+
+    journal = Journal(journal_path)
+    try:
+        counts = journal.counts()
+        errors = journal.last_errors(5)
+        daemons = journal.daemons()
+    finally:
+        journal.close()
+    now = time.time()
+    shown = []
+    host = socket.gethostname()
+    for row in daemons[:10]:
+        status = json.loads(row["status"] or "{}")
+        running = row["stopped"] is None and now - (row["heartbeat"] or 0) < RUNNING_WITHIN
+        if running and row["host"] == host and not pid_alive(int(row["pid"] or 0)):
+            running = False  # killed on this machine moments ago
+        shown.append({
+            "owner": row["owner"], "pid": row["pid"], "host": row["host"],
+            "running": running,
+            "state": "running" if running else ("stopped" if row["stopped"] else "killed"),
+            "started": _iso(row["started"]), "last_seen": _iso(row["heartbeat"]),
+            "queued": status.get("queued", 0) if running else 0,
+            "in_flight": status.get("in_flight", 0) if running else 0,
+            "paused": status.get("paused") if running else None,
+            "inbox": status.get("inbox"), "outbox": status.get("outbox"),
+            "mode": status.get("mode"),
+        })
+    return {
+        "journal": str(journal_path),
+        "queued": sum(d["queued"] for d in shown),
+        "in_flight": sum(d["in_flight"] for d in shown),
+        "unfinished": counts["active"],
+        "done": counts["done"],
+        "duplicates": counts["duplicates"],
+        "failed": counts["failed"],
+        "daemons": shown,
+        "last_errors": [{"time": _iso(e["ts"]), "input": e["input"], "kind": e["error_kind"],
+                         "error": e["error"]} for e in errors],
+    }
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = []
+    running = [d for d in status["daemons"] if d["running"]]
+    if running:
+        for d in running:
+            paused = f", paused: {d['paused']}" if d["paused"] else ""
+            lines.append(f"running: pid {d['pid']} on {d['host']} since {d['started']} "
+                         f"({d['mode']}), {d['inbox']} -> {d['outbox']}{paused}")
+    elif status["daemons"]:
+        last = status["daemons"][0]
+        lines.append(f"not running (last daemon pid {last['pid']} {last['state']}, "
+                     f"last seen {last['last_seen']})")
+    else:
+        lines.append("no daemon has used this journal yet")
+    lines.append(f"queued: {status['queued']}  in flight: {status['in_flight']}  "
+                 f"unfinished jobs: {status['unfinished']}")
+    lines.append(f"done: {status['done']}  duplicates: {status['duplicates']}  "
+                 f"failed: {status['failed']}")
+    if status["last_errors"]:
+        lines.append("last errors:")
+        for e in status["last_errors"]:
+            lines.append(f"  {e['time']} {e['input']}: [{e['kind']}] {e['error']}")
+    return "\n".join(lines)
+
+
+def render_line(snapshot: dict[str, Any]) -> str:
+    """The one-line live status: ``queued 3 | in flight 2 | done 10 | failed 1``."""
+    text = (f"queued {snapshot['queued']} | in flight {snapshot['in_flight']} | "
+            f"done {snapshot['done']} | failed {snapshot['failed']}")
+    if snapshot.get("duplicates"):
+        text += f" | duplicates {snapshot['duplicates']}"
+    if snapshot.get("paused"):
+        text += f" | paused: {snapshot['paused']}"
+    return text
+
+
+class StatusLine:
+    """Redraws one line at the bottom of a terminal; log lines print above it."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self._lock = threading.Lock()
+        self._last = ""
+        self._last_draw = 0.0
+
+    def update(self, snapshot: dict[str, Any]) -> None:
+        text = render_line(snapshot)
+        now = time.monotonic()
+        with self._lock:
+            if text == self._last and now - self._last_draw < 1.0:
+                return
+            self._last, self._last_draw = text, now
+            self.stream.write("\r\x1b[K" + text)
+            self.stream.flush()
+
+    def clear(self) -> None:
+        """Called before a log line is written."""
+        with self._lock:
+            if self._last:
+                self.stream.write("\r\x1b[K")
+                self._last = ""
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
