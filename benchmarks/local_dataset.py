@@ -1,11 +1,11 @@
 """Build the quality benchmark's images with known alpha (run with a Python that has scikit-image).
 
-Subjects with exact alpha are composited onto public-domain photographs from
+Subjects with exact alpha (drawn here, so every alpha value is known) are composited onto public-domain photographs from
 scikit-image's bundled data (``skimage.data``: astronaut, coffee, rocket,
 motorcycle, brick, grass, gravel; all shipped inside the scikit-image wheel,
 no download). The subjects:
 
-- ``logo``: scikit-image's own logo, an RGBA image with a real alpha channel;
+- ``portrait``: the astronaut's head and shoulders in a feathered ellipse;
 - ``horse``: the ``skimage.data.horse`` silhouette, supersampled so its edge
   is anti-aliased, filled with the cat fur of ``skimage.data.chelsea``;
 - ``vase``: a shaded, specular lathe-profile object (a product shot);
@@ -52,9 +52,14 @@ def background(name: str) -> Image.Image:
     return img.crop((left, top, left + SIZE[0], top + SIZE[1]))
 
 
-def subject_logo() -> tuple[np.ndarray, np.ndarray]:
-    rgba = _data("logo").astype(np.float64) / 255.0
-    return rgba[:, :, :3], rgba[:, :, 3]
+def subject_portrait() -> tuple[np.ndarray, np.ndarray]:
+    """The astronaut's head and shoulders, cut out in an ellipse with a feathered edge."""
+    photo = _data("astronaut")[20:380, 90:370].astype(np.float64) / 255.0
+    h, w = photo.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    d = np.hypot((xx - w / 2) / (w * 0.45), (yy - h / 2) / (h * 0.47))  # 1 on the ellipse
+    alpha = np.clip((1.0 - d) * 40 + 0.5, 0, 1)  # a soft edge about 5 px wide
+    return photo, alpha
 
 
 def subject_horse() -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +119,7 @@ def subject_fuzzball(seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
 
 
 SUBJECTS = {
-    "logo": subject_logo,
+    "portrait": subject_portrait,
     "horse": subject_horse,
     "vase": subject_vase,
     "fuzzball": subject_fuzzball,
@@ -146,8 +151,9 @@ def build(out: Path) -> list[str]:
     bgs = {b: background(b) for b in BACKGROUNDS}
     for i, (sname, make) in enumerate(SUBJECTS.items()):
         fg, alpha = make()
+        others = [b for b in BACKGROUNDS if b != "astronaut" or sname != "portrait"]
         for j in range(4):  # four backgrounds per subject, rotating through the list
-            bname = BACKGROUNDS[(i * 2 + j) % len(BACKGROUNDS)]
+            bname = others[(i * 2 + j) % len(others)]
             img, a, f = composite(fg, alpha, bgs[bname], rng.uniform(0.6, 0.8),
                                   (rng.uniform(0.4, 0.6), rng.uniform(0.45, 0.55)))
             name = f"{sname}-{bname}"

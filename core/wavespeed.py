@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from core.backends import Cutout, JobHooks
-from core.errors import ConfigError, TaskFailedError
+from core.errors import ConfigError
 from core.wavespeed_client import CallContext, ClientStats, Prediction, WaveSpeedClient
 
 if TYPE_CHECKING:
@@ -100,19 +100,10 @@ class WaveSpeedBackend:
                       requests=ctx.requests)
 
     def _resume(self, task_id: str, ctx: CallContext, hooks: JobHooks) -> Prediction:
-        from core.errors import APIStatusError
-
+        """Wait on a task submitted before (a restart); unknown -> TaskFailedError not_found."""
         hooks.report("wait", 0.3)
-        try:
-            return self.client.wait(task_id, ctx=ctx, poll_first=True,
-                                    progress=_scaled(hooks, "wait", 0.3, 0.8))
-        except APIStatusError as exc:
-            if exc.status_code not in (400, 404, 410):
-                raise
-            raise TaskFailedError(
-                f"task {task_id} is unknown to the service (HTTP {exc.status_code})",
-                status="not_found", task_id=task_id,
-                hint="results are kept 7 days; submit the image again") from exc
+        return self.client.wait(task_id, ctx=ctx, poll_first=True,
+                                progress=_scaled(hooks, "wait", 0.3, 0.8))
 
     def close(self) -> None:
         self.client.close()

@@ -236,9 +236,15 @@ class WaveSpeedClient:
     def get_result(self, task_id: str, *, ctx: CallContext | None = None) -> Prediction:
         """The task's current state (retried like any idempotent GET)."""
         ctx = ctx or self.context()
-        return self._call(ctx, "result", "GET", self._url(RESULT_PATH.format(id=task_id)),
-                          lambda r: self._prediction(r, "result", task_id),
-                          timeout=self.config.timeouts.result, task_id=task_id)
+        try:
+            return self._call(ctx, "result", "GET", self._url(RESULT_PATH.format(id=task_id)),
+                              lambda r: self._prediction(r, "result", task_id),
+                              timeout=self.config.timeouts.result, task_id=task_id)
+        except APIStatusError as exc:
+            if exc.status_code not in (404, 410):
+                raise
+            # unknown or expired (kept 7 days): the caller may submit the image again
+            raise task_error(task_id, "not_found", None, None) from exc
 
     def wait(self, task_id: str, *, ctx: CallContext | None = None, poll_first: bool = True,
              progress: Callable[[float], None] | None = None) -> Prediction:

@@ -190,7 +190,8 @@ TASK_CODES: dict[int, str] = {
 def task_error(task_id: str, status: str, code: int | None, error: str | None,
                *, secret: str | None = None) -> TaskFailedError:
     """The error for a prediction that ended ``failed``/``cancelled``/``timeout``/``deleted``."""
-    parts = [f"task {task_id} ended {status}"]
+    parts = [f"task {task_id} is unknown to the service (expired or never created)"
+             if status == "not_found" else f"task {task_id} ended {status}"]
     if code is not None:
         parts.append(f"code {code}: {TASK_CODES.get(code, 'no description')}")
     if error:

@@ -91,7 +91,7 @@ def _check_model(config: Any) -> tuple[str, str, None]:
     except ImportError:
         return WARN, "offline backend not installed: pip install 'bgremove[local]'", None
     name = config.local.model
-    path = models.cached_model_path(name, config)
+    path = models.verify_cached(models.get_spec(name), config.local.cache_dir)
     if path is None:
         status = FAIL if config.backend == "local" else WARN
         return status, f"{name} not downloaded yet: run bgremove models fetch {name}", None
