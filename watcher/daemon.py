@@ -168,7 +168,8 @@ class Daemon:
         self.tracker = ReadinessTracker(self.watch.stable_seconds, self.watch.settle_seconds)
         self.scheduler = _Scheduler()
         self.journal: Journal | None = None
-        self.claims = Claims(layout.claims, self.owner, stale_seconds=self.watch.stale_claim_seconds)
+        self.claims = Claims(layout.claims, self.owner,
+                             stale_seconds=self.watch.stale_claim_seconds)
         self.watcher = Watcher(layout, self._announce, polling=self.watch.polling,
                                poll_seconds=self.watch.poll_seconds)
         self.rate = RateLimiter(self.limits.images_per_minute)

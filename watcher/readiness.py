@@ -44,7 +44,7 @@ class Ready:
 
 
 class ReadinessTracker:
-    """Thread-safe: any thread may call ``seen``; workers call ``take_ready``."""
+    """Thread-safe: watcher threads call ``seen``; the readiness thread ``check_due``."""
 
     def __init__(self, stable_seconds: float, settle_seconds: float, *,
                  clock: Callable[[], float] = time.monotonic) -> None:

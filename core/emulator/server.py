@@ -239,7 +239,7 @@ class Emulator:
         self._stopping = False
         server = _Server((self.options.host, self.options.port), _Handler, self)
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
                                         name=f"emulator:{self.port}", daemon=True)
         self._thread.start()
         log.info("WaveSpeed emulator listening on %s (model %s)", self.base_url, self.options.model)
