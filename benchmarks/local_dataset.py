@@ -1,4 +1,4 @@
-"""Build the quality benchmark's images with known alpha (run with a Python that has scikit-image).
+"""Build the quality benchmark's images with known alpha (needs scikit-image).
 
 Subjects with exact alpha (drawn here, so every alpha value is known) are composited onto public-domain photographs from
 scikit-image's bundled data (``skimage.data``: astronaut, coffee, rocket,
@@ -131,8 +131,9 @@ def composite(fg: np.ndarray, alpha: np.ndarray, bg: Image.Image, height_frac: f
               centre: tuple[float, float]) -> tuple[Image.Image, Image.Image, Image.Image]:
     scale = SIZE[1] * height_frac / alpha.shape[0]
     size = (max(1, round(alpha.shape[1] * scale)), max(1, round(alpha.shape[0] * scale)))
-    fg_img = Image.fromarray((fg * 255 + 0.5).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
-    a_img = Image.fromarray((alpha * 255 + 0.5).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
+    lanczos = Image.Resampling.LANCZOS
+    fg_img = Image.fromarray((fg * 255 + 0.5).astype(np.uint8)).resize(size, lanczos)
+    a_img = Image.fromarray((alpha * 255 + 0.5).astype(np.uint8)).resize(size, lanczos)
     full_a = Image.new("L", SIZE, 0)
     full_fg = bg.copy()  # foreground colour outside the subject is irrelevant (alpha 0)
     x = round(SIZE[0] * centre[0] - size[0] / 2)

@@ -40,9 +40,12 @@ class BgremoveError(Exception):
     #: A short machine-readable name, used in ``--json`` output and ``.error.json`` files.
     kind: str = "error"
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None,
+                 transient: bool | None = None) -> None:
         self.message = message
         self.hint = hint
+        if transient is not None:
+            self.transient = transient
         super().__init__(message)
 
     def __str__(self) -> str:
@@ -239,12 +242,8 @@ class TaskFailedError(ServiceError):
         super().__init__(message, hint=hint, task_id=task_id)
         self.code = code
         self.status = status
-
-    @property  # type: ignore[override]
-    def transient(self) -> bool:
-        if self.code is None:
-            return self.status in ("timeout",)
-        return 5000 <= self.code < 6000
+        # 5xxx codes and a service-side timeout are worth retrying; 1xxx never are.
+        self.transient = (5000 <= code < 6000) if code is not None else status == "timeout"
 
 
 class ProtocolError(ServiceError):

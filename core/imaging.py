@@ -3,6 +3,7 @@
     load_image(path, max_pixels=)   -> SourceImage  oriented 8-bit RGB/RGBA + matching ICC profile
     source_from_raw(w, h, data)     -> SourceImage  a raw pixel buffer (the GIMP plug-in)
     encode_for_upload(image, ...)   -> UploadImage  no metadata; PNG, else JPEG q95, else smaller
+                                                    (``core.imaging_upload``)
     alpha_from_bytes(data)          -> "L" image    the service's result reduced to its alpha
     fit_alpha(alpha, size)          -> "L" image    the mask at the source's size
     compose(source, alpha, output)  -> the result: original pixels + mask, options applied
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 import stat
 import threading
@@ -36,6 +36,7 @@ from core.errors import (
 )
 from core.imaging_modes import apply_orientation, exif_orientation, to_8bit_rgb
 from core.imaging_save import FORMATS, extension_for, save_image
+from core.imaging_upload import UploadImage, encode_for_upload
 
 if TYPE_CHECKING:
     from PIL import Image, ImageFile
@@ -55,11 +56,6 @@ _INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 ACCEPTED = "JPEG, PNG, WebP, TIFF, BMP, GIF (first frame)"
 _ACCEPTED_HINT = f"accepted formats: {ACCEPTED}"
 
-#: JPEG fallback quality; alpha is flattened onto this colour for a JPEG upload.
-JPEG_QUALITY = 95
-_JPEG_FLATTEN_ON = (255, 255, 255)
-_PNG_UPLOAD_LEVEL = 1  # fast: the upload is sent once, and the bytes matter less than the time
-_MIN_UPLOAD_SIDE = 16
 
 
 @dataclass
@@ -70,16 +66,6 @@ class SourceImage:
     icc_profile: bytes | None = None  # describes ``image``'s pixels (never a CMYK profile)
     format: str | None = None  # "JPEG", "PNG", ... (None for a raw buffer)
     path: Path | None = None
-
-
-@dataclass(frozen=True)
-class UploadImage:
-    """The bytes sent to the service: no EXIF, no ICC, no text chunks, no file name."""
-
-    data: bytes
-    content_type: str
-    filename: str
-    size: tuple[int, int]  # pixel size actually uploaded
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -232,85 +218,6 @@ def source_from_raw(width: int, height: int, data: bytes, mode: str = "RGBA") ->
     if mode in ("L", "LA"):
         image = image.convert("RGBA" if mode == "LA" else "RGB")
     return SourceImage(image=image, icc_profile=None, format=None, path=None)
-
-
-# --- upload ----------------------------------------------------------------------------------
-
-class _TooBig(Exception):
-    """Raised by _LimitedBuffer when the encoded output passes its limit."""
-
-
-class _LimitedBuffer(io.BytesIO):
-    """A BytesIO that stops an encoder as soon as its output is over ``limit`` bytes."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        if self.tell() + len(data) > self.limit:
-            raise _TooBig
-        return super().write(data)
-
-
-def encode_for_upload(image: Image.Image, *, max_bytes: int, max_side: int) -> UploadImage:
-    """Encode ``image`` for the service, with no metadata at all (no EXIF, GPS, ICC, text).
-
-    Lossless PNG (fast compression) when it fits in ``max_bytes``, so the service sees the
-    exact pixels; otherwise JPEG quality 95 (alpha flattened onto white); otherwise smaller
-    JPEGs (aspect kept) until one fits. An image with a side over ``max_side`` is first
-    reduced to fit. The file name sent is neutral ("image.png"), never the user's.
-    """
-    from PIL import Image
-
-    im = image if image.mode in ("RGB", "RGBA") else image.convert(
-        "RGBA" if "A" in image.getbands() else "RGB")
-    if max(im.size) > max_side:
-        im = _scaled(im, max_side / max(im.size))
-    png = _encode_png(im, max_bytes)
-    if png is not None:
-        return UploadImage(png, "image/png", "image.png", im.size)
-    if im.mode == "RGBA":
-        flat = Image.new("RGB", im.size, _JPEG_FLATTEN_ON)
-        flat.paste(im, (0, 0), im.getchannel("A"))
-        im = flat
-    while True:
-        jpeg = _encode_jpeg(im)
-        if len(jpeg) <= max_bytes:
-            if im.size != image.size:
-                log.info("uploading a reduced copy: %dx%d -> %dx%d (%d bytes)", image.width,
-                         image.height, im.width, im.height, len(jpeg))
-            return UploadImage(jpeg, "image/jpeg", "image.jpg", im.size)
-        # Bytes scale roughly with the pixel count; aim a little under the limit.
-        factor = min(0.9, math.sqrt(max_bytes / len(jpeg)) * 0.95)
-        if min(im.size) * factor < _MIN_UPLOAD_SIDE:
-            raise ImageTooLargeError(
-                f"cannot encode the image under {max_bytes} bytes for upload",
-                hint="raise wavespeed.max_upload_bytes")
-        im = _scaled(im, factor)
-
-
-def _scaled(im: Image.Image, factor: float) -> Image.Image:
-    from PIL import Image
-
-    size = (max(1, round(im.width * factor)), max(1, round(im.height * factor)))
-    return im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-
-
-def _encode_png(im: Image.Image, limit: int) -> bytes | None:
-    buf = _LimitedBuffer(limit)
-    try:
-        # icc_profile=None: Pillow would otherwise copy a profile left in ``im.info``.
-        im.save(buf, format="PNG", compress_level=_PNG_UPLOAD_LEVEL, icc_profile=None)
-    except _TooBig:
-        return None
-    return buf.getvalue()
-
-
-def _encode_jpeg(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=JPEG_QUALITY, icc_profile=None, exif=b"")
-    return buf.getvalue()
 
 
 # --- download --------------------------------------------------------------------------------

@@ -40,11 +40,11 @@ def save_params(image: Image.Image, fmt: str, icc_profile: bytes | None) -> dict
     """Pillow save options for one output format (lossless everywhere)."""
     params: dict[str, Any] = {"icc_profile": _fitting_profile(image.mode, icc_profile)}
     if fmt == "png":
-        params["compress_level"] = 6
+        params["compress_level"] = 3  # 3x faster than Pillow's 6 for ~10 % more bytes
     elif fmt == "webp":
-        params.update(lossless=True, quality=80, method=4, exact=False)
+        params.update(lossless=True, quality=50, method=0, exact=False)  # fastest lossless effort
     elif fmt == "tiff":
-        params["compression"] = "tiff_adobe_deflate"
+        params["compression"] = "tiff_lzw"  # read everywhere; 6x faster than deflate here
     else:
         extension_for(fmt)  # raises the clear ValueError
     return params
@@ -62,7 +62,7 @@ def save_image(image: Image.Image, path: str | os.PathLike[str], *, fmt: str = "
     if fmt == "webp" and max(image.size) > _WEBP_MAX_SIDE:
         raise OutputError(f"cannot write {dest}: WebP holds at most {_WEBP_MAX_SIDE} pixels a side "
                           f"and the image is {image.width}x{image.height}",
-                          hint="use --format png or tiff")
+                          hint="use --format png or tiff", transient=False)
     temp: Path | None = None
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +77,7 @@ def save_image(image: Image.Image, path: str | os.PathLike[str], *, fmt: str = "
     except OSError as exc:
         raise _output_error(dest, exc) from exc
     except ValueError as exc:  # the encoder refused the image
-        raise OutputError(f"cannot write {dest} as {fmt}: {exc}") from exc
+        raise OutputError(f"cannot write {dest} as {fmt}: {exc}", transient=False) from exc
     finally:
         if temp is not None:
             with contextlib.suppress(OSError):

@@ -39,6 +39,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
@@ -198,6 +199,9 @@ _NEXT_STEPS: tuple[tuple[str, str], ...] = (
      "Check the internet connection (and proxy settings), or choose Backend: local to work "
      "offline."),
     ("ServerError", "The service has a problem: try again in a few minutes."),
+    ("SubmitUncertainError",
+     "The task may still finish (and be billed): wait a minute before trying again, or set "
+     "wavespeed.wait: poll in {config}."),
     ("PayloadTooLargeError", "Scale the layer down, or choose Backend: local."),
 )
 
@@ -217,6 +221,7 @@ class Output:
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self._fraction = 0.0
         self.closed = False
 
     def line(self, payload: dict[str, Any], data: bytes = b"") -> None:
@@ -232,8 +237,9 @@ class Output:
                 self.closed = True
 
     def progress(self, stage: str, fraction: float) -> None:
-        self.line({"type": "progress", "stage": stage,
-                   "fraction": round(min(max(fraction, 0.0), 1.0), 4)})
+        # Never backwards: a bar that jumps back looks like a restart.
+        self._fraction = max(self._fraction, min(max(fraction, 0.0), 1.0))
+        self.line({"type": "progress", "stage": stage, "fraction": round(self._fraction, 4)})
 
     def error(self, kind: str, message: str) -> None:
         self.line({"type": "error", "kind": kind, "message": message})
@@ -308,17 +314,24 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
         register_secret(config.wavespeed.api_key)
         setup_logging(config.log_level)
         out.progress("prepare", 0.02)
+        clock = time.perf_counter()
         image = to_source_image(request, pixels)
+        seconds = {"decode": time.perf_counter() - clock}
         backend = make_backend(config, name=request.backend)
         hooks = JobHooks(progress=out.progress, cancel=token)
+        clock = time.perf_counter()
         cutout = backend.cut_out(image, hooks)
+        seconds["backend"] = time.perf_counter() - clock
         token.raise_if_cancelled()
         out.progress("compose", 0.98)
+        clock = time.perf_counter()
         fmt, data = combine(request, pixels, cutout.alpha, old_mask)
+        seconds["combine"] = time.perf_counter() - clock
         done.set()
         out.line({"type": "result", "width": request.width, "height": request.height,
                   "format": fmt, "bytes": len(data), "backend": cutout.backend,
-                  "task_id": cutout.task_id}, data)
+                  "task_id": cutout.task_id,
+                  "seconds": {k: round(v, 4) for k, v in seconds.items()}}, data)
         return EXIT_OK
     except CancelledError:
         done.set()

@@ -25,11 +25,13 @@ cancel (GIMP kills the plug-in; the bridge sees its stdin close and stops) or
 an error leaves the image untouched.
 """
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 
 PROC_NAME = "python-fu-remove-background"
 PROTOCOL = 1
@@ -57,6 +59,8 @@ PYTHON_ENV_VARS = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABL
                    "__PYVENV_LAUNCHER__")
 INSTALL_HINT = "pip install bgremove"
 REINSTALL_HINT = "bgremove gimp install"
+#: Set to 1 to print where the time goes (read, bridge, write) on GIMP's stderr.
+TIMINGS_ENV = "BGREMOVE_GIMP_TIMINGS"
 
 
 class PluginError(Exception):
@@ -136,12 +140,13 @@ class BridgeJob:
         self.python = python
         self.env = bridge_env() if env is None else env
         self.process = None
+        self.cancelled = False
         self._stderr = None
 
     def start(self):
         if not os.path.exists(self.python):
             raise PluginError("environment", missing_python_message(self.python))
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed in close())
         flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console window on Windows
         try:
             self.process = subprocess.Popen(
@@ -184,6 +189,8 @@ class BridgeJob:
         while True:
             message = self._read_message()
             if message is None:
+                if self.cancelled:
+                    raise PluginError("cancelled", "cancelled")
                 raise PluginError("internal", "bgremove stopped without an answer "
                                   f"(exit code {process.wait()}): {self._diagnosis()}")
             kind = message.get("type")
@@ -214,10 +221,8 @@ class BridgeJob:
     def _diagnosis(self):
         """The last lines the bridge wrote on stderr (the API key is never logged)."""
         if self.process is not None and self.process.poll() is None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
         if self._stderr is None:
             return "no details"
         self._stderr.seek(0)
@@ -227,6 +232,7 @@ class BridgeJob:
 
     def cancel(self):
         """Stop the bridge now (it exits by itself too when stdin closes)."""
+        self.cancelled = True
         process = self.process
         if process is not None and process.poll() is None:
             process.terminate()
@@ -334,17 +340,35 @@ def _write(drawable, fmt, data):
     drawable.update(0, 0, drawable.get_width(), drawable.get_height())
 
 
+def _timing(what, started, extra=""):
+    if os.environ.get(TIMINGS_ENV) == "1":
+        print(f"bgremove-timing {what}={time.perf_counter() - started:.3f}{extra}",
+              file=sys.stderr, flush=True)
+
+
 def _cut_out(python, layer, output, backend, report):
     """Ask the bridge for this layer's result; nothing in the image changes here."""
-    fmt = pixel_format(layer.is_gray(), layer.has_alpha())
-    chunks = [_read(layer, fmt)]
-    mask = layer.get_mask() if output == "mask" else None
-    if mask is not None:
-        chunks.append(_read(mask, "Y u8"))
+    started = time.perf_counter()
+    job = BridgeJob(python)
+    job.start()  # Python starts up while GIMP hands over the pixels
+    try:
+        fmt = pixel_format(layer.is_gray(), layer.has_alpha())
+        chunks = [_read(layer, fmt)]
+        mask = layer.get_mask() if output == "mask" else None
+        if mask is not None:
+            chunks.append(_read(mask, "Y u8"))
+    except BaseException:
+        job.cancel()
+        job.close()
+        raise
     header = {"width": layer.get_width(), "height": layer.get_height(), "format": fmt,
               "backend": backend, "want": "mask" if output == "mask" else "pixels",
               "mask": mask is not None}
-    return BridgeJob(python).run(header, chunks, report)
+    _timing("read", started)
+    started = time.perf_counter()
+    result = job.run(header, chunks, report)
+    _timing("bridge", started, f" inside={json.dumps(result[0].get('seconds', {}))}")
+    return result
 
 
 def _apply(image, layer, output, result, data):
@@ -409,11 +433,13 @@ def run(procedure, run_mode, image, drawables, config, data):
         return _failure(procedure, f"Remove Background failed unexpectedly: "
                         f"{type(exc).__name__}: {exc}")
 
+    started = time.perf_counter()
     Gimp.context_push()
     image.undo_group_start()
     try:
-        for layer, (result, pixels) in zip(layers, results):
+        for layer, (result, pixels) in zip(layers, results, strict=True):
             _apply(image, layer, output, result, pixels)
+        _timing("write", started)
     except Exception as exc:
         return _failure(procedure, f"Remove Background could not write the result: "
                         f"{type(exc).__name__}: {exc}")
@@ -428,6 +454,9 @@ def run(procedure, run_mode, image, drawables, config, data):
 if Gimp is not None:
 
     class RemoveBackground(Gimp.PlugIn):
+        def do_set_i18n(self, name):
+            return False, None, None  # no translations shipped (yet)
+
         def do_query_procedures(self):
             return [PROC_NAME]
 

@@ -43,7 +43,6 @@ def noise_image(size: tuple[int, int], mode: str = "RGB", seed: int = 1) -> Imag
 
 def photo_like(size: tuple[int, int], seed: int = 1) -> Image.Image:
     """Smooth gradients plus mild noise: compresses like a camera photo, not like flat art."""
-    w, h = size
     gradient = Image.linear_gradient("L").resize(size)
     radial = Image.radial_gradient("L").resize(size)
     noise = Image.effect_noise(size, 12)
@@ -93,6 +92,16 @@ def make_jpeg_with_gps_and_icc(path: Path, size: tuple[int, int] = (32, 24)) -> 
     return path
 
 
+#: The D50 white point as three s15Fixed16 numbers (ICC header illuminant, wtpt tag).
+_D50 = struct.pack(">3i", *(round(v * 65536) for v in (0.9642, 1.0, 0.8249)))
+
+
+def close(got: object, want: tuple[int, ...], tolerance: int) -> bool:
+    """Whether pixel ``got`` is within ``tolerance`` of ``want`` in every band."""
+    assert isinstance(got, tuple) and len(got) == len(want), (got, want)
+    return all(abs(a - b) <= tolerance for a, b in zip(got, want, strict=True))
+
+
 def srgb_icc() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
@@ -113,7 +122,7 @@ def cmyk_icc() -> bytes:
                     corners.append(PRINT_CYAN if (c, m, y, k) == (1, 0, 0, 0) else rgb)
     # ... and then to 8-bit Lab (L*2.55, a+128, b+128: the lut8 encoding).
     strip = Image.new("RGB", (16, 1))
-    strip.putdata(corners)  # type: ignore[arg-type]
+    strip.putdata(corners)
     lab = ImageCms.profileToProfile(strip, ImageCms.createProfile("sRGB"),
                                     ImageCms.createProfile("LAB"), outputMode="LAB")
     assert lab is not None
@@ -126,7 +135,7 @@ def cmyk_icc() -> bytes:
     desc_text = b"bgremove test CMYK\0"
     desc = (b"desc" + b"\0" * 4 + struct.pack(">I", len(desc_text)) + desc_text
             + struct.pack(">II", 0, 0) + struct.pack(">HB", 0, 0) + b"\0" * 67)
-    wtpt = b"XYZ " + b"\0" * 4 + struct.pack(">3i", *(round(v * 65536) for v in (0.9642, 1.0, 0.8249)))
+    wtpt = b"XYZ " + b"\0" * 4 + _D50
     cprt = b"text" + b"\0" * 4 + b"public domain\0"
     tags = [(b"desc", desc), (b"wtpt", wtpt), (b"cprt", cprt), (b"A2B0", a2b0)]
     offset = 128 + 4 + 12 * len(tags)
@@ -138,7 +147,7 @@ def cmyk_icc() -> bytes:
     size = offset + len(body)
     header = (struct.pack(">I", size) + b"lcms" + struct.pack(">I", 0x02100000) + b"prtr"
               + b"CMYK" + b"Lab " + b"\0" * 12 + b"acsp" + b"\0" * 24 + struct.pack(">I", 0)
-              + struct.pack(">3i", *(round(v * 65536) for v in (0.9642, 1.0, 0.8249)))
+              + _D50
               + b"\0" * 48)
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + table + body
@@ -151,7 +160,7 @@ def grey_icc() -> bytes:
     desc = (b"desc" + b"\0" * 4 + struct.pack(">I", len(desc_text)) + desc_text
             + struct.pack(">II", 0, 0) + struct.pack(">HB", 0, 0) + b"\0" * 67)
     desc += b"\0" * (-len(desc) % 4)
-    wtpt = b"XYZ " + b"\0" * 4 + struct.pack(">3i", *(round(v * 65536) for v in (0.9642, 1.0, 0.8249)))
+    wtpt = b"XYZ " + b"\0" * 4 + _D50
     tags = [(b"desc", desc), (b"wtpt", wtpt), (b"kTRC", curve)]
     offset = 128 + 4 + 12 * len(tags)
     table, body = b"", b""
@@ -161,7 +170,7 @@ def grey_icc() -> bytes:
     size = offset + len(body)
     header = (struct.pack(">I", size) + b"lcms" + struct.pack(">I", 0x02100000) + b"mntr"
               + b"GRAY" + b"XYZ " + b"\0" * 12 + b"acsp" + b"\0" * 28
-              + struct.pack(">3i", *(round(v * 65536) for v in (0.9642, 1.0, 0.8249)))
+              + _D50
               + b"\0" * 48)
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + table + body
@@ -242,7 +251,8 @@ def make_tiff48(path: Path) -> Path:
     assert len(entries) == n_entries
     out = b"II*\0" + struct.pack("<I", ifd_offset) + struct.pack("<H", n_entries)
     for tag, kind, count, value in entries:
-        packed = struct.pack("<HI", value, 0)[:4] if kind == 3 and count == 1 else struct.pack("<I", value)
+        short = kind == 3 and count == 1  # a SHORT value sits left-justified in 4 bytes
+        packed = struct.pack("<HH", value, 0) if short else struct.pack("<I", value)
         out += struct.pack("<HHI", tag, kind, count) + packed
     out += struct.pack("<I", 0) + struct.pack("<3H", 16, 16, 16) + data
     path.write_bytes(out)
@@ -372,5 +382,5 @@ def make_unsupported(path: Path) -> Path:
 
 def encoded(image: Image.Image, fmt: str, **params: object) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, fmt, **params)  # type: ignore[arg-type]
+    image.save(buf, fmt, **params)
     return buf.getvalue()

@@ -113,11 +113,11 @@ def test_batch_continues_past_bad_files_and_reports_json(tmp_path: Path, emulato
     assert Path(by_input[good.name]["output"]) == out_dir / "good photo é.png"
     assert by_input[bad.name]["status"] == "failed" and "fake.jpg" in by_input[bad.name]["error"]
     assert by_input[missing.name]["status"] == "failed"
-    result = Image.open(out_dir / "good photo é.png")
-    assert result.mode == "RGBA" and result.size == (40, 30)
-    # The key-out model keys the corner colour: background transparent, subject opaque.
-    assert result.getpixel((0, 0))[3] == 0
-    assert result.getpixel((20, 15)) == (200, 20, 20, 255)
+    with Image.open(out_dir / "good photo é.png") as result:
+        assert result.mode == "RGBA" and result.size == (40, 30)
+        # The key-out model keys the corner colour: background transparent, subject opaque.
+        assert result.getpixel((0, 0))[3] == 0
+        assert result.getpixel((20, 15)) == (200, 20, 20, 255)
 
 
 def test_outputs_never_collide_or_overwrite_an_input(tmp_path: Path, emulator_env: None) -> None:
@@ -136,7 +136,8 @@ def test_outputs_never_collide_or_overwrite_an_input(tmp_path: Path, emulator_en
 def test_default_output_is_beside_the_input(tmp_path: Path, emulator_env: None) -> None:
     src = _solid(tmp_path / "photo.png")
     assert main(["remove", str(src), "--format", "webp"]) == 0
-    assert Image.open(tmp_path / "photo-nobg.webp").size == (40, 30)
+    with Image.open(tmp_path / "photo-nobg.webp") as result:
+        assert result.size == (40, 30)
 
 
 def test_unwritable_output_folder_fails_each_file_with_one_line(

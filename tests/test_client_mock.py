@@ -652,7 +652,8 @@ def test_auth_error_mentions_the_top_up(make_client: Any, service: Service) -> N
 
 def test_key_never_appears_in_errors_or_logs(make_client: Any, service: Service,
                                             caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
+    for name in (None, "httpx", "httpcore"):  # another test may have quietened httpx
+        caplog.set_level(logging.DEBUG, logger=name)
     client = make_client(retry={"max_attempts": 2})
     leaky = f"Authorization: Bearer {KEY} for {BASE}/api/v3/balance?key={KEY}"
     errors: list[BaseException] = []
@@ -760,3 +761,15 @@ def test_pooled_client_is_built_with_tls_verification_and_closed() -> None:
     finally:
         client.close()
     assert client._http.is_closed
+
+
+@pytest.mark.parametrize("status", [404, 410])
+def test_unknown_task_is_task_failed_not_found(client: WaveSpeedClient, service: Service,
+                                               status: int) -> None:
+    service.on("result", err(status, "Prediction t1 not found"))
+    with pytest.raises(TaskFailedError) as info:
+        client.wait("t1")
+    error = info.value
+    assert error.status == "not_found" and error.task_id == "t1" and not error.transient
+    assert "submit the image again" in str(error)
+    assert service.count("result") == 1  # a 404 is not retried

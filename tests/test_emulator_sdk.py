@@ -22,7 +22,8 @@ from core.emulator import MODEL_ID, Emulator, keyout_alpha
 def _alpha_of(png: bytes) -> Image.Image:
     with Image.open(io.BytesIO(png)) as image:
         assert image.format == "PNG" and image.mode == "RGBA"
-        return image.getchannel("A")
+        alpha: Image.Image = image.getchannel("A")
+        return alpha
 
 
 def _expected_alpha(path: Path) -> bytes:

@@ -152,8 +152,10 @@ class Daemon:
 
     def __init__(self, config: Config, layout: Layout, *,
                  backend_factory: Callable[[], Backend] | None = None,
-                 on_status: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_status: Callable[[dict[str, Any]], None] | None = None,
+                 backoff_initial: float = BACKOFF_INITIAL) -> None:
         self.config = config
+        self.backoff_initial = backoff_initial
         self.watch = config.watch
         self.layout = layout
         self.limits: Limits = effective_limits(config.watch)
@@ -465,7 +467,7 @@ class Daemon:
             key = f"{file_sha256(claimed)}:{self._fingerprint}"
         except OSError as exc:
             log.warning("cannot read claimed file %s: %s; retrying", claimed, exc)
-            self.scheduler.put(time.monotonic() + BACKOFF_INITIAL, claimed=claimed, rel=rel,
+            self.scheduler.put(time.monotonic() + self.backoff_initial, claimed=claimed, rel=rel,
                                input_error=input_error)
             return
         with self._lock:
@@ -535,10 +537,11 @@ class Daemon:
             self._check_output_dir(rel)
             resume = job.task_id if job.state == "submitted" else None
             if resume is None:
-                if not self.rate.acquire(self.cancel):
+                # waiting for the rate limit or cost cap ends at shutdown: nothing sent yet
+                if not self.rate.acquire(self.cancel, lambda: self.stopping):
                     raise CancelledError("shutting down")
                 assert self.guard is not None
-                if not self.guard.acquire(key, self.cancel):
+                if not self.guard.acquire(key, self.cancel, lambda: self.stopping):
                     raise CancelledError("shutting down")
             else:
                 log.info("%s: resuming task %s instead of submitting again", rel, resume)
@@ -644,7 +647,7 @@ class Daemon:
                        note=f"gave up after {attempts} attempts over "
                             f"{time.time() - first:.0f} s")
             return
-        delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (attempts - 1))
+        delay = min(BACKOFF_MAX, self.backoff_initial * 2 ** (attempts - 1))
         delay *= random.uniform(0.8, 1.2)
         if isinstance(exc, RateLimitError) and exc.retry_after:
             delay = max(delay, exc.retry_after)

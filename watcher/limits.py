@@ -96,10 +96,10 @@ class RateLimiter:
                 return True
             return False
 
-    def acquire(self, cancel: CancelToken) -> bool:
-        """Block until allowed; False if cancelled meanwhile."""
+    def acquire(self, cancel: CancelToken, give_up: Callable[[], bool] = lambda: False) -> bool:
+        """Block until allowed; False if cancelled or ``give_up()`` meanwhile."""
         while not self.try_acquire():
-            if cancel.wait(min(max(self.delay(), 0.01), 1.0)):
+            if give_up() or cancel.wait(min(max(self.delay(), 0.01), 0.25)):
                 return False
         return True
 
@@ -180,11 +180,12 @@ class CostGuard:
             self.journal.add_submit(key, now)
             return 0.0
 
-    def acquire(self, key: str, cancel: CancelToken) -> bool:
-        """Block until the caps allow one more submission; False if cancelled."""
+    def acquire(self, key: str, cancel: CancelToken,
+                give_up: Callable[[], bool] = lambda: False) -> bool:
+        """Block until the caps allow one more submission; False if cancelled or given up."""
         while True:
             wait = self.try_acquire(key)
             if wait <= 0:
                 return True
-            if cancel.wait(min(wait, 1.0)):
+            if give_up() or cancel.wait(min(wait, 0.25)):
                 return False

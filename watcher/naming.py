@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +30,6 @@ CLAIMS_DIR = ".bgremove-claims"
 STATE_DIR = ".bgremove"
 
 _TEMP_SUFFIXES = (".part", ".crdownload", ".tmp", ".partial", ".download", ".swp", ".temp", "~")
-_IMAGE_SUFFIXES = frozenset(
-    (".png", ".jpg", ".jpeg", ".jpe", ".webp", ".tif", ".tiff", ".bmp", ".gif",
-     ".heic", ".heif", ".avif")
-)
-
-
 def is_ignored_name(name: str) -> bool:
     """True for temp, partial, hidden and lock files (``.part``, ``~$x``, ``.x``...)."""
     lower = name.lower()
@@ -44,11 +39,6 @@ def is_ignored_name(name: str) -> bool:
         or lower.endswith(".error.json")
         or lower in ("thumbs.db", "desktop.ini")
     )
-
-
-def is_image_name(name: str) -> bool:
-    """True for the file types the daemon tries (others stay where they are, with a log line)."""
-    return Path(name).suffix.lower() in _IMAGE_SUFFIXES
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -126,12 +116,12 @@ class Layout:
         return self.outbox / rel.parent / f"{rel.stem}{ext}"
 
 
-def candidate_names(preferred: Path) -> list[Path]:
-    """``x.png``, ``x-1.png``, ``x-2.png``... (a long but finite list)."""
+def candidate_names(preferred: Path, limit: int = 100_000) -> Iterator[Path]:
+    """``x.png``, ``x-1.png``, ``x-2.png``... (long but finite)."""
+    yield preferred
     stem, suffix = preferred.stem, preferred.suffix
-    names = [preferred]
-    names.extend(preferred.with_name(f"{stem}-{i}{suffix}") for i in range(1, 10000))
-    return names
+    for i in range(1, limit):
+        yield preferred.with_name(f"{stem}-{i}{suffix}")
 
 
 def link_no_replace(src: Path, dst: Path) -> bool:

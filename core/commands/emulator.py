@@ -36,9 +36,12 @@ def register(subparsers: Any) -> None:
                         help="a sync-mode submit stops waiting after S seconds")
     parser.add_argument("--sync-timeout-style", choices=("504", "processing"), default="504",
                         help="answer a sync timeout with a 504, or a 200 with code 5004")
-    parser.add_argument("--concurrency-cap", type=int, default=0, metavar="N",
+    parser.add_argument("--level", choices=("bronze", "silver", "gold", "ultra"),
+                        help="apply an account level's limits (bronze: 2 concurrent tasks, "
+                        "2 images per minute)")
+    parser.add_argument("--concurrency-cap", type=int, metavar="N",
                         help="tasks running at once; the rest wait (Bronze: 2; 0: no cap)")
-    parser.add_argument("--images-per-minute", type=int, default=0, metavar="N",
+    parser.add_argument("--images-per-minute", type=int, metavar="N",
                         help="submits per minute beyond N get 429 (0: no limit)")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB",
                         help="larger uploads get 413 (default 20)")
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from core.emulator import Emulator, EmulatorOptions
+    from core.emulator.server import ACCOUNT_LEVELS
     from core.errors import ConfigError
     from core.logs import register_secret, setup_logging
 
@@ -92,11 +96,16 @@ def run(args: argparse.Namespace) -> int:
                           hint="add --allow-remote if you mean it")
     register_secret(args.api_key)
     setup_logging(args.log_level)
+    cap, per_minute = ACCOUNT_LEVELS[args.level] if args.level else (0, 0)
+    if args.concurrency_cap is not None:
+        cap = args.concurrency_cap
+    if args.images_per_minute is not None:
+        per_minute = args.images_per_minute
     options = EmulatorOptions(
         host=args.host, port=args.port, api_key=args.api_key, key_state=args.key_state,
         model=args.model, delay=args.delay, sync_timeout=args.sync_timeout,
-        sync_timeout_style=args.sync_timeout_style, concurrency_cap=args.concurrency_cap,
-        images_per_minute=args.images_per_minute,
+        sync_timeout_style=args.sync_timeout_style, concurrency_cap=cap,
+        images_per_minute=per_minute,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), faults=_faults(args),
         seed=args.seed)
     stop = threading.Event()

@@ -94,6 +94,9 @@ class LocalModel:
         from core.config import Config
 
         self._backend = backend_class(Config(backend="local"))
+        prepare = getattr(self._backend, "prepare", None)
+        if prepare is not None:
+            prepare()  # load (and on first use fetch) the model now, not in the first task
         self._lock = threading.Lock()  # one inference at a time: the session is shared
 
     def __call__(self, image: Image.Image) -> Image.Image:

@@ -54,6 +54,9 @@ DEFAULT_API_KEY = "emulator-key-0123456789"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 TERMINAL = ("completed", "failed")
 _BODY_SLACK = 256 * 1024  # multipart framing on top of the file size limit
+#: Account levels from the docs: (concurrent tasks, images per minute).
+ACCOUNT_LEVELS = {"bronze": (2, 2), "silver": (300, 500), "gold": (3000, 3000),
+                  "ultra": (10000, 5000)}
 
 
 @dataclass(frozen=True)
@@ -237,7 +240,11 @@ class Emulator:
             return self
         self._alpha, self._close_model = load_model(self.options.model)
         self._stopping = False
-        server = _Server((self.options.host, self.options.port), _Handler, self)
+        try:
+            server = _Server((self.options.host, self.options.port), _Handler, self)
+        except BaseException:
+            self._close_model()
+            raise
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
                                         name=f"emulator:{self.port}", daemon=True)
@@ -482,10 +489,8 @@ class Emulator:
                 assert self._alpha is not None
                 outcome = ("completed", None, "", cutout_png(image, self._alpha(image)))
         remaining = self.options.delay - (time.monotonic() - started)
-        if remaining > 0:
-            with self._cond:
-                if self._cond.wait_for(lambda: self._stopping, remaining):
-                    return
+        if remaining > 0 and self._sleep(remaining):
+            return
         task.inference_ms = round((time.monotonic() - started) * 1000)
         status, code, error, png = outcome
         if png is not None:
@@ -495,6 +500,11 @@ class Emulator:
                 self._outputs.put(task.id, png)
                 task.outputs = [f"{task.public_base}/outputs/{task.id}.png"]
         self._finish(task, status, code=code, error=error)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait ``seconds``; True (at once) when the emulator is stopping."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._stopping, seconds)
 
     def _finish(self, task: _Task, status: str, *, code: int | None, error: str) -> None:
         task.code, task.error, task.status = code, error, status
@@ -551,6 +561,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "wavespeed-emulator/1"
     disable_nagle_algorithm = True
     server: _Server
+    _route = "unknown"
+    _status_sent: int | str = "-"
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -568,6 +580,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("emulator: " + format, *args)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self._status_sent = code  # logged with the route and time at the end of _serve
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -661,13 +676,14 @@ class _Handler(BaseHTTPRequestHandler):
         started = time.monotonic()
         path = urlsplit(self.path).path
         self._route = route = _route_of(method, path)
-        self._status_sent = 0
+        self._status_sent = "dropped"
         try:
             body = self._read_body(self.emu.options.max_upload_bytes + _BODY_SLACK)
             self.emu._count_request(route, method, len(body or b""))
             for fault in self.emu._plan.pick(route, ("delay",)):
                 self.emu._count_fault("delay")
-                time.sleep(fault.seconds)
+                if self.emu._sleep(fault.seconds):
+                    self._drop()
             if self._inject(route):
                 return
             if path.startswith("/api/v3/") and not self._authorised():
@@ -682,7 +698,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (ConnectionError, TimeoutError):
             self.close_connection = True
         finally:
-            log.debug("%s %s -> %s (%.1f ms)", method, path, route,
+            log.debug("%s %s [%s] -> %s (%.1f ms)", method, path, route, self._status_sent,
                       (time.monotonic() - started) * 1000)
 
     def _inject(self, route: str, *, after: bool = False) -> bool:

@@ -128,7 +128,7 @@ def model_input(image: Image.Image, size: tuple[int, int]) -> FloatArray:
 
 def predict(session: ModelSession, image: Image.Image) -> FloatArray:
     """The model's mask for ``image`` at the model's size (HxW float32, 0..1)."""
-    pred = session.run(model_input(image, session.input_size))[0, 0]
+    pred: FloatArray = session.run(model_input(image, session.input_size))[0, 0]
     lo, hi = float(pred.min()), float(pred.max())
     if hi - lo < 1e-6:
         return np.zeros_like(pred)

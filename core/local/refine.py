@@ -66,17 +66,19 @@ def guided_filter(guide: F64Array, mask: F64Array, radius: int, eps: float) -> F
     mean_i = box_mean(guide, radius)
     mean_p = box_mean(mask, radius)
     cov_ip = box_mean(guide * mask[:, :, np.newaxis], radius) - mean_i * mean_p[:, :, np.newaxis]
-    sigma = np.empty(guide.shape[:2] + (3, 3), dtype=np.float64)
+    sigma = np.empty((*guide.shape[:2], 3, 3), dtype=np.float64)
     for i in range(3):
         for j in range(i, 3):
-            v = box_mean(guide[:, :, i] * guide[:, :, j], radius) - mean_i[:, :, i] * mean_i[:, :, j]
+            v = (box_mean(guide[:, :, i] * guide[:, :, j], radius)
+                 - mean_i[:, :, i] * mean_i[:, :, j])
             sigma[:, :, i, j] = v
             sigma[:, :, j, i] = v
     sigma += eps * np.eye(3)
-    a_vec = np.linalg.solve(sigma, cov_ip[:, :, :, np.newaxis])[:, :, :, 0]
+    a_vec = np.asarray(np.linalg.solve(sigma, cov_ip[:, :, :, np.newaxis])[:, :, :, 0],
+                       dtype=np.float64)
     del sigma
-    b = mean_p - np.einsum("hwc,hwc->hw", a_vec, mean_i)
-    out = np.einsum("hwc,hwc->hw", box_mean(a_vec, radius), guide) + box_mean(b, radius)
+    b = mean_p - (a_vec * mean_i).sum(axis=2)
+    out = (box_mean(a_vec, radius) * guide).sum(axis=2) + box_mean(b, radius)
     return out
 
 
@@ -137,6 +139,9 @@ def estimate_foreground(image: Image.Image, alpha: Image.Image, *,
         return out
     halo = _R1 + _R2 + 1
     w, h = image.size
+    # Tiles read a halo of their neighbours, so nothing is pasted until every tile is done;
+    # the patches cover only tiles with soft pixels (the edge band), 8-bit.
+    patches: list[tuple[tuple[int, int], Image.Image]] = []
     for y0 in range(int(soft_rows[0]) // _TILE * _TILE, int(soft_rows[-1]) + 1, _TILE):
         y1 = min(y0 + _TILE, h)
         band = a_full[y0:y1]
@@ -148,12 +153,14 @@ def estimate_foreground(image: Image.Image, alpha: Image.Image, *,
             x1 = min(x0 + _TILE, w)
             if not soft[:, x0:x1].any():
                 continue
-            _foreground_tile(out, a_full, (x0, y0, x1, y1), halo)
+            patches.append(((x0, y0), _foreground_tile(out, a_full, (x0, y0, x1, y1), halo)))
+    for where, patch in patches:
+        out.paste(patch, where)
     return out
 
 
 def _foreground_tile(out: Image.Image, a_full: npt.NDArray[np.uint8],
-                     box: tuple[int, int, int, int], halo: int) -> None:
+                     box: tuple[int, int, int, int], halo: int) -> Image.Image:
     x0, y0, x1, y1 = box
     w, h = out.size
     ex0, ey0, ex1, ey1 = max(0, x0 - halo), max(0, y0 - halo), min(w, x1 + halo), min(h, y1 + halo)
@@ -171,4 +178,4 @@ def _foreground_tile(out: Image.Image, a_full: npt.NDArray[np.uint8],
     patch = Image.fromarray(new)
     if has_alpha:
         patch.putalpha(out.crop(box).getchannel("A"))
-    out.paste(patch, (x0, y0))
+    return patch

@@ -1,0 +1,151 @@
+"""Host side of the real-GIMP tests and benchmark (this file runs on the host, not in GIMP).
+
+    root = ensure_root()          # scripts/gimp-root.sh: a cached Debian trixie root with GIMP 3
+    prepare_root(root)            # copy core/ and plugin_gimp/ in, `bgremove gimp install`
+    result = run_batch(root, "run_procedure.py", params, files, env)
+
+The plug-in is installed the way a user does it: the root's venv python runs
+``python -m core gimp install``, so the interpreter recorded in
+``bgremove-gimp.json`` is that venv's (Python 3.13, Debian's httpx/Pillow/PyYAML,
+the repo on a .pth path). GIMP runs chrooted with a clean environment
+(``env -i``); the emulator on the host's 127.0.0.1 is reachable from inside
+because the root shares the network. GIMP runs one at a time per root (a lock
+file), since they share the profile in /root/.config/GIMP/3.0.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "gimp-root.sh"
+BATCH_DIR = Path(__file__).resolve().parent
+VENV_PYTHON = "/opt/bgremove-venv/bin/python"
+SRC_IN_ROOT = "opt/bgremove/src"
+PLUGINS_IN_ROOT = "/root/.config/GIMP/3.0/plug-ins"
+BASE_ENV = {"HOME": "/root", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+BUILD_TIMEOUT = 1200
+
+
+class RootUnavailable(Exception):
+    """The GIMP root cannot be had on this machine; the message says why."""
+
+
+def unavailable_reason() -> str | None:
+    """Why this machine cannot run GIMP in a chroot at all, or None."""
+    if not sys.platform.startswith("linux"):
+        return "the real-GIMP test needs Linux (a Debian trixie chroot)"
+    if os.geteuid() != 0:
+        return "the real-GIMP test needs root (mmdebstrap and chroot)"
+    if shutil.which("chroot") is None:
+        return "the real-GIMP test needs the chroot command"
+    return None
+
+
+def ensure_root() -> Path:
+    """Build (or find) the cached root; raise RootUnavailable with the reason."""
+    reason = unavailable_reason()
+    if reason:
+        raise RootUnavailable(reason)
+    try:
+        done = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True,
+                              timeout=BUILD_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise RootUnavailable(f"building the GIMP root took over {BUILD_TIMEOUT} s") from None
+    if done.returncode != 0:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        raise RootUnavailable(f"cannot build the GIMP root (Debian mirror unreachable?): {tail}")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def chroot_command(root: Path, argv: list[str], env: Mapping[str, str] | None = None
+                   ) -> list[str]:
+    variables = {**BASE_ENV, **(env or {})}
+    return ["chroot", str(root), "env", "-i",
+            *(f"{k}={v}" for k, v in variables.items()), *argv]
+
+
+@contextmanager
+def gimp_lock(root: Path) -> Iterator[None]:
+    with open(f"{root}.gimp-run.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_root(root: Path) -> str:
+    """Copy the repo's packages into the root and install the plug-in; return its output."""
+    src = root / SRC_IN_ROOT
+    with gimp_lock(root):
+        staging = Path(tempfile.mkdtemp(prefix="src.", dir=src.parent))
+        for package in ("core", "plugin_gimp"):
+            shutil.copytree(REPO / package, staging / package,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        old = src.with_name("src.old")
+        if src.exists():
+            src.rename(old)
+        staging.rename(src)
+        shutil.rmtree(old, ignore_errors=True)
+        done = subprocess.run(
+            chroot_command(root, [VENV_PYTHON, "-m", "core", "gimp", "install",
+                                  "--plugins-dir", PLUGINS_IN_ROOT]),
+            capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"`bgremove gimp install` failed inside the root: {done.stderr}")
+    return done.stdout
+
+
+@dataclass
+class BatchRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    work: Path  # on the host
+    results: dict[str, Any] | None
+
+    def read(self, name: str) -> bytes:
+        return (self.work / name).read_bytes()
+
+
+def run_batch(root: Path, script: str, params: dict[str, Any], files: Mapping[str, bytes],
+              env: Mapping[str, str], timeout: float = 600) -> BatchRun:
+    """Run ``tests/gimp_batch/<script>`` in gimp-console inside the root.
+
+    ``files`` are written to the work folder (seen as ``BGREMOVE_BATCH_DIR`` inside),
+    ``params`` as params.json. The caller removes ``result.work`` when done.
+    """
+    import time
+
+    tmp = root / "tmp"
+    work = Path(tempfile.mkdtemp(prefix="bgremove-gimp-", dir=tmp))
+    inside = "/" + str(work.relative_to(root))
+    shutil.copy(BATCH_DIR / script, work / script)
+    for name, data in files.items():
+        (work / name).write_bytes(data)
+    (work / "params.json").write_text(json.dumps(params), encoding="utf-8")
+    command = chroot_command(
+        root, ["gimp-console-3.0", "-i", "-n", "--batch-interpreter=python-fu-eval",
+               "-b", f'exec(open("{inside}/{script}").read())', "--quit"],
+        {**env, "BGREMOVE_BATCH_DIR": inside})
+    with gimp_lock(root):
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+        seconds = time.perf_counter() - started
+    results_file = work / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else None
+    return BatchRun(done.returncode, done.stdout, done.stderr, seconds, work, results)

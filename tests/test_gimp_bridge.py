@@ -1,0 +1,526 @@
+"""The GIMP plug-in's bridge and installer, without GIMP.
+
+The plug-in file's bridge client (``BridgeJob`` in remove_background.py, which
+imports without gi outside GIMP) drives the real bridge subprocess
+(``python -m plugin_gimp.bridge``) against the emulator on 127.0.0.1: the same
+code path GIMP runs, minus GIMP's pixel reads and writes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from PIL import Image, ImageChops
+
+from core.emulator import Emulator, Fault, keyout_alpha
+from core.errors import (
+    AuthenticationError,
+    MissingKeyError,
+    RateLimitError,
+    ServiceConnectionError,
+    ServiceTimeoutError,
+)
+from plugin_gimp import bridge, install
+from plugin_gimp.cli import register
+
+REPO = Path(__file__).resolve().parent.parent
+PLUGIN_FILE = REPO / "plugin_gimp" / "remove_background.py"
+FAST = ("wavespeed:\n  poll: {initial: 0.05, max: 0.2}\n"
+        "  retry: {max_attempts: 2, backoff_initial: 0.01, backoff_max: 0.05}\n")
+
+
+def load_plugin() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bgremove_gimp_plugin", PLUGIN_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+plugin = load_plugin()
+
+
+@pytest.fixture
+def bridge_env(tmp_path: Path) -> Callable[..., dict[str, str]]:
+    """The bridge's environment: a config file with fast retries, plus the given variables."""
+
+    def make(extra_config: str = "", **variables: str) -> dict[str, str]:
+        config = tmp_path / "config.yaml"
+        config.write_text(FAST + extra_config, encoding="utf-8")
+        config.chmod(0o600)
+        env = dict(os.environ, BGREMOVE_CONFIG=str(config), **variables)
+        return dict(plugin.bridge_env(env))
+
+    return make
+
+
+def emulator_env(emu: Emulator, make: Callable[..., dict[str, str]], **more: str
+                 ) -> dict[str, str]:
+    return make(WAVESPEED_API_KEY=emu.api_key, WAVESPEED_BASE_URL=emu.base_url, **more)
+
+
+def header(image: Image.Image, **fields: Any) -> dict[str, Any]:
+    formats = {"RGBA": "R'G'B'A u8", "RGB": "R'G'B' u8", "LA": "Y'A u8", "L": "Y' u8"}
+    return {"width": image.width, "height": image.height, "format": formats[image.mode],
+            "backend": "wavespeed", "want": "mask", "mask": False, **fields}
+
+
+def run_job(env: dict[str, str], request: dict[str, Any], chunks: list[bytes],
+            progress: list[tuple[str, float]] | None = None) -> tuple[dict[str, Any], bytes]:
+    job = plugin.BridgeJob(sys.executable, env)
+    result: tuple[dict[str, Any], bytes] = job.run(
+        request, chunks, None if progress is None else lambda s, f: progress.append((s, f)))
+    return result
+
+
+# --- argument handling -----------------------------------------------------------------------
+
+def good_header(**fields: Any) -> bytes:
+    data = {"protocol": 1, "width": 4, "height": 3, "format": "R'G'B'A u8",
+            "backend": "auto", "want": "mask", "mask": False, **fields}
+    return json.dumps(data).encode()
+
+
+def test_a_good_header_is_parsed_with_its_sizes() -> None:
+    request = bridge.parse_request(good_header(mask=True, want="pixels", format="Y' u8"))
+    assert (request.width, request.height, request.format) == (4, 3, "Y' u8")
+    assert request.pixel_bytes == 12 and request.mask_bytes == 12
+    assert request.want == "pixels" and request.backend == "auto"
+
+
+@pytest.mark.parametrize(("fields", "named"), [
+    ({"protocol": 2}, "bgremove gimp install"),
+    ({"width": 0}, "width"),
+    ({"height": -3}, "height"),
+    ({"width": "12"}, "width"),
+    ({"width": True}, "width"),
+    ({"format": "RGBA float"}, "format"),
+    ({"backend": "remove.bg"}, "backend"),
+    ({"want": "everything"}, "want"),
+    ({"mask": "yes"}, "mask"),
+    ({"width": 100_000, "height": 100_000}, "more than"),
+])
+def test_a_bad_header_is_refused_naming_the_field(fields: dict[str, Any], named: str) -> None:
+    with pytest.raises(bridge.RequestError, match=named):
+        bridge.parse_request(good_header(**fields))
+
+
+@pytest.mark.parametrize("line", [b"not json\n", b"[1, 2]\n", b"\xff\xfe\n"])
+def test_a_header_that_is_not_a_json_object_is_refused(line: bytes) -> None:
+    with pytest.raises(bridge.RequestError):
+        bridge.parse_request(line)
+
+
+def test_the_bridge_refuses_a_bad_request_with_one_error_line(
+        bridge_env: Callable[..., dict[str, str]]) -> None:
+    with pytest.raises(plugin.PluginError) as caught:
+        run_job(bridge_env(), {"width": 2, "height": 2, "format": "CMYK u8",
+                               "backend": "local", "want": "mask", "mask": False}, [b"\0" * 16])
+    assert caught.value.kind == "request" and "CMYK" in caught.value.message
+
+
+# --- buffer round trip -----------------------------------------------------------------------
+
+def test_rgb_layer_in_mask_out_exactly_the_key_out_at_full_size(
+        emulator: Emulator, bridge_env: Callable[..., dict[str, str]],
+        keyed_image: Callable[..., Image.Image]) -> None:
+    image = keyed_image((257, 131))  # odd sizes: no row padding hides a stride bug
+    progress: list[tuple[str, float]] = []
+    result, data = run_job(emulator_env(emulator, bridge_env), header(image),
+                           [image.tobytes()], progress)
+    assert result["format"] == "Y u8" and (result["width"], result["height"]) == (257, 131)
+    assert data == keyout_alpha(image).tobytes()
+    stages = [stage for stage, _ in progress]
+    for stage in ("upload", "wait", "download"):
+        assert stage in stages
+    fractions = [fraction for _, fraction in progress]
+    assert fractions == sorted(fractions) and fractions[-1] < 1.0
+
+
+def test_rgba_layer_with_an_existing_mask_gets_the_minimum_of_both(
+        emulator: Emulator, bridge_env: Callable[..., dict[str, str]],
+        keyed_image: Callable[..., Image.Image]) -> None:
+    image = keyed_image((96, 64), mode="RGBA")  # with a half-transparent stripe
+    old_mask = Image.linear_gradient("L").resize(image.size)
+    _, data = run_job(emulator_env(emulator, bridge_env), header(image, mask=True),
+                      [image.tobytes(), old_mask.tobytes()])
+    expected = ImageChops.darker(keyout_alpha(image), old_mask)
+    assert data == expected.tobytes()
+    assert data != keyout_alpha(image).tobytes() and data != old_mask.tobytes()  # both count
+
+
+def test_pixels_mode_keeps_the_colours_and_replaces_only_the_alpha(
+        emulator: Emulator, bridge_env: Callable[..., dict[str, str]],
+        keyed_image: Callable[..., Image.Image]) -> None:
+    image = keyed_image((80, 60), mode="RGBA")
+    result, data = run_job(emulator_env(emulator, bridge_env), header(image, want="pixels"),
+                           [image.tobytes()])
+    assert result["format"] == "R'G'B'A u8"
+    out = Image.frombytes("RGBA", image.size, data)
+    assert out.convert("RGB").tobytes() == image.convert("RGB").tobytes()
+    assert out.getchannel("A").tobytes() == keyout_alpha(image).tobytes()
+
+
+def test_a_layer_without_alpha_comes_back_with_an_alpha_channel(
+        emulator: Emulator, bridge_env: Callable[..., dict[str, str]],
+        keyed_image: Callable[..., Image.Image]) -> None:
+    grey = keyed_image((40, 30)).convert("L")
+    result, data = run_job(emulator_env(emulator, bridge_env), header(grey, want="pixels"),
+                           [grey.tobytes()])
+    assert result["format"] == "Y'A u8" and len(data) == 40 * 30 * 2
+    out = Image.frombytes("LA", grey.size, data)
+    assert out.getchannel("L").tobytes() == grey.tobytes()
+    assert out.getchannel("A").tobytes() == keyout_alpha(grey.convert("RGB")).tobytes()
+
+
+def test_a_smaller_mask_from_the_backend_is_scaled_to_the_layer() -> None:
+    request = bridge.parse_request(good_header(width=40, height=30, format="R'G'B' u8"))
+    small = Image.new("L", (20, 15), 200)
+    fmt, data = bridge.combine(request, b"\0" * 40 * 30 * 3, small, None)
+    assert fmt == "Y u8" and data == bytes([200]) * (40 * 30)
+
+
+def test_an_opaque_rgba_layer_is_uploaded_as_rgb() -> None:
+    request = bridge.parse_request(good_header(width=2, height=1))
+    assert bridge.to_source_image(request, bytes([1, 2, 3, 255, 4, 5, 6, 255])).mode == "RGB"
+    assert bridge.to_source_image(request, bytes([1, 2, 3, 255, 4, 5, 6, 7])).mode == "RGBA"
+
+
+# --- error mapping ---------------------------------------------------------------------------
+
+def failure(env: dict[str, str], image: Image.Image) -> Any:
+    with pytest.raises(plugin.PluginError) as caught:
+        run_job(env, header(image), [image.tobytes()])
+    return caught.value
+
+
+def test_no_key_says_where_to_put_one(bridge_env: Callable[..., dict[str, str]],
+                                      keyed_image: Callable[..., Image.Image]) -> None:
+    error = failure(bridge_env(), keyed_image())
+    assert error.kind == "missing_key"
+    assert "WAVESPEED_API_KEY" in error.message and "Backend: local" in error.message
+    assert "config.yaml" in error.message  # the file the bridge actually reads
+
+
+def test_a_wrong_key_gets_one_message_without_the_key(
+        emulator_factory: Callable[..., Emulator], bridge_env: Callable[..., dict[str, str]],
+        keyed_image: Callable[..., Image.Image]) -> None:
+    emu = emulator_factory(api_key="the-right-key-123")
+    env = bridge_env(WAVESPEED_API_KEY="a-wrong-key-456", WAVESPEED_BASE_URL=emu.base_url)
+    error = failure(env, keyed_image())
+    assert error.kind == "auth"
+    assert "topped up" in error.message and "a-wrong-key-456" not in error.message
+
+
+def test_rate_limited_after_retries_says_to_wait(
+        emulator_factory: Callable[..., Emulator], bridge_env: Callable[..., dict[str, str]],
+        keyed_image: Callable[..., Image.Image]) -> None:
+    emu = emulator_factory(faults=(Fault("status", route="*", status=429, every=1,
+                                         retry_after="0"),))
+    error = failure(emulator_env(emu, bridge_env), keyed_image())
+    assert error.kind == "rate_limited" and "Wait a minute" in error.message
+
+
+def test_a_timeout_says_to_try_again(
+        emulator_factory: Callable[..., Emulator], bridge_env: Callable[..., dict[str, str]],
+        keyed_image: Callable[..., Image.Image]) -> None:
+    emu = emulator_factory(delay=3.0)
+    env = emulator_env(emu, bridge_env, extra_config="")
+    config = Path(env["BGREMOVE_CONFIG"])
+    config.write_text(FAST + "  wait: poll\n  timeouts: {result: 0.5, overall: 1.0}\n",
+                      encoding="utf-8")
+    started = time.monotonic()
+    error = failure(env, keyed_image())
+    assert error.kind == "timeout" and "Try again" in error.message
+    assert time.monotonic() - started < 3.0  # did not sit out the whole task
+
+
+def test_offline_says_to_check_the_connection(
+        bridge_env: Callable[..., dict[str, str]],
+        keyed_image: Callable[..., Image.Image]) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = bridge_env(WAVESPEED_API_KEY="k-offline", WAVESPEED_BASE_URL=f"http://127.0.0.1:{port}")
+    error = failure(env, keyed_image())
+    assert error.kind == "connection" and "internet connection" in error.message
+
+
+@pytest.mark.parametrize(("error", "says"), [
+    (MissingKeyError(), "WAVESPEED_API_KEY"),
+    (AuthenticationError("the service refused the API key", status_code=401), "topped up"),
+    (RateLimitError("rate limited", status_code=429), "Wait a minute"),
+    (ServiceTimeoutError("no answer in 30 s"), "Try again"),
+    (ServiceConnectionError("cannot connect"), "internet connection"),
+])
+def test_each_service_error_has_a_next_step_for_gimp_users(error: Any, says: str) -> None:
+    message = bridge.user_message(error, "/home/u/.config/bgremove/config.yaml")
+    assert says in message and "\n" not in message
+    assert "--backend" not in message  # command-line advice is no use inside GIMP
+    assert message.startswith(error.message.rstrip("."))
+
+
+# --- cancel ----------------------------------------------------------------------------------
+
+def start_slow_job(emu: Emulator, env: dict[str, str], image: Image.Image
+                   ) -> tuple[Any, threading.Thread, dict[str, Any], threading.Event]:
+    job = plugin.BridgeJob(sys.executable, env)
+    outcome: dict[str, Any] = {}
+    waiting = threading.Event()
+
+    def progress(stage: str, fraction: float) -> None:
+        if stage == "wait":
+            waiting.set()
+
+    def work() -> None:
+        try:
+            outcome["result"] = job.run(header(image), [image.tobytes()], progress)
+        except plugin.PluginError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    assert waiting.wait(20), "the job never reached the waiting stage"
+    return job, thread, outcome, waiting
+
+
+def test_cancel_kills_the_bridge_and_returns_nothing(
+        emulator_factory: Callable[..., Emulator], bridge_env: Callable[..., dict[str, str]],
+        keyed_image: Callable[..., Image.Image]) -> None:
+    emu = emulator_factory(delay=30.0)
+    image = keyed_image()
+    job, thread, outcome, _ = start_slow_job(emu, emulator_env(emu, bridge_env), image)
+    started = time.monotonic()
+    job.cancel()
+    thread.join(10)
+    assert not thread.is_alive() and time.monotonic() - started < 10
+    assert "result" not in outcome and outcome["error"].kind == "cancelled"
+    assert job.process.poll() is not None  # the subprocess is gone
+
+
+def test_the_bridge_stops_by_itself_when_the_plugin_dies(
+        emulator_factory: Callable[..., Emulator], bridge_env: Callable[..., dict[str, str]],
+        keyed_image: Callable[..., Image.Image]) -> None:
+    """GIMP's cancel kills the plug-in process: the bridge sees stdin close and exits."""
+    emu = emulator_factory(delay=30.0)
+    image = keyed_image()
+    process = subprocess.Popen([sys.executable, "-m", "plugin_gimp.bridge"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, env=emulator_env(emu, bridge_env))
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        assert json.loads(process.stdout.readline())["type"] == "hello"
+        process.stdin.write(json.dumps({"protocol": 1, **header(image)}).encode() + b"\n")
+        process.stdin.write(image.tobytes())
+        process.stdin.flush()
+        while json.loads(process.stdout.readline()).get("stage") != "wait":
+            pass
+        started = time.monotonic()
+        process.stdin.close()  # what the kernel does when GIMP kills the plug-in
+        assert process.wait(timeout=10) == bridge.EXIT_CANCELLED
+        assert time.monotonic() - started < bridge.CANCEL_GRACE + 5
+        assert emu.stats()["requests"].get("download", {}) == {}  # never fetched a result
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+
+
+# --- environment missing or broken ---------------------------------------------------------
+
+def fake_python(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "python"
+    script.write_text(f"#!/bin/sh\n{body}\n", encoding="utf-8")
+    script.chmod(0o755)
+    return str(script)
+
+
+def fix_message(python: str, env: dict[str, str]) -> Any:
+    with pytest.raises(plugin.PluginError) as caught:
+        plugin.BridgeJob(python, env).run(header(Image.new("RGB", (2, 2))), [b"\0" * 12])
+    return caught.value
+
+
+def test_a_missing_interpreter_says_to_reinstall(tmp_path: Path,
+                                                  bridge_env: Callable[..., dict[str, str]]
+                                                  ) -> None:
+    error = fix_message(str(tmp_path / "gone" / "bin" / "python"), bridge_env())
+    assert error.kind == "environment"
+    assert "pip install bgremove" in error.message and "bgremove gimp install" in error.message
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the stand-in interpreter is a shell script")
+def test_an_interpreter_without_bgremove_says_how_to_install_it(
+        tmp_path: Path, bridge_env: Callable[..., dict[str, str]]) -> None:
+    # -I -S: no site-packages and no current folder, as a Python without bgremove
+    python = fake_python(tmp_path, f'exec "{sys.executable}" -I -S "$@"')
+    error = fix_message(python, bridge_env())
+    assert error.kind == "environment"
+    assert "No module named" in error.message
+    assert "pip install bgremove" in error.message and "bgremove gimp install" in error.message
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the stand-in interpreter is a shell script")
+def test_a_broken_dependency_says_how_to_repair_the_environment(
+        tmp_path: Path, bridge_env: Callable[..., dict[str, str]]) -> None:
+    broken = tmp_path / "broken"
+    (broken / "yaml").mkdir(parents=True)
+    (broken / "yaml" / "__init__.py").write_text("raise ImportError('yaml is broken')\n")
+    python = fake_python(tmp_path, f'PYTHONPATH="{broken}" exec "{sys.executable}" "$@"')
+    error = fix_message(python, bridge_env())
+    assert error.kind == "environment"
+    assert "yaml is broken" in error.message and "--force-reinstall bgremove" in error.message
+
+
+def test_gimps_python_variables_do_not_reach_the_bridge() -> None:
+    env = plugin.bridge_env({"PYTHONHOME": "/gimp/python", "PYTHONPATH": "/gimp/lib",
+                             "WAVESPEED_API_KEY": "k", "PATH": "/bin"})
+    assert "PYTHONHOME" not in env and "PYTHONPATH" not in env
+    assert env["WAVESPEED_API_KEY"] == "k" and env["PATH"] == "/bin"
+
+
+def test_settings_missing_or_stale_say_to_run_install(tmp_path: Path) -> None:
+    with pytest.raises(plugin.PluginError, match="bgremove gimp install"):
+        plugin.load_settings(str(tmp_path))
+    (tmp_path / plugin.SETTINGS_FILE).write_text(json.dumps({"python": "/x", "protocol": 0}))
+    with pytest.raises(plugin.PluginError, match="do not match"):
+        plugin.load_settings(str(tmp_path))
+    (tmp_path / plugin.SETTINGS_FILE).write_text(json.dumps({"python": "/x", "protocol": 1}))
+    assert plugin.load_settings(str(tmp_path))["python"] == "/x"
+
+
+def test_the_plugin_file_imports_only_the_standard_library_and_gi() -> None:
+    import ast
+
+    tree = ast.parse(PLUGIN_FILE.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    assert names - {"gi"} <= set(sys.stdlib_module_names), names
+    assert plugin.PROTOCOL == bridge.PROTOCOL
+
+
+# --- install ---------------------------------------------------------------------------------
+
+def test_install_puts_the_plugin_where_gimp_registers_it(tmp_path: Path) -> None:
+    plugins = tmp_path / "plug-ins"
+    [path] = install.install(plugins, python="/opt/env/bin/python")
+    assert path == plugins / "python-fu-remove-background" / "python-fu-remove-background.py"
+    assert path.read_bytes() == PLUGIN_FILE.read_bytes()
+    if os.name == "posix":
+        assert path.stat().st_mode & stat.S_IXUSR
+    settings = json.loads((path.parent / "bgremove-gimp.json").read_text())
+    assert settings["python"] == "/opt/env/bin/python" and settings["protocol"] == 1
+
+
+def test_install_records_this_interpreter_unresolved(tmp_path: Path) -> None:
+    [path] = install.install(tmp_path)
+    settings = json.loads((path.parent / "bgremove-gimp.json").read_text())
+    assert settings["python"] == sys.executable  # a venv's bin/python stays the venv's
+
+
+def test_status_reports_installed_current_and_stale(tmp_path: Path) -> None:
+    missing = install.status(tmp_path)
+    assert not missing.installed and not missing.current and "bgremove gimp install" in \
+        missing.message
+    [path] = install.install(tmp_path)
+    good = install.status(tmp_path)
+    assert good.installed and good.current and good.path == path
+    assert good.python == sys.executable
+    path.write_text(path.read_text() + "\n# edited\n")
+    stale = install.status(tmp_path)
+    assert stale.installed and not stale.current and "differs" in stale.message
+    install.install(tmp_path, python=str(tmp_path / "no-such-python"))
+    gone = install.status(tmp_path)
+    assert not gone.current and "no longer exists" in gone.message
+
+
+def test_uninstall_removes_the_folder_and_says_when_there_was_nothing(tmp_path: Path) -> None:
+    [path] = install.install(tmp_path)
+    (path.parent / "__pycache__").mkdir()
+    (path.parent / "__pycache__" / "x.pyc").write_bytes(b"")
+    assert install.uninstall(tmp_path) == [path.parent]
+    assert not path.parent.exists()
+    assert install.uninstall(tmp_path) == []
+
+
+@pytest.mark.parametrize(("platform", "env", "expected"), [
+    ("win32", {"APPDATA": r"C:\Users\u\AppData\Roaming", "HOME": "/h"},
+     [Path(r"C:\Users\u\AppData\Roaming") / "GIMP" / "3.0" / "plug-ins"]),
+    ("darwin", {"HOME": "/Users/u"},
+     [Path("/Users/u/Library/Application Support/GIMP/3.0/plug-ins")]),
+    ("linux", {"HOME": "/home/u"}, [Path("/home/u/.config/GIMP/3.0/plug-ins")]),
+    ("linux", {"HOME": "/home/u", "XDG_CONFIG_HOME": "/cfg"}, [Path("/cfg/GIMP/3.0/plug-ins")]),
+])
+def test_default_plugin_folders_per_platform(platform: str, env: dict[str, str],
+                                             expected: list[Path]) -> None:
+    assert install.default_plugin_dirs(env, platform) == expected
+
+
+def test_the_flatpak_folder_is_added_when_gimps_flatpak_is_there(tmp_path: Path) -> None:
+    (tmp_path / ".var" / "app" / "org.gimp.GIMP").mkdir(parents=True)
+    dirs = install.default_plugin_dirs({"HOME": str(tmp_path)}, "linux")
+    assert dirs == [tmp_path / ".config" / "GIMP" / "3.0" / "plug-ins",
+                    tmp_path / ".var" / "app" / "org.gimp.GIMP" / "config" / "GIMP" / "3.0"
+                    / "plug-ins"]
+
+
+def test_install_into_an_unwritable_folder_is_one_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    from core.errors import OutputError
+
+    with pytest.raises(OutputError, match="--plugins-dir"):
+        install.install(blocker / "plug-ins")
+
+
+def test_the_cli_installs_reports_and_uninstalls(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from core.cli import main
+
+    assert main(["gimp", "install", "--plugins-dir", str(tmp_path)]) == 0
+    assert "python-fu-remove-background.py" in capsys.readouterr().out
+    assert main(["gimp", "status", "--plugins-dir", str(tmp_path)]) == 0
+    assert "installed at" in capsys.readouterr().out
+    assert main(["gimp", "uninstall", "--plugins-dir", str(tmp_path)]) == 0
+    assert main(["gimp", "status", "--plugins-dir", str(tmp_path)]) == 1
+    assert "not installed" in capsys.readouterr().out
+
+
+def test_every_gimp_action_has_help_text() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    gimp = next(a for a in parser._subparsers._group_actions  # type: ignore[union-attr]
+                ).choices["gimp"]
+    actions = next(a for a in gimp._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(actions.choices) == {"install", "uninstall", "status"}
+    for choice in actions._choices_actions:
+        assert choice.help
+
+
+def test_the_cli_module_imports_nothing_heavy() -> None:
+    code = ("import sys, plugin_gimp.cli; "
+            "print([m for m in ('httpx', 'PIL', 'numpy', 'plugin_gimp.install') "
+            "if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO).stdout
+    assert out.strip() == "[]"

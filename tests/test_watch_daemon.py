@@ -1,0 +1,393 @@
+"""The hot-folder daemon end to end, in-process: real emulator, files, threads and observers.
+
+Every test runs twice: with native file events and with the polling observer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from core.emulator import Fault
+from tests import images as img
+from tests.test_watch_support import (
+    DaemonRun,
+    LogLines,
+    check_threads,
+    files,
+    image_bytes,
+    wait_until,
+    write_image,
+)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    check_threads(before)
+
+
+@pytest.fixture(params=["native", "polling"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def logs() -> Iterator[LogLines]:
+    handler = LogLines()
+    root = logging.getLogger()
+    old = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield handler
+    root.removeHandler(handler)
+    root.setLevel(old)
+
+
+def assert_cutout(path: Path) -> None:
+    """The output is a full RGBA cut-out: key-colour corner transparent, red block opaque."""
+    with Image.open(path) as im:
+        assert im.mode == "RGBA"
+        assert im.getpixel((0, 0))[3] == 0
+        w, h = im.size
+        assert im.getpixel((w // 4 + 1, h // 4 + 1)) == (220, 20, 20, 255)
+
+
+def test_files_dropped_before_and_after_start(tmp_path: Path, emulator_factory, mode: str
+                                              ) -> None:
+    emu = emulator_factory()
+    run = DaemonRun(tmp_path, emu, mode)
+    write_image(run.inbox / "before.png", 1)
+    with run:
+        write_image(run.inbox / "after.png", 2)
+        wait_until(lambda: files(run.done) == ["after.png", "before.png"], what="both done")
+    assert files(run.outbox) == ["after.png", "before.png"]
+    assert_cutout(run.outbox / "after.png")
+    assert files(run.inbox) == ["done/after.png", "done/before.png"]
+    assert emu.stats()["tasks_submitted"] == 2
+
+
+def test_slow_chunked_write_is_taken_only_when_complete(tmp_path: Path, emulator_factory,
+                                                        mode: str) -> None:
+    emu = emulator_factory()
+    data = image_bytes(3, size=(200, 150))
+    with DaemonRun(tmp_path, emu, mode, stable_seconds=0.5) as run:
+        target = run.inbox / "slow.png"
+        with open(target, "wb") as fh:
+            for i in range(0, len(data), max(1, len(data) // 8)):
+                fh.write(data[i:i + max(1, len(data) // 8)])
+                fh.flush()
+                time.sleep(0.15)  # a slow writer: the gaps are shorter than stable_seconds
+                assert emu.stats()["uploads"] == 0, "taken before the write finished"
+        wait_until(lambda: files(run.done) == ["slow.png"], what="slow.png done")
+    assert_cutout(run.outbox / "slow.png")
+    assert files(run.failed) == []
+    assert emu.stats()["tasks_submitted"] == 1
+
+
+def test_write_then_rename_is_taken_by_its_new_name(tmp_path: Path, emulator_factory,
+                                                    mode: str) -> None:
+    emu = emulator_factory()
+    with DaemonRun(tmp_path, emu, mode) as run:
+        part = run.inbox / "photo.png.part"
+        part.write_bytes(image_bytes(4))
+        left = run.inbox / "still-downloading.jpg.crdownload"
+        left.write_bytes(image_bytes(5, fmt="JPEG"))
+        os.rename(part, run.inbox / "photo.png")
+        wait_until(lambda: files(run.done) == ["photo.png"], what="renamed file done")
+    assert files(run.outbox) == ["photo.png"]
+    assert left.exists(), "a partial download was touched"
+    assert emu.stats()["tasks_submitted"] == 1
+
+
+def test_junk_and_temp_files(tmp_path: Path, emulator_factory, mode: str) -> None:
+    emu = emulator_factory()
+    with DaemonRun(tmp_path, emu, mode) as run:
+        ignored = ["a.tmp", "b.part", "~$lock.png", ".hidden.png", "c.crdownload"]
+        for name in ignored:
+            (run.inbox / name).write_bytes(image_bytes(6))
+        (run.inbox / "notes.txt").write_text("not an image")
+        write_image(run.inbox / "good.png", 7)
+        wait_until(lambda: files(run.failed) == ["notes.txt", "notes.txt.error.json"]
+                   and files(run.done) == ["good.png"], what="junk failed, good done")
+        report = json.loads((run.failed / "notes.txt.error.json").read_text())
+    assert report["kind"] == "unreadable"
+    assert report["attempts"] == 1 and report["transient"] is False
+    assert {"error", "first_error", "failed_at"} <= set(report)
+    for name in ignored:
+        assert (run.inbox / name).exists(), name
+    assert emu.stats()["tasks_submitted"] == 1
+
+
+BAD_INPUTS = {
+    "bomb.png": (img.make_decompression_bomb, "too_large"),
+    "truncated.jpg": (img.make_truncated, "unreadable"),
+    "empty.png": (img.make_zero_byte, "unreadable"),
+    "text.jpg": (img.make_text_as_jpg, "unreadable"),
+    "image.pcx": (img.make_unsupported, "unreadable"),
+}
+
+
+def test_every_bad_input_kind_goes_to_failed_without_slowing_the_others(
+        tmp_path: Path, emulator_factory, mode: str) -> None:
+    emu = emulator_factory()
+    with DaemonRun(tmp_path, emu, mode) as run:
+        for name, (make, _kind) in BAD_INPUTS.items():
+            make(run.inbox / name)
+        for i in range(6):
+            write_image(run.inbox / f"ok{i}.png", 10 + i)
+        wait_until(lambda: len(files(run.done)) == 6, what="good files done")
+        wait_until(lambda: len(files(run.failed)) == 2 * len(BAD_INPUTS), what="bad files failed")
+    for name, (_make, kind) in BAD_INPUTS.items():
+        report = json.loads((run.failed / f"{name}.error.json").read_text())
+        assert report["kind"] == kind, name
+    assert emu.stats()["tasks_submitted"] == 6
+    assert files(run.outbox) == [f"ok{i}.png" for i in range(6)]
+
+
+def test_burst_of_500_files(tmp_path: Path, emulator_factory, mode: str) -> None:
+    emu = emulator_factory()
+    run = DaemonRun(tmp_path, emu, mode, concurrency=16, rescan_seconds=30.0)
+    with run:
+        for i in range(500):
+            write_image(run.inbox / f"b{i:03d}.png", i, size=(16, 12))
+        wait_until(lambda: len(files(run.done)) == 500, 90, interval=0.1, what="500 done")
+    assert len(files(run.outbox)) == 500
+    stats = emu.stats()
+    assert stats["tasks_submitted"] == 500
+    assert stats["duplicate_submits"] == 0
+    assert files(run.failed) == []
+
+
+@pytest.mark.parametrize("fault", [
+    Fault("status", route="submit", status=503, first=2),
+    Fault("status", route="submit", status=429, first=2, retry_after="0"),
+    Fault("drop", route="result", first=2),
+    Fault("drop", route="uploads", first=2),
+    Fault("fail_task", route="submit", code=5003, first=2),
+], ids=["5xx", "429", "drop-result", "drop-upload", "task-5003"])
+def test_transient_faults_are_retried(tmp_path: Path, emulator_factory, mode: str,
+                                      fault: Fault) -> None:
+    emu = emulator_factory(faults=(fault,))
+    with DaemonRun(tmp_path, emu, mode, concurrency=2) as run:
+        for i in range(4):
+            write_image(run.inbox / f"f{i}.png", 20 + i)
+        wait_until(lambda: len(files(run.done)) == 4, 30, what="all done despite faults")
+    assert files(run.failed) == []
+    assert len(files(run.outbox)) == 4
+    assert emu.stats()["faults"], "the fault never fired"
+
+
+def test_permanent_task_failure_goes_to_failed_at_once(tmp_path: Path, emulator_factory,
+                                                       mode: str) -> None:
+    emu = emulator_factory(faults=(Fault("fail_task", route="submit", code=1401, first=1),))
+    with DaemonRun(tmp_path, emu, mode, concurrency=1) as run:
+        write_image(run.inbox / "bad-param.png", 30)
+        wait_until(lambda: files(run.failed), what="a failure")
+        write_image(run.inbox / "fine.png", 31)
+        wait_until(lambda: files(run.done) == ["fine.png"], what="the next file done")
+    report = json.loads((run.failed / "bad-param.png.error.json").read_text())
+    assert report["kind"] == "task_failed" and report["code"] == 1401
+    assert report["attempts"] == 1
+    assert emu.stats()["tasks_submitted"] == 2
+
+
+def test_transient_errors_give_up_after_retry_for_seconds(tmp_path: Path, emulator_factory,
+                                                          mode: str) -> None:
+    emu = emulator_factory(faults=(Fault("fail_task", route="submit", code=5000, every=1),))
+    with DaemonRun(tmp_path, emu, mode, retry_for_seconds=1.0) as run:
+        write_image(run.inbox / "doomed.png", 40)
+        wait_until(lambda: files(run.failed) == ["doomed.png", "doomed.png.error.json"], 20,
+                   what="given up")
+    report = json.loads((run.failed / "doomed.png.error.json").read_text())
+    assert report["kind"] == "task_failed" and report["code"] == 5000
+    assert report["attempts"] >= 2
+    assert "gave up" in report["note"]
+    assert emu.stats()["tasks_submitted"] == report["attempts"]
+
+
+def test_same_content_twice_is_processed_once(tmp_path: Path, emulator_factory, mode: str,
+                                              logs: LogLines) -> None:
+    emu = emulator_factory()
+    with DaemonRun(tmp_path, emu, mode) as run:
+        write_image(run.inbox / "first.png", 50)
+        wait_until(lambda: files(run.done) == ["first.png"], what="first done")
+        write_image(run.inbox / "copy.png", 50)
+        wait_until(lambda: files(run.done) == ["copy.png", "first.png"], what="copy moved")
+    assert files(run.outbox) == ["first.png"]
+    assert emu.stats()["tasks_submitted"] == 1
+    assert logs.has("duplicate copy.png: same content as first.png")
+
+
+def test_reprocess_forces_a_new_cutout(tmp_path: Path, emulator_factory, mode: str) -> None:
+    emu = emulator_factory()
+    with DaemonRun(tmp_path, emu, mode, reprocess=True) as run:
+        write_image(run.inbox / "x.png", 51)
+        wait_until(lambda: files(run.done) == ["x.png"], what="first done")
+        write_image(run.inbox / "x.png", 51)
+        wait_until(lambda: files(run.done) == ["x-1.png", "x.png"], what="second done")
+    assert files(run.outbox) == ["x-1.png", "x.png"]
+    assert emu.stats()["tasks_submitted"] == 2
+
+
+def test_names_never_collide_or_overwrite(tmp_path: Path, emulator_factory, mode: str) -> None:
+    emu = emulator_factory()
+    outbox = tmp_path / "out"
+    outbox.mkdir()
+    (outbox / "keep.png").write_bytes(b"someone else's file")
+    with DaemonRun(tmp_path, emu, mode) as run:
+        write_image(run.inbox / "x.png", 60)
+        (run.inbox / "x.jpg").write_bytes(image_bytes(61, fmt="JPEG"))
+        write_image(run.inbox / "keep.png", 62)
+        wait_until(lambda: len(files(run.done)) == 3, what="three done")
+    assert files(outbox) == ["keep-1.png", "keep.png", "x-1.png", "x.png"]
+    assert (outbox / "keep.png").read_bytes() == b"someone else's file"
+
+
+def test_recursive_mirrors_subfolders(tmp_path: Path, emulator_factory, mode: str) -> None:
+    emu = emulator_factory()
+    with DaemonRun(tmp_path, emu, mode, recursive=True) as run:
+        write_image(run.inbox / "a" / "x.png", 70)
+        write_image(run.inbox / "b" / "x.png", 71)
+        staging = tmp_path / "staging-folder"
+        write_image(staging / "deep" / "y.png", 72)
+        os.rename(staging, run.inbox / "moved-in")  # a whole folder moved into INBOX
+        (run.inbox / "c").mkdir()
+        (run.inbox / "c" / "bad.jpg").write_text("nope")
+        wait_until(lambda: len(files(run.done)) == 3 and len(files(run.failed)) == 2,
+                   what="mirrored")
+    assert files(run.outbox) == ["a/x.png", "b/x.png", "moved-in/deep/y.png"]
+    assert files(run.done) == ["a/x.png", "b/x.png", "moved-in/deep/y.png"]
+    assert files(run.failed) == ["c/bad.jpg", "c/bad.jpg.error.json"]
+
+
+def test_unwritable_outbox_pauses_and_resumes(tmp_path: Path, emulator_factory, mode: str,
+                                              logs: LogLines) -> None:
+    emu = emulator_factory()
+    with DaemonRun(tmp_path, emu, mode) as run:
+        staging = run.daemon.staging
+        staging.rmdir()
+        staging.write_text("in the way")  # writing the result now fails (like a full disk)
+        write_image(run.inbox / "waits.png", 80)
+        wait_until(lambda: logs.has("cannot be written"), what="the OUTBOX error")
+        write_image(run.inbox / "queued.png", 81)
+        wait_until(lambda: run.daemon.snapshot()["paused"], what="intake paused")
+        assert files(run.failed) == [] and files(run.done) == []
+        staging.unlink()
+        wait_until(lambda: len(files(run.done)) == 2, 20, what="resumed")
+    assert logs.has("writable again")
+    assert files(run.outbox) == ["queued.png", "waits.png"]
+    assert emu.stats()["tasks_submitted"] == 2  # the staged-failed job waited on its task
+
+
+def test_cost_guard_pauses_intake(tmp_path: Path, emulator_factory, mode: str,
+                                  logs: LogLines) -> None:
+    emu = emulator_factory()
+    with DaemonRun(tmp_path, emu, mode, max_per_hour=2, concurrency=1) as run:
+        for i in range(4):
+            write_image(run.inbox / f"c{i}.png", 90 + i)
+        wait_until(lambda: len(files(run.done)) == 2, what="two done")
+        wait_until(lambda: run.daemon.snapshot()["paused"], what="paused")
+        assert "max_per_hour=2" in run.daemon.snapshot()["paused"]
+        assert logs.has("intake paused")
+        # paused, nothing dropped: the rest wait (in INBOX or claimed), none failed
+        waiting = [p.name for p in run.inbox.rglob("c*.png") if run.done not in p.parents]
+        assert len(waiting) == 2, waiting
+        assert emu.stats()["tasks_submitted"] == 2
+    assert files(run.failed) == []
+
+
+def test_native_observer_failure_falls_back_to_polling(tmp_path: Path, emulator_factory,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       logs: LogLines) -> None:
+    import errno
+
+    import watchdog.observers
+
+    class Broken(watchdog.observers.Observer):  # type: ignore[misc,valid-type]
+        def schedule(self, *args: object, **kwargs: object) -> object:
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(watchdog.observers, "Observer", Broken)
+    emu = emulator_factory()
+    with DaemonRun(tmp_path, emu, "native") as run:
+        assert run.daemon.watcher.mode == "polling"
+        write_image(run.inbox / "x.png", 100)
+        wait_until(lambda: files(run.done) == ["x.png"], what="done via polling")
+    assert logs.has("native file events unavailable")
+
+
+def test_inbox_offline_and_back(tmp_path: Path, emulator_factory, mode: str,
+                                logs: LogLines) -> None:
+    emu = emulator_factory()
+    with DaemonRun(tmp_path, emu, mode) as run:
+        away = tmp_path / "share-offline"
+        os.rename(run.inbox, away)
+        wait_until(lambda: logs.has("is not reachable"), what="offline noticed")
+        assert run.daemon.snapshot()["paused"] == "INBOX unreachable"
+        write_image(away / "while-offline.png", 110)
+        os.rename(away, run.inbox)
+        wait_until(lambda: logs.has("reachable again"), what="back online")
+        write_image(run.inbox / "after.png", 111)
+        wait_until(lambda: files(run.done) == ["after.png", "while-offline.png"], 20,
+                   what="both processed")
+
+
+def test_stale_claim_of_a_dead_daemon_is_recovered(tmp_path: Path, emulator_factory,
+                                                   mode: str) -> None:
+    from watcher.claims import make_owner_id
+
+    emu = emulator_factory()
+    run = DaemonRun(tmp_path, emu, mode)
+    dead = make_owner_id(pid=2**22 + 12345, started=1.0)  # no such process
+    claimed = run.inbox / ".bgremove-claims" / dead / "1" / "orphan.png"
+    write_image(claimed, 120)
+    (claimed.parents[1] / ".heartbeat").touch()
+    with run:
+        wait_until(lambda: files(run.done) == ["orphan.png"], what="orphan recovered")
+    assert not (run.inbox / ".bgremove-claims" / dead).exists()
+    assert files(run.outbox) == ["orphan.png"]
+
+
+def test_once_mode_exit_codes(tmp_path: Path, emulator_factory) -> None:
+    emu = emulator_factory()
+    run = DaemonRun(tmp_path, emu, once=True)
+    write_image(run.inbox / "a.png", 130)
+    run.start()
+    run.thread.join(20)  # type: ignore[union-attr]
+    assert run.stop() == 0
+    run2 = DaemonRun(tmp_path, emu, once=True)
+    write_image(run2.inbox / "b.png", 131)
+    (run2.inbox / "c.jpg").write_text("junk")
+    run2.start()
+    run2.thread.join(20)  # type: ignore[union-attr]
+    assert run2.stop() == 1
+    assert files(run2.done) == ["a.png", "b.png"]
+
+
+def test_status_reads_the_journal(tmp_path: Path, emulator_factory) -> None:
+    from watcher.status import format_status, read_status
+
+    emu = emulator_factory()
+    with DaemonRun(tmp_path, emu) as run:
+        write_image(run.inbox / "ok.png", 140)
+        (run.inbox / "bad.png").write_text("junk")
+        wait_until(lambda: len(files(run.done)) == 1 and len(files(run.failed)) == 2,
+                   what="one done, one failed")
+        live = read_status(run.outbox / ".bgremove" / "journal.sqlite3")
+        assert live["daemons"][0]["running"] is True
+    status = read_status(run.outbox / ".bgremove" / "journal.sqlite3")
+    assert status["done"] == 1 and status["failed"] == 1
+    assert status["daemons"][0]["state"] == "stopped"
+    assert status["last_errors"][0]["input"] == "bad.png"
+    text = format_status(status)
+    assert "not running" in text and "failed: 1" in text and "bad.png" in text
