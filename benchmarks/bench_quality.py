@@ -141,8 +141,9 @@ def foreground_rows(folder: Path, names: list[str],
             "for n in sys.argv[3:]:\n"
             "    img=np.asarray(Image.open(f'{src}/{n}.png').convert('RGB'))/255.0\n"
             "    a=np.asarray(Image.open(f'{src}/{n}.alpha.png').convert('L'))/255.0\n"
-            "    t=time.perf_counter(); f=estimate_foreground_ml(img,a); spent+=time.perf_counter()-t\n"
-            "    Image.fromarray((np.clip(f,0,1)*255+0.5).astype(np.uint8)).save(f'{dst}/{n}.png')\n"
+            "    t=time.perf_counter(); f=estimate_foreground_ml(img,a)\n"
+            "    spent+=time.perf_counter()-t; f=(np.clip(f,0,1)*255+0.5).astype(np.uint8)\n"
+            "    Image.fromarray(f).save(f'{dst}/{n}.png')\n"
             "print(spent)\n")
         with tempfile.TemporaryDirectory() as tmp:
             out = subprocess.run([py, "-c", code, str(folder), tmp, *names], check=True,

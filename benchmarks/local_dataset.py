@@ -1,6 +1,7 @@
 """Build the quality benchmark's images with known alpha (needs scikit-image).
 
-Subjects with exact alpha (drawn here, so every alpha value is known) are composited onto public-domain photographs from
+Subjects with exact alpha (drawn here, so every alpha value is known) are
+composited onto public-domain photographs from
 scikit-image's bundled data (``skimage.data``: astronaut, coffee, rocket,
 motorcycle, brick, grass, gravel; all shipped inside the scikit-image wheel,
 no download). The subjects:

@@ -1,0 +1,219 @@
+"""``bgremove watch`` as a real process: kill -9 and restart, signals, two daemons, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.emulator import Emulator
+from tests.test_watch_support import check_threads, files, wait_until, write_image
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    check_threads(before)
+
+
+@pytest.fixture(params=["native", "polling"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class Proc:
+    """One ``python -m core watch`` process with its stderr collected in a file."""
+
+    def __init__(self, tmp: Path, emu: Emulator, *args: str, name: str = "daemon",
+                 mode: str = "native", concurrency: int = 4) -> None:
+        config = tmp / "config.yaml"
+        if not config.exists():
+            config.write_text(
+                "backend: wavespeed\n"
+                "wavespeed:\n  poll:\n    initial: 0.05\n    max: 0.2\n"
+                "  retry:\n    backoff_initial: 0.01\n    backoff_max: 0.1\n"
+                "watch:\n  stable_seconds: 0.2\n  settle_seconds: 0.6\n"
+                "  poll_seconds: 0.1\n  shutdown_grace: 20\n", encoding="utf-8")
+        self.log_path = tmp / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
+        env = dict(os.environ, WAVESPEED_API_KEY=emu.api_key, WAVESPEED_BASE_URL=emu.base_url,
+                   PYTHONUNBUFFERED="1")
+        cmd = [sys.executable, "-m", "core", "watch", *args, "--config", str(config),
+               "--concurrency", str(concurrency)]
+        if mode == "polling":
+            cmd.append("--polling")
+        self.popen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log,
+                                      cwd=Path(__file__).resolve().parents[1], env=env)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        try:
+            return self.popen.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        self.popen.kill()
+        self.popen.wait(10)
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def journal_rows(outbox: Path) -> list[tuple[str, str | None]]:
+    path = outbox / ".bgremove" / "journal.sqlite3"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(str(path), timeout=10)
+    try:
+        return [(r[0], r[1]) for r in db.execute("SELECT state, task_id FROM jobs")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+
+
+def test_kill_9_mid_batch_then_restart(tmp_path: Path, emulator_factory, mode: str) -> None:
+    emu = emulator_factory(delay=1.0)
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    for i in range(16):
+        write_image(inbox / f"k{i:02d}.png", 200 + i)
+    first = Proc(tmp_path, emu, str(inbox), str(outbox), name="first", mode=mode)
+
+    def mid_batch() -> bool:
+        rows = journal_rows(outbox)
+        waiting = [t for s, t in rows if s == "submitted" and t]
+        return len(files(inbox / "done")) >= 4 and len(waiting) >= 2
+
+    try:
+        wait_until(mid_batch, 30, what="a batch half done")
+    finally:
+        first.kill()  # SIGKILL: no clean-up of any kind
+    done_before = len(files(inbox / "done"))
+    assert done_before < 16
+    submitted_before = emu.stats()["tasks_submitted"]
+
+    second = Proc(tmp_path, emu, str(inbox), str(outbox), "--once", name="second", mode=mode)
+    assert second.wait(60) == 0, second.log()
+    assert files(outbox) == [f"k{i:02d}.png" for i in range(16)]  # each once, no -1 copies
+    assert files(inbox) == [f"done/k{i:02d}.png" for i in range(16)]
+    assert emu.stats()["tasks_submitted"] == 16, (submitted_before, second.log())
+    assert "instead of submitting again" in second.log()
+    assert not list((inbox / ".bgremove-claims").rglob("*.png"))
+
+
+def test_two_daemons_one_inbox(tmp_path: Path, emulator_factory) -> None:
+    emu = emulator_factory(delay=0.2)
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    for i in range(40):
+        write_image(inbox / f"t{i:02d}.png", 300 + i)
+    a = Proc(tmp_path, emu, str(inbox), str(outbox), "--once", name="a", concurrency=2)
+    b = Proc(tmp_path, emu, str(inbox), str(outbox), "--once", name="b", concurrency=2)
+    assert a.wait(60) == 0, a.log()
+    assert b.wait(60) == 0, b.log()
+    assert files(outbox) == [f"t{i:02d}.png" for i in range(40)]
+    assert len(files(inbox / "done")) == 40
+    assert emu.stats()["tasks_submitted"] == 40
+    done_lines = a.log().count(" done ") + b.log().count(" done ")
+    assert done_lines == 40
+
+
+def test_sigterm_finishes_in_flight_then_restart_finishes_the_rest(tmp_path: Path,
+                                                                   emulator_factory) -> None:
+    emu = emulator_factory(delay=1.0)
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    for i in range(6):
+        write_image(inbox / f"s{i}.png", 400 + i)
+    proc = Proc(tmp_path, emu, str(inbox), str(outbox), name="term", concurrency=2)
+    wait_until(lambda: emu.stats()["tasks_submitted"] >= 2, 30, what="two in flight")
+    proc.popen.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, proc.log()
+    in_flight = emu.stats()["tasks_submitted"]
+    assert len(files(inbox / "done")) == in_flight  # every started job was finished
+    assert "finishing the jobs in flight" in proc.log()
+    again = Proc(tmp_path, emu, str(inbox), str(outbox), "--once", name="again")
+    assert again.wait(60) == 0, again.log()
+    assert len(files(outbox)) == 6
+    assert emu.stats()["tasks_submitted"] == 6
+
+
+def test_second_sigint_exits_at_once_and_nothing_is_lost(tmp_path: Path,
+                                                         emulator_factory) -> None:
+    emu = emulator_factory(delay=4.0)
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    for i in range(2):
+        write_image(inbox / f"i{i}.png", 500 + i)
+    proc = Proc(tmp_path, emu, str(inbox), str(outbox), name="int", concurrency=2)
+    wait_until(lambda: emu.stats()["tasks_submitted"] == 2
+               and len([1 for s, _ in journal_rows(outbox) if s == "submitted"]) == 2,
+               30, what="two tasks journaled")
+    proc.popen.send_signal(signal.SIGINT)
+    time.sleep(0.2)  # let the first signal be handled before the second arrives
+    started = time.monotonic()
+    proc.popen.send_signal(signal.SIGINT)
+    assert proc.wait(10) == 130
+    assert time.monotonic() - started < 2.0
+    assert files(outbox) == []
+    again = Proc(tmp_path, emu, str(inbox), str(outbox), "--once", name="again")
+    assert again.wait(60) == 0, again.log()
+    assert files(outbox) == ["i0.png", "i1.png"]
+    assert emu.stats()["tasks_submitted"] == 2  # resumed, not paid twice
+
+
+@pytest.mark.parametrize(("outbox", "flags", "message"), [
+    ("in", [], "is the INBOX"),
+    ("in/out", ["--recursive"], "inside the watched INBOX"),
+])
+def test_outbox_in_inbox_is_refused(tmp_path: Path, outbox: str, flags: list[str],
+                                    message: str) -> None:
+    (tmp_path / "in").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "core", "watch", str(tmp_path / "in"), str(tmp_path / outbox),
+         *flags], capture_output=True, text=True, timeout=30,
+        cwd=Path(__file__).resolve().parents[1], env=dict(os.environ, WAVESPEED_API_KEY="k-1234"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / outbox / ".bgremove").exists()
+
+
+def test_json_lines_one_per_file_and_never_the_key(tmp_path: Path, emulator_factory) -> None:
+    emu = emulator_factory()
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    write_image(inbox / "ok.png", 600)
+    (inbox / "bad.jpg").write_text("junk")
+    proc = Proc(tmp_path, emu, str(inbox), str(outbox), "--once", "--json", name="json")
+    assert proc.wait(60) == 1
+    text = proc.log()
+    assert emu.api_key not in text
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    done = [r for r in records if r.get("event") == "done"]
+    failed = [r for r in records if r.get("event") == "failed"]
+    assert len(done) == 1 and len(failed) == 1
+    assert done[0]["input"] == "ok.png" and done[0]["output"].endswith("ok.png")
+    assert done[0]["task_id"] and done[0]["seconds"] >= 0
+    assert failed[0]["input"] == "bad.jpg" and failed[0]["error_kind"] == "unreadable"
+
+
+def test_status_command(tmp_path: Path, emulator_factory) -> None:
+    emu = emulator_factory()
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    write_image(inbox / "ok.png", 700)
+    assert Proc(tmp_path, emu, str(inbox), str(outbox), "--once", name="st").wait(60) == 0
+    result = subprocess.run([sys.executable, "-m", "core", "status", str(outbox), "--json"],
+                            capture_output=True, text=True, timeout=30,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["done"] == 1 and status["failed"] == 0 and status["queued"] == 0
+    assert status["daemons"][0]["state"] == "stopped"
