@@ -18,8 +18,10 @@ the service no longer knows raises ``TaskFailedError`` (status
 ``not_found``) so the caller can submit again.
 
 The submit policy (never resubmit when a task may already exist and be
-billed) is written down in ``core.retry``. The client itself lives in
-``core.wavespeed_client``, the error table in ``core.wavespeed_errors``.
+billed) is written down in ``core.retry``. The client lives in
+``core.wavespeed_client`` (API calls), ``core.wavespeed_http`` (the retry
+loop), ``core.wavespeed_answers`` (reading answers) and
+``core.wavespeed_errors`` (the status table).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ import httpx
 
 from core.backends import Cutout, JobHooks
 from core.errors import ConfigError
-from core.wavespeed_client import CallContext, ClientStats, Prediction, WaveSpeedClient
+from core.wavespeed_answers import Prediction
+from core.wavespeed_client import WaveSpeedClient
+from core.wavespeed_http import CallContext, ClientStats
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -297,5 +297,12 @@ def test_no_thread_or_connection_leaks(emulator: Emulator, make_backend: MakeBac
     before = threading.active_count()
     backend = make_backend(emulator)
     backend.cut_out(make_keyed_image())
+    pool = backend.client._http._transport._pool  # type: ignore[attr-defined]
+    assert len(pool.connections) == 1  # kept alive for the next image
     backend.close()
+    assert backend.client._http.is_closed and pool.connections == []
+    # the emulator's handler thread for that connection ends once it sees the close
+    deadline = time.monotonic() + 5.0
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert threading.active_count() <= before

@@ -14,8 +14,11 @@ caches the root, about a minute); elsewhere it is skipped with the reason.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -207,3 +210,60 @@ def test_a_layer_group_is_refused_with_a_message(gimp_run: Any) -> None:
 def test_the_key_never_reaches_gimps_output(gimp_run: Any) -> None:
     assert RIGHT_KEY not in gimp_run.stdout and RIGHT_KEY not in gimp_run.stderr
     assert gimp_run.stats["tasks_completed"] == 3  # mask, layer, alpha: one task each
+
+
+def wait_for(condition: Any, seconds: float, what: str) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_cancel_in_gimp_stops_the_bridge_and_leaves_the_image_untouched(
+        gimp_root: Path) -> None:
+    """GIMP's cancel button kills the plug-in process (gimp_plug_in_close with kill):
+    do exactly that while the task runs, then check the bridge went away by itself,
+    no result was downloaded and the image is unchanged."""
+    config_path = "/tmp/bgremove-gimp-cancel-config.yaml"
+    params = {
+        "canvas": list(CANVAS), "group": False, "config_path": config_path,
+        "cases": [{"name": "cancelled", "layer": SMALL["name"], "output": "alpha",
+                   "config": CONFIG.format(key=RIGHT_KEY)}],
+        "layers": [{"name": "background", "width": CANVAS[0], "height": CANVAS[1], "x": 0,
+                    "y": 0, "pixels": "background.rgba"},
+                   {**SMALL, "pixels": "subject.rgba"}],
+    }
+    files = {"background.rgba": background_pixels(), "subject.rgba": subject_pixels()}
+    with Emulator(EmulatorOptions(api_key=RIGHT_KEY, delay=60.0)) as emu, \
+            harness.running_batch(gimp_root, "run_procedure.py", params, files,
+                                  {"WAVESPEED_BASE_URL": emu.base_url,
+                                   "BGREMOVE_CONFIG": config_path}) as (gimp, work):
+        try:
+            wait_for(lambda: emu.stats()["tasks_submitted"] >= 1, 60, "the task to start")
+            [(plugin_pid, _)] = [c for c in harness.children(gimp.pid)
+                                 if "python-fu-remove-background.py" in c[1]]
+            [(bridge_pid, _)] = [c for c in harness.children(plugin_pid)
+                                 if "plugin_gimp.bridge" in c[1]]
+            os.kill(plugin_pid, signal.SIGKILL)
+            wait_for(lambda: not harness.alive(bridge_pid), 10, "the bridge to exit")
+            _, err = gimp.communicate(timeout=120)
+            assert gimp.returncode == 0, err[-3000:]
+            assert emu.stats()["requests"].get("download", {}) == {}
+            results = harness.results_of(work)
+            assert results is not None
+            case = results["cases"]["cancelled"]
+            assert case["status"] != "success"
+            before = {layer["name"]: layer for layer in results["before"]}
+            for layer in case["layers"]:
+                old = before[layer["name"]]
+                assert (layer["width"], layer["height"], layer["offsets"]) == \
+                    (old["width"], old["height"], old["offsets"])
+                assert "mask" not in layer
+                assert (work / layer["pixels"]).read_bytes() == \
+                    (work / old["pixels"]).read_bytes()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            (gimp_root / config_path.lstrip("/")).unlink(missing_ok=True)

@@ -520,7 +520,8 @@ class _Server(ThreadingHTTPServer):
                  emulator: Emulator) -> None:
         self.emulator = emulator
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._connections: set[socket.socket] = set()
+        self._handler_threads: set[threading.Thread] = set()
         self._conn_lock = threading.Lock()
         super().__init__(address, handler)
 
@@ -530,12 +531,22 @@ class _Server(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         self.server_name, self.server_port = str(host), int(port)
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # ThreadingMixIn's, but the thread is remembered so stop() can join it.
+        thread = threading.Thread(target=self.process_request_thread,
+                                  args=(request, client_address), daemon=True,
+                                  name=f"emulator-conn-{client_address[1]}")
+        with self._conn_lock:
+            self._handler_threads = {t for t in self._handler_threads if t.is_alive()}
+            self._handler_threads.add(thread)
+        thread.start()
+
     def track(self, conn: socket.socket, add: bool) -> None:
         with self._conn_lock:
             if add:
-                self._connections[conn] = threading.current_thread()
+                self._connections.add(conn)
             else:
-                self._connections.pop(conn, None)
+                self._connections.discard(conn)
 
     def close_connections(self) -> None:
         with self._conn_lock:
@@ -547,7 +558,7 @@ class _Server(ThreadingHTTPServer):
     def join_handlers(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         with self._conn_lock:
-            threads = list(self._connections.values())
+            threads = list(self._handler_threads)
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 

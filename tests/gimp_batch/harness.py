@@ -121,15 +121,8 @@ class BatchRun:
         return (self.work / name).read_bytes()
 
 
-def run_batch(root: Path, script: str, params: dict[str, Any], files: Mapping[str, bytes],
-              env: Mapping[str, str], timeout: float = 600) -> BatchRun:
-    """Run ``tests/gimp_batch/<script>`` in gimp-console inside the root.
-
-    ``files`` are written to the work folder (seen as ``BGREMOVE_BATCH_DIR`` inside),
-    ``params`` as params.json. The caller removes ``result.work`` when done.
-    """
-    import time
-
+def _command(root: Path, script: str, params: dict[str, Any], files: Mapping[str, bytes],
+             env: Mapping[str, str]) -> tuple[list[str], Path]:
     tmp = root / "tmp"
     work = Path(tempfile.mkdtemp(prefix="bgremove-gimp-", dir=tmp))
     inside = "/" + str(work.relative_to(root))
@@ -141,11 +134,73 @@ def run_batch(root: Path, script: str, params: dict[str, Any], files: Mapping[st
         root, ["gimp-console-3.0", "-i", "-n", "--batch-interpreter=python-fu-eval",
                "-b", f'exec(open("{inside}/{script}").read())', "--quit"],
         {**env, "BGREMOVE_BATCH_DIR": inside})
+    return command, work
+
+
+def _results(work: Path) -> dict[str, Any] | None:
+    results_file = work / "results.json"
+    return json.loads(results_file.read_text()) if results_file.is_file() else None
+
+
+def run_batch(root: Path, script: str, params: dict[str, Any], files: Mapping[str, bytes],
+              env: Mapping[str, str], timeout: float = 600) -> BatchRun:
+    """Run ``tests/gimp_batch/<script>`` in gimp-console inside the root.
+
+    ``files`` are written to the work folder (seen as ``BGREMOVE_BATCH_DIR`` inside),
+    ``params`` as params.json. The caller removes ``result.work`` when done.
+    """
+    import time
+
+    command, work = _command(root, script, params, files, env)
     with gimp_lock(root):
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                               check=False)
         seconds = time.perf_counter() - started
-    results_file = work / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else None
-    return BatchRun(done.returncode, done.stdout, done.stderr, seconds, work, results)
+    return BatchRun(done.returncode, done.stdout, done.stderr, seconds, work, _results(work))
+
+
+@contextmanager
+def running_batch(root: Path, script: str, params: dict[str, Any],
+                  files: Mapping[str, bytes], env: Mapping[str, str]
+                  ) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """Start a batch and hand over the running GIMP (its pid is gimp-console's: chroot
+    and env exec into it) and the work folder; the caller waits for it."""
+    command, work = _command(root, script, params, files, env)
+    with gimp_lock(root), subprocess.Popen(command, stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True) as process:
+        try:
+            yield process, work
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+
+
+def results_of(work: Path) -> dict[str, Any] | None:
+    return _results(work)
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"

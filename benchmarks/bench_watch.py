@@ -1,0 +1,211 @@
+"""Benchmark of ``bgremove watch`` against the emulator; prints a table.
+
+    .venv/bin/python benchmarks/bench_watch.py            # all three measurements
+    .venv/bin/python benchmarks/bench_watch.py --files 1000 --rss-files 10000 --latency-files 20
+
+1. Throughput: N small images dropped at once (renamed into INBOX together),
+   emulator delay 0.3 s, concurrency 16; wall time from the drop to the last
+   original in done/, over the ideal N x 0.3 / 16; HTTP requests per image.
+   Run with the default poll schedule and with a tighter one, since in poll
+   mode a task is seen finished only at the client's next poll.
+2. Latency: time from a file's last write to the start of its upload
+   (``Backend.cut_out`` entry), daemon in-process, one file at a time.
+3. Memory: peak RSS (VmHWM) of the daemon process over an M-file burst.
+
+The daemon runs as a separate process (``python -m core watch``) for 1 and
+3, so its memory is its own; the emulator runs in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _image(path: Path, variant: int) -> None:
+    from PIL import Image
+
+    im = Image.new("RGB", (32, 24), (variant % 256, 200, (variant // 256) % 256))
+    im.paste((220, 20, 20), (8, 6, 16, 12))
+    im.save(path)
+
+
+def _prepare(folder: Path, count: int, offset: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"img{i:05d}.png"
+        _image(path, offset + i)
+        paths.append(path)
+    return paths
+
+
+def _config(tmp: Path, poll_initial: float, poll_factor: float) -> Path:
+    path = tmp / "config.yaml"
+    path.write_text(f"backend: wavespeed\nwavespeed:\n  poll:\n    initial: {poll_initial}\n"
+                    f"    factor: {poll_factor}\n", encoding="utf-8")
+    return path
+
+
+def _vm_hwm(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_daemon_batch(count: int, delay: float, concurrency: int, poll_initial: float,
+                     poll_factor: float) -> dict[str, Any]:
+    """Drop ``count`` files into a running daemon; time until all are in done/."""
+    from core.emulator import Emulator, EmulatorOptions
+
+    with tempfile.TemporaryDirectory() as td, \
+            Emulator(EmulatorOptions(delay=delay, max_stored=max(10_000, count * 2))) as emu:
+        tmp = Path(td)
+        inbox, outbox, staging = tmp / "in", tmp / "out", tmp / "staging"
+        inbox.mkdir()
+        sources = _prepare(staging, count)
+        env = dict(os.environ, WAVESPEED_API_KEY=emu.api_key, WAVESPEED_BASE_URL=emu.base_url)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "core", "watch", str(inbox), str(outbox),
+             "--concurrency", str(concurrency), "--config",
+             str(_config(tmp, poll_initial, poll_factor)), "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 30
+            while not (outbox / ".bgremove" / "journal.sqlite3").exists():
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the daemon did not start")
+                time.sleep(0.05)
+            time.sleep(0.5)  # observer up
+            started = time.monotonic()
+            for src in sources:
+                os.rename(src, inbox / src.name)
+            done = inbox / "done"
+            peak = 0
+            while True:
+                peak = max(peak, _vm_hwm(proc.pid))
+                n = len(os.listdir(done)) if done.exists() else 0
+                if n >= count:
+                    break
+                if proc.poll() is not None:
+                    raise RuntimeError("the daemon exited")
+                time.sleep(0.05)
+            wall = time.monotonic() - started
+            peak = max(peak, _vm_hwm(proc.pid))
+        finally:
+            proc.terminate()
+            _out, err = proc.communicate(timeout=60)
+        stats = emu.stats()
+        if err.strip():
+            sys.stderr.write(err.decode(errors="replace")[-2000:])
+    return {"wall": wall, "requests": stats["requests_total"] / count,
+            "tasks": stats["tasks_submitted"], "peak_rss": peak}
+
+
+def run_latency(count: int, stable: float) -> list[float]:
+    """Seconds from a file's last write to its upload starting, in-process daemon."""
+    from core.backends import make_backend
+    from core.config import Config
+    from core.emulator import Emulator, EmulatorOptions
+    from watcher.daemon import Daemon
+    from watcher.naming import Layout
+
+    starts: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as td, Emulator(EmulatorOptions()) as emu:
+        tmp = Path(td)
+        (tmp / "in").mkdir()
+        config = Config().with_overrides({
+            "backend": "wavespeed", "wavespeed.base_url": emu.base_url,
+            "wavespeed.api_key": emu.api_key, "watch.stable_seconds": stable})
+        layout = Layout.create(tmp / "in", tmp / "out")
+
+        def factory() -> Any:
+            backend = make_backend(config, wait_mode="poll")
+            inner = backend.cut_out
+
+            def cut_out(image: Any, hooks: Any = None) -> Any:
+                starts[threading.current_thread().name] = time.monotonic()
+                starts["last"] = starts[threading.current_thread().name]
+                return inner(image, hooks)
+
+            backend.cut_out = cut_out  # type: ignore[method-assign]
+            return backend
+
+        daemon = Daemon(config, layout, backend_factory=factory)
+        thread = threading.Thread(target=daemon.run)
+        thread.start()
+        time.sleep(0.5)
+        latencies = []
+        try:
+            for i in range(count):
+                starts.pop("last", None)
+                path = tmp / "in" / f"lat{i}.png"
+                _image(path, 50_000 + i)
+                written = time.monotonic()
+                deadline = written + 10
+                while "last" not in starts and time.monotonic() < deadline:
+                    time.sleep(0.002)
+                latencies.append(starts.get("last", deadline) - written)
+                while len(os.listdir(tmp / "in" / "done")) < i + 1 \
+                        and time.monotonic() < deadline + 10:
+                    time.sleep(0.01)
+        finally:
+            daemon.request_stop()
+            thread.join(30)
+    return latencies
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--delay", type=float, default=0.3)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rss-files", type=int, default=10_000)
+    parser.add_argument("--latency-files", type=int, default=20)
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=("throughput", "latency", "rss"))
+    args = parser.parse_args()
+    rows: list[tuple[str, str, str]] = []
+    ideal = args.files * args.delay / args.concurrency
+    if "throughput" not in args.skip:
+        for label, initial, factor in (("default poll (0.5 s x1.5)", 0.5, 1.5),
+                                       ("tight poll (0.1 s x1.2)", 0.1, 1.2)):
+            r = run_daemon_batch(args.files, args.delay, args.concurrency, initial, factor)
+            rows.append((f"{args.files} files, delay {args.delay}s, c={args.concurrency}, "
+                         f"{label}", f"{r['wall']:.1f} s = {r['wall'] / ideal:.2f} x ideal "
+                         f"({ideal:.2f} s)", "<= 1.15 x"))
+            rows.append(("  requests per image", f"{r['requests']:.2f} "
+                         f"({r['tasks']} tasks)", "-"))
+    if "latency" not in args.skip:
+        lat = run_latency(args.latency_files, 0.5)
+        rows.append((f"last write -> upload start ({len(lat)} files, stable 0.5 s)",
+                     f"median {statistics.median(lat):.2f} s, max {max(lat):.2f} s", "< 1 s"))
+    if "rss" not in args.skip:
+        r = run_daemon_batch(args.rss_files, 0.0, args.concurrency, 0.05, 1.5)
+        rows.append((f"peak RSS of the daemon, {args.rss_files}-file burst",
+                     f"{r['peak_rss'] / 2**20:.0f} MB ({r['wall']:.0f} s to drain)", "< 150 MB"))
+    width = max(len(r[0]) for r in rows)
+    vwidth = max(len(r[1]) for r in rows)
+    print(f"{'measure':<{width}}  {'result':<{vwidth}}  goal")
+    for name, value, goal in rows:
+        print(f"{name:<{width}}  {value:<{vwidth}}  {goal}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

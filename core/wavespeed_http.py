@@ -1,0 +1,274 @@
+"""The request loop under the WaveSpeed client: headers, timeouts, retries, the deadline.
+
+``Requester.call`` sends one logical call (with retries per ``core.retry``)
+and hands the answer to a ``parse`` function. ``CallContext`` is what the
+calls for one image share (deadline, cancel token, request count);
+``ClientStats`` counts over the client's life. The API key goes only to the
+service's own origin, and is scrubbed from every exception chained to an
+error this module raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+
+from core import retry
+from core.errors import CancelledError, ProtocolError, ServiceError, ServiceTimeoutError
+from core.wavespeed_errors import (
+    envelope_task_id,
+    parse_json,
+    scrub,
+    status_error,
+    submit_uncertain,
+    transport_error,
+)
+
+if TYPE_CHECKING:
+    from core.backends import CancelToken
+    from core.config import WaveSpeedConfig
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class CallContext:
+    """What the calls for one image share: the deadline, the cancel token, the request count."""
+
+    deadline: retry.Deadline
+    cancel: CancelToken | None = None
+    requests: int = 0
+    task_id: str | None = None
+
+
+@dataclass
+class ClientStats:
+    """Counters over the client's life (for benchmarks and ``doctor``). Thread-safe."""
+
+    requests: int = 0
+    retries: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    by_call: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, what: str, *, sent: int = 0) -> None:
+        with self._lock:
+            self.requests += 1
+            self.bytes_sent += sent
+            self.by_call[what] = self.by_call.get(what, 0) + 1
+
+    def add_received(self, count: int) -> None:
+        with self._lock:
+            self.bytes_received += count
+
+    def add_retry(self) -> None:
+        with self._lock:
+            self.retries += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"requests": self.requests, "retries": self.retries,
+                    "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
+                    "by_call": dict(self.by_call)}
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a way worth another try."""
+
+    def __init__(self, error: ServiceError, retry_after: float | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.retry_after = retry_after
+
+
+class Requester:
+    """Sends calls to the service on one shared ``httpx.Client``. Thread-safe."""
+
+    def __init__(self, config: WaveSpeedConfig, http: httpx.Client, *, key: str,
+                 common_headers: Mapping[str, str], sleep: Callable[[float], None],
+                 clock: Callable[[], float], wall_clock: Callable[[], float],
+                 rand: Callable[[], float]) -> None:
+        self.config = config
+        self.http = http
+        self.key = key
+        self.base = httpx.URL(config.base_url.rstrip("/") + "/")
+        self.common = dict(common_headers)
+        self.stats = ClientStats()
+        self.clock = clock
+        self._sleep, self._wall, self._rand = sleep, wall_clock, rand
+
+    def context(self, cancel: CancelToken | None = None) -> CallContext:
+        """A fresh context for one image: the overall deadline starts now."""
+        return CallContext(retry.Deadline(self.config.timeouts.overall, self.clock), cancel)
+
+    def url(self, path: str) -> str:
+        return str(self.base.join(path.lstrip("/")))
+
+    def same_origin(self, url: str) -> bool:
+        target = self.base.join(url)
+        return (target.scheme, target.host, target.port) == (
+            self.base.scheme, self.base.host, self.base.port)
+
+    def call(self, ctx: CallContext, what: str, method: str, url: str,
+             parse: Callable[[httpx.Response], T], **kwargs: Any) -> T:
+        """``_retrying``, with the key scrubbed from every exception it chains."""
+        try:
+            return self._retrying(ctx, what, method, url, parse, **kwargs)
+        except ServiceError as error:
+            _scrub_chain(error, self.key)
+            raise
+
+    def checkpoint(self, ctx: CallContext, what: str, task_id: str | None) -> None:
+        """Raise if the caller cancelled or the image's overall deadline ran out."""
+        if ctx.cancel is not None:
+            ctx.cancel.raise_if_cancelled()
+        if ctx.deadline.expired:
+            raise ServiceTimeoutError(
+                f"{what}: the overall time limit for this image "
+                f"({ctx.deadline.seconds:g} s) ran out",
+                hint="raise wavespeed.timeouts.overall, or try again later"
+                + (f"; the task {task_id} may still finish" if task_id else ""),
+                task_id=task_id)
+
+    def pause(self, seconds: float, ctx: CallContext, what: str, task_id: str | None) -> None:
+        """Sleep (cancellable through the context's token), never past the deadline."""
+        seconds = max(0.0, min(seconds, ctx.deadline.remaining()))
+        if ctx.cancel is not None:
+            if ctx.cancel.wait(seconds):
+                raise CancelledError("cancelled while waiting for the service")
+        elif seconds > 0:
+            self._sleep(seconds)
+        self.checkpoint(ctx, what, task_id)
+
+    def _retrying(self, ctx: CallContext, what: str, method: str, url: str,
+                  parse: Callable[[httpx.Response], T], *, timeout: float,
+                  api: bool = True, headers: Mapping[str, str] | None = None,
+                  bare: bool = False, submit_sync: bool | None = None,
+                  task_id: str | None = None, give_up_on: frozenset[int] = frozenset(),
+                  **kwargs: Any) -> T:
+        """Send one logical call with retries; return what ``parse`` makes of the answer.
+
+        ``submit_sync`` is not None for a submit: then the submit policy of
+        ``core.retry`` applies instead of the idempotent one. ``bare`` sends
+        exactly ``headers`` (an upload ticket's PUT). ``give_up_on`` lists
+        retryable statuses to raise at once (the caller handles them).
+        """
+        submit = submit_sync is not None
+        policy = self.config.retry
+        attempt = 0
+        while True:
+            attempt += 1
+            self.checkpoint(ctx, what, task_id or ctx.task_id)
+            limit = ctx.deadline.clamp(timeout)
+            try:
+                return self._attempt(ctx, what, method, url, parse, limit=limit, api=api,
+                                     headers=headers, bare=bare, submit_sync=submit_sync,
+                                     give_up_on=give_up_on, **kwargs)
+            except _Retry as failure:
+                error, retry_after = failure.error, failure.retry_after
+                cause: BaseException | None = None
+            except httpx.HTTPError as exc:
+                deadline_hit = limit < timeout and isinstance(exc, httpx.TimeoutException)
+                if submit and not retry.should_retry_submit(None, exc, has_task_id=False,
+                                                            sync=bool(submit_sync)):
+                    reason = ("no answer before the time limit" if deadline_hit else
+                              f"the answer was lost ({type(exc).__name__})")
+                    raise submit_uncertain(reason) from exc
+                error = transport_error(exc, what=what, secret=self.key,
+                                        task_id=task_id or ctx.task_id,
+                                        deadline_hit=deadline_hit, timeout=limit)
+                if deadline_hit or not retry.is_retryable_exception(exc):
+                    raise error from exc
+                retry_after, cause = None, exc
+            decision = retry.decide(
+                attempt, max_attempts=policy.max_attempts, retry_after=retry_after,
+                retry_after_max=policy.retry_after_max, backoff_initial=policy.backoff_initial,
+                backoff_max=policy.backoff_max, remaining=ctx.deadline.remaining(),
+                rand=self._rand)
+            if not decision.retry:
+                if attempt > 1 or retry_after is not None:
+                    error.message = f"{error.message}; {decision.reason}"
+                raise error from cause
+            self.stats.add_retry()
+            log.warning("%s; retrying in %.2f s (attempt %d of %d)", error.message,
+                        decision.delay, attempt + 1, policy.max_attempts)
+            self.pause(decision.delay, ctx, what, task_id or ctx.task_id)
+
+    def _attempt(self, ctx: CallContext, what: str, method: str, url: str,
+                 parse: Callable[[httpx.Response], T], *, limit: float, api: bool,
+                 headers: Mapping[str, str] | None, bare: bool, submit_sync: bool | None,
+                 give_up_on: frozenset[int], **kwargs: Any) -> T:
+        """One HTTP request; raises ``_Retry`` for a failure worth another try."""
+        if bare:
+            sent_headers = dict(headers or {})
+        else:
+            sent_headers = dict(self.common)
+            if api:
+                sent_headers["Authorization"] = f"Bearer {self.key}"
+            sent_headers.update(headers or {})
+        timeouts = httpx.Timeout(limit, connect=min(self.config.timeouts.connect, limit))
+        request = self.http.build_request(method, url, headers=sent_headers, timeout=timeouts,
+                                          **kwargs)
+        if bare:  # exactly the ticket's headers: drop the pooled client's defaults
+            keep = {h.lower() for h in sent_headers} | {"host", "content-length",
+                                                        "transfer-encoding"}
+            for name in [n for n in request.headers if n.lower() not in keep]:
+                del request.headers[name]
+        ctx.requests += 1
+        length = request.headers.get("content-length", "0")
+        self.stats.add(what, sent=int(length) if length.isdigit() else 0)
+        response = self.http.send(request, stream=True)
+        try:
+            if response.is_success:
+                try:
+                    return parse(response)
+                except ProtocolError as exc:
+                    if submit_sync is not None:
+                        raise submit_uncertain(exc.message.removeprefix("submit: ")) from None
+                    raise _Retry(exc) from None
+            response.read()
+            status = response.status_code
+            task_id = envelope_task_id(parse_json(response))
+            retry_after = retry.parse_retry_after(response.headers, now=self._wall())
+            error = status_error(response, what=what, secret=self.key,
+                                 task_id=task_id or ctx.task_id, retry_after=retry_after)
+            if submit_sync is not None:
+                if task_id and retry.is_retryable_status(status):
+                    return parse(response)  # the task exists: poll it, never POST again
+                if retry.should_retry_submit(status, None, has_task_id=bool(task_id),
+                                             sync=submit_sync):
+                    raise _Retry(error, retry_after)
+                if submit_sync and status == 504:
+                    raise submit_uncertain("the service gave up waiting (HTTP 504) without "
+                                           "naming the task")
+                raise error
+            if retry.is_retryable_status(status) and status not in give_up_on:
+                raise _Retry(error, retry_after)
+            raise error
+        finally:
+            with contextlib.suppress(httpx.ResponseNotRead):  # a streamed download counts itself
+                self.stats.add_received(len(response.content))
+            response.close()
+
+
+def _scrub_chain(error: BaseException, secret: str) -> None:
+    """Scrub the key from the text of every exception chained to ``error`` (httpx's too)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if secret in str(exc) or secret in repr(exc.args):
+            exc.args = tuple(scrub(a, secret) if isinstance(a, str) else a for a in exc.args)
+        todo += [exc.__cause__, exc.__context__]

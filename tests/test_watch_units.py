@@ -1,0 +1,309 @@
+"""Unit tests of the daemon's parts: naming, readiness, limits, journal, claims, CLI wiring."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from core.backends import CancelToken
+from core.config import Config, WatchConfig
+from core.errors import ConfigError
+from watcher.claims import Claims, make_owner_id, parse_owner, pid_alive
+from watcher.journal import Journal
+from watcher.limits import CostGuard, RateLimiter, effective_limits
+from watcher.naming import Layout, candidate_names, is_ignored_name, move_no_replace
+from watcher.readiness import ReadinessTracker
+from watcher.status import render_line
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- naming ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "ignored"), [
+    ("photo.jpg", False), ("photo.jpg.part", True), ("x.crdownload", True), ("x.tmp", True),
+    ("~$doc.png", True), (".hidden.png", True), ("x.png.error.json", True), ("Thumbs.db", True),
+    ("my~file.png", False),
+])
+def test_ignored_names(name: str, ignored: bool) -> None:
+    assert is_ignored_name(name) is ignored
+
+
+def test_layout_defaults_and_exclusions(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    layout = Layout.create(tmp_path / "in", tmp_path / "out", recursive=True)
+    assert layout.done == tmp_path / "in" / "done"
+    assert layout.failed == tmp_path / "in" / "failed"
+    assert layout.relative(tmp_path / "in" / "a" / "x.png") == Path("a/x.png")
+    for skipped in ("done/x.png", "failed/x.png", ".bgremove-claims/o/1/x.png", "a/.x.png",
+                    "a/x.png.part"):
+        assert layout.relative(tmp_path / "in" / skipped) is None, skipped
+    flat = Layout.create(tmp_path / "in", tmp_path / "out")
+    assert flat.relative(tmp_path / "in" / "a" / "x.png") is None
+
+
+@pytest.mark.parametrize(("outbox", "recursive", "message"), [
+    ("in", False, "is the INBOX"),
+    ("in/sub", True, "inside the watched INBOX"),
+    (".", True, "INBOX .* is inside OUTBOX"),
+])
+def test_layout_refuses_overlaps(tmp_path: Path, outbox: str, recursive: bool,
+                                 message: str) -> None:
+    (tmp_path / "in").mkdir()
+    with pytest.raises(ConfigError, match=message):
+        Layout.create(tmp_path / "in", tmp_path / outbox, recursive=recursive)
+
+
+def test_outbox_inside_inbox_is_fine_when_not_watched(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    layout = Layout.create(tmp_path / "in", tmp_path / "in" / "out")
+    assert layout.relative(tmp_path / "in" / "out" / "x.png") is None
+
+
+def test_move_no_replace_adds_suffixes(tmp_path: Path) -> None:
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "x.png").write_text("old")
+    moved = []
+    for i in range(2):
+        src = tmp_path / f"src{i}"
+        src.write_text(f"new{i}")
+        moved.append(move_no_replace(src, tmp_path / "dst" / "x.png"))
+        assert not src.exists()
+    assert [p.name for p in moved] == ["x-1.png", "x-2.png"]
+    assert (tmp_path / "dst" / "x.png").read_text() == "old"
+    assert (tmp_path / "dst" / "x-2.png").read_text() == "new1"
+    names = candidate_names(Path("a/x.png"))
+    assert [next(names).name for _ in range(3)] == ["x.png", "x-1.png", "x-2.png"]
+
+
+# -- readiness ---------------------------------------------------------------------
+
+
+def test_readiness_waits_for_a_stable_file(tmp_path: Path) -> None:
+    clock = Clock()
+    tracker = ReadinessTracker(0.5, 2.0, clock=clock)
+    path = tmp_path / "x.png"
+    path.write_bytes(b"a")
+    tracker.seen(path)
+    assert tracker.check_due() == []
+    clock.now += 0.3
+    with open(path, "ab") as fh:
+        fh.write(b"more")
+    os.utime(path, ns=(1, 2))  # size and mtime change
+    clock.now += 0.3
+    assert tracker.check_due() == []  # changed: the window starts again
+    clock.now += 0.4
+    assert tracker.check_due() == []
+    clock.now += 0.2
+    ready = tracker.check_due()
+    assert [r.path for r in ready] == [path] and not ready[0].settled
+    # did not decode: watched until it settles, then handed out as final
+    tracker.not_yet(ready[0])
+    clock.now += 1.0
+    assert tracker.check_due() == []
+    clock.now += 1.5
+    again = tracker.check_due()
+    assert len(again) == 1 and again[0].settled
+    tracker.forget(path)
+    assert len(tracker) == 0
+
+
+def test_readiness_drops_vanished_files(tmp_path: Path) -> None:
+    clock = Clock()
+    tracker = ReadinessTracker(0.1, 1.0, clock=clock)
+    path = tmp_path / "x.png"
+    path.write_bytes(b"a")
+    tracker.seen(path)
+    path.unlink()
+    clock.now += 1
+    assert tracker.check_due() == []
+    assert len(tracker) == 0
+    tracker.seen(tmp_path / "never-existed.png")
+    assert len(tracker) == 0
+
+
+# -- limits ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("level", "concurrency", "per_minute", "expect"), [
+    (None, 16, 0, (16, 0)),
+    ("bronze", 16, 0, (2, 2)),
+    ("bronze", 1, 1, (1, 1)),
+    ("silver", 16, 0, (16, 500)),
+    ("gold", 1024, 10000, (256, 3000)),
+    ("ultra", 8, 0, (8, 5000)),
+])
+def test_account_levels_cap_the_limits(level: str | None, concurrency: int, per_minute: int,
+                                       expect: tuple[int, int]) -> None:
+    limits = effective_limits(WatchConfig(account_level=level, concurrency=concurrency,
+                                          images_per_minute=per_minute))
+    assert (limits.concurrency, limits.images_per_minute) == expect
+
+
+def test_rate_limiter_sliding_minute() -> None:
+    clock = Clock()
+    limiter = RateLimiter(2, clock=clock)
+    assert limiter.try_acquire() and limiter.try_acquire()
+    assert not limiter.try_acquire()
+    assert limiter.delay() == pytest.approx(60.0)
+    clock.now += 59.9
+    assert not limiter.try_acquire()
+    clock.now += 0.1
+    assert limiter.try_acquire()
+    assert RateLimiter(0).try_acquire()
+
+
+def test_rate_limiter_gives_up_on_shutdown() -> None:
+    limiter = RateLimiter(1)
+    assert limiter.try_acquire()
+    assert limiter.acquire(CancelToken(), give_up=lambda: True) is False
+
+
+def test_cost_guard_counts_survive_a_restart(tmp_path: Path) -> None:
+    clock = Clock(1_000_000.0)
+    journal = Journal(tmp_path / "j.sqlite3")
+    guard = CostGuard(journal, per_hour=2, per_day=3, clock=clock)
+    assert guard.try_acquire("a") == 0 and guard.try_acquire("b") == 0
+    wait = guard.try_acquire("c")
+    assert wait == pytest.approx(3600.0) and "max_per_hour=2" in (guard.paused or "")
+    journal.close()
+    journal = Journal(tmp_path / "j.sqlite3")  # a restart: the count comes from the journal
+    guard = CostGuard(journal, per_hour=2, per_day=3, clock=clock)
+    assert not guard.open_now()
+    clock.now += 3600
+    assert guard.open_now() and guard.paused is None
+    assert guard.try_acquire("c") == 0
+    assert guard.try_acquire("d") > 80000  # the day cap now
+    assert "max_per_day=3" in (guard.paused or "")
+    journal.close()
+
+
+# -- journal -----------------------------------------------------------------------
+
+
+def test_journal_begin_decisions(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    alive = {"me": True, "other": True, "dead": False}
+    try:
+        first = journal.begin("k1", owner="me", input="a.png", claim="/c/1", reprocess=False,
+                              is_alive=alive.__getitem__)
+        assert first.action == "new"
+        journal.update("k1", state="submitted", task_id="t1")
+        busy = journal.begin("k1", owner="other", input="b.png", claim="/c/2", reprocess=False,
+                             is_alive=alive.__getitem__)
+        assert busy.action == "busy"
+        alive["me"] = False  # the owner died: another daemon resumes its task
+        resumed = journal.begin("k1", owner="other", input="a.png", claim="/c/3",
+                                reprocess=False, is_alive=alive.__getitem__)
+        assert resumed.action == "resume" and resumed.job is not None
+        assert resumed.job.task_id == "t1" and resumed.job.owner == "other"
+        journal.update("k1", state="done", output="/out/a.png")
+        dup = journal.begin("k1", owner="other", input="c.png", claim="/c/4", reprocess=False,
+                            is_alive=alive.__getitem__)
+        assert dup.action == "duplicate" and dup.job is not None
+        assert dup.job.output == "/out/a.png"
+        again = journal.begin("k1", owner="other", input="c.png", claim="/c/4", reprocess=True,
+                              is_alive=alive.__getitem__)
+        assert again.action == "new" and again.job is not None and again.job.task_id is None
+        noted = journal.note_error("k1", kind="server", code=503, message="boom")
+        assert noted is not None and noted.attempts == 1 and noted.first_error
+    finally:
+        journal.close()
+
+
+def test_journal_is_safe_across_threads(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+
+    def work(n: int) -> None:
+        for i in range(50):
+            key = f"{n}-{i}"
+            journal.begin(key, owner="me", input=key, claim=key, reprocess=False,
+                          is_alive=lambda _o: True)
+            journal.update(key, state="done")
+            journal.add_event("done", input=key)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert journal.counts()["done"] == 200
+    journal.close()
+
+
+# -- claims ------------------------------------------------------------------------
+
+
+def test_only_one_claim_wins(tmp_path: Path) -> None:
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    a = Claims(inbox / ".c", make_owner_id(started=1))
+    b = Claims(inbox / ".c", make_owner_id(pid=os.getpid() + 1, started=2))
+    a.start()
+    b.start()
+    wins = 0
+    for i in range(50):
+        f = inbox / f"{i}.png"
+        f.write_text("x")
+        results = [a.claim(f, Path(f.name)), b.claim(f, Path(f.name))]
+        wins += sum(r is not None for r in results)
+        claimed = next(r for r in results if r is not None)
+        assert a.rel_of(claimed) == Path(f.name)
+    assert wins == 50
+
+
+def test_dead_owner_detection(tmp_path: Path) -> None:
+    mine = make_owner_id()
+    claims = Claims(tmp_path, mine, stale_seconds=60)
+    host, pid = parse_owner(mine)
+    assert pid == os.getpid() and pid_alive(pid)
+    assert claims.is_alive(mine)
+    dead = f"{host}-{2**22 + 4321}-5"
+    assert not claims.is_alive(dead)
+    assert not pid_alive(2**22 + 4321)
+
+
+# -- CLI ---------------------------------------------------------------------------
+
+
+def test_cli_start_up_stays_light() -> None:
+    code = ("import sys, core.cli, watcher.cli; core.cli.build_parser(); "
+            "heavy = [m for m in ('watchdog', 'PIL', 'httpx', 'sqlite3') if m in sys.modules]; "
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "[]"
+
+
+def test_watch_help_and_status_without_journal(tmp_path: Path) -> None:
+    from core.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["watch", "--help"])
+    assert exc.value.code == 0
+    assert main(["status", str(tmp_path)]) == 2
+    assert main(["watch"]) == 2  # no INBOX/OUTBOX
+
+
+def test_config_keys_for_the_watcher() -> None:
+    config = Config().with_overrides({"watch.settle_seconds": 1, "watch.stale_claim_seconds": 5})
+    assert config.watch.settle_seconds == 1.0 and config.watch.stale_claim_seconds == 5.0
+
+
+def test_status_line() -> None:
+    line = render_line({"queued": 3, "in_flight": 2, "done": 10, "failed": 1, "duplicates": 0,
+                        "paused": "cost cap watch.max_per_hour=5 reached"})
+    assert line == ("queued 3 | in flight 2 | done 10 | failed 1 | "
+                    "paused: cost cap watch.max_per_hour=5 reached")
