@@ -12,10 +12,13 @@ A submit POST is sent again only when no task can have been created:
 
 * the connection failed before the request was sent (``ConnectError``,
   ``ConnectTimeout``, ``PoolTimeout``: see ``request_not_sent``), or
-* the server answered 408, 429 or 5xx with an error envelope that names no
-  task id. The exception: a 504 to a sync-mode submit, which is the gateway
-  giving up on a task that usually keeps running; with a task id in the body
-  the client polls that id, without one it raises ``SubmitUncertainError``.
+* the service itself answered 408, 429, 500, 503 (or another 5xx) with an
+  error that names no task id: it refused the request.
+
+The exceptions are the gateway statuses 502 and 504 (sync or async mode): the
+gateway in front of the service gave up, and the service behind it may have
+created the task and may still run it. With a task id in the body the client
+polls that id; without one it raises ``SubmitUncertainError``.
 
 When the answer was lost after the request was sent (read timeout, the
 connection dropped mid-answer, an answer that is not a valid envelope), the
@@ -43,6 +46,8 @@ import httpx
 
 #: Statuses worth another try: request timeout, rate limit, and every server error.
 RETRY_STATUSES = frozenset({408, 429})
+#: A gateway's answer: the service behind it may have created the task anyway.
+GATEWAY_STATUSES = frozenset({502, 504})
 
 
 def is_retryable_status(status: int) -> bool:
@@ -72,7 +77,7 @@ def should_retry_submit(status: int | None, exc: BaseException | None, *,
         return request_not_sent(exc)
     if status is None or has_task_id:
         return False
-    if sync and status == 504:
+    if status in GATEWAY_STATUSES:
         return False
     return is_retryable_status(status)
 

@@ -11,7 +11,11 @@ One ``cut_out`` = encode (no metadata) -> upload -> submit -> wait -> download
 ``poll`` (what the hot-folder daemon asks for)
     an async submit, ``hooks.on_task(id)`` so a journal can record the task
     before any waiting, then polling ``poll.initial`` x ``poll.factor`` up
-    to ``poll.max``.
+    to ``poll.max``: 5+ requests per image.
+
+``on_task`` runs in both modes as soon as the task id is known (in sync mode
+that is when the submit answers). A sync submit cannot be interrupted by the
+cancel token; cancelling takes effect at the next step.
 
 ``hooks.resume_task`` skips upload and submit and waits on that task; a task
 the service no longer knows raises ``TaskFailedError`` (status

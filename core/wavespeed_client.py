@@ -112,6 +112,7 @@ class WaveSpeedClient:
         self._url = self._requests.url
         self._clock = clock
         self._direct_upload = True  # cleared once the server shows it has no direct upload
+        self._typical_task: float | None = None  # learned task duration, seconds
 
     @property
     def stats(self) -> ClientStats:
@@ -193,12 +194,14 @@ class WaveSpeedClient:
         interval = policy.initial
         started = self._clock()
         if not poll_first:
-            self._requests.pause(interval, ctx, "result", task_id)
-            interval = min(policy.max, interval * policy.factor)
+            first = self.first_poll_delay()
+            self._requests.pause(first, ctx, "result", task_id)
+            interval = min(policy.max, max(interval, first) * policy.factor)
         while True:
             self._requests.checkpoint(ctx, "wait", task_id)
             prediction = self.get_result(task_id, ctx=ctx)
             if prediction.status == "completed":
+                self._learn_task_time(prediction, self._clock() - started)
                 return prediction
             if prediction.done:
                 self._raise_task(prediction)
@@ -207,6 +210,26 @@ class WaveSpeedClient:
                 progress(elapsed / (elapsed + 10.0))
             self._requests.pause(interval, ctx, "result", task_id)
             interval = min(policy.max, interval * policy.factor)
+
+    def first_poll_delay(self) -> float:
+        """When to ask for a new task's result first.
+
+        ``poll.initial`` until a task has completed; then the typical task
+        duration seen so far (plus 10%, between 0.1 s and ``poll.max``), so a
+        short task is fetched about when it is done instead of after a fixed
+        guess, and a long one is not asked for over and over. Later polls
+        start at ``poll.initial`` and grow by ``poll.factor``.
+        """
+        typical = self._typical_task
+        if typical is None:
+            return self.config.poll.initial
+        return min(self.config.poll.max, max(0.1, typical * 1.1))
+
+    def _learn_task_time(self, prediction: Prediction, waited: float) -> None:
+        # The service's own inference time when it reports one; our wait overshoots it.
+        seconds = prediction.inference_ms / 1000 if prediction.inference_ms else waited
+        previous = self._typical_task
+        self._typical_task = seconds if previous is None else 0.7 * previous + 0.3 * seconds
 
     def run(self, image_url: str, *, sync: bool, ctx: CallContext | None = None,
             on_task: Callable[[str], None] | None = None,

@@ -247,8 +247,8 @@ class Requester:
                 if retry.should_retry_submit(status, None, has_task_id=bool(task_id),
                                              sync=submit_sync):
                     raise _Retry(error, retry_after)
-                if submit_sync and status == 504:
-                    raise submit_uncertain("the service gave up waiting (HTTP 504) without "
+                if status in retry.GATEWAY_STATUSES:
+                    raise submit_uncertain(f"the gateway gave up (HTTP {status}) without "
                                            "naming the task")
                 raise error
             if retry.is_retryable_status(status) and status not in give_up_on:

@@ -240,6 +240,22 @@ def test_poll_mode_submits_async_and_polls(client: WaveSpeedClient, service: Ser
     assert clock.sleeps == pytest.approx([0.5, 0.75, 1.125])
 
 
+def test_first_poll_follows_the_typical_task_time(client: WaveSpeedClient, service: Service,
+                                                   clock: FakeClock) -> None:
+    service.on("submit", ok(prediction("created")))
+    service.on("result", ok(prediction("completed", timings={"inference": 300})))
+    client.run(IMAGE_URL, sync=False)
+    assert clock.sleeps == pytest.approx([0.5])  # nothing learned yet: poll.initial
+    clock.sleeps.clear()
+    client.run(IMAGE_URL, sync=False)
+    assert clock.sleeps == pytest.approx([0.33])  # the service's 300 ms, plus 10%
+    service.on("result", ok(prediction("processing")),
+               ok(prediction("completed", timings={"inference": 300})))
+    clock.sleeps.clear()
+    client.run(IMAGE_URL, sync=False)
+    assert clock.sleeps == pytest.approx([0.33, 0.75])  # a miss: back to the growing schedule
+
+
 def test_poll_intervals_grow_to_the_cap(make_client: Any, service: Service,
                                         clock: FakeClock) -> None:
     client = make_client(poll={"initial": 1.0, "factor": 2.0, "max": 3.0})
@@ -472,8 +488,19 @@ def test_submit_is_retried_when_no_task_can_exist(client: WaveSpeedClient, servi
     assert submit_count(service) == 2
 
 
-def test_async_504_without_id_is_retried(client: WaveSpeedClient, service: Service) -> None:
-    service.on("submit", err(504, "gateway timeout"), ok(prediction("created")))
+@pytest.mark.parametrize("status", [502, 504])
+def test_gateway_error_without_id_is_uncertain_not_retried(
+        client: WaveSpeedClient, service: Service, status: int) -> None:
+    # The gateway gave up; the service behind it may have created (and billed) the task.
+    service.on("submit", err(status, "gateway"), ok(prediction("created")))
+    with pytest.raises(SubmitUncertainError, match=f"HTTP {status}"):
+        client.submit(IMAGE_URL, sync=False)
+    assert submit_count(service) == 1
+
+
+def test_service_unavailable_without_id_is_retried(client: WaveSpeedClient,
+                                                   service: Service) -> None:
+    service.on("submit", err(503, "unavailable"), ok(prediction("created")))
     assert client.submit(IMAGE_URL, sync=False).status == "created"
     assert submit_count(service) == 2
 

@@ -313,6 +313,18 @@ def test_unknown_prediction_and_route_get_404(api: httpx.Client) -> None:
     assert api.get("/media/nothing/a.png").status_code == 404
 
 
+def test_a_bad_content_length_gets_400(emulator: Emulator) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", emulator.port), timeout=10) as sock:
+        sock.sendall(b"POST /api/v3/media/uploads HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: Bearer k\r\nContent-Length: lots\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"body framing" in answer
+
+
 def test_head_on_a_file_sends_headers_only(api: httpx.Client) -> None:
     url = _upload(api, b"12345", filename="a.bin", content_type="application/octet-stream")
     head = api.head(url)

@@ -29,6 +29,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class _QuietStopRace(logging.Filter):
+    """Drops watchdog's harmless "called when the thread is inactive" error at observer stop."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+_quiet = _QuietStopRace()
+
+
 def scan(layout: Layout) -> Iterator[Path]:
     """Every candidate file now in INBOX (sub-folders too if recursive), excluded ones skipped."""
     excluded = {str(p) for p in layout.excluded()}
@@ -113,6 +123,9 @@ class Watcher:
         from watchdog.observers.polling import PollingObserver
 
         handler = self._handler()
+        inotify_log = logging.getLogger("watchdog.observers.inotify")
+        if _quiet not in inotify_log.filters:
+            inotify_log.addFilter(_quiet)
         if not self.want_polling:
             observer: Any = Observer()
             try:

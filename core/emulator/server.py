@@ -689,7 +689,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._route = route = _route_of(method, path)
         self._status_sent = "dropped"
         try:
-            body = self._read_body(self.emu.options.max_upload_bytes + _BODY_SLACK)
+            try:
+                body = self._read_body(self.emu.options.max_upload_bytes + _BODY_SLACK)
+            except ValueError:  # a bad Content-Length or chunk size: the stream is lost
+                self.close_connection = True
+                self.emu._count_request(route, method, 0)
+                self._error(400, "Bad request: unreadable body framing")
+                return
             self.emu._count_request(route, method, len(body or b""))
             for fault in self.emu._plan.pick(route, ("delay",)):
                 self.emu._count_fault("delay")
@@ -708,6 +714,12 @@ class _Handler(BaseHTTPRequestHandler):
             pass
         except (ConnectionError, TimeoutError):
             self.close_connection = True
+        except Exception:
+            log.exception("emulator: %s %s failed", method, path)
+            self.close_connection = True
+            if self._status_sent == "dropped":  # nothing sent yet
+                with contextlib.suppress(OSError):
+                    self._error(500, "Internal server error (emulator bug)")
         finally:
             log.debug("%s %s [%s] -> %s (%.1f ms)", method, path, route, self._status_sent,
                       (time.monotonic() - started) * 1000)
