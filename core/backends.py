@@ -121,7 +121,8 @@ def resolve_backend_name(config: Config, name: str | None = None) -> str:
 _auto_announced = False
 
 
-def make_backend(config: Config, name: str | None = None, *, wait_mode: str | None = None) -> Backend:
+def make_backend(config: Config, name: str | None = None, *,
+                 wait_mode: str | None = None) -> Backend:
     """Build the backend named ``name`` (default: the config's ``backend``).
 
     ``wait_mode`` overrides ``wavespeed.wait`` ("sync" or "poll"); the daemon

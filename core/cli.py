@@ -47,7 +47,8 @@ class _Parser(argparse.ArgumentParser):
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     """The options every sub-command that reads settings takes."""
     parser.add_argument("--config", metavar="FILE",
-                        help="YAML config file (default: $BGREMOVE_CONFIG, then the user config dir)")
+                        help="YAML config file "
+                        "(default: $BGREMOVE_CONFIG, then the user config dir)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                         help="how much to log on stderr (default: info)")
 

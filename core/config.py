@@ -12,6 +12,7 @@ The API key is held in a field excluded from ``repr`` and is never logged.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -33,6 +34,8 @@ ENV_CONFIG = "BGREMOVE_CONFIG"
 ENV_API_KEY = "WAVESPEED_API_KEY"
 ENV_BASE_URL = "WAVESPEED_BASE_URL"
 DEFAULT_BASE_URL = "https://api.wavespeed.ai"
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
 
 
 def _opt(default: Any, *, choices: tuple[Any, ...] | None = None, min: float | None = None,
@@ -134,7 +137,8 @@ class WatchConfig:
     reprocess: bool = False  # process content already seen
     journal: str | None = None  # default: OUTBOX/.bgremove/journal.sqlite3
     shutdown_grace: float = _opt(30.0, min=0.0)
-    settle_seconds: float = _opt(5.0, min=0.0)  # unchanged this long after failing to decode: broken
+    # A file that still does not decode after being unchanged this long is broken.
+    settle_seconds: float = _opt(5.0, min=0.0)
     stale_claim_seconds: float = _opt(60.0, min=1.0)  # a daemon silent this long is dead
 
 
@@ -215,7 +219,8 @@ def _read_yaml(file: Path) -> Mapping[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {file} must hold a mapping of keys, not {type(data).__name__}")
+        raise ConfigError(f"config file {file} must hold a mapping of keys, "
+                          f"not {type(data).__name__}")
     return data
 
 
@@ -254,8 +259,9 @@ def _set(obj: Any, parts: list[str], value: Any, dotted: str, origin: str) -> An
         new = _set(current, parts[1:], value, dotted, origin)
     else:
         if len(parts) > 1:
+            section = ".".join(dotted.split(".")[:-len(parts) + 1])
             raise ConfigError(f"{origin}: unknown key {dotted!r}",
-                              hint=f"{'.'.join(dotted.split('.')[:-len(parts) + 1])} is not a section")
+                              hint=f"{section} is not a section")
         new = _check(value, ftype, fields[name].metadata, dotted, origin)
     return dataclasses.replace(obj, **{name: new})
 
@@ -267,26 +273,23 @@ def _check(value: Any, ftype: Any, meta: Mapping[str, Any], dotted: str, origin:
     if value is None:
         if optional:
             return None
-        raise ConfigError(f"{origin}: key {dotted!r} needs a value", hint=f"expected {base.__name__}")
+        raise ConfigError(f"{origin}: key {dotted!r} needs a value",
+                          hint=f"expected {base.__name__}")
     if base is bool:
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-            value = value.lower() in ("true", "yes", "on", "1")
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            value = value.lower() in _TRUE
         if not isinstance(value, bool):
             raise ConfigError(f"{origin}: key {dotted!r} must be true or false, not {value!r}")
     elif base is int:
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = int(value.replace("_", ""))
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{origin}: key {dotted!r} must be a whole number, not {value!r}")
     elif base is float:
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{origin}: key {dotted!r} must be a number, not {value!r}")
         value = float(value)
@@ -301,7 +304,8 @@ def _check(value: Any, ftype: Any, meta: Mapping[str, Any], dotted: str, origin:
         raise ConfigError(f"{origin}: key {dotted!r} is {value!r}", hint=f"allowed: {shown}")
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and value < lo:
-        raise ConfigError(f"{origin}: key {dotted!r} is {value!r}", hint=f"it must be at least {lo}")
+        raise ConfigError(f"{origin}: key {dotted!r} is {value!r}",
+                          hint=f"it must be at least {lo}")
     if hi is not None and value > hi:
         raise ConfigError(f"{origin}: key {dotted!r} is {value!r}", hint=f"it must be at most {hi}")
     return value

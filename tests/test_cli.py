@@ -93,8 +93,8 @@ def test_bad_background_colour_is_a_usage_error(tmp_path: Path, emulator_env: No
     assert "not-a-colour" in capsys.readouterr().err
 
 
-def test_batch_continues_past_bad_files_and_reports_json(tmp_path: Path, emulator_env: None,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_batch_continues_past_bad_files_and_reports_json(
+        tmp_path: Path, emulator_env: None, capsys: pytest.CaptureFixture[str]) -> None:
     good = _solid(tmp_path / "good photo é.png")
     bad = tmp_path / "fake.jpg"
     bad.write_text("this is not an image")

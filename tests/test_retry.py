@@ -57,9 +57,8 @@ def test_transport_errors(exc: Exception, retryable: bool, not_sent: bool) -> No
     (429, None, False, True, True), (500, None, False, False, True),
     (503, None, False, True, True), (408, None, False, True, True),
     # a gateway 502/504 without an id, sync or async: the task may exist behind it
-        (504, None, False, False, False), (502, None, False, False, False), (502, None, False, True, False),
-    # a sync-mode 504: the gateway gave up on a task that probably runs
-    (504, None, False, True, False),
+    (504, None, False, False, False), (502, None, False, False, False),
+    (502, None, False, True, False), (504, None, False, True, False),
     # an answer naming a task: the task exists, poll it instead
     (500, None, True, False, False), (429, None, True, True, False), (504, None, True, True, False),
     # not retryable at all
