@@ -820,7 +820,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _sync_timed_out(self, task: _Task, timeout: float | None) -> None:
         data = task.prediction()
-        message = (f"Sync mode timed out after {timeout:g} seconds; the task is still "
+        waited = "" if timeout is None else f" after {timeout:g} seconds"
+        message = (f"Sync mode timed out{waited}; the task is still "
                    f"running: query {data['urls']['get']}")
         if self.emu.options.sync_timeout_style == "504":
             self._error(504, f"Gateway Timeout: {message}", data=data)
