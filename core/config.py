@@ -96,7 +96,6 @@ class LocalConfig:
     threads: int = _opt(0, min=0, max=256)  # 0: let onnxruntime choose
     refine: bool = False  # edge refinement
     refine_size: int = _opt(1024, min=320, max=8192)  # longer side the refinement works at
-    foreground: bool = False  # foreground colour estimation on soft edges
     cache_dir: str | None = None  # default: the user's cache dir
 
 
@@ -107,6 +106,8 @@ class OutputConfig:
     background: str | None = None  # a colour: "#ffffff", "white", "255,255,255"
     crop: bool = False
     crop_margin: int = _opt(0, min=0)
+    # Foreground colour estimation: soft edges stop carrying the old background's colour.
+    foreground: bool = False
     suffix: str = "-nobg"  # used when no output folder is given
 
 

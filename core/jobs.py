@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.errors import BgremoveError
+from core.errors import BgremoveError, ConfigError
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from core.backends import Backend, JobHooks
     from core.config import Config, OutputConfig
 
@@ -53,6 +55,17 @@ def output_path_for(src: Path, out_dir: Path | None, output: OutputConfig) -> Pa
     return out_dir / f"{src.stem}{ext}"
 
 
+def _estimate_foreground(image: Image.Image, alpha: Image.Image) -> Image.Image:
+    """Recolour semi-transparent pixels with their estimated foreground colour (needs numpy)."""
+    try:
+        from core.local.refine import estimate_foreground
+    except ImportError:
+        raise ConfigError("output.foreground needs numpy",
+                          hint="pip install 'bgremove[local]', or set output.foreground: false"
+                          ) from None
+    return estimate_foreground(image, alpha, inplace=True)
+
+
 def remove_file(
     src: Path,
     dst: Path,
@@ -62,7 +75,7 @@ def remove_file(
 ) -> JobResult:
     """Cut out ``src`` into ``dst``; raises ``BgremoveError`` on failure."""
     from core.backends import JobHooks
-    from core.imaging import compose, load_image, save_image
+    from core.imaging import compose, fit_alpha, load_image, save_image
 
     hooks = hooks or JobHooks()
     started = time.monotonic()
@@ -72,7 +85,10 @@ def remove_file(
     cutout = backend.cut_out(source.image, hooks)
     hooks.check_cancel()
     hooks.report("compose", 0.95)
-    result = compose(source, cutout.alpha, config.output)
+    alpha = fit_alpha(cutout.alpha, source.image.size)
+    if config.output.foreground and not config.output.mask_only:
+        source.image = _estimate_foreground(source.image, alpha)
+    result = compose(source, alpha, config.output)
     save_image(result, dst, fmt=config.output.format, icc_profile=source.icc_profile)
     hooks.report("compose", 1.0)
     return JobResult(

@@ -37,6 +37,9 @@ def register(sub: Any) -> None:
                    help="fill the background with a colour (#ffffff, white, 255,255,255)")
     p.add_argument("--crop", action="store_true", default=None, help="crop to the subject")
     p.add_argument("--crop-margin", type=int, metavar="PX", help="margin kept around the subject")
+    p.add_argument("--foreground", action="store_true", default=None,
+                   help="estimate the foreground colour of soft edges (no background colour "
+                   "bleeding through hair and fur)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per file on stdout")
     add_config_argument(p)
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         "output.background": args.background,
         "output.crop": args.crop,
         "output.crop_margin": args.crop_margin,
+        "output.foreground": args.foreground,
     })
     if config.output.background:
         parse_color(config.output.background)  # a bad colour is a usage error, before any work
