@@ -134,7 +134,7 @@ def settings_fingerprint(config: Config, backend_name: str) -> str:
                              "max_pixels": config.input.max_pixels}
     if backend_name == "local":
         parts["local"] = {"model": config.local.model, "refine": config.local.refine,
-                          "foreground": config.local.foreground}
+                          "refine_size": config.local.refine_size}
     blob = json.dumps(parts, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
