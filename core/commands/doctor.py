@@ -74,7 +74,10 @@ def _check_key(config: Any) -> tuple[str, str, None]:
 def _check_service(config: Any) -> tuple[str, str, None]:
     from core.wavespeed import WaveSpeedClient
 
-    client = WaveSpeedClient(config.wavespeed)
+    # One retry is enough to tell "down" from "a blip"; doctor should answer quickly.
+    quick = config.with_overrides({"wavespeed.retry.max_attempts": 2,
+                                   "wavespeed.timeouts.overall": 30.0})
+    client = WaveSpeedClient(quick.wavespeed)
     try:
         balance = client.balance()
     finally:
@@ -103,7 +106,7 @@ def _check_plugin() -> tuple[str, str, None]:
 
     state = status()
     if not state.installed:
-        return WARN, f"not installed ({state.message})", None
+        return WARN, state.message, None
     if not state.current:
         return FAIL, f"{state.path} is out of date: run bgremove gimp install", None
     return OK, f"installed at {state.path}", None
