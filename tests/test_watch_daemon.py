@@ -347,15 +347,15 @@ def test_stale_claim_of_a_dead_daemon_is_recovered(tmp_path: Path, emulator_fact
     from watcher.claims import make_owner_id
 
     emu = emulator_factory()
-    run = DaemonRun(tmp_path, emu, mode)
+    run = DaemonRun(tmp_path, emu, mode, recursive=True)
     dead = make_owner_id(pid=2**22 + 12345, started=1.0)  # no such process
-    claimed = run.inbox / ".bgremove-claims" / dead / "1" / "orphan.png"
+    claimed = run.inbox / ".bgremove-claims" / dead / "1-sub%2Forphan.png"
     write_image(claimed, 120)
-    (claimed.parents[1] / ".heartbeat").touch()
+    (claimed.parent / ".heartbeat").touch()
     with run:
-        wait_until(lambda: files(run.done) == ["orphan.png"], what="orphan recovered")
+        wait_until(lambda: files(run.done) == ["sub/orphan.png"], what="orphan recovered")
     assert not (run.inbox / ".bgremove-claims" / dead).exists()
-    assert files(run.outbox) == ["orphan.png"]
+    assert files(run.outbox) == ["sub/orphan.png"]
 
 
 def test_once_mode_exit_codes(tmp_path: Path, emulator_factory) -> None:

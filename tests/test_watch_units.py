@@ -262,6 +262,11 @@ def test_only_one_claim_wins(tmp_path: Path) -> None:
         claimed = next(r for r in results if r is not None)
         assert a.rel_of(claimed) == Path(f.name)
     assert wins == 50
+    odd = Path("a%2F/b-c/x%.png")
+    (inbox / "x%.png").write_text("y")
+    taken = a.claim(inbox / "x%.png", odd)
+    assert taken is not None and taken.parent == a.dir and Claims.rel_of(taken) == odd
+    assert (taken, odd) in a.mine()
 
 
 def test_dead_owner_detection(tmp_path: Path) -> None:

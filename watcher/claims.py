@@ -1,7 +1,9 @@
 """Cross-process claims: a file is worked on by one daemon only, even on a shared drive.
 
 Each daemon owns ``INBOX/.bgremove-claims/<host>-<pid>-<start>/``. To claim a
-file it renames it into ``<that folder>/<n>/<path relative to INBOX>``. A
+file it renames it to ``<that folder>/<n>-<path relative to INBOX>`` (``/`` and ``%``
+percent-encoded: no folders are created per file, which keeps a recursive
+native watch of INBOX from adding and dropping a watch for each claim). A
 rename is atomic on local disks, NFS and SMB alike: when two daemons race for
 one file exactly one rename succeeds and the other gets ``FileNotFoundError``.
 (``flock`` is not used: it is advisory, and unreliable over network shares.)
@@ -26,7 +28,6 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -98,26 +99,21 @@ class Claims:
     def claim(self, path: Path, rel: Path) -> Path | None:
         """Move ``path`` into this daemon's folder; None if another process was first."""
         with self._lock:
-            dest = self.dir / str(next(self._seq)) / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
+            dest = self.dir / f"{next(self._seq)}-{_encode(rel)}"
         try:
             os.rename(path, dest)
         except FileNotFoundError:
-            _remove_empty(dest.parent, self.dir)
+            if not self.dir.is_dir():  # removed under us: recreate and let the caller retry
+                self.dir.mkdir(parents=True, exist_ok=True)
             return None
         except PermissionError:  # Windows: the writer still has it open
-            _remove_empty(dest.parent, self.dir)
             return None
         return dest
 
-    def rel_of(self, claimed: Path) -> Path:
+    @staticmethod
+    def rel_of(claimed: Path) -> Path:
         """The INBOX-relative path a claimed file came from."""
-        rel = claimed.relative_to(self.root)
-        return Path(*rel.parts[2:])
-
-    def release(self, claimed: Path) -> None:
-        """Remove the now empty folders a finished claim leaves behind."""
-        _remove_empty(claimed.parent, self.dir)
+        return Path(_decode(claimed.name.split("-", 1)[1]))
 
     def is_alive(self, owner: str) -> bool:
         """Whether the daemon ``owner`` is still running (see the module docstring)."""
@@ -155,24 +151,20 @@ class Claims:
         taken: list[tuple[Path, Path]] = []
         for owner in self.stale_owners():
             folder = self.root / owner
-            for path in _files_under(folder):
-                rel_parts = path.relative_to(folder).parts
-                if len(rel_parts) < 2:
-                    continue  # owner.json, .heartbeat
-                rel = Path(*rel_parts[1:])
+            for path in _claimed_in(folder):
+                rel = self.rel_of(path)
                 claimed = self.claim(path, rel)
                 if claimed is not None:
                     log.info("recovered %s from stopped daemon %s", rel, owner)
                     taken.append((claimed, rel))
-            if not any(len(p.relative_to(folder).parts) >= 2 for p in _files_under(folder)):
+            if not _claimed_in(folder):
                 shutil.rmtree(folder, ignore_errors=True)
                 self._seen.pop(owner, None)
         return taken
 
     def mine(self) -> list[tuple[Path, Path]]:
         """Files already in this daemon's folder (normally none at start)."""
-        return [(p, self.rel_of(p)) for p in _files_under(self.dir)
-                if len(p.relative_to(self.dir).parts) >= 2]
+        return [(p, self.rel_of(p)) for p in _claimed_in(self.dir)]
 
     def stop(self) -> None:
         """Remove this daemon's folder if nothing is left in it."""
@@ -180,16 +172,20 @@ class Claims:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _files_under(folder: Path) -> Iterator[Path]:
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            yield Path(dirpath) / name
+def _claimed_in(folder: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(folder)
+                if e.is_file() and _CLAIMED.match(e.name)]
+    except OSError:
+        return []
 
 
-def _remove_empty(folder: Path, stop: Path) -> None:
-    while folder != stop and stop in folder.parents:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        folder = folder.parent
+_CLAIMED = re.compile(r"^\d+-.")
+
+
+def _encode(rel: Path) -> str:
+    return rel.as_posix().replace("%", "%25").replace("/", "%2F")
+
+
+def _decode(name: str) -> str:
+    return re.sub(r"%(25|2F)", lambda m: "%" if m.group(1) == "25" else "/", name)

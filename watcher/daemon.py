@@ -560,7 +560,6 @@ class Daemon:
             job = self._reload(key)
         if job.state == "placed":
             move_no_replace(claimed, self.layout.done / rel)
-            self.claims.release(claimed)
             journal.update(key, state="done", claim=None)
             journal.add_event("done", input=str(rel), output=job.output, task_id=job.task_id)
             job = self._reload(key)
@@ -612,7 +611,6 @@ class Daemon:
     def _duplicate(self, claimed: Path, rel: Path, first: Job | None) -> None:
         assert self.journal is not None
         done = move_no_replace(claimed, self.layout.done / rel)
-        self.claims.release(claimed)
         output = first.output if first else None
         self.journal.add_event("duplicate", input=str(rel), output=output)
         with self._lock:
@@ -662,7 +660,6 @@ class Daemon:
               note: str | None = None) -> None:
         assert self.journal is not None
         target = move_no_replace(claimed, self.layout.failed / rel)
-        self.claims.release(claimed)
         latest = self.journal.get(job.key) or job
         report = {
             "input": str(rel),
