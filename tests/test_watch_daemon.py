@@ -300,7 +300,7 @@ def test_cost_guard_pauses_intake(tmp_path: Path, emulator_factory, mode: str,
         assert "max_per_hour=2" in run.daemon.snapshot()["paused"]
         assert logs.has("intake paused")
         # paused, nothing dropped: the rest wait (in INBOX or claimed), none failed
-        waiting = [p.name for p in run.inbox.rglob("c*.png") if run.done not in p.parents]
+        waiting = [p.name for p in run.inbox.rglob("*.png") if run.done not in p.parents]
         assert len(waiting) == 2, waiting
         assert emu.stats()["tasks_submitted"] == 2
     assert files(run.failed) == []

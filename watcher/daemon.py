@@ -674,8 +674,10 @@ class Daemon:
             "note": note,
         }
         error_file = target.with_name(target.name + ".error.json")
+        temp = target.with_name(f".{target.name}.error.json.tmp")
         try:
-            error_file.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            temp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            os.replace(temp, error_file)  # readers never see half a report
         except OSError as exc2:
             log.warning("cannot write %s: %s", error_file, exc2)
         self.journal.update(job.key, state="failed", claim=None, error_kind=exc.kind,
