@@ -921,10 +921,17 @@ def test_cli_account_level_applies_its_limits(tmp_path: Path,
 
 def test_requests_are_logged_at_debug_without_the_key(
         emulator: Emulator, api: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+    def logged() -> bool:
+        return any("GET /api/v3/balance [balance] -> 200" in r.getMessage()
+                   for r in caplog.records if r.name == "core.emulator.server")
+
     with caplog.at_level("DEBUG", logger="core.emulator"):
         api.get("/api/v3/balance")
-    lines = [r.getMessage() for r in caplog.records if r.name == "core.emulator.server"]
-    assert any("GET /api/v3/balance [balance] -> 200" in line for line in lines)
+        # The server logs after it has answered: wait for the line on a deadline.
+        deadline = time.monotonic() + 10
+        while not logged() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert logged()
     assert emulator.api_key not in caplog.text
 
 
