@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import stat
 import types
 import typing
@@ -39,10 +40,10 @@ _FALSE = frozenset({"false", "no", "off", "0"})
 
 
 def _opt(default: Any, *, choices: tuple[Any, ...] | None = None, min: float | None = None,
-         max: float | None = None, repr: bool = True) -> Any:
-    """A dataclass field with validation metadata."""
-    return field(default=default, repr=repr,
-                 metadata={"choices": choices, "min": min, "max": max})
+         max: float | None = None, secret: bool = False) -> Any:
+    """A dataclass field with validation metadata; a secret is kept out of repr and messages."""
+    return field(default=default, repr=not secret,
+                 metadata={"choices": choices, "min": min, "max": max, "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class PollPolicy:
 
 @dataclass(frozen=True)
 class WaveSpeedConfig:
-    api_key: str | None = _opt(None, repr=False)
+    api_key: str | None = _opt(None, secret=True)
     base_url: str = DEFAULT_BASE_URL
     wait: str = _opt("sync", choices=("sync", "poll"))
     base64_output: bool = False
@@ -199,7 +200,25 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
     config = _apply(config, env_values, "environment")
     if overrides:
         config = config.with_overrides(overrides)
+    _check_service_settings(config)
     return config
+
+
+def _check_service_settings(config: Config) -> None:
+    """A key that cannot go in an HTTP header, or a base URL that is not one, fails now."""
+    key = config.wavespeed.api_key
+    if key is not None and not re.fullmatch(r"[\x21-\x7e]+", key):
+        # Never echo the key: say only what is wrong with it.
+        raise ConfigError("the WaveSpeed API key contains spaces, control or non-ASCII characters",
+                          hint="copy it again from https://wavespeed.ai/accesskey")
+    url = config.wavespeed.base_url
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0]
+    if scheme not in ("http", "https") or not host or any(c.isspace() for c in url):
+        raise ConfigError(f"wavespeed.base_url {url!r} is not an http(s) URL",
+                          hint="e.g. https://api.wavespeed.ai or http://127.0.0.1:8765")
+    if "[" in host and not re.fullmatch(r"\[[0-9a-fA-F:.]+\](:\d+)?", host):
+        raise ConfigError(f"wavespeed.base_url {url!r} has a malformed host")
 
 
 def _read_yaml(file: Path) -> Mapping[str, Any]:
@@ -229,7 +248,7 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key != "api_key":  # a secret is never a section
             out.update(_flatten(value, dotted + "."))
         else:
             out[dotted] = value
@@ -268,6 +287,9 @@ def _set(obj: Any, parts: list[str], value: Any, dotted: str, origin: str) -> An
 
 
 def _check(value: Any, ftype: Any, meta: Mapping[str, Any], dotted: str, origin: str) -> Any:
+    if meta.get("secret") and value is not None and not isinstance(value, str):
+        # Say what kind of value it is, never the value: it may be the key itself.
+        raise ConfigError(f"{origin}: key {dotted!r} must be text, not a {type(value).__name__}")
     args = typing.get_args(ftype)
     optional = typing.get_origin(ftype) in (Union, types.UnionType) and type(None) in args
     base = next((a for a in args if a is not type(None)), ftype) if optional else ftype

@@ -92,7 +92,8 @@ def _create_temp(dest: Path) -> tuple[int, Path]:
     """Create a new hidden temp file beside ``dest`` (mode from the umask, like a normal file)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        temp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{_TEMP_SUFFIX}")
+        # Short on purpose: a legal output name of 255 bytes still gets a legal temp name.
+        temp = dest.with_name(f".bgremove-{secrets.token_hex(6)}{_TEMP_SUFFIX}")
         try:
             return os.open(temp, flags, 0o666), temp
         except FileExistsError:

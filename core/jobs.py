@@ -83,7 +83,7 @@ def remove_file(
     source = load_image(src, max_pixels=config.input.max_pixels)
     hooks.check_cancel()
     cutout = backend.cut_out(source.image, hooks)
-    hooks.check_cancel()
+    # No cancel check from here on: the cut-out is done (and maybe paid for), so keep it.
     hooks.report("compose", 0.95)
     alpha = fit_alpha(cutout.alpha, source.image.size)
     if config.output.foreground and not config.output.mask_only:

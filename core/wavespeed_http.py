@@ -24,6 +24,7 @@ from core.errors import CancelledError, ProtocolError, ServiceError, ServiceTime
 from core.wavespeed_errors import (
     envelope_task_id,
     parse_json,
+    protocol_error,
     scrub,
     status_error,
     submit_uncertain,
@@ -176,6 +177,10 @@ class Requester:
             except _Retry as failure:
                 error, retry_after = failure.error, failure.retry_after
                 cause: BaseException | None = None
+            except httpx.InvalidURL as exc:  # a URL from the service (or config) httpx refuses
+                raise protocol_error(what, f"the URL {scrub(str(url), self.key)!r} is not valid "
+                                     f"({scrub(str(exc), self.key)})",
+                                     task_id=task_id or ctx.task_id) from None
             except httpx.HTTPError as exc:
                 deadline_hit = limit < timeout and isinstance(exc, httpx.TimeoutException)
                 if submit and not retry.should_retry_submit(None, exc, has_task_id=False,

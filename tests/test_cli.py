@@ -166,3 +166,110 @@ def test_key_never_printed_even_at_debug(tmp_path: Path, emulator_env: None,
     out, err = capfd.readouterr()
     key = os.environ["WAVESPEED_API_KEY"]
     assert key not in out and key not in err
+
+
+def test_output_folder_spelled_another_way_never_overwrites_an_input(
+        tmp_path: Path, emulator_env: None) -> None:
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    src = _solid(sub / "a.png")
+    before = src.read_bytes()
+    (tmp_path / "link").symlink_to(sub)
+    assert main(["remove", str(src), "-o", str(tmp_path / "sub" / ".." / "sub")]) == 0
+    assert main(["remove", str(src), "-o", str(tmp_path / "link")]) == 0
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in sub.iterdir()) == ["a-2.png", "a.png"]
+
+
+def test_a_folder_run_twice_does_not_cut_out_its_own_results(
+        tmp_path: Path, emulator, emulator_env: None) -> None:  # type: ignore[no-untyped-def]
+    _solid(tmp_path / "a.png")
+    _solid(tmp_path / "b.jpg")
+    assert main(["remove", str(tmp_path)]) == 0
+    assert main(["remove", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a-nobg.png", "a.png", "b-nobg.png", "b.jpg", "empty-config.yaml"]
+    assert emulator.stats()["tasks_submitted"] == 4
+
+
+def test_the_same_file_named_three_ways_is_processed_once(
+        tmp_path: Path, emulator, emulator_env: None,  # type: ignore[no-untyped-def]
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "t"
+    folder.mkdir()
+    _solid(folder / "a.png")
+    monkeypatch.chdir(tmp_path)
+    assert main(["remove", "t", "t/a.png", "./t/a.png", "-o", "out"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]
+    assert emulator.stats()["tasks_submitted"] == 1
+
+
+def test_nothing_is_uploaded_when_the_output_cannot_be_written(
+        tmp_path: Path, emulator, emulator_env: None) -> None:  # type: ignore[no-untyped-def]
+    blocker = tmp_path / "file-not-folder"
+    blocker.write_text("x")
+    src = _solid(tmp_path / "a.png")
+    assert main(["remove", str(src), "-o", str(blocker / "out")]) == 1
+    assert emulator.stats()["uploads"] == 0 and emulator.stats()["tasks_submitted"] == 0
+
+
+def test_an_unexpected_error_costs_one_file_not_the_batch(
+        tmp_path: Path, emulator_env: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import core.jobs
+
+    real = core.jobs.remove_file
+
+    def flaky(src: Path, *args: object, **kwargs: object) -> object:
+        if src.name == "boom.png":
+            raise RuntimeError("simulated bug")
+        return real(src, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(core.jobs, "remove_file", flaky)
+    boom, fine = _solid(tmp_path / "boom.png"), _solid(tmp_path / "fine.png")
+    assert main(["remove", str(boom), str(fine)]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert [line for line in captured.err.splitlines() if "boom.png" in line] == [
+        f"bgremove: {boom}: internal error: RuntimeError: simulated bug "
+        "(please report it with --log-level debug output)"]
+    assert (tmp_path / "fine-nobg.png").exists()
+
+
+@pytest.mark.parametrize("key", ["wsk-line\nbreak", "wsk-ünïcode", "wsk-with space"])
+def test_an_unusable_key_is_a_config_error_that_never_echoes_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("WAVESPEED_API_KEY", key)
+    src = _solid(tmp_path / "a.png")
+    assert main(["remove", str(src), "--backend", "wavespeed"]) == 2
+    err = capsys.readouterr().err
+    assert "API key contains spaces, control or non-ASCII" in err
+    assert "wsk-" not in err
+
+
+def test_a_key_of_the_wrong_type_in_the_file_is_not_echoed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("wavespeed:\n  api_key: [sk-listed-secret]\n")
+    assert main(["doctor", "--config", str(cfg)]) == 1
+    cfg.write_text("wavespeed:\n  api_key: {sk-mapped-secret: 1}\n")
+    assert main(["remove", str(_solid(tmp_path / "a.png")), "--config", str(cfg)]) == 2
+    out = capsys.readouterr()
+    assert "sk-listed-secret" not in out.out + out.err
+    assert "sk-mapped-secret" not in out.out + out.err
+    assert "must be text, not a list" in out.out
+
+
+def test_an_empty_folder_is_a_usage_error(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["remove", str(tmp_path / "empty")]) == 2
+    assert "no images found" in capsys.readouterr().err
+
+
+def test_a_long_but_legal_output_name_is_written(tmp_path: Path, emulator_env: None) -> None:
+    stem = "x" * 240
+    src = _solid(tmp_path / f"{stem}.png")
+    assert main(["remove", str(src)]) == 0  # "<stem>-nobg.png": 249 bytes, a legal name
+    assert (tmp_path / f"{stem}-nobg.png").exists()

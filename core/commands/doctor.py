@@ -47,6 +47,10 @@ class Checks:
             self.failed = True
             print(f"[{FAIL:>4}] {name}: {exc}")
             return None
+        except Exception as exc:  # doctor reports every problem; it must not crash on one
+            self.failed = True
+            print(f"[{FAIL:>4}] {name}: unexpected {type(exc).__name__}: {exc}")
+            return None
         status, text, value = outcome
         if status == FAIL:
             self.failed = True

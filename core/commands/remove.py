@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from core.cli import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
+from core.errors import ConfigError
 
 if TYPE_CHECKING:
     from core.jobs import JobResult
@@ -48,7 +51,6 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from core.backends import make_backend
-    from core.errors import ConfigError
     from core.imaging import parse_color
 
     if args.concurrency is not None and args.concurrency < 1:
@@ -65,8 +67,14 @@ def run(args: argparse.Namespace) -> int:
     })
     if config.output.background:
         parse_color(config.output.background)  # a bad colour is a usage error, before any work
+    if config.output.foreground and not config.output.mask_only:
+        _require_numpy()
     out_dir = Path(args.output_dir) if args.output_dir else None
-    plan = plan_outputs(expand_inputs(args.inputs), out_dir, config.output)
+    inputs = expand_inputs(args.inputs, config.output.suffix, out_dir)
+    if not inputs:
+        raise ConfigError(f"no images found in {', '.join(args.inputs)}",
+                          hint=f"images are {', '.join(sorted(IMAGE_SUFFIXES))}")
+    plan = plan_outputs(inputs, out_dir, config.output)
     backend = make_backend(config)
     try:
         results = run_batch(plan, backend, config, json_lines=args.json)
@@ -75,17 +83,51 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.status == "ok" for r in results) else EXIT_FAILED
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given (missing ones too: they fail with a clear line); folders -> their images."""
+def _require_numpy() -> None:
+    from core.errors import ConfigError
+
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        raise ConfigError("--foreground needs numpy",
+                          hint="pip install 'bgremove[local]'") from None
+
+
+def expand_inputs(inputs: list[str], suffix: str = "-nobg",
+                  out_dir: Path | None = None) -> list[Path]:
+    """Files as given (missing ones too: they fail with a clear line); folders -> their images.
+
+    Each file is taken once, however it is named. From a folder, earlier results
+    (``<stem><suffix>.<ext>``) and the output folder's own files are left out, so
+    running the same command twice does not cut out (and pay for) the cut-outs.
+    """
     paths: list[Path] = []
+    seen: set[str] = set()
+    skip_dir = _key(out_dir) if out_dir is not None else None
+
+    def add(path: Path) -> None:
+        if _key(path) not in seen:
+            seen.add(_key(path))
+            paths.append(path)
+
     for raw in inputs:
         path = Path(raw)
-        if path.is_dir():
-            paths.extend(sorted(p for p in path.iterdir()
-                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                                and not p.name.startswith(".")))
-        else:
-            paths.append(path)
+        try:
+            if not path.is_dir():
+                add(path)
+                continue
+            if _key(path) == skip_dir:
+                continue
+            children = sorted(path.iterdir())
+        except OSError:
+            add(path)  # unreadable or a bad name: it fails later with one clear line
+            continue
+        for child in children:
+            with contextlib.suppress(OSError):
+                if (child.suffix.lower() in IMAGE_SUFFIXES and not child.name.startswith(".")
+                        and not (out_dir is None and child.stem.endswith(suffix))
+                        and child.is_file()):
+                    add(child)
     return paths
 
 
@@ -108,8 +150,12 @@ def plan_outputs(inputs: list[Path], out_dir: Path | None, output: Any) -> list[
 
 
 def _key(path: Path) -> str:
-    # Case-folded absolute path: on case-insensitive filesystems X.png and x.png collide.
-    return str(path.absolute()).casefold()
+    # The real path (``..`` and symlinks resolved), so `-o in/../in` cannot overwrite an input;
+    # case-folded because on case-insensitive filesystems X.png and x.png are one file.
+    try:
+        return os.path.realpath(path).casefold()
+    except (OSError, ValueError):
+        return str(path.absolute()).casefold()
 
 
 def run_batch(plan: list[tuple[Path, Path]], backend: Any, config: Any, *,
@@ -127,13 +173,15 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Any, config: Any, *,
     results: list[JobResult] = []
     lock = threading.Lock()
 
+    check_output = OutputCheck()
+
     def one(src: Path, dst: Path) -> JobResult:
-        return _run_one(src, dst, backend, config, JobHooks(cancel=cancel))
+        return _run_one(src, dst, backend, config, JobHooks(cancel=cancel), check_output)
 
     pool = ThreadPoolExecutor(max_workers=max(1, min(config.concurrency, len(plan) or 1)),
                               thread_name_prefix="bgremove")
+    futures = [pool.submit(one, src, dst) for src, dst in plan]
     try:
-        futures = [pool.submit(one, src, dst) for src, dst in plan]
         for future in as_completed(futures):
             result = future.result()
             with lock:
@@ -144,34 +192,91 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Any, config: Any, *,
                 if bar:
                     bar.update(result.status == "ok")
     except KeyboardInterrupt:
+        # Stop at once: queued images never start; images in flight are abandoned (their
+        # tasks may still run and be billed, so say how many), the process exits 130.
         cancel.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    finally:
-        pool.shutdown(wait=True)
+        pool.shutdown(wait=False, cancel_futures=True)
+        in_flight = sum(1 for f in futures if f.running())
         if bar:
-            bar.finish()
+            bar.clear()
+        if in_flight:
+            err.write(f"bgremove: stopped; {in_flight} image(s) were being processed and may "
+                      "still be billed by the service\n")
+        raise
+    pool.shutdown(wait=True)
+    if bar:
+        bar.finish()
     return results
 
 
-def _run_one(src: Path, dst: Path, backend: Any, config: Any, hooks: Any) -> JobResult:
+def _run_one(src: Path, dst: Path, backend: Any, config: Any, hooks: Any,
+             check_output: OutputCheck) -> JobResult:
+    import logging
     import time
 
-    from core.errors import BgremoveError, OutputError
+    from core.errors import BgremoveError
     from core.jobs import JobResult, remove_file
 
     started = time.monotonic()
     try:
-        if not dst.parent.is_dir():
-            try:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise OutputError(f"cannot create output folder {dst.parent}: {exc.strerror}",
-                                  hint="check the -o path and its permissions") from None
+        check_output(dst)  # before the upload: a result we cannot save is not paid for
         return remove_file(src, dst, backend, config, hooks)
     except BgremoveError as exc:
         return JobResult(src, None, "failed", exc, time.monotonic() - started,
                          getattr(exc, "task_id", None))
+    except Exception as exc:  # a bug must cost one file, not the batch
+        logging.getLogger(__name__).debug("unexpected error on %s", src, exc_info=True)
+        error = BgremoveError(f"{src}: internal error: {type(exc).__name__}: {exc}",
+                              hint="please report it with --log-level debug output")
+        return JobResult(src, None, "failed", error, time.monotonic() - started)
+
+
+class OutputCheck:
+    """Checks, before an image is uploaded, that its result could be saved.
+
+    Each output folder is probed once per batch (created if needed, then a test
+    file written and removed); each output name is checked against the
+    filesystem's name length limit.
+    """
+
+    def __init__(self) -> None:
+        self._folders: dict[str, BaseException | None] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, dst: Path) -> None:
+        from core.errors import OutputError
+
+        folder = dst.parent
+        with self._lock:
+            key = _key(folder)
+            if key not in self._folders:
+                self._folders[key] = self._probe(folder)
+            problem = self._folders[key]
+        if problem is not None:
+            raise problem
+        try:
+            name_max = os.pathconf(folder, "PC_NAME_MAX")
+        except (OSError, ValueError, AttributeError):
+            name_max = 255
+        if len(os.fsencode(dst.name)) > name_max:
+            raise OutputError(f"cannot write {dst}: the name is longer than {name_max} bytes",
+                              hint="rename the input to a shorter name", transient=False)
+
+    @staticmethod
+    def _probe(folder: Path) -> BaseException | None:
+        import tempfile
+
+        from core.errors import OutputError
+
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".bgremove-", suffix=".tmp", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            return OutputError(f"cannot write to output folder {folder}: {exc.strerror or exc}",
+                               hint="check the -o path, its permissions and free space")
+        return None
 
 
 def _report(result: JobResult, json_lines: bool, out: TextIO, err: TextIO) -> None:
