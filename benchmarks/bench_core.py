@@ -175,7 +175,12 @@ def main() -> None:
                     for name, f in clients.items()]
             results["single"] = rows
             print(f"## One 1024x768 image, inference delay {args.delay} s, median of {args.reps}")
-            print(table(rows), "\n")
+            print(table(rows))
+            by_name = {r["client"]: r for r in rows}
+            added = (by_name["bgremove (poll)"]["overhead_ms"]
+                     - by_name["bgremove (sync)"]["overhead_ms"])
+            results["polling_latency_added_ms"] = round(added, 1)
+            print(f"\npolling latency added (poll minus sync overhead): {added:.1f} ms\n")
             srcs = [make_image(tmp / f"b{i:04d}.png", (256, 256), i) for i in range(args.batch)]
             rows = [batch(emu, name, lambda f=f: f(emu.base_url), srcs, tmp, args.concurrency,
                           args.delay)

@@ -284,6 +284,20 @@ def _last_error(text: str) -> str:
     return lines[-1][:300] if lines else "(no output)"
 
 
+def ensure_rembg_cli(python: str) -> None:
+    """``rembg p`` needs rembg's ``cli`` extra (click, watchdog, filetype, its server deps);
+    scripts/rembg-env.sh installs the library only. Add the extra, same rembg version."""
+    check = "import click, watchdog, filetype, rembg.commands"
+    if subprocess.run([python, "-c", check], capture_output=True).returncode == 0:
+        return
+    version = subprocess.run([python, "-c", "import importlib.metadata as m; "
+                              "print(m.version('rembg'))"], stdout=subprocess.PIPE, text=True,
+                             check=True).stdout.strip()
+    print(f"installing rembg[cli]=={version} into {Path(python).parent.parent}", file=sys.stderr)
+    subprocess.run([python, "-m", "pip", "install", "--quiet", f"rembg[cli]=={version}"],
+                   check=True, stdout=sys.stderr)
+
+
 def rembg_version(python: str) -> str:
     out = subprocess.run([python, "-c", "import importlib.metadata as m; "
                           "print(m.version('rembg'), m.version('onnxruntime'))"],
@@ -302,6 +316,7 @@ def compare(count: int, *, batch: bool = True,
 
     ensure_model(MODEL)
     rembg_py = rembg_python()
+    ensure_rembg_cli(rembg_py)
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory() as td:
         folder = Path(td) / "images"
