@@ -158,16 +158,20 @@ def tools(rembg_py: str, config: Path) -> list[Tool]:
     rembg = str(Path(rembg_py).parent / "rembg")
     config.write_text(f"backend: local\nlocal:\n  model: {MODEL}\n", encoding="utf-8")
 
-    def ours(inbox: Path, outbox: Path, once: bool) -> list[str]:
-        return [sys.executable, "-m", "core", "watch", str(inbox), str(outbox), "--backend",
-                "local", "--config", str(config), "--log-level", "warning",
-                *(["--once"] if once else [])]
+    def ours(*extra: str) -> Callable[[Path, Path, bool], list[str]]:
+        def argv(inbox: Path, outbox: Path, once: bool) -> list[str]:
+            return [sys.executable, "-m", "core", "watch", str(inbox), str(outbox), "--backend",
+                    "local", "--config", str(config), "--log-level", "warning", *extra,
+                    *(["--once"] if once else [])]
+        return argv
 
     def theirs(inbox: Path, outbox: Path, once: bool) -> list[str]:
         return [rembg, "p", "-m", MODEL,
                 *([] if once else ["-w"]), str(inbox), str(outbox)]
 
-    return [Tool("bgremove watch --backend local", ours, base),
+    return [Tool("bgremove watch --backend local (concurrency 2, the default)", ours(), base),
+            Tool("bgremove watch --backend local --concurrency 1", ours("--concurrency", "1"),
+                 base),
             Tool(f"rembg p -w -m {MODEL}", theirs, dict(base, U2NET_HOME=cache))]
 
 
@@ -322,11 +326,11 @@ def compare(count: int, *, batch: bool = True,
         folder = Path(td) / "images"
         sources = make_images(folder, count)
         warmup = folder / "warmup.jpg"
-        ours, theirs = tools(rembg_py, Path(td) / "config.yaml")
+        ours, ours_one, theirs = tools(rembg_py, Path(td) / "config.yaml")
         versions = f"{rembg_version(rembg_py)}; bgremove onnxruntime {onnxruntime.__version__}"
         rows.append((f"local backend vs rembg watch, {count} JPEGs {SIZE[0]}x{SIZE[1]}, "
                      f"{MODEL}", versions, "-"))
-        for tool in (ours, theirs):
+        for tool in (ours, ours_one, theirs):
             print(f"watch: {tool.label} ...", file=sys.stderr)
             r = run_watch(tool, sources, warmup, timeout)
             if r["error"]:
@@ -343,11 +347,11 @@ def compare(count: int, *, batch: bool = True,
             for tool in (ours, theirs):
                 print(f"batch: {tool.label} ...", file=sys.stderr)
                 r = run_batch(tool, sources, timeout)
-                mode = "--once" if tool is ours else "without -w"
+                label = "bgremove watch --backend local --once" if tool is ours \
+                    else f"rembg p -m {MODEL} (no -w)"
                 value = f"FAILED: {r['error']}" if r["error"] else \
                     f"{r['wall']:.1f} s start to exit ({r['wall'] / count:.2f} s/image)"
-                rows.append((f"  {tool.label.replace(' -w', '')} {mode}: {count} files "
-                             "already there", value, "-"))
+                rows.append((f"  {label}: {count} files already there", value, "-"))
     return rows
 
 
