@@ -18,8 +18,12 @@ REDACTED = "[redacted]"
 
 
 def register_secret(value: str | None) -> None:
-    """Scrub ``value`` from every log record from now on."""
-    if value and len(value) >= 4:
+    """Scrub ``value`` from every log record from now on.
+
+    Values under 8 characters are not real keys (WaveSpeed keys are long) and
+    scrubbing them would garble ordinary words; no code logs the key anyway.
+    """
+    if value and len(value) >= 8:
         _SECRETS.add(value)
 
 

@@ -1,0 +1,33 @@
+"""Logging: the key is scrubbed from every line, plain or JSON; short values are left alone."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from core.logs import REDACTED, register_secret, setup_logging
+
+
+def _emit(json_lines: bool, *args: object) -> str:
+    stream = io.StringIO()
+    setup_logging("debug", json_lines=json_lines, stream=stream)
+    try:
+        logging.getLogger("core.test").warning(*args)  # type: ignore[arg-type]
+    finally:
+        logging.getLogger().handlers.clear()
+    return stream.getvalue()
+
+
+def test_a_registered_key_is_scrubbed_from_plain_and_json_lines() -> None:
+    key = "wsk-live-abcdef0123456789"
+    register_secret(key)
+    plain = _emit(False, "sending Bearer %s to %s", key, "host")
+    assert key not in plain and f"Bearer {REDACTED}" in plain
+    record = json.loads(_emit(True, "header was %s", key))
+    assert record["message"] == f"header was {REDACTED}" and record["level"] == "warning"
+
+
+def test_short_values_are_not_treated_as_secrets() -> None:
+    register_secret("x")
+    assert "exceeded" in _emit(False, "the limit was exceeded")
