@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import logging
 import platform
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NoReturn
 
 import httpx
@@ -180,23 +181,29 @@ class WaveSpeedClient:
             raise task_error(task_id, "not_found", None, None) from exc
 
     def wait(self, task_id: str, *, ctx: CallContext | None = None, poll_first: bool = True,
-             progress: Callable[[float], None] | None = None) -> Prediction:
+             progress: Callable[[float], None] | None = None,
+             submitted_at: float | None = None) -> Prediction:
         """Poll until the task completes; raise ``TaskFailedError`` if it ends otherwise.
 
-        Intervals grow from ``poll.initial`` by ``poll.factor`` up to ``poll.max``.
         ``poll_first`` polls at once (a task that may be done already);
-        otherwise the first poll comes after ``poll.initial``. Cancellable
-        between polls through the context's cancel token.
+        otherwise the first poll comes when tasks typically end (see
+        ``first_poll_delay``). After that, intervals grow from ``poll.initial``
+        by ``poll.factor`` up to ``poll.max``. Cancellable between polls
+        through the context's cancel token.
         """
         ctx = ctx or self.context()
         ctx.task_id = task_id
-        policy = self.config.poll
-        interval = policy.initial
-        started = self._clock()
+        started = self._clock() if submitted_at is None else submitted_at
+        intervals = self._poll_schedule()
         if not poll_first:
-            first = self.first_poll_delay()
+            typical = self._typical_task
+            if typical is None:
+                first = next(intervals)
+            else:
+                first = self.first_poll_delay(started)
+                # Aimed at the typical end; after a miss the task is probably just finishing.
+                intervals = itertools.chain([max(0.05, 0.1 * typical)], intervals)
             self._requests.pause(first, ctx, "result", task_id)
-            interval = min(policy.max, max(interval, first) * policy.factor)
         while True:
             self._requests.checkpoint(ctx, "wait", task_id)
             prediction = self.get_result(task_id, ctx=ctx)
@@ -208,22 +215,29 @@ class WaveSpeedClient:
             if progress is not None:  # an asymptote, the real duration is unknown
                 elapsed = self._clock() - started
                 progress(elapsed / (elapsed + 10.0))
-            self._requests.pause(interval, ctx, "result", task_id)
+            self._requests.pause(next(intervals), ctx, "result", task_id)
+
+    def _poll_schedule(self) -> Iterator[float]:
+        """``poll.initial``, then each wait ``poll.factor`` times longer, up to ``poll.max``."""
+        policy = self.config.poll
+        interval = policy.initial
+        while True:
+            yield interval
             interval = min(policy.max, interval * policy.factor)
 
-    def first_poll_delay(self) -> float:
-        """When to ask for a new task's result first.
+    def first_poll_delay(self, submitted_at: float | None = None) -> float:
+        """How long to wait before asking for a new task's result the first time.
 
-        ``poll.initial`` until a task has completed; then the typical task
-        duration seen so far (plus 10%, between 0.1 s and ``poll.max``), so a
-        short task is fetched about when it is done instead of after a fixed
-        guess, and a long one is not asked for over and over. Later polls
-        start at ``poll.initial`` and grow by ``poll.factor``.
+        ``poll.initial`` until a task has completed; then the moment tasks have
+        typically ended, counted from when the submit was sent (at least 0.05 s,
+        at most ``poll.max``). A short task is fetched about when it is done
+        instead of after a fixed guess; a miss costs one extra short poll.
         """
         typical = self._typical_task
         if typical is None:
             return self.config.poll.initial
-        return min(self.config.poll.max, max(0.1, typical * 1.1))
+        elapsed = 0.0 if submitted_at is None else max(0.0, self._clock() - submitted_at)
+        return min(self.config.poll.max, max(0.05, typical - elapsed))
 
     def _learn_task_time(self, prediction: Prediction, waited: float) -> None:
         # The service's own inference time when it reports one; our wait overshoots it.
@@ -236,6 +250,7 @@ class WaveSpeedClient:
             progress: Callable[[float], None] | None = None) -> Prediction:
         """Submit and wait until completed; ``on_task(id)`` runs before any waiting."""
         ctx = ctx or self.context()
+        sent_at = self._clock()
         prediction = self.submit(image_url, sync=sync, ctx=ctx)
         if on_task is not None:
             on_task(prediction.id)
@@ -244,7 +259,8 @@ class WaveSpeedClient:
         if sync:
             log.info("sync wait for task %s ended before the task (status %s): polling it",
                      prediction.id, prediction.status)
-        return self.wait(prediction.id, ctx=ctx, poll_first=sync, progress=progress)
+        return self.wait(prediction.id, ctx=ctx, poll_first=sync, progress=progress,
+                         submitted_at=sent_at)
 
     def download_output(self, prediction: Prediction, *,
                         ctx: CallContext | None = None) -> bytes:

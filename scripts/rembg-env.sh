@@ -17,6 +17,6 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import rembg" >/dev/n
     mkdir -p "$(dirname "$venv")"
     "$python" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
-    "$venv/bin/python" -m pip install --quiet rembg onnxruntime >&2
+    "$venv/bin/python" -m pip install --quiet "rembg[cli]" onnxruntime >&2
 fi
 echo "$venv/bin/python"

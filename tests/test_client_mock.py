@@ -248,12 +248,13 @@ def test_first_poll_follows_the_typical_task_time(client: WaveSpeedClient, servi
     assert clock.sleeps == pytest.approx([0.5])  # nothing learned yet: poll.initial
     clock.sleeps.clear()
     client.run(IMAGE_URL, sync=False)
-    assert clock.sleeps == pytest.approx([0.33])  # the service's 300 ms, plus 10%
-    service.on("result", ok(prediction("processing")),
+    assert clock.sleeps == pytest.approx([0.3])  # the service's 300 ms after the submit
+    service.on("result", ok(prediction("processing")), ok(prediction("processing")),
                ok(prediction("completed", timings={"inference": 300})))
     clock.sleeps.clear()
     client.run(IMAGE_URL, sync=False)
-    assert clock.sleeps == pytest.approx([0.33, 0.75])  # a miss: back to the growing schedule
+    # a miss: one short step (10% of the typical time, at least 0.05 s), then the schedule
+    assert clock.sleeps == pytest.approx([0.3, 0.05, 0.5])
 
 
 def test_poll_intervals_grow_to_the_cap(make_client: Any, service: Service,
