@@ -391,3 +391,275 @@ def test_status_reads_the_journal(tmp_path: Path, emulator_factory) -> None:
     assert status["last_errors"][0]["input"] == "bad.png"
     text = format_status(status)
     assert "not running" in text and "failed: 1" in text and "bad.png" in text
+
+
+# -- regressions from the review (disk full, odd names, dead claims, folders, costs) ----------
+
+
+def test_journal_write_failure_keeps_files_and_resumes(tmp_path: Path, emulator_factory,
+                                                       mode: str, logs: LogLines,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Disk full under the journal: nothing is stranded in a claim folder or failed."""
+    import sqlite3
+    from contextlib import contextmanager
+
+    from watcher.journal import Journal
+
+    full = threading.Event()
+    real_tx = Journal._tx
+
+    @contextmanager
+    def tx(self: Journal) -> Iterator[sqlite3.Connection]:
+        if full.is_set():
+            raise sqlite3.OperationalError("database or disk is full")
+        with real_tx(self) as db:
+            yield db
+
+    monkeypatch.setattr(Journal, "_tx", tx)
+    emu = emulator_factory()
+    with DaemonRun(tmp_path, emu, mode) as run:
+        full.set()
+        for i in range(3):
+            write_image(run.inbox / f"full{i}.png", 150 + i)
+        wait_until(lambda: logs.has("cannot be written"), what="the journal error")
+        wait_until(lambda: run.daemon.snapshot()["paused"], what="intake paused")
+        assert files(run.failed) == []
+        full.clear()  # space freed
+        wait_until(lambda: len(files(run.done)) == 3, 20, what="all resumed")
+    assert logs.has("writable again")
+    assert files(run.outbox) == ["full0.png", "full1.png", "full2.png"]
+    assert not list((run.inbox / ".bgremove-claims").rglob("*.png"))
+
+
+def test_unexpected_errors_retry_then_fail(tmp_path: Path, emulator_factory, mode: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import watcher.daemon as daemon_mod
+
+    calls: dict[str, int] = {}
+    real = daemon_mod.file_sha256
+
+    def flaky_hash(path: Path) -> str:
+        name = "cursed" if "cursed" in path.name else "flaky" if "flaky" in path.name else ""
+        calls[name] = calls.get(name, 0) + 1
+        if name == "cursed" or (name == "flaky" and calls[name] <= 2):
+            raise RuntimeError("a bug")
+        return real(path)
+
+    monkeypatch.setattr(daemon_mod, "file_sha256", flaky_hash)
+    emu = emulator_factory()
+    with DaemonRun(tmp_path, emu, mode) as run:
+        write_image(run.inbox / "flaky.png", 160)
+        write_image(run.inbox / "cursed.png", 161)
+        wait_until(lambda: files(run.done) == ["flaky.png"]
+                   and files(run.failed) == ["cursed.png", "cursed.png.error.json"], 20,
+                   what="flaky done, cursed failed")
+    report = json.loads((run.failed / "cursed.png.error.json").read_text())
+    assert report["attempts"] == calls["cursed"] == 5
+    assert "RuntimeError: a bug" in report["error"]
+
+
+def test_non_utf8_names(tmp_path: Path, emulator_factory, mode: str) -> None:
+    from watcher.status import read_status
+
+    emu = emulator_factory()
+    good = os.fsdecode(b"caf\xe9.png")
+    bad = os.fsdecode(b"bad\xff.jpg")
+    with DaemonRun(tmp_path, emu, mode) as run:
+        write_image(run.inbox / good, 170)
+        (run.inbox / bad).write_text("not an image")
+        wait_until(lambda: files(run.done) == [good]
+                   and files(run.failed) == [bad, bad + ".error.json"], what="both handled")
+    assert files(run.outbox) == [os.fsdecode(b"caf\xe9.png")]
+    report = json.loads((run.failed / (bad + ".error.json")).read_text(encoding="utf-8"))
+    assert report["input"] == "bad\\xff.jpg" and report["kind"] == "unreadable"
+    status = read_status(run.outbox / ".bgremove" / "journal.sqlite3")
+    assert status["done"] == 1 and status["failed"] == 1
+    assert status["last_errors"][0]["input"] == bad  # the journal gives the real name back
+
+
+def test_names_too_long_to_claim_in_once_mode(tmp_path: Path, emulator_factory) -> None:
+    emu = emulator_factory()
+    run = DaemonRun(tmp_path, emu, once=True, recursive=True)
+    longest = "n" * 251 + ".png"  # 255 bytes: legal, but not with a claim prefix
+    deep = "/".join(["a-fairly-long-folder-name-for-a-client-and-a-campaign"] * 4)
+    write_image(run.inbox / longest, 180)
+    write_image(run.inbox / deep / "IMG_0001-with-a-descriptive-name.png", 181)
+    run.start()
+    run.thread.join(30)  # type: ignore[union-attr]
+    assert run.stop() == 0
+    assert files(run.done) == sorted([f"{deep}/IMG_0001-with-a-descriptive-name.png", longest])
+    assert files(run.outbox) == sorted([f"{deep}/IMG_0001-with-a-descriptive-name.png", longest])
+    assert not [p for p in (run.inbox / ".bgremove-claims").rglob("*") if p.is_file()]
+
+
+def test_once_exits_non_zero_when_a_file_cannot_be_claimed(
+        tmp_path: Path, emulator_factory, monkeypatch: pytest.MonkeyPatch,
+        logs: LogLines) -> None:
+    import errno
+
+    from watcher.claims import Claims
+
+    real = Claims.claim
+
+    def claim(self: Claims, path: Path, rel: Path) -> Path | None:
+        if path.name == "stuck.png":
+            raise OSError(errno.EACCES, "Permission denied")
+        return real(self, path, rel)
+
+    monkeypatch.setattr(Claims, "claim", claim)
+    emu = emulator_factory()
+    run = DaemonRun(tmp_path, emu, once=True)
+    write_image(run.inbox / "stuck.png", 185)
+    write_image(run.inbox / "fine.png", 186)
+    run.start()
+    run.thread.join(20)  # type: ignore[union-attr]
+    assert run.stop() == 1
+    assert files(run.done) == ["fine.png"]
+    assert (run.inbox / "stuck.png").exists()
+    assert logs.has("cannot take stuck.png")
+
+
+def test_once_recovers_dead_claims_and_reports_live_ones(tmp_path: Path, emulator_factory,
+                                                         logs: LogLines) -> None:
+    import subprocess
+    import sys
+
+    from watcher.claims import make_owner_id
+
+    emu = emulator_factory()
+    run = DaemonRun(tmp_path, emu, once=True)
+    claims = run.inbox / ".bgremove-claims"
+    # an earlier run of this very pid (a container restarts with the same pid)
+    reused = make_owner_id(pid=os.getpid(), started=1.0)
+    write_image(claims / reused / "1-reused.png", 190)
+    (claims / reused / ".heartbeat").touch()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # a pid now used by a process that started long after that daemon
+        recycled = make_owner_id(pid=sleeper.pid, started=2.0)
+        write_image(claims / recycled / "1-recycled.png", 191)
+        (claims / recycled / ".heartbeat").touch()
+        # a daemon that really runs: its files are not waited for, and --once says so
+        alive = make_owner_id(pid=sleeper.pid, started=time.time() + 5)
+        write_image(claims / alive / "1-busy.png", 192)
+        (claims / alive / ".heartbeat").touch()
+        run.start()
+        run.thread.join(20)  # type: ignore[union-attr]
+        assert run.stop() == 1
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert files(run.done) == ["recycled.png", "reused.png"]
+    assert (claims / alive / "1-busy.png").exists()
+    assert logs.has(f"1 file(s) are claimed by daemon {alive}")
+
+
+def test_unwritable_done_folder_is_blamed_and_probed(tmp_path: Path, emulator_factory,
+                                                     mode: str, logs: LogLines,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import watcher.daemon as daemon_mod
+
+    monkeypatch.setattr(daemon_mod, "OUTPUT_PROBE_SECONDS", 0.1)
+    emu = emulator_factory()
+    with DaemonRun(tmp_path, emu, mode) as run:
+        run.done.write_text("in the way")  # moving into done/ fails (like a read-only mount)
+        write_image(run.inbox / "d.png", 200)
+        wait_until(lambda: logs.has("cannot be written"), what="the done/ error")
+        blocked_at = time.monotonic()
+        # several probe rounds go by: a probe of the wrong folder would resume and flap
+        wait_until(lambda: time.monotonic() - blocked_at > 1.0, what="probe rounds")
+        assert not logs.has("writable again")
+        assert f"folder {run.done} cannot be written" in "\n".join(logs.lines)
+        assert run.daemon.snapshot()["paused"]
+        run.done.unlink()
+        wait_until(lambda: files(run.done) == ["d.png"], 20, what="moved once writable")
+    assert sum("cannot be written" in line for line in logs.lines) == 1
+    assert sum("writable again" in line for line in logs.lines) == 1
+    assert files(run.outbox) == ["d.png"]
+    assert emu.stats()["tasks_submitted"] == 1
+
+
+@pytest.mark.parametrize("allowed", [0, 1])
+def test_uncertain_submit_is_retried_when_allowed(tmp_path: Path, emulator_factory,
+                                                  allowed: int) -> None:
+    emu = emulator_factory(faults=(Fault("drop", route="submit", first=1),))
+    with DaemonRun(tmp_path, emu, retry_uncertain_submits=allowed) as run:
+        write_image(run.inbox / "u.png", 210)
+        wait_until(lambda: files(run.done) or files(run.failed), 20, what="an outcome")
+    if allowed:
+        assert files(run.done) == ["u.png"] and files(run.failed) == []
+    else:
+        report = json.loads((run.failed / "u.png.error.json").read_text())
+        assert report["kind"] == "submit_uncertain"
+        assert "move the file back into INBOX" in report["hint"]
+
+
+def test_redropped_image_whose_output_was_deleted_is_processed_again(
+        tmp_path: Path, emulator_factory, mode: str, logs: LogLines) -> None:
+    emu = emulator_factory()
+    with DaemonRun(tmp_path, emu, mode) as run:
+        write_image(run.inbox / "p.png", 220)
+        wait_until(lambda: files(run.outbox) == ["p.png"], what="first cut-out")
+        wait_until(lambda: files(run.done) == ["p.png"], what="first done")
+        (run.outbox / "p.png").unlink()  # the user took the cut-out away
+        write_image(run.inbox / "p.png", 220)
+        wait_until(lambda: files(run.outbox) == ["p.png"], what="cut out again")
+        wait_until(lambda: len(files(run.done)) == 2, what="second done")
+    assert not logs.has("duplicate p.png")
+    assert emu.stats()["tasks_submitted"] == 2
+
+
+def test_cost_guard_counts_tasks_not_attempts(tmp_path: Path, emulator_factory) -> None:
+    import sqlite3
+
+    # each upload failure ends a daemon attempt (no retries inside the client): no task,
+    # nothing billed, nothing counted
+    emu = emulator_factory(faults=(Fault("status", route="uploads", status=503, first=2),))
+    run = DaemonRun(tmp_path, emu, max_per_day=100, concurrency=2)
+    run.config = run.config.with_overrides({"wavespeed.retry.max_attempts": 1})
+    with run:
+        for i in range(3):
+            write_image(run.inbox / f"t{i}.png", 230 + i)
+        wait_until(lambda: len(files(run.done)) == 3, 20, what="all done")
+    db = sqlite3.connect(run.outbox / ".bgremove" / "journal.sqlite3")
+    try:
+        submits = db.execute("SELECT COUNT(*) FROM submits").fetchone()[0]
+    finally:
+        db.close()
+    assert emu.stats()["faults"]
+    assert submits == emu.stats()["tasks_submitted"] == 3
+
+
+def test_once_with_cost_cap_reached_exits_1(tmp_path: Path, emulator_factory,
+                                            logs: LogLines) -> None:
+    emu = emulator_factory()
+    run = DaemonRun(tmp_path, emu, once=True, max_per_hour=2, concurrency=1)
+    for i in range(4):
+        write_image(run.inbox / f"c{i}.png", 240 + i)
+    run.start()
+    run.thread.join(20)  # type: ignore[union-attr]
+    assert run.stop() == 1
+    assert len(files(run.done)) == 2 and files(run.failed) == []
+    assert logs.has("cost cap reached")
+    assert emu.stats()["tasks_submitted"] == 2
+
+
+def test_status_counts_waiting_files_when_no_daemon_runs(tmp_path: Path,
+                                                         emulator_factory) -> None:
+    from watcher.claims import make_owner_id
+    from watcher.status import read_status
+
+    emu = emulator_factory()
+    run = DaemonRun(tmp_path, emu, once=True)
+    write_image(run.inbox / "a.png", 250)
+    run.start()
+    run.thread.join(20)  # type: ignore[union-attr]
+    assert run.stop() == 0
+    write_image(run.inbox / "w1.png", 251)
+    write_image(run.inbox / "w2.png", 252)
+    (run.inbox / "w3.png.part").write_bytes(b"partial")  # not taken: not counted
+    write_image(run.inbox / ".bgremove-claims" / make_owner_id(pid=2**22 + 7, started=1.0)
+                / "3-killed.png", 253)
+    status = read_status(run.outbox / ".bgremove" / "journal.sqlite3")
+    assert status["daemons"][0]["running"] is False
+    assert status["queued"] == 3

@@ -209,11 +209,13 @@ def test_journal_begin_decisions(tmp_path: Path) -> None:
                                 reprocess=False, is_alive=alive.__getitem__)
         assert resumed.action == "resume" and resumed.job is not None
         assert resumed.job.task_id == "t1" and resumed.job.owner == "other"
-        journal.update("k1", state="done", output="/out/a.png")
+        output = tmp_path / "a.png"
+        output.write_bytes(b"cut-out")
+        journal.update("k1", state="done", output=str(output))
         dup = journal.begin("k1", owner="other", input="c.png", claim="/c/4", reprocess=False,
                             is_alive=alive.__getitem__)
         assert dup.action == "duplicate" and dup.job is not None
-        assert dup.job.output == "/out/a.png"
+        assert dup.job.output == str(output)
         again = journal.begin("k1", owner="other", input="c.png", claim="/c/4", reprocess=True,
                               is_alive=alive.__getitem__)
         assert again.action == "new" and again.job is not None and again.job.task_id is None
@@ -312,3 +314,110 @@ def test_status_line() -> None:
                         "paused": "cost cap watch.max_per_hour=5 reached"})
     assert line == ("queued 3 | in flight 2 | done 10 | failed 1 | "
                     "paused: cost cap watch.max_per_hour=5 reached")
+
+
+# -- regressions from the review ---------------------------------------------------
+
+
+def test_reused_pids_and_silent_heartbeats_mean_dead(tmp_path: Path) -> None:
+    import time
+
+    mine = make_owner_id()
+    claims = Claims(tmp_path, mine, stale_seconds=60)
+    claims.start()
+    host, _pid = parse_owner(mine)
+    assert not claims.is_alive(f"{host}-{os.getpid()}-1")  # our pid, an earlier run
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not claims.is_alive(f"{host}-{sleeper.pid}-2")  # pid reused since then
+        live = f"{host}-{sleeper.pid}-{int(time.time())}"
+        (tmp_path / live).mkdir()
+        (tmp_path / live / ".heartbeat").touch()
+        assert claims.is_alive(live)
+        # its heartbeat falls 2 minutes behind ours (file-server times): dead at first sight
+        old = (tmp_path / live / ".heartbeat").stat().st_mtime - 120
+        os.utime(tmp_path / live / ".heartbeat", (old, old))
+        assert not claims.is_alive(live)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_claims_of_names_too_long_keep_their_path(tmp_path: Path) -> None:
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    claims = Claims(inbox / ".c", make_owner_id())
+    claims.start()
+    rel = Path("d" * 120) / ("n" * 251 + ".png")
+    f = inbox / "x.png"
+    f.write_text("x")
+    taken = claims.claim(f, rel)
+    assert taken is not None and len(taken.name) < 60 and taken.suffix == ".png"
+    assert Claims.rel_of(taken) == rel and claims.mine() == [(taken, rel)]
+    Claims.release(taken)
+    assert [p.name for p in claims.dir.iterdir() if p.name.endswith(".rel")] == []
+
+
+def test_cost_guard_counts_committed_tasks_shared_by_two_daemons(tmp_path: Path) -> None:
+    clock = Clock(1_000_000.0)
+    first = Journal(tmp_path / "j.sqlite3")
+    second = Journal(tmp_path / "j.sqlite3")
+    try:
+        a = CostGuard(first, per_hour=2, per_day=0, clock=clock)
+        b = CostGuard(second, per_hour=2, per_day=0, clock=clock)
+        assert a.reserve() == 0
+        a.release()  # the upload failed: no task, nothing counted
+        assert first.submit_window(0)[0] == 0
+        assert a.reserve() == 0 and a.reserve() == 0
+        assert a.reserve() > 0  # two reserved: the cap holds while they are in flight
+        a.commit("k1")
+        a.commit("k2")
+        assert b.reserve() == pytest.approx(3600.0)  # the other daemon sees them at once
+        assert "max_per_hour=2" in (b.paused or "")
+    finally:
+        first.close()
+        second.close()
+
+
+def test_settings_fingerprint_covers_what_changes_the_cutout() -> None:
+    from watcher.daemon import settings_fingerprint
+
+    base = Config()
+    same = base.with_overrides({"output.suffix": "-cut"})
+    assert settings_fingerprint(base, "wavespeed") == settings_fingerprint(same, "wavespeed")
+    smaller = base.with_overrides({"wavespeed.max_upload_side": 1024})
+    assert settings_fingerprint(base, "wavespeed") != settings_fingerprint(smaller, "wavespeed")
+    lighter = base.with_overrides({"wavespeed.max_upload_bytes": 4096})
+    assert settings_fingerprint(base, "wavespeed") != settings_fingerprint(lighter, "wavespeed")
+
+
+def test_status_counts_one_inbox_once(tmp_path: Path) -> None:
+    import json
+
+    from watcher.status import read_status
+
+    journal = Journal(tmp_path / "j.sqlite3")
+    try:
+        for n in (1, 2):  # two daemons (alive: this process) on one INBOX
+            journal.daemon_heartbeat(f"h-{os.getpid()}-{n}", host="elsewhere", pid=os.getpid(),
+                                     started=n, status=json.dumps(
+                                         {"queued": 5, "in_flight": 1, "inbox": "/in"}))
+    finally:
+        journal.close()
+    status = read_status(tmp_path / "j.sqlite3")
+    assert status["queued"] == 5
+
+
+def test_journal_keeps_names_that_are_not_utf8(tmp_path: Path) -> None:
+    name = os.fsdecode(b"caf\xe9.jpg")
+    journal = Journal(tmp_path / "j.sqlite3")
+    try:
+        journal.begin("k", owner="me", input=name, claim=f"/c/1-{name}", reprocess=False,
+                      is_alive=lambda _o: True)
+        journal.update("k", output=f"/out/{name}")
+        journal.add_event("failed", input=name, error=f"cannot read {name}")
+        job = journal.get("k")
+        assert job is not None and job.input == name and job.output == f"/out/{name}"
+        assert journal.last_errors()[0]["input"] == name
+    finally:
+        journal.close()

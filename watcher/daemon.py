@@ -38,6 +38,7 @@ import logging
 import os
 import random
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -55,13 +56,21 @@ from core.errors import (
     InputNotFoundError,
     OutputError,
     RateLimitError,
+    SubmitUncertainError,
     TaskFailedError,
 )
 from watcher.claims import Claims, make_owner_id
 from watcher.events import Watcher
 from watcher.journal import Job, Journal
 from watcher.limits import CostGuard, Limits, RateLimiter, effective_limits
-from watcher.naming import Layout, candidate_names, link_no_replace, move_no_replace
+from watcher.naming import (
+    Layout,
+    candidate_names,
+    fit_name,
+    link_no_replace,
+    move_no_replace,
+    shown,
+)
 from watcher.readiness import ReadinessTracker, Ready
 
 if TYPE_CHECKING:
@@ -75,6 +84,19 @@ BACKOFF_MAX = 60.0
 HEARTBEAT_SECONDS = 2.0
 SUPERVISE_SECONDS = 2.0
 OUTPUT_PROBE_SECONDS = 2.0
+#: Unexpected errors (bugs, odd file systems) on one file before it goes to failed/.
+MAX_UNEXPECTED_ATTEMPTS = 5
+
+
+class _Blocked(Exception):
+    """A folder (OUTBOX, done/, failed/, the journal's) cannot be written: pause intake,
+    keep the file, resume when a probe write into ``folder`` succeeds."""
+
+    def __init__(self, folder: Path, reason: str, *, journal: bool = False) -> None:
+        super().__init__(reason)
+        self.folder = folder
+        self.reason = reason
+        self.journal = journal
 
 
 @dataclass(order=True)
@@ -129,9 +151,13 @@ class _Scheduler:
 
 def settings_fingerprint(config: Config, backend_name: str) -> str:
     """What makes two cut-outs of one image differ: backend and output options."""
-    parts: dict[str, Any] = {"backend": backend_name,
-                             "output": dataclasses.asdict(config.output),
+    output = dataclasses.asdict(config.output)
+    output.pop("suffix", None)  # names files next to their input; unused by the daemon
+    parts: dict[str, Any] = {"backend": backend_name, "output": output,
                              "max_pixels": config.input.max_pixels}
+    if backend_name == "wavespeed":  # what is uploaded decides the cut-out's detail
+        parts["upload"] = {"max_side": config.wavespeed.max_upload_side,
+                           "max_bytes": config.wavespeed.max_upload_bytes}
     if backend_name == "local":
         parts["local"] = {"model": config.local.model, "refine": config.local.refine,
                           "refine_size": config.local.refine_size}
@@ -182,6 +208,15 @@ class Daemon:
         self._busy_workers = 0
         self._threads: list[threading.Thread] = []
         self._output_blocked: str | None = None
+        self._blocked_folder: Path | None = None
+        self._blocked_journal = False
+        self._heartbeat_failing = False
+        self._unexpected: dict[Path, int] = {}
+        self._unsaved_tasks: dict[str, str] = {}  # key -> task id the journal could not take
+        self._unclaimable: set[Path] = set()
+        self._foreign_claims = 0
+        self._cap_reached = False
+        self._uncertain_retries: dict[str, int] = {}
         self._fingerprint = ""
         self._ext = ".png"
         self.session = {"done": 0, "failed": 0, "duplicates": 0, "retries": 0}
@@ -219,8 +254,11 @@ class Daemon:
             "owner": self.owner,
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "inbox": str(self.layout.inbox),
-            "outbox": str(self.layout.outbox),
+            "inbox": shown(self.layout.inbox),
+            "outbox": shown(self.layout.outbox),
+            "done_dir": shown(self.layout.done),
+            "failed_dir": shown(self.layout.failed),
+            "recursive": self.layout.recursive,
             "mode": self.watcher.mode,
             "queued": len(self.tracker) + len(self.scheduler),
             "in_flight": in_flight,
@@ -266,6 +304,7 @@ class Daemon:
                      else "")
             self._recover()
             if self.watch.once:
+                self._report_foreign_claims()
                 self.watcher.rescan()
             else:
                 self.watcher.start()
@@ -311,6 +350,15 @@ class Daemon:
         if recovered:
             log.info("resuming %d file(s) left by a stopped daemon", len(recovered))
 
+    def _report_foreign_claims(self) -> None:
+        """--once: files claimed by daemons that still look alive are not waited for."""
+        others = self.claims.claimed_by_others()
+        for owner, count in sorted(others.items()):
+            log.warning("%d file(s) are claimed by daemon %s, which still seems to run: not "
+                        "waiting for them (they are recovered once it is gone for %.0f s)",
+                        count, owner, self.watch.stale_claim_seconds)
+        self._foreign_claims = sum(others.values())
+
     def _housekeeping(self) -> None:
         now = time.monotonic()
         next_beat = next_supervise = next_probe = now
@@ -336,6 +384,10 @@ class Daemon:
                     for claimed, rel in self.claims.recover():
                         self.scheduler.put(claimed=claimed, rel=rel)
                     next_recover = now + max(self.watch.stale_claim_seconds / 4, 1.0)
+            elif self._cap_reached:
+                log.warning("cost cap reached (%s): stopping; the files not started stay for "
+                            "the next run", self.guard.paused if self.guard else "?")
+                break
             elif self._idle():
                 log.info("INBOX drained")
                 break
@@ -371,17 +423,30 @@ class Daemon:
         self.cancel.cancel()
         self.scheduler.close()
         self.tracker.close()
-        return 1 if self.session["failed"] else 0
+        if self.watch.once and self._unclaimable:
+            log.error("%d file(s) could not be taken from INBOX (see above)",
+                      len(self._unclaimable))
+        problems = (self.session["failed"] or self._cap_reached or self._foreign_claims
+                    or (self.watch.once and self._unclaimable))
+        return 1 if problems else 0
 
-    def _heartbeat(self, stopped: bool = False) -> None:
+    def _heartbeat(self, stopped: bool = False) -> bool:
         if self.journal is None:
-            return
+            return False
         try:
             self.journal.daemon_heartbeat(self.owner, host=socket.gethostname(), pid=os.getpid(),
                                           started=self.started,
                                           status=json.dumps(self.snapshot()), stopped=stopped)
         except Exception as exc:  # the status is a convenience: never stop the daemon for it
-            log.debug("heartbeat failed: %s", exc)
+            if not self._heartbeat_failing:
+                log.warning("cannot write the daemon status to the journal %s: %s",
+                            self.journal.path, exc)
+            self._heartbeat_failing = True
+            return False
+        if self._heartbeat_failing:
+            log.info("daemon status written to the journal again")
+            self._heartbeat_failing = False
+        return True
 
     # -- readiness ----------------------------------------------------------------
 
@@ -407,84 +472,152 @@ class Daemon:
                     self._take_ready(item.ready)
                 elif item.claimed is not None and item.rel is not None:
                     self._process(item.claimed, item.rel, item.input_error)
-            except Exception:
-                log.exception("unexpected error on %s", item.rel or item.ready)
+            except Exception:  # _process handles its own; this is the last line of defence
+                log.exception("unexpected error on %s", shown(item.rel or item.ready))
             finally:
                 with self._lock:
                     self._busy_workers -= 1
 
     def _intake_open(self) -> bool:
-        """Wait while OUTBOX is unwritable or the cost cap is reached; False to re-check."""
+        """Wait while a folder is unwritable or the cost cap is reached; False to re-check."""
         if self._output_blocked is not None:
             self.cancel.wait(0.25)
             return False
         guard = self.guard
         if guard is not None and guard.paused is not None and not guard.open_now():
+            if self.watch.once:
+                self._cap_reached = True
             self.cancel.wait(0.5)
             return False
         return True
 
     def _take_ready(self, ready: Ready) -> None:
+        handed_back = False
+        try:
+            handed_back = self._take_ready_inner(ready)
+        finally:
+            if not handed_back:  # claimed, vanished, failed to claim: never left handed out
+                self.tracker.forget(ready.path)
+
+    def _take_ready_inner(self, ready: Ready) -> bool:
+        """Returns True when the file was handed back to the tracker (``not_yet``)."""
         from core.imaging import load_image
 
         path = ready.path
         rel = self.layout.relative(path)
         if rel is None or self.stopping:
-            self.tracker.forget(path)
-            return
+            return False
         input_error: BgremoveError | None = None
         try:
             load_image(path, max_pixels=self.config.input.max_pixels)
         except InputNotFoundError:
-            self.tracker.forget(path)
-            return
+            return False
         except ImageTooLargeError as exc:
             input_error = exc
         except InputError as exc:
             if not ready.settled:
                 self.tracker.not_yet(ready)
-                return
+                return True
             input_error = exc
         try:
             st = os.stat(path)
         except OSError:
-            self.tracker.forget(path)
-            return
+            return False
         if (st.st_size, st.st_mtime_ns) != (ready.size, ready.mtime_ns):
             self.tracker.not_yet(ready, decode_failed=False)
-            return
-        claimed = self.claims.claim(path, rel)
+            return True
+        try:
+            claimed = self.claims.claim(path, rel)
+        except OSError as exc:
+            if path not in self._unclaimable:  # a rescan finds it again: say so once
+                log.error("cannot take %s (moving it into the claim folder failed: %s); it "
+                          "stays in INBOX", shown(rel), exc.strerror or exc,
+                          extra={"event": "warning", "input": shown(rel)})
+            self._unclaimable.add(path)
+            return False
+        self._unclaimable.discard(path)
         self.tracker.forget(path)
         if claimed is None:
-            log.debug("%s was taken by another daemon", rel)
-            return
+            log.debug("%s was taken by another daemon", shown(rel))
+            return False
         self._process(claimed, rel, input_error)
+        return False
 
     def _process(self, claimed: Path, rel: Path, input_error: BgremoveError | None) -> None:
+        """Work on a claimed file; whatever goes wrong, the file is requeued or failed."""
+        try:
+            self._process_inner(claimed, rel, input_error)
+        except _Blocked as exc:
+            self._block(exc.folder, exc.reason, journal=exc.journal)
+            self._requeue(claimed, rel, input_error, OUTPUT_PROBE_SECONDS)
+        except sqlite3.Error as exc:
+            self._block_journal(exc)
+            self._requeue(claimed, rel, input_error, OUTPUT_PROBE_SECONDS)
+        except Exception as exc:
+            self._unexpected_error(claimed, rel, input_error, exc)
+        else:
+            self._unexpected.pop(claimed, None)
+
+    def _requeue(self, claimed: Path, rel: Path, input_error: BgremoveError | None,
+                 delay: float) -> None:
+        if os.path.lexists(claimed):
+            self.scheduler.put(time.monotonic() + delay, claimed=claimed, rel=rel,
+                               input_error=input_error)
+
+    def _unexpected_error(self, claimed: Path, rel: Path, input_error: BgremoveError | None,
+                          exc: Exception) -> None:
+        attempts = self._unexpected.get(claimed, 0) + 1
+        self._unexpected[claimed] = attempts
+        if not os.path.lexists(claimed):
+            log.exception("unexpected error on %s (the file has left the claim folder)",
+                          shown(rel))
+            self._unexpected.pop(claimed, None)
+            return
+        error = BgremoveError(f"unexpected error: {type(exc).__name__}: {exc}")
+        if attempts >= MAX_UNEXPECTED_ATTEMPTS:
+            log.exception("unexpected error on %s (attempt %d); giving up", shown(rel), attempts)
+            self._unexpected.pop(claimed, None)
+            try:
+                self._fail(None, claimed, rel, error, attempts=attempts,
+                           note=f"gave up after {attempts} unexpected errors")
+            except Exception as exc2:  # the journal or failed/ is broken too: keep the file
+                log.error("cannot move %s to failed/ either (%s); retrying later", shown(rel),
+                          exc2)
+                self._requeue(claimed, rel, input_error, BACKOFF_MAX)
+            return
+        delay = min(BACKOFF_MAX, self.backoff_initial * 2 ** (attempts - 1))
+        log.exception("unexpected error on %s (attempt %d of %d); retrying in %.1f s",
+                      shown(rel), attempts, MAX_UNEXPECTED_ATTEMPTS, delay)
+        with self._lock:
+            self.session["retries"] += 1
+        self._requeue(claimed, rel, input_error, delay)
+
+    def _process_inner(self, claimed: Path, rel: Path,
+                       input_error: BgremoveError | None) -> None:
         assert self.journal is not None
         started = time.monotonic()
         try:
             key = f"{file_sha256(claimed)}:{self._fingerprint}"
+        except FileNotFoundError:
+            log.warning("claimed file %s is gone", shown(claimed))
+            return
         except OSError as exc:
-            log.warning("cannot read claimed file %s: %s; retrying", claimed, exc)
-            self.scheduler.put(time.monotonic() + self.backoff_initial, claimed=claimed, rel=rel,
-                               input_error=input_error)
+            log.warning("cannot read claimed file %s: %s; retrying", shown(claimed), exc)
+            self._requeue(claimed, rel, input_error, self.backoff_initial)
             return
         with self._lock:
             mine_busy = key in self._active_keys
             if not mine_busy:
                 self._active_keys.add(key)
         if mine_busy:
-            self.scheduler.put(time.monotonic() + 1.0, claimed=claimed, rel=rel,
-                               input_error=input_error)
+            self._requeue(claimed, rel, input_error, 1.0)
             return
         try:
             begin = self.journal.begin(key, owner=self.owner, input=str(rel),
                                        claim=str(claimed), reprocess=self.watch.reprocess,
                                        is_alive=self.claims.is_alive)
             if begin.action == "busy":
-                self.scheduler.put(time.monotonic() + 2.0, claimed=claimed, rel=rel,
-                                   input_error=input_error)
+                self._requeue(claimed, rel, input_error, 2.0)
                 return
             if begin.action == "duplicate":
                 self._duplicate(claimed, rel, begin.job)
@@ -509,21 +642,24 @@ class Daemon:
         try:
             job = self._advance(job, claimed, rel)
         except CancelledError:
-            log.info("%s: interrupted by shutdown; it resumes on the next start", rel)
+            log.info("%s: interrupted by shutdown; it resumes on the next start", shown(rel))
             return
+        except _Blocked as exc:
+            self.journal.count_attempt(job.key, kind="output", message=exc.reason)
+            raise
         except BgremoveError as exc:
             self._handle_error(job, claimed, rel, exc)
             return
         except OSError as exc:
             self._handle_error(job, claimed, rel, OutputError(
-                f"cannot write the result of {rel}: {exc.strerror or exc}"))
+                f"cannot write the result of {shown(rel)}: {exc.strerror or exc}"))
             return
         seconds = time.monotonic() - started
         with self._lock:
             self.session["done"] += 1
-        log.info("done %s -> %s in %.2f s (task %s)", rel, job.output, seconds,
+        log.info("done %s -> %s in %.2f s (task %s)", shown(rel), shown(job.output), seconds,
                  job.task_id or "-",
-                 extra={"event": "done", "input": str(rel), "output": job.output,
+                 extra={"event": "done", "input": shown(rel), "output": shown(job.output),
                         "seconds": round(seconds, 3), "task_id": job.task_id})
 
     def _advance(self, job: Job, claimed: Path, rel: Path) -> Job:
@@ -535,35 +671,70 @@ class Daemon:
         staged = self.staging / f"{key[:24]}{self._ext}"
         if job.state in ("claimed", "submitted"):
             self._check_output_dir(rel)
-            resume = job.task_id if job.state == "submitted" else None
+            resume = job.task_id if job.state == "submitted" else self._unsaved_tasks.get(key)
+            guard = self.guard
+            assert guard is not None
+            reserved = False
             if resume is None:
                 # waiting for the rate limit or cost cap ends at shutdown: nothing sent yet
                 if not self.rate.acquire(self.cancel, lambda: self.stopping):
                     raise CancelledError("shutting down")
-                assert self.guard is not None
-                if not self.guard.acquire(key, self.cancel, lambda: self.stopping):
+                if not guard.acquire(self.cancel, lambda: self.stopping or (
+                        self.watch.once and guard.paused is not None)):
+                    if self.watch.once and guard.paused is not None:
+                        self._cap_reached = True
                     raise CancelledError("shutting down")
+                reserved = True
             else:
-                log.info("%s: resuming task %s instead of submitting again", rel, resume)
+                log.info("%s: resuming task %s instead of submitting again", shown(rel), resume)
 
             def on_task(task_id: str) -> None:
-                journal.update(key, state="submitted", task_id=task_id)
+                nonlocal reserved
+                if reserved:  # counted once the service has the task, not per attempt
+                    reserved = False
+                    try:
+                        guard.commit(key)
+                    except sqlite3.Error as exc:
+                        log.warning("cannot count the submission of %s: %s", shown(rel), exc)
+                self._unsaved_tasks[key] = task_id
+                try:
+                    journal.update(key, state="submitted", task_id=task_id)
+                except sqlite3.Error as exc:  # keep waiting; the id is kept in memory
+                    log.warning("cannot journal task %s of %s: %s", task_id, shown(rel), exc)
+                    self._block_journal(exc)
 
             hooks = JobHooks(cancel=self.cancel, on_task=on_task, resume_task=resume)
-            result = remove_file(claimed, staged, self._backend, self.config, hooks)
+            try:
+                result = remove_file(claimed, staged, self._backend, self.config, hooks)
+            finally:
+                if reserved:  # no task id was reported: a local backend, or nothing was sent
+                    guard.release()
             journal.update(key, state="staged", staged=str(staged),
-                           task_id=result.task_id or resume)
+                           task_id=result.task_id or resume or self._unsaved_tasks.get(key))
+            self._unsaved_tasks.pop(key, None)
             job = self._reload(key)
         if job.state in ("staged", "placing"):
             output = self._place(job, staged, rel)
             journal.update(key, state="placed", output=str(output))
             job = self._reload(key)
         if job.state == "placed":
-            move_no_replace(claimed, self.layout.done / rel)
+            self._move(claimed, self.layout.done, rel)
             journal.update(key, state="done", claim=None)
             journal.add_event("done", input=str(rel), output=job.output, task_id=job.task_id)
             job = self._reload(key)
         return job
+
+    def _move(self, claimed: Path, folder: Path, rel: Path) -> Path:
+        """Move a claimed original to done/ or failed/; ``_Blocked`` if that folder fails."""
+        try:
+            target = move_no_replace(claimed, folder / rel)
+        except OSError as exc:
+            if not os.path.lexists(claimed):
+                raise  # not a folder problem: the file is gone
+            raise _Blocked(folder, f"cannot move {shown(rel)} into {shown(folder)}: "
+                                   f"{exc.strerror or exc}") from None
+        self.claims.release(claimed)
+        return target
 
     def _reload(self, key: str) -> Job:
         assert self.journal is not None
@@ -576,7 +747,7 @@ class Daemon:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OutputError(f"cannot create {folder}: {exc.strerror or exc}") from None
+            raise OutputError(f"cannot create {shown(folder)}: {exc.strerror or exc}") from None
 
     def _place(self, job: Job, staged: Path, rel: Path) -> Path:
         """Give the staged cut-out a free name in OUTBOX (never replacing a file)."""
@@ -591,11 +762,12 @@ class Daemon:
         if not staged.exists():
             # staged output lost (should not happen): fetch the result again
             self.journal.update(job.key, state="submitted" if job.task_id else "claimed")
-            raise OutputError(f"the staged result of {rel} is missing; fetching it again")
+            raise OutputError(f"the staged result of {shown(rel)} is missing; fetching it again")
         try:
             preferred.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OutputError(f"cannot create {preferred.parent}: {exc.strerror or exc}") from None
+            raise OutputError(f"cannot create {shown(preferred.parent)}: "
+                              f"{exc.strerror or exc}") from None
         for candidate in candidate_names(preferred):
             if os.path.lexists(candidate):
                 continue
@@ -604,20 +776,20 @@ class Daemon:
                 if staged.exists():
                     os.unlink(staged)
                 return candidate
-        raise OutputError(f"no free output name for {rel} in {preferred.parent}")
+        raise OutputError(f"no free output name for {shown(rel)} in {shown(preferred.parent)}")
 
     # -- outcomes ---------------------------------------------------------------
 
     def _duplicate(self, claimed: Path, rel: Path, first: Job | None) -> None:
         assert self.journal is not None
-        done = move_no_replace(claimed, self.layout.done / rel)
+        done = self._move(claimed, self.layout.done, rel)
         output = first.output if first else None
         self.journal.add_event("duplicate", input=str(rel), output=output)
         with self._lock:
             self.session["duplicates"] += 1
         log.info("duplicate %s: same content as %s, already cut out as %s; moved to %s",
-                 rel, first.input if first else "?", output, done,
-                 extra={"event": "duplicate", "input": str(rel), "output": output,
+                 shown(rel), shown(first.input if first else "?"), shown(output), shown(done),
+                 extra={"event": "duplicate", "input": shown(rel), "output": shown(output),
                         "seconds": 0.0, "task_id": first.task_id if first else None})
 
     def _handle_error(self, job: Job, claimed: Path, rel: Path, exc: BgremoveError) -> None:
@@ -625,16 +797,27 @@ class Daemon:
         code = getattr(exc, "code", None) if isinstance(exc, TaskFailedError) else \
             getattr(exc, "status_code", None)
         if isinstance(exc, OutputError):
-            self._block_output(str(exc))
-            self.journal.add_event("warning", input=str(rel), error_kind=exc.kind, error=str(exc))
-            self.scheduler.put(time.monotonic() + OUTPUT_PROBE_SECONDS, claimed=claimed, rel=rel)
+            newly = self._block(self.layout.outbox, str(exc))
+            if newly:
+                self.journal.add_event("warning", input=str(rel), error_kind=exc.kind,
+                                       error=str(exc))
+            self.journal.count_attempt(job.key, kind=exc.kind, message=str(exc))
+            self._requeue(claimed, rel, None, OUTPUT_PROBE_SECONDS)
             return
         resumed_gone = (job.task_id is not None and isinstance(exc, APIStatusError)
                         and exc.status_code == 404)
         if isinstance(exc, TaskFailedError) or resumed_gone:
             # the task is dead: the next attempt submits a new one
             self.journal.update(job.key, state="claimed", task_id=None)
-        if not (exc.transient or resumed_gone):
+            self._unsaved_tasks.pop(job.key, None)
+        retry_uncertain = False
+        if isinstance(exc, SubmitUncertainError):
+            with self._lock:
+                used = self._uncertain_retries.get(job.key, 0)
+                retry_uncertain = used < self.watch.retry_uncertain_submits
+                if retry_uncertain:
+                    self._uncertain_retries[job.key] = used + 1
+        if not (exc.transient or resumed_gone or retry_uncertain):
             self._fail(job, claimed, rel, exc)
             return
         noted = self.journal.note_error(job.key, kind=exc.kind, code=code, message=str(exc))
@@ -652,68 +835,106 @@ class Daemon:
         with self._lock:
             self.session["retries"] += 1
         self.journal.add_event("retry", input=str(rel), error_kind=exc.kind, error=str(exc))
-        log.warning("%s: %s (attempt %d); retrying in %.0f s", rel, exc, attempts, delay,
-                    extra={"event": "retry", "input": str(rel), "error_kind": exc.kind})
-        self.scheduler.put(time.monotonic() + delay, claimed=claimed, rel=rel)
+        log.warning("%s: %s (attempt %d); %sretrying in %.0f s", shown(rel), shown(exc),
+                    attempts, "submitting again (this may bill twice); " if retry_uncertain
+                    else "", delay,
+                    extra={"event": "retry", "input": shown(rel), "error_kind": exc.kind})
+        self._requeue(claimed, rel, None, delay)
 
-    def _fail(self, job: Job, claimed: Path, rel: Path, exc: BgremoveError,
-              note: str | None = None) -> None:
+    def _fail(self, job: Job | None, claimed: Path, rel: Path, exc: BgremoveError,
+              note: str | None = None, attempts: int | None = None) -> None:
         assert self.journal is not None
-        target = move_no_replace(claimed, self.layout.failed / rel)
-        latest = self.journal.get(job.key) or job
+        target = self._move(claimed, self.layout.failed, rel)
+        latest: Job | None = None
+        if job is not None:
+            try:
+                latest = self.journal.get(job.key) or job
+            except sqlite3.Error:
+                latest = job
+        hint = "move the file back into INBOX to try again"
+        if isinstance(exc, SubmitUncertainError):
+            hint += " (it may already have been billed once)"
         report = {
-            "input": str(rel),
-            "error": str(exc),
+            "input": shown(rel),
+            "error": shown(exc),
             "kind": exc.kind,
             "code": getattr(exc, "code", None) or getattr(exc, "status_code", None),
             "transient": bool(exc.transient),
-            "attempts": max(latest.attempts, 1),
-            "first_error": _iso(latest.first_error or time.time()),
+            "attempts": attempts or max(latest.attempts if latest else 1, 1),
+            "first_error": _iso((latest.first_error if latest else None) or time.time()),
             "failed_at": _iso(time.time()),
-            "task_id": latest.task_id,
+            "task_id": latest.task_id if latest else None,
             "note": note,
+            "hint": hint,
         }
-        error_file = target.with_name(target.name + ".error.json")
-        temp = target.with_name(f".{target.name}.error.json.tmp")
+        error_file = target.with_name(fit_name(target.name, ".error.json"))
+        temp = target.with_name(fit_name(f".{target.name}", ".error.json.tmp"))
         try:
             temp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             os.replace(temp, error_file)  # readers never see half a report
         except OSError as exc2:
-            log.warning("cannot write %s: %s", error_file, exc2)
-        self.journal.update(job.key, state="failed", claim=None, error_kind=exc.kind,
-                            error=str(exc))
-        self.journal.add_event("failed", input=str(rel), error_kind=exc.kind, error=str(exc))
+            log.warning("cannot write %s: %s", shown(error_file), exc2)
         with self._lock:
             self.session["failed"] += 1
-        log.error("failed %s -> %s: %s%s", rel, target, exc, f" ({note})" if note else "",
-                  extra={"event": "failed", "input": str(rel), "output": None,
-                         "error_kind": exc.kind, "task_id": latest.task_id})
+        log.error("failed %s -> %s: %s%s", shown(rel), shown(target), shown(exc),
+                  f" ({note})" if note else "",
+                  extra={"event": "failed", "input": shown(rel), "output": None,
+                         "error_kind": exc.kind,
+                         "task_id": latest.task_id if latest else None})
+        # the file is in failed/ already: a journal error from here on is only logged
+        try:
+            if job is not None:
+                self.journal.update(job.key, state="failed", claim=None, error_kind=exc.kind,
+                                    error=str(exc))
+            self.journal.add_event("failed", input=str(rel), error_kind=exc.kind,
+                                   error=str(exc))
+        except sqlite3.Error as exc3:
+            log.warning("cannot journal the failure of %s: %s", shown(rel), exc3)
+            self._block_journal(exc3)
 
-    # -- OUTBOX health ------------------------------------------------------------
+    # -- folder health --------------------------------------------------------------
 
-    def _block_output(self, reason: str) -> None:
-        if self._output_blocked is None:
-            log.error("OUTBOX %s cannot be written (%s): inputs are kept, intake paused until "
-                      "it can", self.layout.outbox, reason)
-        self._output_blocked = reason
+    def _block(self, folder: Path, reason: str, *, journal: bool = False) -> bool:
+        """Pause intake until ``folder`` can be written; True when this starts an outage."""
+        with self._lock:
+            newly = self._output_blocked is None
+            if newly:
+                self._blocked_folder, self._blocked_journal = folder, journal
+            self._output_blocked = reason
+        if newly:
+            what = "OUTBOX" if folder == self.layout.outbox else (
+                "the journal folder" if journal else "folder")
+            log.error("%s %s cannot be written (%s): inputs are kept, intake paused until it "
+                      "can", what, shown(folder), shown(reason),
+                      extra={"event": "warning", "error_kind": "output"})
+        return newly
+
+    def _block_journal(self, exc: Exception) -> None:
+        assert self.journal is not None
+        self._block(self.journal.path.parent, f"the journal {shown(self.journal.path)} "
+                    f"cannot be written: {exc}", journal=True)
 
     def _probe_output(self) -> None:
-        probe = self.staging / f".probe-{os.getpid()}"
+        folder = self._blocked_folder or self.layout.outbox
         try:
             self.staging.mkdir(parents=True, exist_ok=True)
-            with open(probe, "wb") as fh:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.unlink(probe)
-            test = self.layout.outbox / f".bgremove-probe-{os.getpid()}"
-            with open(test, "wb"):
-                pass
-            os.unlink(test)
+            for target in {self.staging, folder}:
+                target.mkdir(parents=True, exist_ok=True)
+                probe = target / f".bgremove-probe-{os.getpid()}"
+                with open(probe, "wb") as fh:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.unlink(probe)
         except OSError:
             return
-        log.warning("OUTBOX %s is writable again: resuming", self.layout.outbox)
-        self._output_blocked = None
+        if self._blocked_journal and not self._heartbeat():
+            return
+        log.warning("%s is writable again: resuming", shown(folder))
+        with self._lock:
+            self._output_blocked = None
+            self._blocked_folder = None
+            self._blocked_journal = False
 
 
 def _iso(ts: float) -> str:

@@ -27,6 +27,7 @@ daemons apart).
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -165,9 +166,10 @@ class Journal:
             if row is None:
                 db.execute("INSERT INTO jobs(key, state, owner, input, claim, created, updated)"
                            " VALUES (?, 'claimed', ?, ?, ?, ?, ?)",
-                           (key, owner, input, claim, now, now))
+                           (key, owner, _db(input), _db(claim), now, now))
                 return Begin("new", self._get_locked(key))
-            if row.state == "done" and not reprocess:
+            if row.state == "done" and not reprocess and row.output \
+                    and os.path.lexists(row.output):
                 db.execute("UPDATE jobs SET duplicates=duplicates+1, updated=? WHERE key=?",
                            (now, key))
                 return Begin("duplicate", row)
@@ -178,13 +180,14 @@ class Journal:
                 return Begin("busy", row)  # this daemon already works on that content
             if row.state in ACTIVE_STATES:
                 db.execute("UPDATE jobs SET owner=?, claim=?, updated=? WHERE key=?",
-                           (owner, claim, now, key))
+                           (owner, _db(claim), now, key))
                 return Begin("resume", self._get_locked(key))
-            # done with reprocess, or failed before: start over
+            # done with reprocess (or its output was removed since), or failed before:
+            # start over
             db.execute("UPDATE jobs SET state='claimed', owner=?, input=?, claim=?, task_id=NULL,"
                        " staged=NULL, output=NULL, attempts=0, error_kind=NULL, error_code=NULL,"
                        " error=NULL, first_error=NULL, updated=? WHERE key=?",
-                       (owner, input, claim, now, key))
+                       (owner, _db(input), _db(claim), now, key))
             return Begin("new", self._get_locked(key))
 
     def _get_locked(self, key: str) -> Job | None:
@@ -195,7 +198,8 @@ class Journal:
         fields["updated"] = time.time()
         names = ", ".join(f"{name}=?" for name in fields)
         with self._tx() as db:
-            db.execute(f"UPDATE jobs SET {names} WHERE key=?", (*fields.values(), key))
+            db.execute(f"UPDATE jobs SET {names} WHERE key=?",
+                       (*(_db(v) for v in fields.values()), key))
 
     def note_error(self, key: str, *, kind: str, code: int | None, message: str) -> Job | None:
         """Count a failed attempt; keeps the time of the first failure."""
@@ -203,8 +207,15 @@ class Journal:
         with self._tx() as db:
             db.execute("UPDATE jobs SET attempts=attempts+1, error_kind=?, error_code=?, error=?,"
                        " first_error=COALESCE(first_error, ?), updated=? WHERE key=?",
-                       (kind, code, message, now, now, key))
+                       (kind, code, _db(message), now, now, key))
             return self._get_locked(key)
+
+    def count_attempt(self, key: str, *, kind: str, message: str) -> None:
+        """Count an attempt that could not finish for a local reason (an unwritable
+        folder, an unexpected error) without starting the transient-retry clock."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET attempts=attempts+1, error_kind=?, error=?, updated=?"
+                       " WHERE key=?", (kind, _db(message), time.time(), key))
 
     def active_jobs(self) -> list[Job]:
         with self._lock:
@@ -220,7 +231,8 @@ class Journal:
         with self._tx() as db:
             db.execute("INSERT INTO events(ts, kind, input, output, seconds, task_id, error_kind,"
                        " error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (time.time(), kind, input, output, seconds, task_id, error_kind, error))
+                       (time.time(), kind, _db(input), _db(output), seconds, task_id, error_kind,
+                        _db(error)))
 
     def add_submit(self, key: str, ts: float | None = None) -> None:
         with self._tx() as db:
@@ -232,6 +244,14 @@ class Journal:
             rows = self._db.execute("SELECT ts FROM submits WHERE ts > ? ORDER BY ts",
                                     (since,)).fetchall()
         return [float(r[0]) for r in rows]
+
+    def submit_window(self, since: float) -> tuple[int, float | None]:
+        """(number, oldest time) of submissions after ``since``: read fresh every time, so
+        daemons sharing this journal see each other's submissions."""
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*), MIN(ts) FROM submits WHERE ts > ?",
+                                   (since,)).fetchone()
+        return int(row[0]), (float(row[1]) if row[1] is not None else None)
 
     def prune(self, older_than: float) -> None:
         """Drop submission records older than the longest cost window."""
@@ -253,7 +273,7 @@ class Journal:
             rows = self._db.execute("SELECT ts, input, error_kind, error FROM events"
                                     " WHERE kind IN ('failed', 'retry', 'warning')"
                                     " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [dict(r) for r in rows]
+        return [{k: _py(v) for k, v in dict(r).items()} for r in rows]
 
     # -- daemons --------------------------------------------------------------
 
@@ -285,4 +305,25 @@ class Journal:
 def _job(row: sqlite3.Row | None) -> Job | None:
     if row is None:
         return None
-    return Job(**{k: row[k] for k in Job.__dataclass_fields__})
+    return Job(**{k: _py(row[k]) for k in Job.__dataclass_fields__})
+
+
+def _db(value: Any) -> Any:
+    """A value as stored: file names that are not valid UTF-8 (``caf\\xe9.jpg`` read with
+    ``surrogateescape``) cannot be SQLite TEXT; they are stored as their raw bytes (a BLOB)
+    and come back as the same ``str`` (``_py``)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            try:
+                return value.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:  # a lone surrogate of another kind: keep it readable
+                return value.encode("utf-8", "backslashreplace").decode("ascii")
+    return value
+
+
+def _py(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return value

@@ -21,8 +21,12 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 from core.errors import ConfigError
+
+#: Longest file name (bytes) on common file systems.
+NAME_MAX = 255
 
 #: Folder inside INBOX where daemons move the files they work on (see ``claims``).
 CLAIMS_DIR = ".bgremove-claims"
@@ -117,11 +121,41 @@ class Layout:
 
 
 def candidate_names(preferred: Path, limit: int = 100_000) -> Iterator[Path]:
-    """``x.png``, ``x-1.png``, ``x-2.png``... (long but finite)."""
-    yield preferred
+    """``x.png``, ``x-1.png``, ``x-2.png``... (long but finite; each within NAME_MAX)."""
     stem, suffix = preferred.stem, preferred.suffix
+    yield preferred.with_name(fit_name(stem, suffix))
     for i in range(1, limit):
-        yield preferred.with_name(f"{stem}-{i}{suffix}")
+        yield preferred.with_name(fit_name(stem, f"-{i}{suffix}"))
+
+
+def fit_name(base: str, tail: str, limit: int = NAME_MAX) -> str:
+    """``base + tail``, with ``base`` shortened (by bytes) so the name fits in ``limit``."""
+    raw_tail = os.fsencode(tail)
+    raw = os.fsencode(base)
+    if len(raw) + len(raw_tail) <= limit:
+        return base + tail
+    return os.fsdecode(raw[:max(limit - len(raw_tail), 1)]) + tail
+
+
+@overload
+def shown(value: None) -> None: ...
+@overload
+def shown(value: object) -> str: ...
+def shown(value: object) -> str | None:
+    """Text for logs, the journal's event texts and ``.error.json``: a file name that is
+    not valid UTF-8 (read with ``surrogateescape``) shows its odd bytes as ``\\xe9``."""
+    if value is None:
+        return None
+    text = str(value)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def link_no_replace(src: Path, dst: Path) -> bool:

@@ -53,9 +53,18 @@ def read_status(journal_path: Path) -> dict[str, Any]:
             "inbox": status.get("inbox"), "outbox": status.get("outbox"),
             "mode": status.get("mode"),
         })
+    live = [d for d in shown if d["running"]]
+    # Two daemons on one INBOX see the same waiting files: count each INBOX once.
+    per_inbox: dict[str, int] = {}
+    for d in live:
+        per_inbox[d["inbox"]] = max(per_inbox.get(d["inbox"], 0), d["queued"])
+    queued = sum(per_inbox.values())
+    if not live and daemons:
+        # nobody runs: count what waits on disk for the next start
+        queued = _waiting_on_disk(json.loads(daemons[0]["status"] or "{}"))
     return {
         "journal": str(journal_path),
-        "queued": sum(d["queued"] for d in shown),
+        "queued": queued,
         "in_flight": sum(d["in_flight"] for d in shown),
         "unfinished": counts["active"],
         "done": counts["done"],
@@ -65,6 +74,35 @@ def read_status(journal_path: Path) -> dict[str, Any]:
         "last_errors": [{"time": _iso(e["ts"]), "input": e["input"], "kind": e["error_kind"],
                          "error": e["error"]} for e in errors],
     }
+
+
+def _waiting_on_disk(status: dict[str, Any]) -> int:
+    """Files in INBOX that a daemon would take, plus files left in claim folders."""
+    import os
+
+    from watcher.claims import _claimed_in
+    from watcher.naming import Layout
+
+    if not status.get("inbox") or not status.get("outbox"):
+        return 0
+    inbox = Path(status["inbox"])
+    layout = Layout(inbox, Path(status["outbox"]),
+                    Path(status.get("done_dir") or inbox / "done"),
+                    Path(status.get("failed_dir") or inbox / "failed"),
+                    bool(status.get("recursive")))
+    count = 0
+    try:
+        for root, dirs, names in os.walk(inbox):
+            here = Path(root)
+            dirs[:] = [d for d in dirs if layout.relative(here / d) is not None]
+            count += sum(1 for n in names if layout.relative(here / n) is not None
+                         and os.path.isfile(here / n))
+        for entry in os.scandir(layout.claims):
+            if entry.is_dir():
+                count += len(_claimed_in(Path(entry.path)))
+    except OSError:
+        pass
+    return count
 
 
 def format_status(status: dict[str, Any]) -> str:
