@@ -129,7 +129,11 @@ class Watcher:
         if not self.want_polling:
             observer: Any = Observer()
             try:
-                observer.schedule(handler, str(self.layout.inbox), recursive=self.layout.recursive)
+                # Always recursive: a claim renames a file into INBOX/.bgremove-claims/, and a
+                # move within one recursive watch is paired at once; out of a flat watch,
+                # watchdog holds the move-out event 0.5 s, delaying every event queued behind
+                # it. Sub-folder files are still filtered by layout.relative().
+                observer.schedule(handler, str(self.layout.inbox), recursive=True)
                 observer.start()
             except OSError as exc:
                 log.warning("native file events unavailable for %s (%s): polling every %.1f s "
