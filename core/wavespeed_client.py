@@ -229,15 +229,16 @@ class WaveSpeedClient:
         """How long to wait before asking for a new task's result the first time.
 
         ``poll.initial`` until a task has completed; then the moment tasks have
-        typically ended, counted from when the submit was sent (at least 0.05 s,
-        at most ``poll.max``). A short task is fetched about when it is done
+        typically ended, counted from when the submit was sent, plus 3% and 10 ms
+        (at least 0.05 s, at most ``poll.max``). A short task is fetched about when it is done
         instead of after a fixed guess; a miss costs one extra short poll.
         """
         typical = self._typical_task
         if typical is None:
             return self.config.poll.initial
         elapsed = 0.0 if submitted_at is None else max(0.0, self._clock() - submitted_at)
-        return min(self.config.poll.max, max(0.05, typical - elapsed))
+        # The margin: the task starts a moment after the submit was sent.
+        return min(self.config.poll.max, max(0.05, typical * 1.03 + 0.01 - elapsed))
 
     def _learn_task_time(self, prediction: Prediction, waited: float) -> None:
         # The service's own inference time when it reports one; our wait overshoots it.
