@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -273,3 +274,29 @@ def test_a_long_but_legal_output_name_is_written(tmp_path: Path, emulator_env: N
     src = _solid(tmp_path / f"{stem}.png")
     assert main(["remove", str(src)]) == 0  # "<stem>-nobg.png": 249 bytes, a legal name
     assert (tmp_path / f"{stem}-nobg.png").exists()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path: Path, emulator) -> None:  # type: ignore[no-untyped-def]
+    from core.backends import make_backend
+    from core.commands.remove import plan_outputs, run_batch
+    from tests.conftest import configured
+
+    config = configured(emulator)
+    srcs = [_solid(tmp_path / f"{i}.png") for i in range(3)]
+    plan = plan_outputs(srcs, tmp_path / "out", config.output)
+    backend = make_backend(config)
+    try:
+        out, err = io.StringIO(), _Terminal()
+        run_batch(plan, backend, config, json_lines=False, out=out, err=err)
+        assert "3/3" in err.getvalue() and "[" + "#" * 30 + "]" in err.getvalue()
+        assert out.getvalue().count(" -> ") == 3
+        plain = io.StringIO()
+        run_batch(plan, backend, config, json_lines=False, out=io.StringIO(), err=plain)
+        assert plain.getvalue() == ""  # not a terminal: no bar
+    finally:
+        backend.close()
