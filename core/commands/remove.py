@@ -180,10 +180,17 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Any, config: Any, *,
 
     pool = ThreadPoolExecutor(max_workers=max(1, min(config.concurrency, len(plan) or 1)),
                               thread_name_prefix="bgremove")
-    futures = [pool.submit(one, src, dst) for src, dst in plan]
+    futures = {pool.submit(one, src, dst): src for src, dst in plan}
+    breaker = _Breaker()
     try:
         for future in as_completed(futures):
-            result = future.result()
+            if future.cancelled():
+                result = breaker.skipped(futures[future])
+            else:
+                result = future.result()
+                if breaker.trips(result):
+                    for pending in futures:
+                        pending.cancel()  # only images not started yet
             with lock:
                 results.append(result)
                 if bar:
@@ -207,6 +214,40 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Any, config: Any, *,
     if bar:
         bar.finish()
     return results
+
+
+class _Breaker:
+    """Stops starting new images once the service has shown every one would fail.
+
+    A refused key or a suspended account fails every image the same way: the
+    first one stops the batch. An outage (no connection, timeouts) stops it
+    after three failures in a row, each with its own retries used up. Images
+    already running finish; the rest are reported as not attempted.
+    """
+
+    OUTAGE_IN_A_ROW = 3
+
+    def __init__(self) -> None:
+        self.reason: BaseException | None = None
+        self._outages = 0
+
+    def trips(self, result: JobResult) -> bool:
+        if self.reason is not None:
+            return False
+        kind = result.error.kind if result.error else None
+        self._outages = self._outages + 1 if kind in ("connection", "timeout") else 0
+        if kind in ("auth", "suspended") or self._outages >= self.OUTAGE_IN_A_ROW:
+            self.reason = result.error
+            return True
+        return False
+
+    def skipped(self, src: Path) -> JobResult:
+        from core.errors import BgremoveError
+        from core.jobs import JobResult
+
+        error = BgremoveError(f"{src}: not attempted: {self.reason}")
+        error.kind = "not_attempted"
+        return JobResult(src, None, "failed", error, 0.0)
 
 
 def _run_one(src: Path, dst: Path, backend: Any, config: Any, hooks: Any,
