@@ -25,14 +25,14 @@ probe write succeeds.
 Duplicates: a file whose content (with the same settings) was already
 processed is not sent again; it moves to done/ and its log line names the
 earlier input and its output. ``watch.reprocess`` forces a new cut-out.
+
+The pieces live next door: ``scheduler`` (the work queue), ``fingerprint`` (journal
+keys), ``placement`` (free output names), ``folder_health`` (pause and probe) and
+``failures`` (the error.json report).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import heapq
-import itertools
 import json
 import logging
 import os
@@ -42,7 +42,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,17 +60,15 @@ from core.errors import (
 )
 from watcher.claims import Claims, make_owner_id
 from watcher.events import Watcher
+from watcher.failures import write_error_report
+from watcher.fingerprint import file_sha256, settings_fingerprint
+from watcher.folder_health import FolderBlocked, FolderHealth
 from watcher.journal import Job, Journal
 from watcher.limits import CostGuard, Limits, RateLimiter, effective_limits
-from watcher.naming import (
-    Layout,
-    candidate_names,
-    fit_name,
-    link_no_replace,
-    move_no_replace,
-    shown,
-)
+from watcher.naming import Layout, move_no_replace, shown
+from watcher.placement import check_output_dir, place_staged
 from watcher.readiness import ReadinessTracker, Ready
+from watcher.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from core.backends import Backend
@@ -86,91 +83,6 @@ SUPERVISE_SECONDS = 2.0
 OUTPUT_PROBE_SECONDS = 2.0
 #: Unexpected errors (bugs, odd file systems) on one file before it goes to failed/.
 MAX_UNEXPECTED_ATTEMPTS = 5
-
-
-class _Blocked(Exception):
-    """A folder (OUTBOX, done/, failed/, the journal's) cannot be written: pause intake,
-    keep the file, resume when a probe write into ``folder`` succeeds."""
-
-    def __init__(self, folder: Path, reason: str, *, journal: bool = False) -> None:
-        super().__init__(reason)
-        self.folder = folder
-        self.reason = reason
-        self.journal = journal
-
-
-@dataclass(order=True)
-class _Item:
-    due: float
-    seq: int
-    ready: Ready | None = dataclasses.field(default=None, compare=False)
-    claimed: Path | None = dataclasses.field(default=None, compare=False)
-    rel: Path | None = dataclasses.field(default=None, compare=False)
-    input_error: BgremoveError | None = dataclasses.field(default=None, compare=False)
-
-
-class _Scheduler:
-    """Work items by due time; workers block in ``get``."""
-
-    def __init__(self) -> None:
-        self._heap: list[_Item] = []
-        self._seq = itertools.count()
-        self._cond = threading.Condition()
-        self._closed = False
-
-    def put(self, due: float = 0.0, **fields: Any) -> None:
-        with self._cond:
-            heapq.heappush(self._heap, _Item(due, next(self._seq), **fields))
-            self._cond.notify()
-
-    def get(self, timeout: float) -> _Item | None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                if self._closed:
-                    return None
-                if self._heap and self._heap[0].due <= now:
-                    return heapq.heappop(self._heap)
-                wait = deadline - now
-                if self._heap:
-                    wait = min(wait, self._heap[0].due - now)
-                if wait <= 0 and now >= deadline:
-                    return None
-                self._cond.wait(max(wait, 0.001))
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._heap)
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-
-def settings_fingerprint(config: Config, backend_name: str) -> str:
-    """What makes two cut-outs of one image differ: backend and output options."""
-    output = dataclasses.asdict(config.output)
-    output.pop("suffix", None)  # names files next to their input; unused by the daemon
-    parts: dict[str, Any] = {"backend": backend_name, "output": output,
-                             "max_pixels": config.input.max_pixels}
-    if backend_name == "wavespeed":  # what is uploaded decides the cut-out's detail
-        parts["upload"] = {"max_side": config.wavespeed.max_upload_side,
-                           "max_bytes": config.wavespeed.max_upload_bytes}
-    if backend_name == "local":
-        parts["local"] = {"model": config.local.model, "refine": config.local.refine,
-                          "refine_size": config.local.refine_size}
-    blob = json.dumps(parts, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Daemon:
@@ -194,7 +106,7 @@ class Daemon:
         self._backend_factory = backend_factory
         self._backend: Backend | None = None
         self.tracker = ReadinessTracker(self.watch.stable_seconds, self.watch.settle_seconds)
-        self.scheduler = _Scheduler()
+        self.scheduler = Scheduler()
         self.journal: Journal | None = None
         self.claims = Claims(layout.claims, self.owner,
                              stale_seconds=self.watch.stale_claim_seconds)
@@ -207,9 +119,7 @@ class Daemon:
         self._in_flight = 0
         self._busy_workers = 0
         self._threads: list[threading.Thread] = []
-        self._output_blocked: str | None = None
-        self._blocked_folder: Path | None = None
-        self._blocked_journal = False
+        self.health = FolderHealth(layout.outbox, self.staging)
         self._heartbeat_failing = False
         self._unexpected: dict[Path, int] = {}
         self._unsaved_tasks: dict[str, str] = {}  # key -> task id the journal could not take
@@ -245,7 +155,7 @@ class Daemon:
     # -- status -----------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        paused = self._output_blocked or (self.guard.paused if self.guard else None)
+        paused = self.health.blocked or (self.guard.paused if self.guard else None)
         if self.watcher.offline:
             paused = "INBOX unreachable"
         with self._lock:
@@ -370,8 +280,8 @@ class Daemon:
                 self._heartbeat()
                 self.claims.heartbeat()
                 next_beat = now + HEARTBEAT_SECONDS
-            if self._output_blocked and now >= next_probe:
-                self._probe_output()
+            if self.health.blocked and now >= next_probe:
+                self.health.probe(self._heartbeat)
                 next_probe = now + OUTPUT_PROBE_SECONDS
             if not self.watch.once:
                 if now >= next_supervise:
@@ -480,7 +390,7 @@ class Daemon:
 
     def _intake_open(self) -> bool:
         """Wait while a folder is unwritable or the cost cap is reached; False to re-check."""
-        if self._output_blocked is not None:
+        if self.health.blocked is not None:
             self.cancel.wait(0.25)
             return False
         guard = self.guard
@@ -547,8 +457,8 @@ class Daemon:
         """Work on a claimed file; whatever goes wrong, the file is requeued or failed."""
         try:
             self._process_inner(claimed, rel, input_error)
-        except _Blocked as exc:
-            self._block(exc.folder, exc.reason, journal=exc.journal)
+        except FolderBlocked as exc:
+            self.health.block(exc.folder, exc.reason, journal=exc.journal)
             self._requeue(claimed, rel, input_error, OUTPUT_PROBE_SECONDS)
         except sqlite3.Error as exc:
             self._block_journal(exc)
@@ -644,7 +554,7 @@ class Daemon:
         except CancelledError:
             log.info("%s: interrupted by shutdown; it resumes on the next start", shown(rel))
             return
-        except _Blocked as exc:
+        except FolderBlocked as exc:
             self.journal.count_attempt(job.key, kind="output", message=exc.reason)
             raise
         except BgremoveError as exc:
@@ -670,7 +580,7 @@ class Daemon:
         journal, key = self.journal, job.key
         staged = self.staging / f"{key[:24]}{self._ext}"
         if job.state in ("claimed", "submitted"):
-            self._check_output_dir(rel)
+            check_output_dir(self.layout.outbox / rel.parent)
             resume = job.task_id if job.state == "submitted" else self._unsaved_tasks.get(key)
             guard = self.guard
             assert guard is not None
@@ -714,7 +624,8 @@ class Daemon:
             self._unsaved_tasks.pop(key, None)
             job = self._reload(key)
         if job.state in ("staged", "placing"):
-            output = self._place(job, staged, rel)
+            output = place_staged(journal, job, staged,
+                                  self.layout.output_for(rel, self._ext), rel)
             journal.update(key, state="placed", output=str(output))
             job = self._reload(key)
         if job.state == "placed":
@@ -725,14 +636,14 @@ class Daemon:
         return job
 
     def _move(self, claimed: Path, folder: Path, rel: Path) -> Path:
-        """Move a claimed original to done/ or failed/; ``_Blocked`` if that folder fails."""
+        """Move a claimed original to done/ or failed/; ``FolderBlocked`` if that folder fails."""
         try:
             target = move_no_replace(claimed, folder / rel)
         except OSError as exc:
             if not os.path.lexists(claimed):
                 raise  # not a folder problem: the file is gone
-            raise _Blocked(folder, f"cannot move {shown(rel)} into {shown(folder)}: "
-                                   f"{exc.strerror or exc}") from None
+            raise FolderBlocked(folder, f"cannot move {shown(rel)} into {shown(folder)}: "
+                                        f"{exc.strerror or exc}") from None
         self.claims.release(claimed)
         return target
 
@@ -741,42 +652,6 @@ class Daemon:
         job = self.journal.get(key)
         assert job is not None
         return job
-
-    def _check_output_dir(self, rel: Path) -> None:
-        folder = self.layout.outbox / rel.parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create {shown(folder)}: {exc.strerror or exc}") from None
-
-    def _place(self, job: Job, staged: Path, rel: Path) -> Path:
-        """Give the staged cut-out a free name in OUTBOX (never replacing a file)."""
-        assert self.journal is not None
-        preferred = self.layout.output_for(rel, self._ext)
-        if job.state == "placing" and job.output:
-            chosen = Path(job.output)
-            if chosen.exists() and (not staged.exists() or os.path.samefile(chosen, staged)):
-                if staged.exists():
-                    os.unlink(staged)
-                return chosen
-        if not staged.exists():
-            # staged output lost (should not happen): fetch the result again
-            self.journal.update(job.key, state="submitted" if job.task_id else "claimed")
-            raise OutputError(f"the staged result of {shown(rel)} is missing; fetching it again")
-        try:
-            preferred.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create {shown(preferred.parent)}: "
-                              f"{exc.strerror or exc}") from None
-        for candidate in candidate_names(preferred):
-            if os.path.lexists(candidate):
-                continue
-            self.journal.update(job.key, state="placing", output=str(candidate))
-            if link_no_replace(staged, candidate):
-                if staged.exists():
-                    os.unlink(staged)
-                return candidate
-        raise OutputError(f"no free output name for {shown(rel)} in {shown(preferred.parent)}")
 
     # -- outcomes ---------------------------------------------------------------
 
@@ -797,7 +672,7 @@ class Daemon:
         code = getattr(exc, "code", None) if isinstance(exc, TaskFailedError) else \
             getattr(exc, "status_code", None)
         if isinstance(exc, OutputError):
-            newly = self._block(self.layout.outbox, str(exc))
+            newly = self.health.block(self.layout.outbox, str(exc))
             if newly:
                 self.journal.add_event("warning", input=str(rel), error_kind=exc.kind,
                                        error=str(exc))
@@ -851,29 +726,7 @@ class Daemon:
                 latest = self.journal.get(job.key) or job
             except sqlite3.Error:
                 latest = job
-        hint = "move the file back into INBOX to try again"
-        if isinstance(exc, SubmitUncertainError):
-            hint += " (it may already have been billed once)"
-        report = {
-            "input": shown(rel),
-            "error": shown(exc),
-            "kind": exc.kind,
-            "code": getattr(exc, "code", None) or getattr(exc, "status_code", None),
-            "transient": bool(exc.transient),
-            "attempts": attempts or max(latest.attempts if latest else 1, 1),
-            "first_error": _iso((latest.first_error if latest else None) or time.time()),
-            "failed_at": _iso(time.time()),
-            "task_id": latest.task_id if latest else None,
-            "note": note,
-            "hint": hint,
-        }
-        error_file = target.with_name(fit_name(target.name, ".error.json"))
-        temp = target.with_name(fit_name(f".{target.name}", ".error.json.tmp"))
-        try:
-            temp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-            os.replace(temp, error_file)  # readers never see half a report
-        except OSError as exc2:
-            log.warning("cannot write %s: %s", shown(error_file), exc2)
+        write_error_report(target, rel, exc, latest, note=note, attempts=attempts)
         with self._lock:
             self.session["failed"] += 1
         log.error("failed %s -> %s: %s%s", shown(rel), shown(target), shown(exc),
@@ -894,48 +747,6 @@ class Daemon:
 
     # -- folder health --------------------------------------------------------------
 
-    def _block(self, folder: Path, reason: str, *, journal: bool = False) -> bool:
-        """Pause intake until ``folder`` can be written; True when this starts an outage."""
-        with self._lock:
-            newly = self._output_blocked is None
-            if newly:
-                self._blocked_folder, self._blocked_journal = folder, journal
-            self._output_blocked = reason
-        if newly:
-            what = "OUTBOX" if folder == self.layout.outbox else (
-                "the journal folder" if journal else "folder")
-            log.error("%s %s cannot be written (%s): inputs are kept, intake paused until it "
-                      "can", what, shown(folder), shown(reason),
-                      extra={"event": "warning", "error_kind": "output"})
-        return newly
-
     def _block_journal(self, exc: Exception) -> None:
         assert self.journal is not None
-        self._block(self.journal.path.parent, f"the journal {shown(self.journal.path)} "
-                    f"cannot be written: {exc}", journal=True)
-
-    def _probe_output(self) -> None:
-        folder = self._blocked_folder or self.layout.outbox
-        try:
-            self.staging.mkdir(parents=True, exist_ok=True)
-            for target in {self.staging, folder}:
-                target.mkdir(parents=True, exist_ok=True)
-                probe = target / f".bgremove-probe-{os.getpid()}"
-                with open(probe, "wb") as fh:
-                    fh.write(b"\0" * 65536)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.unlink(probe)
-        except OSError:
-            return
-        if self._blocked_journal and not self._heartbeat():
-            return
-        log.warning("%s is writable again: resuming", shown(folder))
-        with self._lock:
-            self._output_blocked = None
-            self._blocked_folder = None
-            self._blocked_journal = False
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+        self.health.block_journal(self.journal.path, exc)

@@ -1,0 +1,52 @@
+"""The report left next to a failed input: ``failed/<name>.error.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.errors import SubmitUncertainError
+from watcher.naming import fit_name, shown
+
+if TYPE_CHECKING:
+    from core.errors import BgremoveError
+    from watcher.journal import Job
+
+log = logging.getLogger(__name__)
+
+
+def write_error_report(target: Path, rel: Path, exc: BgremoveError, latest: Job | None, *,
+                       note: str | None, attempts: int | None) -> None:
+    """Write the report for ``target`` (the input, now in failed/) atomically; an OSError
+    is only logged."""
+    hint = "move the file back into INBOX to try again"
+    if isinstance(exc, SubmitUncertainError):
+        hint += " (it may already have been billed once)"
+    report = {
+        "input": shown(rel),
+        "error": shown(exc),
+        "kind": exc.kind,
+        "code": getattr(exc, "code", None) or getattr(exc, "status_code", None),
+        "transient": bool(exc.transient),
+        "attempts": attempts or max(latest.attempts if latest else 1, 1),
+        "first_error": _iso((latest.first_error if latest else None) or time.time()),
+        "failed_at": _iso(time.time()),
+        "task_id": latest.task_id if latest else None,
+        "note": note,
+        "hint": hint,
+    }
+    error_file = target.with_name(fit_name(target.name, ".error.json"))
+    temp = target.with_name(fit_name(f".{target.name}", ".error.json.tmp"))
+    try:
+        temp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        os.replace(temp, error_file)  # readers never see half a report
+    except OSError as exc2:
+        log.warning("cannot write %s: %s", shown(error_file), exc2)
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

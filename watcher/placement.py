@@ -1,0 +1,50 @@
+"""Placing a staged cut-out in OUTBOX: a free name, never replacing a file, safe to repeat
+after a crash (the chosen name is journaled before the link)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.errors import OutputError
+from watcher.naming import candidate_names, link_no_replace, shown
+
+if TYPE_CHECKING:
+    from watcher.journal import Job, Journal
+
+
+def check_output_dir(folder: Path) -> None:
+    """Create ``folder`` (an OUTBOX sub-folder) now: an OutputError before anything is sent."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {shown(folder)}: {exc.strerror or exc}") from None
+
+
+def place_staged(journal: Journal, job: Job, staged: Path, preferred: Path, rel: Path) -> Path:
+    """Give the staged cut-out a free name in OUTBOX (never replacing a file)."""
+    if job.state == "placing" and job.output:
+        chosen = Path(job.output)
+        if chosen.exists() and (not staged.exists() or os.path.samefile(chosen, staged)):
+            if staged.exists():
+                os.unlink(staged)
+            return chosen
+    if not staged.exists():
+        # staged output lost (should not happen): fetch the result again
+        journal.update(job.key, state="submitted" if job.task_id else "claimed")
+        raise OutputError(f"the staged result of {shown(rel)} is missing; fetching it again")
+    try:
+        preferred.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {shown(preferred.parent)}: "
+                          f"{exc.strerror or exc}") from None
+    for candidate in candidate_names(preferred):
+        if os.path.lexists(candidate):
+            continue
+        journal.update(job.key, state="placing", output=str(candidate))
+        if link_no_replace(staged, candidate):
+            if staged.exists():
+                os.unlink(staged)
+            return candidate
+    raise OutputError(f"no free output name for {shown(rel)} in {shown(preferred.parent)}")
