@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from core.backends import Backend, JobHooks
     from core.config import Config, OutputConfig
+    from core.imaging import SourceImage
 
 
 @dataclass(frozen=True)
@@ -72,15 +73,22 @@ def remove_file(
     backend: Backend,
     config: Config,
     hooks: JobHooks | None = None,
+    *,
+    source: SourceImage | None = None,
 ) -> JobResult:
-    """Cut out ``src`` into ``dst``; raises ``BgremoveError`` on failure."""
+    """Cut out ``src`` into ``dst``; raises ``BgremoveError`` on failure.
+
+    ``source`` is ``src`` already decoded by the caller (the daemon decodes each
+    file to know it is complete), so it is not decoded a second time.
+    """
     from core.backends import JobHooks
     from core.imaging import compose, fit_alpha, load_image, save_image
 
     hooks = hooks or JobHooks()
     started = time.monotonic()
     hooks.report("prepare", 0.0)
-    source = load_image(src, max_pixels=config.input.max_pixels)
+    if source is None:
+        source = load_image(src, max_pixels=config.input.max_pixels)
     hooks.check_cancel()
     cutout = backend.cut_out(source.image, hooks)
     # No cancel check from here on: the cut-out is done (and maybe paid for), so keep it.

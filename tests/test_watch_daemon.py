@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -663,3 +664,26 @@ def test_status_counts_waiting_files_when_no_daemon_runs(tmp_path: Path,
     status = read_status(run.outbox / ".bgremove" / "journal.sqlite3")
     assert status["daemons"][0]["running"] is False
     assert status["queued"] == 3
+
+
+def test_each_file_is_decoded_once(tmp_path: Path, emulator_factory,  # type: ignore[no-untyped-def]
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.imaging
+
+    decoded: list[str] = []
+    real = core.imaging.load_image
+
+    def counting(path: Path, **kwargs: Any) -> Any:
+        decoded.append(Path(path).name)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(core.imaging, "load_image", counting)
+    emu = emulator_factory()
+    run = DaemonRun(tmp_path, emu, once=True)
+    for i in range(3):
+        write_image(run.inbox / f"{i}.png", 150 + i)
+    run.start()
+    run.thread.join(20)  # type: ignore[union-attr]
+    assert run.stop() == 0
+    assert files(run.done) == ["0.png", "1.png", "2.png"]
+    assert sorted(decoded) == ["0.png", "1.png", "2.png"]  # the readiness check's decode is reused

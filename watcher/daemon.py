@@ -73,6 +73,7 @@ from watcher.scheduler import Scheduler
 if TYPE_CHECKING:
     from core.backends import Backend
     from core.config import Config
+    from core.imaging import SourceImage
 
 log = logging.getLogger(__name__)
 
@@ -418,8 +419,9 @@ class Daemon:
         if rel is None or self.stopping:
             return False
         input_error: BgremoveError | None = None
+        source: SourceImage | None = None
         try:
-            load_image(path, max_pixels=self.config.input.max_pixels)
+            source = load_image(path, max_pixels=self.config.input.max_pixels)
         except InputNotFoundError:
             return False
         except ImageTooLargeError as exc:
@@ -450,13 +452,17 @@ class Daemon:
         if claimed is None:
             log.debug("%s was taken by another daemon", shown(rel))
             return False
-        self._process(claimed, rel, input_error)
+        self._process(claimed, rel, input_error, source)
         return False
 
-    def _process(self, claimed: Path, rel: Path, input_error: BgremoveError | None) -> None:
-        """Work on a claimed file; whatever goes wrong, the file is requeued or failed."""
+    def _process(self, claimed: Path, rel: Path, input_error: BgremoveError | None,
+                 source: SourceImage | None = None) -> None:
+        """Work on a claimed file; whatever goes wrong, the file is requeued or failed.
+
+        ``source`` is the file as decoded by the readiness check, when there was one.
+        """
         try:
-            self._process_inner(claimed, rel, input_error)
+            self._process_inner(claimed, rel, input_error, source)
         except FolderBlocked as exc:
             self.health.block(exc.folder, exc.reason, journal=exc.journal)
             self._requeue(claimed, rel, input_error, OUTPUT_PROBE_SECONDS)
@@ -502,8 +508,8 @@ class Daemon:
             self.session["retries"] += 1
         self._requeue(claimed, rel, input_error, delay)
 
-    def _process_inner(self, claimed: Path, rel: Path,
-                       input_error: BgremoveError | None) -> None:
+    def _process_inner(self, claimed: Path, rel: Path, input_error: BgremoveError | None,
+                       source: SourceImage | None) -> None:
         assert self.journal is not None
         started = time.monotonic()
         try:
@@ -539,7 +545,7 @@ class Daemon:
             with self._lock:
                 self._in_flight += 1
             try:
-                self._run_job(begin.job, claimed, rel, started)
+                self._run_job(begin.job, claimed, rel, started, source)
             finally:
                 with self._lock:
                     self._in_flight -= 1
@@ -547,10 +553,11 @@ class Daemon:
             with self._lock:
                 self._active_keys.discard(key)
 
-    def _run_job(self, job: Job, claimed: Path, rel: Path, started: float) -> None:
+    def _run_job(self, job: Job, claimed: Path, rel: Path, started: float,
+                 source: SourceImage | None) -> None:
         assert self.journal is not None
         try:
-            job = self._advance(job, claimed, rel)
+            job = self._advance(job, claimed, rel, source)
         except CancelledError:
             log.info("%s: interrupted by shutdown; it resumes on the next start", shown(rel))
             return
@@ -572,7 +579,7 @@ class Daemon:
                  extra={"event": "done", "input": shown(rel), "output": shown(job.output),
                         "seconds": round(seconds, 3), "task_id": job.task_id})
 
-    def _advance(self, job: Job, claimed: Path, rel: Path) -> Job:
+    def _advance(self, job: Job, claimed: Path, rel: Path, source: SourceImage | None) -> Job:
         """Take a job from its journaled state to done; each step is safe to repeat."""
         assert self.journal is not None and self._backend is not None
         from core.jobs import remove_file
@@ -615,7 +622,8 @@ class Daemon:
 
             hooks = JobHooks(cancel=self.cancel, on_task=on_task, resume_task=resume)
             try:
-                result = remove_file(claimed, staged, self._backend, self.config, hooks)
+                result = remove_file(claimed, staged, self._backend, self.config, hooks,
+                                     source=source)
             finally:
                 if reserved:  # no task id was reported: a local backend, or nothing was sent
                     guard.release()
