@@ -18,6 +18,7 @@ empty folder) so a developer's own key or config file never leaks into a test.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,19 @@ def keyed_png(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def no_leaked_threads() -> Iterator[None]:
+    """Fail the test if threads it started are still alive (watcher tests use it)."""
+    from tests.test_watch_support import check_threads
+
+    before = set(threading.enumerate())
+    yield
+    check_threads(before)
+
+
+@pytest.fixture(params=["native", "polling"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """The hot-folder daemon's watching mode: native file events, then the polling observer."""
+    return str(request.param)

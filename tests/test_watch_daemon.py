@@ -22,24 +22,14 @@ from tests import images as img
 from tests.test_watch_support import (
     DaemonRun,
     LogLines,
-    check_threads,
     files,
     image_bytes,
     wait_until,
     write_image,
 )
 
-
-@pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    check_threads(before)
-
-
-@pytest.fixture(params=["native", "polling"])
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+# Every test here fails if it leaves a thread behind (fixtures in tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 
 
 @pytest.fixture

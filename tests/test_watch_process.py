@@ -8,27 +8,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from core.emulator import Emulator, Fault
-from tests.test_watch_support import check_threads, files, wait_until, write_image
+from tests.test_watch_support import files, wait_until, write_image
 
-
-@pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    check_threads(before)
-
-
-@pytest.fixture(params=["native", "polling"])
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+# Every test here fails if it leaves a thread behind (fixtures in tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 
 
 class Proc:
