@@ -90,13 +90,20 @@ class WaveSpeedBackend:
                 image, max_bytes=self.config.wavespeed.max_upload_bytes,
                 max_side=self.config.wavespeed.max_upload_side)
             hooks.check_cancel()
-            url = self.client.upload(upload.data, upload.filename, upload.content_type, ctx=ctx)
-            hooks.report("upload", 0.3)
-            hooks.check_cancel()
-            hooks.report("wait", 0.3)
-            prediction = self.client.run(url, sync=self.wait_mode == "sync", ctx=ctx,
-                                         on_task=hooks.on_task,
-                                         progress=_scaled(hooks, "wait", 0.3, 0.8))
+            found = self._find_lost(upload.data, ctx, hooks) if hooks.lost_submit else None
+            if found is not None:
+                prediction = found
+            else:
+                url = self.client.upload(upload.data, upload.filename, upload.content_type,
+                                         ctx=ctx)
+                hooks.report("upload", 0.3)
+                hooks.check_cancel()
+                hooks.report("wait", 0.3)
+                prediction = self.client.run(url, sync=self.wait_mode == "sync", ctx=ctx,
+                                             on_task=hooks.on_task,
+                                             progress=_scaled(hooks, "wait", 0.3, 0.8),
+                                             upload=upload.data, on_submit=hooks.on_submit,
+                                             known=hooks.known_tasks)
         hooks.report("wait", 0.8)
         hooks.check_cancel()
         hooks.report("download", 0.8)
@@ -106,6 +113,21 @@ class WaveSpeedBackend:
         log.debug("task %s: %d requests", prediction.id, ctx.requests)
         return Cutout(alpha=alpha, backend=self.name, task_id=prediction.id,
                       requests=ctx.requests)
+
+    def _find_lost(self, data: bytes, ctx: CallContext, hooks: JobHooks) -> Prediction | None:
+        """A crash during a submit: its task (waited on), or None when none was created."""
+        assert hooks.lost_submit is not None
+        sent_at, url = hooks.lost_submit
+        hooks.report("wait", 0.3)
+        found = self.client.find_lost_task(url, data, sent_at, ctx=ctx, known=hooks.known_tasks)
+        if found is None:
+            return None
+        if hooks.on_task is not None:
+            hooks.on_task(found.id)
+        if found.status == "completed":
+            return found
+        return self.client.wait(found.id, ctx=ctx, poll_first=True,
+                                progress=_scaled(hooks, "wait", 0.3, 0.8))
 
     def _resume(self, task_id: str, ctx: CallContext, hooks: JobHooks) -> Prediction:
         """Wait on a task submitted before (a restart); unknown -> TaskFailedError not_found."""
