@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "core.commands.doctor",
     "core.commands.emulator",
     "core.commands.models",
+    "core.commands.tasks",
     "watcher.cli",
     "plugin_gimp.cli",
 )

@@ -174,7 +174,7 @@ class Reconciler:
                     unknown.append(task.id)
                     continue
                 if upload_image is None:
-                    upload_image = _decode(sent.upload)
+                    upload_image = decode_image(sent.upload)
                 verdict = self._compare(task, digest, upload_image, ctx)
                 if verdict is None:
                     unknown.append(task.id)
@@ -265,7 +265,7 @@ class Reconciler:
                 return self._verdicts[task.id, digest]
         try:
             data = self._client.download_output(task, ctx=ctx)
-            verdict = cutout_matches(_decode(data), upload)
+            verdict = cutout_matches(decode_image(data), upload)
         except ValueError:
             verdict = None  # an output that does not decode cannot be compared
         with self._lock:
@@ -281,7 +281,7 @@ class _Window:
     clock_checked: bool
 
 
-def _decode(data: bytes) -> Image.Image:
+def decode_image(data: bytes) -> Image.Image:
     """An image file's pixels; ``ValueError`` when it does not decode."""
     import io
 

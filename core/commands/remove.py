@@ -164,6 +164,7 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Any, config: Any, *,
     """Run every job on a pool of ``config.concurrency`` threads; report each as it ends."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
+    from core import tasklog
     from core.backends import CancelToken, JobHooks
 
     out = out or sys.stdout
@@ -176,7 +177,14 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Any, config: Any, *,
     check_output = OutputCheck()
 
     def one(src: Path, dst: Path) -> JobResult:
-        return _run_one(src, dst, backend, config, JobHooks(cancel=cancel), check_output)
+        def on_task(task_id: str) -> None:
+            tasklog.record(task_id, input=src)
+
+        result = _run_one(src, dst, backend, config, JobHooks(cancel=cancel, on_task=on_task),
+                          check_output)
+        if result.task_id and result.output:
+            tasklog.record(result.task_id, output=result.output)
+        return result
 
     pool = ThreadPoolExecutor(max_workers=max(1, min(config.concurrency, len(plan) or 1)),
                               thread_name_prefix="bgremove")
