@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 #: A channel may differ by this much (decoders, colour conversion).
-TOLERANCE = 8
+TOLERANCE = 3
 #: The share of compared pixels allowed to differ by more.
 MISMATCH_SHARE = 0.01
 

@@ -35,6 +35,7 @@ FAST_TEST_SETTINGS: dict[str, Any] = {
     "wavespeed.poll.max": 0.2,
     "wavespeed.retry.backoff_initial": 0.01,
     "wavespeed.retry.backoff_max": 0.1,
+    "wavespeed.reconcile.settle": 0.3,
 }
 
 
