@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.errors import InputError, ServiceError
+from core.errors import APIStatusError, InputError, ServiceError
 
 if TYPE_CHECKING:
     from core.config import Config
@@ -44,8 +44,15 @@ class TaskRow:
 def recent_tasks(client: WaveSpeedClient) -> list[TaskRow]:
     """The background-removal tasks of the last 7 days, newest first."""
     from core import tasklog
+    from core.wavespeed_reconcile import NO_LIST
 
-    listing = client.list_predictions(created_after=client.wall_clock() - KEPT_SECONDS)
+    try:
+        listing = client.list_predictions(created_after=client.wall_clock() - KEPT_SECONDS)
+    except APIStatusError as exc:
+        if exc.status_code not in NO_LIST:
+            raise
+        raise ServiceError(f"the service offers no task list (HTTP {exc.status_code})",
+                           hint="check wavespeed.base_url points at the WaveSpeed API") from None
     known = tasklog.read()
     rows = []
     for item in listing.items:
