@@ -5,9 +5,9 @@ Heavy libraries (httpx, Pillow, onnxruntime) load only when first used, so the
 command line starts fast.
 """
 
-from core.backends import Backend, CancelToken, Cutout, JobHooks, make_backend
-from core.config import Config, load_config
-from core.errors import (
+from bgremove.backends import Backend, CancelToken, Cutout, JobHooks, make_backend
+from bgremove.config import Config, load_config
+from bgremove.errors import (
     AccountSuspendedError,
     APIStatusError,
     AuthenticationError,
@@ -33,7 +33,7 @@ from core.errors import (
     TransportError,
     UnreadableImageError,
 )
-from core.jobs import JobResult, output_path_for, remove_file
+from bgremove.jobs import JobResult, output_path_for, remove_file
 
 __version__ = "0.1.0"
 

@@ -1,11 +1,11 @@
 """Host side of the real-GIMP tests and benchmark (this file runs on the host, not in GIMP).
 
     root = ensure_root()          # scripts/gimp-root.sh: a cached Debian trixie root with GIMP 3
-    prepare_root(root)            # copy core/ and plugin_gimp/ in, `bgremove gimp install`
+    prepare_root(root)            # copy the package in as installed, `bgremove gimp install`
     result = run_batch(root, "run_procedure.py", params, files, env)
 
 The plug-in is installed the way a user does it: the root's venv python runs
-``python -m core gimp install``, so the interpreter recorded in
+``python -m bgremove gimp install``, so the interpreter recorded in
 ``bgremove-gimp.json`` is that venv's (Python 3.13, Debian's httpx/Pillow/PyYAML,
 the repo on a .pth path). GIMP runs chrooted with a clean environment
 (``env -i``); the emulator on the host's 127.0.0.1 is reachable from inside
@@ -87,12 +87,15 @@ def gimp_lock(root: Path) -> Iterator[None]:
 
 
 def prepare_root(root: Path) -> str:
-    """Copy the repo's packages into the root and install the plug-in; return its output."""
+    """Copy the package ``bgremove`` into the root and install the plug-in; return its output."""
     src = root / SRC_IN_ROOT
     with gimp_lock(root):
         staging = Path(tempfile.mkdtemp(prefix="src.", dir=src.parent))
-        for package in ("core", "plugin_gimp"):
-            shutil.copytree(REPO / package, staging / package,
+        # The installed layout (pyproject.toml's package-dir): core/ is the package
+        # ``bgremove``, watcher/ and plugin_gimp/ its subpackages.
+        for folder, target in (("core", "bgremove"), ("watcher", "bgremove/watcher"),
+                               ("plugin_gimp", "bgremove/plugin_gimp")):
+            shutil.copytree(REPO / folder, staging / target,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         old = src.with_name("src.old")
         if src.exists():
@@ -100,7 +103,7 @@ def prepare_root(root: Path) -> str:
         staging.rename(src)
         shutil.rmtree(old, ignore_errors=True)
         done = subprocess.run(
-            chroot_command(root, [VENV_PYTHON, "-m", "core", "gimp", "install",
+            chroot_command(root, [VENV_PYTHON, "-m", "bgremove", "gimp", "install",
                                   "--plugins-dir", PLUGINS_IN_ROOT]),
             capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
