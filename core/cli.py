@@ -19,8 +19,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bgremove import __version__
 from bgremove.errors import BgremoveError, ConfigError
+from bgremove.version import __version__
 
 log = logging.getLogger("bgremove")
 

@@ -279,11 +279,11 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
     """Handle one request from ``stdin``; return the process exit code."""
     out = Output(stdout)
     try:
-        from bgremove import __version__
         from bgremove.backends import CancelToken, JobHooks, make_backend
         from bgremove.config import load_config
         from bgremove.errors import BgremoveError, CancelledError
         from bgremove.logs import register_secret, setup_logging
+        from bgremove.version import __version__
     except ImportError as exc:
         out.error("environment", broken_environment_message(str(exc)))
         return EXIT_ERROR

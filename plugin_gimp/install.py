@@ -100,7 +100,7 @@ def install(plugins_dir: Path | None = None, *, python: str | None = None) -> li
     Returns the installed plug-in files. Raises ``OutputError`` when a folder
     cannot be written.
     """
-    from bgremove import __version__
+    from bgremove.version import __version__
 
     targets = [plugins_dir] if plugins_dir is not None else default_plugin_dirs()
     python = python or sys.executable

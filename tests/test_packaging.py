@@ -7,12 +7,15 @@ and lists every subpackage by hand, so a new folder must be added there.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from bgremove.version import __version__
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
@@ -50,11 +53,20 @@ def test_every_package_folder_is_listed_in_pyproject() -> None:
 
 @pytest.mark.timeout(600)
 def test_the_wheel_installs_exactly_bgremove(tmp_path: Path) -> None:
+    # Built from a copy: setuptools writes build/ and *.egg-info beside the sources.
+    src = tmp_path / "src"
+    for folder in (*FOLDERS.values(), "pyproject.toml", "README.md"):
+        if (REPO / folder).is_dir():
+            shutil.copytree(REPO / folder, src / folder,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO / folder, src / folder)
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
-         str(tmp_path), str(REPO)], capture_output=True, text=True, check=False)
+         str(tmp_path), str(src)], capture_output=True, text=True, check=False)
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = tmp_path.glob("bgremove-*.whl")
+    assert wheel.name.startswith(f"bgremove-{__version__}-")  # the version has one source
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/")[0] for name in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"bgremove"}

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, NoReturn
 
 import httpx
 
-from bgremove import __version__
 from bgremove.errors import APIStatusError, MissingKeyError, ServiceTimeoutError
 from bgremove.logs import register_secret
+from bgremove.version import __version__
 from bgremove.wavespeed._answers import (
     Prediction,
     discard,
