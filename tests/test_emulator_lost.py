@@ -116,7 +116,7 @@ def test_list_pages(emulator_factory: Callable[..., Emulator],
     assert [len(p["items"]) for p in pages] == [2, 2, 1, 0]
     assert [p["page"] for p in pages] == [1, 2, 3, 4]
     assert all(p["total"] == 5 for p in pages)
-    assert sum((_ids(p) for p in pages), []) == ids[::-1]
+    assert [i for p in pages for i in _ids(p)] == ids[::-1]
     assert _ids(clamped) == ids[::-1][:3]  # served at most list_page_size_max per page
     assert default["page"] == 1 and _ids(default) == ids[::-1][:3]
 
