@@ -1,7 +1,7 @@
 """The account's recent tasks, and their results fetched again (``bgremove tasks``/``fetch``).
 
 The service keeps tasks and their outputs 7 days. ``recent_tasks`` joins its
-list with this machine's task log (``core.tasklog``): which input a task was
+list with this machine's task log (``bgremove.tasklog``): which input a task was
 for, and whether its result was saved here. ``fetch_result`` downloads a
 finished task's output again (after a crash that lost a journal, or for a
 task run in the web playground) and, given the original image, applies it
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.errors import APIStatusError, InputError, ServiceError
+from bgremove.errors import APIStatusError, InputError, ServiceError
 
 if TYPE_CHECKING:
-    from core.config import Config
-    from core.wavespeed_client import WaveSpeedClient
+    from bgremove.config import Config
+    from bgremove.wavespeed import WaveSpeedClient
 
 #: How far back the service keeps tasks.
 KEPT_SECONDS = 7 * 24 * 3600.0
@@ -43,8 +43,8 @@ class TaskRow:
 
 def recent_tasks(client: WaveSpeedClient) -> list[TaskRow]:
     """The background-removal tasks of the last 7 days, newest first."""
-    from core import tasklog
-    from core.wavespeed_reconcile import NO_LIST
+    from bgremove import tasklog
+    from bgremove.wavespeed._reconcile import NO_LIST
 
     try:
         listing = client.list_predictions(created_after=client.wall_clock() - KEPT_SECONDS)
@@ -72,10 +72,17 @@ def fetch_result(client: WaveSpeedClient, config: Config, task_id: str, *,
     (default: the current folder). With it: the mask applied to that original
     as ``remove`` would (same output name and settings).
     """
-    from core import tasklog
-    from core.imaging import alpha_from_bytes, compose, fit_alpha, load_image, save_image
-    from core.jobs import output_path_for
-    from core.wavespeed_errors import task_error
+    from bgremove import tasklog
+    from bgremove.imaging import (
+        alpha_from_bytes,
+        compose,
+        decode_image,
+        fit_alpha,
+        load_image,
+        save_image,
+    )
+    from bgremove.jobs import output_path_for
+    from bgremove.wavespeed._errors import task_error
 
     ctx = client.context()
     source = load_image(input, max_pixels=config.input.max_pixels) if input else None
@@ -88,8 +95,6 @@ def fetch_result(client: WaveSpeedClient, config: Config, task_id: str, *,
     data = client.download_output(prediction, ctx=ctx)
     alpha = alpha_from_bytes(data)
     if source is None or input is None:
-        from core.wavespeed_reconcile import decode_image
-
         dst = (out_dir or Path.cwd()) / f"{task_id}.png"
         save_image(decode_image(data), dst, fmt="png")
     else:

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from core.cli import main
-from core.emulator import Emulator, Fault, keyout_alpha
+from bgremove.cli import main
+from bgremove.emulator import Emulator, Fault, keyout_alpha
 from tests.conftest import configured, make_keyed_image
 from tests.holding_proxy import HoldingProxy
 from tests.test_watch_support import DaemonRun, files, wait_until
@@ -72,7 +72,7 @@ def assert_one_task_per_image(emu: Emulator, images: int) -> None:
 
 
 def write_config(path: Path, emu: Emulator, wait: str, keys: dict[str, Any]) -> Path:
-    from core.config import Config
+    from bgremove.config import Config
 
     config = configured(emu, {"wavespeed.wait": wait, **keys})
     assert isinstance(config, Config)
@@ -199,8 +199,8 @@ def test_watch_without_the_list_route_sends_the_file_to_failed_with_one_task(
 @pytest.mark.parametrize("off", [300.0, -300.0])
 def test_a_clock_five_minutes_off_fails_clearly_with_one_task(
         emulator_factory: Any, wait: str, off: float) -> None:
-    from core.errors import SubmitUncertainError
-    from core.wavespeed import WaveSpeedBackend
+    from bgremove.errors import SubmitUncertainError
+    from bgremove.wavespeed import WaveSpeedBackend
 
     emu = emulator_factory(faults=(Fault("drop", route="submit", first=1),))  # no task made
     backend = WaveSpeedBackend(configured(emu, {"wavespeed.wait": wait}),
@@ -216,7 +216,7 @@ def test_a_clock_five_minutes_off_fails_clearly_with_one_task(
 # -- kill -9 between sending a submit and reading its answer -----------------------------------
 
 class Watch:
-    """``python -m core watch`` as a process, its log in a file."""
+    """``python -m bgremove watch`` as a process, its log in a file."""
 
     def __init__(self, tmp: Path, base_url: str, key: str, name: str) -> None:
         config = tmp / "watch.yaml"
@@ -232,7 +232,7 @@ class Watch:
         env = dict(os.environ, WAVESPEED_API_KEY=key, WAVESPEED_BASE_URL=base_url,
                    PYTHONUNBUFFERED="1")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "core", "watch", str(tmp / "in"), str(tmp / "out"),
+            [sys.executable, "-m", "bgremove", "watch", str(tmp / "in"), str(tmp / "out"),
              "--config", str(config)], stdout=subprocess.DEVNULL, stderr=self._log,
             cwd=REPO, env=env)
 

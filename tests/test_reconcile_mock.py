@@ -23,12 +23,12 @@ import httpx
 import pytest
 from conftest import make_keyed_image
 
-from core.config import PollPolicy, ReconcilePolicy, RetryPolicy, WaveSpeedConfig
-from core.emulator import keyout_alpha
-from core.emulator.model import cutout_png
-from core.errors import SubmitUncertainError
-from core.imaging_match import cutout_matches
-from core.wavespeed_client import WaveSpeedClient
+from bgremove.config import PollPolicy, ReconcilePolicy, RetryPolicy, WaveSpeedConfig
+from bgremove.emulator import keyout_alpha
+from bgremove.emulator.model import cutout_png
+from bgremove.errors import SubmitUncertainError
+from bgremove.imaging import cutout_matches
+from bgremove.wavespeed import WaveSpeedClient
 
 KEY = "wsk-live-SECRET-reconcile-1"
 BASE = "https://api.wavespeed.test"

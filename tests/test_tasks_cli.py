@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from core.cli import main
-from core.emulator import Emulator, keyout_alpha
-from core.wavespeed_client import WaveSpeedClient
+from bgremove.cli import main
+from bgremove.emulator import Emulator, keyout_alpha
+from bgremove.wavespeed import WaveSpeedClient
 from tests.conftest import configured, make_keyed_image
 
 Run = Any

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from core.cli import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
-from core.errors import ConfigError
+from bgremove.cli import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
+from bgremove.errors import ConfigError
 
 
 def register(sub: Any) -> None:
@@ -35,8 +35,8 @@ def register(sub: Any) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from core.errors import MissingKeyError
-    from core.wavespeed_client import WaveSpeedClient
+    from bgremove.errors import MissingKeyError
+    from bgremove.wavespeed import WaveSpeedClient
 
     config = config_from_args(args)
     if not config.wavespeed.api_key:
@@ -45,7 +45,7 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def run_tasks(args: argparse.Namespace) -> int:
-    from core.recover import recent_tasks
+    from bgremove.recover import recent_tasks
 
     _, client = _client(args)
     with client:
@@ -69,8 +69,8 @@ def run_tasks(args: argparse.Namespace) -> int:
 def run_fetch(args: argparse.Namespace) -> int:
     import sys
 
-    from core.errors import BgremoveError
-    from core.recover import fetch_result
+    from bgremove.errors import BgremoveError
+    from bgremove.recover import fetch_result
 
     inputs = [Path(p) for p in args.input or []]
     if inputs and len(inputs) != len(args.task_ids):

@@ -66,3 +66,18 @@ def _blanked(image: Image.Image, mask: Image.Image) -> bool:
 
     extrema = ImageStat.Stat(image, mask=mask).extrema
     return all(band == (0, 0) for band in extrema) or all(band == (255, 255) for band in extrema)
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """An image file's pixels; ``ValueError`` when it does not decode."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()
+            image: Image.Image = opened.copy()
+            return image
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot decode the image: {exc}") from None

@@ -6,16 +6,16 @@ safe to share between threads. Every call has a named timeout
 ``CallContext``: its overall deadline, its cancel token and its request
 count.
 
-Retries follow ``core.retry``, whose docstring holds the submit policy: a
+Retries follow ``bgremove.retry``, whose docstring holds the submit policy: a
 submit is sent again only when no task can exist; a submit whose answer was
 lost raises ``SubmitUncertainError`` and is never resubmitted, because the
 task may exist and be billed. Any error answer that names a task, and a sync
 wait the service gave up on (504 with the id, code 5004), are followed by
 polling that task.
 
-Layers: ``core.wavespeed_http`` (headers, timeouts, the retry loop, the key
+Layers: ``bgremove.wavespeed._http`` (headers, timeouts, the retry loop, the key
 kept to the service's origin and out of every message),
-``core.wavespeed_answers`` (reading envelopes), ``core.wavespeed_errors``
+``bgremove.wavespeed._answers`` (reading envelopes), ``bgremove.wavespeed._errors``
 (the status table).
 """
 
@@ -34,15 +34,15 @@ from typing import TYPE_CHECKING, NoReturn
 
 import httpx
 
-from core import __version__
-from core.errors import (
+from bgremove.errors import (
     APIStatusError,
     MissingKeyError,
     ServiceTimeoutError,
     SubmitUncertainError,
 )
-from core.logs import register_secret
-from core.wavespeed_answers import (
+from bgremove.logs import register_secret
+from bgremove.version import __version__
+from bgremove.wavespeed._answers import (
     Listed,
     ListPage,
     Prediction,
@@ -54,13 +54,13 @@ from core.wavespeed_answers import (
     parse_ticket,
     parse_upload_url,
 )
-from core.wavespeed_errors import protocol_error, task_error
-from core.wavespeed_http import CallContext, ClientStats, Requester
-from core.wavespeed_reconcile import Reconciler, SentSubmit
+from bgremove.wavespeed._errors import protocol_error, task_error
+from bgremove.wavespeed._http import CallContext, ClientStats, Requester
+from bgremove.wavespeed._reconcile import Reconciler, SentSubmit
 
 if TYPE_CHECKING:
-    from core.backends import CancelToken
-    from core.config import WaveSpeedConfig
+    from bgremove.backends import CancelToken
+    from bgremove.config import WaveSpeedConfig
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class WaveSpeedClient:
         return self._upload_binary(data, filename, content_type, ctx)
 
     def submit(self, image_url: str, *, sync: bool, ctx: CallContext | None = None) -> Prediction:
-        """Create a task. See ``core.retry`` for when a submit is sent again (rarely).
+        """Create a task. See ``bgremove.retry`` for when a submit is sent again (rarely).
 
         Returns the prediction: completed (sync mode), or not yet done with its
         id (poll mode, or a sync wait the service gave up on): then ``wait``.
@@ -284,7 +284,7 @@ class WaveSpeedClient:
         """Submit and wait until completed; ``on_task(id)`` runs before any waiting.
 
         ``upload`` (the uploaded file) lets a submit whose answer was lost be
-        reconciled (``core.wavespeed_reconcile``): its task adopted, or the
+        reconciled (``bgremove.wavespeed._reconcile``): its task adopted, or the
         image submitted again once the service surely has no task for it.
         ``on_submit(sent_at, image_url)`` runs just before each submit leaves
         (a journal records it); ``known`` names tasks that are surely not this
@@ -475,9 +475,7 @@ class WaveSpeedClient:
                          secret=self.config.api_key)
 
 
+
 def _iso(when: float) -> str:
     return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="milliseconds") \
         .replace("+00:00", "Z")
-
-
-__all__ = ["CallContext", "ClientStats", "Prediction", "WaveSpeedClient"]

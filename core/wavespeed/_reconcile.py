@@ -13,7 +13,7 @@ The service lists the account's predictions of the last 7 days, so
 2. Drop the ids this client already knows (its own answered tasks, the
    daemon's journal) and match the rest to the upload: by ``input.image``
    when the list carries it, otherwise by downloading the candidate's output
-   and comparing it with the uploaded image (``core.imaging_match``).
+   and comparing it with the uploaded image (``bgremove.imaging._match``).
    Candidates still running are waited for.
 3. One match: that task is adopted. None, once ``reconcile.settle`` seconds
    have passed since the answer was lost and the clock is known to be right:
@@ -38,19 +38,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from core.errors import (
+from bgremove.errors import (
     APIStatusError,
     ServiceError,
     ServiceTimeoutError,
     SubmitUncertainError,
 )
-from core.wavespeed_answers import Listed, Prediction
+from bgremove.wavespeed._answers import Listed, Prediction
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from core.wavespeed_client import WaveSpeedClient
-    from core.wavespeed_http import CallContext
+    from bgremove.wavespeed._client import WaveSpeedClient
+    from bgremove.wavespeed._http import CallContext
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,8 @@ class Reconciler:
                     unknown.append(task.id)
                     continue
                 if upload_image is None:
+                    from bgremove.imaging import decode_image
+
                     upload_image = decode_image(sent.upload)
                 verdict = self._compare(task, digest, upload_image, ctx)
                 if verdict is None:
@@ -258,7 +260,7 @@ class Reconciler:
     def _compare(self, task: Prediction, digest: str, upload: Image.Image,
                  ctx: CallContext) -> bool | None:
         """Whether the candidate's output is a cut-out of the upload (None: cannot tell)."""
-        from core.imaging_match import cutout_matches
+        from bgremove.imaging import cutout_matches, decode_image
 
         with self._lock:
             if (task.id, digest) in self._verdicts:
@@ -279,18 +281,3 @@ class Reconciler:
 class _Window:
     items: list[Listed]
     clock_checked: bool
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """An image file's pixels; ``ValueError`` when it does not decode."""
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
-            opened.load()
-            image: Image.Image = opened.copy()
-            return image
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"cannot decode the image: {exc}") from None
