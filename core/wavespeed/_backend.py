@@ -19,13 +19,18 @@ cancel token; cancelling takes effect at the next step.
 
 ``hooks.resume_task`` skips upload and submit and waits on that task; a task
 the service no longer knows raises ``TaskFailedError`` (status
-``not_found``) so the caller can submit again.
+``not_found``) so the caller can submit again. ``hooks.on_submit`` runs
+just before each submit leaves (a journal records it); ``hooks.lost_submit``
+(such a record whose answer never came: a crash) makes the backend look that
+task up in the service's list before uploading anything, then go on with it,
+or submit once when the service surely has none.
 
 The submit policy (never resubmit when a task may already exist and be
 billed) is written down in ``bgremove.retry``. The client lives in
 ``bgremove.wavespeed._client`` (API calls), ``bgremove.wavespeed._http`` (the retry
 loop), ``bgremove.wavespeed._answers`` (reading answers) and
-``bgremove.wavespeed._errors`` (the status table).
+``bgremove.wavespeed._errors`` (the status table); a lost submit answer is
+resolved in ``bgremove.wavespeed._reconcile``.
 """
 
 from __future__ import annotations

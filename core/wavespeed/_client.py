@@ -7,11 +7,12 @@ safe to share between threads. Every call has a named timeout
 count.
 
 Retries follow ``bgremove.retry``, whose docstring holds the submit policy: a
-submit is sent again only when no task can exist; a submit whose answer was
-lost raises ``SubmitUncertainError`` and is never resubmitted, because the
-task may exist and be billed. Any error answer that names a task, and a sync
-wait the service gave up on (504 with the id, code 5004), are followed by
-polling that task.
+submit is sent again only when no task can exist. A submit whose answer was
+lost is looked up in the service's prediction list (``_reconcile``): its
+task adopted, or the image submitted again once the service surely has
+none, or ``SubmitUncertainError`` with the reason. Any error answer that
+names a task, and a sync wait the service gave up on (504 with the id, code
+5004), are followed by polling that task.
 
 Layers: ``bgremove.wavespeed._http`` (headers, timeouts, the retry loop, the key
 kept to the service's origin and out of every message),
