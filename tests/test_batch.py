@@ -58,15 +58,23 @@ def test_an_outage_trips_after_three_in_a_row_and_anything_else_resets_the_count
 
 
 class RefusingBackend:
-    """Refuses the key on every image, like a service with a bad key."""
+    """Refuses the key on every image, like a service with a bad key.
+
+    From the second image on it first waits until the caller has seen a result, so
+    the worker is inside an image while the batch decides to stop (the race a real
+    batch has) and the test knows how many images were started.
+    """
 
     name = "fake"
 
     def __init__(self) -> None:
         self.calls = 0
+        self.first_seen = threading.Event()
 
     def cut_out(self, image: Image.Image, hooks: JobHooks | None = None) -> Cutout:
         self.calls += 1
+        if self.calls > 1:
+            assert self.first_seen.wait(30), "the first result never reached the caller"
         raise AuthenticationError("key refused", status_code=401)
 
     def close(self) -> None:
@@ -87,11 +95,13 @@ def test_results_reach_the_callback_on_the_calling_thread_and_a_refusal_stops_th
     def on_result(result: JobResult) -> None:
         seen.append((threading.current_thread().name,
                      result.error.kind if result.error else None))
+        backend.first_seen.set()
 
     results = run_batch(plan, backend, config, on_result=on_result)
     assert len(results) == len(seen) == 5
     assert {name for name, _ in seen} == {threading.current_thread().name}
     kinds = [kind for _, kind in seen]
-    assert kinds.count("auth") == backend.calls and backend.calls in (1, 2)
+    # The first refusal stops the batch; an image the worker had already taken finishes.
+    assert backend.calls in (1, 2) and kinds.count("auth") == backend.calls
     assert kinds.count("not_attempted") == 5 - backend.calls
     assert not list((tmp_path / "out").glob("*.png"))
