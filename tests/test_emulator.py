@@ -926,7 +926,7 @@ def test_requests_are_logged_at_debug_without_the_key(
         emulator: Emulator, api: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
     def logged() -> bool:
         return any("GET /api/v3/balance [balance] -> 200" in r.getMessage()
-                   for r in caplog.records if r.name == "core.emulator.server")
+                   for r in caplog.records if r.name.endswith("emulator.http"))
 
     with caplog.at_level("DEBUG", logger="core.emulator"):
         api.get("/api/v3/balance")

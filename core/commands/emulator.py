@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from core.emulator import Emulator, EmulatorOptions
-    from core.emulator.server import ACCOUNT_LEVELS
+    from core.emulator.options import ACCOUNT_LEVELS
     from core.errors import ConfigError
     from core.logs import register_secret, setup_logging
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from core.emulator.faults import Fault, FaultPlan
 from core.emulator.model import keyout_alpha
-from core.emulator.server import DEFAULT_API_KEY, MODEL_ID, Emulator, EmulatorOptions
+from core.emulator.options import DEFAULT_API_KEY, MODEL_ID, EmulatorOptions
+from core.emulator.server import Emulator
 
 __all__ = ["DEFAULT_API_KEY", "MODEL_ID", "Emulator", "EmulatorOptions", "Fault", "FaultPlan",
            "keyout_alpha"]
