@@ -8,11 +8,8 @@ an API without the list route, and the count of tasks per uploaded content.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -21,7 +18,7 @@ import pytest
 from PIL import Image
 
 from core.emulator import MODEL_ID, Emulator, Fault
-from tests.test_emulator import REPO, SUBMIT, api_client, png_bytes, upload, wait_done
+from tests.test_emulator import SUBMIT, api_client, png_bytes, served_cli, upload, wait_done
 
 LIST = "/api/v3/predictions"
 
@@ -332,29 +329,9 @@ def test_tasks_are_counted_per_uploaded_content(
 # -- the command ---------------------------------------------------------------------------------
 
 
-@contextmanager
-def _served(*args: str) -> Iterator[httpx.Client]:
-    process = subprocess.Popen([sys.executable, "-m", "core", "emulator", "--port", "0", *args],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    try:
-        assert process.stdout is not None
-        base_url = process.stdout.readline().strip()
-        with httpx.Client(base_url=base_url, timeout=10,
-                          headers={"Authorization": "Bearer k"}) as client:
-            yield client
-        process.terminate()
-        process.communicate(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0
-
-
 def test_cli_flags_for_lost_answers_input_and_clock(
         keyed_image: Callable[..., Image.Image]) -> None:
-    with _served("--lost-answer-rate", "1", "--list-input", "--clock-skew", "-300") as client:
+    with served_cli("--lost-answer-rate", "1", "--list-input", "--clock-skew", "-300") as client:
         url = upload(client, png_bytes(keyed_image()))
         assert _lose_answer(client, url, True) is None
         (item,) = _list(client)["items"]
@@ -366,6 +343,6 @@ def test_cli_flags_for_lost_answers_input_and_clock(
 
 
 def test_cli_flag_without_the_list_route() -> None:
-    with _served("--no-list-route") as client:
+    with served_cli("--no-list-route") as client:
         assert client.post(LIST, json={}).status_code == 404
         assert client.get("/api/v3/balance").status_code == 200
