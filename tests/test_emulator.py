@@ -19,8 +19,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from core.emulator import MODEL_ID, Emulator, EmulatorOptions, Fault, FaultPlan, keyout_alpha
-from core.errors import ConfigError
+from bgremove.emulator import MODEL_ID, Emulator, EmulatorOptions, Fault, FaultPlan, keyout_alpha
+from bgremove.errors import ConfigError
 
 SUBMIT = f"/api/v3/{MODEL_ID}"
 REPO = Path(__file__).resolve().parent.parent
@@ -834,7 +834,7 @@ def test_stop_leaves_no_thread_behind(keyed_image: Callable[..., Image.Image]) -
 
 def test_local_model_without_the_local_backend_is_a_clear_error(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "core.local", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "bgremove.local", None)  # makes the import fail
     with pytest.raises(ConfigError, match="local backend"):
         Emulator(EmulatorOptions(model="local")).start()
 
@@ -854,13 +854,13 @@ def test_options_are_checked() -> None:
 
 
 def _run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "core", "emulator", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "bgremove", "emulator", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def test_cli_prints_the_url_first_serves_and_exits_0_on_sigterm() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "core", "emulator", "--port", "0", "--delay", "0.01",
+        [sys.executable, "-m", "bgremove", "emulator", "--port", "0", "--delay", "0.01",
          "--api-key", "sk-cli-secret", "--fault", "status,route=balance,status=503,first=1"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -886,7 +886,7 @@ def test_cli_prints_the_url_first_serves_and_exits_0_on_sigterm() -> None:
 
 
 def test_cli_stops_on_sigint_too() -> None:
-    process = subprocess.Popen([sys.executable, "-m", "core", "emulator", "--port", "0"],
+    process = subprocess.Popen([sys.executable, "-m", "bgremove", "emulator", "--port", "0"],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     try:
@@ -905,7 +905,7 @@ def test_cli_stops_on_sigint_too() -> None:
 def served_cli(*args: str) -> Iterator[httpx.Client]:
     """``bgremove emulator --port 0 ARGS`` in a subprocess, a client for it (key "k"); on
     leaving, SIGTERM and an exit status of 0."""
-    process = subprocess.Popen([sys.executable, "-m", "core", "emulator", "--port", "0", *args],
+    process = subprocess.Popen([sys.executable, "-m", "bgremove", "emulator", "--port", "0", *args],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     try:
@@ -936,7 +936,7 @@ def test_requests_are_logged_at_debug_without_the_key(
         return any("GET /api/v3/balance [balance] -> 200" in r.getMessage()
                    for r in caplog.records if r.name.endswith("emulator.http"))
 
-    with caplog.at_level("DEBUG", logger="core.emulator"):
+    with caplog.at_level("DEBUG", logger="bgremove.emulator"):
         api.get("/api/v3/balance")
         # The server logs after it has answered: wait for the line on a deadline.
         deadline = time.monotonic() + 10

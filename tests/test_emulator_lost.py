@@ -17,7 +17,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from core.emulator import MODEL_ID, Emulator, Fault
+from bgremove.emulator import MODEL_ID, Emulator, Fault
 from tests.test_emulator import SUBMIT, api_client, png_bytes, served_cli, upload, wait_done
 
 LIST = "/api/v3/predictions"

@@ -1,6 +1,6 @@
 """The emulator's HTTP plumbing: a threaded HTTP/1.1 server, request bodies, answers, faults.
 
-Routing is one table (``RouteTable``, filled in ``core.emulator.routes``): it names the
+Routing is one table (``RouteTable``, filled in ``bgremove.emulator.routes``): it names the
 route a request is counted under and faults target, and holds the function that answers it.
 Those functions get an ``Exchange`` (this request and its answer) and call the service.
 """
@@ -23,7 +23,7 @@ from socketserver import TCPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from core.emulator.service import ApiError, Service, StorageError
+from bgremove.emulator.service import ApiError, Service, StorageError
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.emulator.faults import Fault
-from core.errors import ConfigError
+from bgremove.emulator.faults import Fault
+from bgremove.errors import ConfigError
 
 MODEL_ID = "wavespeed-ai/image-background-remover"
 DEFAULT_API_KEY = "emulator-key-0123456789"
@@ -26,7 +26,7 @@ class EmulatorOptions:
     port: int = 0  # 0: a free port
     api_key: str | None = None  # None: any non-empty bearer key is accepted
     key_state: str = "active"  # "inactive": 401 key not activated; "suspended": 403
-    model: str = "keyout"  # or "local" (core.local)
+    model: str = "keyout"  # or "local" (bgremove.local)
     delay: float = 0.0  # seconds each task takes (inference), at least
     sync_timeout: float | None = None  # a sync submit gives up waiting after this
     # "504" (a 504 carrying the prediction), "processing" (200, status processing, code 5004),

@@ -23,10 +23,10 @@ from email.parser import HeaderParser
 from email.policy import HTTP
 from urllib.parse import unquote
 
-from core.emulator.http import Exchange, Route, RouteTable
-from core.emulator.options import MODEL_ID
-from core.emulator.service import ApiError
-from core.emulator.store import Task
+from bgremove.emulator.http import Exchange, Route, RouteTable
+from bgremove.emulator.options import MODEL_ID
+from bgremove.emulator.service import ApiError
+from bgremove.emulator.store import Task
 
 SUBMIT_PATH = f"/api/v3/{MODEL_ID}"
 

@@ -14,11 +14,11 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-from core.emulator.faults import Fault
-from core.emulator.http import Server
-from core.emulator.options import DEFAULT_API_KEY, EmulatorOptions
-from core.emulator.routes import ROUTES
-from core.emulator.service import Service
+from bgremove.emulator.faults import Fault
+from bgremove.emulator.http import Server
+from bgremove.emulator.options import DEFAULT_API_KEY, EmulatorOptions
+from bgremove.emulator.routes import ROUTES
+from bgremove.emulator.service import Service
 
 log = logging.getLogger(__name__)
 

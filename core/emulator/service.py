@@ -1,6 +1,6 @@
 """The emulated service's behaviour, without HTTP: keys, uploads, tasks, the list, limits.
 
-The HTTP side (``core.emulator.http``) parses requests, calls these methods and turns their
+The HTTP side (``bgremove.emulator.http``) parses requests, calls these methods and turns their
 results, or an ``ApiError``/``StorageError``, into answers. Tasks run on threads of their own.
 """
 
@@ -19,11 +19,11 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from core.emulator.faults import Fault, FaultPlan, task_error
-from core.emulator.model import AlphaFn, cutout_png, decode_image, load_model
-from core.emulator.options import LOOPBACK_HOSTS, MODEL_ID, EmulatorOptions
-from core.emulator.stats import Stats
-from core.emulator.store import TERMINAL, Media, Store, Task, Ticket
+from bgremove.emulator.faults import Fault, FaultPlan, task_error
+from bgremove.emulator.model import AlphaFn, cutout_png, decode_image, load_model
+from bgremove.emulator.options import LOOPBACK_HOSTS, MODEL_ID, EmulatorOptions
+from bgremove.emulator.stats import Stats
+from bgremove.emulator.store import TERMINAL, Media, Store, Task, Ticket
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar
 
-from core.emulator.options import MODEL_ID, EmulatorOptions
+from bgremove.emulator.options import MODEL_ID, EmulatorOptions
 
 K = TypeVar("K")
 V = TypeVar("V")
