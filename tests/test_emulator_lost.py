@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -211,6 +212,9 @@ def test_clock_skew_shifts_the_service_clock(emulator_factory: Callable[..., Emu
         (item,) = _list(client)["items"]
         created = datetime.fromisoformat(item["created_at"].replace("Z", "+00:00"))
         assert timedelta(seconds=290) < here - created < timedelta(seconds=310)
+        # the Date header tells the same clock as created_at
+        date = parsedate_to_datetime(client.get("/api/v3/balance").headers["date"])
+        assert timedelta(seconds=290) < here - date < timedelta(seconds=310)
         # a window drawn on this machine's clock alone misses the task
         assert _list(client, created_after=_iso(here - timedelta(seconds=60)))["total"] == 0
         assert _list(client, created_after=_iso(here - timedelta(seconds=400)))["total"] == 1

@@ -268,6 +268,10 @@ class Exchange(BaseHTTPRequestHandler):
         finally:
             self.server.track(self.connection, False)
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        # The Date header comes from the service's clock, like its created_at times.
+        return super().date_time_string(self.service.now() if timestamp is None else timestamp)
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("emulator: " + format, *args)
 
