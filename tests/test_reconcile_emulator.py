@@ -213,6 +213,24 @@ def test_a_clock_five_minutes_off_fails_clearly_with_one_task(
     assert emu.count("submit") == 1 and emu.stats()["tasks_submitted"] == 0
 
 
+@pytest.mark.parametrize("lost", ["dropped", "never-created"])
+def test_remove_with_the_clock_five_minutes_off_fails_clearly_with_one_task(
+        tmp_path: Path, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], lost: str) -> None:
+    # the service's clock (created_at and the Date header) 5 minutes ahead of this computer's
+    emu = emulator_factory(clock_skew=300.0, faults=(
+        Fault("drop", route="submit", first=1, after=lost == "dropped"),))
+    path = tmp_path / "a.png"
+    make_keyed_image().save(path)
+    code, _, err = run_remove(tmp_path, emu, monkeypatch, capsys, [path], "sync",
+                              json_lines=False)
+    assert code == 1 and not (tmp_path / "out" / "a.png").exists()
+    line = [x for x in err.splitlines() if x.startswith("bgremove: ")]
+    assert len(line) == 1 and "clock is 300 s behind" in line[0].replace("299 s", "300 s")
+    assert emu.count("submit") == 1
+    assert emu.stats()["tasks_submitted"] == (1 if lost == "dropped" else 0)
+
+
 # -- kill -9 between sending a submit and reading its answer -----------------------------------
 
 class Watch:
