@@ -61,7 +61,8 @@ def bridge_env(tmp_path: Path) -> Callable[..., dict[str, str]]:
         config = tmp_path / "config.yaml"
         config.write_text(FAST + extra_config, encoding="utf-8")
         config.chmod(0o600)
-        env = dict(os.environ, BGREMOVE_CONFIG=str(config), **variables)
+        env = dict(os.environ, BGREMOVE_CONFIG=str(config),
+                   XDG_CACHE_HOME=str(tmp_path / "cache"), **variables)
         return dict(plugin.bridge_env(env))
 
     return make
@@ -211,7 +212,7 @@ def test_no_key_says_where_to_put_one(bridge_env: Callable[..., dict[str, str]],
                                       keyed_image: Callable[..., Image.Image]) -> None:
     error = failure(bridge_env(), keyed_image())
     assert error.kind == "missing_key"
-    assert "WAVESPEED_API_KEY" in error.message and "Backend: local" in error.message
+    assert "WAVESPEED_API_KEY" in error.message and "Local model (offline)" in error.message
     assert "config.yaml" in error.message  # the file the bridge actually reads
 
 
@@ -360,7 +361,7 @@ def test_a_missing_interpreter_says_to_reinstall(tmp_path: Path,
                                                   ) -> None:
     error = fix_message(str(tmp_path / "gone" / "bin" / "python"), bridge_env())
     assert error.kind == "environment"
-    assert "pip install bgremove" in error.message and "bgremove gimp install" in error.message
+    assert "does not exist" in error.message and "bgremove gimp install" in error.message
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the stand-in interpreter is a shell script")
@@ -380,7 +381,10 @@ def test_a_broken_dependency_says_how_to_repair_the_environment(
     broken = tmp_path / "broken"
     (broken / "yaml").mkdir(parents=True)
     (broken / "yaml" / "__init__.py").write_text("raise ImportError('yaml is broken')\n")
-    python = fake_python(tmp_path, f'PYTHONPATH="{broken}" exec "{sys.executable}" "$@"')
+    # The bridge runs isolated (-I ignores PYTHONPATH): put the broken package first by hand.
+    code = (f"import sys; sys.path.insert(0, {str(broken)!r}); import runpy; "
+            "runpy.run_module('plugin_gimp.bridge', run_name='__main__')")
+    python = fake_python(tmp_path, f'exec "{sys.executable}" -c "{code}"')
     error = fix_message(python, bridge_env())
     assert error.kind == "environment"
     assert "yaml is broken" in error.message and "--force-reinstall bgremove" in error.message
