@@ -10,7 +10,9 @@ The plug-in is installed the way a user does it: the root's venv python runs
 the repo on a .pth path). GIMP runs chrooted with a clean environment
 (``env -i``); the emulator on the host's 127.0.0.1 is reachable from inside
 because the root shares the network. GIMP runs one at a time per root (a lock
-file), since they share the profile in /root/.config/GIMP/3.0.
+file), since they share the profile in /root/.config/GIMP/3.0; each run copies
+this checkout's packages in and installs the plug-in while it holds that lock, so
+two checkouts sharing the root never run each other's plug-in.
 """
 
 from __future__ import annotations
@@ -88,21 +90,26 @@ def gimp_lock(root: Path) -> Iterator[None]:
 
 def prepare_root(root: Path) -> str:
     """Copy the repo's packages into the root and install the plug-in; return its output."""
-    src = root / SRC_IN_ROOT
     with gimp_lock(root):
-        staging = Path(tempfile.mkdtemp(prefix="src.", dir=src.parent))
-        for package in ("core", "plugin_gimp"):
-            shutil.copytree(REPO / package, staging / package,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        old = src.with_name("src.old")
-        if src.exists():
-            src.rename(old)
-        staging.rename(src)
-        shutil.rmtree(old, ignore_errors=True)
-        done = subprocess.run(
-            chroot_command(root, [VENV_PYTHON, "-m", "core", "gimp", "install",
-                                  "--plugins-dir", PLUGINS_IN_ROOT]),
-            capture_output=True, text=True, timeout=120, check=False)
+        return _prepare_locked(root)
+
+
+def _prepare_locked(root: Path) -> str:
+    """Copy and install (the caller holds gimp_lock)."""
+    src = root / SRC_IN_ROOT
+    staging = Path(tempfile.mkdtemp(prefix="src.", dir=src.parent))
+    for package in ("core", "plugin_gimp"):
+        shutil.copytree(REPO / package, staging / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    old = src.with_name("src.old")
+    if src.exists():
+        src.rename(old)
+    staging.rename(src)
+    shutil.rmtree(old, ignore_errors=True)
+    done = subprocess.run(
+        chroot_command(root, [VENV_PYTHON, "-m", "core", "gimp", "install",
+                              "--plugins-dir", PLUGINS_IN_ROOT]),
+        capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"`bgremove gimp install` failed inside the root: {done.stderr}")
     return done.stdout
@@ -153,6 +160,7 @@ def run_batch(root: Path, script: str, params: dict[str, Any], files: Mapping[st
 
     command, work = _command(root, script, params, files, env)
     with gimp_lock(root):
+        _prepare_locked(root)
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                               check=False)
@@ -167,14 +175,16 @@ def running_batch(root: Path, script: str, params: dict[str, Any],
     """Start a batch and hand over the running GIMP (its pid is gimp-console's: chroot
     and env exec into it) and the work folder; the caller waits for it."""
     command, work = _command(root, script, params, files, env)
-    with gimp_lock(root), subprocess.Popen(command, stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, text=True) as process:
-        try:
-            yield process, work
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.communicate()
+    with gimp_lock(root):
+        _prepare_locked(root)
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) as process:
+            try:
+                yield process, work
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                process.communicate()
 
 
 def results_of(work: Path) -> dict[str, Any] | None:
