@@ -159,6 +159,7 @@ for case in params["cases"]:
     os.chmod(params["config_path"], 0o600)
     names = case.get("layers") or [case["layer"]]
     targets = [find_layer(image, name) for name in names]
+    image.set_selected_layers(targets)  # as the user does in the Layers dialog
     selection = selection_over_layers(image) if case.get("selection") else {}
     bounds = list(Gimp.Selection.bounds(image))[-5:]
     write_raw(f"started-{current}", b"")
