@@ -550,7 +550,7 @@ def test_a_json_py_where_gimp_was_started_is_never_imported(
         f"open({str(marker)!r}, 'w').close()\nraise SystemExit('hijacked')\n")
     monkeypatch.chdir(started_in)  # GIMP's (and so the plug-in's) current folder
     image = keyed_image((40, 30))
-    result, data = run_job(emulator_env(emulator, bridge_env), header(image),
+    _result, data = run_job(emulator_env(emulator, bridge_env), header(image),
                            [image.tobytes()])
     assert data == keyout_alpha(image).tobytes()
     assert not marker.exists()
@@ -636,7 +636,7 @@ def test_the_selection_is_sent_after_the_pixels_and_comes_back_blended(
     image = keyed_image((60, 40))
     selection = Image.new("L", image.size, 0)
     selection.paste(255, (0, 0, 30, 40))  # the left half
-    result, data = run_job(emulator_env(emulator, bridge_env),
+    _result, data = run_job(emulator_env(emulator, bridge_env),
                            header(image, selection=True), [image.tobytes(), selection.tobytes()])
     expected = Image.composite(keyout_alpha(image), Image.new("L", image.size, 255), selection)
     assert data == expected.tobytes()
