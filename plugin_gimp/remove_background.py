@@ -17,7 +17,7 @@ This file imports only the standard library and GIMP's GObject bindings, so it
 runs in GIMP's bundled Python on every platform. The work happens in the
 Python environment bgremove is installed in: ``bgremove gimp install`` writes
 that interpreter's path into ``bgremove-gimp.json`` beside this file, and the
-plug-in runs ``PYTHON -I -m plugin_gimp.bridge`` (isolated, in the plug-in's own
+plug-in runs ``PYTHON -I -m bgremove.plugin_gimp.bridge`` (isolated, in the plug-in's own
 folder), sending the layer's pixels as raw bytes on stdin and reading progress
 and the result back on stdout (the protocol is described in
 ``plugin_gimp/bridge.py``). The bridge's log lines are copied to GIMP's
@@ -131,7 +131,7 @@ def bridge_env(environ=None):
 def bridge_command(python, flatpak=None):
     """The bridge's command line: isolated (-I: no current folder, no PYTHON* variables
     on sys.path), so a ``json.py`` where GIMP was started is never imported."""
-    command = [python, "-I", "-m", "plugin_gimp.bridge"]
+    command = [python, "-I", "-m", "bgremove.plugin_gimp.bridge"]
     if os.path.exists("/.flatpak-info") if flatpak is None else flatpak:
         # GIMP from Flathub runs sandboxed: the environment lives on the host.
         command = ["flatpak-spawn", "--host", *command]

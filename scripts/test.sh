@@ -15,7 +15,7 @@ fi
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy"
-.venv/bin/mypy
+bash scripts/mypy.sh
 root="${BGREMOVE_GIMP_ROOT:-/var/cache/bgremove/gimp-root}"
 if [ "$(id -u)" -eq 0 ] && [ "${BGREMOVE_SKIP_GIMP:-}" != 1 ] && [ ! -f "$root/.bgremove-root-ready" ]; then
     echo "== note: the real-GIMP test installs mmdebstrap on this host if missing and builds a Debian root with GIMP 3 in $root (about 700 MB); BGREMOVE_SKIP_GIMP=1 skips it"

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from core.emulator import Emulator, EmulatorOptions, Fault, keyout_alpha
+from bgremove.emulator import Emulator, EmulatorOptions, Fault, keyout_alpha
 
 pytestmark = [pytest.mark.gimp, pytest.mark.timeout(1500)]
 
@@ -62,11 +62,13 @@ def subject_pixels() -> bytes:
 @pytest.fixture(scope="module")
 def gimp_root() -> Path:
     try:
-        return harness.ensure_root()
+        root = harness.ensure_root()
     except harness.RootUnavailable as exc:
         if harness.in_ci():  # CI must never pass with this test skipped
             pytest.fail(f"CI=true and the real-GIMP test cannot run: {exc}", pytrace=False)
         pytest.skip(str(exc))
+    harness.prepare_root(root)  # this checkout's sources, as they are now
+    return root
 
 
 #: Cancel cases, in the order the batch runs them: (name, what the host waits for before
