@@ -20,7 +20,7 @@ from PIL import Image
 
 from bgremove.emulator import Emulator, EmulatorOptions
 from bgremove.errors import ConfigError
-from tests.test_emulator import REPO, SUBMIT, api_client, png_bytes, upload
+from tests.test_emulator import REPO, SUBMIT, api_client, png_bytes
 
 KEY = "sk-remote-secret"
 MiB = 1 << 20
