@@ -34,6 +34,7 @@ from core.errors import (
     ProtocolError,
     UnreadableImageError,
 )
+from core.imaging_meta import kept_exif
 from core.imaging_modes import apply_orientation, exif_orientation, to_8bit_rgb
 from core.imaging_save import FORMATS, extension_for, save_image
 from core.imaging_upload import UploadImage, encode_for_upload
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMATS", "SourceImage", "UploadImage", "alpha_from_bytes", "compose", "encode_for_upload",
-    "extension_for", "fit_alpha", "load_image", "parse_color", "save_image", "source_from_raw",
+    "extension_for", "fit_alpha", "has_subject", "load_image", "parse_color", "save_image", "source_from_raw",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class SourceImage:
     icc_profile: bytes | None = None  # describes ``image``'s pixels (never a CMYK profile)
     format: str | None = None  # "JPEG", "PNG", ... (None for a raw buffer)
     path: Path | None = None
+    exif: bytes | None = None  # what the output keeps of the input's EXIF (``core.imaging_meta``)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -131,6 +133,7 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int) -> SourceImage:
                 f"{max_pixels:,}", hint="raise input.max_pixels if you trust this file")
         _decode(im, src)
         orientation = exif_orientation(im)
+        exif = kept_exif(im)
         icc = im.info.get("icc_profile") or None
         fmt = "JPEG" if im.format == "MPO" else im.format
     try:
@@ -140,10 +143,10 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int) -> SourceImage:
         raise ImageTooLargeError(f"{src}: not enough memory to convert this image") from None
     except (OSError, ValueError) as exc:
         raise UnreadableImageError(f"{src}: cannot convert its {im.mode} pixels: {exc}") from None
-    image.info = {}  # nothing from the file (EXIF, text, transparency) travels further
+    image.info = {}  # nothing from the file travels with the pixels (EXIF: ``exif`` above)
     log.debug("loaded %s: %s %s %dx%d, orientation %d, icc %s", src, fmt, im.mode, image.width,
               image.height, orientation, "yes" if icc else "no")
-    return SourceImage(image=image, icc_profile=icc, format=fmt, path=src)
+    return SourceImage(image=image, icc_profile=icc, format=fmt, path=src, exif=exif)
 
 
 def _open(fh: IO[bytes], src: Path) -> ImageFile.ImageFile:
@@ -273,6 +276,19 @@ def fit_alpha(alpha: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 # --- composing -------------------------------------------------------------------------------
 
+#: The background of a JPEG output when none is given (as the remove.bg service does).
+JPEG_DEFAULT_BACKGROUND = "white"
+
+#: A result whose every pixel is at most this opaque (about 3 %) shows no subject.
+NO_SUBJECT_MAX_ALPHA = 8
+
+
+def has_subject(mask: Image.Image) -> bool:
+    """Whether an "L" mask keeps anything visible (some pixel over ``NO_SUBJECT_MAX_ALPHA``)."""
+    high = mask.getextrema()[1]
+    return isinstance(high, (int, float)) and high > NO_SUBJECT_MAX_ALPHA
+
+
 def parse_color(text: str) -> tuple[int, int, int]:
     """An opaque colour from "#rgb", "#rrggbb", a CSS name, "r,g,b" or "rgb(r, g, b)".
 
@@ -303,8 +319,9 @@ def compose(source: SourceImage, alpha: Image.Image, options: OutputConfig) -> I
 
     The result has the source's size (or the subject's box with ``crop``). An input that
     already had alpha keeps min(input alpha, mask). ``mask_only`` gives the "L" mask (and
-    wins over ``background``); ``background`` flattens onto a solid colour (RGB); otherwise
-    RGBA. With ``crop``, an empty mask keeps the full size.
+    wins over ``background``); ``background`` flattens onto a solid colour (RGB), white for
+    a JPEG output when none is set (JPEG has no transparency); otherwise RGBA. With
+    ``crop``, an empty mask keeps the full size.
     """
     from PIL import Image, ImageChops
 
@@ -320,8 +337,11 @@ def compose(source: SourceImage, alpha: Image.Image, options: OutputConfig) -> I
             src, mask = src.crop(box), mask.crop(box)
     if options.mask_only:
         return mask.copy() if mask is alpha else mask
-    if options.background is not None:
-        out = Image.new("RGB", src.size, parse_color(options.background))
+    background = options.background
+    if background is None and options.format == "jpg":
+        background = JPEG_DEFAULT_BACKGROUND
+    if background is not None:
+        out = Image.new("RGB", src.size, parse_color(background))
         out.paste(src, (0, 0), mask)  # opaque pixels: exactly src; partial: blended
         return out
     # One copy of the pixels: a cropped RGBA is already a fresh image.

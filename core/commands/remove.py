@@ -33,7 +33,15 @@ def register(sub: Any) -> None:
                    help="images processed at once (default: concurrency in the config, 4)")
     p.add_argument("--backend", choices=("auto", "wavespeed", "local"),
                    help="auto: WaveSpeed when an API key is set, else the offline model")
-    p.add_argument("--format", choices=("png", "webp", "tiff"), help="output format (default png)")
+    p.add_argument("--format", choices=("png", "webp", "tiff", "jpg"),
+                   help="output format (default png; jpg is flattened onto --background, "
+                   "white by default)")
+    p.add_argument("--model", metavar="NAME",
+                   help="the offline model: u2netp (fast) or u2net (better); the WaveSpeed "
+                   "service has one model (default: local.model in the config)")
+    p.add_argument("--strip-metadata", action="store_true", default=None,
+                   help="write no EXIF (by default outputs keep the input's EXIF, such as "
+                   "artist, copyright, date and camera, but never its GPS location)")
     p.add_argument("--mask-only", action="store_true", default=None,
                    help="write the mask as a greyscale image instead of the cut-out")
     p.add_argument("--background", metavar="COLOR",
@@ -50,7 +58,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.backends import make_backend
+    from core.backends import make_backend, resolve_backend_name
     from core.imaging import parse_color
 
     if args.concurrency is not None and args.concurrency < 1:
@@ -64,7 +72,12 @@ def run(args: argparse.Namespace) -> int:
         "output.crop": args.crop,
         "output.crop_margin": args.crop_margin,
         "output.foreground": args.foreground,
+        "output.strip_metadata": args.strip_metadata,
+        "local.model": args.model,
     })
+    if args.model is not None and resolve_backend_name(config) == "wavespeed":
+        raise ConfigError("--model picks the offline model; the WaveSpeed service has one model",
+                          hint="add --backend local to use the offline model")
     if config.output.background:
         parse_color(config.output.background)  # a bad colour is a usage error, before any work
     if config.output.foreground and not config.output.mask_only:
@@ -327,6 +340,9 @@ def _report(result: JobResult, json_lines: bool, out: TextIO, err: TextIO) -> No
     elif result.status == "ok":
         out.write(f"{result.input} -> {result.output} ({result.seconds:.1f} s)\n")
         out.flush()
+        if result.warning:
+            err.write(f"bgremove: {result.input}: warning: {result.warning}\n")
+            err.flush()
     else:
         # Core errors usually name the file already; add it only where they do not.
         text = str(result.error)
