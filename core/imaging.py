@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMATS", "SourceImage", "UploadImage", "alpha_from_bytes", "compose", "encode_for_upload",
-    "extension_for", "fit_alpha", "has_subject", "load_image", "parse_color", "save_image", "source_from_raw",
+    "extension_for", "fit_alpha", "has_subject", "load_image", "parse_color", "save_image",
+    "source_from_raw",
 ]
 
 log = logging.getLogger(__name__)

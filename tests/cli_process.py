@@ -1,6 +1,6 @@
 """``bgremove`` as a user runs it: a real process, its exit code, stdout and stderr.
 
-    result = bgremove(tmp_path, "remove", str(src), emulator=emu, config="output:\\n  crop: true\\n")
+    result = bgremove(tmp_path, "remove", str(src), emulator=emu, config="output: {crop: true}")
     assert result.returncode == 0, result.stderr
 
 The command gets a config file of its own (the test settings below plus ``config``), the
