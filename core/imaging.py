@@ -34,6 +34,7 @@ from core.errors import (
     ProtocolError,
     UnreadableImageError,
 )
+from core.imaging_deep import DEEP_FORMATS, DeepImage, compose_deep, deep_tiles, read_deep
 from core.imaging_meta import kept_exif
 from core.imaging_modes import apply_orientation, exif_orientation, to_8bit_rgb
 from core.imaging_save import FORMATS, extension_for, save_image
@@ -45,7 +46,8 @@ if TYPE_CHECKING:
     from core.config import OutputConfig
 
 __all__ = [
-    "FORMATS", "SourceImage", "UploadImage", "alpha_from_bytes", "compose", "encode_for_upload",
+    "FORMATS", "DeepImage", "SourceImage", "UploadImage", "alpha_from_bytes", "compose",
+    "compose_output", "encode_for_upload",
     "extension_for", "fit_alpha", "has_subject", "load_image", "parse_color", "save_image",
     "source_from_raw",
 ]
@@ -69,6 +71,7 @@ class SourceImage:
     format: str | None = None  # "JPEG", "PNG", ... (None for a raw buffer)
     path: Path | None = None
     exif: bytes | None = None  # what the output keeps of the input's EXIF (``core.imaging_meta``)
+    deep: DeepImage | None = None  # a 16-bit input's own samples (``core.imaging_deep``)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -132,14 +135,18 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int) -> SourceImage:
             raise ImageTooLargeError(
                 f"{src}: {im.width}x{im.height} is {pixels:,} pixels, over the limit of "
                 f"{max_pixels:,}", hint="raise input.max_pixels if you trust this file")
+        tiles = deep_tiles(im)
         _decode(im, src)
         orientation = exif_orientation(im)
         exif = kept_exif(im)
         icc = im.info.get("icc_profile") or None
         fmt = "JPEG" if im.format == "MPO" else im.format
+        deep = read_deep(fh, im, tiles, icc)
     try:
         image, icc = to_8bit_rgb(im, icc)
         image = apply_orientation(image, orientation)
+        if deep is not None:
+            deep = deep.map(lambda channel: apply_orientation(channel, orientation))
     except MemoryError:
         raise ImageTooLargeError(f"{src}: not enough memory to convert this image") from None
     except (OSError, ValueError) as exc:
@@ -147,7 +154,7 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int) -> SourceImage:
     image.info = {}  # nothing from the file travels with the pixels (EXIF: ``exif`` above)
     log.debug("loaded %s: %s %s %dx%d, orientation %d, icc %s", src, fmt, im.mode, image.width,
               image.height, orientation, "yes" if icc else "no")
-    return SourceImage(image=image, icc_profile=icc, format=fmt, path=src, exif=exif)
+    return SourceImage(image=image, icc_profile=icc, format=fmt, path=src, exif=exif, deep=deep)
 
 
 def _open(fh: IO[bytes], src: Path) -> ImageFile.ImageFile:
@@ -324,23 +331,15 @@ def compose(source: SourceImage, alpha: Image.Image, options: OutputConfig) -> I
     a JPEG output when none is set (JPEG has no transparency); otherwise RGBA. With
     ``crop``, an empty mask keeps the full size.
     """
-    from PIL import Image, ImageChops
+    from PIL import Image
 
     src = source.image
-    mask = fit_alpha(alpha, src.size)
-    if src.mode == "RGBA":
-        mask = ImageChops.darker(mask, src.getchannel("A"))
-    if options.crop:
-        box = subject_box(mask, options.crop_margin)
-        if box is None:
-            log.info("crop: the mask is empty, keeping the full image")
-        elif box != (0, 0, src.width, src.height):
-            src, mask = src.crop(box), mask.crop(box)
+    mask, box = _mask_and_box(source, alpha, options)
+    if box is not None:
+        src, mask = src.crop(box), mask.crop(box)
     if options.mask_only:
         return mask.copy() if mask is alpha else mask
-    background = options.background
-    if background is None and options.format == "jpg":
-        background = JPEG_DEFAULT_BACKGROUND
+    background = _background(options)
     if background is not None:
         out = Image.new("RGB", src.size, parse_color(background))
         out.paste(src, (0, 0), mask)  # opaque pixels: exactly src; partial: blended
@@ -349,6 +348,46 @@ def compose(source: SourceImage, alpha: Image.Image, options: OutputConfig) -> I
     out = src if (src is not source.image and src.mode == "RGBA") else src.convert("RGBA")
     out.putalpha(mask)
     return out
+
+
+def compose_output(source: SourceImage, alpha: Image.Image, options: OutputConfig
+                   ) -> Image.Image | DeepImage:
+    """``compose``, at 16 bits per channel for a 16-bit input written as PNG or TIFF."""
+    deep = source.deep
+    if deep is not None and options.format in DEEP_FORMATS and not options.mask_only:
+        _, box = _mask_and_box(source, alpha, options)
+        background = _background(options)
+        # The model's mask alone: the input's own 16-bit alpha is applied by compose_deep.
+        result = compose_deep(deep, fit_alpha(alpha, source.image.size), box,
+                              parse_color(background) if background else None)
+        if result is not None:
+            return result
+    return compose(source, alpha, options)
+
+
+def _mask_and_box(source: SourceImage, alpha: Image.Image, options: OutputConfig
+                  ) -> tuple[Image.Image, tuple[int, int, int, int] | None]:
+    """The mask at the source's size (with the input's alpha), and the crop box if any."""
+    from PIL import ImageChops
+
+    src = source.image
+    mask = fit_alpha(alpha, src.size)
+    if src.mode == "RGBA":
+        mask = ImageChops.darker(mask, src.getchannel("A"))
+    box = None
+    if options.crop:
+        box = subject_box(mask, options.crop_margin)
+        if box is None:
+            log.info("crop: the mask is empty, keeping the full image")
+        elif box == (0, 0, src.width, src.height):
+            box = None
+    return mask, box
+
+
+def _background(options: OutputConfig) -> str | None:
+    if options.background is None and options.format == "jpg":
+        return JPEG_DEFAULT_BACKGROUND
+    return options.background
 
 
 def subject_box(mask: Image.Image, margin: int = 0) -> tuple[int, int, int, int] | None:

@@ -11,10 +11,12 @@ import contextlib
 import errno
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from core.errors import OutputError
+from core.imaging_deep import DeepImage, write_png16, write_tiff16
 from core.imaging_modes import icc_colour_space
 
 if TYPE_CHECKING:
@@ -25,6 +27,8 @@ _PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "tiff": "TIFF", "jpg": "JPEG"}
 _EXTENSIONS = {"png": ".png", "webp": ".webp", "tiff": ".tiff", "jpg": ".jpg"}
 #: The largest side each format can hold.
 _MAX_SIDE = {"webp": 16383, "jpg": 65500}
+#: The writers of 16-bit images, by format.
+DEEP_WRITERS = {"png": write_png16, "tiff": write_tiff16}
 #: JPEG outputs: high quality, no chroma subsampling (crisp edges on a flat background).
 JPEG_OUTPUT_QUALITY = 95
 _TEMP_SUFFIX = ".tmp"
@@ -59,23 +63,36 @@ def save_params(image: Image.Image, fmt: str, icc_profile: bytes | None,
     return params
 
 
-def save_image(image: Image.Image, path: str | os.PathLike[str], *, fmt: str = "png",
-               icc_profile: bytes | None = None, exif: bytes | None = None) -> None:
+def save_image(image: Image.Image | DeepImage, path: str | os.PathLike[str], *,
+               fmt: str = "png", icc_profile: bytes | None = None,
+               exif: bytes | None = None) -> None:
     """Write ``image`` to ``path`` atomically; any failure raises ``OutputError`` naming the path.
 
     The ICC profile is embedded when it matches the image's colour space (an RGB profile is
-    not put on a greyscale mask); ``exif`` (a block from ``core.imaging_meta``) is written
-    as is. Missing parent folders are created. A JPEG cannot hold transparency: an RGBA
-    image is refused (``compose`` flattens JPEG outputs onto a background).
+    not put on a greyscale mask); a 16-bit ``DeepImage`` carries its own. ``exif`` (a block
+    from ``core.imaging_meta``) is written as is. Missing parent folders are created. A
+    JPEG cannot hold transparency: an RGBA image is refused (``compose`` flattens JPEG
+    outputs onto a background).
     """
     dest = Path(path)
-    params = save_params(image, fmt, icc_profile, exif)
+    write: Callable[[IO[bytes]], None]
+    if isinstance(image, DeepImage):
+        if fmt not in DEEP_WRITERS:
+            raise ValueError(f"16-bit images are written as {' or '.join(DEEP_WRITERS)} only")
+        deep, writer = image, DEEP_WRITERS[fmt]
+        profile = _fitting_profile(deep.bands, deep.icc)
+        write = lambda fh: writer(deep, fh, profile, exif)  # noqa: E731
+    else:
+        params = save_params(image, fmt, icc_profile, exif)
+        flat = image
+        write = lambda fh: _write(flat, fh, fmt, params)  # noqa: E731
     limit = _MAX_SIDE.get(fmt)
-    if limit is not None and max(image.size) > limit:
+    width, height = image.size
+    if limit is not None and max(width, height) > limit:
         raise OutputError(f"cannot write {dest}: {_PIL_FORMATS[fmt]} holds at most {limit} pixels "
-                          f"a side and the image is {image.width}x{image.height}",
+                          f"a side and the image is {width}x{height}",
                           hint="use --format png or tiff", transient=False)
-    if fmt == "jpg" and image.mode not in ("RGB", "L"):
+    if fmt == "jpg" and not isinstance(image, DeepImage) and image.mode not in ("RGB", "L"):
         raise OutputError(f"cannot write {dest}: JPEG has no transparency",
                           hint="give a background colour", transient=False)
     temp: Path | None = None
@@ -83,7 +100,7 @@ def save_image(image: Image.Image, path: str | os.PathLike[str], *, fmt: str = "
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, temp = _create_temp(dest)
         with os.fdopen(fd, "wb") as fh:
-            _write(image, fh, fmt, params)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(temp, dest)

@@ -88,7 +88,7 @@ def remove_file(
     file to know it is complete), so it is not decoded a second time.
     """
     from core.backends import JobHooks
-    from core.imaging import compose, fit_alpha, has_subject, load_image, save_image
+    from core.imaging import compose_output, fit_alpha, has_subject, load_image, save_image
 
     hooks = hooks or JobHooks()
     started = time.monotonic()
@@ -102,7 +102,8 @@ def remove_file(
     alpha = fit_alpha(cutout.alpha, source.image.size)
     if config.output.foreground and not config.output.mask_only:
         source.image = _estimate_foreground(source.image, alpha)
-    result = compose(source, alpha, config.output)
+        source.deep = None  # the estimate is made on the 8-bit pixels: the output is 8-bit
+    result = compose_output(source, alpha, config.output)
     exif = None if config.output.strip_metadata else source.exif
     save_image(result, dst, fmt=config.output.format, icc_profile=source.icc_profile, exif=exif)
     hooks.report("compose", 1.0)

@@ -202,3 +202,143 @@ def io_bytes(data: bytes) -> object:
     import io
 
     return io.BytesIO(data)
+
+
+# --- 16-bit inputs ------------------------------------------------------------------------------
+
+KEY16, RED16 = (0, 200 * 257, 0), (51_400 + 123, 5_140 + 77, 5_140 + 201)  # low bytes that matter
+
+
+def deep_subject(width: int = 40, height: int = 30, alpha: int | None = None
+                 ) -> list[list[tuple[int, ...]]]:
+    """16-bit samples: the key colour with a block whose low bytes are not zero, and a ramp."""
+    rows = []
+    for y in range(height):
+        row = []
+        for x in range(width):
+            px: tuple[int, ...] = RED16 if BLOCK[0] <= x < BLOCK[2] and BLOCK[1] <= y < BLOCK[3] \
+                else KEY16
+            if y == 10 and BLOCK[0] <= x < BLOCK[2]:
+                px = (40_000 + x * 97, 30_000 + x * 13, 20_000 + x)  # a ramp inside the subject
+            row.append(px + (() if alpha is None else (alpha,)))
+        rows.append(row)
+    return rows
+
+
+def write_png16(path: Path, rows: list[list[tuple[int, ...]]]) -> Path:
+    import struct
+    import zlib
+
+    bands = len(rows[0][0])
+    raw = b"".join(b"\0" + b"".join(struct.pack(f">{bands}H", *px) for px in row) for row in rows)
+    ihdr = struct.pack(">IIBBBBB", len(rows[0]), len(rows), 16, {3: 2, 4: 6}[bands], 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + img._png_chunk(b"IHDR", ihdr)
+                     + img._png_chunk(b"IDAT", zlib.compress(raw)) + img._png_chunk(b"IEND", b""))
+    return path
+
+
+def read_png16(path: Path) -> tuple[int, list[list[tuple[int, ...]]]]:
+    """Colour type and samples of a 16-bit PNG whose rows are unfiltered (as bgremove writes)."""
+    import struct
+    import zlib
+
+    data, pos, idat, header = path.read_bytes(), 8, b"", b""
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        header = body if kind == b"IHDR" else header
+        idat += body if kind == b"IDAT" else b""
+        pos += 12 + length
+    width, height, depth, colour = struct.unpack(">IIBB", header[:10])
+    assert depth == 16
+    bands = {2: 3, 6: 4, 0: 1, 4: 2}[colour]
+    raw, stride = zlib.decompress(idat), 1 + width * bands * 2
+    rows = []
+    for y in range(height):
+        line = raw[y * stride:(y + 1) * stride]
+        assert line[0] == 0
+        samples = struct.unpack(f">{width * bands}H", line[1:])
+        rows.append([samples[i:i + bands] for i in range(0, len(samples), bands)])
+    return colour, rows
+
+
+def read_tiff16(path: Path) -> list[list[tuple[int, ...]]]:
+    """The samples of a 16-bit deflate TIFF, strip by strip, using Pillow for the tags only."""
+    import struct
+    import zlib
+
+    with Image.open(path) as tiff:
+        tags = tiff.tag_v2
+        assert set(tags[258]) == {16} and tags[259] == 8
+        width, height, bands = tags[256], tags[257], tags[277]
+        endian = ">" if tiff.tag_v2._endian == ">" else "<"  # type: ignore[attr-defined]
+        raw = b""
+        with open(path, "rb") as fh:
+            for offset, count in zip(tags[273], tags[279], strict=True):
+                fh.seek(offset)
+                raw += zlib.decompress(fh.read(count))
+    samples = struct.unpack(f"{endian}{width * height * bands}H", raw)
+    flat = [samples[i:i + bands] for i in range(0, len(samples), bands)]
+    return [flat[y * width:(y + 1) * width] for y in range(height)]
+
+
+def expected_cutout(rows: list[list[tuple[int, ...]]]) -> list[list[tuple[int, ...]]]:
+    """The key colour transparent (alpha 0), everything else opaque (65535), samples kept."""
+    return [[(*px[:3], 0 if px[:3] == KEY16 else 65535) for px in row] for row in rows]
+
+
+def test_a_16_bit_png_stays_16_bit_in_png_and_tiff(tmp_path: Path, emulator: Emulator) -> None:
+    rows = deep_subject()
+    src = write_png16(tmp_path / "deep.png", rows)
+    done = bgremove(tmp_path, "remove", str(src), "-o", str(tmp_path / "png"), emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    colour, got = read_png16(tmp_path / "png" / "deep.png")
+    assert colour == 6 and got == expected_cutout(rows)
+    with Image.open(tmp_path / "png" / "deep.png") as out:  # a PNG other readers open
+        assert out.size == (40, 30) and out.getpixel((20, 15)) == (*(v >> 8 for v in RED16), 255)
+
+    done = bgremove(tmp_path, "remove", str(src), "-o", str(tmp_path / "tif"), "--format", "tiff",
+                    emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    assert read_tiff16(tmp_path / "tif" / "deep.tiff") == expected_cutout(rows)
+    with Image.open(tmp_path / "tif" / "deep.tiff") as out:
+        out.load()  # libtiff decodes it: a valid file
+        assert out.size == (40, 30) and out.getpixel((20, 15)) == (*(v >> 8 for v in RED16), 255)
+
+
+def test_a_16_bit_tiff_cut_out_again_keeps_its_samples(tmp_path: Path,
+                                                       emulator: Emulator) -> None:
+    """A deflate-compressed 16-bit TIFF (the one bgremove writes) read back in at 16 bits."""
+    rows = deep_subject()
+    src = write_png16(tmp_path / "deep.png", rows)
+    done = bgremove(tmp_path, "remove", str(src), "--format", "tiff", "--background", "white",
+                    emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    flat = read_tiff16(tmp_path / "deep-nobg.tiff")
+    white = (65535, 65535, 65535)
+    assert flat == [[white if px[:3] == KEY16 else px[:3] for px in row] for row in rows]
+    # The flattened TIFF as an input: its key is now white.
+    done = bgremove(tmp_path, "remove", str(tmp_path / "deep-nobg.tiff"), "-o",
+                    str(tmp_path / "again"), emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    _, got = read_png16(tmp_path / "again" / "deep-nobg.png")
+    assert got == [[(*px, 0 if px == white else 65535) for px in row] for row in flat]
+
+
+def test_16_bit_alpha_is_kept_and_crop_applies(tmp_path: Path, emulator: Emulator) -> None:
+    rows = deep_subject(alpha=40_000 + 77)  # half-transparent everywhere: the input's alpha wins
+    src = write_png16(tmp_path / "ghost.png", rows)
+    done = bgremove(tmp_path, "remove", str(src), "--crop", emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    _, got = read_png16(tmp_path / "ghost-nobg.png")
+    left, top, right, bottom = BLOCK
+    assert got == [[(*px[:3], 40_077) for px in row[left:right]] for row in rows[top:bottom]]
+
+
+def test_16_bit_inputs_give_8_bit_jpeg_and_masks(tmp_path: Path, emulator: Emulator) -> None:
+    src = write_png16(tmp_path / "deep.png", deep_subject())
+    done = bgremove(tmp_path, "remove", str(src), "--format", "jpg", "--mask-only",
+                    emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    with Image.open(tmp_path / "deep-nobg.jpg") as out:
+        assert out.mode == "L" and out.getpixel((20, 15)) > 240
