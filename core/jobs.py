@@ -32,7 +32,7 @@ class JobResult:
 
     input: Path
     output: Path | None
-    status: str  # "ok" or "failed"
+    status: str  # "ok", "skipped" (its result was already there) or "failed"
     error: BgremoveError | None
     seconds: float
     task_id: str | None = None
