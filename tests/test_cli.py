@@ -311,30 +311,9 @@ def test_a_refused_key_stops_the_batch_after_the_first_image(
     assert main(["remove", *map(str, srcs), "--concurrency", "1", "--json"]) == 1
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(records) == 6 and all(r["status"] == "failed" for r in records)
-    # The first refusal stops the batch; the one worker may already have taken the next image.
+    # The first refusal stops the batch: the one worker decides before it takes the next image.
     tried = sum(r["error_kind"] == "auth" for r in records)
-    assert tried in (1, 2)
+    assert tried == 1
     assert sum(r["error_kind"] == "not_attempted" and "401" in r["error"]
                for r in records) == 6 - tried
     assert emu.count("upload") + emu.count("upload_binary") == tried
-
-
-def test_an_unreachable_service_stops_after_three_failures_in_a_row(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    import socket
-
-    with socket.socket() as probe:  # a port with nothing listening
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("wavespeed:\n  retry:\n    max_attempts: 1\n")
-    monkeypatch.setenv("WAVESPEED_API_KEY", "wsk-some-valid-looking-key")
-    monkeypatch.setenv("WAVESPEED_BASE_URL", f"http://127.0.0.1:{port}")
-    srcs = [_solid(tmp_path / f"{i}.png") for i in range(8)]
-    code = main(["remove", *map(str, srcs), "--concurrency", "1", "--json", "--config", str(cfg)])
-    assert code == 1
-    kinds = [json.loads(line)["error_kind"] for line in capsys.readouterr().out.splitlines()]
-    # Three in a row stop the batch; the one worker may already have taken a fourth image.
-    assert kinds.count("connection") in (3, 4)
-    assert kinds.count("not_attempted") == 8 - kinds.count("connection")

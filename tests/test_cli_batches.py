@@ -233,9 +233,10 @@ def test_an_unreachable_service_starts_no_image_after_the_third_failure(tmp_path
 
 
 def test_the_breaker_wins_the_race_against_a_slow_reporter(tmp_path: Path) -> None:
-    """The race itself: the thread that reports results is held up on the third failure until
-    a fourth image starts (or 2 s pass). Deciding in the reporting thread lets the worker
-    start the fourth image in that window; deciding in the worker never does."""
+    """The race itself: the thread that reports results is held up on the second failure
+    until a fourth image starts (or 2 s pass). Meanwhile the worker fails the third image:
+    when the reporting thread makes the decision, it has not seen that failure yet and the
+    worker starts the fourth; when the worker decides, it never does."""
     import io
     import threading
 
@@ -264,7 +265,7 @@ def test_the_breaker_wins_the_race_against_a_slow_reporter(tmp_path: Path) -> No
         def write(self, text: str) -> int:
             if '"connection"' in text:
                 self.failures += 1
-                if self.failures == 3:
+                if self.failures == 2:
                     fourth.wait(2.0)  # the window in which a late decision lets one through
             return super().write(text)
 
