@@ -27,7 +27,7 @@ from typing import Any, Union
 
 import yaml
 
-from core.errors import ConfigError
+from bgremove.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class OutputConfig:
     # Foreground colour estimation: soft edges stop carrying the old background's colour.
     foreground: bool = False
     suffix: str = "-nobg"  # used when no output folder is given
-    # False: the output keeps the input's EXIF minus the GPS location (core.imaging_meta).
+    # False: the output keeps the input's EXIF minus the GPS location (bgremove.imaging._meta).
     strip_metadata: bool = False
 
 

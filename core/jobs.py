@@ -12,17 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.errors import BgremoveError, ConfigError
+from bgremove.errors import BgremoveError, ConfigError
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from core.backends import Backend, JobHooks
-    from core.config import Config, OutputConfig
-    from core.imaging import SourceImage
+    from bgremove.backends import Backend, JobHooks
+    from bgremove.config import Config, OutputConfig
+    from bgremove.imaging import SourceImage
 
 
-#: The warning of a result in which nothing is left visible (see ``core.imaging.has_subject``).
+#: The warning of a result in which nothing is left visible (see ``bgremove.imaging.has_subject``).
 NO_SUBJECT_WARNING = "no subject found: the result is fully transparent"
 
 
@@ -54,7 +54,7 @@ class JobResult:
 
 def output_path_for(src: Path, out_dir: Path | None, output: OutputConfig) -> Path:
     """``DIR/<stem>.<ext>``, or ``<stem><suffix>.<ext>`` beside the input without a folder."""
-    from core.imaging import extension_for
+    from bgremove.imaging import extension_for
 
     ext = extension_for(output.format)
     if out_dir is None:
@@ -65,7 +65,7 @@ def output_path_for(src: Path, out_dir: Path | None, output: OutputConfig) -> Pa
 def _estimate_foreground(image: Image.Image, alpha: Image.Image) -> Image.Image:
     """Recolour semi-transparent pixels with their estimated foreground colour (needs numpy)."""
     try:
-        from core.local.refine import estimate_foreground
+        from bgremove.local.refine import estimate_foreground
     except ImportError:
         raise ConfigError("output.foreground needs numpy",
                           hint="pip install 'bgremove[local]', or set output.foreground: false"
@@ -87,8 +87,8 @@ def remove_file(
     ``source`` is ``src`` already decoded by the caller (the daemon decodes each
     file to know it is complete), so it is not decoded a second time.
     """
-    from core.backends import JobHooks
-    from core.imaging import compose_output, fit_alpha, has_subject, load_image, save_image
+    from bgremove.backends import JobHooks
+    from bgremove.imaging import compose_output, fit_alpha, has_subject, load_image, save_image
 
     hooks = hooks or JobHooks()
     started = time.monotonic()

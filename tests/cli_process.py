@@ -14,10 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.emulator import Emulator
+from bgremove.emulator import Emulator
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMAND = [sys.executable, "-m", "core"]
+COMMAND = [sys.executable, "-m", "bgremove"]
 
 #: Short poll and retry intervals, so a test does not wait on the service's real pacing.
 FAST = ("wavespeed:\n  poll:\n    initial: 0.05\n    max: 0.2\n"

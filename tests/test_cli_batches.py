@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.emulator import Emulator
+from bgremove.emulator import Emulator
 from tests.cli_process import bgremove
 
 
@@ -240,9 +240,9 @@ def test_the_breaker_wins_the_race_against_a_slow_reporter(tmp_path: Path) -> No
     import io
     import threading
 
-    from core.commands.remove import plan_outputs, run_batch
-    from core.config import Config
-    from core.errors import ServiceConnectionError
+    from bgremove.commands.remove import plan_outputs, run_batch
+    from bgremove.config import Config
+    from bgremove.errors import ServiceConnectionError
 
     started: list[str] = []
     fourth = threading.Event()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.emulator import Emulator
+from bgremove.emulator import Emulator
 from tests import images as img
 from tests.cli_process import bgremove
 

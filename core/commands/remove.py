@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from core.cli import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
-from core.errors import ConfigError
+from bgremove.cli import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
+from bgremove.errors import ConfigError
 
 if TYPE_CHECKING:
-    from core.errors import OutputError
-    from core.jobs import JobResult
+    from bgremove.errors import OutputError
+    from bgremove.jobs import JobResult
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
 
@@ -71,8 +71,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.backends import make_backend, resolve_backend_name
-    from core.imaging import parse_color
+    from bgremove.backends import make_backend, resolve_backend_name
+    from bgremove.imaging import parse_color
 
     if args.concurrency is not None and args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
@@ -128,7 +128,7 @@ def _say(text: str) -> None:
 
 
 def _require_numpy() -> None:
-    from core.errors import ConfigError
+    from bgremove.errors import ConfigError
 
     try:
         import numpy  # noqa: F401
@@ -262,7 +262,7 @@ def plan_outputs(inputs: list[Path], out_dir: Path | None, output: Any, *,
     With ``out_dir`` an image found in a subfolder goes to the same subfolder of it. The
     pairing depends on the inputs alone, so the same command names the same results again.
     """
-    from core.jobs import output_path_for
+    from bgremove.jobs import output_path_for
 
     subdirs = subdirs or {}
     taken: set[str] = {_key(p) for p in inputs}
@@ -301,7 +301,7 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Any, config: Any, *,
     """
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    from core.backends import CancelToken, JobHooks
+    from bgremove.backends import CancelToken, JobHooks
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -359,7 +359,7 @@ def _is_file(path: Path) -> bool:
 
 
 def _skipped(src: Path, dst: Path) -> JobResult:
-    from core.jobs import JobResult
+    from bgremove.jobs import JobResult
 
     return JobResult(src, dst, "skipped", None, 0.0)
 
@@ -417,8 +417,8 @@ class _Breaker:
 
     def reason_to_stop(self, src: Path) -> JobResult | None:
         """None to go on; else the "not attempted" result for ``src``."""
-        from core.errors import BgremoveError
-        from core.jobs import JobResult
+        from bgremove.errors import BgremoveError
+        from bgremove.jobs import JobResult
 
         with self._lock:
             reason = self.reason
@@ -434,8 +434,8 @@ def _run_one(src: Path, dst: Path, backend: Any, config: Any, hooks: Any,
     import logging
     import time
 
-    from core.errors import BgremoveError
-    from core.jobs import JobResult, remove_file
+    from bgremove.errors import BgremoveError
+    from bgremove.jobs import JobResult, remove_file
 
     started = time.monotonic()
     try:
@@ -464,7 +464,7 @@ class OutputCheck:
         self._lock = threading.Lock()
 
     def __call__(self, dst: Path) -> None:
-        from core.errors import OutputError
+        from bgremove.errors import OutputError
 
         folder = dst.parent
         with self._lock:
@@ -487,7 +487,7 @@ class OutputCheck:
         """The reason ``folder`` cannot take results (created if missing), or None."""
         import tempfile
 
-        from core.errors import OutputError
+        from bgremove.errors import OutputError
 
         try:
             folder.mkdir(parents=True, exist_ok=True)

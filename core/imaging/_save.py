@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from core.errors import OutputError
-from core.imaging_deep import DeepImage, write_png16, write_tiff16
-from core.imaging_modes import icc_colour_space
+from bgremove.errors import OutputError
+from bgremove.imaging._deep import DeepImage, write_png16, write_tiff16
+from bgremove.imaging._modes import icc_colour_space
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -70,7 +70,7 @@ def save_image(image: Image.Image | DeepImage, path: str | os.PathLike[str], *,
 
     The ICC profile is embedded when it matches the image's colour space (an RGB profile is
     not put on a greyscale mask); a 16-bit ``DeepImage`` carries its own. ``exif`` (a block
-    from ``core.imaging_meta``) is written as is. Missing parent folders are created. A
+    from ``bgremove.imaging._meta``) is written as is. Missing parent folders are created. A
     JPEG cannot hold transparency: an RGBA image is refused (``compose`` flattens JPEG
     outputs onto a background).
     """
