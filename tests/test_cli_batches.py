@@ -237,12 +237,12 @@ def test_the_breaker_wins_the_race_against_a_slow_reporter(tmp_path: Path) -> No
     until a fourth image starts (or 2 s pass). Meanwhile the worker fails the third image:
     when the reporting thread makes the decision, it has not seen that failure yet and the
     worker starts the fourth; when the worker decides, it never does."""
-    import io
     import threading
 
-    from bgremove.commands.remove import plan_outputs, run_batch
+    from bgremove.batch import plan_outputs, run_batch
     from bgremove.config import Config
     from bgremove.errors import ServiceConnectionError
+    from bgremove.jobs import JobResult
 
     started: list[str] = []
     fourth = threading.Event()
@@ -259,21 +259,19 @@ def test_the_breaker_wins_the_race_against_a_slow_reporter(tmp_path: Path) -> No
         def close(self) -> None:
             pass
 
-    class SlowReporter(io.StringIO):
-        failures = 0
+    failures = 0
 
-        def write(self, text: str) -> int:
-            if '"connection"' in text:
-                self.failures += 1
-                if self.failures == 2:
-                    fourth.wait(2.0)  # the window in which a late decision lets one through
-            return super().write(text)
+    def slow_reporter(result: JobResult) -> None:
+        nonlocal failures
+        if isinstance(result.error, ServiceConnectionError):
+            failures += 1
+            if failures == 2:
+                fourth.wait(2.0)  # the window in which a late decision lets one through
 
     config = Config().with_overrides({"concurrency": 1})
     srcs = [photo(tmp_path / f"{i}.png") for i in range(8)]
     plan = plan_outputs(srcs, tmp_path / "out", config.output)
-    out = SlowReporter()
-    results = run_batch(plan, Unreachable(), config, json_lines=True, out=out,
-                        err=io.StringIO())
+    results = run_batch(plan, Unreachable(), config,  # type: ignore[arg-type]
+                        on_result=slow_reporter)
     assert len(started) == 3, started
     assert [r.error.kind for r in results if r.error].count("not_attempted") == 5

@@ -7,6 +7,7 @@ as flags, and the JPEG upload used when the lossless PNG is over the upload limi
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -186,23 +187,18 @@ def test_a_photo_over_the_upload_limit_is_sent_as_jpeg(tmp_path: Path,
     done = bgremove(tmp_path, "remove", str(src), emulator=emulator,
                     config="wavespeed:\n  max_upload_bytes: 5000\n")
     assert done.returncode == 0, done.stderr
-    media = emulator._media.values()
+    media = emulator._service.store.media.values()  # what was uploaded, with its type
     assert len(media) == 1
     assert media[0].content_type == "image/jpeg" and media[0].filename.endswith(".jpg")
-    assert media[0].data.startswith(b"\xff\xd8")
-    with Image.open(io_bytes(media[0].data)) as sent:
+    with Image.open(io.BytesIO(media[0].data)) as sent:
         assert sent.format == "JPEG" and sent.size == (width, height)
+    assert emulator.tasks_for(media[0].data) == 1
     with Image.open(tmp_path / "grain-nobg.png") as out:
         assert out.size == (width, height)
         assert out.getpixel((2, 2))[3] == 0
         inside = out.getpixel((width // 2, height // 2))
         assert inside[3] == 255 and inside[:3] == photo.getpixel((width // 2, height // 2))
 
-
-def io_bytes(data: bytes) -> object:
-    import io
-
-    return io.BytesIO(data)
 
 
 # --- 16-bit inputs ------------------------------------------------------------------------------
