@@ -6,11 +6,13 @@
     _modes     colour modes, ICC profiles, EXIF orientation
     _meta      the EXIF an output keeps (no GPS location)
     _deep      16-bit inputs kept 16-bit in PNG and TIFF outputs
+    _match     is a cut-out made from this image? (finding the task of a lost submit)
 
 The modules are private; these are the public names.
 """
 
 from bgremove.imaging._deep import DeepImage
+from bgremove.imaging._match import cutout_matches, decode_image
 from bgremove.imaging._pipeline import (
     SourceImage,
     alpha_from_bytes,
@@ -27,6 +29,6 @@ from bgremove.imaging._upload import UploadImage, encode_for_upload
 
 __all__ = [
     "FORMATS", "DeepImage", "SourceImage", "UploadImage", "alpha_from_bytes", "compose",
-    "compose_output", "encode_for_upload", "extension_for", "fit_alpha", "has_subject",
-    "load_image", "parse_color", "save_image", "source_from_raw",
+    "compose_output", "cutout_matches", "decode_image", "encode_for_upload", "extension_for",
+    "fit_alpha", "has_subject", "load_image", "parse_color", "save_image", "source_from_raw",
 ]
