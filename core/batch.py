@@ -178,6 +178,7 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
     """
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
+    from bgremove import tasklog
     from bgremove.backends import CancelToken, JobHooks
 
     cancel = CancelToken()
@@ -190,8 +191,15 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
             return _kept(src, dst)
         if breaker.tripped:
             return breaker.skipped(src)
-        result = _run_one(src, dst, backend, config, JobHooks(cancel=cancel), check_output)
+
+        def on_task(task_id: str) -> None:  # `bgremove tasks` names the input
+            tasklog.record(task_id, input=src)
+
+        result = _run_one(src, dst, backend, config, JobHooks(cancel=cancel, on_task=on_task),
+                          check_output)
         breaker.trips(result)  # here, before this worker takes its next image
+        if result.task_id and result.output:
+            tasklog.record(result.task_id, output=result.output)
         return result
 
     pool = ThreadPoolExecutor(max_workers=max(1, min(config.concurrency, len(plan) or 1)),
