@@ -46,8 +46,8 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from PIL import Image
 
-    from bgremove.backends import CancelToken
     from bgremove.config import Config
+    from bgremove.contract import CancelToken
     from bgremove.errors import BgremoveError
 
 log = logging.getLogger(__name__)
@@ -279,8 +279,9 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
     """Handle one request from ``stdin``; return the process exit code."""
     out = Output(stdout)
     try:
-        from bgremove.backends import CancelToken, JobHooks, make_backend
+        from bgremove.backends import make_backend
         from bgremove.config import load_config
+        from bgremove.contract import CancelToken, JobHooks
         from bgremove.errors import BgremoveError, CancelledError
         from bgremove.logs import register_secret, setup_logging
         from bgremove.version import __version__

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bgremove.backends import CancelToken
 from bgremove.config import Config, WatchConfig
+from bgremove.contract import CancelToken
 from bgremove.errors import ConfigError
 from bgremove.watcher.claims import Claims, make_owner_id, parse_owner, pid_alive
 from bgremove.watcher.journal import Journal

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bgremove.backends import CancelToken, JobHooks
+from bgremove.contract import CancelToken, JobHooks
 from bgremove.errors import (
     APIStatusError,
     BgremoveError,
@@ -71,8 +71,8 @@ from bgremove.watcher.readiness import ReadinessTracker, Ready
 from bgremove.watcher.scheduler import Scheduler
 
 if TYPE_CHECKING:
-    from bgremove.backends import Backend
     from bgremove.config import Config
+    from bgremove.contract import Backend
     from bgremove.imaging import SourceImage
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bgremove.backends import CancelToken
     from bgremove.config import WatchConfig
+    from bgremove.contract import CancelToken
     from bgremove.watcher.journal import Journal
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from bgremove.cli import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_
 from bgremove.errors import ConfigError
 
 if TYPE_CHECKING:
-    from bgremove.backends import Backend
     from bgremove.config import Config
+    from bgremove.contract import Backend
     from bgremove.jobs import JobResult
 
 def register(sub: Any) -> None:

@@ -4,6 +4,7 @@
     _upload    encoding for upload: no metadata, within the service's limits
     _save      the output formats and the atomic save
     _modes     colour modes, ICC profiles, EXIF orientation
+    _foreground  foreground colours on soft edges (numpy; loaded on first use)
 
 The modules are private; these are the public names.
 """
@@ -12,6 +13,7 @@ from bgremove.imaging._pipeline import (
     SourceImage,
     alpha_from_bytes,
     compose,
+    estimate_foreground,
     fit_alpha,
     load_image,
     parse_color,
@@ -22,5 +24,6 @@ from bgremove.imaging._upload import UploadImage, encode_for_upload
 
 __all__ = [
     "FORMATS", "SourceImage", "UploadImage", "alpha_from_bytes", "compose", "encode_for_upload",
-    "extension_for", "fit_alpha", "load_image", "parse_color", "save_image", "source_from_raw",
+    "estimate_foreground", "extension_for", "fit_alpha", "load_image", "parse_color",
+    "save_image", "source_from_raw",
 ]

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from bgremove.backends import Cutout, JobHooks
+from bgremove.contract import Cutout, JobHooks
 from bgremove.errors import ConfigError
 from bgremove.wavespeed._answers import Prediction
 from bgremove.wavespeed._client import WaveSpeedClient

@@ -49,8 +49,8 @@ from bgremove.wavespeed._errors import protocol_error, task_error
 from bgremove.wavespeed._http import CallContext, ClientStats, Requester
 
 if TYPE_CHECKING:
-    from bgremove.backends import CancelToken
     from bgremove.config import WaveSpeedConfig
+    from bgremove.contract import CancelToken
 
 log = logging.getLogger(__name__)
 

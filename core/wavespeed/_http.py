@@ -32,8 +32,8 @@ from bgremove.wavespeed._errors import (
 )
 
 if TYPE_CHECKING:
-    from bgremove.backends import CancelToken
     from bgremove.config import WaveSpeedConfig
+    from bgremove.contract import CancelToken
 
 log = logging.getLogger(__name__)
 
