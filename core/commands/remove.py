@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from bgremove.cli import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
+from bgremove.commands.common import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
 from bgremove.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from bgremove.cli import add_config_argument, config_from_args
+from bgremove.commands.common import add_config_argument, config_from_args
 
 log = logging.getLogger("bgremove.watch")
 
