@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from bgremove.choices import BACKENDS
 from bgremove.errors import ConfigError, MissingKeyError
 
 if TYPE_CHECKING:
@@ -23,15 +24,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BACKEND_NAMES = ("auto", "wavespeed", "local")
 
 
 def resolve_backend_name(config: Config, name: str | None = None) -> str:
     """Return ``wavespeed`` or ``local`` for a requested name (default: the config's)."""
     wanted = name or config.backend
-    if wanted not in BACKEND_NAMES:
+    if wanted not in BACKENDS:
         raise ConfigError(
-            f"unknown backend {wanted!r}", hint=f"use one of {', '.join(BACKEND_NAMES)}"
+            f"unknown backend {wanted!r}", hint=f"use one of {', '.join(BACKENDS)}"
         )
     if wanted == "auto":
         if config.wavespeed.api_key:

@@ -98,7 +98,7 @@ class Request:
 
 def parse_request(line: bytes) -> Request:
     """Validate the plug-in's header line; raise ``RequestError`` naming the bad field."""
-    from bgremove.backends import BACKEND_NAMES
+    from bgremove.choices import BACKENDS
 
     try:
         data = json.loads(line)
@@ -121,8 +121,8 @@ def parse_request(line: bytes) -> Request:
     if fmt not in FORMATS:
         raise RequestError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     backend = data.get("backend", "auto")
-    if backend not in BACKEND_NAMES:
-        raise RequestError(f"backend {backend!r} is not one of {', '.join(BACKEND_NAMES)}")
+    if backend not in BACKENDS:
+        raise RequestError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     want = data.get("want", "mask")
     if want not in WANTS:
         raise RequestError(f"want {want!r} is not one of {', '.join(WANTS)}")

@@ -7,8 +7,8 @@ Layers, top to bottom; a module imports only from its own layer and the layers b
     GIMP plug-in   bgremove.plugin_gimp.*      }
     core           every other bgremove module
 
-Leaves: ``bgremove.errors`` and ``bgremove.version`` import no bgremove module,
-``bgremove.contract`` (the backend contract) only the errors. No import cycles
+Leaves: ``bgremove.errors``, ``bgremove.version`` and ``bgremove.choices`` import no
+bgremove module, ``bgremove.contract`` (the backend contract) only the errors. No import cycles
 among modules (imports inside functions count, ``if TYPE_CHECKING:`` ones do not).
 The plug-in file GIMP loads (remove_background.py) imports nothing from bgremove.
 
@@ -33,7 +33,7 @@ LAYERS = {  # name: (rank, module prefixes); a lower rank sits higher
     "watcher": (1, ("bgremove.watcher",)),
     "GIMP plug-in": (1, ("bgremove.plugin_gimp",)),
 }
-LEAVES = {"bgremove.errors": set(), "bgremove.version": set(),
+LEAVES = {"bgremove.errors": set(), "bgremove.version": set(), "bgremove.choices": set(),
           "bgremove.contract": {"bgremove.errors"}}
 GIMP_SIDE = "bgremove.plugin_gimp.remove_background"
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from bgremove.choices import BACKENDS, OUTPUT_FORMATS
 from bgremove.commands.common import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
 from bgremove.errors import ConfigError
 
@@ -27,9 +28,9 @@ def register(sub: Any) -> None:
     p.add_argument("-o", "--output-dir", metavar="DIR", help="folder for the results")
     p.add_argument("--concurrency", type=int, metavar="N",
                    help="images processed at once (default: concurrency in the config, 4)")
-    p.add_argument("--backend", choices=("auto", "wavespeed", "local"),
+    p.add_argument("--backend", choices=BACKENDS,
                    help="auto: WaveSpeed when an API key is set, else the offline model")
-    p.add_argument("--format", choices=("png", "webp", "tiff"), help="output format (default png)")
+    p.add_argument("--format", choices=OUTPUT_FORMATS, help="output format (default png)")
     p.add_argument("--mask-only", action="store_true", default=None,
                    help="write the mask as a greyscale image instead of the cut-out")
     p.add_argument("--background", metavar="COLOR",

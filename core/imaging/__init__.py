@@ -9,6 +9,7 @@
 The modules are private; these are the public names.
 """
 
+from bgremove.choices import OUTPUT_FORMATS as FORMATS
 from bgremove.imaging._pipeline import (
     SourceImage,
     alpha_from_bytes,
@@ -19,7 +20,7 @@ from bgremove.imaging._pipeline import (
     parse_color,
     source_from_raw,
 )
-from bgremove.imaging._save import FORMATS, extension_for, save_image
+from bgremove.imaging._save import extension_for, save_image
 from bgremove.imaging._upload import UploadImage, encode_for_upload
 
 __all__ = [

@@ -14,13 +14,13 @@ import secrets
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from bgremove.choices import OUTPUT_FORMATS
 from bgremove.errors import OutputError
 from bgremove.imaging._modes import icc_colour_space
 
 if TYPE_CHECKING:
     from PIL import Image
 
-FORMATS = ("png", "webp", "tiff")
 _PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "tiff": "TIFF"}
 _EXTENSIONS = {"png": ".png", "webp": ".webp", "tiff": ".tiff"}
 _WEBP_MAX_SIDE = 16383
@@ -32,7 +32,7 @@ def extension_for(fmt: str) -> str:
     try:
         return _EXTENSIONS[fmt]
     except KeyError:
-        raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(FORMATS)}") \
+        raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}") \
             from None
 
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from bgremove.choices import WAIT_MODES
 from bgremove.contract import Cutout, JobHooks
 from bgremove.errors import ConfigError
 from bgremove.wavespeed._answers import Prediction
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WAIT_MODES = ("sync", "poll")
 
 
 class WaveSpeedBackend:
