@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bgremove.commands import doctor, emulator, gimp, models, remove, watch
+from bgremove.commands import doctor, emulator, gimp, models, remove, tasks, watch
 from bgremove.commands.common import EXIT_FAILED, EXIT_USAGE
 from bgremove.errors import BgremoveError, ConfigError
 from bgremove.version import __version__
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bgremove {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for command in (remove, doctor, emulator, models, watch, gimp):
+    for command in (remove, doctor, emulator, models, tasks, watch, gimp):
         command.register(sub)
     return parser
 
