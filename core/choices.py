@@ -7,8 +7,8 @@ from __future__ import annotations
 
 #: ``backend`` / ``--backend``: auto is wavespeed when an API key is set, else local.
 BACKENDS = ("auto", "wavespeed", "local")
-#: ``output.format`` / ``--format``: the formats results are written in (all lossless).
-OUTPUT_FORMATS = ("png", "webp", "tiff")
+#: ``output.format`` / ``--format``: the formats results are written in (all lossless but jpg).
+OUTPUT_FORMATS = ("png", "webp", "tiff", "jpg")
 #: ``wavespeed.wait``: one blocking submit, or an async submit then polling.
 WAIT_MODES = ("sync", "poll")
 #: ``local.model``: the offline models bgremove knows.
