@@ -114,11 +114,12 @@ def test_an_unusable_output_folder_is_one_line_and_exit_2(
         tmp_path: Path, emulator: Emulator) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    srcs = [photo(tmp_path / f"{i}.png") for i in range(11)]
+    srcs = [photo(tmp_path / "in" / f"{i}.png") for i in range(11)]
+    (tmp_path / "in" / "sub").mkdir()  # its note would be a second line
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    done = bgremove(tmp_path, "remove", *map(str, srcs), str(bad), "-o", str(blocker / "out"),
-                    emulator=emulator)
+    done = bgremove(tmp_path, "remove", str(tmp_path / "in"), str(bad), "-o",
+                    str(blocker / "out"), emulator=emulator)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and str(blocker / "out") in lines[0], done.stderr
