@@ -35,6 +35,7 @@ from bgremove.errors import (
     ServiceConnectionError,
     ServiceTimeoutError,
 )
+from bgremove.files import probe_writable
 
 if TYPE_CHECKING:
     from bgremove.config import Config, OutputConfig
@@ -334,13 +335,8 @@ class OutputCheck:
     @staticmethod
     def probe(folder: Path) -> OutputError | None:
         """Why ``folder`` cannot take results (it is created if missing), or None."""
-        import tempfile
-
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(prefix=".bgremove-", suffix=".tmp", dir=folder)
-            os.close(fd)
-            os.unlink(probe)
+            probe_writable(folder)
         except OSError as exc:
             return OutputError(f"cannot write to output folder {folder}: {exc.strerror or exc}",
                                hint="check the -o path, its permissions and free space")
