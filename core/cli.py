@@ -21,6 +21,7 @@ from typing import Any
 
 from core import __version__
 from core.errors import BgremoveError, ConfigError
+from core.logs import printable
 
 log = logging.getLogger("bgremove")
 
@@ -94,10 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"bgremove: {exc}", file=sys.stderr)
+        print(f"bgremove: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except BgremoveError as exc:
-        print(f"bgremove: {exc}", file=sys.stderr)
+        print(f"bgremove: {printable(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("bgremove: interrupted", file=sys.stderr)

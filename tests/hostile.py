@@ -14,6 +14,7 @@ Not the emulator: this server is small, lies on purpose, and never checks much.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -138,10 +139,8 @@ def send_bytes(handler: BaseHTTPRequestHandler, body: bytes, *, status: int = 20
     for name, value in (headers or {}).items():
         handler.send_header(name, value)
     handler.end_headers()
-    try:
+    with contextlib.suppress(OSError):  # the client gave up: that is the point
         handler.wfile.write(body)
-    except OSError:
-        pass  # the client gave up: that is the point
 
 
 def send_json(handler: BaseHTTPRequestHandler, body: Any, *, status: int = 200) -> None:

@@ -321,17 +321,19 @@ class OutputCheck:
 
 
 def _report(result: JobResult, json_lines: bool, out: TextIO, err: TextIO) -> None:
+    from core.logs import printable
+
     if json_lines:
         out.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
         out.flush()
     elif result.status == "ok":
-        out.write(f"{result.input} -> {result.output} ({result.seconds:.1f} s)\n")
+        out.write(printable(f"{result.input} -> {result.output} ({result.seconds:.1f} s)") + "\n")
         out.flush()
     else:
         # Core errors usually name the file already; add it only where they do not.
         text = str(result.error)
         where = "" if str(result.input) in text else f"{result.input}: "
-        err.write(f"bgremove: {where}{text}\n")
+        err.write(printable(f"bgremove: {where}{text}") + "\n")
         err.flush()
 
 
