@@ -146,8 +146,9 @@ class WatchConfig:
     # A file that still does not decode after being unchanged this long is broken.
     settle_seconds: float = _opt(5.0, min=0.0)
     stale_claim_seconds: float = _opt(60.0, min=1.0)  # a daemon silent this long is dead
-    # A submit whose answer was lost is sent again this many times (it may bill twice).
-    retry_uncertain_submits: int = _opt(1, min=0)
+    # A submit whose answer was lost is sent again this many times (it may bill twice);
+    # 0: never, the file goes to failed/ saying so.
+    retry_uncertain_submits: int = _opt(0, min=0)
 
 
 @dataclass(frozen=True)
