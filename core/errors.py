@@ -9,6 +9,7 @@
     │   └── ImageTooLargeError      decompression bomb, or too many pixels for the configured limit
     ├── OutputError                 the result cannot be written (permissions, disk full)
     ├── CancelledError              the caller cancelled the work (GIMP cancel, shutdown)
+    ├── NotAttemptedError           a batch stopped before this file: the service refused the others
     ├── ModelError                  the local model is missing, corrupt or cannot be fetched
     └── ServiceError                anything the remote service did wrong
         ├── TransportError          no usable HTTP answer
@@ -111,6 +112,12 @@ class CancelledError(BgremoveError):
     transient = True
 
 
+class NotAttemptedError(BgremoveError):
+    """Raised for a file a batch never started, once the service had refused every file."""
+
+    kind = "not_attempted"
+
+
 class ModelError(BgremoveError):
     """Raised when the local model file is missing, corrupt or cannot be fetched."""
 
@@ -155,7 +162,7 @@ class ServiceTimeoutError(TransportError):
 class SubmitUncertainError(ServiceError):
     """Raised when a submit's answer was lost: the task may exist and may be billed.
 
-    It is not resubmitted automatically; see ``core.retry`` for the policy.
+    It is not resubmitted automatically; see ``bgremove.retry`` for the policy.
     """
 
     kind = "submit_uncertain"

@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from core.backends import CancelToken
-from core.config import PollPolicy, RetryPolicy, Timeouts, WaveSpeedConfig
-from core.errors import (
+from bgremove.backends import CancelToken
+from bgremove.config import PollPolicy, RetryPolicy, Timeouts, WaveSpeedConfig
+from bgremove.errors import (
     AccountSuspendedError,
     APIStatusError,
     AuthenticationError,
@@ -37,7 +37,7 @@ from core.errors import (
     SubmitUncertainError,
     TaskFailedError,
 )
-from core.wavespeed_client import CallContext, Prediction, WaveSpeedClient
+from bgremove.wavespeed import CallContext, Prediction, WaveSpeedClient
 
 KEY = "wsk-live-SECRET-7f3a9c0e5b"
 BASE = "https://api.wavespeed.test"
@@ -500,7 +500,7 @@ def test_submit_is_retried_when_no_task_can_exist(client: WaveSpeedClient, servi
 def test_a_submit_answer_no_parser_foresaw_is_uncertain(
         client: WaveSpeedClient, service: Service, monkeypatch: pytest.MonkeyPatch,
         sync: bool) -> None:
-    import core.wavespeed_client as client_module
+    import bgremove.wavespeed._client as client_module
 
     def surprised(response: httpx.Response, sync: bool) -> Any:
         raise RecursionError("maximum recursion depth exceeded")

@@ -14,10 +14,10 @@ from http.server import BaseHTTPRequestHandler
 import httpx
 import pytest
 
-from core.backends import CancelToken
-from core.errors import CancelledError, ProtocolError, ServiceTimeoutError, SubmitUncertainError
-from core.wavespeed_body import OutputLimits, read_body
-from core.wavespeed_transport import bounded_transport, budget
+from bgremove.backends import CancelToken
+from bgremove.errors import CancelledError, ProtocolError, ServiceTimeoutError, SubmitUncertainError
+from bgremove.wavespeed._body import OutputLimits, read_body
+from bgremove.wavespeed._transport import bounded_transport, budget
 from tests.hostile import HostileService, drip, fixed, send_stream
 
 
@@ -186,8 +186,8 @@ def test_a_silent_answer_is_cancelled_while_a_read_waits() -> None:
 
 
 def test_a_dripped_submit_answer_is_uncertain_and_sent_once() -> None:
-    from core.config import Config
-    from core.wavespeed_client import WaveSpeedClient
+    from bgremove.config import Config
+    from bgremove.wavespeed._client import WaveSpeedClient
 
     body = json.dumps({"code": 200, "data": {"id": "t", "status": "completed",
                                              "outputs": ["x"]}}).encode() + b" " * 500
@@ -202,8 +202,8 @@ def test_a_dripped_submit_answer_is_uncertain_and_sent_once() -> None:
 
 
 def test_gzip_bomb_of_a_json_answer_is_refused_over_a_socket() -> None:
-    from core.config import Config
-    from core.wavespeed_client import WaveSpeedClient
+    from bgremove.config import Config
+    from bgremove.wavespeed._client import WaveSpeedClient
 
     bomb = gzip.compress(b" " * (64 << 20), 9)
     answer = fixed(bomb, "application/json", headers={"Content-Encoding": "gzip"})

@@ -1,6 +1,6 @@
 """The request loop under the WaveSpeed client: headers, timeouts, retries, the deadline.
 
-``Requester.call`` sends one logical call (with retries per ``core.retry``)
+``Requester.call`` sends one logical call (with retries per ``bgremove.retry``)
 and hands the answer to a ``parse`` function. ``CallContext`` is what the
 calls for one image share (deadline, cancel token, request count, the size
 of the upload its answers are judged by); ``ClientStats`` counts over the
@@ -10,7 +10,7 @@ scrubbed from every exception chained to an error this module raises.
 Every answer is untrusted: its whole body (headers included, on the client's
 own transport) must arrive within the call's time limit, is capped in decoded
 bytes (``json_limit``, or the caller's ``max_bytes`` for a download), and is
-read here by ``core.wavespeed_body`` before any parser sees it. A submit whose
+read here by ``bgremove.wavespeed._body`` before any parser sees it. A submit whose
 answer cannot be read or understood raises ``SubmitUncertainError``, whatever
 went wrong: the request was sent, so the task may exist.
 """
@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from core import retry
-from core.errors import CancelledError, ProtocolError, ServiceError, ServiceTimeoutError
-from core.wavespeed_body import JSON_MAX_BYTES, OutputLimits, read_body, with_body
-from core.wavespeed_errors import (
+from bgremove import retry
+from bgremove.errors import CancelledError, ProtocolError, ServiceError, ServiceTimeoutError
+from bgremove.wavespeed._body import JSON_MAX_BYTES, OutputLimits, read_body, with_body
+from bgremove.wavespeed._errors import (
     envelope_task_id,
     parse_json,
     protocol_error,
@@ -38,11 +38,11 @@ from core.wavespeed_errors import (
     submit_uncertain,
     transport_error,
 )
-from core.wavespeed_transport import budget
+from bgremove.wavespeed._transport import budget
 
 if TYPE_CHECKING:
-    from core.backends import CancelToken
-    from core.config import WaveSpeedConfig
+    from bgremove.backends import CancelToken
+    from bgremove.config import WaveSpeedConfig
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class Requester:
         """Send one logical call with retries; return what ``parse`` makes of the answer.
 
         ``submit_sync`` is not None for a submit: then the submit policy of
-        ``core.retry`` applies instead of the idempotent one. ``bare`` sends
+        ``bgremove.retry`` applies instead of the idempotent one. ``bare`` sends
         exactly ``headers`` (an upload ticket's PUT). ``give_up_on`` lists
         retryable statuses to raise at once (the caller handles them).
         ``max_bytes`` caps the decoded body (default: ``json_limit``).

@@ -9,7 +9,7 @@ moment, and a read wakes every ``CANCEL_POLL`` seconds to look at the token.
 
 Used by the client's own pooled connection (not with a caller's ``httpx.Client``
 or a proxy from the environment: those keep httpx's per-operation timeouts,
-and ``core.wavespeed_body`` still bounds the body between reads).
+and ``bgremove.wavespeed._body`` still bounds the body between reads).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import httpcore
 import httpx
 
 if TYPE_CHECKING:
-    from core.backends import CancelToken
+    from bgremove.backends import CancelToken
 
 #: How often a waiting read looks at the cancel token, seconds.
 CANCEL_POLL = 0.2

@@ -4,7 +4,7 @@
 decodes them (identity, gzip, deflate; nothing else is accepted), so that:
 
 * the whole body has one deadline (``ends_at``), checked between reads; the
-  socket layer (``core.wavespeed_transport``) keeps each single read from
+  socket layer (``bgremove.wavespeed._transport``) keeps each single read from
   waiting past it, so a server dripping a byte every half second ends there;
 * the cancel token, when given, is checked between reads;
 * the *decoded* size is capped (``max_bytes``): a gzip bomb stops at the cap,
@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from core.errors import ProtocolError, ServiceTimeoutError
+from bgremove.errors import ProtocolError, ServiceTimeoutError
 
 if TYPE_CHECKING:
-    from core.backends import CancelToken
+    from bgremove.backends import CancelToken
 
 #: Decoded bytes produced per decompression step, so one step never allocates much.
 STEP = 1024 * 1024
