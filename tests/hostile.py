@@ -81,6 +81,10 @@ def _make_handler(service: HostileService) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
+        def handle(self) -> None:
+            with contextlib.suppress(ConnectionError):  # the client hung up on purpose
+                super().handle()
+
         def _drain(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             while length > 0:
