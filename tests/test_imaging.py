@@ -565,3 +565,19 @@ def test_background_under_an_input_that_was_half_transparent() -> None:
     assert out.getpixel((1, 0)) == (9, 9, 9)  # opaque: the original colour
     blend = round(9 * 128 / 255)  # alpha 128 of colour 9 over blue
     assert img.close(out.getpixel((0, 0)), (blend, blend, round((9 * 128 + 255 * 127) / 255)), 1)
+
+
+def test_decode_image_of_a_result_takes_png_or_webp_within_the_pixel_limit() -> None:
+    from bgremove.imaging import decode_image
+
+    png = img.encoded(Image.new("RGBA", (40, 30)), "PNG")
+    assert decode_image(png, max_pixels=1200).size == (40, 30)
+    with pytest.raises(ValueError, match="more than the 1,199 pixels"):
+        decode_image(png, max_pixels=1199)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 4 4\nshowpage\n"
+    with pytest.raises(ValueError):
+        decode_image(eps, max_pixels=ANY)
+    jpeg = img.encoded(Image.new("RGB", (4, 4)), "JPEG")
+    with pytest.raises(ValueError):
+        decode_image(jpeg, max_pixels=ANY)  # our own uploads only, when asked for
+    assert decode_image(jpeg, max_pixels=ANY, formats=("PNG", "JPEG")).size == (4, 4)
