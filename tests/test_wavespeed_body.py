@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler
 import httpx
 import pytest
 
-from bgremove.backends import CancelToken
+from bgremove.contract import CancelToken
 from bgremove.errors import CancelledError, ProtocolError, ServiceTimeoutError, SubmitUncertainError
 from bgremove.wavespeed._body import OutputLimits, read_body
 from bgremove.wavespeed._transport import bounded_transport, budget

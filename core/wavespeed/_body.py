@@ -25,7 +25,7 @@ import httpx
 from bgremove.errors import ProtocolError, ServiceTimeoutError
 
 if TYPE_CHECKING:
-    from bgremove.backends import CancelToken
+    from bgremove.contract import CancelToken
 
 #: Decoded bytes produced per decompression step, so one step never allocates much.
 STEP = 1024 * 1024

@@ -62,8 +62,8 @@ from bgremove.wavespeed._reconcile import Reconciler, SentSubmit
 from bgremove.wavespeed._transport import bounded_transport
 
 if TYPE_CHECKING:
-    from bgremove.backends import CancelToken
     from bgremove.config import WaveSpeedConfig
+    from bgremove.contract import CancelToken
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import httpcore
 import httpx
 
 if TYPE_CHECKING:
-    from bgremove.backends import CancelToken
+    from bgremove.contract import CancelToken
 
 #: How often a waiting read looks at the cancel token, seconds.
 CANCEL_POLL = 0.2
