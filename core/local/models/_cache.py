@@ -1,8 +1,9 @@
 """The local cache of model files: where it is, the sha256 stamps, what is cached.
 
 A ``NAME.onnx.verified`` stamp beside the file records the size, mtime and hash that
-were checked, so a start does not re-hash 176 MB; a file whose size or mtime no longer
-matches its stamp is hashed again, and a corrupt or partial file is removed.
+were checked, so ``models list`` and ``doctor`` do not re-hash 176 MB; a file whose size
+or mtime no longer matches its stamp is hashed again, and a corrupt or partial file is
+removed. The stamp can be forged, so it never decides what runs (``load_verified``).
 """
 
 from __future__ import annotations
@@ -86,13 +87,13 @@ def verify_cached(spec: ModelSpec, cache_dir: str | os.PathLike[str] | None = No
     if st.st_size != spec.size:
         log.warning("cached model %s has %d bytes, expected %d: removing it",
                     path, st.st_size, spec.size)
-        _discard(path)
+        discard(path)
         return None
     if _stamp_matches(path, spec, st):
         return path
     if sha256_file(path) != spec.sha256:
         log.warning("cached model %s has the wrong sha256: removing it", path)
-        _discard(path)
+        discard(path)
         return None
     try:
         write_stamp(path, spec)
@@ -101,7 +102,7 @@ def verify_cached(spec: ModelSpec, cache_dir: str | os.PathLike[str] | None = No
     return path
 
 
-def _discard(path: Path) -> None:
+def discard(path: Path) -> None:
     for p in (path, _stamp_path(path)):
         try:
             p.unlink(missing_ok=True)

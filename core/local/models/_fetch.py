@@ -3,6 +3,7 @@ per file; ``ensure_model`` fetches on first use with a progress line on a termin
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -14,7 +15,13 @@ from typing import IO
 
 from bgremove.errors import ModelError
 from bgremove.files import atomic_writer
-from bgremove.local.models._cache import model_path, sha256_of, verify_cached, write_stamp
+from bgremove.local.models._cache import (
+    discard,
+    model_path,
+    sha256_of,
+    verify_cached,
+    write_stamp,
+)
 from bgremove.local.models._registry import ModelSpec, get_spec
 from bgremove.local.models._sources import ByteProgress, FetchFailed, Source, default_sources
 
@@ -132,3 +139,27 @@ def ensure_model(name: str, cache_dir: str | os.PathLike[str] | None = None, *,
         finally:
             bar.finish()
     return fetch_model(name, cache_dir, sources=sources, progress=progress)
+
+
+def load_verified(name: str, cache_dir: str | os.PathLike[str] | None = None, *,
+                  sources: Sequence[Source] | None = None) -> bytes:
+    """The model's bytes, read once and checked against the pinned sha256 as read.
+
+    What the caller builds its session from is exactly what was hashed, whatever the
+    stamp says. A cached file that no longer matches is removed and fetched again once.
+    """
+    spec = get_spec(name)
+    for _ in range(2):
+        path = ensure_model(name, cache_dir, sources=sources)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"cannot read the model file {path}: {exc.strerror or exc}",
+                             hint=f"run `{spec.fetch_command}`") from None
+        if hashlib.sha256(data).hexdigest() == spec.sha256:
+            return data
+        log.warning("cached model %s changed since it was verified (wrong sha256): "
+                    "removing it and fetching it again", path)
+        discard(path)
+    raise ModelError(f"model {spec.name}: the file fetched does not match its sha256",
+                     hint=f"run `{spec.fetch_command}`")
