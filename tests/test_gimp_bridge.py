@@ -731,8 +731,17 @@ def test_install_writes_the_plugin_settings_and_help_where_each_gimp_looks(
     assert written_files(home) == set()
 
 
-def test_the_help_page_is_the_one_the_dialog_names(tmp_path: Path) -> None:
+def test_the_help_map_sends_the_dialogs_help_id_to_the_installed_page(tmp_path: Path) -> None:
+    """GIMP's help plug-in reads HELP_FOLDER/<locale>/gimp-help.xml: <help-item id ref>
+    directly under <gimp-help> (seen working in GIMP 3.0.4: Help opened index.html)."""
+    import xml.etree.ElementTree as ET
+
     [path] = install.install(tmp_path)
     assert plugin.HELP_DOMAIN == "bgremove" and plugin.HELP_FOLDER == "help"
-    page = (path.parent / "help" / "en" / "index.html").read_text(encoding="utf-8")
+    locale = path.parent / plugin.HELP_FOLDER / "en"
+    root = ET.parse(locale / "gimp-help.xml").getroot()
+    assert root.tag == "gimp-help"
+    refs = {item.get("id"): item.get("ref") for item in root.findall("help-item")}
+    assert refs[plugin.PROC_NAME] == "index.html"  # the procedure's name is its help id
+    page = (locale / refs[plugin.PROC_NAME]).read_text(encoding="utf-8")
     assert "Remove Background" in page and "Layer mask (non-destructive)" in page
