@@ -414,12 +414,8 @@ def _option_refusal(drawable, output):
 
 def _selection_bounds(image):
     """The selection's (x1, y1, x2, y2) in image coordinates, or None without one."""
-    if Gimp.Selection.is_empty(image):
-        return None
-    values = Gimp.Selection.bounds(image)
-    # (success, non_empty, x1, y1, x2, y2); older bindings drop the leading success flag
-    values = list(values)[-5:]
-    return tuple(values[1:]) if values[0] else None
+    _, non_empty, x1, y1, x2, y2 = Gimp.Selection.bounds(image)  # x2, y2 exclusive
+    return (x1, y1, x2, y2) if non_empty else None
 
 
 def _rect(region):

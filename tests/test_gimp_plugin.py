@@ -174,7 +174,7 @@ def gimp(monkeypatch: pytest.MonkeyPatch) -> Any:
         PDBStatusType=status, AddMaskType=types.SimpleNamespace(WHITE="white"),
         Precision=types.SimpleNamespace(U8_NON_LINEAR="u8-non-linear",
                                         U8_PERCEPTUAL="u8-perceptual"),
-        Selection=types.SimpleNamespace(is_empty=lambda image: True),
+        Selection=types.SimpleNamespace(bounds=lambda image: (True, False, 0, 0, 10, 8)),
         Layer=types.SimpleNamespace(from_mask=lambda mask: mask.mask_of),
         progress_init=rec("progress_init"), progress_set_text=rec("progress_set_text"),
         progress_update=rec("progress_update"), progress_end=rec("progress_end"),
