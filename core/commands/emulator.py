@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from bgremove.choices import ACCOUNT_LEVELS, LOG_LEVELS
+
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -40,7 +42,7 @@ def register(subparsers: Any) -> None:
                         default="504",
                         help="answer a sync timeout with a 504 carrying the task, a 200 with "
                         "code 5004, a proxy's bare 504 without the task, or a closed connection")
-    parser.add_argument("--level", choices=("bronze", "silver", "gold", "ultra"),
+    parser.add_argument("--level", choices=ACCOUNT_LEVELS,
                         help="apply an account level's limits (bronze: 2 concurrent tasks, "
                         "2 images per minute)")
     parser.add_argument("--concurrency-cap", type=int, metavar="N",
@@ -76,7 +78,7 @@ def register(subparsers: Any) -> None:
                         help="the service's clock runs S seconds ahead of this machine's "
                         "(negative: behind)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random fault rates")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+    parser.add_argument("--log-level", choices=LOG_LEVELS,
                         default="info", help="requests are logged at debug")
     parser.set_defaults(func=run)
 
@@ -105,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import threading
 
+    from bgremove.choices import ACCOUNT_LIMITS
     from bgremove.emulator import Emulator, EmulatorOptions
-    from bgremove.emulator.options import ACCOUNT_LEVELS
     from bgremove.errors import ConfigError
     from bgremove.logs import register_secret, setup_logging
 
@@ -120,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                           hint="add --api-key YOUR-SECRET")
     register_secret(args.api_key)
     setup_logging(args.log_level)
-    cap, per_minute = ACCOUNT_LEVELS[args.level] if args.level else (0, 0)
+    cap, per_minute = ACCOUNT_LIMITS[args.level] if args.level else (0, 0)
     if args.concurrency_cap is not None:
         cap = args.concurrency_cap
     if args.images_per_minute is not None:

@@ -13,9 +13,6 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 WEEK = 7 * 24 * 3600.0
 KEY_STATES = ("active", "inactive", "suspended")
 SYNC_TIMEOUT_STYLES = ("504", "processing", "gateway", "drop")
-#: Account levels from the docs: (concurrent tasks, images per minute).
-ACCOUNT_LEVELS = {"bronze": (2, 2), "silver": (300, 500), "gold": (3000, 3000),
-                  "ultra": (10000, 5000)}
 
 
 @dataclass(frozen=True)
