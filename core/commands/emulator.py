@@ -77,6 +77,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--clock-skew", type=float, default=0.0, metavar="S",
                         help="the service's clock runs S seconds ahead of this machine's "
                         "(negative: behind)")
+    parser.add_argument("--uplink-mbit", type=float, default=0.0, metavar="N",
+                        help="uploads arrive at N Mbit/s at most, shared by all connections")
+    parser.add_argument("--downlink-mbit", type=float, default=0.0, metavar="N",
+                        help="answers and downloads leave at N Mbit/s at most, shared by all "
+                        "connections")
+    parser.add_argument("--output-max-side", type=int, default=0, metavar="PX",
+                        help="return outputs scaled down to this longest side (a model that "
+                        "answers below full size)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random fault rates")
     parser.add_argument("--log-level", choices=LOG_LEVELS,
                         default="info", help="requests are logged at debug")
@@ -135,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), faults=_faults(args),
         seed=args.seed, retention=args.retention, list_route=args.list_route,
         list_input=args.list_input, clock_skew=args.clock_skew,
-        allow_remote=args.allow_remote)
+        allow_remote=args.allow_remote, uplink_mbit=args.uplink_mbit,
+        downlink_mbit=args.downlink_mbit, output_max_side=args.output_max_side)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
