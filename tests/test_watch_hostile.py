@@ -1,0 +1,170 @@
+"""The hot folder against its own writers: whoever can drop a file into INBOX (and so into
+``INBOX/.bgremove-claims/``, ``INBOX/done/``, ``INBOX/failed/``) must not make the daemon
+read, write or move anything outside INBOX, OUTBOX, done/ and failed/.
+
+Each test lays out ``root/site/in`` (INBOX, with done/ and failed/ inside) and
+``root/site/out`` (OUTBOX), plants its traps, runs a real daemon against the emulator, and
+compares a snapshot of everything else under ``root`` before and after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_watch_support import DaemonRun, files, image_bytes, wait_until, write_image
+
+pytestmark = pytest.mark.usefixtures("no_leaked_threads")
+
+DEAD_PID = 2**22 + 12345  # above pid_max: no such process
+
+
+def snapshot(root: Path, skip: tuple[Path, ...]) -> dict[str, tuple[Any, ...]]:
+    """Every entry under ``root`` except the ``skip`` folders: type, size, content, links."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirs, names in os.walk(root):
+        here = Path(dirpath)
+        dirs[:] = [d for d in dirs if here / d not in skip]
+        for name in dirs + names:
+            path = here / name
+            if path in skip:
+                continue
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                detail: Any = os.readlink(path)
+            elif stat.S_ISREG(st.st_mode):
+                detail = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                detail = None
+            out[str(path.relative_to(root))] = (stat.S_IFMT(st.st_mode), st.st_nlink,
+                                                st.st_size, st.st_mtime_ns, detail)
+    return out
+
+
+def site(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(root, INBOX, OUTBOX) with INBOX and OUTBOX two levels below root, so a ``../..``
+    from either still lands inside the snapshot."""
+    inbox, outbox = tmp_path / "site" / "in", tmp_path / "site" / "out"
+    inbox.mkdir(parents=True)
+    outbox.mkdir()
+    return tmp_path, inbox, outbox
+
+
+def plant_stale_owner(claims: Path, pid: int = DEAD_PID, started: float = 1.0) -> Path:
+    from watcher.claims import make_owner_id
+
+    folder = claims / make_owner_id(pid=pid, started=started)
+    folder.mkdir(parents=True)
+    (folder / ".heartbeat").touch()
+    return folder
+
+
+def entries(folder: Path) -> list[str]:
+    """Names in ``folder`` (dangling links too), [] when it does not exist."""
+    return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+def test_planted_claim_folder_cannot_reach_outside(tmp_path: Path, emulator_factory,
+                                                   mode: str) -> None:
+    root, inbox, outbox = site(tmp_path)
+    private = root / "private"
+    (private / "pics").mkdir(parents=True)
+    (private / "secret.png").write_bytes(image_bytes(7))
+    (private / "id_rsa").write_text("PRIVATE KEY\n")
+    (root / "abs").mkdir()
+    claims = inbox / ".bgremove-claims"
+    # a "stopped daemon" with names that climb out of INBOX, an absolute name, symlinks
+    stale = plant_stale_owner(claims)
+    (stale / "1-..%2F..%2Fescape.png").write_bytes(image_bytes(1))
+    (stale / f"2-{str(root / 'abs' / 'evil.txt').replace('/', '%2F')}").write_text("ssh-rsa x")
+    (stale / "3-link.png").symlink_to(private / "secret.png")
+    (stale / "4-rel.png").symlink_to(Path("..") / ".." / ".." / ".." / "private" / "id_rsa")
+    (stale / "5-#0123abcd.png").write_bytes(image_bytes(5))  # a name kept in a sidecar
+    (stale / ".5-#0123abcd.png.rel").write_bytes(b"../../../side.png")
+    (stale / ".6-#feed.png.rel").symlink_to(private / "id_rsa")  # a sidecar that is a link
+    (stale / "6-#feed.png").write_bytes(image_bytes(6))
+    # a stopped daemon's folder that is a symlink to a private folder of claim-like names
+    (private / "pics" / "1-photo.png").write_bytes(image_bytes(8))
+    (private / "pics" / ".heartbeat").touch()
+    from watcher.claims import make_owner_id
+
+    (claims / make_owner_id(pid=DEAD_PID + 1, started=1.0)).symlink_to(private / "pics")
+    keep = (inbox, outbox)
+    before = snapshot(root, keep)
+
+    emu = emulator_factory()
+    with DaemonRun(root, emu, mode, inbox=inbox, outbox=outbox) as run:
+        wait_until(lambda: not stale.exists() and len(entries(run.failed)) == 12,
+                   what="the planted entries in failed/")
+    assert snapshot(root, keep) == before
+    assert files(outbox) == []  # nothing planted was cut out...
+    assert emu.stats()["uploads"] == 0  # ...or even uploaded
+    assert files(run.done) == []
+    failed = entries(run.failed)
+    # each kept with a reason beside it: a name that leads out under its own claim name,
+    # a link (under its harmless name) as the link itself, never a copy of its target
+    names = ["1-..%2F..%2Fescape.png", "5-#0123abcd.png", "6-#feed.png",
+             f"2-{str(root / 'abs' / 'evil.txt').replace('/', '%2F')}", "link.png", "rel.png"]
+    for name in names:
+        assert name in failed and f"{name}.error.json" in failed, (name, failed)
+    assert len(failed) == 2 * len(names)
+    links = [p for p in run.failed.iterdir() if p.is_symlink()]
+    assert sorted(p.name for p in links) == ["link.png", "rel.png"]
+    # the symlinked "owner folder" is left alone, and so is what it points to
+    assert sorted(os.listdir(private / "pics")) == [".heartbeat", "1-photo.png"]
+
+
+def test_claims_folder_that_is_a_symlink_is_refused(tmp_path: Path, emulator_factory) -> None:
+    from core.errors import ConfigError
+
+    root, inbox, outbox = site(tmp_path)
+    elsewhere = root / "elsewhere"
+    stale = plant_stale_owner(elsewhere)
+    write_image(stale / "1-x.png", 3)
+    (inbox / ".bgremove-claims").symlink_to(elsewhere)
+    write_image(inbox / "fine.png", 4)
+    before = snapshot(root, (inbox, outbox))
+    emu = emulator_factory()
+    run = DaemonRun(root, emu, inbox=inbox, outbox=outbox, once=True)
+    run.start()
+    run.thread.join(20)  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="symbolic link"):
+        run.stop()
+    assert snapshot(root, (inbox, outbox)) == before
+    assert (inbox / "fine.png").is_file()  # inputs untouched
+
+
+def test_done_and_failed_subfolders_that_are_symlinks_are_not_followed(
+        tmp_path: Path, emulator_factory, mode: str) -> None:
+    root, inbox, outbox = site(tmp_path)
+    private = root / "private"
+    private.mkdir()
+    (private / "keep.txt").write_text("mine\n")
+    # planted by an INBOX writer: failed/sub and done/sub lead out of the four folders,
+    # and a report temp name in failed/ points at a private file
+    (inbox / "failed").mkdir()
+    (inbox / "failed" / "sub").symlink_to(private)
+    (inbox / "done").mkdir()
+    (inbox / "done" / "sub").symlink_to(private)
+    (inbox / "failed" / ".top.txt.error.json.tmp").symlink_to(private / "keep.txt")
+    before = snapshot(root, (inbox, outbox))
+    emu = emulator_factory()
+    run = DaemonRun(root, emu, mode, inbox=inbox, outbox=outbox, recursive=True)
+    (inbox / "top.txt").write_text("not an image")
+    with run:
+        wait_until(lambda: "top.txt.error.json" in files(run.failed), what="top.txt failed")
+        (inbox / "sub").mkdir()
+        (inbox / "sub" / "authorized_keys").write_text("ssh-rsa AAAA attacker\n")
+        write_image(inbox / "sub" / "img.png", 11)
+        wait_until(lambda: run.daemon.health.blocked, what="the symlinked folders refused")
+        blocked = run.daemon.health.blocked
+    assert "symbolic link" in blocked and "/sub" in blocked
+    assert snapshot(root, (inbox, outbox)) == before
+    # nothing lost: each file is in INBOX or still claimed
+    left = {p.name for p in inbox.rglob("*") if p.is_file() and "failed" not in p.parts}
+    assert {"authorized_keys", "img.png"} <= {n.split("%2F")[-1] for n in left}
