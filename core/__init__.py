@@ -32,6 +32,7 @@ from core.errors import (
     TaskFailedError,
     TransportError,
     UnreadableImageError,
+    UnsafeInputError,
 )
 from core.jobs import JobResult, output_path_for, remove_file
 
@@ -68,6 +69,7 @@ __all__ = [
     "TaskFailedError",
     "TransportError",
     "UnreadableImageError",
+    "UnsafeInputError",
     "__version__",
     "load_config",
     "make_backend",
