@@ -56,7 +56,7 @@ def site(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 
 def plant_stale_owner(claims: Path, pid: int = DEAD_PID, started: float = 1.0) -> Path:
-    from watcher.claims import make_owner_id
+    from bgremove.watcher.claims import make_owner_id
 
     folder = claims / make_owner_id(pid=pid, started=started)
     folder.mkdir(parents=True)
@@ -91,7 +91,7 @@ def test_planted_claim_folder_cannot_reach_outside(tmp_path: Path, emulator_fact
     # a stopped daemon's folder that is a symlink to a private folder of claim-like names
     (private / "pics" / "1-photo.png").write_bytes(image_bytes(8))
     (private / "pics" / ".heartbeat").touch()
-    from watcher.claims import make_owner_id
+    from bgremove.watcher.claims import make_owner_id
 
     (claims / make_owner_id(pid=DEAD_PID + 1, started=1.0)).symlink_to(private / "pics")
     keep = (inbox, outbox)
@@ -120,7 +120,7 @@ def test_planted_claim_folder_cannot_reach_outside(tmp_path: Path, emulator_fact
 
 
 def test_claims_folder_that_is_a_symlink_is_refused(tmp_path: Path, emulator_factory) -> None:
-    from core.errors import ConfigError
+    from bgremove.errors import ConfigError
 
     root, inbox, outbox = site(tmp_path)
     elsewhere = root / "elsewhere"

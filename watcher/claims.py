@@ -25,7 +25,7 @@ claimed again, by rename, by whichever live daemon gets there first; the
 journal then resumes their task instead of paying for them twice.
 
 Everything here is writable by every INBOX writer, so nothing read back is trusted
-(see ``watcher.untrusted``): the claims folder and a daemon's folder must be real
+(see ``bgremove.watcher.untrusted``): the claims folder and a daemon's folder must be real
 folders (never a symbolic link), a stale folder is opened without following a link
 and its entries moved through that folder's descriptor, symbolic links among them are
 moved as links (never read), and a recorded name that is not a plain relative path
@@ -50,9 +50,9 @@ import threading
 import time
 from pathlib import Path
 
-from core.errors import ConfigError, UnsafeInputError
-from watcher.naming import shown
-from watcher.untrusted import CREATE_NEW, safe_rel
+from bgremove.errors import ConfigError, UnsafeInputError
+from bgremove.watcher.naming import shown
+from bgremove.watcher.untrusted import CREATE_NEW, safe_rel
 
 log = logging.getLogger(__name__)
 

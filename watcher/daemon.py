@@ -47,8 +47,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.backends import CancelToken, JobHooks
-from core.errors import (
+from bgremove.backends import CancelToken, JobHooks
+from bgremove.errors import (
     APIStatusError,
     BgremoveError,
     CancelledError,
@@ -62,23 +62,23 @@ from core.errors import (
     UnreadableImageError,
     UnsafeInputError,
 )
-from watcher.claims import Claims, make_owner_id
-from watcher.events import Watcher
-from watcher.failures import write_error_report
-from watcher.fingerprint import settings_fingerprint
-from watcher.folder_health import FolderBlocked, FolderHealth
-from watcher.journal import Job, Journal
-from watcher.limits import CostGuard, Limits, RateLimiter, effective_limits
-from watcher.naming import Layout, move_no_replace, shown
-from watcher.placement import check_output_dir, place_staged
-from watcher.readiness import ReadinessTracker, Ready
-from watcher.scheduler import Scheduler
-from watcher.untrusted import ensure_folder, input_limit, read_file
+from bgremove.watcher.claims import Claims, make_owner_id
+from bgremove.watcher.events import Watcher
+from bgremove.watcher.failures import write_error_report
+from bgremove.watcher.fingerprint import settings_fingerprint
+from bgremove.watcher.folder_health import FolderBlocked, FolderHealth
+from bgremove.watcher.journal import Job, Journal
+from bgremove.watcher.limits import CostGuard, Limits, RateLimiter, effective_limits
+from bgremove.watcher.naming import Layout, move_no_replace, shown
+from bgremove.watcher.placement import check_output_dir, place_staged
+from bgremove.watcher.readiness import ReadinessTracker, Ready
+from bgremove.watcher.scheduler import Scheduler
+from bgremove.watcher.untrusted import ensure_folder, input_limit, read_file
 
 if TYPE_CHECKING:
-    from core.backends import Backend
-    from core.config import Config
-    from core.imaging import SourceImage
+    from bgremove.backends import Backend
+    from bgremove.config import Config
+    from bgremove.imaging import SourceImage
 
 #: A claimed file as read once: the sha256 of its bytes, and those bytes decoded (None
 #: when they do not decode; the reason travels as the input error).
@@ -196,8 +196,8 @@ class Daemon:
 
     def run(self) -> int:
         """Watch until stopped (or, with ``watch.once``, until INBOX is drained)."""
-        from core.backends import make_backend, resolve_backend_name
-        from core.imaging import extension_for
+        from bgremove.backends import make_backend, resolve_backend_name
+        from bgremove.imaging import extension_for
 
         layout = self.layout
         layout.outbox.mkdir(parents=True, exist_ok=True)
@@ -427,7 +427,7 @@ class Daemon:
         """Read ``path`` once (no link followed), hash and decode those same bytes.
 
         Raises ``UnsafeInputError`` (a link, a FIFO...: not read) and ``OSError``."""
-        from core.imaging import load_image
+        from bgremove.imaging import load_image
 
         max_pixels = self.config.input.max_pixels
         data, st = read_file(path, limit=input_limit(max_pixels))
@@ -623,7 +623,7 @@ class Daemon:
     def _advance(self, job: Job, claimed: Path, rel: Path, source: SourceImage | None) -> Job:
         """Take a job from its journaled state to done; each step is safe to repeat."""
         assert self.journal is not None and self._backend is not None
-        from core.jobs import remove_file
+        from bgremove.jobs import remove_file
 
         journal, key = self.journal, job.key
         staged = self.staging / f"{key[:24]}{self._ext}"

@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.errors import SubmitUncertainError
-from watcher.naming import fit_name, shown
-from watcher.untrusted import CREATE_NEW
+from bgremove.errors import SubmitUncertainError
+from bgremove.watcher.naming import fit_name, shown
+from bgremove.watcher.untrusted import CREATE_NEW
 
 if TYPE_CHECKING:
-    from core.errors import BgremoveError
-    from watcher.journal import Job
+    from bgremove.errors import BgremoveError
+    from bgremove.watcher.journal import Job
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from watcher.naming import shown
-from watcher.untrusted import CREATE_NEW, ensure_folder
+from bgremove.watcher.naming import shown
+from bgremove.watcher.untrusted import CREATE_NEW, ensure_folder
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
-from core.errors import ConfigError
+from bgremove.errors import ConfigError
 
 #: Longest file name (bytes) on common file systems.
 NAME_MAX = 255
@@ -231,7 +231,7 @@ def move_no_replace(src: Path, preferred: Path, *, below: Path | None = None) ->
     if below is None:
         preferred.parent.mkdir(parents=True, exist_ok=True)
     else:
-        from watcher.untrusted import ensure_folder
+        from bgremove.watcher.untrusted import ensure_folder
 
         ensure_folder(preferred.parent, below)
     for dst in candidate_names(preferred):

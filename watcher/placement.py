@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.errors import OutputError
-from watcher.naming import candidate_names, link_no_replace, shown
-from watcher.untrusted import ensure_folder
+from bgremove.errors import OutputError
+from bgremove.watcher.naming import candidate_names, link_no_replace, shown
+from bgremove.watcher.untrusted import ensure_folder
 
 if TYPE_CHECKING:
-    from watcher.journal import Job, Journal
+    from bgremove.watcher.journal import Job, Journal
 
 
 def check_output_dir(folder: Path, below: Path) -> None:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from watcher.claims import pid_alive
+from bgremove.watcher.claims import pid_alive
 
 #: A daemon whose last heartbeat is older than this is reported as not running.
 RUNNING_WITHIN = 15.0
@@ -25,7 +25,7 @@ def read_status(journal_path: Path) -> dict[str, Any]:
     """Everything ``bgremove status`` shows, as a JSON-ready dict."""
     import socket
 
-    from watcher.journal import Journal
+    from bgremove.watcher.journal import Journal
 
     journal = Journal(journal_path)
     try:
@@ -80,8 +80,8 @@ def _waiting_on_disk(status: dict[str, Any]) -> int:
     """Files in INBOX that a daemon would take, plus files left in claim folders."""
     import os
 
-    from watcher.claims import _claimed_in
-    from watcher.naming import Layout
+    from bgremove.watcher.claims import _claimed_in
+    from bgremove.watcher.naming import Layout
 
     if not status.get("inbox") or not status.get("outbox"):
         return 0

@@ -14,7 +14,7 @@ FIFOs, names that climb out (``../``). So:
 
 What is left is a race against a writer who swaps a checked folder for a link in the
 moment between the check and the use; the claim folders themselves are read through
-folder descriptors (``watcher.claims``), where that matters most.
+folder descriptors (``bgremove.watcher.claims``), where that matters most.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import os
 import stat
 from pathlib import Path, PurePosixPath
 
-from core.errors import UnsafeInputError
-from watcher.naming import shown
+from bgremove.errors import UnsafeInputError
+from bgremove.watcher.naming import shown
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _READ_FLAGS = (os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0)

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
-from core.errors import ModelError
+from bgremove.errors import ModelError
 
 if TYPE_CHECKING:
     import httpx
