@@ -10,6 +10,7 @@ compares a snapshot of everything else under ``root`` before and after.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from pathlib import Path
@@ -168,3 +169,115 @@ def test_done_and_failed_subfolders_that_are_symlinks_are_not_followed(
     # nothing lost: each file is in INBOX or still claimed
     left = {p.name for p in inbox.rglob("*") if p.is_file() and "failed" not in p.parts}
     assert {"authorized_keys", "img.png"} <= {n.split("%2F")[-1] for n in left}
+
+
+def test_links_fifos_and_hard_links_in_inbox_are_never_followed(tmp_path: Path,
+                                                                emulator_factory,
+                                                                mode: str) -> None:
+    root, inbox, outbox = site(tmp_path)
+    private = root / "private"
+    private.mkdir()
+    (private / "secret.png").write_bytes(image_bytes(21))
+    (private / "shared.png").write_bytes(image_bytes(22))
+    (inbox / "abs.png").symlink_to(private / "secret.png")
+    (inbox / "rel.png").symlink_to(Path("..") / ".." / "private" / "secret.png")
+    (inbox / "folder.png").symlink_to(private)
+    os.link(private / "shared.png", inbox / "hard.png")
+    os.mkfifo(inbox / "pipe.png")  # opening it for reading would block a worker for ever
+    before = snapshot(root, (inbox, outbox))
+    emu = emulator_factory()
+    with DaemonRun(root, emu, mode, inbox=inbox, outbox=outbox) as run:
+        write_image(inbox / "good.png", 23)  # after the traps: they must not hold it up
+        wait_until(lambda: files(run.done) == ["good.png"]
+                   and len(entries(run.failed)) == 8, what="good.png done, the links failed")
+    assert snapshot(root, (inbox, outbox)) == before  # hard.png's second name is in failed/
+    assert files(outbox) == ["good.png"]
+    assert emu.stats()["uploads"] == 1
+    failed = run.failed
+    for name, target in (("abs.png", str(private / "secret.png")),
+                         ("rel.png", str(Path("..") / ".." / "private" / "secret.png")),
+                         ("folder.png", str(private))):
+        assert os.readlink(failed / name) == target  # the link itself, kept as it was
+    assert os.path.samefile(failed / "hard.png", private / "shared.png")  # moved, not copied
+    reasons = {name: json.loads((failed / f"{name}.error.json").read_text())
+               for name in ("abs.png", "rel.png", "folder.png", "hard.png")}
+    for name in ("abs.png", "rel.png", "folder.png"):
+        assert "symbolic link" in reasons[name]["error"] and reasons[name]["kind"] == "unsafe"
+    assert "hard links" in reasons["hard.png"]["error"]
+    assert all("\n" not in r["error"] for r in reasons.values())
+    assert stat.S_ISFIFO(os.lstat(inbox / "pipe.png").st_mode)  # left alone, unopened
+
+
+def test_a_file_swapped_in_the_claim_folder_is_journaled_under_what_was_decoded(
+        tmp_path: Path, emulator_factory, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal key and the cut-out come from one read of the same bytes, whatever is
+    renamed over the claimed file after the readiness check decoded it."""
+    import sqlite3
+
+    from bgremove.watcher.claims import Claims
+
+    real_claim = Claims.claim
+
+    def claim_then_swap(self: Claims, path: Path, rel: Path, **kwargs: Any) -> Path | None:
+        claimed = real_claim(self, path, rel, **kwargs)
+        if claimed is not None and rel.name == "a.png":  # an INBOX writer swaps it now
+            swap = claimed.with_name("swap.tmp")
+            swap.write_bytes(image_bytes(32))
+            os.replace(swap, claimed)
+        return claimed
+
+    monkeypatch.setattr(Claims, "claim", claim_then_swap)
+    emu = emulator_factory()
+    with DaemonRun(tmp_path, emu, mode) as run:
+        write_image(run.inbox / "a.png", 31)
+        wait_until(lambda: files(run.done) == ["a.png"], what="a.png done")
+    done_bytes = (run.done / "a.png").read_bytes()
+    assert done_bytes == image_bytes(32)  # the swapped-in content is what was claimed
+    db = sqlite3.connect(str(run.outbox / ".bgremove" / "journal.sqlite3"))
+    try:
+        keys = [row[0] for row in db.execute("SELECT key FROM jobs WHERE state='done'")]
+    finally:
+        db.close()
+    assert [k.split(":")[0] for k in keys] == [hashlib.sha256(done_bytes).hexdigest()]
+    # ...and the cut-out is of that content too: variant 32's off-key block, not 31's
+    from PIL import Image
+
+    with Image.open(run.outbox / "a.png") as out, Image.open(run.done / "a.png") as src:
+        w, h = out.size
+        spot = (w * 3 // 4 + 1, 1)
+        assert out.getpixel(spot)[:3] == src.convert("RGB").getpixel(spot)
+        assert out.getpixel(spot)[3] == 255
+
+
+@pytest.mark.parametrize("damage", ["garbage", "torn page"])
+def test_corrupt_journal_stops_watch_with_one_line(tmp_path: Path, damage: str) -> None:
+    import sqlite3
+    import subprocess
+    import sys
+
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    write_image(inbox / "keep.png", 41)
+    journal = outbox / ".bgremove" / "journal.sqlite3"
+    journal.parent.mkdir(parents=True)
+    if damage == "garbage":
+        journal.write_bytes(b"not a database, just bytes\n" * 200)
+    else:
+        db = sqlite3.connect(str(journal))
+        db.execute("CREATE TABLE t (x TEXT)")
+        db.executemany("INSERT INTO t VALUES (?)", [("x" * 500,) for _ in range(200)])
+        db.commit()
+        db.close()
+        with open(journal, "r+b") as fh:
+            fh.seek(4096 * 3 + 100)
+            fh.write(b"\xff" * 3000)
+    before = journal.read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-m", "bgremove", "watch", str(inbox), str(outbox), "--once"],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1],
+        env=dict(os.environ, WAVESPEED_API_KEY="k-1234", WAVESPEED_BASE_URL="http://127.0.0.1:9"))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert str(journal) in lines[0] and "damaged" in lines[0] and "move it aside" in lines[0]
+    assert sorted(os.listdir(inbox)) == ["keep.png"]  # inputs untouched, no claim folder
+    assert journal.read_bytes() == before

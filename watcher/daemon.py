@@ -207,7 +207,7 @@ class Daemon:
                               hint="remove what is in the way, then start again") from None
         journal_path = Path(self.watch.journal).expanduser() if self.watch.journal \
             else layout.state_dir / "journal.sqlite3"
-        self.journal = Journal(journal_path)
+        self.journal = Journal(journal_path, check=True)
         self.guard = CostGuard(self.journal, per_hour=self.limits.max_per_hour,
                                per_day=self.limits.max_per_day)
         self._fingerprint = settings_fingerprint(self.config,
