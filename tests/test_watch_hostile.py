@@ -281,3 +281,39 @@ def test_corrupt_journal_stops_watch_with_one_line(tmp_path: Path, damage: str) 
     assert str(journal) in lines[0] and "damaged" in lines[0] and "move it aside" in lines[0]
     assert sorted(os.listdir(inbox)) == ["keep.png"]  # inputs untouched, no claim folder
     assert journal.read_bytes() == before
+
+
+def test_a_fifo_swapped_in_after_the_check_is_not_read(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race behind the lstat check: the open itself neither blocks on a FIFO nor follows
+    a link, and the descriptor is checked again."""
+    import threading
+
+    import bgremove.watcher.untrusted as untrusted
+    from bgremove.errors import UnsafeInputError
+
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "real.png").write_bytes(b"png")
+    (tmp_path / "link.png").symlink_to(tmp_path / "real.png")
+    regular = os.lstat(tmp_path / "real.png")
+    monkeypatch.setattr(untrusted.os, "lstat", lambda path: regular)  # the check is fooled
+    outcome: dict[str, BaseException] = {}
+
+    def read(name: str) -> None:
+        try:
+            untrusted.read_file(tmp_path / name, limit=1000)
+        except BaseException as exc:
+            outcome[name] = exc
+
+    for name in ("pipe.png", "link.png"):
+        reader = threading.Thread(target=read, args=(name,))
+        reader.start()
+        reader.join(10)
+        if reader.is_alive():  # blocked in open(): let it go before failing
+            with open(tmp_path / name, "wb"):
+                pass
+            reader.join()
+            pytest.fail(f"opening {name} blocked")
+        assert isinstance(outcome[name], UnsafeInputError), outcome
+    assert "FIFO" in str(outcome["pipe.png"])
+    assert "symbolic link" in str(outcome["link.png"])

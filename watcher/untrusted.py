@@ -87,7 +87,8 @@ def read_file(path: Path, *, limit: int) -> tuple[bytes, os.stat_result]:
         fd = os.open(path, _READ_FLAGS)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # swapped for a link since the lstat
-            check_entry(path, os.lstat(path))
+            raise UnsafeInputError(f"{shown(path)}: is a symbolic link; links are not "
+                                   "followed") from None
         raise
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fd)
