@@ -493,10 +493,10 @@ def test_once_exits_non_zero_when_a_file_cannot_be_claimed(
 
     real = Claims.claim
 
-    def claim(self: Claims, path: Path, rel: Path) -> Path | None:
+    def claim(self: Claims, path: Path, rel: Path, **kwargs: Any) -> Path | None:
         if path.name == "stuck.png":
             raise OSError(errno.EACCES, "Permission denied")
-        return real(self, path, rel)
+        return real(self, path, rel, **kwargs)
 
     monkeypatch.setattr(Claims, "claim", claim)
     emu = emulator_factory()

@@ -317,3 +317,23 @@ def test_a_fifo_swapped_in_after_the_check_is_not_read(tmp_path: Path,
         assert isinstance(outcome[name], UnsafeInputError), outcome
     assert "FIFO" in str(outcome["pipe.png"])
     assert "symbolic link" in str(outcome["link.png"])
+
+
+def test_a_subfolder_swapped_for_a_link_is_not_entered(tmp_path: Path, emulator_factory,
+                                                       mode: str) -> None:
+    """--recursive: a sub-folder the daemon saw a file in is replaced by a link to a private
+    folder holding a file of the same name; the daemon must not read, upload or move it."""
+    root, inbox, outbox = site(tmp_path)
+    private = root / "private"
+    private.mkdir()
+    (private / "IMG_0001.png").write_bytes(image_bytes(51))
+    (inbox / "sub").symlink_to(private)
+    before = snapshot(root, (inbox, outbox))
+    emu = emulator_factory()
+    with DaemonRun(root, emu, mode, inbox=inbox, outbox=outbox, recursive=True) as run:
+        run.daemon.tracker.seen(inbox / "sub" / "IMG_0001.png")  # as an event from before
+        write_image(inbox / "real" / "after.png", 52)  # the swap would have announced it
+        wait_until(lambda: files(run.done) == ["real/after.png"], what="after.png done")
+        wait_until(lambda: len(run.daemon.tracker) == 0, what="the tracker settled")
+    assert snapshot(root, (inbox, outbox)) == before
+    assert emu.stats()["uploads"] == 1 and files(outbox) == ["real/after.png"]

@@ -73,7 +73,7 @@ from bgremove.watcher.naming import Layout, move_no_replace, shown
 from bgremove.watcher.placement import check_output_dir, place_staged
 from bgremove.watcher.readiness import ReadinessTracker, Ready
 from bgremove.watcher.scheduler import Scheduler
-from bgremove.watcher.untrusted import ensure_folder, input_limit, read_file
+from bgremove.watcher.untrusted import ensure_folder, input_limit, open_folder, read_file
 
 if TYPE_CHECKING:
     from bgremove.backends import Backend
@@ -422,14 +422,15 @@ class Daemon:
             if not handed_back:  # claimed, vanished, failed to claim: never left handed out
                 self.tracker.forget(ready.path)
 
-    def _read(self, path: Path) -> tuple[Content, InputError | None, os.stat_result]:
+    def _read(self, path: Path, dir_fd: int | None = None
+              ) -> tuple[Content, InputError | None, os.stat_result]:
         """Read ``path`` once (no link followed), hash and decode those same bytes.
 
         Raises ``UnsafeInputError`` (a link, a FIFO...: not read) and ``OSError``."""
         from bgremove.imaging import load_image
 
         max_pixels = self.config.input.max_pixels
-        data, st = read_file(path, limit=input_limit(max_pixels))
+        data, st = read_file(path, limit=input_limit(max_pixels), dir_fd=dir_fd)
         digest = hashlib.sha256(data).hexdigest()
         try:
             return (digest, load_image(path, max_pixels=max_pixels, data=data)), None, st
@@ -438,15 +439,26 @@ class Daemon:
 
     def _take_ready_inner(self, ready: Ready) -> bool:
         """Returns True when the file was handed back to the tracker (``not_yet``)."""
-        path = ready.path
-        rel = self.layout.relative(path)
+        rel = self.layout.relative(ready.path)
         if rel is None or self.stopping:
             return False
+        try:  # its folder, reached without following a link (a sub-folder swapped for one)
+            folder_fd = open_folder(self.layout.inbox, rel.parent)
+        except OSError as exc:
+            log.debug("not taking %s: %s", shown(rel), exc)
+            return False
+        try:
+            return self._take_from(ready, rel, folder_fd)
+        finally:
+            os.close(folder_fd)
+
+    def _take_from(self, ready: Ready, rel: Path, folder_fd: int) -> bool:
+        path = ready.path
         input_error: BgremoveError | None = None
         content: Content | None = None
         st: os.stat_result | None = None
         try:
-            content, input_error, st = self._read(path)
+            content, input_error, st = self._read(path, folder_fd)
         except UnsafeInputError as exc:
             input_error = exc
         except FileNotFoundError:
@@ -460,14 +472,14 @@ class Daemon:
             self.tracker.not_yet(ready)
             return True
         try:
-            st = st or os.lstat(path)
+            st = st or os.lstat(path.name, dir_fd=folder_fd)
         except OSError:
             return False
         if (st.st_size, st.st_mtime_ns) != (ready.size, ready.mtime_ns):
             self.tracker.not_yet(ready, decode_failed=False)
             return True
         try:
-            claimed = self.claims.claim(path, rel)
+            claimed = self.claims.claim(Path(path.name), rel, src_dir_fd=folder_fd)
         except OSError as exc:
             if path not in self._unclaimable:  # a rescan finds it again: say so once
                 log.error("cannot take %s (moving it into the claim folder failed: %s); it "
