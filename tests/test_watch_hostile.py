@@ -320,9 +320,20 @@ def test_a_fifo_swapped_in_after_the_check_is_not_read(tmp_path: Path,
 
 
 def test_a_subfolder_swapped_for_a_link_is_not_entered(tmp_path: Path, emulator_factory,
-                                                       mode: str) -> None:
+                                                       mode: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """--recursive: a sub-folder the daemon saw a file in is replaced by a link to a private
     folder holding a file of the same name; the daemon must not read, upload or move it."""
+    from bgremove.watcher.daemon import Daemon
+
+    real_take = Daemon._take_ready_inner
+
+    def take(self: Daemon, ready: Any) -> bool:
+        if ready.path.name == "sub":  # the link itself goes to failed/ (tested above):
+            return False             # here it stays, as if swapped in a moment ago
+        return real_take(self, ready)
+
+    monkeypatch.setattr(Daemon, "_take_ready_inner", take)
     root, inbox, outbox = site(tmp_path)
     private = root / "private"
     private.mkdir()
@@ -336,4 +347,5 @@ def test_a_subfolder_swapped_for_a_link_is_not_entered(tmp_path: Path, emulator_
         wait_until(lambda: files(run.done) == ["real/after.png"], what="after.png done")
         wait_until(lambda: len(run.daemon.tracker) == 0, what="the tracker settled")
     assert snapshot(root, (inbox, outbox)) == before
+    assert (inbox / "sub").is_symlink()
     assert emu.stats()["uploads"] == 1 and files(outbox) == ["real/after.png"]
