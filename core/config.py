@@ -114,7 +114,7 @@ class LocalConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    format: str = _opt("png", choices=("png", "webp", "tiff"))
+    format: str = _opt("png", choices=("png", "webp", "tiff", "jpg"))
     mask_only: bool = False
     background: str | None = None  # a colour: "#ffffff", "white", "255,255,255"
     crop: bool = False
@@ -122,6 +122,8 @@ class OutputConfig:
     # Foreground colour estimation: soft edges stop carrying the old background's colour.
     foreground: bool = False
     suffix: str = "-nobg"  # used when no output folder is given
+    # False: the output keeps the input's EXIF minus the GPS location (bgremove.imaging._meta).
+    strip_metadata: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,16 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
     if overrides:
         config = config.with_overrides(overrides)
     _check_service_settings(config)
+    _check_output_settings(config)
     return config
+
+
+def _check_output_settings(config: Config) -> None:
+    """Output options that contradict each other fail now rather than one being ignored."""
+    if config.output.mask_only and config.output.background is not None:
+        raise ConfigError("output.mask_only and output.background cannot be combined: "
+                          "a mask has no background",
+                          hint="drop --background (or output.background) or --mask-only")
 
 
 def _check_service_settings(config: Config) -> None:
