@@ -278,10 +278,20 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: Keys that existed once: what to do instead.
+REMOVED_KEYS = {
+    "watch.retry_uncertain_submits": "a submit whose answer was lost is now looked up in the "
+    "service's task list instead of being sent again blindly: delete this key",
+}
+
+
 def _apply(config: Config, values: Mapping[str, Any], origin: str) -> Config:
     """Set dotted keys on the frozen tree, validating each value."""
     result: Any = config
     for dotted, value in values.items():
+        if dotted in REMOVED_KEYS:
+            raise ConfigError(f"{origin}: key {dotted!r} no longer exists",
+                              hint=REMOVED_KEYS[dotted])
         result = _set(result, dotted.split("."), value, dotted, origin)
     return typing.cast(Config, result)
 

@@ -62,6 +62,7 @@ def test_config_found_through_environment_variable(tmp_path: Path) -> None:
         ("local:\n  refine: maybe\n", "must be true or false"),
         ("- a\n- b\n", "must hold a mapping"),
         ("a: [\n", "not valid YAML at line"),
+        ("watch:\n  retry_uncertain_submits: 1\n", "looked up in the service's task list"),
     ],
 )
 def test_bad_files_name_file_key_and_allowed(tmp_path: Path, text: str, expected: str) -> None:
