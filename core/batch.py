@@ -37,8 +37,8 @@ from bgremove.errors import (
 )
 
 if TYPE_CHECKING:
-    from bgremove.backends import Backend, JobHooks
     from bgremove.config import Config, OutputConfig
+    from bgremove.contract import Backend, JobHooks
     from bgremove.jobs import JobResult
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from bgremove import tasklog
-    from bgremove.backends import CancelToken, JobHooks
+    from bgremove.contract import CancelToken, JobHooks
 
     cancel = CancelToken()
     results: list[JobResult] = []

@@ -27,6 +27,14 @@ from typing import Any, Union
 
 import yaml
 
+from bgremove.choices import (
+    ACCOUNT_LEVELS,
+    BACKENDS,
+    LOCAL_MODELS,
+    LOG_LEVELS,
+    OUTPUT_FORMATS,
+    WAIT_MODES,
+)
 from bgremove.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -93,7 +101,7 @@ class ReconcilePolicy:
 class WaveSpeedConfig:
     api_key: str | None = _opt(None, secret=True)
     base_url: str = DEFAULT_BASE_URL
-    wait: str = _opt("sync", choices=("sync", "poll"))
+    wait: str = _opt("sync", choices=WAIT_MODES)
     base64_output: bool = False
     max_upload_bytes: int = _opt(20 * 1024 * 1024, min=1024)
     max_upload_side: int = _opt(8192, min=64)
@@ -105,7 +113,7 @@ class WaveSpeedConfig:
 
 @dataclass(frozen=True)
 class LocalConfig:
-    model: str = _opt("u2netp", choices=("u2netp", "u2net"))
+    model: str = _opt("u2netp", choices=LOCAL_MODELS)
     threads: int = _opt(0, min=0, max=256)  # 0: let onnxruntime choose
     refine: bool = False  # edge refinement
     refine_size: int = _opt(1024, min=320, max=8192)  # longer side the refinement works at
@@ -114,7 +122,7 @@ class LocalConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    format: str = _opt("png", choices=("png", "webp", "tiff", "jpg"))
+    format: str = _opt("png", choices=OUTPUT_FORMATS)
     mask_only: bool = False
     background: str | None = None  # a colour: "#ffffff", "white", "255,255,255"
     crop: bool = False
@@ -141,7 +149,7 @@ class WatchConfig:
     polling: bool = False
     once: bool = False
     json: bool = False
-    account_level: str | None = _opt(None, choices=(None, "bronze", "silver", "gold", "ultra"))
+    account_level: str | None = _opt(None, choices=(None, *ACCOUNT_LEVELS))
     concurrency: int = _opt(2, min=1, max=1024)
     images_per_minute: int = _opt(0, min=0)  # 0: no limit
     max_per_hour: int = _opt(0, min=0)  # cost guard, 0: no cap
@@ -160,9 +168,9 @@ class WatchConfig:
 
 @dataclass(frozen=True)
 class Config:
-    backend: str = _opt("auto", choices=("auto", "wavespeed", "local"))
+    backend: str = _opt("auto", choices=BACKENDS)
     concurrency: int = _opt(4, min=1, max=1024)
-    log_level: str = _opt("info", choices=("debug", "info", "warning", "error"))
+    log_level: str = _opt("info", choices=LOG_LEVELS)
     wavespeed: WaveSpeedConfig = field(default_factory=WaveSpeedConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bgremove.errors import BgremoveError, ConfigError
+from bgremove.errors import BgremoveError
 
 if TYPE_CHECKING:
-    from PIL import Image
 
-    from bgremove.backends import Backend, JobHooks
     from bgremove.config import Config, OutputConfig
+    from bgremove.contract import Backend, JobHooks
     from bgremove.imaging import SourceImage
 
 
@@ -62,17 +61,6 @@ def output_path_for(src: Path, out_dir: Path | None, output: OutputConfig) -> Pa
     return out_dir / f"{src.stem}{ext}"
 
 
-def _estimate_foreground(image: Image.Image, alpha: Image.Image) -> Image.Image:
-    """Recolour semi-transparent pixels with their estimated foreground colour (needs numpy)."""
-    try:
-        from bgremove.local.refine import estimate_foreground
-    except ImportError:
-        raise ConfigError("output.foreground needs numpy",
-                          hint="pip install 'bgremove[local]', or set output.foreground: false"
-                          ) from None
-    return estimate_foreground(image, alpha, inplace=True)
-
-
 def remove_file(
     src: Path,
     dst: Path,
@@ -87,8 +75,15 @@ def remove_file(
     ``source`` is ``src`` already decoded by the caller (the daemon decodes each
     file to know it is complete), so it is not decoded a second time.
     """
-    from bgremove.backends import JobHooks
-    from bgremove.imaging import compose_output, fit_alpha, has_subject, load_image, save_image
+    from bgremove.contract import JobHooks
+    from bgremove.imaging import (
+        compose_output,
+        estimate_foreground,
+        fit_alpha,
+        has_subject,
+        load_image,
+        save_image,
+    )
 
     hooks = hooks or JobHooks()
     started = time.monotonic()
@@ -101,7 +96,7 @@ def remove_file(
     hooks.report("compose", 0.95)
     alpha = fit_alpha(cutout.alpha, source.image.size)
     if config.output.foreground and not config.output.mask_only:
-        source.image = _estimate_foreground(source.image, alpha)
+        source.image = estimate_foreground(source.image, alpha, inplace=True)
         source.deep = None  # the estimate is made on the 8-bit pixels: the output is 8-bit
     result = compose_output(source, alpha, config.output)
     exif = None if config.output.strip_metadata else source.exif

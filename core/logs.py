@@ -27,10 +27,15 @@ def register_secret(value: str | None) -> None:
         _SECRETS.add(value)
 
 
-def redact(text: str) -> str:
-    for secret in _SECRETS:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
+def redact(text: str, secret: str | None = None) -> str:
+    """``text`` without any registered secret, nor ``secret`` (a key in hand, any length).
+
+    The one key scrubber: log records, JSON log lines and the service client's
+    error messages all go through it.
+    """
+    for value in (*_SECRETS, secret):
+        if value and value in text:
+            text = text.replace(value, REDACTED)
     return text
 
 

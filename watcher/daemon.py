@@ -38,7 +38,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import socket
 import sqlite3
 import threading
@@ -48,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bgremove import tasklog
-from bgremove.backends import CancelToken, JobHooks
+from bgremove.contract import CancelToken, JobHooks
 from bgremove.errors import (
     APIStatusError,
     BgremoveError,
@@ -62,6 +61,7 @@ from bgremove.errors import (
     UnreadableImageError,
     UnsafeInputError,
 )
+from bgremove.retry import backoff_delay
 from bgremove.watcher.claims import Claims, make_owner_id
 from bgremove.watcher.events import Watcher
 from bgremove.watcher.failures import write_error_report
@@ -76,8 +76,8 @@ from bgremove.watcher.scheduler import Scheduler
 from bgremove.watcher.untrusted import ensure_folder, input_limit, open_folder, read_file
 
 if TYPE_CHECKING:
-    from bgremove.backends import Backend
     from bgremove.config import Config
+    from bgremove.contract import Backend
     from bgremove.imaging import SourceImage
 
 #: A claimed file as read once: the sha256 of its bytes, and those bytes decoded (None
@@ -544,7 +544,7 @@ class Daemon:
                           exc2)
                 self._requeue(claimed, rel, input_error, BACKOFF_MAX)
             return
-        delay = min(BACKOFF_MAX, self.backoff_initial * 2 ** (attempts - 1))
+        delay = backoff_delay(attempts, initial=self.backoff_initial, cap=BACKOFF_MAX, spread=0)
         log.exception("unexpected error on %s (attempt %d of %d); retrying in %.1f s",
                       shown(rel), attempts, MAX_UNEXPECTED_ATTEMPTS, delay)
         with self._lock:
@@ -779,8 +779,7 @@ class Daemon:
                        note=f"gave up after {attempts} attempts over "
                             f"{time.time() - first:.0f} s")
             return
-        delay = min(BACKOFF_MAX, self.backoff_initial * 2 ** (attempts - 1))
-        delay *= random.uniform(0.8, 1.2)
+        delay = backoff_delay(attempts, initial=self.backoff_initial, cap=BACKOFF_MAX, spread=0.2)
         if isinstance(exc, RateLimitError) and exc.retry_after:
             delay = max(delay, exc.retry_after)
         with self._lock:

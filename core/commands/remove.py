@@ -9,12 +9,13 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from bgremove.cli import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
+from bgremove.choices import BACKENDS, OUTPUT_FORMATS
+from bgremove.commands.common import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
 from bgremove.errors import ConfigError
 
 if TYPE_CHECKING:
-    from bgremove.backends import Backend
     from bgremove.config import Config
+    from bgremove.contract import Backend
     from bgremove.jobs import JobResult
 
 def register(sub: Any) -> None:
@@ -37,9 +38,9 @@ def register(sub: Any) -> None:
                    "are skipped and not sent)")
     p.add_argument("--concurrency", type=int, metavar="N",
                    help="images processed at once (default: concurrency in the config, 4)")
-    p.add_argument("--backend", choices=("auto", "wavespeed", "local"),
+    p.add_argument("--backend", choices=BACKENDS,
                    help="auto: WaveSpeed when an API key is set, else the offline model")
-    p.add_argument("--format", choices=("png", "webp", "tiff", "jpg"),
+    p.add_argument("--format", choices=OUTPUT_FORMATS,
                    help="output format (default png; jpg is flattened onto --background, "
                    "white by default)")
     p.add_argument("--model", metavar="NAME",

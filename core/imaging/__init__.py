@@ -7,10 +7,12 @@
     _meta      the EXIF an output keeps (no GPS location)
     _deep      16-bit inputs kept 16-bit in PNG and TIFF outputs
     _match     is a cut-out made from this image? (finding the task of a lost submit)
+    _foreground  foreground colours on soft edges (numpy; loaded on first use)
 
 The modules are private; these are the public names.
 """
 
+from bgremove.choices import OUTPUT_FORMATS as FORMATS
 from bgremove.imaging._deep import DeepImage
 from bgremove.imaging._match import cutout_matches, decode_image
 from bgremove.imaging._pipeline import (
@@ -18,17 +20,19 @@ from bgremove.imaging._pipeline import (
     alpha_from_bytes,
     compose,
     compose_output,
+    estimate_foreground,
     fit_alpha,
     has_subject,
     load_image,
     parse_color,
     source_from_raw,
 )
-from bgremove.imaging._save import FORMATS, extension_for, save_image
+from bgremove.imaging._save import extension_for, save_image
 from bgremove.imaging._upload import UploadImage, encode_for_upload
 
 __all__ = [
     "FORMATS", "DeepImage", "SourceImage", "UploadImage", "alpha_from_bytes", "compose",
-    "compose_output", "cutout_matches", "decode_image", "encode_for_upload", "extension_for",
-    "fit_alpha", "has_subject", "load_image", "parse_color", "save_image", "source_from_raw",
+    "compose_output", "cutout_matches", "decode_image", "encode_for_upload",
+    "estimate_foreground", "extension_for", "fit_alpha", "has_subject", "load_image",
+    "parse_color", "save_image", "source_from_raw",
 ]

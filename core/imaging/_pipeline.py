@@ -328,6 +328,24 @@ def parse_color(text: str) -> tuple[int, int, int]:
     return rgb[0], rgb[1], rgb[2]
 
 
+def estimate_foreground(image: Image.Image, alpha: Image.Image, *,
+                        inplace: bool = False) -> Image.Image:
+    """Recolour semi-transparent pixels with their estimated foreground colour (needs numpy).
+
+    ``alpha`` is an "L" mask of the image's size; see ``bgremove.imaging._foreground``.
+    """
+    import importlib
+
+    try:
+        foreground = importlib.import_module("bgremove.imaging._foreground")
+    except ImportError:
+        raise ConfigError("output.foreground needs numpy",
+                          hint="pip install 'bgremove[local]', or set output.foreground: false"
+                          ) from None
+    result: Image.Image = foreground.estimate_foreground(image, alpha, inplace=inplace)
+    return result
+
+
 def compose(source: SourceImage, alpha: Image.Image, options: OutputConfig) -> Image.Image:
     """Apply the mask to the original pixels and the output options.
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from bgremove.choices import OUTPUT_FORMATS
 from bgremove.errors import OutputError
 from bgremove.imaging._deep import DeepImage, write_png16, write_tiff16
 from bgremove.imaging._modes import icc_colour_space
@@ -22,7 +23,6 @@ from bgremove.imaging._modes import icc_colour_space
 if TYPE_CHECKING:
     from PIL import Image
 
-FORMATS = ("png", "webp", "tiff", "jpg")
 _PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "tiff": "TIFF", "jpg": "JPEG"}
 _EXTENSIONS = {"png": ".png", "webp": ".webp", "tiff": ".tiff", "jpg": ".jpg"}
 #: The largest side each format can hold.
@@ -40,7 +40,7 @@ def extension_for(fmt: str) -> str:
     try:
         return _EXTENSIONS[fmt]
     except KeyError:
-        raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(FORMATS)}") \
+        raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}") \
             from None
 
 
