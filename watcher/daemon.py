@@ -69,11 +69,11 @@ from bgremove.watcher.fingerprint import settings_fingerprint
 from bgremove.watcher.folder_health import FolderBlocked, FolderHealth
 from bgremove.watcher.journal import Job, Journal
 from bgremove.watcher.limits import CostGuard, Limits, RateLimiter, effective_limits
-from bgremove.watcher.naming import Layout, move_no_replace, shown
+from bgremove.watcher.naming import Layout, ensure_folder, move_no_replace, shown
 from bgremove.watcher.placement import check_output_dir, place_staged
 from bgremove.watcher.readiness import ReadinessTracker, Ready
 from bgremove.watcher.scheduler import Scheduler
-from bgremove.watcher.untrusted import ensure_folder, input_limit, open_folder, read_file
+from bgremove.watcher.untrusted import input_limit, open_folder, read_file
 
 if TYPE_CHECKING:
     from bgremove.config import Config

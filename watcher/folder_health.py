@@ -10,8 +10,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from bgremove.watcher.naming import shown
-from bgremove.watcher.untrusted import CREATE_NEW, ensure_folder
+from bgremove.watcher.naming import ensure_folder, shown
+from bgremove.watcher.untrusted import CREATE_NEW
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ import errno
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +223,23 @@ def _same_device(a: Path, b: Path) -> bool:
         return False
 
 
+def ensure_folder(folder: Path, below: Path) -> None:
+    """Create ``folder`` (inside the trusted folder ``below``) one component at a time;
+    ``OSError`` if a component is a symbolic link or not a folder (none is followed)."""
+    current = below
+    for part in folder.relative_to(below).parts:
+        current = current / part
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(current)
+        st = os.lstat(current)
+        if stat.S_ISLNK(st.st_mode):
+            raise OSError(errno.ELOOP, "a symbolic link is in the way (not followed)",
+                          str(current))
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of a folder",
+                                     str(current))
+
+
 def move_no_replace(src: Path, preferred: Path, *, below: Path | None = None) -> Path:
     """Move ``src`` to ``preferred`` or the first free ``-N`` variant; return the new path.
 
@@ -231,8 +249,6 @@ def move_no_replace(src: Path, preferred: Path, *, below: Path | None = None) ->
     if below is None:
         preferred.parent.mkdir(parents=True, exist_ok=True)
     else:
-        from bgremove.watcher.untrusted import ensure_folder
-
         ensure_folder(preferred.parent, below)
     for dst in candidate_names(preferred):
         if link_no_replace(src, dst):

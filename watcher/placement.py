@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bgremove.errors import OutputError
-from bgremove.watcher.naming import candidate_names, link_no_replace, shown
-from bgremove.watcher.untrusted import ensure_folder
+from bgremove.watcher.naming import candidate_names, ensure_folder, link_no_replace, shown
 
 if TYPE_CHECKING:
     from bgremove.watcher.journal import Job, Journal

@@ -7,7 +7,7 @@ FIFOs, names that climb out (``../``). So:
 * a name read back from there (a claimed file's name, a ``.rel`` sidecar) must be a plain
   relative path (``safe_rel``);
 * a folder the daemon writes into is checked to be a real folder, component by component
-  below the last trusted one (``ensure_folder``: ``lstat``, never following a link);
+  below the last trusted one (``naming.ensure_folder``: ``lstat``, never following a link);
 * a file is opened only when it is a regular file with one name, without following a
   link (``O_NOFOLLOW``), and read once (``read_file``): the bytes hashed for the journal
   are the bytes decoded and uploaded.
@@ -19,7 +19,6 @@ folder descriptors (``bgremove.watcher.claims``), where that matters most.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -45,23 +44,6 @@ def safe_rel(text: str) -> Path | None:
     if any(part in ("", ".", "..") for part in parts):
         return None
     return Path(PurePosixPath(*parts))
-
-
-def ensure_folder(folder: Path, below: Path) -> None:
-    """Create ``folder`` (inside the trusted folder ``below``) one component at a time;
-    ``OSError`` if a component is a symbolic link or not a folder (none is followed)."""
-    current = below
-    for part in folder.relative_to(below).parts:
-        current = current / part
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(current)
-        st = os.lstat(current)
-        if stat.S_ISLNK(st.st_mode):
-            raise OSError(errno.ELOOP, "a symbolic link is in the way (not followed)",
-                          str(current))
-        if not stat.S_ISDIR(st.st_mode):
-            raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of a folder",
-                                     str(current))
 
 
 def check_entry(path: Path, st: os.stat_result) -> None:
