@@ -264,3 +264,16 @@ def gzip_gib() -> bytes:
 @pytest.fixture(scope="module")
 def png_9000() -> bytes:
     return huge_png(9000, 9000)
+
+
+def test_forged_log_line_from_a_name_dropped_into_inbox(tmp_path: Path,
+                                                         child_env: dict[str, str]) -> None:
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    (inbox / "x.png\n12:00:00 INFO done y.png\x1b[2K.png").write_bytes(b"not an image")
+    cfg = write_config(tmp_path, "backend: local\nwatch: {stable_seconds: 0, settle_seconds: 0}\n")
+    env = {**child_env, "BGREMOVE_CONFIG": str(cfg)}
+    out = run_bgremove(["watch", "--once", str(inbox), str(outbox)], env, limit=SLACK + 60)
+    assert "x.png\\n12:00:00 INFO done y.png\\x1b[2K.png" in out.stderr, out.stderr
+    assert "\x1b" not in out.stderr
+    assert not any(line.startswith("12:00:00") for line in out.stderr.splitlines())
