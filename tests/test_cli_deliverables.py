@@ -7,6 +7,7 @@ as flags, and the JPEG upload used when the lossless PNG is over the upload limi
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image
 
 from bgremove.emulator import Emulator
+from bgremove.imaging import encode_for_upload, load_image
 from tests import images as img
 from tests.cli_process import bgremove
 
@@ -187,12 +189,15 @@ def test_a_photo_over_the_upload_limit_is_sent_as_jpeg(tmp_path: Path,
     done = bgremove(tmp_path, "remove", str(src), emulator=emulator,
                     config="wavespeed:\n  max_upload_bytes: 5000\n")
     assert done.returncode == 0, done.stderr
-    media = emulator._service.store.media.values()  # what was uploaded, with its type
-    assert len(media) == 1
-    assert media[0].content_type == "image/jpeg" and media[0].filename.endswith(".jpg")
-    with Image.open(io.BytesIO(media[0].data)) as sent:
+    [upload] = emulator.stats()["upload_log"]
+    assert upload["content_type"] == "image/jpeg" and upload["filename"].endswith(".jpg")
+    # The bytes sent are the JPEG encoding of the full-size photo.
+    jpeg = encode_for_upload(load_image(src, max_pixels=10**6).image, max_bytes=5000,
+                             max_side=8192).data
+    with Image.open(io.BytesIO(jpeg)) as sent:
         assert sent.format == "JPEG" and sent.size == (width, height)
-    assert emulator.tasks_for(media[0].data) == 1
+    assert upload["sha256"] == hashlib.sha256(jpeg).hexdigest()
+    assert emulator.tasks_for(jpeg) == 1
     with Image.open(tmp_path / "grain-nobg.png") as out:
         assert out.size == (width, height)
         assert out.getpixel((2, 2))[3] == 0
