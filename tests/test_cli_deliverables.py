@@ -363,3 +363,15 @@ def test_uncompressed_16_bit_files_keep_every_sample(tmp_path: Path, emulator: E
     _, got = read_png16(tmp_path / "out" / "row.png")
     alphas = (0, 65535, 65535)  # the first pixel is the key colour
     assert got == [[(*px, a) for px, a in zip(img.RGB48_PIXELS, alphas, strict=True)]]
+
+
+def test_the_daemon_warns_of_an_image_with_no_subject(tmp_path: Path, emulator: Emulator) -> None:
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    Image.new("RGB", (40, 30), GREEN).save(inbox / "wall.png")
+    done = bgremove(tmp_path, "watch", str(inbox), str(outbox), "--once", emulator=emulator,
+                    config="watch:\n  stable_seconds: 0.1\n")
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "no subject found" in line]
+    assert len(warnings) == 1 and "wall.png" in warnings[0], done.stderr
+    assert (outbox / "wall.png").is_file()
