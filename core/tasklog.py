@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bgremove.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 #: Older lines are of no use: the service keeps tasks 7 days.
@@ -108,6 +110,4 @@ def _compact(path: Path) -> None:
                 continue
             if isinstance(at, (int, float)) and at >= oldest:
                 kept.append(line)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temp.write_bytes(b"".join(kept))
-        os.replace(temp, path)
+        atomic_write(path, b"".join(kept), durable=False)
