@@ -21,8 +21,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bgremove.files import atomic_write
-
 log = logging.getLogger(__name__)
 
 #: Older lines are of no use: the service keeps tasks 7 days.
@@ -100,6 +98,8 @@ def _text(value: object) -> str | None:
 def _compact(path: Path) -> None:
     """Rewrite the log without lines older than ``KEEP_SECONDS`` (a line another process
     appends meanwhile may be lost: the log is a convenience)."""
+    from bgremove.files import atomic_write
+
     with _lock:
         oldest = time.time() - KEEP_SECONDS
         kept = []
@@ -110,4 +110,4 @@ def _compact(path: Path) -> None:
                 continue
             if isinstance(at, (int, float)) and at >= oldest:
                 kept.append(line)
-        atomic_write(path, b"".join(kept), durable=False)
+        atomic_write(path, b"".join(kept), mode=0o600, durable=False)

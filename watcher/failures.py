@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from bgremove.errors import SubmitUncertainError
 from bgremove.watcher.naming import fit_name, shown
+from bgremove.watcher.untrusted import CREATE_NEW
 
 if TYPE_CHECKING:
     from bgremove.errors import BgremoveError
@@ -42,7 +44,10 @@ def write_error_report(target: Path, rel: Path, exc: BgremoveError, latest: Job 
     error_file = target.with_name(fit_name(target.name, ".error.json"))
     temp = target.with_name(fit_name(f".{target.name}", ".error.json.tmp"))
     try:
-        temp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)  # a leftover, or a link planted there: never written through
+        with os.fdopen(os.open(temp, CREATE_NEW, 0o666), "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(report, indent=2) + "\n")
         os.replace(temp, error_file)  # readers never see half a report
     except OSError as exc2:
         log.warning("cannot write %s: %s", shown(error_file), exc2)

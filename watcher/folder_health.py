@@ -3,13 +3,15 @@ the probe write that ends it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from bgremove.watcher.naming import shown
+from bgremove.watcher.naming import ensure_folder, shown
+from bgremove.watcher.untrusted import CREATE_NEW
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +20,13 @@ class FolderBlocked(Exception):
     """A folder (OUTBOX, done/, failed/, the journal's) cannot be written: pause intake,
     keep the file, resume when a probe write into ``folder`` succeeds."""
 
-    def __init__(self, folder: Path, reason: str, *, journal: bool = False) -> None:
+    def __init__(self, folder: Path, reason: str, *, journal: bool = False,
+                 below: Path | None = None) -> None:
         super().__init__(reason)
         self.folder = folder
         self.reason = reason
         self.journal = journal
+        self.below = below  # the trusted folder above ``folder``, when not ``folder`` itself
 
 
 class FolderHealth:
@@ -34,14 +38,17 @@ class FolderHealth:
         self._lock = threading.Lock()
         self.blocked: str | None = None
         self._folder: Path | None = None
+        self._below: Path | None = None
         self._journal = False
 
-    def block(self, folder: Path, reason: str, *, journal: bool = False) -> bool:
-        """Pause intake until ``folder`` can be written; True when this starts an outage."""
+    def block(self, folder: Path, reason: str, *, journal: bool = False,
+              below: Path | None = None) -> bool:
+        """Pause intake until ``folder`` can be written; True when this starts an outage.
+        ``below``: the trusted folder above it (no symbolic link between is followed)."""
         with self._lock:
             newly = self.blocked is None
             if newly:
-                self._folder, self._journal = folder, journal
+                self._folder, self._journal, self._below = folder, journal, below
             self.blocked = reason
         if newly:
             what = "OUTBOX" if folder == self._outbox else (
@@ -62,9 +69,13 @@ class FolderHealth:
         try:
             self._staging.mkdir(parents=True, exist_ok=True)
             for target in {self._staging, folder}:
+                if target == folder and self._below is not None:
+                    ensure_folder(target, self._below)
                 target.mkdir(parents=True, exist_ok=True)
                 probe = target / f".bgremove-probe-{os.getpid()}"
-                with open(probe, "wb") as fh:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(probe)  # a link planted there is never written through
+                with os.fdopen(os.open(probe, CREATE_NEW, 0o666), "wb") as fh:
                     fh.write(b"\0" * 65536)
                     fh.flush()
                     os.fsync(fh.fileno())
@@ -77,4 +88,5 @@ class FolderHealth:
         with self._lock:
             self.blocked = None
             self._folder = None
+            self._below = None
             self._journal = False
