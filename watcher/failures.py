@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bgremove.errors import SubmitUncertainError
+from bgremove.files import atomic_write
 from bgremove.watcher.naming import fit_name, shown
-from bgremove.watcher.untrusted import CREATE_NEW
 
 if TYPE_CHECKING:
     from bgremove.errors import BgremoveError
@@ -42,13 +40,10 @@ def write_error_report(target: Path, rel: Path, exc: BgremoveError, latest: Job 
         "hint": hint,
     }
     error_file = target.with_name(fit_name(target.name, ".error.json"))
-    temp = target.with_name(fit_name(f".{target.name}", ".error.json.tmp"))
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)  # a leftover, or a link planted there: never written through
-        with os.fdopen(os.open(temp, CREATE_NEW, 0o666), "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(report, indent=2) + "\n")
-        os.replace(temp, error_file)  # readers never see half a report
+        # Readers never see half a report; the temp file is new (O_EXCL), so a link
+        # planted in failed/ is never written through.
+        atomic_write(error_file, json.dumps(report, indent=2) + "\n", durable=False)
     except OSError as exc2:
         log.warning("cannot write %s: %s", shown(error_file), exc2)
 

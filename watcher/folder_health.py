@@ -3,15 +3,13 @@ the probe write that ends it."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from bgremove.files import probe_writable
 from bgremove.watcher.naming import ensure_folder, shown
-from bgremove.watcher.untrusted import CREATE_NEW
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +69,8 @@ class FolderHealth:
             for target in {self._staging, folder}:
                 if target == folder and self._below is not None:
                     ensure_folder(target, self._below)
-                target.mkdir(parents=True, exist_ok=True)
-                probe = target / f".bgremove-probe-{os.getpid()}"
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(probe)  # a link planted there is never written through
-                with os.fdopen(os.open(probe, CREATE_NEW, 0o666), "wb") as fh:
-                    fh.write(b"\0" * 65536)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.unlink(probe)
+                # 64 KiB and an fsync: a full disk may still create empty files.
+                probe_writable(target, size=65536)
         except OSError:
             return
         if self._journal and not heartbeat():
