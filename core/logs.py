@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.console import Console
 
 _SECRETS: set[str] = set()
 REDACTED = "[redacted]"
+#: A secret this long is scrubbed wherever it appears; a shorter one only as a whole word,
+#: so a short test key cannot garble ordinary text ("Too m[redacted] requests").
+ANYWHERE_FROM = 24
+_live_line: Console | None = None
 
 
 def register_secret(value: str | None) -> None:
@@ -30,8 +38,17 @@ def register_secret(value: str | None) -> None:
 def redact(text: str) -> str:
     for secret in _SECRETS:
         if secret in text:
-            text = text.replace(secret, REDACTED)
+            if len(secret) >= ANYWHERE_FROM:
+                text = text.replace(secret, REDACTED)
+            else:
+                text = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", REDACTED, text)
     return text
+
+
+def set_live_line(console: Console | None) -> None:
+    """Log lines on stderr clear ``console``'s live line first and redraw it after."""
+    global _live_line
+    _live_line = console
 
 
 class RedactingFilter(logging.Filter):
@@ -65,23 +82,62 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(out, default=str, ensure_ascii=False))
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after setup)."""
+class _StdHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` (or ``sys.stdout``) is at the time (it may be
+    replaced after setup), stepping around the live line."""
+
+    def __init__(self, name: str = "stderr") -> None:
+        super().__init__(getattr(sys, name))
+        self._name = name
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr
-        super().emit(record)
+        self.stream = getattr(sys, self._name)
+        live = _live_line
+        if live is None or live.stream is not self.stream:
+            super().emit(record)
+            return
+        with live.cleared():
+            super().emit(record)
 
 
-def setup_logging(level: str = "info", *, json_lines: bool = False, stream: Any = None) -> None:
-    """Configure the root logger once: plain lines (or JSON lines) on stderr."""
-    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+class PlainFormatter(logging.Formatter):
+    """The one stderr style: ``bgremove: [HH:MM:SS ]warning: message`` (no level for info)."""
+
+    def __init__(self, timestamps: bool = False) -> None:
+        super().__init__()
+        self.timestamps = timestamps
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.levelno != logging.INFO:
+            text = f"{record.levelname.lower()}: {text}"
+        if self.timestamps:
+            text = time.strftime("%H:%M:%S ", time.localtime(record.created)) + text
+        if record.exc_info and record.exc_info[1] is not None:
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                text += "\n" + redact(self.formatException(record.exc_info))
+            else:  # one line; the traceback is for --log-level debug
+                exc = record.exc_info[1]
+                text += redact(f": {type(exc).__name__}: {exc}")
+        return "bgremove: " + text
+
+
+def setup_logging(level: str = "info", *, json_lines: bool = False, stream: Any = None,
+                  timestamps: bool = False) -> None:
+    """Configure the root logger once: plain lines on stderr, or JSON lines on stdout (the
+    machine-readable output, as ``remove --json``).
+
+    ``timestamps`` adds the time of day to plain lines (the long-running ``watch``).
+    """
+    if stream is not None:
+        handler: logging.Handler = logging.StreamHandler(stream)
+    else:
+        handler = _StdHandler("stdout" if json_lines else "stderr")
     handler.addFilter(RedactingFilter())
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s",
-                                               "%H:%M:%S"))
+        handler.setFormatter(PlainFormatter(timestamps))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -153,9 +153,10 @@ def test_unwritable_output_folder_fails_each_file_with_one_line(
         out_dir.chmod(0o500)
     srcs = [_solid(tmp_path / f"{i}.png") for i in range(2)]
     assert main(["remove", *map(str, srcs), "-o", str(out_dir)]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    *err, summary = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2
     assert all("output" in line and ".png" in line for line in err)
+    assert summary == "bgremove: 2 images: 0 done, 2 failed in 0.0 s"
     assert all(s.exists() for s in srcs)
 
 
@@ -297,7 +298,8 @@ def test_progress_bar_on_a_terminal_only(tmp_path: Path, emulator) -> None:  # t
         assert out.getvalue().count(" -> ") == 3
         plain = io.StringIO()
         run_batch(plan, backend, config, json_lines=False, out=io.StringIO(), err=plain)
-        assert plain.getvalue() == ""  # not a terminal: no bar
+        # not a terminal: no bar, a summary line
+        assert plain.getvalue().startswith("bgremove: 3 images: 3 done in ")
     finally:
         backend.close()
 

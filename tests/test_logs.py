@@ -31,3 +31,22 @@ def test_a_registered_key_is_scrubbed_from_plain_and_json_lines() -> None:
 def test_short_values_are_not_treated_as_secrets() -> None:
     register_secret("x")
     assert "exceeded" in _emit(False, "the limit was exceeded")
+
+
+def test_json_fields_are_scrubbed_too() -> None:
+    key = "wsk-live-fields-0123456789abcdef"
+    register_secret(key)
+    stream = io.StringIO()
+    setup_logging("info", json_lines=True, stream=stream)
+    try:
+        logging.getLogger("core.test").warning(
+            "retrying", extra={"error": f"answer echoed Bearer {key}", "input": "a.png"})
+    finally:
+        logging.getLogger().handlers.clear()
+    record = json.loads(stream.getvalue())
+    assert key not in stream.getvalue()
+    assert record["error"] == f"answer echoed Bearer {REDACTED}" and record["input"] == "a.png"
+
+
+def test_plain_lines_have_one_style() -> None:
+    assert _emit(False, "disk %s", "full").strip() == "bgremove: warning: disk full"

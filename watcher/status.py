@@ -9,8 +9,6 @@ daemon is running, stopped or killed.
 from __future__ import annotations
 
 import json
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -142,30 +140,20 @@ def render_line(snapshot: dict[str, Any]) -> str:
 
 
 class StatusLine:
-    """Redraws one line at the bottom of a terminal; log lines print above it."""
+    """The daemon's live status on a terminal (``core.console``); log lines print above it."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self._lock = threading.Lock()
-        self._last = ""
-        self._last_draw = 0.0
+        from core.console import Console
+
+        # a daemon's log is not a progress report: no periodic lines off a terminal
+        self.console = Console(stream, plain_every=None)
+        self.console.attach()
 
     def update(self, snapshot: dict[str, Any]) -> None:
-        text = render_line(snapshot)
-        now = time.monotonic()
-        with self._lock:
-            if text == self._last and now - self._last_draw < 1.0:
-                return
-            self._last, self._last_draw = text, now
-            self.stream.write("\r\x1b[K" + text)
-            self.stream.flush()
+        self.console.show(render_line(snapshot))
 
-    def clear(self) -> None:
-        """Called before a log line is written."""
-        with self._lock:
-            if self._last:
-                self.stream.write("\r\x1b[K")
-                self._last = ""
+    def close(self) -> None:
+        self.console.close()
 
 
 def _iso(ts: float | None) -> str | None:

@@ -51,11 +51,12 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_fetch(args: argparse.Namespace) -> int:
     from core.cli import config_from_args
-    from core.local.models import TerminalProgress, fetch_model, get_spec
+    from core.console import DownloadProgress
+    from core.local.models import fetch_model, get_spec
 
     config = config_from_args(args)
     spec = get_spec(args.name or config.local.model)
-    bar = TerminalProgress(f"downloading {spec.name}")
+    bar = DownloadProgress(f"downloading {spec.name}")
     try:
         path = fetch_model(spec.name, config.local.cache_dir, progress=bar, force=args.force)
     finally:

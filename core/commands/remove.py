@@ -17,6 +17,9 @@ from core.errors import ConfigError
 if TYPE_CHECKING:
     from core.jobs import JobResult
 
+#: Seconds between progress lines when stderr is not a terminal.
+PLAIN_PROGRESS_SECONDS = 10.0
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
 
 
@@ -165,11 +168,15 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Any, config: Any, *,
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from core.backends import CancelToken, JobHooks
+    from core.console import Console, Progress
 
     out = out or sys.stdout
     err = err or sys.stderr
     cancel = CancelToken()
-    bar = _ProgressBar(len(plan), err) if err.isatty() and not json_lines else None
+    console = Console(err, live=False if json_lines else None,
+                      plain_every=None if json_lines else PLAIN_PROGRESS_SECONDS)
+    console.attach()
+    bar = Progress(console, len(plan))
     results: list[JobResult] = []
     lock = threading.Lock()
 
@@ -193,27 +200,38 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Any, config: Any, *,
                         pending.cancel()  # only images not started yet
             with lock:
                 results.append(result)
-                if bar:
-                    bar.clear()
-                _report(result, json_lines, out, err)
-                if bar:
-                    bar.update(result.status == "ok")
+                with console.cleared():
+                    _report(result, json_lines, out, err)
+                bar.step(result.status == "ok")
     except KeyboardInterrupt:
         # Stop at once: queued images never start; images in flight are abandoned (their
         # tasks may still run and be billed, so say how many), the process exits 130.
         cancel.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
         in_flight = sum(1 for f in futures if f.running())
-        if bar:
-            bar.clear()
+        console.close()
         if in_flight:
             err.write(f"bgremove: stopped; {in_flight} image(s) were being processed and may "
                       "still be billed by the service\n")
         raise
     pool.shutdown(wait=True)
-    if bar:
-        bar.finish()
+    if len(plan) > 1:
+        bar.finish(_summary(results, bar.elapsed()))
+    else:
+        console.close()
     return results
+
+
+def _summary(results: list[JobResult], seconds: float) -> str:
+    """``3 images: 2 done, 1 failed in 4.2 s``, the last line of a batch."""
+    from core.console import format_duration
+
+    done = sum(r.status == "ok" for r in results)
+    parts = [f"{done} done"]
+    if len(results) - done:
+        parts.append(f"{len(results) - done} failed")
+    took = f"{seconds:.1f} s" if seconds < 60 else format_duration(seconds)
+    return f"{len(results)} images: {', '.join(parts)} in {took}"
 
 
 class _Breaker:
@@ -333,31 +351,3 @@ def _report(result: JobResult, json_lines: bool, out: TextIO, err: TextIO) -> No
         where = "" if str(result.input) in text else f"{result.input}: "
         err.write(f"bgremove: {where}{text}\n")
         err.flush()
-
-
-class _ProgressBar:
-    """A one-line bar on stderr, redrawn in place; only used on a terminal."""
-
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self.total, self.done, self.failed, self.stream = total, 0, 0, stream
-        self.draw()
-
-    def draw(self) -> None:
-        width = 30
-        filled = int(width * self.done / self.total) if self.total else width
-        failed = f", {self.failed} failed" if self.failed else ""
-        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
-                          f"{self.done}/{self.total}{failed}")
-        self.stream.flush()
-
-    def clear(self) -> None:
-        self.stream.write("\r\033[K")
-
-    def update(self, ok: bool) -> None:
-        self.done += 1
-        self.failed += 0 if ok else 1
-        self.draw()
-
-    def finish(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()

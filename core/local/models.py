@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -411,38 +410,6 @@ def default_sources() -> list[Source]:
 # --- fetching ----------------------------------------------------------------------------------
 
 
-class TerminalProgress:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
-
-    def __init__(self, label: str, stream: IO[str] | None = None) -> None:
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
-        self._last = 0.0
-
-    def __call__(self, done: int, total: int | None) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self._last < 0.1 and (total is None or done < total):
-            return
-        self._last = now
-        mb = done / 1e6
-        if total:
-            frac = min(done / total, 1.0)
-            bar = "#" * int(frac * 30)
-            line = f"\r{self.label} [{bar:<30}] {mb:7.1f}/{total / 1e6:.1f} MB"
-        else:
-            line = f"\r{self.label} {mb:7.1f} MB"
-        self.stream.write(line)
-        self.stream.flush()
-
-    def finish(self) -> None:
-        if self.enabled and self._last:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 _fetch_locks: dict[str, threading.Lock] = {}
 _fetch_locks_guard = threading.Lock()
 
@@ -524,7 +491,9 @@ def ensure_model(name: str, cache_dir: str | os.PathLike[str] | None = None, *,
     if cached is not None:
         return cached
     if progress is None:
-        bar = TerminalProgress(f"downloading {spec.name}")
+        from core.console import DownloadProgress
+
+        bar = DownloadProgress(f"downloading {spec.name}")
         try:
             return fetch_model(name, cache_dir, sources=sources, progress=bar)
         finally:
