@@ -25,24 +25,24 @@ SUBMIT = f"/api/v3/{MODEL_ID}"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _png(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def _client(emu: Emulator, key: str | None = None) -> httpx.Client:
+def api_client(emu: Emulator, key: str | None = None) -> httpx.Client:
     headers = {} if key == "" else {"Authorization": f"Bearer {key or emu.api_key}"}
     return httpx.Client(base_url=emu.base_url, headers=headers, timeout=10)
 
 
 @pytest.fixture
 def api(emulator: Emulator) -> Iterator[httpx.Client]:
-    with _client(emulator) as client:
+    with api_client(emulator) as client:
         yield client
 
 
-def _upload(client: httpx.Client, data: bytes, filename: str = "in.png",
+def upload(client: httpx.Client, data: bytes, filename: str = "in.png",
             content_type: str = "image/png") -> str:
     ticket = client.post("/api/v3/media/uploads", json={
         "filename": filename, "size": len(data), "content_type": content_type})
@@ -55,7 +55,7 @@ def _upload(client: httpx.Client, data: bytes, filename: str = "in.png",
     return str(ticket.json()["data"]["download_url"])
 
 
-def _wait_done(client: httpx.Client, task_id: str, timeout: float = 10) -> dict[str, Any]:
+def wait_done(client: httpx.Client, task_id: str, timeout: float = 10) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         data: dict[str, Any] = client.get(f"/api/v3/predictions/{task_id}/result").json()["data"]
@@ -114,9 +114,9 @@ def test_direct_upload_then_async_submit_and_both_result_forms(
         keyed_image: Callable[..., Image.Image]) -> None:
     emu = emulator_factory(delay=0.15)
     image = keyed_image()
-    data = _png(image)
-    with _client(emu) as client:
-        url = _upload(client, data, filename="my photo é.png")
+    data = png_bytes(image)
+    with api_client(emu) as client:
+        url = upload(client, data, filename="my photo é.png")
         assert url.startswith(emu.base_url + "/media/")
         assert client.get(url).content == data
 
@@ -131,7 +131,7 @@ def test_direct_upload_then_async_submit_and_both_result_forms(
         assert created["model"] == MODEL_ID
         assert created["urls"]["get"] == f"{emu.base_url}/api/v3/predictions/{created['id']}/result"
 
-        done = _wait_done(client, created["id"])
+        done = wait_done(client, created["id"])
         assert done["status"] == "completed" and done["error"] == ""
         assert done["timings"]["inference"] >= 150
         assert done["has_nsfw_contents"] == [False]
@@ -159,8 +159,8 @@ def test_sync_mode_answers_with_the_finished_prediction(
         keyed_image: Callable[..., Image.Image]) -> None:
     emu = emulator_factory(delay=0.2)
     image = keyed_image(mode="RGBA")
-    with _client(emu) as client:
-        url = _upload(client, _png(image))
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(image))
         started = time.monotonic()
         data = client.post(SUBMIT, json={"image": url, "enable_sync_mode": True}).json()["data"]
         assert time.monotonic() - started >= 0.2
@@ -174,7 +174,7 @@ def test_base64_output_is_bare_base64(api: httpx.Client,
     import base64
 
     image = keyed_image()
-    url = _upload(api, _png(image))
+    url = upload(api, png_bytes(image))
     data = api.post(SUBMIT, json={"image": url, "enable_sync_mode": True,
                                   "enable_base64_output": True}).json()["data"]
     (output,) = data["outputs"]
@@ -239,7 +239,7 @@ def test_upload_ticket_rejects_bad_parameters(api: httpx.Client, body: dict[str,
 
 def test_uploads_over_the_size_limit_get_413(emulator_factory: Callable[..., Emulator]) -> None:
     emu = emulator_factory(max_upload_bytes=1000)
-    with _client(emu) as client:
+    with api_client(emu) as client:
         ticket = client.post("/api/v3/media/uploads", json={
             "filename": "big.png", "size": 1001, "content_type": "image/png"})
         assert ticket.status_code == 413 and "1000" in ticket.json()["message"]
@@ -260,7 +260,7 @@ def test_balance(api: httpx.Client, emulator_factory: Callable[..., Emulator]) -
     assert api.get("/api/v3/balance").json() == {
         "code": 200, "message": "success", "data": {"balance": 100.0}}
     emu = emulator_factory(balance=0.5)
-    with _client(emu) as client:
+    with api_client(emu) as client:
         assert client.get("/api/v3/balance").json()["data"]["balance"] == 0.5
 
 
@@ -291,14 +291,14 @@ def test_a_foreign_url_fails_the_task_with_1402(api: httpx.Client) -> None:
 
 
 def test_an_undecodable_upload_fails_the_task_with_1401(api: httpx.Client) -> None:
-    url = _upload(api, b"this is not an image", filename="fake.jpg", content_type="image/jpeg")
+    url = upload(api, b"this is not an image", filename="fake.jpg", content_type="image/jpeg")
     data = api.post(SUBMIT, json={"image": url, "enable_sync_mode": True}).json()["data"]
     assert data["status"] == "failed" and data["code"] == 1401
 
 
 def test_an_output_url_can_be_submitted_again(api: httpx.Client,
                                               keyed_image: Callable[..., Image.Image]) -> None:
-    first = api.post(SUBMIT, json={"image": _upload(api, _png(keyed_image())),
+    first = api.post(SUBMIT, json={"image": upload(api, png_bytes(keyed_image())),
                                    "enable_sync_mode": True}).json()["data"]
     second = api.post(SUBMIT, json={"image": first["outputs"][0],
                                     "enable_sync_mode": True}).json()["data"]
@@ -326,7 +326,7 @@ def test_a_bad_content_length_gets_400(emulator: Emulator) -> None:
 
 
 def test_head_on_a_file_sends_headers_only(api: httpx.Client) -> None:
-    url = _upload(api, b"12345", filename="a.bin", content_type="application/octet-stream")
+    url = upload(api, b"12345", filename="a.bin", content_type="application/octet-stream")
     head = api.head(url)
     assert head.status_code == 200 and head.headers["content-length"] == "5"
     assert head.content == b""
@@ -342,6 +342,7 @@ API_CALLS = [
     ("POST", "/api/v3/media/uploads", {"filename": "a.png", "size": 1}),
     ("POST", "/api/v3/media/upload/binary", None),
     ("GET", "/api/v3/balance", None),
+    ("POST", "/api/v3/predictions", {"page": 1}),
 ]
 
 
@@ -351,7 +352,7 @@ def test_every_api_call_needs_the_bearer_key(
         body: dict[str, Any] | None) -> None:
     emu = emulator_factory(api_key="sk-the-one-right-key")
     for key in ("", "sk-a-wrong-key"):
-        with _client(emu, key) as client:
+        with api_client(emu, key) as client:
             answer = client.request(method, path, json=body)
         assert answer.status_code == 401
         assert answer.json()["code"] == 401 and "Unauthorized" in answer.json()["message"]
@@ -364,7 +365,7 @@ def test_every_api_call_needs_the_bearer_key(
 
 
 def test_any_non_empty_key_is_accepted_by_default(emulator: Emulator) -> None:
-    with _client(emulator, "whatever") as client:
+    with api_client(emulator, "whatever") as client:
         assert client.get("/api/v3/balance").status_code == 200
 
 
@@ -375,13 +376,13 @@ def test_any_non_empty_key_is_accepted_by_default(emulator: Emulator) -> None:
 def test_key_states(emulator_factory: Callable[..., Emulator], state: str, status: int,
                     fragment: str) -> None:
     emu = emulator_factory(key_state=state)
-    with _client(emu) as client:
+    with api_client(emu) as client:
         answer = client.get("/api/v3/balance")
     assert answer.status_code == status and fragment in answer.json()["message"]
 
 
 def test_files_are_served_without_a_key(api: httpx.Client) -> None:
-    url = _upload(api, b"abc", filename="a.txt", content_type="text/plain")
+    url = upload(api, b"abc", filename="a.txt", content_type="text/plain")
     assert httpx.get(url, timeout=10).content == b"abc"
 
 
@@ -392,15 +393,15 @@ def test_sync_timeout_as_504_still_carries_the_id_and_the_task_completes(
         emulator_factory: Callable[..., Emulator],
         keyed_image: Callable[..., Image.Image]) -> None:
     emu = emulator_factory(delay=0.3, sync_timeout=0.05, sync_timeout_style="504")
-    with _client(emu) as client:
-        url = _upload(client, _png(keyed_image()))
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(keyed_image()))
         answer = client.post(SUBMIT, json={"image": url, "enable_sync_mode": True})
         assert answer.status_code == 504
         body = answer.json()
         assert body["code"] == 504 and "Sync mode timed out" in body["message"]
         assert body["data"]["status"] in ("created", "processing")  # did not wait for the end
         task_id = body["data"]["id"]
-        assert _wait_done(client, task_id)["status"] == "completed"
+        assert wait_done(client, task_id)["status"] == "completed"
     assert emu.stats()["sync_timeouts"] == 1 and emu.stats()["tasks_submitted"] == 1
 
 
@@ -408,8 +409,8 @@ def test_sync_timeout_as_processing_with_code_5004(
         emulator_factory: Callable[..., Emulator],
         keyed_image: Callable[..., Image.Image]) -> None:
     emu = emulator_factory(delay=0.3, sync_timeout=0.05, sync_timeout_style="processing")
-    with _client(emu) as client:
-        url = _upload(client, _png(keyed_image()))
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(keyed_image()))
         answer = client.post(SUBMIT, json={"image": url, "enable_sync_mode": True})
         assert answer.status_code == 200
         envelope = answer.json()
@@ -417,7 +418,7 @@ def test_sync_timeout_as_processing_with_code_5004(
         data = envelope["data"]
         assert data["status"] == "processing" and data["code"] == 5004
         assert data["error"].startswith("Sync mode timed out")
-        done = _wait_done(client, data["id"])
+        done = wait_done(client, data["id"])
         assert done["status"] == "completed" and "code" not in done
 
 
@@ -425,8 +426,8 @@ def test_a_sync_submit_that_finishes_in_time_is_not_a_timeout(
         emulator_factory: Callable[..., Emulator],
         keyed_image: Callable[..., Image.Image]) -> None:
     emu = emulator_factory(delay=0.05, sync_timeout=5)
-    with _client(emu) as client:
-        url = _upload(client, _png(keyed_image()))
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(keyed_image()))
         data = client.post(SUBMIT, json={"image": url, "enable_sync_mode": True}).json()["data"]
     assert data["status"] == "completed" and emu.stats()["sync_timeouts"] == 0
 
@@ -438,7 +439,7 @@ def test_first_n_requests_get_a_status_with_retry_after_seconds(
         emulator_factory: Callable[..., Emulator]) -> None:
     emu = emulator_factory(faults=(Fault("status", route="balance", status=429, first=2,
                                          retry_after="3"),))
-    with _client(emu) as client:
+    with api_client(emu) as client:
         answers = [client.get("/api/v3/balance") for _ in range(3)]
     assert [a.status_code for a in answers] == [429, 429, 200]
     assert answers[0].headers["retry-after"] == "3"
@@ -450,7 +451,7 @@ def test_first_n_requests_get_a_status_with_retry_after_seconds(
 def test_retry_after_as_an_http_date(emulator_factory: Callable[..., Emulator]) -> None:
     emu = emulator_factory(faults=(Fault("status", route="result", status=429, first=1,
                                          retry_after="date:5"),))
-    with _client(emu) as client:
+    with api_client(emu) as client:
         answer = client.get("/api/v3/predictions/x/result")
     when = parsedate_to_datetime(answer.headers["retry-after"])
     assert 3 <= when.timestamp() - time.time() <= 6
@@ -460,7 +461,7 @@ def test_retry_after_as_an_http_date(emulator_factory: Callable[..., Emulator]) 
 def test_every_nth_request_gets_a_server_error(emulator_factory: Callable[..., Emulator],
                                                status: int) -> None:
     emu = emulator_factory(faults=(Fault("status", route="balance", status=status, every=3),))
-    with _client(emu) as client:
+    with api_client(emu) as client:
         codes = [client.get("/api/v3/balance").status_code for _ in range(6)]
     assert codes == [200, 200, status, 200, 200, status]
 
@@ -468,8 +469,8 @@ def test_every_nth_request_gets_a_server_error(emulator_factory: Callable[..., E
 def test_a_status_fault_on_submit_creates_no_task(emulator_factory: Callable[..., Emulator],
                                                   keyed_image: Callable[..., Image.Image]) -> None:
     emu = emulator_factory(faults=(Fault("status", route="submit", status=503, first=1),))
-    with _client(emu) as client:
-        url = _upload(client, _png(keyed_image()))
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(keyed_image()))
         assert client.post(SUBMIT, json={"image": url}).status_code == 503
         assert emu.stats()["tasks_submitted"] == 0
         assert client.post(SUBMIT, json={"image": url}).status_code == 200
@@ -481,8 +482,8 @@ def test_a_status_fault_after_the_submit_leaves_a_task_behind(
         keyed_image: Callable[..., Image.Image]) -> None:
     emu = emulator_factory(faults=(Fault("status", route="submit", status=502, first=1,
                                          after=True),))
-    with _client(emu) as client:
-        url = _upload(client, _png(keyed_image()))
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(keyed_image()))
         assert client.post(SUBMIT, json={"image": url}).status_code == 502
     assert emu.stats()["tasks_submitted"] == 1
     assert emu.wait_idle(5) and emu.stats()["tasks_completed"] == 1
@@ -492,8 +493,8 @@ def test_a_status_fault_after_the_submit_leaves_a_task_behind(
 def test_dropped_submit_connection(emulator_factory: Callable[..., Emulator],
                                    keyed_image: Callable[..., Image.Image], after: bool) -> None:
     emu = emulator_factory(faults=(Fault("drop", route="submit", first=1, after=after),))
-    with _client(emu) as client:
-        url = _upload(client, _png(keyed_image()))
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(keyed_image()))
         with pytest.raises(httpx.RemoteProtocolError):
             client.post(SUBMIT, json={"image": url})
         assert emu.stats()["tasks_submitted"] == (1 if after else 0)
@@ -508,7 +509,7 @@ def test_dropped_submit_connection(emulator_factory: Callable[..., Emulator],
 def test_dropped_result_and_upload_connections(emulator_factory: Callable[..., Emulator]) -> None:
     emu = emulator_factory(faults=(Fault("drop", route="result", first=1),
                                    Fault("drop", route="uploads", first=1)))
-    with _client(emu) as client:
+    with api_client(emu) as client:
         with pytest.raises(httpx.RemoteProtocolError):
             client.get("/api/v3/predictions/x/result")
         assert client.get("/api/v3/predictions/x/result").status_code == 404
@@ -523,20 +524,20 @@ def test_failed_task_with_a_given_code(emulator_factory: Callable[..., Emulator]
                                        keyed_image: Callable[..., Image.Image],
                                        code: int) -> None:
     emu = emulator_factory(faults=(Fault("fail_task", code=code, first=1),))
-    with _client(emu) as client:
-        url = _upload(client, _png(keyed_image()))
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(keyed_image()))
         failed = client.post(SUBMIT, json={"image": url, "enable_sync_mode": True}).json()["data"]
         assert failed["status"] == "failed" and failed["code"] == code and failed["error"]
         assert failed["outputs"] == []
         second = client.post(SUBMIT, json={"image": url}).json()["data"]
-        assert _wait_done(client, second["id"])["status"] == "completed"
+        assert wait_done(client, second["id"])["status"] == "completed"
     stats = emu.stats()
     assert stats["tasks_failed"] == 1 and stats["tasks_completed"] == 1
 
 
 def test_malformed_json(emulator_factory: Callable[..., Emulator]) -> None:
     emu = emulator_factory(faults=(Fault("malformed", route="result", first=1),))
-    with _client(emu) as client:
+    with api_client(emu) as client:
         bad = client.get("/api/v3/predictions/x/result")
         with pytest.raises(ValueError):
             bad.json()
@@ -547,8 +548,8 @@ def test_malformed_json(emulator_factory: Callable[..., Emulator]) -> None:
 def test_truncated_output_download(emulator_factory: Callable[..., Emulator],
                                    keyed_image: Callable[..., Image.Image]) -> None:
     emu = emulator_factory(faults=(Fault("truncate", route="download", first=1),))
-    with _client(emu) as client:
-        url = _upload(client, _png(keyed_image()))
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(keyed_image()))
         data = client.post(SUBMIT, json={"image": url, "enable_sync_mode": True}).json()["data"]
         with pytest.raises(httpx.RemoteProtocolError):
             client.get(data["outputs"][0])
@@ -559,7 +560,7 @@ def test_truncated_output_download(emulator_factory: Callable[..., Emulator],
 
 def test_delay_fault_slows_one_route(emulator_factory: Callable[..., Emulator]) -> None:
     emu = emulator_factory(faults=(Fault("delay", route="balance", first=1, seconds=0.2),))
-    with _client(emu) as client:
+    with api_client(emu) as client:
         started = time.monotonic()
         client.get("/api/v3/balance")
         assert time.monotonic() - started >= 0.2
@@ -575,7 +576,7 @@ def test_stop_cuts_a_delay_fault_short() -> None:
 
     def call() -> None:
         try:
-            with _client(emu) as client:
+            with api_client(emu) as client:
                 client.get("/api/v3/balance")
         except httpx.TransportError as exc:
             errors.append(exc)
@@ -639,14 +640,14 @@ def test_bad_fault_specs_are_refused(spec: str) -> None:
 def test_concurrency_cap_makes_extra_tasks_wait(emulator_factory: Callable[..., Emulator],
                                                 keyed_image: Callable[..., Image.Image]) -> None:
     emu = emulator_factory(delay=0.15, concurrency_cap=2)
-    with _client(emu) as client:
-        url = _upload(client, _png(keyed_image()))
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(keyed_image()))
         started = time.monotonic()
         ids = [client.post(SUBMIT, json={"image": url}).json()["data"]["id"] for _ in range(5)]
         waiting = client.get(f"/api/v3/predictions/{ids[-1]}/result").json()["data"]
         assert waiting["status"] == "created"  # queued behind the cap
         assert emu.stats()["running_tasks"] <= 2
-        results = [_wait_done(client, task_id) for task_id in ids]
+        results = [wait_done(client, task_id) for task_id in ids]
     assert all(r["status"] == "completed" for r in results)
     # 5 tasks, 2 at a time, 0.15 s each: three rounds
     assert time.monotonic() - started >= 0.15 * 3
@@ -656,8 +657,8 @@ def test_concurrency_cap_makes_extra_tasks_wait(emulator_factory: Callable[..., 
 def test_without_a_cap_tasks_run_side_by_side(emulator_factory: Callable[..., Emulator],
                                               keyed_image: Callable[..., Image.Image]) -> None:
     emu = emulator_factory(delay=0.5)
-    with _client(emu) as client:
-        url = _upload(client, _png(keyed_image()))
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(keyed_image()))
         for _ in range(4):
             client.post(SUBMIT, json={"image": url})
     assert emu.wait_idle(5)
@@ -667,12 +668,12 @@ def test_without_a_cap_tasks_run_side_by_side(emulator_factory: Callable[..., Em
 def test_sync_submits_in_parallel_respect_the_cap(emulator_factory: Callable[..., Emulator],
                                                   keyed_image: Callable[..., Image.Image]) -> None:
     emu = emulator_factory(delay=0.15, concurrency_cap=3)
-    with _client(emu) as client:
-        url = _upload(client, _png(keyed_image()))
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(keyed_image()))
     statuses: list[str] = []
 
     def submit() -> None:
-        with _client(emu) as own:
+        with api_client(emu) as own:
             data = own.post(SUBMIT, json={"image": url, "enable_sync_mode": True}).json()["data"]
             statuses.append(data["status"])
 
@@ -688,8 +689,8 @@ def test_sync_submits_in_parallel_respect_the_cap(emulator_factory: Callable[...
 def test_images_per_minute_limit_answers_429(emulator_factory: Callable[..., Emulator],
                                              keyed_image: Callable[..., Image.Image]) -> None:
     emu = emulator_factory(images_per_minute=2)
-    with _client(emu) as client:
-        url = _upload(client, _png(keyed_image()))
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(keyed_image()))
         codes = [client.post(SUBMIT, json={"image": url}) for _ in range(3)]
     assert [c.status_code for c in codes] == [200, 200, 429]
     assert 1 <= int(codes[2].headers["retry-after"]) <= 60
@@ -700,8 +701,8 @@ def test_images_per_minute_limit_answers_429(emulator_factory: Callable[..., Emu
 def test_images_per_minute_window_slides(emulator_factory: Callable[..., Emulator],
                                          keyed_image: Callable[..., Image.Image]) -> None:
     emu = emulator_factory(images_per_minute=1, rate_window=0.2, rate_limit_retry_after=False)
-    with _client(emu) as client:
-        url = _upload(client, _png(keyed_image()))
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(keyed_image()))
         assert client.post(SUBMIT, json={"image": url}).status_code == 200
         limited = client.post(SUBMIT, json={"image": url})
         assert limited.status_code == 429 and "retry-after" not in limited.headers
@@ -713,8 +714,8 @@ def test_images_per_minute_window_slides(emulator_factory: Callable[..., Emulato
 
 def test_stores_are_bounded(emulator_factory: Callable[..., Emulator]) -> None:
     emu = emulator_factory(max_stored=3)
-    with _client(emu) as client:
-        urls = [_upload(client, bytes([n]) * 10, filename=f"{n}.bin",
+    with api_client(emu) as client:
+        urls = [upload(client, bytes([n]) * 10, filename=f"{n}.bin",
                         content_type="application/octet-stream") for n in range(5)]
         assert [client.get(u).status_code for u in urls] == [404, 404, 200, 200, 200]
     stats = emu.stats()
@@ -723,8 +724,8 @@ def test_stores_are_bounded(emulator_factory: Callable[..., Emulator]) -> None:
 
 def test_stores_are_bounded_by_bytes(emulator_factory: Callable[..., Emulator]) -> None:
     emu = emulator_factory(max_stored_bytes=25)
-    with _client(emu) as client:
-        urls = [_upload(client, b"x" * 10, filename=f"{n}.bin",
+    with api_client(emu) as client:
+        urls = [upload(client, b"x" * 10, filename=f"{n}.bin",
                         content_type="application/octet-stream") for n in range(4)]
         assert [client.get(u).status_code for u in urls] == [404, 404, 200, 200]
 
@@ -757,7 +758,7 @@ def test_requests_share_one_keep_alive_connection(emulator: Emulator,
 
 def test_stop_closes_idle_connections_and_frees_the_port(keyed_image: Any) -> None:
     emu = Emulator(EmulatorOptions()).start()
-    client = _client(emu)
+    client = api_client(emu)
     try:
         assert client.get("/api/v3/balance").status_code == 200  # leaves an idle connection
         base_url = emu.base_url
@@ -774,12 +775,12 @@ def test_stop_closes_idle_connections_and_frees_the_port(keyed_image: Any) -> No
 def test_stop_releases_a_waiting_sync_submit(keyed_image: Callable[..., Image.Image]) -> None:
     emu = Emulator(EmulatorOptions(delay=30)).start()
     errors: list[BaseException] = []
-    with _client(emu) as client:
-        url = _upload(client, _png(keyed_image()))
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(keyed_image()))
 
         def submit() -> None:
             try:
-                with _client(emu) as own:
+                with api_client(emu) as own:
                     own.post(SUBMIT, json={"image": url, "enable_sync_mode": True})
             except httpx.HTTPError as exc:
                 errors.append(exc)
@@ -808,8 +809,8 @@ def test_local_model_gives_a_real_cutout(emulator_factory: Callable[..., Emulato
     emu = emulator_factory(model="local")
     image = Image.new("RGB", (320, 240), (255, 255, 255))
     ImageDraw.Draw(image).ellipse((100, 60, 220, 180), fill=(200, 30, 30))
-    with _client(emu) as client:
-        url = _upload(client, _png(image))
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(image))
         data = client.post(SUBMIT, json={"image": url, "enable_sync_mode": True}).json()["data"]
         assert data["status"] == "completed"
         with Image.open(io.BytesIO(client.get(data["outputs"][0]).content)) as out:
@@ -821,8 +822,8 @@ def test_local_model_gives_a_real_cutout(emulator_factory: Callable[..., Emulato
 def test_stop_leaves_no_thread_behind(keyed_image: Callable[..., Image.Image]) -> None:
     before = set(threading.enumerate())
     emu = Emulator(EmulatorOptions(delay=0.05)).start()
-    with _client(emu) as client:
-        url = _upload(client, _png(keyed_image()))
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(keyed_image()))
         client.post(SUBMIT, json={"image": url})  # a task still running at stop
         client.get("/api/v3/balance")  # and an idle keep-alive connection
         emu.stop()
@@ -842,6 +843,8 @@ def test_options_are_checked() -> None:
         EmulatorOptions(sync_timeout_style="never")
     with pytest.raises(ConfigError):
         EmulatorOptions(key_state="odd")
+    with pytest.raises(ConfigError):
+        EmulatorOptions(retention=0)
     with pytest.raises(ConfigError):
         Emulator(EmulatorOptions(model="magic")).start()
 
@@ -907,7 +910,7 @@ def test_cli_account_level_applies_its_limits(tmp_path: Path,
         base_url = process.stdout.readline().strip()
         with httpx.Client(base_url=base_url, timeout=10,
                           headers={"Authorization": "Bearer k"}) as client:
-            url = _upload(client, _png(keyed_image()))
+            url = upload(client, png_bytes(keyed_image()))
             codes = [client.post(SUBMIT, json={"image": url}).status_code for _ in range(3)]
         assert codes == [200, 200, 429]  # bronze: 2 images per minute
         process.send_signal(signal.SIGTERM)

@@ -17,8 +17,9 @@ def register(subparsers: Any) -> None:
         "emulator",
         help="run a local WaveSpeed API emulator (for tests, benchmarks and trying bgremove)",
         description="Serve the WaveSpeed background-remover API on this machine: submit, "
-        "result, both uploads, file download and balance. The default model keys out "
-        "the colour of pixel (0,0). Prints the base URL first, then runs until Ctrl-C.",
+        "result, the prediction list, both uploads, file download and balance. The default "
+        "model keys out the colour of pixel (0,0). Prints the base URL first, then runs until "
+        "Ctrl-C.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port (0: a free one; default 8765)")
@@ -34,8 +35,10 @@ def register(subparsers: Any) -> None:
                         help="inference seconds per task")
     parser.add_argument("--sync-timeout", type=float, metavar="S",
                         help="a sync-mode submit stops waiting after S seconds")
-    parser.add_argument("--sync-timeout-style", choices=("504", "processing"), default="504",
-                        help="answer a sync timeout with a 504, or a 200 with code 5004")
+    parser.add_argument("--sync-timeout-style", choices=("504", "processing", "gateway", "drop"),
+                        default="504",
+                        help="answer a sync timeout with a 504 carrying the task, a 200 with "
+                        "code 5004, a proxy's bare 504 without the task, or a closed connection")
     parser.add_argument("--level", choices=("bronze", "silver", "gold", "ultra"),
                         help="apply an account level's limits (bronze: 2 concurrent tasks, "
                         "2 images per minute)")
@@ -57,6 +60,20 @@ def register(subparsers: Any) -> None:
                         help="share of API calls whose connection is closed without an answer")
     parser.add_argument("--fail-rate", type=float, default=0.0, metavar="P",
                         help="share of tasks that fail with code 5000")
+    parser.add_argument("--lost-answer-rate", type=float, default=0.0, metavar="P",
+                        help="share of submits whose task is created but whose answer is lost "
+                        "(the connection closes; in sync mode when the task ends)")
+    parser.add_argument("--retention", type=float, default=7 * 24 * 3600, metavar="S",
+                        help="seconds tasks, outputs and uploads are kept and listed "
+                        "(default 7 days)")
+    parser.add_argument("--list-input", action="store_true",
+                        help="prediction list items carry the submit's input (the documented "
+                        "example shows none)")
+    parser.add_argument("--no-list-route", dest="list_route", action="store_false",
+                        help="answer the prediction list (POST /api/v3/predictions) with 404")
+    parser.add_argument("--clock-skew", type=float, default=0.0, metavar="S",
+                        help="the service's clock runs S seconds ahead of this machine's "
+                        "(negative: behind)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random fault rates")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                         default="info", help="requests are logged at debug")
@@ -75,6 +92,8 @@ def _faults(args: argparse.Namespace) -> tuple[Any, ...]:
     if args.drop_rate:
         for route in ("submit", "result", "upload"):
             faults.append(Fault("drop", route=route, rate=args.drop_rate))
+    if args.lost_answer_rate:
+        faults.append(Fault("drop", route="submit", after=True, rate=args.lost_answer_rate))
     if args.fail_rate:
         faults.append(Fault("fail_task", route="submit", code=5000, rate=args.fail_rate))
     return tuple(faults)
@@ -107,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         sync_timeout_style=args.sync_timeout_style, concurrency_cap=cap,
         images_per_minute=per_minute,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), faults=_faults(args),
-        seed=args.seed)
+        seed=args.seed, retention=args.retention, list_route=args.list_route,
+        list_input=args.list_input, clock_skew=args.clock_skew)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

@@ -4,9 +4,10 @@ A ``Fault`` targets one route (or ``"*"``) and fires for the first N matching
 requests, every Nth one, and/or at a seeded random rate, so tests are
 deterministic. Kinds:
 
-    status      answer ``status`` (429 may carry Retry-After, in seconds or HTTP-date form)
+    status      answer ``status`` (429 may carry Retry-After, in seconds or HTTP-date form);
+                with ``after=True`` on submit the task is created and the error carries no id
     drop        close the socket without an answer; with ``after=True`` on submit the task is
-                created first (the "answer lost" case)
+                created first and the answer is lost (in sync mode when the wait ends)
     malformed   answer 200 with a body that is not valid JSON
     truncate    a download announces its full length, sends part of it and closes
     fail_task   (submit) the task is created but ends ``failed`` with task ``code``
@@ -28,7 +29,7 @@ from core.errors import ConfigError
 
 FAULT_KINDS = ("status", "drop", "malformed", "truncate", "fail_task", "delay")
 #: Route names requests are counted under (``stats()["requests"]``) and faults target.
-ROUTES = ("submit", "result", "upload", "upload_put", "upload_binary", "media", "download",
+ROUTES = ("submit", "result", "list", "upload", "upload_put", "upload_binary", "media", "download",
           "balance", "control", "unknown")
 #: Fault route aliases that cover several routes.
 ROUTE_GROUPS = {

@@ -9,13 +9,14 @@ Routes (see ``docs/wavespeed-api.md``):
     POST /api/v3/media/upload/binary                      multipart upload  ("upload_binary")
     GET  /media/{token}/{filename}                        uploaded file     ("media")
     GET  /outputs/{id}.png                                task output       ("download")
+    POST /api/v3/predictions                              prediction list   ("list")
     GET  /api/v3/balance                                  balance           ("balance")
     GET  /_emulator/stats, POST /_emulator/reset          control           ("control")
 
 Every ``/api/v3`` call needs ``Authorization: Bearer <key>``; the presigned PUT
 and the file downloads do not (like a storage bucket and a CDN). Uploaded files,
-outputs and tasks are kept in memory, the oldest dropped beyond
-``max_stored`` entries or ``max_stored_bytes``; there is no 7-day expiry.
+outputs and tasks are kept in memory for ``retention`` seconds (7 days, like the
+service), the oldest dropped sooner beyond ``max_stored`` entries or ``max_stored_bytes``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -53,6 +55,10 @@ SUBMIT_PATH = f"/api/v3/{MODEL_ID}"
 DEFAULT_API_KEY = "emulator-key-0123456789"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 TERMINAL = ("completed", "failed")
+WEEK = 7 * 24 * 3600.0
+#: The list route's status filter values; "processing" also matches tasks not yet started.
+LIST_STATUSES = ("completed", "failed", "processing")
+SYNC_TIMEOUT_STYLES = ("504", "processing", "gateway", "drop")
 _BODY_SLACK = 256 * 1024  # multipart framing on top of the file size limit
 #: Account levels from the docs: (concurrent tasks, images per minute).
 ACCOUNT_LEVELS = {"bronze": (2, 2), "silver": (300, 500), "gold": (3000, 3000),
@@ -70,7 +76,9 @@ class EmulatorOptions:
     model: str = "keyout"  # or "local" (core.local)
     delay: float = 0.0  # seconds each task takes (inference), at least
     sync_timeout: float | None = None  # a sync submit gives up waiting after this
-    sync_timeout_style: str = "504"  # "504" or "processing" (200, status processing, code 5004)
+    # "504" (a 504 carrying the prediction), "processing" (200, status processing, code 5004),
+    # "gateway" (a proxy's bare 504, no id) or "drop" (the connection closes, no answer)
+    sync_timeout_style: str = "504"
     concurrency_cap: int = 0  # tasks running at once; the rest wait (Bronze: 2). 0: no cap
     images_per_minute: int = 0  # submits per window beyond this get 429. 0: no limit
     rate_window: float = 60.0  # seconds of the images-per-minute window
@@ -82,16 +90,23 @@ class EmulatorOptions:
     faults: tuple[Fault, ...] = ()
     seed: int = 0  # for faults with a random rate
     idle_timeout: float = 30.0  # an idle keep-alive connection is closed after this
+    retention: float = WEEK  # seconds tasks, outputs and uploads are kept and listed
+    list_route: bool = True  # False: POST /api/v3/predictions answers 404 (an API without it)
+    list_input: bool = False  # list items carry the submit's ``input`` (the docs show none)
+    list_page_size_max: int = 100  # a larger page_size is served as this many
+    clock_skew: float = 0.0  # seconds the service's clock is ahead of this machine's
 
     def __post_init__(self) -> None:
         if self.key_state not in ("active", "inactive", "suspended"):
             raise ConfigError(f"unknown key_state {self.key_state!r}",
                               hint="allowed: active, inactive, suspended")
-        if self.sync_timeout_style not in ("504", "processing"):
+        if self.sync_timeout_style not in SYNC_TIMEOUT_STYLES:
             raise ConfigError(f"unknown sync_timeout_style {self.sync_timeout_style!r}",
-                              hint="allowed: 504, processing")
+                              hint=f"allowed: {', '.join(SYNC_TIMEOUT_STYLES)}")
         if self.delay < 0 or (self.sync_timeout is not None and self.sync_timeout < 0):
             raise ConfigError("delay and sync_timeout must not be negative")
+        if self.retention <= 0 or self.list_page_size_max < 1:
+            raise ConfigError("retention and list_page_size_max must be positive")
 
 
 K = TypeVar("K")
@@ -137,6 +152,7 @@ class _Media:
     filename: str
     content_type: str
     data: bytes
+    created: float  # the service's clock
 
 
 @dataclass
@@ -149,11 +165,13 @@ class _Ticket:
 @dataclass
 class _Task:
     id: str
-    created: float
+    created: float  # the service's clock, whole milliseconds (what created_at shows)
     image_url: str
     image: bytes | None  # None: not one of ours (the task fails with 1402)
     base64_output: bool
     public_base: str
+    input: dict[str, Any]  # the submit's JSON body
+    seq: int  # submit order, to sort tasks created in the same millisecond
     fail_code: int | None = None
     status: str = "created"
     outputs: list[str] = field(default_factory=list)
@@ -162,7 +180,7 @@ class _Task:
     inference_ms: int = 0
     done: threading.Event = field(default_factory=threading.Event)
 
-    def prediction(self) -> dict[str, Any]:
+    def prediction(self, *, with_input: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {
             "id": self.id,
             "model": MODEL_ID,
@@ -178,6 +196,8 @@ class _Task:
         }
         if self.code is not None:
             data["code"] = self.code
+        if with_input:
+            data["input"] = dict(self.input)
         return data
 
 
@@ -195,7 +215,8 @@ class _Stats:
         self.counters: dict[str, int] = dict.fromkeys((
             "requests_total", "connections", "uploads", "upload_bytes", "tasks_submitted",
             "tasks_completed", "tasks_failed", "duplicate_submits", "max_concurrent_tasks",
-            "rate_limited", "sync_timeouts", "auth_failures", "bytes_in", "bytes_out"), 0)
+            "rate_limited", "sync_timeouts", "auth_failures", "bytes_in", "bytes_out",
+            "answers_lost"), 0)
         self.digests: OrderedDict[str, int] = OrderedDict()
 
     def add(self, name: str, amount: int = 1) -> None:
@@ -228,6 +249,7 @@ class Emulator:
         self._task_threads: set[threading.Thread] = set()
         self._submit_times: list[float] = []
         self._rate_lock = threading.Lock()
+        self._seq = itertools.count()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._alpha: AlphaFn | None = None
@@ -314,12 +336,15 @@ class Emulator:
         ``requests`` is ``{route: {method: n}}``; ``faults`` counts injected faults by kind;
         ``status_codes`` counts answers by status. Other keys: requests_total, connections,
         uploads, upload_bytes, tasks_submitted, tasks_completed, tasks_failed,
-        duplicate_submits (same image bytes submitted again), max_concurrent_tasks,
-        running_tasks, rate_limited, sync_timeouts, auth_failures, bytes_in, bytes_out,
-        stored (entries held), evicted.
+        duplicate_submits (same image bytes submitted again), tasks_per_content
+        ({sha256 of the uploaded bytes: tasks}), answers_lost (submits whose task was created
+        but whose answer was dropped or replaced by an error without an id),
+        max_concurrent_tasks, running_tasks, rate_limited, sync_timeouts, auth_failures,
+        bytes_in, bytes_out, stored (entries held), evicted.
         """
         with self._stats.lock:
             snapshot: dict[str, Any] = dict(self._stats.counters)
+            snapshot["tasks_per_content"] = dict(self._stats.digests)
             snapshot["requests"] = {k: dict(v) for k, v in self._stats.requests.items()}
             snapshot["status_codes"] = dict(self._stats.status_codes)
             snapshot["faults"] = dict(self._stats.faults)
@@ -351,8 +376,17 @@ class Emulator:
 
     def prediction(self, task_id: str) -> dict[str, Any] | None:
         """The prediction ``data`` the result endpoint would answer, or None."""
-        task = self._tasks.get(task_id)
+        task = self._task(task_id)
         return task.prediction() if task else None
+
+    def tasks_for(self, content: bytes) -> int:
+        """How many tasks were submitted for an upload of exactly these bytes."""
+        with self._stats.lock:
+            return self._stats.digests.get(hashlib.sha256(content).hexdigest(), 0)
+
+    def now(self) -> float:
+        """The service's clock (this machine's plus ``clock_skew``), in epoch seconds."""
+        return time.time() + self.options.clock_skew
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until every submitted task has ended; False on timeout."""
@@ -365,7 +399,34 @@ class Emulator:
                 self._cond.wait(remaining)
         return True
 
+    def list_predictions(self, *, model: str | None = None, status: str | None = None,
+                         after: float | None = None, before: float | None = None,
+                         with_input: bool = False) -> list[dict[str, Any]]:
+        """The live predictions matching the filters (times in epoch seconds), newest first."""
+        tasks = [t for t in self._tasks.values() if self._live(t.created)
+                 and (model is None or model == MODEL_ID)
+                 and (status is None or _list_status(t.status) == status)
+                 and (after is None or t.created >= after)
+                 and (before is None or t.created <= before)]
+        tasks.sort(key=lambda t: (t.created, t.seq), reverse=True)
+        return [t.prediction(with_input=with_input) for t in tasks]
+
     # -- internals used by the handler ----------------------------------------------------------
+
+    def _live(self, created: float) -> bool:
+        """Whether something created at ``created`` (service clock) is still kept."""
+        return self.now() - created < self.options.retention
+
+    def _task(self, task_id: str) -> _Task | None:
+        task = self._tasks.get(task_id)
+        return task if task is not None and self._live(task.created) else None
+
+    def _media_of(self, token: str) -> _Media | None:
+        media = self._media.get(token)
+        return media if media is not None and self._live(media.created) else None
+
+    def _output_of(self, task_id: str) -> bytes | None:
+        return self._outputs.get(task_id) if self._task(task_id) is not None else None
 
     def _count_request(self, route: str, method: str, size: int) -> None:
         with self._stats.lock:
@@ -410,17 +471,21 @@ class Emulator:
             return None
         segments = parts.path.split("/")
         if len(segments) >= 3 and segments[1] == "media":
-            media = self._media.get(segments[2])
+            media = self._media_of(segments[2])
             return media.data if media else None
         if len(segments) == 3 and segments[1] == "outputs" and segments[2].endswith(".png"):
-            return self._outputs.get(segments[2][:-4])
+            return self._output_of(segments[2][:-4])
         return None
 
-    def _submit(self, image_url: str, base64_output: bool, public_base: str,
-                request_host: str | None, fail_code: int | None) -> _Task:
+    def _submit(self, request: dict[str, Any], public_base: str, request_host: str | None,
+                fail_code: int | None) -> _Task:
+        image_url = str(request["image"]).strip()
         image = self._own_media(image_url, request_host)
-        task = _Task(id=uuid.uuid4().hex, created=time.time(), image_url=image_url, image=image,
-                     base64_output=base64_output, public_base=public_base, fail_code=fail_code)
+        task = _Task(id=uuid.uuid4().hex, created=math.floor(self.now() * 1000) / 1000,
+                     image_url=image_url, image=image,
+                     base64_output=bool(request.get("enable_base64_output")),
+                     public_base=public_base, input=request, seq=next(self._seq),
+                     fail_code=fail_code)
         self._tasks.put(task.id, task)
         with self._stats.lock:
             self._stats.counters["tasks_submitted"] += 1
@@ -724,10 +789,15 @@ class _Handler(BaseHTTPRequestHandler):
             log.debug("%s %s [%s] -> %s (%.1f ms)", method, path, route, self._status_sent,
                       (time.monotonic() - started) * 1000)
 
-    def _inject(self, route: str, *, after: bool = False) -> bool:
-        """Apply a status or drop fault; True when it answered for the handler."""
+    def _inject(self, route: str, *, after: bool = False, lost: bool = False) -> bool:
+        """Apply a status or drop fault; True when it answered for the handler.
+
+        ``lost``: a task was created, so the fault loses its answer (counted as such).
+        """
         for fault in self.emu._plan.pick(route, ("status", "drop"), after=after):
             self.emu._count_fault(fault.kind)
+            if lost:
+                self.emu._stats.add("answers_lost")
             if fault.kind == "drop":
                 self._drop()
             headers = {}
@@ -805,17 +875,20 @@ class _Handler(BaseHTTPRequestHandler):
         fail = self.emu._plan.pick("submit", ("fail_task",))
         if fail:
             self.emu._count_fault("fail_task")
-        task = self.emu._submit(image.strip(), bool(request.get("enable_base64_output")),
-                                self._public_base(), self.headers.get("Host"),
+        task = self.emu._submit(request, self._public_base(), self.headers.get("Host"),
                                 fail[0].code if fail else None)
-        if self._inject("submit", after=True):
-            return
+        timed_out = False
         if request.get("enable_sync_mode"):
             timeout = self.emu.options.sync_timeout
-            if not task.done.wait(timeout) or task.status not in TERMINAL:
+            timed_out = not task.done.wait(timeout) or task.status not in TERMINAL
+            if timed_out:
                 self.emu._stats.add("sync_timeouts")
-                self._sync_timed_out(task, timeout)
-                return
+        # The task exists: a fault now loses the answer (async: at once; sync: at its end).
+        if self._inject("submit", after=True, lost=True):
+            return
+        if timed_out:
+            self._sync_timed_out(task, self.emu.options.sync_timeout)
+            return
         self._ok(task.prediction())
 
     def _sync_timed_out(self, task: _Task, timeout: float | None) -> None:
@@ -823,19 +896,43 @@ class _Handler(BaseHTTPRequestHandler):
         waited = "" if timeout is None else f" after {timeout:g} seconds"
         message = (f"Sync mode timed out{waited}; the task is still "
                    f"running: query {data['urls']['get']}")
-        if self.emu.options.sync_timeout_style == "504":
+        style = self.emu.options.sync_timeout_style
+        if style in ("gateway", "drop"):
+            self.emu._stats.add("answers_lost")
+        if style == "504":
             self._error(504, f"Gateway Timeout: {message}", data=data)
-        else:
+        elif style == "processing":
             data.update(status="processing", code=5004, error=message)
             self._ok(data)
+        elif style == "gateway":  # a proxy's own page: no envelope, no id
+            self._send(504, b"<html><body><h1>504 Gateway Time-out</h1></body></html>",
+                       "text/html")
+        else:
+            self._drop()
 
     def _route_result(self, method: str, path: str, body: bytes) -> None:
         task_id = path.split("/")[4]
-        task = self.emu._tasks.get(task_id)
+        task = self.emu._task(task_id)
         if task is None:
             self._error(404, f"Prediction {task_id} not found")
             return
         self._ok(task.prediction())
+
+    def _route_list(self, method: str, path: str, body: bytes) -> None:
+        if not self.emu.options.list_route:
+            self._route_unknown(method, path, body)
+            return
+        request = self._json_body(body)
+        if request is None:
+            return
+        query = _list_query(request, self.emu.options.list_page_size_max)
+        if isinstance(query, str):
+            self._error(400, f"Invalid parameters: {query}")
+            return
+        page, size, filters = query
+        items = self.emu.list_predictions(with_input=self.emu.options.list_input, **filters)
+        self._ok({"page": page, "total": len(items),
+                  "items": items[(page - 1) * size:page * size]})
 
     def _route_upload(self, method: str, path: str, body: bytes) -> None:
         request = self._json_body(body)
@@ -887,7 +984,8 @@ class _Handler(BaseHTTPRequestHandler):
                        f"the ticket says {ticket.size}</Message></Error>".encode(),
                        "application/xml")
             return
-        self.emu._media.put(token, _Media(ticket.filename, ticket.content_type, body))
+        self.emu._media.put(token, _Media(ticket.filename, ticket.content_type, body,
+                                          self.emu.now()))
         self.emu._stats.add("uploads")
         self.emu._stats.add("upload_bytes", len(body))
         self._send(200, b"", "application/octet-stream",
@@ -907,7 +1005,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._too_large(len(data))
             return
         token = uuid.uuid4().hex
-        self.emu._media.put(token, _Media(filename, part_type, data))
+        self.emu._media.put(token, _Media(filename, part_type, data, self.emu.now()))
         self.emu._stats.add("uploads")
         self.emu._stats.add("upload_bytes", len(data))
         self._ok({"type": part_type.split("/")[0] or "file",
@@ -915,14 +1013,14 @@ class _Handler(BaseHTTPRequestHandler):
                   "filename": filename, "size": len(data)})
 
     def _route_media(self, method: str, path: str, body: bytes) -> None:
-        media = self.emu._media.get(path.split("/")[2])
+        media = self.emu._media_of(path.split("/")[2])
         if media is None:
             self._send(404, b"not found", "text/plain")
             return
         self._download(media.data, media.content_type)
 
     def _route_download(self, method: str, path: str, body: bytes) -> None:
-        png = self.emu._outputs.get(path.split("/")[2][:-4])
+        png = self.emu._output_of(path.split("/")[2][:-4])
         if png is None:
             self._send(404, b"not found", "text/plain")
             return
@@ -951,11 +1049,51 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"not found", "text/plain")
 
 
+def _list_status(status: str) -> str:
+    """The list filter value a task status falls under."""
+    return status if status in TERMINAL else "processing"
+
+
+def _list_query(request: dict[str, Any],
+                max_size: int) -> tuple[int, int, dict[str, Any]] | str:
+    """(page, page size, filters for ``list_predictions``) of a list request, or what is wrong."""
+    page, size = request.get("page", 1), request.get("page_size", 100)
+    for name, value in (("page", page), ("page_size", size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return f"'{name}' must be a whole number from 1"
+    filters: dict[str, Any] = {}
+    model, status = request.get("model"), request.get("status")
+    if model is not None:
+        if not isinstance(model, str):
+            return "'model' must be text"
+        filters["model"] = model
+    if status is not None:
+        if status not in LIST_STATUSES:
+            return f"'status' must be one of {', '.join(LIST_STATUSES)}"
+        filters["status"] = status
+    for name, key in (("created_after", "after"), ("created_before", "before")):
+        value = request.get(name)
+        if value is None:
+            continue
+        try:
+            when = datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            when = None
+        if when is None:
+            return f"'{name}' must be an ISO 8601 time"
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        filters[key] = when.timestamp()
+    return page, min(size, max_size), filters
+
+
 def _route_of(method: str, path: str) -> str:
     """The route name a request is counted under and faults target."""
     parts = path.split("/")
     if method == "POST" and path == SUBMIT_PATH:
         return "submit"
+    if method == "POST" and path == "/api/v3/predictions":
+        return "list"
     if method == "GET" and path.startswith("/api/v3/predictions/") and (
             len(parts) == 5 or (len(parts) == 6 and parts[5] == "result")) and parts[4]:
         return "result"
