@@ -38,7 +38,7 @@ class EmulatorProcess:
 
     def __init__(self, delay: float) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "core", "emulator", "--port", "0", "--delay", str(delay),
+            [sys.executable, "-m", "bgremove", "emulator", "--port", "0", "--delay", str(delay),
              "--log-level", "warning"],
             cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
@@ -69,9 +69,9 @@ def make_image(path: Path, size: tuple[int, int], seed: int) -> Path:
 
 
 def ours(base_url: str, wait: str) -> tuple[Callable[[Path, Path], Any], Callable[[], None]]:
-    from core.backends import make_backend
-    from core.config import Config
-    from core.jobs import remove_file
+    from bgremove.backends import make_backend
+    from bgremove.config import Config
+    from bgremove.jobs import remove_file
 
     config = Config().with_overrides({"backend": "wavespeed", "wavespeed.base_url": base_url,
                                       "wavespeed.api_key": KEY, "wavespeed.wait": wait,

@@ -38,7 +38,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "gimp_batch")]
 
 import harness  # noqa: E402
 
-from core.emulator import Emulator, EmulatorOptions  # noqa: E402
+from bgremove.emulator import Emulator, EmulatorOptions  # noqa: E402
 
 SIZES = ((4000, 3000), (1000, 1000))
 CONFIG = "wavespeed:\n  api_key: bench-key\n"
@@ -63,8 +63,8 @@ def service_work(pixels: bytes, width: int, height: int, reps: int) -> float:
 
     from PIL import Image
 
-    from core.emulator.model import cutout_png, decode_image, keyout_alpha
-    from core.imaging import encode_for_upload
+    from bgremove.emulator.model import cutout_png, decode_image, keyout_alpha
+    from bgremove.imaging import encode_for_upload
 
     image = Image.frombytes("RGBA", (width, height), pixels).convert("RGB")
     upload = encode_for_upload(image, max_bytes=20 * 1024 * 1024, max_side=8192)

@@ -41,7 +41,7 @@ def measure(python: str, impl: str, model: str, size: tuple[int, int], runs: int
 def main() -> int:
     from bench_quality import DEFAULT_SET, ensure_set, rembg_python
 
-    from core.local.models import ensure_model, model_dir
+    from bgremove.local.models import ensure_model, model_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="u2netp,u2net")

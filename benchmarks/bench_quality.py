@@ -15,7 +15,7 @@ Alpha metrics, averaged over the images (alpha in 0..1):
     MSE   mean squared error, x 1e-3 (lower is better)
 Foreground colour on the true soft edge (0 < alpha < 1), alpha-weighted mean
 absolute error in 0..255 levels against the true foreground colour: the raw
-pixel (what a plain cut-out keeps), ``core.local.refine.estimate_foreground``,
+pixel (what a plain cut-out keeps), ``bgremove.local.refine.estimate_foreground``,
 and pymatting's ``estimate_foreground_ml`` (what rembg uses), all given the
 true alpha.
 """
@@ -74,8 +74,8 @@ Masks = dict[str, np.ndarray]
 
 
 def ours(model: str, refine: bool, folder: Path, names: list[str]) -> tuple[Masks, float]:
-    from core.config import Config, LocalConfig
-    from core.local import LocalBackend
+    from bgremove.config import Config, LocalConfig
+    from bgremove.local import LocalBackend
 
     backend = LocalBackend(Config(local=LocalConfig(model=model, refine=refine)))
     backend.prepare()
@@ -91,7 +91,7 @@ def ours(model: str, refine: bool, folder: Path, names: list[str]) -> tuple[Mask
 
 
 def rembg(model: str, folder: Path, names: list[str], py: str) -> tuple[Masks, float]:
-    from core.local.models import model_dir
+    from bgremove.local.models import model_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, U2NET_HOME=str(model_dir()))
@@ -116,7 +116,7 @@ def fg_error(fg: np.ndarray, folder: Path, name: str) -> tuple[float, float]:
 
 def foreground_rows(folder: Path, names: list[str],
                     py: str | None) -> list[tuple[str, float, float]]:
-    from core.local.refine import estimate_foreground
+    from bgremove.local.refine import estimate_foreground
 
     totals: dict[str, list[float]] = {"raw pixel": [0, 0, 0], "bgremove blur fusion": [0, 0, 0]}
     for n in names:

@@ -21,7 +21,7 @@
 4. rembg: ``bgremove watch --backend local`` beside ``rembg p -w`` on the same
    model file and images (``benchmarks/watch_rembg.py`` says how).
 
-The daemon runs as a separate process (``python -m core watch``) for 1 and
+The daemon runs as a separate process (``python -m bgremove watch``) for 1 and
 3, so its memory is its own; the emulator runs in this process.
 """
 
@@ -80,7 +80,7 @@ def _vm_hwm(pid: int) -> int:
 def run_daemon_batch(count: int, delay: float, concurrency: int, poll_initial: float,
                      poll_factor: float) -> dict[str, Any]:
     """Drop ``count`` files into a running daemon; time until all are in done/."""
-    from core.emulator import Emulator, EmulatorOptions
+    from bgremove.emulator import Emulator, EmulatorOptions
 
     with tempfile.TemporaryDirectory() as td, \
             Emulator(EmulatorOptions(delay=delay, max_stored=max(10_000, count * 2))) as emu:
@@ -90,7 +90,7 @@ def run_daemon_batch(count: int, delay: float, concurrency: int, poll_initial: f
         sources = _prepare(staging, count)
         env = dict(os.environ, WAVESPEED_API_KEY=emu.api_key, WAVESPEED_BASE_URL=emu.base_url)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "core", "watch", str(inbox), str(outbox),
+            [sys.executable, "-m", "bgremove", "watch", str(inbox), str(outbox),
              "--concurrency", str(concurrency), "--config",
              str(_config(tmp, poll_initial, poll_factor)), "--log-level", "warning"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -130,11 +130,11 @@ def run_latency(count: int, stable: float, gap: float = 0.0) -> list[float]:
     """Seconds from a file's last write to its upload starting, in-process daemon.
 
     Each file is written ``gap`` seconds after the previous one is in done/."""
-    from core.backends import make_backend
-    from core.config import Config
-    from core.emulator import Emulator, EmulatorOptions
-    from watcher.daemon import Daemon
-    from watcher.naming import Layout
+    from bgremove.backends import make_backend
+    from bgremove.config import Config
+    from bgremove.emulator import Emulator, EmulatorOptions
+    from bgremove.watcher.daemon import Daemon
+    from bgremove.watcher.naming import Layout
 
     starts: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as td, Emulator(EmulatorOptions()) as emu:

@@ -31,8 +31,8 @@ with Image.open(source) as im:
 
 if impl == "bgremove":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from core.config import Config, LocalConfig
-    from core.local import LocalBackend
+    from bgremove.config import Config, LocalConfig
+    from bgremove.local import LocalBackend
 
     before = rss_mb()
     backend = LocalBackend(Config(local=LocalConfig(model=model)))

@@ -150,7 +150,7 @@ class Tool:
 
 
 def tools(rembg_py: str, config: Path) -> list[Tool]:
-    from core.local.models import model_dir
+    from bgremove.local.models import model_dir
 
     base = {k: v for k, v in os.environ.items()
             if k not in ("WAVESPEED_API_KEY", "BGREMOVE_CONFIG")}
@@ -160,7 +160,7 @@ def tools(rembg_py: str, config: Path) -> list[Tool]:
 
     def ours(*extra: str) -> Callable[[Path, Path, bool], list[str]]:
         def argv(inbox: Path, outbox: Path, once: bool) -> list[str]:
-            return [sys.executable, "-m", "core", "watch", str(inbox), str(outbox), "--backend",
+            return [sys.executable, "-m", "bgremove", "watch", str(inbox), str(outbox), "--backend",
                     "local", "--config", str(config), "--log-level", "warning", *extra,
                     *(["--once"] if once else [])]
         return argv
@@ -316,7 +316,7 @@ def compare(count: int, *, batch: bool = True,
     import onnxruntime
     from bench_quality import rembg_python
 
-    from core.local.models import ensure_model
+    from bgremove.local.models import ensure_model
 
     ensure_model(MODEL)
     rembg_py = rembg_python()

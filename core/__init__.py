@@ -1,13 +1,16 @@
-"""bgremove core: the service client, the image pipeline, config and backends.
+"""bgremove: the service client, the image pipeline, config and backends.
 
 The public names are re-exported here; modules stay importable on their own.
-Heavy libraries (httpx, Pillow, onnxruntime) load only when first used, so the
-command line starts fast.
+Only the errors and the version load with the package: the other names load on
+first use (PEP 562), so ``import bgremove.x`` and the command line start fast
+and a broken dependency (YAML, Pillow, httpx) surfaces where it is used, where it
+can be reported in one line.
 """
 
-from core.backends import Backend, CancelToken, Cutout, JobHooks, make_backend
-from core.config import Config, load_config
-from core.errors import (
+import importlib as _importlib
+import typing as _typing
+
+from bgremove.errors import (
     AccountSuspendedError,
     APIStatusError,
     AuthenticationError,
@@ -33,9 +36,36 @@ from core.errors import (
     TransportError,
     UnreadableImageError,
 )
-from core.jobs import JobResult, output_path_for, remove_file
+from bgremove.version import __version__
 
-__version__ = "0.1.0"
+if _typing.TYPE_CHECKING:
+    from bgremove.backends import Backend, CancelToken, Cutout, JobHooks, make_backend
+    from bgremove.config import Config, load_config
+    from bgremove.jobs import JobResult, output_path_for, remove_file
+
+#: The names loaded on first use, and the module each comes from.
+_LAZY = {
+    "Backend": "bgremove.backends", "CancelToken": "bgremove.backends",
+    "Cutout": "bgremove.backends", "JobHooks": "bgremove.backends",
+    "make_backend": "bgremove.backends",
+    "Config": "bgremove.config", "load_config": "bgremove.config",
+    "JobResult": "bgremove.jobs", "output_path_for": "bgremove.jobs",
+    "remove_file": "bgremove.jobs",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bgremove' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "APIStatusError",

@@ -1,12 +1,12 @@
 """The one interface the CLI, the hot-folder daemon and the GIMP plug-in call.
 
 A backend turns an image into an alpha mask. It never decides how the result
-is written: ``core.imaging`` applies the mask to the original pixels, so every
+is written: ``bgremove.imaging`` applies the mask to the original pixels, so every
 opaque pixel of the output is the input's own colour at full resolution.
 
 Backends:
-    ``wavespeed``  the WaveSpeedAI API (``core.wavespeed``)
-    ``local``      an offline ONNX model (``core.local``)
+    ``wavespeed``  the WaveSpeedAI API (``bgremove.wavespeed``)
+    ``local``      an offline ONNX model (``bgremove.local``)
     ``auto``       wavespeed when an API key is configured, else local
 """
 
@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from core.errors import CancelledError, ConfigError, MissingKeyError
+from bgremove.errors import CancelledError, ConfigError, MissingKeyError
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from core.config import Config
+    from bgremove.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +133,12 @@ def make_backend(config: Config, name: str | None = None, *,
     if resolved == "wavespeed":
         if not config.wavespeed.api_key:
             raise MissingKeyError()
-        from core.wavespeed import WaveSpeedBackend
+        from bgremove.wavespeed import WaveSpeedBackend
 
         return WaveSpeedBackend(config, wait_mode=wait_mode)
     if (name or config.backend) == "auto" and not _auto_announced:
         _auto_announced = True
         log.info("no WaveSpeed API key configured: using the local offline model")
-    from core.local import LocalBackend
+    from bgremove.local import LocalBackend
 
     return LocalBackend(config)

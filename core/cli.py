@@ -19,20 +19,20 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from core import __version__
-from core.errors import BgremoveError, ConfigError
+from bgremove.errors import BgremoveError, ConfigError
+from bgremove.version import __version__
 
 log = logging.getLogger("bgremove")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 _COMMAND_MODULES = (
-    "core.commands.remove",
-    "core.commands.doctor",
-    "core.commands.emulator",
-    "core.commands.models",
-    "watcher.cli",
-    "plugin_gimp.cli",
+    "bgremove.commands.remove",
+    "bgremove.commands.doctor",
+    "bgremove.commands.emulator",
+    "bgremove.commands.models",
+    "bgremove.watcher.cli",
+    "bgremove.plugin_gimp.cli",
 )
 
 
@@ -55,8 +55,8 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Any:
     """Load the config with flags applied, register the key for redaction, set up logging."""
-    from core.config import load_config
-    from core.logs import register_secret, setup_logging
+    from bgremove.config import load_config
+    from bgremove.logs import register_secret, setup_logging
 
     flags = dict(overrides or {})
     if getattr(args, "log_level", None):

@@ -27,7 +27,7 @@ from typing import Any, Union
 
 import yaml
 
-from core.errors import ConfigError
+from bgremove.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The one helper for what bgremove draws on stderr besides log lines.
 
 ``Console`` owns the live line: on a terminal it is redrawn in place (at most
-ten times a second) and stepped around by every log line (``core.logs`` clears
+ten times a second) and stepped around by every log line (``bgremove.logs`` clears
 it before a record and redraws it after); elsewhere it is written as a plain
 ``bgremove: ...`` line at most every ``plain_every`` seconds, or never.
 ``Progress`` counts finished items on it with an ETA and ends with a summary
@@ -53,7 +53,7 @@ class Console:
 
     def attach(self) -> None:
         """Have log lines on stderr step around the live line (terminal only)."""
-        from core.logs import set_live_line
+        from bgremove.logs import set_live_line
 
         if self.live and not self._attached:
             set_live_line(self)
@@ -95,7 +95,7 @@ class Console:
 
     def close(self) -> None:
         """Remove the live line for good (nothing is left on the screen) and detach."""
-        from core.logs import set_live_line
+        from bgremove.logs import set_live_line
 
         with self._lock:
             if self._drawn:

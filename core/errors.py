@@ -155,7 +155,7 @@ class ServiceTimeoutError(TransportError):
 class SubmitUncertainError(ServiceError):
     """Raised when a submit's answer was lost: the task may exist and may be billed.
 
-    It is not resubmitted automatically; see ``core.retry`` for the policy.
+    It is not resubmitted automatically; see ``bgremove.retry`` for the policy.
     """
 
     kind = "submit_uncertain"

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.errors import BgremoveError, ConfigError
+from bgremove.errors import BgremoveError, ConfigError
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from core.backends import Backend, JobHooks
-    from core.config import Config, OutputConfig
-    from core.imaging import SourceImage
+    from bgremove.backends import Backend, JobHooks
+    from bgremove.config import Config, OutputConfig
+    from bgremove.imaging import SourceImage
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class JobResult:
 
 def output_path_for(src: Path, out_dir: Path | None, output: OutputConfig) -> Path:
     """``DIR/<stem>.<ext>``, or ``<stem><suffix>.<ext>`` beside the input without a folder."""
-    from core.imaging import extension_for
+    from bgremove.imaging import extension_for
 
     ext = extension_for("png" if output.mask_only and output.format == "png" else output.format)
     if out_dir is None:
@@ -59,7 +59,7 @@ def output_path_for(src: Path, out_dir: Path | None, output: OutputConfig) -> Pa
 def _estimate_foreground(image: Image.Image, alpha: Image.Image) -> Image.Image:
     """Recolour semi-transparent pixels with their estimated foreground colour (needs numpy)."""
     try:
-        from core.local.refine import estimate_foreground
+        from bgremove.local.refine import estimate_foreground
     except ImportError:
         raise ConfigError("output.foreground needs numpy",
                           hint="pip install 'bgremove[local]', or set output.foreground: false"
@@ -81,8 +81,8 @@ def remove_file(
     ``source`` is ``src`` already decoded by the caller (the daemon decodes each
     file to know it is complete), so it is not decoded a second time.
     """
-    from core.backends import JobHooks
-    from core.imaging import compose, fit_alpha, load_image, save_image
+    from bgremove.backends import JobHooks
+    from bgremove.imaging import compose, fit_alpha, load_image, save_image
 
     hooks = hooks or JobHooks()
     started = time.monotonic()

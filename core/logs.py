@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core.console import Console
+    from bgremove.console import Console
 
 _SECRETS: set[str] = set()
 REDACTED = "[redacted]"

@@ -1,7 +1,7 @@
 """The GIMP plug-in's worker: runs in bgremove's own environment, talks over stdin/stdout.
 
 GIMP's bundled Python cannot import httpx or Pillow, so the plug-in file
-(``remove_background.py``) only starts ``PYTHON -m plugin_gimp.bridge`` with the
+(``remove_background.py``) only starts ``PYTHON -m bgremove.plugin_gimp.bridge`` with the
 interpreter recorded at install time and exchanges raw pixel buffers with it.
 
 Protocol (version ``PROTOCOL``), all JSON lines are UTF-8 and end with ``\\n``::
@@ -46,9 +46,9 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from PIL import Image
 
-    from core.backends import CancelToken
-    from core.config import Config
-    from core.errors import BgremoveError
+    from bgremove.backends import CancelToken
+    from bgremove.config import Config
+    from bgremove.errors import BgremoveError
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class Request:
 
 def parse_request(line: bytes) -> Request:
     """Validate the plug-in's header line; raise ``RequestError`` naming the bad field."""
-    from core.backends import BACKEND_NAMES
+    from bgremove.backends import BACKEND_NAMES
 
     try:
         data = json.loads(line)
@@ -147,7 +147,7 @@ def read_exact(stream: IO[bytes], size: int) -> bytes:
 
 def to_source_image(request: Request, pixels: bytes) -> Image.Image:
     """The image the backend sees: RGB or RGBA, 8-bit; opaque RGBA is sent as RGB."""
-    from core.imaging import source_from_raw
+    from bgremove.imaging import source_from_raw
 
     mode = FORMATS[request.format][1]
     image = source_from_raw(request.width, request.height, pixels, mode=mode).image
@@ -161,7 +161,7 @@ def combine(request: Request, pixels: bytes, alpha: Image.Image,
     """The result to send back: (format, raw bytes) at the layer's full size."""
     from PIL import Image, ImageChops
 
-    from core.imaging import fit_alpha
+    from bgremove.imaging import fit_alpha
 
     size = (request.width, request.height)
     alpha = fit_alpha(alpha, size)
@@ -267,7 +267,7 @@ def _config_path_text(config: Config | None) -> str:
     if config is not None and config.source:
         return str(config.source)
     try:
-        from core.config import default_config_path
+        from bgremove.config import default_config_path
 
         return str(default_config_path())
     except Exception:  # platformdirs missing: the message must still be useful
@@ -279,11 +279,11 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
     """Handle one request from ``stdin``; return the process exit code."""
     out = Output(stdout)
     try:
-        from core import __version__
-        from core.backends import CancelToken, JobHooks, make_backend
-        from core.config import load_config
-        from core.errors import BgremoveError, CancelledError
-        from core.logs import register_secret, setup_logging
+        from bgremove.backends import CancelToken, JobHooks, make_backend
+        from bgremove.config import load_config
+        from bgremove.errors import BgremoveError, CancelledError
+        from bgremove.logs import register_secret, setup_logging
+        from bgremove.version import __version__
     except ImportError as exc:
         out.error("environment", broken_environment_message(str(exc)))
         return EXIT_ERROR

@@ -1,6 +1,6 @@
 """``bgremove gimp install|uninstall|status``: put the GIMP 3 plug-in where GIMP finds it.
 
-Imports only argparse at load time; the work lives in ``plugin_gimp.install``.
+Imports only argparse at load time; the work lives in ``bgremove.plugin_gimp.install``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from plugin_gimp.install import install
+    from bgremove.plugin_gimp.install import install
 
     for path in install(args.plugins_dir):
         print(f"installed {path}")
@@ -46,7 +46,7 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _uninstall(args: argparse.Namespace) -> int:
-    from plugin_gimp.install import uninstall
+    from bgremove.plugin_gimp.install import uninstall
 
     removed = uninstall(args.plugins_dir)
     for folder in removed:
@@ -57,7 +57,7 @@ def _uninstall(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from plugin_gimp.install import status
+    from bgremove.plugin_gimp.install import status
 
     result = status(args.plugins_dir)
     print(result.message)

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import OutputError
+from bgremove.errors import OutputError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def plugin_file(plugins_dir: Path) -> Path:
 
 
 def _protocol() -> int:
-    from plugin_gimp.bridge import PROTOCOL
+    from bgremove.plugin_gimp.bridge import PROTOCOL
 
     return PROTOCOL
 
@@ -100,7 +100,7 @@ def install(plugins_dir: Path | None = None, *, python: str | None = None) -> li
     Returns the installed plug-in files. Raises ``OutputError`` when a folder
     cannot be written.
     """
-    from core import __version__
+    from bgremove.version import __version__
 
     targets = [plugins_dir] if plugins_dir is not None else default_plugin_dirs()
     python = python or sys.executable

@@ -15,7 +15,7 @@ This file imports only the standard library and GIMP's GObject bindings, so it
 runs in GIMP's bundled Python on every platform. The work happens in the
 Python environment bgremove is installed in: ``bgremove gimp install`` writes
 that interpreter's path into ``bgremove-gimp.json`` beside this file, and the
-plug-in runs ``PYTHON -m plugin_gimp.bridge``, sending the layer's pixels as
+plug-in runs ``PYTHON -m bgremove.plugin_gimp.bridge``, sending the layer's pixels as
 raw bytes on stdin and reading progress and the result back on stdout (the
 protocol is described in ``plugin_gimp/bridge.py``). The API key comes from
 WAVESPEED_API_KEY or bgremove's config file, never from a GIMP setting.
@@ -114,7 +114,7 @@ def bridge_env(environ=None):
 
 
 def bridge_command(python):
-    command = [python, "-m", "plugin_gimp.bridge"]
+    command = [python, "-m", "bgremove.plugin_gimp.bridge"]
     if os.path.exists("/.flatpak-info"):
         # GIMP from Flathub runs sandboxed: the environment lives on the host.
         command = ["flatpak-spawn", "--host", *command]

@@ -6,8 +6,9 @@
 # the host's may differ): a venv at /opt/bgremove-venv made with
 # --system-site-packages over Debian's python3-httpx, -pil, -yaml, -platformdirs
 # and -watchdog, plus a .pth file pointing at /opt/bgremove/src. The tests copy
-# the repo's core/ and plugin_gimp/ there before each run (see
-# tests/test_gimp_integration.py), then run `python -m plugin_gimp.install` with
+# the package there before each run as pip installs it (core/ as src/bgremove,
+# watcher/ and plugin_gimp/ inside it; see tests/gimp_batch/harness.py), then
+# run `python -m bgremove gimp install` with
 # the venv's python, so the interpreter recorded at install time is the venv's,
 # exactly as for a user who ran `bgremove gimp install` in their own env.
 #

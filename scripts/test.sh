@@ -13,6 +13,6 @@ fi
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy"
-.venv/bin/mypy
+bash scripts/mypy.sh
 echo "== pytest"
 .venv/bin/python -m pytest -ra "$@"

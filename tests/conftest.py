@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from core.config import Config
-from core.emulator import Emulator, EmulatorOptions
+from bgremove.config import Config
+from bgremove.emulator import Emulator, EmulatorOptions
 
 #: Config keys ``configured`` sets besides the backend and the emulator's URL and key.
 FAST_TEST_SETTINGS: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""Run ``python -m core ...`` with stderr on a real terminal (a pty); no tests here."""
+"""Run ``python -m bgremove ...`` with stderr on a real terminal (a pty); no tests here."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def run_in_terminal(args: list[str], env: Mapping[str, str] | None = None,
                     timeout: float = 60.0) -> Run:
     """Run bgremove with stderr on a pty and stdout on a pipe; wait up to ``timeout``."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "core", *args], stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "bgremove", *args], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=slave, cwd=ROOT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     os.close(slave)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.cli import build_parser, main
+from bgremove.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,7 @@ def test_every_command_has_help_text(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_version_and_python_dash_m() -> None:
-    out = subprocess.run([sys.executable, "-m", "core", "--version"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "bgremove", "--version"], capture_output=True,
                          text=True, check=True, cwd=ROOT)
     assert out.stdout.startswith("bgremove ")
 
@@ -218,16 +218,16 @@ def test_nothing_is_uploaded_when_the_output_cannot_be_written(
 def test_an_unexpected_error_costs_one_file_not_the_batch(
         tmp_path: Path, emulator_env: None, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    import core.jobs
+    import bgremove.jobs
 
-    real = core.jobs.remove_file
+    real = bgremove.jobs.remove_file
 
     def flaky(src: Path, *args: object, **kwargs: object) -> object:
         if src.name == "boom.png":
             raise RuntimeError("simulated bug")
         return real(src, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(core.jobs, "remove_file", flaky)
+    monkeypatch.setattr(bgremove.jobs, "remove_file", flaky)
     boom, fine = _solid(tmp_path / "boom.png"), _solid(tmp_path / "fine.png")
     assert main(["remove", str(boom), str(fine)]) == 1
     captured = capsys.readouterr()
@@ -283,8 +283,8 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_bar_on_a_terminal_only(tmp_path: Path, emulator) -> None:  # type: ignore[no-untyped-def]
-    from core.backends import make_backend
-    from core.commands.remove import plan_outputs, run_batch
+    from bgremove.backends import make_backend
+    from bgremove.commands.remove import plan_outputs, run_batch
     from tests.conftest import configured
 
     config = configured(emulator)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.cli import main
+from bgremove.cli import main
 from tests import images as img
 
 GOOD: dict[str, Callable[[Path], Path]] = {

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from conftest import configured, make_keyed_image
 
-from core.backends import CancelToken, JobHooks
-from core.emulator import Emulator, Fault, keyout_alpha
-from core.errors import (
+from bgremove.backends import CancelToken, JobHooks
+from bgremove.emulator import Emulator, Fault, keyout_alpha
+from bgremove.errors import (
     AccountSuspendedError,
     AuthenticationError,
     CancelledError,
@@ -26,7 +26,7 @@ from core.errors import (
     SubmitUncertainError,
     TaskFailedError,
 )
-from core.wavespeed import WaveSpeedBackend
+from bgremove.wavespeed import WaveSpeedBackend
 
 MakeBackend = Callable[..., WaveSpeedBackend]
 

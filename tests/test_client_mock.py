@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from core.backends import CancelToken
-from core.config import PollPolicy, RetryPolicy, Timeouts, WaveSpeedConfig
-from core.errors import (
+from bgremove.backends import CancelToken
+from bgremove.config import PollPolicy, RetryPolicy, Timeouts, WaveSpeedConfig
+from bgremove.errors import (
     AccountSuspendedError,
     APIStatusError,
     AuthenticationError,
@@ -37,7 +37,7 @@ from core.errors import (
     SubmitUncertainError,
     TaskFailedError,
 )
-from core.wavespeed_client import CallContext, Prediction, WaveSpeedClient
+from bgremove.wavespeed import CallContext, Prediction, WaveSpeedClient
 
 KEY = "wsk-live-SECRET-7f3a9c0e5b"
 BASE = "https://api.wavespeed.test"

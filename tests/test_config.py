@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.config import Config, example_config_keys, load_config
-from core.errors import ConfigError
+from bgremove.config import Config, example_config_keys, load_config
+from bgremove.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.console import Console, Progress
-from core.emulator import Fault
+from bgremove.console import Console, Progress
+from bgremove.emulator import Fault
 from tests.terminal import ROOT, run_in_terminal
 from tests.test_watch_support import write_image
 
@@ -50,7 +50,7 @@ def test_remove_off_a_terminal_ends_with_a_summary_line(
     emu = emulator_factory()
     srcs = [write_image(tmp_path / f"p{i}.png", i) for i in range(3)]
     (tmp_path / "junk.png").write_text("not an image")
-    done = subprocess.run([sys.executable, "-m", "core", "remove", *map(str, srcs),
+    done = subprocess.run([sys.executable, "-m", "bgremove", "remove", *map(str, srcs),
                            str(tmp_path / "junk.png"), "-o", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=60, cwd=ROOT,
                           env={**_base_env(), **_env(emu, tmp_path)})
@@ -109,7 +109,7 @@ def test_a_short_key_does_not_garble_messages(tmp_path: Path, emulator_factory) 
     src = write_image(tmp_path / "a.png")
     cfg = tmp_path / "c.yaml"
     cfg.write_text("wavespeed:\n  retry:\n    max_attempts: 1\n")
-    done = subprocess.run([sys.executable, "-m", "core", "remove", str(src), "--config",
+    done = subprocess.run([sys.executable, "-m", "bgremove", "remove", str(src), "--config",
                            str(cfg), "--log-level", "debug"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT,
                           env={**_base_env(), "WAVESPEED_API_KEY": "ackground",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import main
+from bgremove.cli import main
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from core.emulator import MODEL_ID, Emulator, EmulatorOptions, Fault, FaultPlan, keyout_alpha
-from core.errors import ConfigError
+from bgremove.emulator import MODEL_ID, Emulator, EmulatorOptions, Fault, FaultPlan, keyout_alpha
+from bgremove.errors import ConfigError
 
 SUBMIT = f"/api/v3/{MODEL_ID}"
 REPO = Path(__file__).resolve().parent.parent
@@ -833,7 +833,7 @@ def test_stop_leaves_no_thread_behind(keyed_image: Callable[..., Image.Image]) -
 
 def test_local_model_without_the_local_backend_is_a_clear_error(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "core.local", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "bgremove.local", None)  # makes the import fail
     with pytest.raises(ConfigError, match="local backend"):
         Emulator(EmulatorOptions(model="local")).start()
 
@@ -853,13 +853,13 @@ def test_options_are_checked() -> None:
 
 
 def _run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "core", "emulator", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "bgremove", "emulator", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def test_cli_prints_the_url_first_serves_and_exits_0_on_sigterm() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "core", "emulator", "--port", "0", "--delay", "0.01",
+        [sys.executable, "-m", "bgremove", "emulator", "--port", "0", "--delay", "0.01",
          "--api-key", "sk-cli-secret", "--fault", "status,route=balance,status=503,first=1"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -885,7 +885,7 @@ def test_cli_prints_the_url_first_serves_and_exits_0_on_sigterm() -> None:
 
 
 def test_cli_stops_on_sigint_too() -> None:
-    process = subprocess.Popen([sys.executable, "-m", "core", "emulator", "--port", "0"],
+    process = subprocess.Popen([sys.executable, "-m", "bgremove", "emulator", "--port", "0"],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     try:
@@ -903,7 +903,7 @@ def test_cli_stops_on_sigint_too() -> None:
 def test_cli_account_level_applies_its_limits(tmp_path: Path,
                                               keyed_image: Callable[..., Image.Image]) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "core", "emulator", "--port", "0", "--level", "bronze"],
+        [sys.executable, "-m", "bgremove", "emulator", "--port", "0", "--level", "bronze"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -926,9 +926,9 @@ def test_requests_are_logged_at_debug_without_the_key(
         emulator: Emulator, api: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
     def logged() -> bool:
         return any("GET /api/v3/balance [balance] -> 200" in r.getMessage()
-                   for r in caplog.records if r.name == "core.emulator.server")
+                   for r in caplog.records if r.name == "bgremove.emulator.server")
 
-    with caplog.at_level("DEBUG", logger="core.emulator"):
+    with caplog.at_level("DEBUG", logger="bgremove.emulator"):
         api.get("/api/v3/balance")
         # The server logs after it has answered: wait for the line on a deadline.
         deadline = time.monotonic() + 10

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from core.emulator import MODEL_ID, Emulator, Fault
+from bgremove.emulator import MODEL_ID, Emulator, Fault
 from tests.test_emulator import REPO, SUBMIT, api_client, png_bytes, upload, wait_done
 
 LIST = "/api/v3/predictions"
@@ -334,7 +334,7 @@ def test_tasks_are_counted_per_uploaded_content(
 
 @contextmanager
 def _served(*args: str) -> Iterator[httpx.Client]:
-    process = subprocess.Popen([sys.executable, "-m", "core", "emulator", "--port", "0", *args],
+    process = subprocess.Popen([sys.executable, "-m", "bgremove", "emulator", "--port", "0", *args],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     try:

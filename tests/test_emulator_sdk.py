@@ -16,7 +16,7 @@ import pytest
 import wavespeed
 from PIL import Image
 
-from core.emulator import MODEL_ID, Emulator, keyout_alpha
+from bgremove.emulator import MODEL_ID, Emulator, keyout_alpha
 
 
 def _alpha_of(png: bytes) -> Image.Image:

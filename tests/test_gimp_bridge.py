@@ -2,7 +2,7 @@
 
 The plug-in file's bridge client (``BridgeJob`` in remove_background.py, which
 imports without gi outside GIMP) drives the real bridge subprocess
-(``python -m plugin_gimp.bridge``) against the emulator on 127.0.0.1: the same
+(``python -m bgremove.plugin_gimp.bridge``) against the emulator on 127.0.0.1: the same
 code path GIMP runs, minus GIMP's pixel reads and writes.
 """
 
@@ -25,16 +25,16 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops
 
-from core.emulator import Emulator, Fault, keyout_alpha
-from core.errors import (
+from bgremove.emulator import Emulator, Fault, keyout_alpha
+from bgremove.errors import (
     AuthenticationError,
     MissingKeyError,
     RateLimitError,
     ServiceConnectionError,
     ServiceTimeoutError,
 )
-from plugin_gimp import bridge, install
-from plugin_gimp.cli import register
+from bgremove.plugin_gimp import bridge, install
+from bgremove.plugin_gimp.cli import register
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN_FILE = REPO / "plugin_gimp" / "remove_background.py"
@@ -317,7 +317,7 @@ def test_the_bridge_stops_by_itself_when_the_plugin_dies(
     """GIMP's cancel kills the plug-in process: the bridge sees stdin close and exits."""
     emu = emulator_factory(delay=30.0)
     image = keyed_image()
-    process = subprocess.Popen([sys.executable, "-m", "plugin_gimp.bridge"],
+    process = subprocess.Popen([sys.executable, "-m", "bgremove.plugin_gimp.bridge"],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, env=emulator_env(emu, bridge_env))
     assert process.stdin is not None and process.stdout is not None
@@ -485,7 +485,7 @@ def test_the_flatpak_folder_is_added_when_gimps_flatpak_is_there(tmp_path: Path)
 def test_install_into_an_unwritable_folder_is_one_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    from core.errors import OutputError
+    from bgremove.errors import OutputError
 
     with pytest.raises(OutputError, match="--plugins-dir"):
         install.install(blocker / "plug-ins")
@@ -493,7 +493,7 @@ def test_install_into_an_unwritable_folder_is_one_clear_error(tmp_path: Path) ->
 
 def test_the_cli_installs_reports_and_uninstalls(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    from core.cli import main
+    from bgremove.cli import main
 
     assert main(["gimp", "install", "--plugins-dir", str(tmp_path)]) == 0
     assert "python-fu-remove-background.py" in capsys.readouterr().out
@@ -518,8 +518,8 @@ def test_every_gimp_action_has_help_text() -> None:
 
 
 def test_the_cli_module_imports_nothing_heavy() -> None:
-    code = ("import sys, plugin_gimp.cli; "
-            "print([m for m in ('httpx', 'PIL', 'numpy', 'plugin_gimp.install') "
+    code = ("import sys, bgremove.plugin_gimp.cli; "
+            "print([m for m in ('httpx', 'PIL', 'numpy', 'bgremove.plugin_gimp.install') "
             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=REPO).stdout

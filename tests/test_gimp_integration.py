@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from core.emulator import Emulator, EmulatorOptions, keyout_alpha
+from bgremove.emulator import Emulator, EmulatorOptions, keyout_alpha
 
 pytestmark = [pytest.mark.gimp, pytest.mark.timeout(1500)]
 
@@ -246,7 +246,7 @@ def test_cancel_in_gimp_stops_the_bridge_and_leaves_the_image_untouched(
             [(plugin_pid, _)] = [c for c in harness.children(gimp.pid)
                                  if "python-fu-remove-background.py" in c[1]]
             [(bridge_pid, _)] = [c for c in harness.children(plugin_pid)
-                                 if "plugin_gimp.bridge" in c[1]]
+                                 if "bgremove.plugin_gimp.bridge" in c[1]]
             os.kill(plugin_pid, signal.SIGKILL)
             wait_for(lambda: not harness.alive(bridge_pid), 10, "the bridge to exit")
             _, err = gimp.communicate(timeout=120)

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from core.config import OutputConfig
-from core.errors import ConfigError, ImageTooLargeError, OutputError, ProtocolError
-from core.imaging import (
+from bgremove.config import OutputConfig
+from bgremove.errors import ConfigError, ImageTooLargeError, OutputError, ProtocolError
+from bgremove.imaging import (
     SourceImage,
     alpha_from_bytes,
     compose,
@@ -29,7 +29,7 @@ from core.imaging import (
     save_image,
     source_from_raw,
 )
-from core.imaging_modes import icc_colour_space
+from bgremove.imaging._modes import icc_colour_space
 from tests import images as img
 
 MB = 1024 * 1024
@@ -111,7 +111,7 @@ def test_impossible_limit_is_refused() -> None:
 
 
 def test_png_estimate_skips_hopeless_png_but_not_a_fitting_one() -> None:
-    from core.imaging_upload import _png_may_fit
+    from bgremove.imaging._upload import _png_may_fit
 
     flat = Image.new("RGB", (2000, 1000), img.GREY)
     noisy = img.noise_image((2000, 1000))
@@ -285,7 +285,7 @@ def test_source_from_raw() -> None:
     assert src.image.mode == "RGBA" and src.image.tobytes() == data and src.path is None
     grey = source_from_raw(2, 1, b"\x05\x06", mode="L")
     assert grey.image.mode == "RGB" and grey.image.tobytes() == b"\x05\x05\x05\x06\x06\x06"
-    from core.errors import InputError
+    from bgremove.errors import InputError
 
     with pytest.raises(InputError, match="need 24 bytes, got 23"):
         source_from_raw(3, 2, data[:-1])
@@ -432,8 +432,8 @@ def test_real_file_size_limit_mid_write(tmp_path: Path) -> None:
         import resource, signal, sys
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
-        from core.errors import OutputError
-        from core.imaging import save_image
+        from bgremove.errors import OutputError
+        from bgremove.imaging import save_image
         from tests.images import noise_image
         try:
             save_image(noise_image((300, 300)), {str(dest)!r}, fmt="png", icc_profile=None)
@@ -513,7 +513,7 @@ def test_emulator_keyout_is_predictable_pixel_for_pixel(tmp_path: Path) -> None:
     The upload is lossless, so the key-out computed on the original pixels predicts every
     output pixel; and no EXIF reaches the service, so it does not rotate the image again.
     """
-    from core.emulator.model import cutout_png, decode_image, keyout_alpha
+    from bgremove.emulator.model import cutout_png, decode_image, keyout_alpha
 
     path = tmp_path / "shot.png"
     stored = img.marker_image()

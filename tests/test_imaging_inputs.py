@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageCms
 
-from core.errors import ImageTooLargeError, InputNotFoundError, UnreadableImageError
-from core.imaging import load_image
-from core.imaging_modes import icc_colour_space
+from bgremove.errors import ImageTooLargeError, InputNotFoundError, UnreadableImageError
+from bgremove.imaging import load_image
+from bgremove.imaging._modes import icc_colour_space
 from tests import images as img
 
 MAX = 10_000_000

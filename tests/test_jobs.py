@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.backends import Cutout, JobHooks
-from core.config import Config
-from core.jobs import remove_file
+from bgremove.backends import Cutout, JobHooks
+from bgremove.config import Config
+from bgremove.jobs import remove_file
 
 
 class HalfAlphaBackend:
@@ -48,8 +48,8 @@ def test_mask_is_scaled_to_full_size_and_foreground_only_touches_soft_pixels(
 
 
 def test_progress_reaches_the_end_and_cancel_stops_before_writing(tmp_path: Path) -> None:
-    from core.backends import CancelToken
-    from core.errors import CancelledError
+    from bgremove.backends import CancelToken
+    from bgremove.errors import CancelledError
 
     src = _source(tmp_path / "in.png")
     stages: list[str] = []

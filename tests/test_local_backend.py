@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from core.backends import CancelToken, JobHooks, make_backend
-from core.config import Config, LocalConfig
-from core.errors import CancelledError, ModelError
-from core.local import LocalBackend
-from core.local.models import IndexSource, UrlSource, ensure_model
+from bgremove.backends import CancelToken, JobHooks, make_backend
+from bgremove.config import Config, LocalConfig
+from bgremove.errors import CancelledError, ModelError
+from bgremove.local import LocalBackend
+from bgremove.local.models import IndexSource, UrlSource, ensure_model
 
 pytestmark = pytest.mark.network_model
 
@@ -158,10 +158,10 @@ def test_offline_without_a_cached_model_says_how_to_fetch(tmp_path: Path,
 
 def test_auto_uses_the_local_backend_without_a_key(u2netp: Path, caplog: pytest.LogCaptureFixture,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.backends
+    import bgremove.backends
 
-    monkeypatch.setattr(core.backends, "_auto_announced", False)
-    with caplog.at_level(logging.INFO, logger="core.backends"):
+    monkeypatch.setattr(bgremove.backends, "_auto_announced", False)
+    with caplog.at_level(logging.INFO, logger="bgremove.backends"):
         first = make_backend(Config(backend="auto"))
         second = make_backend(Config(backend="auto"))
     assert isinstance(first, LocalBackend) and isinstance(second, LocalBackend)

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from core.cli import main
-from core.errors import ModelError
-from core.local import models
-from core.local.models import (
+from bgremove.cli import main
+from bgremove.errors import ModelError
+from bgremove.local import models
+from bgremove.local.models import (
     MODELS,
     IndexSource,
     ModelSpec,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.local.refine import (
+from bgremove.local.refine import (
     box_mean,
     estimate_foreground,
     estimate_foreground_array,

@@ -6,14 +6,14 @@ import io
 import json
 import logging
 
-from core.logs import REDACTED, register_secret, setup_logging
+from bgremove.logs import REDACTED, register_secret, setup_logging
 
 
 def _emit(json_lines: bool, *args: object) -> str:
     stream = io.StringIO()
     setup_logging("debug", json_lines=json_lines, stream=stream)
     try:
-        logging.getLogger("core.test").warning(*args)  # type: ignore[arg-type]
+        logging.getLogger("bgremove.test").warning(*args)  # type: ignore[arg-type]
     finally:
         logging.getLogger().handlers.clear()
     return stream.getvalue()

@@ -7,7 +7,7 @@ from email.utils import formatdate
 import httpx
 import pytest
 
-from core import retry
+from bgremove import retry
 
 NOW = 1_700_000_000.0
 REQUEST = httpx.Request("POST", "https://api.example/api/v3/x")

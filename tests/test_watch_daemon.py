@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from core.emulator import Fault
+from bgremove.emulator import Fault
 from tests import images as img
 from tests.test_watch_support import (
     DaemonRun,
@@ -335,7 +335,7 @@ def test_inbox_offline_and_back(tmp_path: Path, emulator_factory, mode: str,
 
 def test_stale_claim_of_a_dead_daemon_is_recovered(tmp_path: Path, emulator_factory,
                                                    mode: str) -> None:
-    from watcher.claims import make_owner_id
+    from bgremove.watcher.claims import make_owner_id
 
     emu = emulator_factory()
     run = DaemonRun(tmp_path, emu, mode, recursive=True)
@@ -366,7 +366,7 @@ def test_once_mode_exit_codes(tmp_path: Path, emulator_factory) -> None:
 
 
 def test_status_reads_the_journal(tmp_path: Path, emulator_factory) -> None:
-    from watcher.status import format_status, read_status
+    from bgremove.watcher.status import format_status, read_status
 
     emu = emulator_factory()
     with DaemonRun(tmp_path, emu) as run:
@@ -394,7 +394,7 @@ def test_journal_write_failure_keeps_files_and_resumes(tmp_path: Path, emulator_
     import sqlite3
     from contextlib import contextmanager
 
-    from watcher.journal import Journal
+    from bgremove.watcher.journal import Journal
 
     full = threading.Event()
     real_tx = Journal._tx
@@ -424,7 +424,7 @@ def test_journal_write_failure_keeps_files_and_resumes(tmp_path: Path, emulator_
 
 def test_unexpected_errors_retry_then_fail(tmp_path: Path, emulator_factory, mode: str,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    import watcher.daemon as daemon_mod
+    import bgremove.watcher.daemon as daemon_mod
 
     calls: dict[str, int] = {}
     real = daemon_mod.file_sha256
@@ -450,7 +450,7 @@ def test_unexpected_errors_retry_then_fail(tmp_path: Path, emulator_factory, mod
 
 
 def test_non_utf8_names(tmp_path: Path, emulator_factory, mode: str) -> None:
-    from watcher.status import read_status
+    from bgremove.watcher.status import read_status
 
     emu = emulator_factory()
     good = os.fsdecode(b"caf\xe9.png")
@@ -488,7 +488,7 @@ def test_once_exits_non_zero_when_a_file_cannot_be_claimed(
         logs: LogLines) -> None:
     import errno
 
-    from watcher.claims import Claims
+    from bgremove.watcher.claims import Claims
 
     real = Claims.claim
 
@@ -515,7 +515,7 @@ def test_once_recovers_dead_claims_and_reports_live_ones(tmp_path: Path, emulato
     import subprocess
     import sys
 
-    from watcher.claims import make_owner_id
+    from bgremove.watcher.claims import make_owner_id
 
     emu = emulator_factory()
     run = DaemonRun(tmp_path, emu, once=True)
@@ -548,7 +548,7 @@ def test_once_recovers_dead_claims_and_reports_live_ones(tmp_path: Path, emulato
 def test_unwritable_done_folder_is_blamed_and_probed(tmp_path: Path, emulator_factory,
                                                      mode: str, logs: LogLines,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import watcher.daemon as daemon_mod
+    import bgremove.watcher.daemon as daemon_mod
 
     monkeypatch.setattr(daemon_mod, "OUTPUT_PROBE_SECONDS", 0.1)
     emu = emulator_factory()
@@ -637,8 +637,8 @@ def test_once_with_cost_cap_reached_exits_1(tmp_path: Path, emulator_factory,
 
 def test_status_counts_waiting_files_when_no_daemon_runs(tmp_path: Path,
                                                          emulator_factory) -> None:
-    from watcher.claims import make_owner_id
-    from watcher.status import read_status
+    from bgremove.watcher.claims import make_owner_id
+    from bgremove.watcher.status import read_status
 
     emu = emulator_factory()
     run = DaemonRun(tmp_path, emu, once=True)
@@ -658,16 +658,16 @@ def test_status_counts_waiting_files_when_no_daemon_runs(tmp_path: Path,
 
 def test_each_file_is_decoded_once(tmp_path: Path, emulator_factory,  # type: ignore[no-untyped-def]
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.imaging
+    import bgremove.imaging
 
     decoded: list[str] = []
-    real = core.imaging.load_image
+    real = bgremove.imaging.load_image
 
     def counting(path: Path, **kwargs: Any) -> Any:
         decoded.append(Path(path).name)
         return real(path, **kwargs)
 
-    monkeypatch.setattr(core.imaging, "load_image", counting)
+    monkeypatch.setattr(bgremove.imaging, "load_image", counting)
     emu = emulator_factory()
     run = DaemonRun(tmp_path, emu, once=True)
     for i in range(3):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from core.emulator import Emulator, Fault
+from bgremove.emulator import Emulator, Fault
 from tests.test_watch_support import files, wait_until, write_image
 
 # Every test here fails if it leaves a thread behind (fixtures in tests/conftest.py).
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 
 
 class Proc:
-    """One ``python -m core watch`` process with its stderr and stdout collected in files."""
+    """One ``python -m bgremove watch`` process with its stderr and stdout collected in files."""
 
     def __init__(self, tmp: Path, emu: Emulator, *args: str, name: str = "daemon",
                  mode: str = "native", concurrency: int = 4) -> None:
@@ -39,7 +39,7 @@ class Proc:
         self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in wait()
         env = dict(os.environ, WAVESPEED_API_KEY=emu.api_key, WAVESPEED_BASE_URL=emu.base_url,
                    PYTHONUNBUFFERED="1")
-        cmd = [sys.executable, "-m", "core", "watch", *args, "--config", str(config),
+        cmd = [sys.executable, "-m", "bgremove", "watch", *args, "--config", str(config),
                "--concurrency", str(concurrency)]
         if mode == "polling":
             cmd.append("--polling")
@@ -201,7 +201,7 @@ def test_outbox_in_inbox_is_refused(tmp_path: Path, outbox: str, flags: list[str
                                     message: str) -> None:
     (tmp_path / "in").mkdir()
     result = subprocess.run(
-        [sys.executable, "-m", "core", "watch", str(tmp_path / "in"), str(tmp_path / outbox),
+        [sys.executable, "-m", "bgremove", "watch", str(tmp_path / "in"), str(tmp_path / outbox),
          *flags], capture_output=True, text=True, timeout=30,
         cwd=Path(__file__).resolve().parents[1], env=dict(os.environ, WAVESPEED_API_KEY="k-1234"))
     assert result.returncode == 2
@@ -234,7 +234,7 @@ def test_status_command(tmp_path: Path, emulator_factory) -> None:
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     write_image(inbox / "ok.png", 700)
     assert Proc(tmp_path, emu, str(inbox), str(outbox), "--once", name="st").wait(60) == 0
-    result = subprocess.run([sys.executable, "-m", "core", "status", str(outbox), "--json"],
+    result = subprocess.run([sys.executable, "-m", "bgremove", "status", str(outbox), "--json"],
                             capture_output=True, text=True, timeout=30,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.config import Config
-from core.emulator import Emulator
+from bgremove.config import Config
+from bgremove.emulator import Emulator
 from tests.conftest import configured, make_keyed_image
 
 #: Fast settings for daemon tests: short stability window and retry backoff.
@@ -76,7 +76,7 @@ class DaemonRun:
     def __init__(self, tmp: Path, emulator: Emulator, mode: str = "native", *,
                  inbox: Path | None = None, outbox: Path | None = None, recursive: bool = False,
                  **watch: Any) -> None:
-        from watcher.naming import Layout
+        from bgremove.watcher.naming import Layout
 
         self.inbox = inbox or tmp / "in"
         self.outbox = outbox or tmp / "out"
@@ -100,7 +100,7 @@ class DaemonRun:
         return self.layout.failed
 
     def start(self, **kwargs: Any) -> DaemonRun:
-        from watcher.daemon import Daemon
+        from bgremove.watcher.daemon import Daemon
 
         kwargs.setdefault("backoff_initial", 0.1)
         self.daemon = Daemon(self.config, self.layout, **kwargs)

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from core.backends import CancelToken
-from core.config import Config, WatchConfig
-from core.errors import ConfigError
-from watcher.claims import Claims, make_owner_id, parse_owner, pid_alive
-from watcher.journal import Journal
-from watcher.limits import CostGuard, RateLimiter, effective_limits
-from watcher.naming import Layout, candidate_names, is_ignored_name, move_no_replace
-from watcher.readiness import ReadinessTracker
-from watcher.status import render_line
+from bgremove.backends import CancelToken
+from bgremove.config import Config, WatchConfig
+from bgremove.errors import ConfigError
+from bgremove.watcher.claims import Claims, make_owner_id, parse_owner, pid_alive
+from bgremove.watcher.journal import Journal
+from bgremove.watcher.limits import CostGuard, RateLimiter, effective_limits
+from bgremove.watcher.naming import Layout, candidate_names, is_ignored_name, move_no_replace
+from bgremove.watcher.readiness import ReadinessTracker
+from bgremove.watcher.status import render_line
 
 
 class Clock:
@@ -286,7 +286,7 @@ def test_dead_owner_detection(tmp_path: Path) -> None:
 
 
 def test_cli_start_up_stays_light() -> None:
-    code = ("import sys, core.cli, watcher.cli; core.cli.build_parser(); "
+    code = ("import sys, bgremove.cli, bgremove.watcher.cli; bgremove.cli.build_parser(); "
             "heavy = [m for m in ('watchdog', 'PIL', 'httpx', 'sqlite3') if m in sys.modules]; "
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -295,7 +295,7 @@ def test_cli_start_up_stays_light() -> None:
 
 
 def test_watch_help_and_status_without_journal(tmp_path: Path) -> None:
-    from core.cli import main
+    from bgremove.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["watch", "--help"])
@@ -380,7 +380,7 @@ def test_cost_guard_counts_committed_tasks_shared_by_two_daemons(tmp_path: Path)
 
 
 def test_settings_fingerprint_covers_what_changes_the_cutout() -> None:
-    from watcher.daemon import settings_fingerprint
+    from bgremove.watcher.daemon import settings_fingerprint
 
     base = Config()
     same = base.with_overrides({"output.suffix": "-cut"})
@@ -394,7 +394,7 @@ def test_settings_fingerprint_covers_what_changes_the_cutout() -> None:
 def test_status_counts_one_inbox_once(tmp_path: Path) -> None:
     import json
 
-    from watcher.status import read_status
+    from bgremove.watcher.status import read_status
 
     journal = Journal(tmp_path / "j.sqlite3")
     try:

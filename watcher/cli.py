@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from core.cli import add_config_argument, config_from_args
+from bgremove.cli import add_config_argument, config_from_args
 
 log = logging.getLogger("bgremove.watch")
 
@@ -70,11 +70,11 @@ def run_watch(args: argparse.Namespace) -> int:
     import os
     import signal
 
-    from core.errors import ConfigError
-    from core.logs import setup_logging
-    from watcher.daemon import Daemon
-    from watcher.naming import Layout
-    from watcher.status import StatusLine
+    from bgremove.errors import ConfigError
+    from bgremove.logs import setup_logging
+    from bgremove.watcher.daemon import Daemon
+    from bgremove.watcher.naming import Layout
+    from bgremove.watcher.status import StatusLine
 
     for name in ("concurrency", "images_per_minute", "max_per_hour", "max_per_day"):
         value = getattr(args, name)
@@ -139,9 +139,9 @@ def run_status(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from core.errors import ConfigError
-    from watcher.naming import STATE_DIR
-    from watcher.status import format_status, read_status
+    from bgremove.errors import ConfigError
+    from bgremove.watcher.naming import STATE_DIR
+    from bgremove.watcher.status import format_status, read_status
 
     config = config_from_args(args)
     if args.journal:

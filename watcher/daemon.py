@@ -45,8 +45,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.backends import CancelToken, JobHooks
-from core.errors import (
+from bgremove.backends import CancelToken, JobHooks
+from bgremove.errors import (
     APIStatusError,
     BgremoveError,
     CancelledError,
@@ -58,22 +58,22 @@ from core.errors import (
     SubmitUncertainError,
     TaskFailedError,
 )
-from watcher.claims import Claims, make_owner_id
-from watcher.events import Watcher
-from watcher.failures import write_error_report
-from watcher.fingerprint import file_sha256, settings_fingerprint
-from watcher.folder_health import FolderBlocked, FolderHealth
-from watcher.journal import Job, Journal
-from watcher.limits import CostGuard, Limits, RateLimiter, effective_limits
-from watcher.naming import Layout, move_no_replace, shown
-from watcher.placement import check_output_dir, place_staged
-from watcher.readiness import ReadinessTracker, Ready
-from watcher.scheduler import Scheduler
+from bgremove.watcher.claims import Claims, make_owner_id
+from bgremove.watcher.events import Watcher
+from bgremove.watcher.failures import write_error_report
+from bgremove.watcher.fingerprint import file_sha256, settings_fingerprint
+from bgremove.watcher.folder_health import FolderBlocked, FolderHealth
+from bgremove.watcher.journal import Job, Journal
+from bgremove.watcher.limits import CostGuard, Limits, RateLimiter, effective_limits
+from bgremove.watcher.naming import Layout, move_no_replace, shown
+from bgremove.watcher.placement import check_output_dir, place_staged
+from bgremove.watcher.readiness import ReadinessTracker, Ready
+from bgremove.watcher.scheduler import Scheduler
 
 if TYPE_CHECKING:
-    from core.backends import Backend
-    from core.config import Config
-    from core.imaging import SourceImage
+    from bgremove.backends import Backend
+    from bgremove.config import Config
+    from bgremove.imaging import SourceImage
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +187,8 @@ class Daemon:
 
     def run(self) -> int:
         """Watch until stopped (or, with ``watch.once``, until INBOX is drained)."""
-        from core.backends import make_backend, resolve_backend_name
-        from core.imaging import extension_for
+        from bgremove.backends import make_backend, resolve_backend_name
+        from bgremove.imaging import extension_for
 
         layout = self.layout
         layout.outbox.mkdir(parents=True, exist_ok=True)
@@ -412,7 +412,7 @@ class Daemon:
 
     def _take_ready_inner(self, ready: Ready) -> bool:
         """Returns True when the file was handed back to the tracker (``not_yet``)."""
-        from core.imaging import load_image
+        from bgremove.imaging import load_image
 
         path = ready.path
         rel = self.layout.relative(path)
@@ -582,7 +582,7 @@ class Daemon:
     def _advance(self, job: Job, claimed: Path, rel: Path, source: SourceImage | None) -> Job:
         """Take a job from its journaled state to done; each step is safe to repeat."""
         assert self.journal is not None and self._backend is not None
-        from core.jobs import remove_file
+        from bgremove.jobs import remove_file
 
         journal, key = self.journal, job.key
         staged = self.staging / f"{key[:24]}{self._ext}"

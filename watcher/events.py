@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from watcher.naming import Layout
+    from bgremove.watcher.naming import Layout
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.errors import SubmitUncertainError
-from watcher.naming import fit_name, shown
+from bgremove.errors import SubmitUncertainError
+from bgremove.watcher.naming import fit_name, shown
 
 if TYPE_CHECKING:
-    from core.errors import BgremoveError
-    from watcher.journal import Job
+    from bgremove.errors import BgremoveError
+    from bgremove.watcher.journal import Job
 
 log = logging.getLogger(__name__)
 

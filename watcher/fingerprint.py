@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core.config import Config
+    from bgremove.config import Config
 
 
 def settings_fingerprint(config: Config, backend_name: str) -> str:

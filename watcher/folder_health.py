@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from watcher.naming import shown
+from bgremove.watcher.naming import shown
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from core.backends import CancelToken
-    from core.config import WatchConfig
-    from watcher.journal import Journal
+    from bgremove.backends import CancelToken
+    from bgremove.config import WatchConfig
+    from bgremove.watcher.journal import Journal
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
-from core.errors import ConfigError
+from bgremove.errors import ConfigError
 
 #: Longest file name (bytes) on common file systems.
 NAME_MAX = 255

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.errors import OutputError
-from watcher.naming import candidate_names, link_no_replace, shown
+from bgremove.errors import OutputError
+from bgremove.watcher.naming import candidate_names, link_no_replace, shown
 
 if TYPE_CHECKING:
-    from watcher.journal import Job, Journal
+    from bgremove.watcher.journal import Job, Journal
 
 
 def check_output_dir(folder: Path) -> None:

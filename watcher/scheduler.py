@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core.errors import BgremoveError
-    from watcher.readiness import Ready
+    from bgremove.errors import BgremoveError
+    from bgremove.watcher.readiness import Ready
 
 
 @dataclass(order=True)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from watcher.claims import pid_alive
+from bgremove.watcher.claims import pid_alive
 
 #: A daemon whose last heartbeat is older than this is reported as not running.
 RUNNING_WITHIN = 15.0
@@ -23,7 +23,7 @@ def read_status(journal_path: Path) -> dict[str, Any]:
     """Everything ``bgremove status`` shows, as a JSON-ready dict."""
     import socket
 
-    from watcher.journal import Journal
+    from bgremove.watcher.journal import Journal
 
     journal = Journal(journal_path)
     try:
@@ -78,8 +78,8 @@ def _waiting_on_disk(status: dict[str, Any]) -> int:
     """Files in INBOX that a daemon would take, plus files left in claim folders."""
     import os
 
-    from watcher.claims import _claimed_in
-    from watcher.naming import Layout
+    from bgremove.watcher.claims import _claimed_in
+    from bgremove.watcher.naming import Layout
 
     if not status.get("inbox") or not status.get("outbox"):
         return 0
@@ -140,10 +140,10 @@ def render_line(snapshot: dict[str, Any]) -> str:
 
 
 class StatusLine:
-    """The daemon's live status on a terminal (``core.console``); log lines print above it."""
+    """The daemon's live status on a terminal (``bgremove.console``); log lines print above it."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        from core.console import Console
+        from bgremove.console import Console
 
         # a daemon's log is not a progress report: no periodic lines off a terminal
         self.console = Console(stream, plain_every=None)

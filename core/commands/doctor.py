@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from core.cli import EXIT_FAILED, EXIT_OK, add_config_argument
+from bgremove.cli import EXIT_FAILED, EXIT_OK, add_config_argument
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -39,7 +39,7 @@ class Checks:
         self.failed = False
 
     def run(self, name: str, check: Callable[[], Any]) -> Any:
-        from core.errors import BgremoveError
+        from bgremove.errors import BgremoveError
 
         try:
             outcome = check()
@@ -60,7 +60,7 @@ class Checks:
 
 
 def _check_config(args: argparse.Namespace) -> tuple[str, str, Any]:
-    from core.cli import config_from_args
+    from bgremove.cli import config_from_args
 
     config = config_from_args(args)
     where = config.source or "no config file (defaults and environment)"
@@ -76,7 +76,7 @@ def _check_key(config: Any) -> tuple[str, str, None]:
 
 
 def _check_service(config: Any) -> tuple[str, str, None]:
-    from core.wavespeed import WaveSpeedClient
+    from bgremove.wavespeed import WaveSpeedClient
 
     # One retry is enough to tell "down" from "a blip"; doctor should answer quickly.
     quick = config.with_overrides({"wavespeed.retry.max_attempts": 2,
@@ -94,7 +94,7 @@ def _check_service(config: Any) -> tuple[str, str, None]:
 
 def _check_model(config: Any) -> tuple[str, str, None]:
     try:
-        from core.local import models
+        from bgremove.local import models
     except ImportError:
         return WARN, "offline backend not installed: pip install 'bgremove[local]'", None
     name = config.local.model
@@ -106,7 +106,7 @@ def _check_model(config: Any) -> tuple[str, str, None]:
 
 
 def _check_plugin() -> tuple[str, str, None]:
-    from plugin_gimp.install import status
+    from bgremove.plugin_gimp.install import status
 
     state = status()
     if not state.installed:

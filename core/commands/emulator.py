@@ -81,7 +81,7 @@ def register(subparsers: Any) -> None:
 
 
 def _faults(args: argparse.Namespace) -> tuple[Any, ...]:
-    from core.emulator.faults import Fault
+    from bgremove.emulator.faults import Fault
 
     faults = [Fault.parse(spec) for spec in args.fault]
     if args.rate_429:
@@ -104,10 +104,10 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import threading
 
-    from core.emulator import Emulator, EmulatorOptions
-    from core.emulator.server import ACCOUNT_LEVELS
-    from core.errors import ConfigError
-    from core.logs import register_secret, setup_logging
+    from bgremove.emulator import Emulator, EmulatorOptions
+    from bgremove.emulator.server import ACCOUNT_LEVELS
+    from bgremove.errors import ConfigError
+    from bgremove.logs import register_secret, setup_logging
 
     if args.host not in LOOPBACK and not args.allow_remote:
         raise ConfigError(f"refusing to listen on {args.host}: the emulator has no real "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from core.cli import EXIT_OK, add_config_argument
+from bgremove.cli import EXIT_OK, add_config_argument
 
 
 def register(sub: Any) -> None:
@@ -33,8 +33,8 @@ def register(sub: Any) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from core.cli import config_from_args
-    from core.local.models import model_status
+    from bgremove.cli import config_from_args
+    from bgremove.local.models import model_status
 
     config = config_from_args(args)
     rows = [("NAME", "SIZE", "LICENCE", "CACHED", "PATH")]
@@ -50,9 +50,9 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from core.cli import config_from_args
-    from core.console import DownloadProgress
-    from core.local.models import fetch_model, get_spec
+    from bgremove.cli import config_from_args
+    from bgremove.console import DownloadProgress
+    from bgremove.local.models import fetch_model, get_spec
 
     config = config_from_args(args)
     spec = get_spec(args.name or config.local.model)
@@ -66,8 +66,8 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def run_path(args: argparse.Namespace) -> int:
-    from core.cli import config_from_args
-    from core.local.models import get_spec, model_dir, model_path
+    from bgremove.cli import config_from_args
+    from bgremove.local.models import get_spec, model_dir, model_path
 
     config = config_from_args(args)
     if args.name:

@@ -11,11 +11,11 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from core.cli import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
-from core.errors import ConfigError
+from bgremove.cli import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
+from bgremove.errors import ConfigError
 
 if TYPE_CHECKING:
-    from core.jobs import JobResult
+    from bgremove.jobs import JobResult
 
 #: Seconds between progress lines when stderr is not a terminal.
 PLAIN_PROGRESS_SECONDS = 10.0
@@ -53,8 +53,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.backends import make_backend
-    from core.imaging import parse_color
+    from bgremove.backends import make_backend
+    from bgremove.imaging import parse_color
 
     if args.concurrency is not None and args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _require_numpy() -> None:
-    from core.errors import ConfigError
+    from bgremove.errors import ConfigError
 
     try:
         import numpy  # noqa: F401
@@ -136,7 +136,7 @@ def expand_inputs(inputs: list[str], suffix: str = "-nobg",
 
 def plan_outputs(inputs: list[Path], out_dir: Path | None, output: Any) -> list[tuple[Path, Path]]:
     """Pair each input with an output; never two inputs on one output, never onto an input."""
-    from core.jobs import output_path_for
+    from bgremove.jobs import output_path_for
 
     taken: set[str] = {_key(p) for p in inputs}
     plan: list[tuple[Path, Path]] = []
@@ -167,8 +167,8 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Any, config: Any, *,
     """Run every job on a pool of ``config.concurrency`` threads; report each as it ends."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    from core.backends import CancelToken, JobHooks
-    from core.console import Console, Progress
+    from bgremove.backends import CancelToken, JobHooks
+    from bgremove.console import Console, Progress
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -224,7 +224,7 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Any, config: Any, *,
 
 def _summary(results: list[JobResult], seconds: float) -> str:
     """``3 images: 2 done, 1 failed in 4.2 s``, the last line of a batch."""
-    from core.console import format_duration
+    from bgremove.console import format_duration
 
     done = sum(r.status == "ok" for r in results)
     parts = [f"{done} done"]
@@ -260,8 +260,8 @@ class _Breaker:
         return False
 
     def skipped(self, src: Path) -> JobResult:
-        from core.errors import BgremoveError
-        from core.jobs import JobResult
+        from bgremove.errors import BgremoveError
+        from bgremove.jobs import JobResult
 
         error = BgremoveError(f"{src}: not attempted: {self.reason}")
         error.kind = "not_attempted"
@@ -273,8 +273,8 @@ def _run_one(src: Path, dst: Path, backend: Any, config: Any, hooks: Any,
     import logging
     import time
 
-    from core.errors import BgremoveError
-    from core.jobs import JobResult, remove_file
+    from bgremove.errors import BgremoveError
+    from bgremove.jobs import JobResult, remove_file
 
     started = time.monotonic()
     try:
@@ -303,7 +303,7 @@ class OutputCheck:
         self._lock = threading.Lock()
 
     def __call__(self, dst: Path) -> None:
-        from core.errors import OutputError
+        from bgremove.errors import OutputError
 
         folder = dst.parent
         with self._lock:
@@ -325,7 +325,7 @@ class OutputCheck:
     def _probe(folder: Path) -> BaseException | None:
         import tempfile
 
-        from core.errors import OutputError
+        from bgremove.errors import OutputError
 
         try:
             folder.mkdir(parents=True, exist_ok=True)

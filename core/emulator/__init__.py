@@ -1,6 +1,6 @@
 """A built-in WaveSpeed API emulator for tests, benchmarks and trying bgremove without an account.
 
-    from core.emulator import Emulator, EmulatorOptions, Fault
+    from bgremove.emulator import Emulator, EmulatorOptions, Fault
     with Emulator(EmulatorOptions(delay=0.3, faults=(Fault("status", route="submit",
                                                            status=503, first=1),))) as emu:
         ... emu.base_url, emu.api_key, emu.stats() ...
@@ -11,9 +11,9 @@ predict every pixel of a result.
 
 from __future__ import annotations
 
-from core.emulator.faults import Fault, FaultPlan
-from core.emulator.model import keyout_alpha
-from core.emulator.server import DEFAULT_API_KEY, MODEL_ID, Emulator, EmulatorOptions
+from bgremove.emulator.faults import Fault, FaultPlan
+from bgremove.emulator.model import keyout_alpha
+from bgremove.emulator.server import DEFAULT_API_KEY, MODEL_ID, Emulator, EmulatorOptions
 
 __all__ = ["DEFAULT_API_KEY", "MODEL_ID", "Emulator", "EmulatorOptions", "Fault", "FaultPlan",
            "keyout_alpha"]

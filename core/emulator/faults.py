@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from email.utils import formatdate
 from typing import Any
 
-from core.errors import ConfigError
+from bgremove.errors import ConfigError
 
 FAULT_KINDS = ("status", "drop", "malformed", "truncate", "fail_task", "delay")
 #: Route names requests are counted under (``stats()["requests"]``) and faults target.

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from core.errors import ConfigError
+from bgremove.errors import ConfigError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -79,19 +79,19 @@ def cutout_png(image: Image.Image, alpha: Image.Image) -> bytes:
 
 
 class LocalModel:
-    """The offline backend (``core.local``) used as the emulator's model; loaded once."""
+    """The offline backend (``bgremove.local``) used as the emulator's model; loaded once."""
 
     def __init__(self) -> None:
         try:
-            backend_class = importlib.import_module("core.local").LocalBackend
+            backend_class = importlib.import_module("bgremove.local").LocalBackend
         except (ImportError, AttributeError) as exc:
             raise ConfigError(
-                "the emulator's 'local' model needs the local backend (core.local), "
+                "the emulator's 'local' model needs the local backend (bgremove.local), "
                 f"which cannot be imported: {exc}",
                 hint="use --model keyout, or install the local extras: "
                 "pip install 'bgremove[local]'",
             ) from None
-        from core.config import Config
+        from bgremove.config import Config
 
         self._backend = backend_class(Config(backend="local"))
         prepare = getattr(self._backend, "prepare", None)

@@ -44,9 +44,9 @@ from socketserver import TCPServer
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
-from core.emulator.faults import Fault, FaultPlan, task_error
-from core.emulator.model import AlphaFn, cutout_png, decode_image, load_model
-from core.errors import ConfigError
+from bgremove.emulator.faults import Fault, FaultPlan, task_error
+from bgremove.emulator.model import AlphaFn, cutout_png, decode_image, load_model
+from bgremove.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class EmulatorOptions:
     port: int = 0  # 0: a free port
     api_key: str | None = None  # None: any non-empty bearer key is accepted
     key_state: str = "active"  # "inactive": 401 key not activated; "suspended": 403
-    model: str = "keyout"  # or "local" (core.local)
+    model: str = "keyout"  # or "local" (bgremove.local)
     delay: float = 0.0  # seconds each task takes (inference), at least
     sync_timeout: float | None = None  # a sync submit gives up waiting after this
     # "504" (a 504 carrying the prediction), "processing" (200, status processing, code 5004),

@@ -1,6 +1,6 @@
 """The ``local`` backend: U-2-Net models run offline with onnxruntime and numpy.
 
-    LocalBackend     the Backend (``core.backends``) for ``backend: local``
+    LocalBackend     the Backend (``bgremove.backends``) for ``backend: local``
     models           the model registry, fetching, verification and cache
     inference        onnxruntime sessions, pre- and post-processing
     refine           edge refinement and foreground colour estimation
@@ -8,6 +8,6 @@
 
 from __future__ import annotations
 
-from core.local.backend import LocalBackend
+from bgremove.local.backend import LocalBackend
 
 __all__ = ["LocalBackend"]

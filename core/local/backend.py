@@ -14,14 +14,14 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from core.backends import Cutout, JobHooks
+from bgremove.backends import Cutout, JobHooks
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from core.config import Config
-    from core.local.inference import ModelSession
-    from core.local.models import Source
+    from bgremove.config import Config
+    from bgremove.local.inference import ModelSession
+    from bgremove.local.models import Source
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, config: Config, *, sources: Sequence[Source] | None = None) -> None:
-        from core.local.models import get_spec
+        from bgremove.local.models import get_spec
 
         self._local = config.local
         self.spec = get_spec(config.local.model)
@@ -51,8 +51,8 @@ class LocalBackend:
         """Fetch (first use) and load the model; later calls return the same session."""
         with self._lock:
             if self._session is None:
-                from core.local.inference import get_session
-                from core.local.models import ensure_model
+                from bgremove.local.inference import get_session
+                from bgremove.local.models import ensure_model
 
                 path = ensure_model(self.spec.name, self._local.cache_dir, sources=self._sources)
                 self._session = get_session(path, threads=self._local.threads)
@@ -61,7 +61,7 @@ class LocalBackend:
     def cut_out(self, image: Image.Image, hooks: JobHooks | None = None) -> Cutout:
         from PIL import Image, ImageChops
 
-        from core.local.inference import mask_to_image, predict
+        from bgremove.local.inference import mask_to_image, predict
 
         hooks = hooks or JobHooks()
         session = self.prepare()
@@ -71,7 +71,7 @@ class LocalBackend:
         hooks.report("inference", 0.7)
         hooks.check_cancel()
         if self._local.refine:
-            from core.local.refine import refine_mask
+            from bgremove.local.refine import refine_mask
 
             mid = refine_mask(image, small, size=working_size(image.size, self._local.refine_size))
             alpha = mid if mid.size == image.size else mid.resize(

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
-from core.errors import ModelError
+from bgremove.errors import ModelError
 
 if TYPE_CHECKING:
     import httpx
@@ -491,7 +491,7 @@ def ensure_model(name: str, cache_dir: str | os.PathLike[str] | None = None, *,
     if cached is not None:
         return cached
     if progress is None:
-        from core.console import DownloadProgress
+        from bgremove.console import DownloadProgress
 
         bar = DownloadProgress(f"downloading {spec.name}")
         try:

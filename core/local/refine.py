@@ -89,7 +89,7 @@ def refine_mask(image: Image.Image, mask: Image.Image, *, size: tuple[int, int],
     Returns an "L" image of ``size``. The radius defaults to about 1/80 of the
     working size's longer side (the width of the blur the 320px model leaves).
     """
-    from core.local.inference import flatten_rgb, shrink
+    from bgremove.local.inference import flatten_rgb, shrink
 
     guide_img = flatten_rgb(shrink(image, size)) if image.size != size else flatten_rgb(image)
     guide = np.asarray(guide_img, dtype=np.float64) / 255.0

@@ -1,11 +1,11 @@
 """Host side of the real-GIMP tests and benchmark (this file runs on the host, not in GIMP).
 
     root = ensure_root()          # scripts/gimp-root.sh: a cached Debian trixie root with GIMP 3
-    prepare_root(root)            # copy core/ and plugin_gimp/ in, `bgremove gimp install`
+    prepare_root(root)            # copy the package in as installed, `bgremove gimp install`
     result = run_batch(root, "run_procedure.py", params, files, env)
 
 The plug-in is installed the way a user does it: the root's venv python runs
-``python -m core gimp install``, so the interpreter recorded in
+``python -m bgremove gimp install``, so the interpreter recorded in
 ``bgremove-gimp.json`` is that venv's (Python 3.13, Debian's httpx/Pillow/PyYAML,
 the repo on a .pth path). GIMP runs chrooted with a clean environment
 (``env -i``); the emulator on the host's 127.0.0.1 is reachable from inside
@@ -33,6 +33,7 @@ SCRIPT = REPO / "scripts" / "gimp-root.sh"
 BATCH_DIR = Path(__file__).resolve().parent
 VENV_PYTHON = "/opt/bgremove-venv/bin/python"
 SRC_IN_ROOT = "opt/bgremove/src"
+SRC_STAMP = ".copied-from"  # which checkout the sources in the root came from
 PLUGINS_IN_ROOT = "/root/.config/GIMP/3.0/plug-ins"
 BASE_ENV = {"HOME": "/root", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 BUILD_TIMEOUT = 1200
@@ -87,25 +88,48 @@ def gimp_lock(root: Path) -> Iterator[None]:
 
 
 def prepare_root(root: Path) -> str:
-    """Copy the repo's packages into the root and install the plug-in; return its output."""
-    src = root / SRC_IN_ROOT
+    """Copy the package ``bgremove`` into the root and install the plug-in; return its output."""
     with gimp_lock(root):
-        staging = Path(tempfile.mkdtemp(prefix="src.", dir=src.parent))
-        for package in ("core", "plugin_gimp"):
-            shutil.copytree(REPO / package, staging / package,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        old = src.with_name("src.old")
-        if src.exists():
-            src.rename(old)
-        staging.rename(src)
-        shutil.rmtree(old, ignore_errors=True)
-        done = subprocess.run(
-            chroot_command(root, [VENV_PYTHON, "-m", "core", "gimp", "install",
-                                  "--plugins-dir", PLUGINS_IN_ROOT]),
-            capture_output=True, text=True, timeout=120, check=False)
+        return _prepare_locked(root)
+
+
+def _prepare_locked(root: Path) -> str:
+    src = root / SRC_IN_ROOT
+    staging = Path(tempfile.mkdtemp(prefix="src.", dir=src.parent))
+    # The installed layout (pyproject.toml's package-dir): core/ is the package
+    # ``bgremove``, watcher/ and plugin_gimp/ its subpackages.
+    for folder, target in (("core", "bgremove"), ("watcher", "bgremove/watcher"),
+                           ("plugin_gimp", "bgremove/plugin_gimp")):
+        shutil.copytree(REPO / folder, staging / target,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (staging / SRC_STAMP).write_text(str(REPO), encoding="utf-8")
+    old = src.with_name("src.old")
+    if src.exists():
+        src.rename(old)
+    staging.rename(src)
+    shutil.rmtree(old, ignore_errors=True)
+    done = subprocess.run(
+        chroot_command(root, [VENV_PYTHON, "-m", "bgremove", "gimp", "install",
+                              "--plugins-dir", PLUGINS_IN_ROOT]),
+        capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"`bgremove gimp install` failed inside the root: {done.stderr}")
     return done.stdout
+
+
+def _ensure_ours(root: Path) -> None:
+    """Under the lock: put this checkout's sources back if another checkout replaced them.
+
+    The root is shared by every checkout on the machine; a run from another one may
+    have copied its own sources in between our prepare_root and our run.
+    """
+    stamp = root / SRC_IN_ROOT / SRC_STAMP
+    try:
+        ours = stamp.read_text(encoding="utf-8") == str(REPO)
+    except OSError:
+        ours = False
+    if not ours:
+        _prepare_locked(root)
 
 
 @dataclass
@@ -153,6 +177,7 @@ def run_batch(root: Path, script: str, params: dict[str, Any], files: Mapping[st
 
     command, work = _command(root, script, params, files, env)
     with gimp_lock(root):
+        _ensure_ours(root)
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                               check=False)
@@ -167,14 +192,16 @@ def running_batch(root: Path, script: str, params: dict[str, Any],
     """Start a batch and hand over the running GIMP (its pid is gimp-console's: chroot
     and env exec into it) and the work folder; the caller waits for it."""
     command, work = _command(root, script, params, files, env)
-    with gimp_lock(root), subprocess.Popen(command, stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, text=True) as process:
-        try:
-            yield process, work
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.communicate()
+    with gimp_lock(root):
+        _ensure_ours(root)
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) as process:
+            try:
+                yield process, work
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                process.communicate()
 
 
 def results_of(work: Path) -> dict[str, Any] | None:

@@ -1,6 +1,6 @@
 """The request loop under the WaveSpeed client: headers, timeouts, retries, the deadline.
 
-``Requester.call`` sends one logical call (with retries per ``core.retry``)
+``Requester.call`` sends one logical call (with retries per ``bgremove.retry``)
 and hands the answer to a ``parse`` function. ``CallContext`` is what the
 calls for one image share (deadline, cancel token, request count);
 ``ClientStats`` counts over the client's life. The API key goes only to the
@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from core import retry
-from core.errors import CancelledError, ProtocolError, ServiceError, ServiceTimeoutError
-from core.wavespeed_errors import (
+from bgremove import retry
+from bgremove.errors import CancelledError, ProtocolError, ServiceError, ServiceTimeoutError
+from bgremove.wavespeed._errors import (
     envelope_task_id,
     parse_json,
     protocol_error,
@@ -32,8 +32,8 @@ from core.wavespeed_errors import (
 )
 
 if TYPE_CHECKING:
-    from core.backends import CancelToken
-    from core.config import WaveSpeedConfig
+    from bgremove.backends import CancelToken
+    from bgremove.config import WaveSpeedConfig
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class Requester:
         """Send one logical call with retries; return what ``parse`` makes of the answer.
 
         ``submit_sync`` is not None for a submit: then the submit policy of
-        ``core.retry`` applies instead of the idempotent one. ``bare`` sends
+        ``bgremove.retry`` applies instead of the idempotent one. ``bare`` sends
         exactly ``headers`` (an upload ticket's PUT). ``give_up_on`` lists
         retryable statuses to raise at once (the caller handles them).
         """

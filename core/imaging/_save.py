@@ -14,8 +14,8 @@ import secrets
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from core.errors import OutputError
-from core.imaging_modes import icc_colour_space
+from bgremove.errors import OutputError
+from bgremove.imaging._modes import icc_colour_space
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from core.errors import ImageTooLargeError
+from bgremove.errors import ImageTooLargeError
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -1,6 +1,6 @@
 """Turning any decoded input into oriented 8-bit RGB or RGBA, with a matching ICC profile.
 
-Choices (see also ``core.imaging``):
+Choices (see also ``bgremove.imaging``):
 
 - 16-bit grey (``I;16``, ``I;16B``, ...) and ``I`` are scaled as 0-65535 -> 0-255 with rounding
   (``round(v / 257)``), never clipped. 16-bit RGB/RGBA PNG and TIFF are reduced by Pillow's

@@ -3,14 +3,14 @@
     load_image(path, max_pixels=)   -> SourceImage  oriented 8-bit RGB/RGBA + matching ICC profile
     source_from_raw(w, h, data)     -> SourceImage  a raw pixel buffer (the GIMP plug-in)
     encode_for_upload(image, ...)   -> UploadImage  no metadata; PNG, else JPEG q95, else smaller
-                                                    (``core.imaging_upload``)
+                                                    (``bgremove.imaging._upload``)
     alpha_from_bytes(data)          -> "L" image    the service's result reduced to its alpha
     fit_alpha(alpha, size)          -> "L" image    the mask at the source's size
     compose(source, alpha, output)  -> the result: original pixels + mask, options applied
-    save_image(image, path, ...)    atomic write (``core.imaging_save``)
+    save_image(image, path, ...)    atomic write (``bgremove.imaging._save``)
 
 Every opaque output pixel is the input's own pixel: the mask is applied to the original,
-never to the service's re-encoded copy. Colour-mode handling is in ``core.imaging_modes``.
+never to the service's re-encoded copy. Colour-mode handling is in ``bgremove.imaging._modes``.
 Pillow is imported inside the functions so importing this module stays cheap.
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from core.errors import (
+from bgremove.errors import (
     ConfigError,
     ImageTooLargeError,
     InputError,
@@ -34,19 +34,12 @@ from core.errors import (
     ProtocolError,
     UnreadableImageError,
 )
-from core.imaging_modes import apply_orientation, exif_orientation, to_8bit_rgb
-from core.imaging_save import FORMATS, extension_for, save_image
-from core.imaging_upload import UploadImage, encode_for_upload
+from bgremove.imaging._modes import apply_orientation, exif_orientation, to_8bit_rgb
 
 if TYPE_CHECKING:
     from PIL import Image, ImageFile
 
-    from core.config import OutputConfig
-
-__all__ = [
-    "FORMATS", "SourceImage", "UploadImage", "alpha_from_bytes", "compose", "encode_for_upload",
-    "extension_for", "fit_alpha", "load_image", "parse_color", "save_image", "source_from_raw",
-]
+    from bgremove.config import OutputConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Turning what the service (or the network) did into ``core.errors`` classes, in one place.
+"""Turning what the service (or the network) did into ``bgremove.errors`` classes, in one place.
 
 ``STATUS_ERRORS`` is the one status table; ``status_error`` builds the error
 for a non-2xx answer, ``transport_error`` for an httpx exception,
@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from core.errors import (
+from bgremove.errors import (
     AccountSuspendedError,
     APIStatusError,
     AuthenticationError,

@@ -22,10 +22,10 @@ the service no longer knows raises ``TaskFailedError`` (status
 ``not_found``) so the caller can submit again.
 
 The submit policy (never resubmit when a task may already exist and be
-billed) is written down in ``core.retry``. The client lives in
-``core.wavespeed_client`` (API calls), ``core.wavespeed_http`` (the retry
-loop), ``core.wavespeed_answers`` (reading answers) and
-``core.wavespeed_errors`` (the status table).
+billed) is written down in ``bgremove.retry``. The client lives in
+``bgremove.wavespeed._client`` (API calls), ``bgremove.wavespeed._http`` (the retry
+loop), ``bgremove.wavespeed._answers`` (reading answers) and
+``bgremove.wavespeed._errors`` (the status table).
 """
 
 from __future__ import annotations
@@ -36,16 +36,16 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from core.backends import Cutout, JobHooks
-from core.errors import ConfigError
-from core.wavespeed_answers import Prediction
-from core.wavespeed_client import WaveSpeedClient
-from core.wavespeed_http import CallContext, ClientStats
+from bgremove.backends import Cutout, JobHooks
+from bgremove.errors import ConfigError
+from bgremove.wavespeed._answers import Prediction
+from bgremove.wavespeed._client import WaveSpeedClient
+from bgremove.wavespeed._http import CallContext, ClientStats
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from core.config import Config
+    from bgremove.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class WaveSpeedBackend:
         return self.client.stats
 
     def cut_out(self, image: Image.Image, hooks: JobHooks | None = None) -> Cutout:
-        from core import imaging
+        from bgremove import imaging
 
         hooks = hooks or JobHooks()
         ctx = self.client.context(hooks.cancel)
@@ -123,5 +123,3 @@ def _scaled(hooks: JobHooks, stage: str, start: float, end: float) -> Callable[[
 
     return report
 
-
-__all__ = ["CallContext", "ClientStats", "Prediction", "WaveSpeedBackend", "WaveSpeedClient"]

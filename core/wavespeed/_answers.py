@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from core.errors import ProtocolError
-from core.wavespeed_errors import parse_json, protocol_error
+from bgremove.errors import ProtocolError
+from bgremove.wavespeed._errors import parse_json, protocol_error
 
 log = logging.getLogger(__name__)
 

@@ -6,16 +6,16 @@ safe to share between threads. Every call has a named timeout
 ``CallContext``: its overall deadline, its cancel token and its request
 count.
 
-Retries follow ``core.retry``, whose docstring holds the submit policy: a
+Retries follow ``bgremove.retry``, whose docstring holds the submit policy: a
 submit is sent again only when no task can exist; a submit whose answer was
 lost raises ``SubmitUncertainError`` and is never resubmitted, because the
 task may exist and be billed. Any error answer that names a task, and a sync
 wait the service gave up on (504 with the id, code 5004), are followed by
 polling that task.
 
-Layers: ``core.wavespeed_http`` (headers, timeouts, the retry loop, the key
+Layers: ``bgremove.wavespeed._http`` (headers, timeouts, the retry loop, the key
 kept to the service's origin and out of every message),
-``core.wavespeed_answers`` (reading envelopes), ``core.wavespeed_errors``
+``bgremove.wavespeed._answers`` (reading envelopes), ``bgremove.wavespeed._errors``
 (the status table).
 """
 
@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, NoReturn
 
 import httpx
 
-from core import __version__
-from core.errors import APIStatusError, MissingKeyError, ServiceTimeoutError
-from core.logs import register_secret
-from core.wavespeed_answers import (
+from bgremove.errors import APIStatusError, MissingKeyError, ServiceTimeoutError
+from bgremove.logs import register_secret
+from bgremove.version import __version__
+from bgremove.wavespeed._answers import (
     Prediction,
     discard,
     parse_balance,
@@ -45,12 +45,12 @@ from core.wavespeed_answers import (
     parse_ticket,
     parse_upload_url,
 )
-from core.wavespeed_errors import protocol_error, task_error
-from core.wavespeed_http import CallContext, ClientStats, Requester
+from bgremove.wavespeed._errors import protocol_error, task_error
+from bgremove.wavespeed._http import CallContext, ClientStats, Requester
 
 if TYPE_CHECKING:
-    from core.backends import CancelToken
-    from core.config import WaveSpeedConfig
+    from bgremove.backends import CancelToken
+    from bgremove.config import WaveSpeedConfig
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class WaveSpeedClient:
         return self._upload_binary(data, filename, content_type, ctx)
 
     def submit(self, image_url: str, *, sync: bool, ctx: CallContext | None = None) -> Prediction:
-        """Create a task. See ``core.retry`` for when a submit is sent again (rarely).
+        """Create a task. See ``bgremove.retry`` for when a submit is sent again (rarely).
 
         Returns the prediction: completed (sync mode), or not yet done with its
         id (poll mode, or a sync wait the service gave up on): then ``wait``.
@@ -367,5 +367,3 @@ class WaveSpeedClient:
         raise task_error(prediction.id, prediction.status, prediction.code, prediction.error,
                          secret=self.config.api_key)
 
-
-__all__ = ["CallContext", "ClientStats", "Prediction", "WaveSpeedClient"]

@@ -1,0 +1,26 @@
+"""The image pipeline: load an input, encode what is uploaded, apply the returned mask, save.
+
+    _pipeline  loading, the mask's fit and the composition (the overview is there)
+    _upload    encoding for upload: no metadata, within the service's limits
+    _save      the output formats and the atomic save
+    _modes     colour modes, ICC profiles, EXIF orientation
+
+The modules are private; these are the public names.
+"""
+
+from bgremove.imaging._pipeline import (
+    SourceImage,
+    alpha_from_bytes,
+    compose,
+    fit_alpha,
+    load_image,
+    parse_color,
+    source_from_raw,
+)
+from bgremove.imaging._save import FORMATS, extension_for, save_image
+from bgremove.imaging._upload import UploadImage, encode_for_upload
+
+__all__ = [
+    "FORMATS", "SourceImage", "UploadImage", "alpha_from_bytes", "compose", "encode_for_upload",
+    "extension_for", "fit_alpha", "load_image", "parse_color", "save_image", "source_from_raw",
+]

@@ -1,0 +1,17 @@
+"""The ``wavespeed`` backend and its client for the WaveSpeedAI API.
+
+    _backend   WaveSpeedBackend: one image in, the service's alpha mask out
+    _client    WaveSpeedClient: upload, submit, wait, download, balance
+    _http      the retry loop, named timeouts, the key kept to the service's origin
+    _answers   reading the service's envelopes
+    _errors    the status-to-error table
+
+The modules are private; these are the public names.
+"""
+
+from bgremove.wavespeed._answers import Prediction
+from bgremove.wavespeed._backend import WaveSpeedBackend
+from bgremove.wavespeed._client import WaveSpeedClient
+from bgremove.wavespeed._http import CallContext, ClientStats
+
+__all__ = ["CallContext", "ClientStats", "Prediction", "WaveSpeedBackend", "WaveSpeedClient"]
