@@ -23,8 +23,8 @@ OUTBOX (or a full disk) pauses intake, keeps every input, and resumes when a
 probe write succeeds.
 
 Duplicates: a file whose content (with the same settings) was already
-processed is not sent again; it moves to done/ and its log line names the
-earlier input and its output. ``watch.reprocess`` forces a new cut-out.
+processed is not sent again; its output is a hard link to (or copy of) the
+earlier cut-out, then it moves to done/. ``watch.reprocess`` forces a new cut-out.
 
 The pieces live next door: ``scheduler`` (the work queue), ``fingerprint`` (journal
 keys), ``placement`` (free output names), ``folder_health`` (pause and probe) and
@@ -66,7 +66,7 @@ from bgremove.watcher.folder_health import FolderBlocked, FolderHealth
 from bgremove.watcher.journal import Job, Journal
 from bgremove.watcher.limits import CostGuard, Limits, RateLimiter, effective_limits
 from bgremove.watcher.naming import Layout, move_no_replace, shown
-from bgremove.watcher.placement import check_output_dir, place_staged
+from bgremove.watcher.placement import check_output_dir, place_duplicate, place_staged
 from bgremove.watcher.readiness import ReadinessTracker, Ready
 from bgremove.watcher.scheduler import Scheduler
 
@@ -664,14 +664,29 @@ class Daemon:
     # -- outcomes ---------------------------------------------------------------
 
     def _duplicate(self, claimed: Path, rel: Path, first: Job | None) -> None:
+        """Same content as an earlier input: link its cut-out to this input's own output
+        name (no second upload), then move the input to done/."""
         assert self.journal is not None
+        output: Path | None = None
+        if first is not None and first.output:
+            try:
+                output = place_duplicate(Path(first.output), self.layout.output_for(rel, self._ext),
+                                         self.staging)
+            except FileNotFoundError:  # the earlier result vanished this instant
+                self._requeue(claimed, rel, None, 1.0)
+                return
+            except (OSError, OutputError) as exc:
+                raise FolderBlocked(self.layout.outbox, f"cannot write the output of "
+                                    f"{shown(rel)}: {getattr(exc, 'strerror', None) or exc}"
+                                    ) from None
         done = self._move(claimed, self.layout.done, rel)
-        output = first.output if first else None
-        self.journal.add_event("duplicate", input=str(rel), output=output)
+        self.journal.add_event("duplicate", input=str(rel), output=str(output) if output else None,
+                               task_id=first.task_id if first else None)
         with self._lock:
             self.session["duplicates"] += 1
-        log.info("duplicate %s: same content as %s, already cut out as %s; moved to %s",
-                 shown(rel), shown(first.input if first else "?"), shown(output), shown(done),
+        log.info("duplicate %s: same content as %s: its cut-out is also %s (not sent again); "
+                 "moved to %s", shown(rel), shown(first.input if first else "?"), shown(output),
+                 shown(done),
                  extra={"event": "duplicate", "input": shown(rel), "output": shown(output),
                         "seconds": 0.0, "task_id": first.task_id if first else None})
 
