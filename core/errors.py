@@ -9,6 +9,7 @@
     │   └── ImageTooLargeError      decompression bomb, or too many pixels for the configured limit
     ├── OutputError                 the result cannot be written (permissions, disk full)
     ├── CancelledError              the caller cancelled the work (GIMP cancel, shutdown)
+    ├── NotAttemptedError           a batch stopped before this file: the service refused the others
     ├── ModelError                  the local model is missing, corrupt or cannot be fetched
     └── ServiceError                anything the remote service did wrong
         ├── TransportError          no usable HTTP answer
@@ -109,6 +110,12 @@ class CancelledError(BgremoveError):
 
     kind = "cancelled"
     transient = True
+
+
+class NotAttemptedError(BgremoveError):
+    """Raised for a file a batch never started, once the service had refused every file."""
+
+    kind = "not_attempted"
 
 
 class ModelError(BgremoveError):

@@ -284,7 +284,8 @@ class _Terminal(io.StringIO):
 
 def test_progress_bar_on_a_terminal_only(tmp_path: Path, emulator) -> None:  # type: ignore[no-untyped-def]
     from bgremove.backends import make_backend
-    from bgremove.commands.remove import plan_outputs, run_batch
+    from bgremove.batch import plan_outputs
+    from bgremove.commands.remove import run_batch
     from tests.conftest import configured
 
     config = configured(emulator)

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -900,19 +901,19 @@ def test_cli_stops_on_sigint_too() -> None:
     assert process.returncode == 0
 
 
-def test_cli_account_level_applies_its_limits(tmp_path: Path,
-                                              keyed_image: Callable[..., Image.Image]) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bgremove", "emulator", "--port", "0", "--level", "bronze"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@contextmanager
+def served_cli(*args: str) -> Iterator[httpx.Client]:
+    """``bgremove emulator --port 0 ARGS`` in a subprocess, a client for it (key "k"); on
+    leaving, SIGTERM and an exit status of 0."""
+    process = subprocess.Popen([sys.executable, "-m", "bgremove", "emulator", "--port", "0", *args],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
     try:
         assert process.stdout is not None
         base_url = process.stdout.readline().strip()
         with httpx.Client(base_url=base_url, timeout=10,
                           headers={"Authorization": "Bearer k"}) as client:
-            url = upload(client, png_bytes(keyed_image()))
-            codes = [client.post(SUBMIT, json={"image": url}).status_code for _ in range(3)]
-        assert codes == [200, 200, 429]  # bronze: 2 images per minute
+            yield client
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=10)
     finally:
@@ -922,11 +923,18 @@ def test_cli_account_level_applies_its_limits(tmp_path: Path,
     assert process.returncode == 0
 
 
+def test_cli_account_level_applies_its_limits(keyed_image: Callable[..., Image.Image]) -> None:
+    with served_cli("--level", "bronze") as client:
+        url = upload(client, png_bytes(keyed_image()))
+        codes = [client.post(SUBMIT, json={"image": url}).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]  # bronze: 2 images per minute
+
+
 def test_requests_are_logged_at_debug_without_the_key(
         emulator: Emulator, api: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
     def logged() -> bool:
         return any("GET /api/v3/balance [balance] -> 200" in r.getMessage()
-                   for r in caplog.records if r.name == "bgremove.emulator.server")
+                   for r in caplog.records if r.name.endswith("emulator.http"))
 
     with caplog.at_level("DEBUG", logger="bgremove.emulator"):
         api.get("/api/v3/balance")

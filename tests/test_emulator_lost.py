@@ -8,12 +8,10 @@ an API without the list route, and the count of tasks per uploaded content.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -21,7 +19,7 @@ import pytest
 from PIL import Image
 
 from bgremove.emulator import MODEL_ID, Emulator, Fault
-from tests.test_emulator import REPO, SUBMIT, api_client, png_bytes, upload, wait_done
+from tests.test_emulator import SUBMIT, api_client, png_bytes, served_cli, upload, wait_done
 
 LIST = "/api/v3/predictions"
 
@@ -214,6 +212,9 @@ def test_clock_skew_shifts_the_service_clock(emulator_factory: Callable[..., Emu
         (item,) = _list(client)["items"]
         created = datetime.fromisoformat(item["created_at"].replace("Z", "+00:00"))
         assert timedelta(seconds=290) < here - created < timedelta(seconds=310)
+        # the Date header tells the same clock as created_at
+        date = parsedate_to_datetime(client.get("/api/v3/balance").headers["date"])
+        assert timedelta(seconds=290) < here - date < timedelta(seconds=310)
         # a window drawn on this machine's clock alone misses the task
         assert _list(client, created_after=_iso(here - timedelta(seconds=60)))["total"] == 0
         assert _list(client, created_after=_iso(here - timedelta(seconds=400)))["total"] == 1
@@ -332,29 +333,9 @@ def test_tasks_are_counted_per_uploaded_content(
 # -- the command ---------------------------------------------------------------------------------
 
 
-@contextmanager
-def _served(*args: str) -> Iterator[httpx.Client]:
-    process = subprocess.Popen([sys.executable, "-m", "bgremove", "emulator", "--port", "0", *args],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    try:
-        assert process.stdout is not None
-        base_url = process.stdout.readline().strip()
-        with httpx.Client(base_url=base_url, timeout=10,
-                          headers={"Authorization": "Bearer k"}) as client:
-            yield client
-        process.terminate()
-        process.communicate(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0
-
-
 def test_cli_flags_for_lost_answers_input_and_clock(
         keyed_image: Callable[..., Image.Image]) -> None:
-    with _served("--lost-answer-rate", "1", "--list-input", "--clock-skew", "-300") as client:
+    with served_cli("--lost-answer-rate", "1", "--list-input", "--clock-skew", "-300") as client:
         url = upload(client, png_bytes(keyed_image()))
         assert _lose_answer(client, url, True) is None
         (item,) = _list(client)["items"]
@@ -366,6 +347,6 @@ def test_cli_flags_for_lost_answers_input_and_clock(
 
 
 def test_cli_flag_without_the_list_route() -> None:
-    with _served("--no-list-route") as client:
+    with served_cli("--no-list-route") as client:
         assert client.post(LIST, json={}).status_code == 404
         assert client.get("/api/v3/balance").status_code == 200

@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from bgremove.emulator import Emulator, EmulatorOptions
-    from bgremove.emulator.server import ACCOUNT_LEVELS
+    from bgremove.emulator.options import ACCOUNT_LEVELS
     from bgremove.errors import ConfigError
     from bgremove.logs import register_secret, setup_logging
 

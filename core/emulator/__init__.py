@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from bgremove.emulator.faults import Fault, FaultPlan
 from bgremove.emulator.model import keyout_alpha
-from bgremove.emulator.server import DEFAULT_API_KEY, MODEL_ID, Emulator, EmulatorOptions
+from bgremove.emulator.options import DEFAULT_API_KEY, MODEL_ID, EmulatorOptions
+from bgremove.emulator.server import Emulator
 
 __all__ = ["DEFAULT_API_KEY", "MODEL_ID", "Emulator", "EmulatorOptions", "Fault", "FaultPlan",
            "keyout_alpha"]
