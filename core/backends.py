@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -73,13 +73,20 @@ class JobHooks:
     ``on_task`` is called with the remote task id as soon as it is known and
     before waiting for the result, so a journal can record it. ``resume_task``
     asks the backend to wait for an already-submitted task instead of
-    submitting again (after a crash).
+    submitting again (after a crash). ``on_submit(sent_at, upload_url)`` is
+    called just before a submit leaves (wall-clock time); ``lost_submit``
+    gives such a record whose answer never arrived (a crash during the
+    submit), so the backend looks for that task before sending anything.
+    ``known_tasks`` are tasks surely not this image's.
     """
 
     progress: ProgressFn | None = None
     cancel: CancelToken | None = None
     on_task: Callable[[str], None] | None = None
     resume_task: str | None = None
+    on_submit: Callable[[float, str], None] | None = None
+    lost_submit: tuple[float, str] | None = None
+    known_tasks: Collection[str] = ()
 
     def report(self, stage: str, fraction: float) -> None:
         if self.progress is not None:

@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "bgremove.commands.doctor",
     "bgremove.commands.emulator",
     "bgremove.commands.models",
+    "bgremove.commands.tasks",
     "bgremove.watcher.cli",
     "bgremove.plugin_gimp.cli",
 )

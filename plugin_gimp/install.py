@@ -5,7 +5,9 @@ GIMP 3 registers a Python plug-in only when it sits at
 ``<plug-ins>/python-fu-remove-background/python-fu-remove-background.py``.
 Beside it, ``bgremove-gimp.json`` records the interpreter that ran the install
 (``sys.executable``, not resolved: a venv's ``bin/python`` must stay the venv's)
-so the plug-in can start the bridge in this environment.
+so the plug-in can start the bridge in this environment, and ``help/en/`` holds
+the page the dialog's Help button opens (GIMP's help map ``gimp-help.xml`` and
+``index.html``).
 
 Where ``plug-ins`` is, per platform (``--plugins-dir`` overrides):
 
@@ -36,6 +38,8 @@ SETTINGS_FILE = "bgremove-gimp.json"
 GIMP_SERIES = "3.0"
 FLATPAK_ID = "org.gimp.GIMP"
 SOURCE = Path(__file__).with_name("remove_background.py")
+HELP_SOURCE = Path(__file__).with_name("help")
+HELP_FILES = ("en/gimp-help.xml", "en/index.html")
 
 
 @dataclass(frozen=True)
@@ -94,15 +98,17 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def install(plugins_dir: Path | None = None, *, python: str | None = None) -> list[Path]:
-    """Install the plug-in into ``plugins_dir`` (default: every GIMP 3 folder found).
+def install(plugins_dir: Path | None = None, *, python: str | None = None,
+            env: Mapping[str, str] | None = None, platform: str | None = None) -> list[Path]:
+    """Install the plug-in into ``plugins_dir`` (default: every GIMP 3 folder found
+    for ``platform`` and ``env``, this system's by default).
 
     Returns the installed plug-in files. Raises ``OutputError`` when a folder
     cannot be written.
     """
     from bgremove.version import __version__
 
-    targets = [plugins_dir] if plugins_dir is not None else default_plugin_dirs()
+    targets = [plugins_dir] if plugins_dir is not None else default_plugin_dirs(env, platform)
     python = python or sys.executable
     settings = {"python": python, "version": __version__, "protocol": _protocol()}
     source = SOURCE.read_bytes()
@@ -114,6 +120,10 @@ def install(plugins_dir: Path | None = None, *, python: str | None = None) -> li
             _write_atomic(path, source, 0o755)
             _write_atomic(path.with_name(SETTINGS_FILE),
                           (json.dumps(settings, indent=2) + "\n").encode(), 0o644)
+            for name in HELP_FILES:
+                help_file = path.parent / "help" / name
+                help_file.parent.mkdir(parents=True, exist_ok=True)
+                _write_atomic(help_file, (HELP_SOURCE / name).read_bytes(), 0o644)
         except OSError as exc:
             raise OutputError(f"cannot install the GIMP plug-in into {path.parent}: "
                               f"{exc.strerror or exc}",
@@ -123,17 +133,21 @@ def install(plugins_dir: Path | None = None, *, python: str | None = None) -> li
     return installed
 
 
-def uninstall(plugins_dir: Path | None = None) -> list[Path]:
+def uninstall(plugins_dir: Path | None = None, *, env: Mapping[str, str] | None = None,
+              platform: str | None = None) -> list[Path]:
     """Remove the plug-in's folder wherever it is installed; return the folders removed."""
-    targets = [plugins_dir] if plugins_dir is not None else default_plugin_dirs()
+    targets = [plugins_dir] if plugins_dir is not None else default_plugin_dirs(env, platform)
     removed = []
     for target in targets:
         folder = plugin_file(Path(target).expanduser()).parent
         if not folder.is_dir():
             continue
         try:
-            for name in (f"{PLUGIN_NAME}.py", SETTINGS_FILE):
+            for name in (f"{PLUGIN_NAME}.py", SETTINGS_FILE, *(f"help/{h}" for h in HELP_FILES)):
                 (folder / name).unlink(missing_ok=True)
+            for sub in ("help/en", "help"):
+                if (folder / sub).is_dir():
+                    (folder / sub).rmdir()
             pycache = folder / "__pycache__"
             if pycache.is_dir():
                 for item in pycache.iterdir():

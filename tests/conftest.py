@@ -12,8 +12,9 @@ injection. It sets short poll and retry intervals so tests stay fast; pass
 overrides (``{"wavespeed.wait": "poll"}`` or ``wavespeed__wait="poll"``) to change any key.
 
 Every test runs with the config environment cleared (``WAVESPEED_API_KEY``,
-``WAVESPEED_BASE_URL``, ``BGREMOVE_CONFIG``, and ``XDG_CONFIG_HOME`` pointed at an
-empty folder) so a developer's own key or config file never leaks into a test.
+``WAVESPEED_BASE_URL``, ``BGREMOVE_CONFIG``, and ``XDG_CONFIG_HOME`` and ``XDG_STATE_HOME``
+pointed at empty folders) so a developer's own key, config file or task log never leaks
+into a test.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ FAST_TEST_SETTINGS: dict[str, Any] = {
     "wavespeed.poll.max": 0.2,
     "wavespeed.retry.backoff_initial": 0.01,
     "wavespeed.retry.backoff_max": 0.1,
+    "wavespeed.reconcile.settle": 0.3,
 }
 
 
@@ -60,6 +62,7 @@ def _isolated_config_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyte
     for name in ("WAVESPEED_API_KEY", "WAVESPEED_BASE_URL", "BGREMOVE_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state")))
 
 
 @pytest.fixture

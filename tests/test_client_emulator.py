@@ -181,21 +181,30 @@ def test_direct_upload_missing_falls_back_to_binary(emulator_factory: Any,
 
 
 @pytest.mark.parametrize("wait", ["sync", "poll"])
-def test_answer_lost_after_submit_is_uncertain_and_not_resubmitted(
-        emulator_factory: Any, make_backend: MakeBackend, wait: str) -> None:
+def test_answer_lost_after_submit_adopts_the_task(emulator_factory: Any,
+                                                  make_backend: MakeBackend, wait: str) -> None:
     emu = emulator_factory(faults=(Fault("drop", route="submit", first=1, after=True),))
-    with pytest.raises(SubmitUncertainError) as info:
-        make_backend(emu, wait).cut_out(make_keyed_image())
+    image = make_keyed_image()
+    assert_keyed_out(make_backend(emu, wait).cut_out(image).alpha, image)
     assert emu.count("submit") == 1 and emu.stats()["tasks_submitted"] == 1
-    assert "billed" in str(info.value)
 
 
-def test_sync_504_without_task_id_is_uncertain(emulator_factory: Any,
-                                               make_backend: MakeBackend) -> None:
+def test_answer_lost_without_the_list_route_is_uncertain(emulator_factory: Any,
+                                                         make_backend: MakeBackend) -> None:
+    emu = emulator_factory(list_route=False,
+                           faults=(Fault("drop", route="submit", first=1, after=True),))
+    with pytest.raises(SubmitUncertainError) as info:
+        make_backend(emu).cut_out(make_keyed_image())
+    assert emu.count("submit") == 1 and emu.stats()["tasks_submitted"] == 1
+    assert "billed" in str(info.value) and "no task list" in str(info.value)
+
+
+def test_sync_504_without_task_id_and_no_task_is_sent_again(
+        emulator_factory: Any, make_backend: MakeBackend) -> None:
     emu = emulator_factory(faults=(Fault("status", route="submit", status=504, first=1),))
-    with pytest.raises(SubmitUncertainError):
-        make_backend(emu, "sync").cut_out(make_keyed_image())
-    assert emu.count("submit") == 1
+    image = make_keyed_image()
+    assert_keyed_out(make_backend(emu, "sync").cut_out(image).alpha, image)
+    assert emu.count("submit") == 2 and emu.stats()["tasks_submitted"] == 1
 
 
 @pytest.mark.parametrize(("code", "transient"), [(1200, False), (1402, False), (5003, True),
@@ -264,13 +273,13 @@ def test_overall_deadline(emulator_factory: Any, make_backend: MakeBackend) -> N
     assert info.value.task_id and info.value.task_id in str(info.value)
 
 
-def test_sync_wait_timeout_is_uncertain(emulator_factory: Any,
-                                        make_backend: MakeBackend) -> None:
-    emu = emulator_factory(delay=30.0)
+def test_sync_wait_timeout_adopts_the_running_task(emulator_factory: Any,
+                                                   make_backend: MakeBackend) -> None:
+    emu = emulator_factory(delay=1.0)
     backend = make_backend(emu, "sync", wavespeed__timeouts__sync_wait=0.3)
-    with pytest.raises(SubmitUncertainError):
-        backend.cut_out(make_keyed_image())
-    assert emu.count("submit") == 1
+    image = make_keyed_image()
+    assert_keyed_out(backend.cut_out(image).alpha, image)
+    assert emu.count("submit") == 1 and emu.stats()["tasks_submitted"] == 1
 
 
 @pytest.mark.parametrize("wait", ["sync", "poll"])

@@ -252,9 +252,12 @@ def test_uploads_over_the_size_limit_get_413(emulator_factory: Callable[..., Emu
         huge = client.post("/api/v3/media/upload/binary",
                            files={"file": ("huge.png", b"x" * 400_000, "image/png")})
         assert huge.status_code == 413
-        # the connection is still usable: the oversized body was read and discarded
+        # refused before it was read: the answer says the connection closes, and the
+        # client's next request opens a new one
+        assert huge.headers["connection"] == "close"
+        assert binary.headers.get("connection") is None
         assert client.get("/api/v3/balance").status_code == 200
-    assert emu.stats()["connections"] == 1
+    assert emu.stats()["connections"] == 2
 
 
 def test_balance(api: httpx.Client, emulator_factory: Callable[..., Emulator]) -> None:

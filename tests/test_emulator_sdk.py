@@ -108,3 +108,16 @@ def test_sdk_with_a_wrong_key_gets_401(emulator_factory: Callable[..., Emulator]
     with pytest.raises(RuntimeError, match="HTTP 401"):
         client.upload(str(keyed_png()))
     assert emu.stats()["auth_failures"] == 1
+
+
+def test_sdk_works_against_an_emulator_open_to_the_network(
+        emulator_factory: Callable[..., Emulator], keyed_png: Callable[..., Path]) -> None:
+    # every route needs the key then; the SDK sends it, and uses the signed file URLs as given
+    emu = emulator_factory(allow_remote=True, api_key="sk-remote")
+    client = wavespeed.Client(api_key="sk-remote", base_url=emu.base_url)
+    path = keyed_png()
+    url = client.upload(str(path))
+    result = client.run(MODEL_ID, {"image": url}, poll_interval=0.02, timeout=30)
+    (output,) = result["outputs"]
+    assert "signature=" in url and "signature=" in output
+    assert _alpha_of(httpx.get(output, timeout=10).content).tobytes() == _expected_alpha(path)

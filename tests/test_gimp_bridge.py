@@ -61,7 +61,8 @@ def bridge_env(tmp_path: Path) -> Callable[..., dict[str, str]]:
         config = tmp_path / "config.yaml"
         config.write_text(FAST + extra_config, encoding="utf-8")
         config.chmod(0o600)
-        env = dict(os.environ, BGREMOVE_CONFIG=str(config), **variables)
+        env = dict(os.environ, BGREMOVE_CONFIG=str(config),
+                   XDG_CACHE_HOME=str(tmp_path / "cache"), **variables)
         return dict(plugin.bridge_env(env))
 
     return make
@@ -211,7 +212,7 @@ def test_no_key_says_where_to_put_one(bridge_env: Callable[..., dict[str, str]],
                                       keyed_image: Callable[..., Image.Image]) -> None:
     error = failure(bridge_env(), keyed_image())
     assert error.kind == "missing_key"
-    assert "WAVESPEED_API_KEY" in error.message and "Backend: local" in error.message
+    assert "WAVESPEED_API_KEY" in error.message and "Local model (offline)" in error.message
     assert "config.yaml" in error.message  # the file the bridge actually reads
 
 
@@ -360,7 +361,7 @@ def test_a_missing_interpreter_says_to_reinstall(tmp_path: Path,
                                                   ) -> None:
     error = fix_message(str(tmp_path / "gone" / "bin" / "python"), bridge_env())
     assert error.kind == "environment"
-    assert "pip install bgremove" in error.message and "bgremove gimp install" in error.message
+    assert "does not exist" in error.message and "bgremove gimp install" in error.message
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the stand-in interpreter is a shell script")
@@ -380,7 +381,10 @@ def test_a_broken_dependency_says_how_to_repair_the_environment(
     broken = tmp_path / "broken"
     (broken / "yaml").mkdir(parents=True)
     (broken / "yaml" / "__init__.py").write_text("raise ImportError('yaml is broken')\n")
-    python = fake_python(tmp_path, f'PYTHONPATH="{broken}" exec "{sys.executable}" "$@"')
+    # The bridge runs isolated (-I ignores PYTHONPATH): put the broken package first by hand.
+    code = (f"import sys; sys.path.insert(0, {str(broken)!r}); import runpy; "
+            "runpy.run_module('bgremove.plugin_gimp.bridge', run_name='__main__')")
+    python = fake_python(tmp_path, f'exec "{sys.executable}" -c "{code}"')
     error = fix_message(python, bridge_env())
     assert error.kind == "environment"
     assert "yaml is broken" in error.message and "--force-reinstall bgremove" in error.message
@@ -524,3 +528,211 @@ def test_the_cli_module_imports_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=REPO).stdout
     assert out.strip() == "[]"
+
+
+# --- isolation (a json.py where GIMP was started) ------------------------------------------
+
+def test_the_bridge_runs_isolated_in_the_plugin_folder() -> None:
+    command = plugin.bridge_command("/env/bin/python", flatpak=False)
+    assert command == ["/env/bin/python", "-I", "-m", "bgremove.plugin_gimp.bridge"]
+    flatpak = plugin.bridge_command("/env/bin/python", flatpak=True)
+    assert flatpak[:2] == ["flatpak-spawn", "--host"] and flatpak[2:] == command
+
+
+def test_a_json_py_where_gimp_was_started_is_never_imported(
+        emulator: Emulator, bridge_env: Callable[..., dict[str, str]],
+        keyed_image: Callable[..., Image.Image], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    started_in = tmp_path / "started-here"
+    started_in.mkdir()
+    marker = tmp_path / "json-py-was-imported"
+    (started_in / "json.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise SystemExit('hijacked')\n")
+    monkeypatch.chdir(started_in)  # GIMP's (and so the plug-in's) current folder
+    image = keyed_image((40, 30))
+    _result, data = run_job(emulator_env(emulator, bridge_env), header(image),
+                           [image.tobytes()])
+    assert data == keyout_alpha(image).tobytes()
+    assert not marker.exists()
+
+
+# --- logs ------------------------------------------------------------------------------------
+
+def test_a_failing_run_names_a_log_file_holding_the_bridges_lines(
+        emulator_factory: Callable[..., Emulator], bridge_env: Callable[..., dict[str, str]],
+        keyed_image: Callable[..., Image.Image], tmp_path: Path) -> None:
+    import io
+
+    emu = emulator_factory(api_key="the-right-key-123")
+    env = bridge_env(WAVESPEED_API_KEY="a-wrong-key-456", WAVESPEED_BASE_URL=emu.base_url)
+    terminal = io.StringIO()  # stands in for GIMP's stderr
+    image = keyed_image()
+    job = plugin.BridgeJob(sys.executable, env, log_stream=terminal)
+    with pytest.raises(plugin.PluginError):
+        job.run(header(image), [image.tobytes()])
+    log_file = tmp_path / "cache" / "bgremove" / bridge.LOG_NAME
+    assert job.log_path == str(log_file)
+    text = log_file.read_text(encoding="utf-8")
+    assert "64x48" in text and "refused the API key" in text
+    assert "a-wrong-key-456" not in text
+    lines = terminal.getvalue().splitlines()
+    assert lines and all(line.startswith(plugin.LOG_PREFIX) for line in lines)
+    assert any("refused the API key" in line for line in lines)
+    assert "a-wrong-key-456" not in terminal.getvalue()
+
+
+def test_the_plugin_puts_the_log_path_in_its_error_message() -> None:
+    assert plugin.with_log("The key was refused.", "/c/gimp-plugin.log") == \
+        "The key was refused. Details are in /c/gimp-plugin.log"
+    assert plugin.with_log("No bridge.", None) == "No bridge."
+
+
+def test_retries_reach_the_status_bar_as_notes(
+        emulator_factory: Callable[..., Emulator], bridge_env: Callable[..., dict[str, str]],
+        keyed_image: Callable[..., Image.Image]) -> None:
+    emu = emulator_factory(faults=(Fault("status", route="submit", status=503, first=1),))
+    image = keyed_image()
+    notes: list[str] = []
+    job = plugin.BridgeJob(sys.executable, emulator_env(emu, bridge_env))
+    job.run(header(image), [image.tobytes()], None, notes.append)
+    assert any("retrying" in note for note in notes), notes
+    text = plugin.progress_text("upload", 0, 1, "photo", notes[0])
+    assert text.startswith("Uploading: photo - ") and "retrying" in text
+
+
+# --- the selection ---------------------------------------------------------------------------
+
+def test_with_a_selection_only_selected_pixels_change_blended_by_its_value() -> None:
+    request = bridge.parse_request(good_header(width=4, height=1, format="R'G'B'A u8",
+                                               want="pixels", selection=True))
+    assert request.selection_bytes == 4
+    pixels = bytes([9, 9, 9, 200] * 4)
+    cut = Image.frombytes("L", (4, 1), bytes([0, 0, 0, 255]))
+    fmt, data = bridge.combine(request, pixels, cut, None, bytes([0, 255, 128, 255]))
+    alphas = list(data[3::4])
+    assert fmt == "R'G'B'A u8" and data[0::4] == bytes([9] * 4)
+    assert alphas == [200, 0, 100, 200]  # unselected, selected, half selected, min(old, cut)
+
+
+def test_a_mask_within_a_selection_starts_white_where_there_was_none() -> None:
+    request = bridge.parse_request(good_header(width=3, height=1, format="R'G'B' u8",
+                                               selection=True))
+    cut = Image.new("L", (3, 1), 0)
+    fmt, data = bridge.combine(request, b"\0" * 9, cut, None, bytes([0, 255, 51]))
+    assert fmt == "Y u8" and list(data) == [255, 0, 204]
+    fmt, data = bridge.combine(request, b"\0" * 9, cut, bytes([100, 100, 100]),
+                               bytes([0, 255, 51]))
+    assert list(data) == [100, 0, 80]
+
+
+def test_selection_must_be_true_or_false() -> None:
+    with pytest.raises(bridge.RequestError, match="selection"):
+        bridge.parse_request(good_header(selection="yes"))
+
+
+def test_the_selection_is_sent_after_the_pixels_and_comes_back_blended(
+        emulator: Emulator, bridge_env: Callable[..., dict[str, str]],
+        keyed_image: Callable[..., Image.Image]) -> None:
+    image = keyed_image((60, 40))
+    selection = Image.new("L", image.size, 0)
+    selection.paste(255, (0, 0, 30, 40))  # the left half
+    _result, data = run_job(emulator_env(emulator, bridge_env),
+                           header(image, selection=True), [image.tobytes(), selection.tobytes()])
+    expected = Image.composite(keyout_alpha(image), Image.new("L", image.size, 255), selection)
+    assert data == expected.tobytes()
+    assert data != keyout_alpha(image).tobytes()
+
+
+@pytest.mark.parametrize(("bounds", "offsets", "size", "region"), [
+    (None, (5, 5), (100, 80), (0, 0, 100, 80)),  # no selection: the whole layer
+    ((10, 10, 50, 30), (0, 0), (200, 200), (0, 0, 66, 46)),  # margin 16, clipped at 0
+    ((100, 100, 140, 120), (0, 0), (300, 300), (84, 84, 72, 52)),
+    ((100, 100, 400, 120), (0, 0), (300, 300), (70, 70, 230, 80)),  # margin 10% of 300
+    ((0, 0, 320, 240), (57, 83), (150, 100), (0, 0, 150, 100)),  # covers the layer
+    ((0, 0, 50, 50), (57, 83), (150, 100), None),  # beside the layer: nothing to do
+])
+def test_the_region_sent_is_the_selections_box_with_a_margin_inside_the_layer(
+        bounds: Any, offsets: tuple[int, int], size: tuple[int, int], region: Any) -> None:
+    assert plugin.selection_region(bounds, offsets, size) == region
+
+
+# --- the offline model's extra missing -------------------------------------------------------
+
+@pytest.mark.skipif(os.name != "posix", reason="the stand-in interpreter is a shell script")
+def test_local_backend_without_the_extra_says_what_to_install(
+        tmp_path: Path, bridge_env: Callable[..., dict[str, str]],
+        keyed_image: Callable[..., Image.Image]) -> None:
+    hidden = tmp_path / "no-numpy"
+    hidden.mkdir()
+    for name in ("numpy", "onnxruntime"):  # a package that fails like a missing one
+        (hidden / name).mkdir()
+        (hidden / name / "__init__.py").write_text(
+            f"raise ModuleNotFoundError(\"No module named '{name}'\", name={name!r})\n")
+    code = (f"import sys; sys.path.insert(0, {str(hidden)!r}); "
+            "import importlib.util as u; real = u.find_spec; "
+            "u.find_spec = lambda n, *a: None if n in ('numpy', 'onnxruntime') else real(n, *a); "
+            "import runpy; runpy.run_module('bgremove.plugin_gimp.bridge', run_name='__main__')")
+    python = fake_python(tmp_path, f'exec "{sys.executable}" -c "{code}"')
+    image = keyed_image()
+    with pytest.raises(plugin.PluginError) as caught:
+        plugin.BridgeJob(python, bridge_env()).run(header(image, backend="local"),
+                                                   [image.tobytes()])
+    message = caught.value.message
+    assert caught.value.kind == "environment"
+    assert "bgremove[local]" in message and "pip install" in message, message
+    assert "report it" not in message and "Traceback" not in message
+
+
+# --- what `bgremove gimp install` writes where, per layout ---------------------------------
+
+def written_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+PLUGIN_FILES = {"python-fu-remove-background/python-fu-remove-background.py",
+                "python-fu-remove-background/bgremove-gimp.json",
+                "python-fu-remove-background/help/en/gimp-help.xml",
+                "python-fu-remove-background/help/en/index.html"}
+
+
+@pytest.mark.parametrize(("platform", "env", "folders"), [
+    ("linux", {"HOME": "{home}"}, [".config/GIMP/3.0/plug-ins"]),
+    ("linux", {"HOME": "{home}", "XDG_CONFIG_HOME": "{home}/xdg"}, ["xdg/GIMP/3.0/plug-ins"]),
+    ("linux-flatpak", {"HOME": "{home}"},
+     [".config/GIMP/3.0/plug-ins", ".var/app/org.gimp.GIMP/config/GIMP/3.0/plug-ins"]),
+    ("darwin", {"HOME": "{home}"}, ["Library/Application Support/GIMP/3.0/plug-ins"]),
+    ("win32", {"HOME": "{home}", "APPDATA": "{home}/AppData/Roaming"},
+     ["AppData/Roaming/GIMP/3.0/plug-ins"]),
+    ("win32", {"HOME": "{home}"}, ["AppData/Roaming/GIMP/3.0/plug-ins"]),  # no %APPDATA%
+])
+def test_install_writes_the_plugin_settings_and_help_where_each_gimp_looks(
+        tmp_path: Path, platform: str, env: dict[str, str], folders: list[str]) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    if platform == "linux-flatpak":
+        platform = "linux"
+        (home / ".var" / "app" / "org.gimp.GIMP").mkdir(parents=True)
+    env = {key: value.format(home=home) for key, value in env.items()}
+    python = "C:\\bgremove\\Scripts\\python.exe" if platform == "win32" else "/opt/env/bin/python"
+    paths = install.install(python=python, env=env, platform=platform)
+    assert paths == [home / folder / "python-fu-remove-background" /
+                     "python-fu-remove-background.py" for folder in folders]
+    expected = {f"{folder}/{name}" for folder in folders for name in PLUGIN_FILES}
+    assert written_files(home) - {".var/app/org.gimp.GIMP"} == expected
+    for path in paths:
+        assert path.read_bytes() == PLUGIN_FILE.read_bytes()
+        settings = json.loads(path.with_name("bgremove-gimp.json").read_text())
+        assert settings == {"python": python, "version": settings["version"], "protocol": 1}
+        if os.name == "posix":
+            assert path.stat().st_mode & stat.S_IXUSR  # GIMP skips a plug-in without it
+        help_map = (path.parent / "help" / "en" / "gimp-help.xml").read_text()
+        assert f'id="{plugin.PROC_NAME}" ref="index.html"' in help_map
+    assert install.uninstall(env=env, platform=platform) == [p.parent for p in paths]
+    assert written_files(home) == set()
+
+
+def test_the_help_page_is_the_one_the_dialog_names(tmp_path: Path) -> None:
+    [path] = install.install(tmp_path)
+    assert plugin.HELP_DOMAIN == "bgremove" and plugin.HELP_FOLDER == "help"
+    page = (path.parent / "help" / "en" / "index.html").read_text(encoding="utf-8")
+    assert "Remove Background" in page and "Layer mask (non-destructive)" in page

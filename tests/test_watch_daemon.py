@@ -571,21 +571,6 @@ def test_unwritable_done_folder_is_blamed_and_probed(tmp_path: Path, emulator_fa
     assert emu.stats()["tasks_submitted"] == 1
 
 
-@pytest.mark.parametrize("allowed", [0, 1])
-def test_uncertain_submit_is_retried_when_allowed(tmp_path: Path, emulator_factory,
-                                                  allowed: int) -> None:
-    emu = emulator_factory(faults=(Fault("drop", route="submit", first=1),))
-    with DaemonRun(tmp_path, emu, retry_uncertain_submits=allowed) as run:
-        write_image(run.inbox / "u.png", 210)
-        wait_until(lambda: files(run.done) or files(run.failed), 20, what="an outcome")
-    if allowed:
-        assert files(run.done) == ["u.png"] and files(run.failed) == []
-    else:
-        report = json.loads((run.failed / "u.png.error.json").read_text())
-        assert report["kind"] == "submit_uncertain"
-        assert "move the file back into INBOX" in report["hint"]
-
-
 def test_redropped_image_whose_output_was_deleted_is_processed_again(
         tmp_path: Path, emulator_factory, mode: str, logs: LogLines) -> None:
     emu = emulator_factory()

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bgremove import tasklog
 from bgremove.backends import CancelToken, JobHooks
 from bgremove.errors import (
     APIStatusError,
@@ -55,7 +56,6 @@ from bgremove.errors import (
     InputNotFoundError,
     OutputError,
     RateLimitError,
-    SubmitUncertainError,
     TaskFailedError,
 )
 from bgremove.watcher.claims import Claims, make_owner_id
@@ -127,7 +127,6 @@ class Daemon:
         self._unclaimable: set[Path] = set()
         self._foreign_claims = 0
         self._cap_reached = False
-        self._uncertain_retries: dict[str, int] = {}
         self._fingerprint = ""
         self._ext = ".png"
         self.session = {"done": 0, "failed": 0, "duplicates": 0, "retries": 0}
@@ -614,13 +613,25 @@ class Daemon:
                     except sqlite3.Error as exc:
                         log.warning("cannot count the submission of %s: %s", shown(rel), exc)
                 self._unsaved_tasks[key] = task_id
+                tasklog.record(task_id, input=self.layout.inbox / rel)
                 try:
                     journal.update(key, state="submitted", task_id=task_id)
                 except sqlite3.Error as exc:  # keep waiting; the id is kept in memory
                     log.warning("cannot journal task %s of %s: %s", task_id, shown(rel), exc)
                     self._block_journal(exc)
 
-            hooks = JobHooks(cancel=self.cancel, on_task=on_task, resume_task=resume)
+            def on_submit(sent_at: float, upload_url: str) -> None:
+                # before the submit leaves: a crash from here on is reconciled on restart
+                journal.update(key, submit_sent=sent_at, upload_url=upload_url)
+
+            lost = None
+            if resume is None and job.submit_sent is not None and job.upload_url:
+                lost = (job.submit_sent, job.upload_url)
+                log.info("%s: a submit was sent before the last stop and its answer never "
+                         "came: looking for its task", shown(rel))
+            hooks = JobHooks(cancel=self.cancel, on_task=on_task, resume_task=resume,
+                             on_submit=on_submit, lost_submit=lost,
+                             known_tasks=journal.task_ids() if lost else ())
             try:
                 result = remove_file(claimed, staged, self._backend, self.config, hooks,
                                      source=source)
@@ -635,6 +646,8 @@ class Daemon:
             output = place_staged(journal, job, staged,
                                   self.layout.output_for(rel, self._ext), rel)
             journal.update(key, state="placed", output=str(output))
+            if job.task_id:
+                tasklog.record(job.task_id, output=output)
             job = self._reload(key)
         if job.state == "placed":
             self._move(claimed, self.layout.done, rel)
@@ -706,16 +719,10 @@ class Daemon:
                         and exc.status_code == 404)
         if isinstance(exc, TaskFailedError) or resumed_gone:
             # the task is dead: the next attempt submits a new one
-            self.journal.update(job.key, state="claimed", task_id=None)
+            self.journal.update(job.key, state="claimed", task_id=None, submit_sent=None,
+                                upload_url=None)
             self._unsaved_tasks.pop(job.key, None)
-        retry_uncertain = False
-        if isinstance(exc, SubmitUncertainError):
-            with self._lock:
-                used = self._uncertain_retries.get(job.key, 0)
-                retry_uncertain = used < self.watch.retry_uncertain_submits
-                if retry_uncertain:
-                    self._uncertain_retries[job.key] = used + 1
-        if not (exc.transient or resumed_gone or retry_uncertain):
+        if not (exc.transient or resumed_gone):
             self._fail(job, claimed, rel, exc)
             return
         noted = self.journal.note_error(job.key, kind=exc.kind, code=code, message=str(exc))
@@ -733,9 +740,8 @@ class Daemon:
         with self._lock:
             self.session["retries"] += 1
         self.journal.add_event("retry", input=str(rel), error_kind=exc.kind, error=str(exc))
-        log.warning("%s: %s (attempt %d); %sretrying in %.0f s", shown(rel), shown(exc),
-                    attempts, "submitting again (this may bill twice); " if retry_uncertain
-                    else "", delay,
+        log.warning("%s: %s (attempt %d); retrying in %.0f s", shown(rel), shown(exc),
+                    attempts, delay,
                     extra={"event": "retry", "input": shown(rel), "error_kind": exc.kind})
         self._requeue(claimed, rel, None, delay)
 

@@ -4,7 +4,10 @@ A job is keyed by ``sha256(content):fingerprint(settings)``, so the same image
 with the same settings is one job however often and under whatever name it is
 dropped. States, in order::
 
-    claimed    the original sits in a daemon's claim folder
+    claimed    the original sits in a daemon's claim folder; ``submit_sent`` and
+               ``upload_url`` are written just before a submit leaves, so a restart
+               after a crash during the submit looks that task up instead of
+               sending the image again
     submitted  the remote task id is known (written before waiting for it)
     staged     the cut-out is written under OUTBOX/.bgremove/staging
     placing    the final output name is chosen (written before linking it)
@@ -58,7 +61,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     first_error REAL,
     duplicates INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    submit_sent REAL,
+    upload_url TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS submits (ts REAL NOT NULL, key TEXT NOT NULL);
@@ -86,6 +91,10 @@ CREATE TABLE IF NOT EXISTS daemons (
 """
 
 
+#: Columns added since the first version: (name, type).
+_ADDED_COLUMNS = (("submit_sent", "REAL"), ("upload_url", "TEXT"))
+
+
 @dataclass(frozen=True)
 class Job:
     """One row of ``jobs``."""
@@ -104,6 +113,8 @@ class Job:
     error: str | None
     first_error: float | None
     duplicates: int
+    submit_sent: float | None = None  # wall-clock time a submit left, its answer not yet read
+    upload_url: str | None = None  # the image URL that submit sent
 
 
 @dataclass(frozen=True)
@@ -134,6 +145,10 @@ class Journal:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for name, kind in _ADDED_COLUMNS:  # a journal written by an older version
+                if name not in columns:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -186,7 +201,8 @@ class Journal:
             # start over
             db.execute("UPDATE jobs SET state='claimed', owner=?, input=?, claim=?, task_id=NULL,"
                        " staged=NULL, output=NULL, attempts=0, error_kind=NULL, error_code=NULL,"
-                       " error=NULL, first_error=NULL, updated=? WHERE key=?",
+                       " error=NULL, first_error=NULL, submit_sent=NULL, upload_url=NULL,"
+                       " updated=? WHERE key=?",
                        (owner, _db(input), _db(claim), now, key))
             return Begin("new", self._get_locked(key))
 
@@ -216,6 +232,13 @@ class Journal:
         with self._tx() as db:
             db.execute("UPDATE jobs SET attempts=attempts+1, error_kind=?, error=?, updated=?"
                        " WHERE key=?", (kind, _db(message), time.time(), key))
+
+    def task_ids(self) -> set[str]:
+        """Every task id the journal holds (tasks surely not of a job still looking)."""
+        with self._lock:
+            rows = self._db.execute("SELECT task_id FROM jobs WHERE task_id IS NOT NULL UNION"
+                                    " SELECT task_id FROM events WHERE task_id IS NOT NULL")
+            return {str(r[0]) for r in rows}
 
     def active_jobs(self) -> list[Job]:
         with self._lock:

@@ -24,7 +24,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port (0: a free one; default 8765)")
     parser.add_argument("--allow-remote", action="store_true",
-                        help="allow a non-loopback --host (anyone who can reach it can use it)")
+                        help="allow a non-loopback --host; needs --api-key, which every route "
+                        "then requires")
     parser.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
     parser.add_argument("--key-state", choices=("active", "inactive", "suspended"),
                         default="active", help="simulate an unactivated (401) or suspended "
@@ -113,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"refusing to listen on {args.host}: the emulator has no real "
                           "security and would be open to the network",
                           hint="add --allow-remote if you mean it")
+    if args.allow_remote and not args.api_key:
+        raise ConfigError("--allow-remote needs --api-key: an emulator open to the network "
+                          "must not serve anyone without the key",
+                          hint="add --api-key YOUR-SECRET")
     register_secret(args.api_key)
     setup_logging(args.log_level)
     cap, per_minute = ACCOUNT_LEVELS[args.level] if args.level else (0, 0)
@@ -127,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         images_per_minute=per_minute,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), faults=_faults(args),
         seed=args.seed, retention=args.retention, list_route=args.list_route,
-        list_input=args.list_input, clock_skew=args.clock_skew)
+        list_input=args.list_input, clock_skew=args.clock_skew,
+        allow_remote=args.allow_remote)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

@@ -28,6 +28,9 @@ from bgremove.emulator.service import ApiError, Service, StorageError
 log = logging.getLogger(__name__)
 
 _BODY_SLACK = 256 * 1024  # multipart framing on top of the file size limit
+#: After an answer sent before a body was read: how much of it, and how long, to drain.
+_LINGER_BYTES = 1 << 20
+_LINGER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ class Route:
     methods: tuple[str, ...]
     path: str  # a regular expression matched against the whole path; groups become params
     handle: Callable[[Exchange, dict[str, str], bytes], None]  # (exchange, params, body)
+    # "api": the bearer key and the account's state; "file": a signed URL and "control":
+    # the bearer key, both only when open to the network (options.allow_remote)
+    access: str = "api"
 
     def match(self, method: str, path: str) -> dict[str, str] | None:
         if method not in self.methods:
@@ -130,35 +136,44 @@ class BadFraming(ValueError):
     """A bad Content-Length or chunk size: the rest of the stream cannot be read."""
 
 
-def read_body(rfile: io.BufferedIOBase, headers: Any, limit: int) -> bytes | None:
-    """The request body; None (after discarding it) when it is over ``limit`` bytes."""
-    try:
-        if "chunked" in headers.get("Transfer-Encoding", "").lower():
-            chunks: list[bytes] = []
-            total = 0
-            while True:
-                size = int(rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                chunk = rfile.read(size)
-                rfile.readline(16)
-                total += len(chunk)
-                if total <= limit:
-                    chunks.append(chunk)
-            return b"".join(chunks) if total <= limit else None
-        length = int(headers.get("Content-Length") or 0)
-    except ValueError:
-        raise BadFraming from None
-    if length <= limit:
+class BodyTooLarge(Exception):
+    """The body is over the limit; what is left of it was not read."""
+
+
+def read_body(rfile: io.BufferedIOBase, headers: Any, limit: int) -> bytes:
+    """The request body, never holding more than ``limit`` bytes of it (chunked too).
+
+    Raises ``BodyTooLarge`` before reading past ``limit``, ``BadFraming`` on bad sizes.
+    """
+    if "chunked" not in headers.get("Transfer-Encoding", "").lower():
+        try:
+            length = int(headers.get("Content-Length") or 0)
+        except ValueError:
+            raise BadFraming from None
+        if length < 0:
+            raise BadFraming
+        if length > limit:
+            raise BodyTooLarge
         return rfile.read(length) if length else b""
-    while length > 0:
-        got = rfile.read(min(length, 1 << 20))
-        if not got:
-            break
-        length -= len(got)
-    return None
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        line = rfile.readline(1024)
+        try:
+            size = int(line.split(b";")[0].strip() or b"0", 16)
+        except ValueError:
+            raise BadFraming from None
+        if size < 0:
+            raise BadFraming
+        if size == 0:
+            while rfile.readline(1024) not in (b"\r\n", b"\n", b""):  # trailers
+                pass
+            return b"".join(chunks)
+        total += size
+        if total > limit:
+            raise BodyTooLarge
+        chunks.append(rfile.read(size))
+        rfile.readline(16)
 
 
 class Exchange(BaseHTTPRequestHandler):
@@ -197,6 +212,8 @@ class Exchange(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Request-Id", uuid.uuid4().hex)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -295,21 +312,23 @@ class Exchange(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         started = time.monotonic()
-        path = urlsplit(self.path).path
+        target = urlsplit(self.path)
+        path = target.path
         route, params = self.server.routes.match(method, path)
         self.route_name = route.name
         self._status_sent = "dropped"
         service = self.service
         try:
             try:
+                # Who may ask is settled before any of the body is read.
+                self._check_access(route, path, target.query)
                 body = read_body(self.rfile, self.headers,
                                  service.options.max_upload_bytes + _BODY_SLACK)
-            except BadFraming:  # the stream is lost
-                self.close_connection = True
+            except (ApiError, StorageError, BodyTooLarge, BadFraming) as exc:
                 service.stats.request(route.name, method, 0)
-                self.error(400, "Bad request: unreadable body framing")
+                self._refuse(exc)
                 return
-            service.stats.request(route.name, method, len(body or b""))
+            service.stats.request(route.name, method, len(body))
             for fault in service.plan.pick(route.name, ("delay",)):
                 service.stats.fault("delay")
                 if service.sleep(fault.seconds):
@@ -317,17 +336,9 @@ class Exchange(BaseHTTPRequestHandler):
             if self.inject():
                 return
             try:
-                if path.startswith("/api/v3/"):
-                    service.authorise(self.headers.get("Authorization", ""))
-                if body is None:
-                    raise service.too_large(None)
                 route.handle(self, params, body)
-            except ApiError as exc:
-                self.error(exc.status, exc.message, exc.headers, exc.data)
-            except StorageError as exc:
-                message = f"<Message>{exc.message}</Message>" if exc.message else ""
-                self.send(exc.status, f"<Error><Code>{exc.code}</Code>{message}</Error>"
-                          .encode(), "application/xml")
+            except (ApiError, StorageError) as exc:
+                self._answer_error(exc)
         except Dropped:
             pass
         except (ConnectionError, TimeoutError):
@@ -342,6 +353,55 @@ class Exchange(BaseHTTPRequestHandler):
             log.debug("%s %s [%s] -> %s (%.1f ms)", method, path, route.name, self._status_sent,
                       (time.monotonic() - started) * 1000)
 
+    def _check_access(self, route: Route, path: str, query: str) -> None:
+        service = self.service
+        header = self.headers.get("Authorization", "")
+        if route.access == "api" or path.startswith("/api/v3/"):
+            service.authorise(header)
+        elif service.options.allow_remote:
+            if route.access == "file":
+                service.check_signature(path, query)
+            else:
+                service.authorise(header, account=False)
+
+    def _answer_error(self, exc: ApiError | StorageError) -> None:
+        if isinstance(exc, ApiError):
+            self.error(exc.status, exc.message, exc.headers, exc.data)
+            return
+        message = f"<Message>{exc.message}</Message>" if exc.message else ""
+        self.send(exc.status, f"<Error><Code>{exc.code}</Code>{message}</Error>".encode(),
+                  "application/xml")
+
+    def _refuse(self, exc: ApiError | StorageError | BodyTooLarge | BadFraming) -> None:
+        """Answer a request whose body was not (all) read, then close the connection.
+
+        What is left of the body is read and thrown away first, up to a bound, so that the
+        client gets to read the answer (closing on unread data resets the connection).
+        """
+        self.close_connection = True
+        if isinstance(exc, BodyTooLarge):
+            self._answer_error(self.service.too_large(None))
+        elif isinstance(exc, BadFraming):
+            self.error(400, "Bad request: unreadable body framing")
+            return  # the stream is lost: nothing to drain
+        else:
+            self._answer_error(exc)
+        declared = self.headers.get("Content-Length", "")
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            budget = _LINGER_BYTES  # what is left is unknown
+        elif declared.isdigit():
+            allowed = self.service.options.max_upload_bytes + _BODY_SLACK
+            budget = int(declared) if int(declared) <= allowed \
+                else min(int(declared), _LINGER_BYTES)
+        else:
+            budget = 0
+        with contextlib.suppress(OSError):
+            self.connection.settimeout(_LINGER_SECONDS)
+            while budget > 0:
+                got = self.rfile.read1(min(budget, 1 << 16))
+                if not got:
+                    break
+                budget -= len(got)
 
 def _reason(status: int) -> str:
     return {

@@ -48,6 +48,9 @@ class EmulatorOptions:
     list_input: bool = False  # list items carry the submit's ``input`` (the docs show none)
     list_page_size_max: int = 100  # a larger page_size is served as this many
     clock_skew: float = 0.0  # seconds the service's clock is ahead of this machine's
+    # Served beyond this machine: every route needs the key (the file routes a URL signed
+    # with it), checked before a body is read; needs ``api_key``.
+    allow_remote: bool = False
 
     def __post_init__(self) -> None:
         if self.key_state not in KEY_STATES:
@@ -58,5 +61,8 @@ class EmulatorOptions:
                               hint=f"allowed: {', '.join(SYNC_TIMEOUT_STYLES)}")
         if self.delay < 0 or (self.sync_timeout is not None and self.sync_timeout < 0):
             raise ConfigError("delay and sync_timeout must not be negative")
+        if self.allow_remote and not self.api_key:
+            raise ConfigError("an emulator open to the network needs its own API key",
+                              hint="set api_key (--api-key)")
         if self.retention <= 0 or self.list_page_size_max < 1:
             raise ConfigError("retention and list_page_size_max must be positive")

@@ -12,7 +12,10 @@
     GET  /_emulator/stats, POST /_emulator/reset          control           ("control")
 
 Every ``/api/v3`` call needs ``Authorization: Bearer <key>``; the presigned PUT and the file
-downloads do not (like a storage bucket and a CDN).
+downloads do not (like a storage bucket and a CDN). Open to the network (``allow_remote``),
+every route needs the key: the control routes and unknown paths as a bearer key, the file
+routes as a URL signed with it (the URLs the service hands out are). The key is checked
+before a body is read, and no body (chunked too) is held beyond the upload size limit.
 """
 
 from __future__ import annotations
@@ -160,10 +163,10 @@ ROUTES = RouteTable((
     Route("list", ("POST",), r"/api/v3/predictions", prediction_list),
     Route("upload", ("POST",), r"/api/v3/media/uploads", upload_ticket),
     Route("upload_binary", ("POST",), r"/api/v3/media/upload/binary", upload_binary),
-    Route("upload_put", ("PUT",), r"/upload/(?P<token>[^/]+)", upload_put),
-    Route("media", ("GET", "HEAD"), r"/media/(?P<token>[^/]+)/.*", media),
-    Route("download", ("GET", "HEAD"), r"/outputs/(?P<id>[^/]*)\.png", download),
+    Route("upload_put", ("PUT",), r"/upload/(?P<token>[^/]+)", upload_put, "file"),
+    Route("media", ("GET", "HEAD"), r"/media/(?P<token>[^/]+)/.*", media, "file"),
+    Route("download", ("GET", "HEAD"), r"/outputs/(?P<id>[^/]*)\.png", download, "file"),
     Route("balance", ("GET",), r"/api/v3/balance", balance),
-    Route("control", ("GET",), r"/_emulator/stats", stats),
-    Route("control", ("POST",), r"/_emulator/reset", reset),
-), fallback=Route("unknown", (), "", not_found))
+    Route("control", ("GET",), r"/_emulator/stats", stats, "control"),
+    Route("control", ("POST",), r"/_emulator/reset", reset, "control"),
+), fallback=Route("unknown", (), "", not_found, "control"))

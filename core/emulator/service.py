@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import itertools
 import logging
 import math
@@ -17,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from bgremove.emulator.faults import Fault, FaultPlan, task_error
 from bgremove.emulator.model import AlphaFn, cutout_png, decode_image, load_model
@@ -107,15 +108,20 @@ class Service:
 
     # -- the key --------------------------------------------------------------------------------
 
-    def authorise(self, header: str) -> None:
-        """Check an ``Authorization`` header; raise the 401/403 the service would answer."""
+    def authorise(self, header: str, *, account: bool = True) -> None:
+        """Check an ``Authorization`` header; raise the 401/403 the service would answer.
+
+        ``account``: the account's state matters too (not for the emulator's control routes).
+        """
         scheme, _, key = header.partition(" ")
         key = key.strip()
         wanted = self.options.api_key
         if scheme.lower() != "bearer" or not key:
             status, message = 401, "Unauthorized: missing API key; send Authorization: Bearer <key>"
-        elif wanted is not None and key != wanted:
+        elif wanted is not None and not hmac.compare_digest(key.encode(), wanted.encode()):
             status, message = 401, "Unauthorized: invalid API key"
+        elif not account:
+            return
         elif self.options.key_state == "inactive":
             status, message = 401, ("Unauthorized: API key not activated; top up your account "
                                     "to activate it")
@@ -125,6 +131,25 @@ class Service:
             return
         self.stats.add("auth_failures")
         raise ApiError(status, message)
+
+    def signed(self, path: str) -> str:
+        """``path`` with the query that lets a file route serve it (a storage bucket's or a
+        CDN's signed URL): signed with the key when open to the network, else a token check."""
+        if self.options.allow_remote:
+            return f"{path}?signature={self._signature(path)}"
+        return path
+
+    def check_signature(self, path: str, query: str) -> None:
+        """Refuse a file route whose URL was not signed by this service (open to the network)."""
+        if not self.options.allow_remote:
+            return
+        given = parse_qs(query).get("signature", [""])[0]
+        if not hmac.compare_digest(given.encode(), self._signature(path).encode()):
+            raise StorageError(403, "AccessDenied", "the URL's signature does not match")
+
+    def _signature(self, path: str) -> str:
+        assert self.options.api_key is not None
+        return hmac.new(self.options.api_key.encode(), path.encode(), hashlib.sha256).hexdigest()
 
     # -- uploads --------------------------------------------------------------------------------
 
@@ -147,12 +172,14 @@ class Service:
             raise self.too_large(size)
         token = uuid.uuid4().hex
         self.store.tickets.put(token, Ticket(filename, content_type, size))
+        put_url = self.signed(f"/upload/{token}")
+        if not self.options.allow_remote:  # the token alone lets it in; it looks presigned
+            put_url += (f"?expires={int(time.time()) + 3600}"
+                        f"&signature={hashlib.sha256(token.encode()).hexdigest()[:32]}")
         return {
-            "upload": {"method": "PUT",
-                       "url": f"{public_base}/upload/{token}?expires={int(time.time()) + 3600}"
-                              f"&signature={hashlib.sha256(token.encode()).hexdigest()[:32]}",
+            "upload": {"method": "PUT", "url": f"{public_base}{put_url}",
                        "headers": {"Content-Type": content_type}},
-            "download_url": f"{public_base}/media/{token}/{quote(filename)}",
+            "download_url": public_base + self.signed(f"/media/{token}/{quote(filename)}"),
             "filename": filename,
             "size": size,
         }
@@ -181,7 +208,7 @@ class Service:
         token = uuid.uuid4().hex
         self._keep(token, Media(filename, content_type, data, self.now()))
         return {"type": content_type.split("/")[0] or "file",
-                "download_url": f"{public_base}/media/{token}/{quote(filename)}",
+                "download_url": public_base + self.signed(f"/media/{token}/{quote(filename)}"),
                 "filename": filename, "size": len(data)}
 
     def _keep(self, token: str, media: Media) -> None:
@@ -381,7 +408,7 @@ class Service:
                 task.outputs = [base64.b64encode(png).decode("ascii")]
             else:
                 self.store.outputs.put(task.id, png)
-                task.outputs = [f"{task.public_base}/outputs/{task.id}.png"]
+                task.outputs = [task.public_base + self.signed(f"/outputs/{task.id}.png")]
         self._finish(task, status, code=code, error=error)
 
     def _finish(self, task: Task, status: str, *, code: int | None, error: str) -> None:

@@ -4,10 +4,12 @@
     _upload    encoding for upload: no metadata, within the service's limits
     _save      the output formats and the atomic save
     _modes     colour modes, ICC profiles, EXIF orientation
+    _match     is a cut-out made from this image? (finding the task of a lost submit)
 
 The modules are private; these are the public names.
 """
 
+from bgremove.imaging._match import cutout_matches, decode_image
 from bgremove.imaging._pipeline import (
     SourceImage,
     alpha_from_bytes,
@@ -21,6 +23,7 @@ from bgremove.imaging._save import FORMATS, extension_for, save_image
 from bgremove.imaging._upload import UploadImage, encode_for_upload
 
 __all__ = [
-    "FORMATS", "SourceImage", "UploadImage", "alpha_from_bytes", "compose", "encode_for_upload",
-    "extension_for", "fit_alpha", "load_image", "parse_color", "save_image", "source_from_raw",
+    "FORMATS", "SourceImage", "UploadImage", "alpha_from_bytes", "compose", "cutout_matches",
+    "decode_image", "encode_for_upload", "extension_for", "fit_alpha", "load_image",
+    "parse_color", "save_image", "source_from_raw",
 ]

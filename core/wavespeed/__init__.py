@@ -5,6 +5,7 @@
     _http      the retry loop, named timeouts, the key kept to the service's origin
     _answers   reading the service's envelopes
     _errors    the status-to-error table
+    _reconcile finding the task of a submit whose answer was lost
 
 The modules are private; these are the public names.
 """

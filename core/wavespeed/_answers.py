@@ -8,7 +8,10 @@ worth another try (an idempotent GET) or means the task may exist (a submit).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -67,10 +70,20 @@ def parse_prediction(response: httpx.Response, what: str,
     data = _data(body)
     if not isinstance(data, dict):
         raise protocol_error(what, "the answer has no data object", task_id=task_id)
+    prediction = prediction_from(data, what, task_id, error_answer=not response.is_success,
+                                 envelope=body)
+    if prediction.status == "completed" and not prediction.outputs:
+        raise protocol_error(what, "the task completed without outputs", task_id=prediction.id)
+    return prediction
+
+
+def prediction_from(data: dict[str, Any], what: str, task_id: str | None = None, *,
+                    error_answer: bool = False, envelope: Any = None) -> Prediction:
+    """A prediction object (``data`` of an answer, or an item of the list)."""
     pid, status = data.get("id", task_id), data.get("status")
     if not isinstance(pid, str) or not pid:
         raise protocol_error(what, "the answer has no task id", task_id=task_id)
-    if not response.is_success:
+    if error_answer:
         status = status if isinstance(status, str) and status else "processing"
     if not isinstance(status, str) or not status:
         raise protocol_error(what, "the answer has no task status", task_id=pid)
@@ -79,20 +92,18 @@ def parse_prediction(response: httpx.Response, what: str,
         raise protocol_error(what, "the task's outputs are not a list of strings", task_id=pid)
     code = data.get("code")
     if not isinstance(code, int) or isinstance(code, bool):
-        top = body.get("code")  # a task code (1xxx/5xxx) may sit in the envelope instead
+        # a task code (1xxx/5xxx) may sit in the envelope instead
+        top = envelope.get("code") if isinstance(envelope, dict) else None
         code = top if isinstance(top, int) and not isinstance(top, bool) and top >= 1000 else None
     error = data.get("error")
     timings = data.get("timings")
     inference = timings.get("inference") if isinstance(timings, dict) else None
     model = data.get("model")
-    prediction = Prediction(
+    return Prediction(
         id=pid, status=status.lower(), outputs=tuple(outputs),
         error=str(error) if error else None, code=code,
         model=model if isinstance(model, str) else None,
         inference_ms=float(inference) if isinstance(inference, (int, float)) else None)
-    if prediction.status == "completed" and not prediction.outputs:
-        raise protocol_error(what, "the task completed without outputs", task_id=pid)
-    return prediction
 
 
 def parse_submit(response: httpx.Response, sync: bool) -> Prediction:
@@ -108,6 +119,76 @@ def parse_submit(response: httpx.Response, sync: bool) -> Prediction:
         return Prediction(id=prediction.id, status="processing", code=prediction.code,
                           error=prediction.error, model=prediction.model)
     return prediction
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One item of the prediction list."""
+
+    prediction: Prediction
+    created_at: float | None  # Unix time; None when missing or unreadable
+    input_image: str | None  # ``input.image``, when the list carries it
+
+
+@dataclass(frozen=True)
+class ListPage:
+    """One page of ``POST /api/v3/predictions``."""
+
+    items: tuple[Listed, ...]
+    total: int | None
+    server_time: float | None  # the answer's Date header (Unix time), to measure clock skew
+
+
+def parse_list_page(response: httpx.Response) -> ListPage:
+    """A page of the prediction list: ``data {page, total, items}``."""
+    data = _data(read_json(response, "list"))
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise protocol_error("list", "the answer has no list of items")
+    listed = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise protocol_error("list", "an item of the list is not an object")
+        given = item.get("input")
+        image = given.get("image") if isinstance(given, dict) else None
+        listed.append(Listed(prediction_from(item, "list"),
+                             parse_time(item.get("created_at")),
+                             image if isinstance(image, str) and image else None))
+    total = data.get("total")
+    return ListPage(tuple(listed),
+                    total if isinstance(total, int) and not isinstance(total, bool) else None,
+                    _date_header(response))
+
+
+def parse_time(value: Any) -> float | None:
+    """An ISO 8601 time (``2026-11-30T06:40:00.123Z``; no zone means UTC) as Unix time."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    # Python 3.10 reads only 3 or 6 digits of a fraction: pad or cut to 6
+    text = re.sub(r"\.(\d+)", lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def _date_header(response: httpx.Response) -> float | None:
+    raw = response.headers.get("date")
+    if not raw:
+        return None
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
 
 
 def parse_ticket(response: httpx.Response, base: httpx.URL) -> UploadTicket | None:

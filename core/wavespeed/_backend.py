@@ -19,13 +19,18 @@ cancel token; cancelling takes effect at the next step.
 
 ``hooks.resume_task`` skips upload and submit and waits on that task; a task
 the service no longer knows raises ``TaskFailedError`` (status
-``not_found``) so the caller can submit again.
+``not_found``) so the caller can submit again. ``hooks.on_submit`` runs
+just before each submit leaves (a journal records it); ``hooks.lost_submit``
+(such a record whose answer never came: a crash) makes the backend look that
+task up in the service's list before uploading anything, then go on with it,
+or submit once when the service surely has none.
 
 The submit policy (never resubmit when a task may already exist and be
 billed) is written down in ``bgremove.retry``. The client lives in
 ``bgremove.wavespeed._client`` (API calls), ``bgremove.wavespeed._http`` (the retry
 loop), ``bgremove.wavespeed._answers`` (reading answers) and
-``bgremove.wavespeed._errors`` (the status table).
+``bgremove.wavespeed._errors`` (the status table); a lost submit answer is
+resolved in ``bgremove.wavespeed._reconcile``.
 """
 
 from __future__ import annotations
@@ -90,13 +95,20 @@ class WaveSpeedBackend:
                 image, max_bytes=self.config.wavespeed.max_upload_bytes,
                 max_side=self.config.wavespeed.max_upload_side)
             hooks.check_cancel()
-            url = self.client.upload(upload.data, upload.filename, upload.content_type, ctx=ctx)
-            hooks.report("upload", 0.3)
-            hooks.check_cancel()
-            hooks.report("wait", 0.3)
-            prediction = self.client.run(url, sync=self.wait_mode == "sync", ctx=ctx,
-                                         on_task=hooks.on_task,
-                                         progress=_scaled(hooks, "wait", 0.3, 0.8))
+            found = self._find_lost(upload.data, ctx, hooks) if hooks.lost_submit else None
+            if found is not None:
+                prediction = found
+            else:
+                url = self.client.upload(upload.data, upload.filename, upload.content_type,
+                                         ctx=ctx)
+                hooks.report("upload", 0.3)
+                hooks.check_cancel()
+                hooks.report("wait", 0.3)
+                prediction = self.client.run(url, sync=self.wait_mode == "sync", ctx=ctx,
+                                             on_task=hooks.on_task,
+                                             progress=_scaled(hooks, "wait", 0.3, 0.8),
+                                             upload=upload.data, on_submit=hooks.on_submit,
+                                             known=hooks.known_tasks)
         hooks.report("wait", 0.8)
         hooks.check_cancel()
         hooks.report("download", 0.8)
@@ -106,6 +118,21 @@ class WaveSpeedBackend:
         log.debug("task %s: %d requests", prediction.id, ctx.requests)
         return Cutout(alpha=alpha, backend=self.name, task_id=prediction.id,
                       requests=ctx.requests)
+
+    def _find_lost(self, data: bytes, ctx: CallContext, hooks: JobHooks) -> Prediction | None:
+        """A crash during a submit: its task (waited on), or None when none was created."""
+        assert hooks.lost_submit is not None
+        sent_at, url = hooks.lost_submit
+        hooks.report("wait", 0.3)
+        found = self.client.find_lost_task(url, data, sent_at, ctx=ctx, known=hooks.known_tasks)
+        if found is None:
+            return None
+        if hooks.on_task is not None:
+            hooks.on_task(found.id)
+        if found.status == "completed":
+            return found
+        return self.client.wait(found.id, ctx=ctx, poll_first=True,
+                                progress=_scaled(hooks, "wait", 0.3, 0.8))
 
     def _resume(self, task_id: str, ctx: CallContext, hooks: JobHooks) -> Prediction:
         """Wait on a task submitted before (a restart); unknown -> TaskFailedError not_found."""

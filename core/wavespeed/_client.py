@@ -7,11 +7,12 @@ safe to share between threads. Every call has a named timeout
 count.
 
 Retries follow ``bgremove.retry``, whose docstring holds the submit policy: a
-submit is sent again only when no task can exist; a submit whose answer was
-lost raises ``SubmitUncertainError`` and is never resubmitted, because the
-task may exist and be billed. Any error answer that names a task, and a sync
-wait the service gave up on (504 with the id, code 5004), are followed by
-polling that task.
+submit is sent again only when no task can exist. A submit whose answer was
+lost is looked up in the service's prediction list (``_reconcile``): its
+task adopted, or the image submitted again once the service surely has
+none, or ``SubmitUncertainError`` with the reason. Any error answer that
+names a task, and a sync wait the service gave up on (504 with the id, code
+5004), are followed by polling that task.
 
 Layers: ``bgremove.wavespeed._http`` (headers, timeouts, the retry loop, the key
 kept to the service's origin and out of every message),
@@ -28,18 +29,27 @@ import logging
 import platform
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, NoReturn
 
 import httpx
 
-from bgremove.errors import APIStatusError, MissingKeyError, ServiceTimeoutError
+from bgremove.errors import (
+    APIStatusError,
+    MissingKeyError,
+    ServiceTimeoutError,
+    SubmitUncertainError,
+)
 from bgremove.logs import register_secret
 from bgremove.version import __version__
 from bgremove.wavespeed._answers import (
+    Listed,
+    ListPage,
     Prediction,
     discard,
     parse_balance,
+    parse_list_page,
     parse_prediction,
     parse_submit,
     parse_ticket,
@@ -47,6 +57,7 @@ from bgremove.wavespeed._answers import (
 )
 from bgremove.wavespeed._errors import protocol_error, task_error
 from bgremove.wavespeed._http import CallContext, ClientStats, Requester
+from bgremove.wavespeed._reconcile import Reconciler, SentSubmit
 
 if TYPE_CHECKING:
     from bgremove.backends import CancelToken
@@ -58,7 +69,12 @@ MODEL_PATH = "/api/v3/wavespeed-ai/image-background-remover"
 TICKET_PATH = "/api/v3/media/uploads"
 BINARY_UPLOAD_PATH = "/api/v3/media/upload/binary"
 RESULT_PATH = "/api/v3/predictions/{id}/result"
+LIST_PATH = "/api/v3/predictions"
 BALANCE_PATH = "/api/v3/balance"
+MODEL_ID = MODEL_PATH.removeprefix("/api/v3/")
+#: Items asked for per page of the prediction list, and the most pages read.
+LIST_PAGE_SIZE = 100
+LIST_MAX_PAGES = 100
 
 #: Answers to the upload ticket request meaning "this server has no direct upload".
 _NO_DIRECT_UPLOAD = frozenset({404, 405, 501})
@@ -112,6 +128,8 @@ class WaveSpeedClient:
         self._call = self._requests.call
         self._url = self._requests.url
         self._clock = clock
+        self._wall = wall_clock
+        self._reconciler = Reconciler(self)
         self._direct_upload = True  # cleared once the server shows it has no direct upload
         self._typical_task: float | None = None  # learned task duration, seconds
 
@@ -136,6 +154,17 @@ class WaveSpeedClient:
     def context(self, cancel: CancelToken | None = None) -> CallContext:
         """A fresh context for one image: the overall deadline starts now."""
         return self._requests.context(cancel)
+
+    @property
+    def requester(self) -> Requester:
+        return self._requests
+
+    @property
+    def model_id(self) -> str:
+        return MODEL_ID
+
+    def wall_clock(self) -> float:
+        return self._wall()
 
     # -- the API calls ---------------------------------------------------------------
 
@@ -163,6 +192,7 @@ class WaveSpeedClient:
                                 lambda r: parse_submit(r, sync), timeout=timeout,
                                 submit_sync=sync, json=body)
         ctx.task_id = prediction.id
+        self._reconciler.remember(prediction.id)
         if prediction.done and prediction.status != "completed":
             self._raise_task(prediction)
         return prediction
@@ -194,7 +224,7 @@ class WaveSpeedClient:
         ctx = ctx or self.context()
         ctx.task_id = task_id
         started = self._clock() if submitted_at is None else submitted_at
-        intervals = self._poll_schedule()
+        intervals = self.poll_schedule()
         if not poll_first:
             typical = self._typical_task
             if typical is None:
@@ -217,7 +247,7 @@ class WaveSpeedClient:
                 progress(elapsed / (elapsed + 10.0))
             self._requests.pause(next(intervals), ctx, "result", task_id)
 
-    def _poll_schedule(self) -> Iterator[float]:
+    def poll_schedule(self) -> Iterator[float]:
         """``poll.initial``, then each wait ``poll.factor`` times longer, up to ``poll.max``."""
         policy = self.config.poll
         interval = policy.initial
@@ -248,20 +278,98 @@ class WaveSpeedClient:
 
     def run(self, image_url: str, *, sync: bool, ctx: CallContext | None = None,
             on_task: Callable[[str], None] | None = None,
-            progress: Callable[[float], None] | None = None) -> Prediction:
-        """Submit and wait until completed; ``on_task(id)`` runs before any waiting."""
+            progress: Callable[[float], None] | None = None,
+            upload: bytes | None = None,
+            on_submit: Callable[[float, str], None] | None = None,
+            known: Collection[str] = ()) -> Prediction:
+        """Submit and wait until completed; ``on_task(id)`` runs before any waiting.
+
+        ``upload`` (the uploaded file) lets a submit whose answer was lost be
+        reconciled (``bgremove.wavespeed._reconcile``): its task adopted, or the
+        image submitted again once the service surely has no task for it.
+        ``on_submit(sent_at, image_url)`` runs just before each submit leaves
+        (a journal records it); ``known`` names tasks that are surely not this
+        image's (a journal's).
+        """
         ctx = ctx or self.context()
-        sent_at = self._clock()
-        prediction = self.submit(image_url, sync=sync, ctx=ctx)
+        adopted = False
+        while True:
+            sent_at = self._clock()
+            sent = SentSubmit(image_url, upload or b"", self._wall())
+            if on_submit is not None:
+                on_submit(sent.sent_at, image_url)
+            try:
+                with self._reconciler.sending(sent.digest):
+                    prediction = self.submit(image_url, sync=sync, ctx=ctx)
+            except SubmitUncertainError as lost:
+                if upload is None:
+                    raise
+                found = self._reconciler.find(sent, lost, ctx=ctx, known=known)
+                if found is None:
+                    continue  # the service surely has no task for it: the one safe resend
+                prediction, adopted = self._adopt(found, ctx), True
+            break
         if on_task is not None:
             on_task(prediction.id)
         if prediction.status == "completed":
             return prediction
-        if sync:
+        if sync and not adopted:
             log.info("sync wait for task %s ended before the task (status %s): polling it",
                      prediction.id, prediction.status)
-        return self.wait(prediction.id, ctx=ctx, poll_first=sync, progress=progress,
+        return self.wait(prediction.id, ctx=ctx, poll_first=sync or adopted, progress=progress,
                          submitted_at=sent_at)
+
+    def find_lost_task(self, image_url: str, upload: bytes, sent_at: float, *,
+                       ctx: CallContext | None = None,
+                       known: Collection[str] = ()) -> Prediction | None:
+        """After a crash during a submit sent at ``sent_at`` (wall clock): its task, or
+        None when the service surely has none. ``SubmitUncertainError`` when unsure."""
+        ctx = ctx or self.context()
+        lost = SubmitUncertainError(
+            "submit: the program stopped before the answer arrived; the task may have been "
+            "created and billed")
+        found = self._reconciler.find(SentSubmit(image_url, upload, sent_at), lost, ctx=ctx,
+                                      known=known)
+        return None if found is None else self._adopt(found, ctx)
+
+    def _adopt(self, found: Prediction, ctx: CallContext) -> Prediction:
+        ctx.task_id = found.id
+        if found.done and found.status != "completed":
+            self._raise_task(found)
+        if found.status == "completed" and not found.outputs:
+            return Prediction(found.id, "processing", model=found.model)  # poll it for them
+        return found
+
+    def list_predictions(self, *, created_after: float | None = None,
+                         created_before: float | None = None, status: str | None = None,
+                         ctx: CallContext | None = None) -> ListPage:
+        """This model's predictions of the last 7 days (newest first), every page read.
+
+        Times are Unix times; ``server_time`` is the first page's Date header.
+        """
+        ctx = ctx or self.context()
+        body: dict[str, object] = {"page": 1, "page_size": LIST_PAGE_SIZE, "model": MODEL_ID}
+        if created_after is not None:
+            body["created_after"] = _iso(created_after)
+        if created_before is not None:
+            body["created_before"] = _iso(created_before)
+        if status is not None:
+            body["status"] = status
+        items: list[Listed] = []
+        server_time: float | None = None
+        total: int | None = None
+        for page in range(1, LIST_MAX_PAGES + 1):
+            body["page"] = page
+            answer = self._call(ctx, "list", "POST", self._url(LIST_PATH), parse_list_page,
+                                timeout=self.config.timeouts.result, json=dict(body))
+            server_time = answer.server_time if server_time is None else server_time
+            total = answer.total if total is None else total
+            items.extend(answer.items)
+            if len(answer.items) < LIST_PAGE_SIZE or (
+                    answer.total is not None and len(items) >= answer.total):
+                break
+        unique = {i.prediction.id: i for i in reversed(items)}  # a task may move pages
+        return ListPage(tuple(reversed(unique.values())), total, server_time)
 
     def download_output(self, prediction: Prediction, *,
                         ctx: CallContext | None = None) -> bytes:
@@ -367,3 +475,8 @@ class WaveSpeedClient:
         raise task_error(prediction.id, prediction.status, prediction.code, prediction.error,
                          secret=self.config.api_key)
 
+
+
+def _iso(when: float) -> str:
+    return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")

@@ -2,11 +2,15 @@
 
 Reads ``params.json`` from the folder named by ``BGREMOVE_BATCH_DIR``, builds an
 image with two layers from raw pixel files (a background and a smaller, offset
-layer), then for each case: duplicates the image, writes the config file the
-bridge will read (so one GIMP run can try a good and a wrong key), runs
-python-fu-remove-background NON-INTERACTIVELY on the chosen layer, and dumps
-every layer's pixels, mask, offsets and the procedure's status and message to
-the same folder. The host compares them pixel by pixel.
+layer), then for each case: duplicates the image and marks it clean, makes the
+case's selection (a rectangle, an ellipse, feathered or not), writes the config
+file the bridge will read (so one GIMP run can use several emulators and keys),
+writes ``started-<case>`` (so the host knows which case runs, to cancel it),
+runs python-fu-remove-background NON-INTERACTIVELY on the chosen layers and,
+for a "repeat" case, once more on whatever GIMP then has selected, as Filters >
+Repeat does. It dumps every layer's pixels, mask, offsets, the selection's
+values over each layer, whether the image is dirty, and the procedure's status
+and message to the same folder. The host compares them pixel by pixel.
 
 A failure of the harness itself raises (gimp-console exits 64); a failing
 procedure is recorded, not raised: the test decides what is expected.
@@ -83,6 +87,55 @@ def dump(image, prefix):
     return layers
 
 
+def selection_over_layers(image):
+    """The selection's values ("Y u8") over each layer's own rectangle, by layer name."""
+    selection = image.get_selection()
+    found = {}
+    for layer in image.get_layers():
+        if layer.is_group_layer():
+            continue
+        ox, oy = layer.get_offsets()[1:]
+        rect = Gegl.Rectangle.new(ox, oy, layer.get_width(), layer.get_height())
+        name = f"{layer.get_name()}.selection"
+        write_raw(f"{current}-{name}", selection.get_buffer().get(
+            rect, 1.0, "Y u8", Gegl.AbyssPolicy.NONE))
+        found[layer.get_name()] = f"{current}-{name}"
+    return found
+
+
+def make_selection(image, spec):
+    if spec is None:
+        return
+    op = Gimp.ChannelOps.REPLACE
+    if spec["kind"] == "rect":
+        image.select_rectangle(op, spec["x"], spec["y"], spec["w"], spec["h"])
+    else:
+        image.select_ellipse(op, spec["x"], spec["y"], spec["w"], spec["h"])
+    if spec.get("feather"):
+        Gimp.Selection.feather(image, spec["feather"])
+
+
+def run_once(image, drawables, case, run_mode):
+    config = procedure.create_config()
+    config.set_property("run-mode", run_mode)
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", drawables)
+    if run_mode == Gimp.RunMode.NONINTERACTIVE:
+        config.set_property("output", case["output"])
+        config.set_property("backend", case.get("backend", "wavespeed"))
+    returned = procedure.run(config)
+    status = returned.index(0)
+    message = None
+    if status != Gimp.PDBStatusType.SUCCESS:
+        try:
+            message = returned.index(1)
+        except Exception:  # no message value
+            message = None
+        if not isinstance(message, str):
+            message = Gimp.get_pdb().get_last_error()
+    return status.value_nick, message
+
+
 def find_layer(image, name):
     for layer in image.get_layers():
         if layer.get_name() == name:
@@ -97,36 +150,38 @@ if procedure is None:
 base = build_image()
 results = {"cases": {}}
 for case in params["cases"]:
+    current = case["name"]
     image = base.duplicate()
+    make_selection(image, case.get("selection"))
+    image.clean_all()
     with open(params["config_path"], "w", encoding="utf-8") as handle:
         handle.write(case["config"])
     os.chmod(params["config_path"], 0o600)
-    target = find_layer(image, case["layer"])
-    config = procedure.create_config()
-    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", [target])
-    config.set_property("output", case["output"])
-    config.set_property("backend", case.get("backend", "wavespeed"))
+    names = case.get("layers") or [case["layer"]]
+    targets = [find_layer(image, name) for name in names]
+    image.set_selected_layers(targets)  # as the user does in the Layers dialog
+    selection = selection_over_layers(image) if case.get("selection") else {}
+    bounds = list(Gimp.Selection.bounds(image))[-5:]
+    write_raw(f"started-{current}", b"")
     started = time.perf_counter()
-    returned = procedure.run(config)
+    status, message = run_once(image, targets, case, Gimp.RunMode.NONINTERACTIVE)
     seconds = time.perf_counter() - started
-    status = returned.index(0)
-    message = None
-    if status != Gimp.PDBStatusType.SUCCESS:
-        try:
-            message = returned.index(1)
-        except Exception:  # no message value
-            message = None
-        if not isinstance(message, str):
-            message = Gimp.get_pdb().get_last_error()
-    results["cases"][case["name"]] = {
-        "status": status.value_nick, "message": message, "seconds": seconds,
-        "layers": dump(image, case["name"]) if params.get("dump", True) else [],
-        "undo_enabled": image.undo_is_enabled(),
-    }
+    entry = {"status": status, "message": message, "seconds": seconds,
+             "selection_bounds": bounds[1:] if bounds[0] else None, "selection": selection}
+    if case.get("repeat"):
+        # Filters > Repeat runs the last procedure with its last values on what is
+        # selected now: after a mask run, that is the new layer mask.
+        selected = list(image.get_selected_drawables())
+        entry["selected_after"] = [{"name": d.get_name(), "is_mask": d.is_layer_mask()}
+                                   for d in selected]
+        entry["repeat_status"], entry["repeat_message"] = run_once(
+            image, selected, case, Gimp.RunMode.WITH_LAST_VALS)
+    entry.update(layers=dump(image, current) if params.get("dump", True) else [],
+                 undo_enabled=image.undo_is_enabled(), dirty=image.is_dirty())
+    results["cases"][current] = entry
     image.delete()
 
+current = "before"
 results["before"] = dump(base, "before") if params.get("dump", True) else []
 base.delete()
 with open(os.path.join(work, "results.json"), "w", encoding="utf-8") as handle:

@@ -1,0 +1,83 @@
+"""Is this cut-out made from that image? Used to find the task of a lost submit.
+
+Both ways, because one way is not enough: a cut-out whose subject fits inside
+another image of the same size (same background, a smaller shape) has opaque
+pixels equal to that other image's too. So the sizes must be equal, the
+opaque pixels (alpha 255) must carry the image's colours, and so must the
+transparent ones (alpha 0) when the service kept their colour (a PNG cut-out
+often does; a cut-out whose transparent pixels are all black, or all white,
+did not keep it). Soft edges (0 < alpha < 255) are not compared: a service may
+recolour them. A few differing pixels are forgiven (decoders round
+differently); one in a hundred is not.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+#: A channel may differ by this much (decoders, colour conversion).
+TOLERANCE = 3
+#: The share of compared pixels allowed to differ by more.
+MISMATCH_SHARE = 0.01
+
+
+def cutout_matches(cutout: Image.Image, original: Image.Image) -> bool | None:
+    """True when ``cutout`` is a cut-out of ``original``; None when it cannot be told
+    (nothing opaque and no colour kept under the transparent pixels)."""
+    from PIL import Image as PILImage
+    from PIL import ImageChops
+
+    if cutout.size != original.size:
+        return False
+    rgba = cutout.convert("RGBA")
+    alpha = rgba.getchannel("A")
+    red, green, blue = ImageChops.difference(rgba.convert("RGB"),
+                                             original.convert("RGB")).split()
+    far = ImageChops.lighter(ImageChops.lighter(red, green), blue).point(
+        lambda v: 255 if v > TOLERANCE else 0)
+    opaque = alpha.point(lambda v: 255 if v == 255 else 0)
+    clear = alpha.point(lambda v: 255 if v == 0 else 0)
+    n_opaque, n_clear = _count(opaque), _count(clear)
+    if n_opaque and _count(ImageChops.multiply(far, opaque)) > MISMATCH_SHARE * n_opaque:
+        return False
+    if n_clear:
+        clear_differs = _count(ImageChops.multiply(far, clear)) > MISMATCH_SHARE * n_clear
+        colours = PILImage.new("RGB", rgba.size)
+        colours.paste(rgba.convert("RGB"), mask=clear)
+        kept = not _blanked(colours, clear)
+        if kept and clear_differs:
+            return False
+        if kept or not clear_differs:
+            return True
+    return True if n_opaque else None
+
+
+def _count(mask: Image.Image) -> int:
+    """Pixels at 255 in an "L" mask."""
+    return int(mask.histogram()[255])
+
+
+def _blanked(image: Image.Image, mask: Image.Image) -> bool:
+    """Whether every pixel of ``image`` under ``mask`` is black, or every one white."""
+    from PIL import ImageStat
+
+    extrema = ImageStat.Stat(image, mask=mask).extrema
+    return all(band == (0, 0) for band in extrema) or all(band == (255, 255) for band in extrema)
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """An image file's pixels; ``ValueError`` when it does not decode."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()
+            image: Image.Image = opened.copy()
+            return image
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot decode the image: {exc}") from None

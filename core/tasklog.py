@@ -1,0 +1,113 @@
+"""This machine's memory of its tasks: the input each task was for, and where its result went.
+
+The service lists an account's tasks for 7 days but knows nothing of file
+names. ``bgremove remove`` and ``bgremove watch`` append one JSON line per
+event to ``tasks.jsonl`` in the user state folder (Linux
+``~/.local/state/bgremove``): ``{"task", "input", "at"}`` when a task is
+known, ``{"task", "output", "at"}`` when its result is saved. Each line is
+one ``write`` in append mode, so processes can share the file. Lines older
+than 8 days are dropped once the file passes ``_COMPACT_BYTES``. The log is
+a convenience for ``bgremove tasks``: failing to write it never fails an
+image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: Older lines are of no use: the service keeps tasks 7 days.
+KEEP_SECONDS = 8 * 24 * 3600.0
+_COMPACT_BYTES = 4 * 1024 * 1024
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """What this machine knows of one task."""
+
+    input: str | None
+    output: str | None
+    at: float
+
+
+def log_path() -> Path:
+    from platformdirs import user_state_dir
+
+    return Path(user_state_dir("bgremove")) / "tasks.jsonl"
+
+
+def record(task_id: str, *, input: str | os.PathLike[str] | None = None,
+           output: str | os.PathLike[str] | None = None) -> None:
+    """Append what is now known of ``task_id``; a failure is only logged."""
+    entry: dict[str, object] = {"task": task_id, "at": round(time.time(), 3)}
+    if input is not None:
+        entry["input"] = os.path.abspath(input)
+    if output is not None:
+        entry["output"] = os.path.abspath(output)
+    line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
+    path = log_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if size > _COMPACT_BYTES:
+            _compact(path)
+    except OSError as exc:
+        log.debug("cannot record task %s in %s: %s", task_id, path, exc)
+
+
+def read() -> dict[str, TaskRecord]:
+    """Every task this machine recorded in the last 8 days (later lines win)."""
+    records: dict[str, TaskRecord] = {}
+    try:
+        text = log_path().read_bytes().decode("utf-8", "surrogateescape")
+    except OSError:
+        return records
+    oldest = time.time() - KEEP_SECONDS
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        task, at = entry.get("task"), entry.get("at")
+        if not isinstance(task, str) or not isinstance(at, (int, float)) or at < oldest:
+            continue
+        known = records.get(task)
+        records[task] = TaskRecord(
+            _text(entry.get("input")) or (known.input if known else None),
+            _text(entry.get("output")) or (known.output if known else None), float(at))
+    return records
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _compact(path: Path) -> None:
+    """Rewrite the log without lines older than ``KEEP_SECONDS`` (a line another process
+    appends meanwhile may be lost: the log is a convenience)."""
+    with _lock:
+        oldest = time.time() - KEEP_SECONDS
+        kept = []
+        for line in path.read_bytes().splitlines(keepends=True):
+            try:
+                at = json.loads(line).get("at")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(at, (int, float)) and at >= oldest:
+                kept.append(line)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temp.write_bytes(b"".join(kept))
+        os.replace(temp, path)

@@ -1,0 +1,283 @@
+"""Finding out whether a submit whose answer was lost created a task, instead of guessing.
+
+A submit whose answer never arrived (dropped connection, read timeout, a
+gateway 502/504 without an id) may or may not have created a billed task.
+The service lists the account's predictions of the last 7 days, so
+``Reconciler.find`` asks it:
+
+1. List this model's predictions created from ``reconcile.clock_skew``
+   seconds before the submit was sent to as long after now. The answer's
+   ``Date`` header measures this computer's clock against the service's; a
+   clock further off than that allowance makes the window meaningless, so
+   the answer is "unsure".
+2. Drop the ids this client already knows (its own answered tasks, the
+   daemon's journal) and match the rest to the upload: by ``input.image``
+   when the list carries it, otherwise by downloading the candidate's output
+   and comparing it with the uploaded image (``bgremove.imaging._match``).
+   Candidates still running are waited for.
+3. One match: that task is adopted. None, once ``reconcile.settle`` seconds
+   have passed since the answer was lost and the clock is known to be right:
+   no task exists and the image may be submitted again (the only safe
+   resend). Several, a candidate that cannot be compared, no list route, or
+   a clock too far off: ``SubmitUncertainError`` with the reason.
+
+Identical uploads in one batch are interchangeable: while another submit of
+the same bytes is still waiting for its answer nothing is decided, and as
+many matching tasks as there are lost submits of those bytes are handed out
+one each. The list's own failures are retried until the image's deadline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import Counter
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bgremove.errors import (
+    APIStatusError,
+    ServiceError,
+    ServiceTimeoutError,
+    SubmitUncertainError,
+)
+from bgremove.wavespeed._answers import Listed, Prediction
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from bgremove.wavespeed._client import WaveSpeedClient
+    from bgremove.wavespeed._http import CallContext
+
+log = logging.getLogger(__name__)
+
+#: The Date header counts whole seconds, and an answer takes a moment to arrive.
+DATE_SLACK = 2.0
+#: Statuses that mean the list has no such route (an API without it).
+NO_LIST = frozenset({404, 405, 501})
+#: Next steps when it stays unknown whether the task exists.
+UNSURE_HINT = ("look for the task with `bgremove tasks` and get its result with "
+               "`bgremove fetch TASK_ID --input FILE`, before submitting this image again")
+_MAX_VERDICTS = 4096
+
+
+def digest_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class SentSubmit:
+    """A submit whose outcome is to be found: what was uploaded and when it was sent."""
+
+    image_url: str
+    upload: bytes  # the uploaded file, to compare candidates' outputs with
+    sent_at: float  # wall-clock time just before the request left
+
+    @property
+    def digest(self) -> str:
+        return digest_of(self.upload)
+
+
+class _Unsure(Exception):
+    """Internal: it cannot be told whether (or which) task exists."""
+
+
+class Reconciler:
+    """Remembers the tasks one client knows and finds the task of a lost submit. Thread-safe."""
+
+    def __init__(self, client: WaveSpeedClient) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._known: set[str] = set()
+        self._in_flight: Counter[str] = Counter()  # submits of these bytes awaiting an answer
+        self._lost: Counter[str] = Counter()  # lost submits of these bytes being reconciled
+        self._verdicts: dict[tuple[str, str], bool | None] = {}  # (task, upload) -> match?
+
+    def remember(self, task_id: str) -> None:
+        with self._lock:
+            self._known.add(task_id)
+
+    @contextmanager
+    def sending(self, digest: str) -> Iterator[None]:
+        """Marks a submit of these bytes as waiting for its answer."""
+        with self._lock:
+            self._in_flight[digest] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight[digest] -= 1
+
+    def find(self, sent: SentSubmit, lost: SubmitUncertainError, *, ctx: CallContext,
+             known: Collection[str] = ()) -> Prediction | None:
+        """The task ``sent`` created, or None when it surely created none.
+
+        Raises ``SubmitUncertainError`` (built on ``lost``) when that cannot be told.
+        """
+        digest = sent.digest
+        with self._lock:
+            self._lost[digest] += 1
+        try:
+            try:
+                found = self._search(sent, digest, ctx, set(known))
+            except ServiceTimeoutError as exc:  # never a reason to submit again
+                raise _Unsure(f"it could not be told in time ({exc.message})") from None
+        except _Unsure as why:
+            error = SubmitUncertainError(f"{lost.message}; {why}", hint=UNSURE_HINT,
+                                         task_id=lost.task_id)
+            raise error from lost
+        finally:
+            with self._lock:
+                self._lost[digest] -= 1
+        if found is None:
+            log.warning("%s; the service has no task for it: submitting it again",
+                        lost.message.split(";")[0])
+        else:
+            log.warning("%s; found its task %s in the service's list: going on with it",
+                        lost.message.split(";")[0], found.id)
+        return found
+
+    def _search(self, sent: SentSubmit, digest: str, ctx: CallContext,
+                extra_known: set[str]) -> Prediction | None:
+        client, settings = self._client, self._client.config.reconcile
+        requests = client.requester
+        settled_at = requests.clock() + settings.settle
+        intervals = client.poll_schedule()
+        upload_image: Image.Image | None = None
+        while True:
+            requests.checkpoint(ctx, "submit", None)
+            listing = self._list(sent, ctx)
+            with self._lock:
+                known = self._known | extra_known
+                others_in_flight = self._in_flight[digest] > 0
+                lost_here = max(1, self._lost[digest])
+            matches: list[Listed] = []
+            running: list[str] = []
+            unknown: list[str] = []
+            by_url = False
+            for item in listing.items:
+                task = item.prediction
+                if task.id in known:
+                    continue
+                if item.input_image is not None:
+                    if item.input_image == sent.image_url:
+                        matches.append(item)
+                        by_url = True
+                    continue
+                if not task.done:
+                    running.append(task.id)
+                    continue
+                if task.status != "completed":
+                    unknown.append(task.id)
+                    continue
+                if upload_image is None:
+                    from bgremove.imaging import decode_image
+
+                    upload_image = decode_image(sent.upload)
+                verdict = self._compare(task, digest, upload_image, ctx)
+                if verdict is None:
+                    unknown.append(task.id)
+                elif verdict:
+                    matches.append(item)
+            if by_url:  # an upload's URL is unique: decisive whatever else is listed
+                matches = [m for m in matches if m.input_image == sent.image_url]
+            elif running or others_in_flight:
+                log.debug("reconcile: waiting for %d running task(s)%s", len(running),
+                          " and a submit of the same image" if others_in_flight else "")
+                requests.pause(next(intervals), ctx, "submit", None)
+                continue
+            if len(matches) > lost_here:
+                raise _Unsure(f"{len(matches)} tasks created since it was sent match this "
+                              f"image ({', '.join(m.prediction.id for m in matches)})")
+            if matches:
+                with self._lock:
+                    free = [m for m in matches if m.prediction.id not in self._known]
+                    if free:
+                        self._known.add(free[0].prediction.id)
+                if free:
+                    return free[0].prediction
+                continue  # an identical upload took them meanwhile: look again
+            if requests.clock() < settled_at:
+                requests.pause(min(next(intervals), settled_at - requests.clock()), ctx,
+                               "submit", None)
+                continue
+            if unknown:
+                raise _Unsure(f"task(s) {', '.join(unknown)} created since then cannot be "
+                              "compared with this image")
+            if not listing.clock_checked:
+                raise _Unsure("the service's answers carry no time, so this computer's clock "
+                              "cannot be checked against its task list")
+            return None
+
+    def _list(self, sent: SentSubmit, ctx: CallContext) -> _Window:
+        """The candidates, with the clock checked; the list's failures retried in time."""
+        client = self._client
+        allowance = client.config.reconcile.clock_skew
+        failures = 0
+        while True:
+            now = client.wall_clock()
+            try:
+                listing = client.list_predictions(created_after=sent.sent_at - allowance,
+                                                  created_before=now + allowance, ctx=ctx)
+            except APIStatusError as exc:
+                if exc.status_code in NO_LIST:
+                    raise _Unsure("the service offers no task list to check whether it "
+                                  f"exists (HTTP {exc.status_code})") from None
+                if not exc.transient:
+                    raise _Unsure(f"its task list cannot be read: {exc.message}") from None
+                error: ServiceError = exc
+            except ServiceError as exc:
+                if not exc.transient:
+                    raise _Unsure(f"its task list cannot be read: {exc.message}") from None
+                error = exc
+            else:
+                break
+            failures += 1
+            remaining = ctx.deadline.remaining()
+            delay = min(client.config.retry.backoff_max,
+                        client.config.retry.backoff_initial * 2 ** min(failures, 16))
+            if delay >= remaining:
+                raise _Unsure(f"its task list could not be read in time: {error.message}")
+            log.warning("reading the task list failed (%s); trying again in %.1f s",
+                        error.message, delay)
+            client.requester.pause(delay, ctx, "list", None)
+        if listing.server_time is not None:
+            skew = listing.server_time - client.wall_clock()
+            if abs(skew) > max(0.0, allowance - DATE_SLACK):
+                raise _Unsure(f"this computer's clock is {abs(skew):.0f} s "
+                              f"{'behind' if skew > 0 else 'ahead of'} the service's, more "
+                              f"than wavespeed.reconcile.clock_skew ({allowance:g} s), so its "
+                              "task list cannot be matched (set the clock right)")
+        lo, hi = sent.sent_at - allowance, now + allowance
+        items = [i for i in listing.items
+                 if (i.prediction.model in (None, client.model_id))
+                 and (i.created_at is None or lo <= i.created_at <= hi)]
+        return _Window(items, listing.server_time is not None)
+
+    def _compare(self, task: Prediction, digest: str, upload: Image.Image,
+                 ctx: CallContext) -> bool | None:
+        """Whether the candidate's output is a cut-out of the upload (None: cannot tell)."""
+        from bgremove.imaging import cutout_matches, decode_image
+
+        with self._lock:
+            if (task.id, digest) in self._verdicts:
+                return self._verdicts[task.id, digest]
+        try:
+            data = self._client.download_output(task, ctx=ctx)
+            verdict = cutout_matches(decode_image(data), upload)
+        except ValueError:
+            verdict = None  # an output that does not decode cannot be compared
+        with self._lock:
+            if len(self._verdicts) >= _MAX_VERDICTS:
+                self._verdicts.clear()
+            self._verdicts[task.id, digest] = verdict
+        return verdict
+
+
+@dataclass(frozen=True)
+class _Window:
+    items: list[Listed]
+    clock_checked: bool

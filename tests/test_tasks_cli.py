@@ -1,0 +1,139 @@
+"""``bgremove tasks`` and ``bgremove fetch`` against the emulator over sockets, real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from bgremove.cli import main
+from bgremove.emulator import Emulator, keyout_alpha
+from bgremove.wavespeed import WaveSpeedClient
+from tests.conftest import configured, make_keyed_image
+
+Run = Any
+
+
+@pytest.fixture
+def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
+    def call(emu: Emulator | None, *argv: str) -> tuple[int, str, str]:
+        if emu is not None:
+            monkeypatch.setenv("WAVESPEED_API_KEY", emu.api_key)
+            monkeypatch.setenv("WAVESPEED_BASE_URL", emu.base_url)
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
+
+
+def foreign_task(emu: Emulator, image: Image.Image) -> str:
+    """A task this machine did not run through bgremove (the web playground, say)."""
+    import io
+
+    data = io.BytesIO()
+    image.save(data, format="PNG")
+    with WaveSpeedClient(configured(emu).wavespeed) as client:
+        url = client.upload(data.getvalue(), "image.png", "image/png")
+        return client.run(url, sync=True).id
+
+
+def test_tasks_lists_the_account_and_what_this_machine_knows(emulator: Emulator, run: Run,
+                                                             tmp_path: Path) -> None:
+    image = make_keyed_image()
+    image.save(tmp_path / "mine.png")
+    code, out, err = run(emulator, "remove", str(tmp_path / "mine.png"), "-o",
+                         str(tmp_path / "out"), "--json", "--backend", "wavespeed")
+    assert code == 0, err
+    mine = json.loads(out)["task_id"]
+    other = foreign_task(emulator, make_keyed_image(key=(0, 0, 200)))
+    code, out, err = run(emulator, "tasks", "--json")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["id"] for r in rows] == [other, mine]  # newest first
+    by_id = {r["id"]: r for r in rows}
+    assert by_id[mine]["input"] == str(tmp_path / "mine.png")
+    assert by_id[mine]["saved"] and by_id[mine]["output"] == str(tmp_path / "out" / "mine.png")
+    assert by_id[other]["input"] is None and not by_id[other]["saved"]
+    assert all(r["status"] == "completed" and r["created_at"].endswith("Z") for r in rows)
+    (tmp_path / "out" / "mine.png").unlink()  # the result was moved away: no longer saved here
+    code, out, _ = run(emulator, "tasks")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("TASK") and len(lines) == 3
+    mine_line = next(line for line in lines if line.startswith(mine))
+    assert "mine.png" in mine_line and mine_line.rstrip().endswith("no")
+
+
+def test_fetch_writes_the_service_cutout_again(emulator: Emulator, run: Run,
+                                               tmp_path: Path) -> None:
+    image = make_keyed_image()
+    task = foreign_task(emulator, image)
+    code, out, err = run(emulator, "fetch", task, "-o", str(tmp_path / "got"))
+    assert code == 0, err
+    assert out.strip() == f"{task} -> {tmp_path / 'got' / f'{task}.png'}"
+    with Image.open(tmp_path / "got" / f"{task}.png") as got:
+        assert got.getchannel("A").tobytes() == keyout_alpha(image).tobytes()
+
+
+def test_fetch_with_input_gives_what_remove_gives(emulator: Emulator, run: Run,
+                                                  tmp_path: Path) -> None:
+    image = make_keyed_image(size=(80, 60))
+    source = tmp_path / "photo.png"
+    image.save(source)
+    code, out, err = run(emulator, "remove", str(source), "-o", str(tmp_path / "removed"),
+                         "--json", "--backend", "wavespeed")
+    assert code == 0, err
+    task = json.loads(out)["task_id"]
+    code, out, err = run(emulator, "fetch", task, "--input", str(source), "-o",
+                         str(tmp_path / "fetched"))
+    assert code == 0, err
+    with Image.open(tmp_path / "removed" / "photo.png") as a, \
+            Image.open(tmp_path / "fetched" / "photo.png") as b:
+        assert a.size == b.size and a.tobytes() == b.tobytes()
+
+
+def test_fetch_errors_are_one_line_each_and_the_rest_goes_on(emulator: Emulator, run: Run,
+                                                             tmp_path: Path) -> None:
+    good = foreign_task(emulator, make_keyed_image())
+    code, out, err = run(emulator, "fetch", "no-such-task", good, "-o", str(tmp_path))
+    assert code == 1
+    assert out.strip() == f"{good} -> {tmp_path / f'{good}.png'}"
+    lines = [line for line in err.splitlines() if line.startswith("bgremove:")]
+    assert len(lines) == 1 and lines[0].startswith("bgremove: task no-such-task")
+    assert "unknown to the service" in lines[0] and "Traceback" not in err
+
+
+def test_fetch_refuses_an_input_that_is_not_the_tasks(emulator: Emulator, run: Run,
+                                                      tmp_path: Path) -> None:
+    task = foreign_task(emulator, make_keyed_image(size=(64, 48)))
+    wrong = tmp_path / "tall.png"
+    make_keyed_image(size=(30, 90)).save(wrong)
+    code, _, err = run(emulator, "fetch", task, "--input", str(wrong), "-o", str(tmp_path))
+    assert code == 1 and "not that task's input" in err
+    assert len([line for line in err.splitlines() if line.startswith("bgremove:")]) == 1
+    assert not (tmp_path / "tall.png.png").exists() and len(list(tmp_path.iterdir())) == 1
+
+
+def test_fetch_usage_errors_exit_2(emulator: Emulator, run: Run, tmp_path: Path) -> None:
+    code, _, err = run(emulator, "fetch", "a", "b", "--input", str(tmp_path / "x.png"))
+    assert code == 2 and "--input once per TASK_ID" in err
+
+
+def test_tasks_without_a_key_exit_2(run: Run) -> None:
+    code, _, err = run(None, "tasks")
+    assert code == 2 and "WAVESPEED_API_KEY" in err
+
+
+def test_tasks_against_an_api_without_the_list_is_one_line(emulator_factory: Any,
+                                                           run: Run) -> None:
+    emu = emulator_factory(list_route=False)
+    code, out, err = run(emu, "tasks")
+    assert code == 1 and out == ""
+    lines = [line for line in err.splitlines() if line.startswith("bgremove:")]
+    assert lines == ["bgremove: the service offers no task list (HTTP 404) (check "
+                     "wavespeed.base_url points at the WaveSpeed API)"]
+    assert emu.api_key not in err and "Traceback" not in err
