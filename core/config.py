@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import logging
 import os
 import re
@@ -168,6 +169,8 @@ class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     #: Where the settings came from (not a key of the file).
     source: str | None = field(default=None, compare=False, metadata={"internal": True})
+    #: Where the API key came from: ``WAVESPEED_API_KEY``, a config file, or None.
+    key_source: str | None = field(default=None, compare=False, metadata={"internal": True})
 
     def with_overrides(self, overrides: Mapping[str, Any], origin: str = "flag") -> Config:
         """Return a copy with dotted keys (``"wavespeed.wait"``) replaced, validated."""
@@ -199,24 +202,29 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
     env = os.environ if env is None else env
     config = Config()
     file = find_config_file(path, env)
+    url_origin = "wavespeed.base_url"
     if file is not None:
         data = _read_yaml(file)
         config = _apply(config, _flatten(data), str(file))
-        config = dataclasses.replace(config, source=str(file))
+        config = dataclasses.replace(config, source=str(file),
+                                     key_source=str(file) if config.wavespeed.api_key else None)
+        url_origin = f"{file}: wavespeed.base_url"
         _warn_if_exposed(file, config)
     env_values = {}
     if env.get(ENV_API_KEY):
         env_values["wavespeed.api_key"] = env[ENV_API_KEY].strip()
+        config = dataclasses.replace(config, key_source=ENV_API_KEY)
     if env.get(ENV_BASE_URL):
         env_values["wavespeed.base_url"] = env[ENV_BASE_URL].strip()
+        url_origin = ENV_BASE_URL
     config = _apply(config, env_values, "environment")
     if overrides:
         config = config.with_overrides(overrides)
-    _check_service_settings(config)
+    _check_service_settings(config, url_origin)
     return config
 
 
-def _check_service_settings(config: Config) -> None:
+def _check_service_settings(config: Config, url_origin: str = "wavespeed.base_url") -> None:
     """A key that cannot go in an HTTP header, or a base URL that is not one, fails now."""
     key = config.wavespeed.api_key
     if key is not None and not re.fullmatch(r"[\x21-\x7e]+", key):
@@ -227,10 +235,10 @@ def _check_service_settings(config: Config) -> None:
     scheme, _, rest = url.partition("://")
     host = rest.split("/", 1)[0]
     if scheme not in ("http", "https") or not host or any(c.isspace() for c in url):
-        raise ConfigError(f"wavespeed.base_url {url!r} is not an http(s) URL",
+        raise ConfigError(f"{url_origin} {url!r} is not an http(s) URL",
                           hint="e.g. https://api.wavespeed.ai or http://127.0.0.1:8765")
     if "[" in host and not re.fullmatch(r"\[[0-9a-fA-F:.]+\](:\d+)?", host):
-        raise ConfigError(f"wavespeed.base_url {url!r} has a malformed host")
+        raise ConfigError(f"{url_origin} {url!r} has a malformed host")
 
 
 def _read_yaml(file: Path) -> Mapping[str, Any]:
@@ -280,7 +288,13 @@ def _set(obj: Any, parts: list[str], value: Any, dotted: str, origin: str) -> An
     name = parts[0]
     if name not in fields:
         allowed = ", ".join(sorted(fields))
-        raise ConfigError(f"{origin}: unknown key {dotted!r}", hint=f"allowed here: {allowed}")
+        close = difflib.get_close_matches(name, fields, n=1)
+        guess = ""
+        if close:
+            at = dotted.split(".")
+            guess = f"did you mean {'.'.join([*at[:len(at) - len(parts)], close[0]])!r}? "
+        raise ConfigError(f"{origin}: unknown key {dotted!r}",
+                          hint=f"{guess}allowed here: {allowed}")
     hints = typing.get_type_hints(type(obj))
     ftype = hints[name]
     current = getattr(obj, name)

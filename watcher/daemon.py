@@ -60,7 +60,7 @@ from bgremove.errors import (
 )
 from bgremove.watcher.claims import Claims, make_owner_id
 from bgremove.watcher.events import Watcher
-from bgremove.watcher.failures import write_error_report
+from bgremove.watcher.failures import report_task_id, write_error_report
 from bgremove.watcher.fingerprint import file_sha256, settings_fingerprint
 from bgremove.watcher.folder_health import FolderBlocked, FolderHealth
 from bgremove.watcher.journal import Job, Journal
@@ -761,8 +761,7 @@ class Daemon:
         log.error("failed %s -> %s: %s%s", shown(rel), shown(target), shown(exc),
                   f" ({note})" if note else "",
                   extra={"event": "failed", "input": shown(rel), "output": None,
-                         "error_kind": exc.kind,
-                         "task_id": latest.task_id if latest else None})
+                         "error_kind": exc.kind, "task_id": report_task_id(exc, latest)})
         # the file is in failed/ already: a journal error from here on is only logged
         try:
             if job is not None:
