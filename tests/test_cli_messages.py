@@ -176,3 +176,54 @@ def test_systemd_recipe_matches_the_install_and_creates_the_folders() -> None:
     assert "~/.local/bin/bgremove" in recipe
     mkdir = re.search(r"^ExecStartPre=\S*mkdir -p (.+)$", unit, re.M)
     assert mkdir and inbox in mkdir.group(1).split() and outbox in mkdir.group(1).split()
+
+
+# -- the [local] extra missing, no key ---------------------------------------------------
+
+WITHOUT_LOCAL = '''\
+"""Test helper: numpy and onnxruntime look not installed (the [local] extra is missing)."""
+import sys
+from importlib.machinery import PathFinder
+
+
+class _Without(PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.partition(".")[0] in ("numpy", "onnxruntime"):
+            return None
+        return PathFinder.find_spec(name, path, target)
+
+
+sys.meta_path[:] = [_Without if f is PathFinder else f for f in sys.meta_path]
+'''
+
+
+def test_a_missing_local_extra_without_a_key_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    blocker = tmp_path / "site"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(WITHOUT_LOCAL)
+    env = {"PYTHONPATH": str(blocker)}
+    probe = subprocess.run([sys.executable, "-c", "import numpy"], env={**os.environ, **env},
+                           capture_output=True, text=True, timeout=30)
+    assert probe.returncode != 0  # the helper works: numpy is "not installed"
+    srcs = [write_image(tmp_path / f"p{i}.png", i) for i in range(3)]
+    inbox = tmp_path / "in"
+    for i in range(3):
+        write_image(inbox / f"w{i}.png", i)
+
+    removed = bgremove("remove", *map(str, srcs), "-o", str(tmp_path / "out"), env=env,
+                       home=tmp_path)
+    watched = bgremove("watch", str(inbox), str(tmp_path / "wout"), "--once", env=env,
+                       home=tmp_path)
+    for done in (removed, watched):
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, lines  # once, not per file
+        assert "pip install 'bgremove[local]'" in lines[0] and "WAVESPEED_API_KEY" in lines[0]
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == ["w0.png", "w1.png",
+                                                                       "w2.png"]
+    doctor = bgremove("doctor", env=env, home=tmp_path)
+    assert doctor.returncode == 1
+    model = _doctor_lines(doctor)["offline model"]
+    assert model.startswith("[FAIL]") and "bgremove[local]" in model, model
