@@ -36,3 +36,44 @@ def test_inputs_with_the_same_content_each_get_their_output(tmp_path: Path,
     assert again.wait(60) == 0, again.log()
     assert files(outbox) == ["a.png", "b.png", "c.png", "shoot1/x.png", "shoot2/x.png"]
     assert emu.stats()["tasks_submitted"] == 3
+
+
+def test_status_lists_unfinished_jobs_by_name_and_where_they_are(
+        tmp_path: Path, emulator_factory) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import subprocess
+    import sys
+
+    from bgremove.emulator import Fault
+    from tests.test_watch_process import journal_rows
+    from tests.test_watch_support import wait_until
+
+    # every result request is held: the daemon submits, journals the task and waits
+    emu = emulator_factory(faults=(Fault("delay", route="result", first=10**9, seconds=600),))
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    for name in ("one.png", "two.png"):
+        write_image(inbox / name, len(name) + ord(name[0]))
+    proc = Proc(tmp_path, emu, str(inbox), str(outbox), concurrency=2)
+    try:
+        wait_until(lambda: sum(s == "submitted" for s, _t in journal_rows(outbox)) == 2, 30,
+                   what="both submitted")
+    finally:
+        proc.kill()  # kill -9: both files are out of INBOX, in the claim folder
+    assert files(inbox) == []  # "vanished" from a user's point of view
+
+    def status(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bgremove", "status", str(outbox), *extra],
+                              capture_output=True, text=True, timeout=30,
+                              cwd=Path(__file__).resolve().parents[1])
+
+    text = status()
+    assert text.returncode == 0, text.stderr
+    assert "killed" in text.stdout and "unfinished jobs: 2" in text.stdout
+    assert "resumes them" in text.stdout
+    listed = json.loads(status("--json").stdout)["unfinished_jobs"]
+    assert sorted(j["input"] for j in listed) == ["one.png", "two.png"]
+    for job in listed:
+        assert job["state"] == "submitted" and job["task_id"]
+        assert Path(job["file"]).is_file() and ".bgremove-claims" in job["file"]
+        assert f"{job['input']}: submitted, task {job['task_id']}; the file is at " \
+               f"{job['file']}" in text.stdout
