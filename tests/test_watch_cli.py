@@ -77,3 +77,53 @@ def test_status_lists_unfinished_jobs_by_name_and_where_they_are(
         assert Path(job["file"]).is_file() and ".bgremove-claims" in job["file"]
         assert f"{job['input']}: submitted, task {job['task_id']}; the file is at " \
                f"{job['file']}" in text.stdout
+
+
+def _unwritable_outbox(tmp_path: Path) -> Path:
+    """A folder that cannot be written, even by root: its parent is a regular file."""
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        return ro / "out"
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    return blocker / "out"
+
+
+def test_an_unwritable_outbox_at_start_is_one_line_and_exit_2(tmp_path: Path,
+                                                               emulator_factory) -> None:  # type: ignore[no-untyped-def]
+    emu = emulator_factory()
+    inbox = tmp_path / "in"
+    write_image(inbox / "keep.png", 1)
+    outbox = _unwritable_outbox(tmp_path)
+    for extra in (("--once",), ()):
+        proc = Proc(tmp_path, emu, str(inbox), str(outbox), *extra, name=f"start{len(extra)}")
+        assert proc.wait(30) == 2
+        lines = proc.log().strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in proc.log(), lines
+        assert lines[0].startswith(f"bgremove: OUTBOX {outbox} cannot be written: ")
+        assert "nothing was taken from INBOX" in lines[0]
+        assert files(inbox) == ["keep.png"]  # untouched
+    assert emu.stats()["tasks_submitted"] == 0
+
+
+def test_once_stops_with_exit_1_when_outbox_cannot_be_written(tmp_path: Path,
+                                                             emulator_factory) -> None:  # type: ignore[no-untyped-def]
+    emu = emulator_factory()
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    write_image(inbox / "shoot" / "x.png", 1)
+    outbox.mkdir()
+    (outbox / "shoot").write_text("in the way")  # OUTBOX/shoot/ cannot be made: like a full disk
+    proc = Proc(tmp_path, emu, str(inbox), str(outbox), "--once", "--recursive")
+    assert proc.wait(60) == 1, proc.log()  # ends (a cron job must), instead of waiting forever
+    log = proc.log()
+    assert "cannot be written" in log and "stopping (--once)" in log, log
+    assert "Traceback" not in log
+    assert emu.stats()["tasks_submitted"] == 0  # nothing paid for a result it could not save
+    assert files(inbox / "failed") == []  # not failed: it is kept for the next run
+    # the next run, once the folder is fixed, finishes it
+    (outbox / "shoot").unlink()
+    again = Proc(tmp_path, emu, str(inbox), str(outbox), "--once", "--recursive", name="again")
+    assert again.wait(60) == 0, again.log()
+    assert files(outbox) == ["shoot/x.png"]

@@ -51,6 +51,7 @@ from bgremove.errors import (
     APIStatusError,
     BgremoveError,
     CancelledError,
+    ConfigError,
     ImageTooLargeError,
     InputError,
     InputNotFoundError,
@@ -62,7 +63,7 @@ from bgremove.watcher.claims import Claims, make_owner_id
 from bgremove.watcher.events import Watcher
 from bgremove.watcher.failures import report_task_id, write_error_report
 from bgremove.watcher.fingerprint import file_sha256, settings_fingerprint
-from bgremove.watcher.folder_health import FolderBlocked, FolderHealth
+from bgremove.watcher.folder_health import FolderBlocked, FolderHealth, probe_write
 from bgremove.watcher.journal import Job, Journal
 from bgremove.watcher.limits import CostGuard, Limits, RateLimiter, effective_limits
 from bgremove.watcher.naming import Layout, move_no_replace, shown
@@ -127,6 +128,7 @@ class Daemon:
         self._unclaimable: set[Path] = set()
         self._foreign_claims = 0
         self._cap_reached = False
+        self._blocked_exit = False  # --once stopped for an unwritable folder
         self._fingerprint = ""
         self._ext = ".png"
         self.session = {"done": 0, "failed": 0, "duplicates": 0, "retries": 0}
@@ -190,8 +192,14 @@ class Daemon:
         from bgremove.imaging import extension_for
 
         layout = self.layout
-        layout.outbox.mkdir(parents=True, exist_ok=True)
-        self.staging.mkdir(parents=True, exist_ok=True)
+        try:  # before anything is taken from INBOX: an unusable OUTBOX is a setup error
+            probe_write(layout.outbox)
+            probe_write(self.staging)
+        except OSError as exc:
+            raise ConfigError(f"OUTBOX {layout.outbox} cannot be written: "
+                              f"{exc.strerror or exc}",
+                              hint="check its permissions and free space; nothing was taken "
+                              "from INBOX") from None
         journal_path = Path(self.watch.journal).expanduser() if self.watch.journal \
             else layout.state_dir / "journal.sqlite3"
         self.journal = Journal(journal_path)
@@ -294,6 +302,11 @@ class Daemon:
                     for claimed, rel in self.claims.recover():
                         self.scheduler.put(claimed=claimed, rel=rel)
                     next_recover = now + max(self.watch.stale_claim_seconds / 4, 1.0)
+            elif self.health.blocked:
+                log.error("%s: stopping (--once); the files not finished stay for the next "
+                          "run", self.health.blocked)
+                self._blocked_exit = True
+                break
             elif self._cap_reached:
                 log.warning("cost cap reached (%s): stopping; the files not started stay for "
                             "the next run", self.guard.paused if self.guard else "?")
@@ -336,7 +349,8 @@ class Daemon:
         if self.watch.once and self._unclaimable:
             log.error("%d file(s) could not be taken from INBOX (see above)",
                       len(self._unclaimable))
-        problems = (self.session["failed"] or self._cap_reached or self._foreign_claims
+        problems = (self.session["failed"] or self._cap_reached or self._blocked_exit
+                    or self._foreign_claims
                     or (self.watch.once and self._unclaimable))
         return 1 if problems else 0
 

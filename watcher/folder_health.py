@@ -14,6 +14,18 @@ from bgremove.watcher.naming import shown
 log = logging.getLogger(__name__)
 
 
+def probe_write(folder: Path) -> None:
+    """Create ``folder`` if needed and write, sync and remove 64 KiB in it (a full disk fails
+    too); OSError when it cannot be written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".bgremove-probe-{os.getpid()}"
+    with open(probe, "wb") as fh:
+        fh.write(b"\0" * 65536)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.unlink(probe)
+
+
 class FolderBlocked(Exception):
     """A folder (OUTBOX, done/, failed/, the journal's) cannot be written: pause intake,
     keep the file, resume when a probe write into ``folder`` succeeds."""
@@ -60,15 +72,8 @@ class FolderHealth:
         journal must also take a ``heartbeat``."""
         folder = self._folder or self._outbox
         try:
-            self._staging.mkdir(parents=True, exist_ok=True)
-            for target in {self._staging, folder}:
-                target.mkdir(parents=True, exist_ok=True)
-                probe = target / f".bgremove-probe-{os.getpid()}"
-                with open(probe, "wb") as fh:
-                    fh.write(b"\0" * 65536)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.unlink(probe)
+            for target in (self._staging, folder):
+                probe_write(target)
         except OSError:
             return
         if self._journal and not heartbeat():
