@@ -155,6 +155,8 @@ class WatchConfig:
     # A file that still does not decode after being unchanged this long is broken.
     settle_seconds: float = _opt(5.0, min=0.0)
     stale_claim_seconds: float = _opt(60.0, min=1.0)  # a daemon silent this long is dead
+    # Service unreachable or offline model missing: intake pauses; one file retries this often.
+    outage_retry_seconds: float = _opt(30.0, min=0.1)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ class Proc:
     """One ``python -m bgremove watch`` process with its stderr and stdout collected in files."""
 
     def __init__(self, tmp: Path, emu: Emulator, *args: str, name: str = "daemon",
-                 mode: str = "native", concurrency: int = 4) -> None:
+                 mode: str = "native", concurrency: int = 4,
+                 env: dict[str, str] | None = None) -> None:
         config = tmp / "config.yaml"
         if not config.exists():
             config.write_text(
@@ -38,13 +39,16 @@ class Proc:
         self.out_path = tmp / f"{name}.out"
         self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in wait()
         env = dict(os.environ, WAVESPEED_API_KEY=emu.api_key, WAVESPEED_BASE_URL=emu.base_url,
-                   PYTHONUNBUFFERED="1")
+                   PYTHONUNBUFFERED="1", **(env or {}))
         cmd = [sys.executable, "-m", "bgremove", "watch", *args, "--config", str(config),
                "--concurrency", str(concurrency)]
         if mode == "polling":
             cmd.append("--polling")
         self.popen = subprocess.Popen(cmd, stdout=self._out, stderr=self._log,
                                       cwd=Path(__file__).resolve().parents[1], env=env)
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
 
     def wait(self, timeout: float = 60.0) -> int:
         try:

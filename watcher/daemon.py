@@ -67,6 +67,7 @@ from bgremove.watcher.folder_health import FolderBlocked, FolderHealth, probe_wr
 from bgremove.watcher.journal import Job, Journal
 from bgremove.watcher.limits import CostGuard, Limits, RateLimiter, effective_limits
 from bgremove.watcher.naming import Layout, move_no_replace, shown
+from bgremove.watcher.outage import Outage, outage_of
 from bgremove.watcher.placement import check_output_dir, place_duplicate, place_staged
 from bgremove.watcher.readiness import ReadinessTracker, Ready
 from bgremove.watcher.scheduler import Scheduler
@@ -122,6 +123,7 @@ class Daemon:
         self._busy_workers = 0
         self._threads: list[threading.Thread] = []
         self.health = FolderHealth(layout.outbox, self.staging)
+        self.outage = Outage(self.watch.outage_retry_seconds)
         self._heartbeat_failing = False
         self._unexpected: dict[Path, int] = {}
         self._unsaved_tasks: dict[str, str] = {}  # key -> task id the journal could not take
@@ -136,7 +138,14 @@ class Daemon:
     # -- control ----------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """Stop taking new files; in-flight jobs finish (up to ``watch.shutdown_grace``)."""
+        """Stop taking new files; in-flight jobs finish (up to ``watch.shutdown_grace``),
+        unless an outage means they cannot: then they stop now (the journal resumes them)."""
+        if self.outage.reason is not None:
+            if not self._stopping.is_set():
+                log.info("stopping now (%s): the jobs in flight resume on the next start",
+                         self.outage.reason)
+            self.abort()
+            return
         if not self._stopping.is_set():
             log.info("stopping: no new files; waiting up to %.0f s for %d in flight",
                      self.watch.shutdown_grace, self._in_flight)
@@ -157,7 +166,8 @@ class Daemon:
     # -- status -----------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        paused = self.health.blocked or (self.guard.paused if self.guard else None)
+        paused = self.health.blocked or self.outage.reason or (
+            self.guard.paused if self.guard else None)
         if self.watcher.offline:
             paused = "INBOX unreachable"
         with self._lock:
@@ -302,9 +312,9 @@ class Daemon:
                     for claimed, rel in self.claims.recover():
                         self.scheduler.put(claimed=claimed, rel=rel)
                     next_recover = now + max(self.watch.stale_claim_seconds / 4, 1.0)
-            elif self.health.blocked:
+            elif self.health.blocked or self.outage.reason:
                 log.error("%s: stopping (--once); the files not finished stay for the next "
-                          "run", self.health.blocked)
+                          "run", self.health.blocked or self.outage.reason)
                 self._blocked_exit = True
                 break
             elif self._cap_reached:
@@ -404,7 +414,7 @@ class Daemon:
 
     def _intake_open(self) -> bool:
         """Wait while a folder is unwritable or the cost cap is reached; False to re-check."""
-        if self.health.blocked is not None:
+        if self.health.blocked is not None or not self.outage.may_try():
             self.cancel.wait(0.25)
             return False
         guard = self.guard
@@ -585,6 +595,7 @@ class Daemon:
                 f"cannot write the result of {shown(rel)}: {exc.strerror or exc}"))
             return
         seconds = time.monotonic() - started
+        self.outage.end()
         with self._lock:
             self.session["done"] += 1
         log.info("done %s -> %s in %.2f s (task %s)", shown(rel), shown(job.output), seconds,
@@ -728,6 +739,13 @@ class Daemon:
                                        error=str(exc))
             self.journal.count_attempt(job.key, kind=exc.kind, message=str(exc))
             self._requeue(claimed, rel, None, OUTPUT_PROBE_SECONDS)
+            return
+        outage = outage_of(exc)
+        if outage is not None:  # not this file's fault: pause intake, keep the file
+            if self.outage.begin(outage, exc):
+                self.journal.add_event("warning", input=str(rel), error_kind=exc.kind,
+                                       error=str(exc))
+            self._requeue(claimed, rel, None, self.outage.retry_seconds)
             return
         resumed_gone = (job.task_id is not None and isinstance(exc, APIStatusError)
                         and exc.status_code == 404)

@@ -77,10 +77,25 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_outputs(inputs, out_dir, config.output)
     backend = make_backend(config)
     try:
+        _prepare(backend)
         results = run_batch(plan, backend, config, json_lines=args.json)
     finally:
         backend.close()
     return EXIT_OK if all(r.status == "ok" for r in results) else EXIT_FAILED
+
+
+def _prepare(backend: Backend) -> None:
+    """Fetch and load the offline model before the batch: with no cached model and no network
+    that is one line and exit 2, not one long failure (and download attempt) per image."""
+    from bgremove.errors import ModelError
+
+    prepare = getattr(backend, "prepare", None)
+    if prepare is None:
+        return
+    try:
+        prepare()
+    except ModelError as exc:
+        raise ConfigError(exc.message, hint=exc.hint) from None
 
 
 def _require_numpy() -> None:
