@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from bgremove.errors import CancelledError, ConfigError, MissingKeyError
+from bgremove.errors import CancelledError, ConfigError, MissingExtraError, MissingKeyError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -139,10 +139,10 @@ def missing_local_packages() -> list[str]:
 
 
 def check_local_installed() -> None:
-    """ConfigError (exit 2, once) when the offline backend's packages are missing."""
+    """MissingExtraError (exit 2, once) when the offline backend's packages are missing."""
     missing = missing_local_packages()
     if missing:
-        raise ConfigError(f"the offline model needs {' and '.join(missing)}, which "
+        raise MissingExtraError(f"the offline model needs {' and '.join(missing)}, which "
                           f"{'is' if len(missing) == 1 else 'are'} not installed",
                           hint="pip install 'bgremove[local]', or set WAVESPEED_API_KEY to use "
                           "the WaveSpeed API")

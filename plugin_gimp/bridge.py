@@ -402,7 +402,7 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
     try:
         from bgremove.backends import CancelToken, JobHooks, make_backend
         from bgremove.config import load_config
-        from bgremove.errors import BgremoveError, CancelledError
+        from bgremove.errors import BgremoveError, CancelledError, MissingExtraError
         from bgremove.logs import register_secret
         from bgremove.version import __version__
         log_path = start_logging(out)
@@ -469,6 +469,11 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
         log.info("cancelled")
         out.error("cancelled", "cancelled")
         return EXIT_CANCELLED
+    except MissingExtraError as exc:  # the offline backend was chosen or fallen back to
+        done.set()
+        log.error("%s", exc)
+        out.error("environment", missing_local_message(exc.message))
+        return EXIT_ERROR
     except BgremoveError as exc:
         done.set()
         message = user_message(exc, _config_path_text(config))

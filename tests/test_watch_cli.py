@@ -46,18 +46,17 @@ def test_status_lists_unfinished_jobs_by_name_and_where_they_are(
     import subprocess
     import sys
 
-    from bgremove.emulator import Fault
     from tests.test_watch_process import journal_rows
     from tests.test_watch_support import wait_until
 
-    # every result request is held: the daemon submits, journals the task and waits
-    emu = emulator_factory(faults=(Fault("delay", route="result", first=10**9, seconds=600),))
+    # every task takes 10 minutes: the daemon submits, journals the task and polls
+    emu = emulator_factory(delay=600.0)
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     for name in ("one.png", "two.png"):
         write_image(inbox / name, len(name) + ord(name[0]))
     proc = Proc(tmp_path, emu, str(inbox), str(outbox), concurrency=2)
     try:
-        wait_until(lambda: sum(s == "submitted" for s, _t in journal_rows(outbox)) == 2, 30,
+        wait_until(lambda: sum(s == "submitted" for s, _t in journal_rows(outbox)) == 2, 60,
                    what="both submitted")
     finally:
         proc.kill()  # kill -9: both files are out of INBOX, in the claim folder
@@ -189,10 +188,14 @@ def test_service_down_a_signal_stops_the_daemon_at_once(tmp_path: Path) -> None:
     for i in range(3):
         write_image(inbox / f"s{i}.png", i)
     proc = Proc(tmp_path, _down(_closed_port()), str(inbox), str(outbox))
-    wait_until(lambda: "intake paused" in proc.log(), 30, what="the pause line")
-    proc.signal(signal.SIGINT)
-    # shutdown_grace is 30 s, but nothing in flight can finish: the daemon stops now
-    assert proc.wait(10) == 0, proc.log()
+    try:
+        wait_until(lambda: "intake paused" in proc.log(), 30, what="the pause line")
+        proc.signal(signal.SIGINT)
+        # shutdown_grace is 30 s, but nothing in flight can finish: the daemon stops now
+        assert proc.wait(10) == 0, proc.log()
+    finally:
+        if proc.popen.poll() is None:
+            proc.kill()
     assert "stopping now (service unreachable)" in proc.log()
     assert files(inbox / "failed") == [] and files(outbox) == []
     left = [p.name for p in inbox.rglob("*.png")]
@@ -238,10 +241,14 @@ def test_offline_without_a_cached_model_the_daemon_pauses(tmp_path: Path) -> Non
         write_image(inbox / f"m{i}.png", i)
     proc = Proc(tmp_path, _down(_closed_port()), str(inbox), str(outbox), "--backend",
                 "local", concurrency=1, env=_offline(tmp_path))
-    wait_until(lambda: "intake paused" in proc.log(), 90, what="the pause line")
-    assert "offline model unavailable: intake paused, retrying every 60 s" in proc.log()
-    proc.signal(signal.SIGINT)
-    assert proc.wait(20) == 0, proc.log()
+    try:
+        wait_until(lambda: "intake paused" in proc.log(), 90, what="the pause line")
+        assert "offline model unavailable: intake paused, retrying every 60 s" in proc.log()
+        proc.signal(signal.SIGINT)
+        assert proc.wait(20) == 0, proc.log()
+    finally:
+        if proc.popen.poll() is None:
+            proc.kill()
     assert files(inbox / "failed") == []  # not a permanent error of each image
     assert len([p for p in inbox.rglob("*.png")]) == 3
     assert proc.log().count("intake paused") == 1

@@ -38,8 +38,10 @@ class Proc:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
         self.out_path = tmp / f"{name}.out"
         self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in wait()
+        # XDG_STATE_HOME: this machine's task log stays with the test (no adoption of a
+        # task an earlier test's emulator created for the same image)
         env = dict(os.environ, WAVESPEED_API_KEY=emu.api_key, WAVESPEED_BASE_URL=emu.base_url,
-                   PYTHONUNBUFFERED="1", **(env or {}))
+                   PYTHONUNBUFFERED="1", XDG_STATE_HOME=str(tmp / "state"), **(env or {}))
         cmd = [sys.executable, "-m", "bgremove", "watch", *args, "--config", str(config),
                "--concurrency", str(concurrency)]
         if mode == "polling":
