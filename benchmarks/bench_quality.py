@@ -15,7 +15,7 @@ Alpha metrics, averaged over the images (alpha in 0..1):
     MSE   mean squared error, x 1e-3 (lower is better)
 Foreground colour on the true soft edge (0 < alpha < 1), alpha-weighted mean
 absolute error in 0..255 levels against the true foreground colour: the raw
-pixel (what a plain cut-out keeps), ``bgremove.local.refine.estimate_foreground``,
+pixel (what a plain cut-out keeps), ``bgremove.imaging.estimate_foreground``,
 and pymatting's ``estimate_foreground_ml`` (what rembg uses), all given the
 true alpha.
 """
@@ -116,7 +116,7 @@ def fg_error(fg: np.ndarray, folder: Path, name: str) -> tuple[float, float]:
 
 def foreground_rows(folder: Path, names: list[str],
                     py: str | None) -> list[tuple[str, float, float]]:
-    from bgremove.local.refine import estimate_foreground
+    from bgremove.imaging import estimate_foreground
 
     totals: dict[str, list[float]] = {"raw pixel": [0, 0, 0], "bgremove blur fusion": [0, 0, 0]}
     for n in names:

@@ -40,14 +40,15 @@ from bgremove.errors import (
 from bgremove.version import __version__
 
 if _typing.TYPE_CHECKING:
-    from bgremove.backends import Backend, CancelToken, Cutout, JobHooks, make_backend
+    from bgremove.backends import make_backend
     from bgremove.config import Config, load_config
+    from bgremove.contract import Backend, CancelToken, Cutout, JobHooks
     from bgremove.jobs import JobResult, output_path_for, remove_file
 
 #: The names loaded on first use, and the module each comes from.
 _LAZY = {
-    "Backend": "bgremove.backends", "CancelToken": "bgremove.backends",
-    "Cutout": "bgremove.backends", "JobHooks": "bgremove.backends",
+    "Backend": "bgremove.contract", "CancelToken": "bgremove.contract",
+    "Cutout": "bgremove.contract", "JobHooks": "bgremove.contract",
     "make_backend": "bgremove.backends",
     "Config": "bgremove.config", "load_config": "bgremove.config",
     "JobResult": "bgremove.jobs", "output_path_for": "bgremove.jobs",

@@ -1,14 +1,15 @@
 """A batch of files: find the inputs, plan the outputs, run the jobs N at a time.
 
-    expand_inputs(inputs, suffix, out_dir) -> [Path]          files, and folders' images
-    plan_outputs(inputs, out_dir, output)  -> [(src, dst)]    no two inputs on one output
-    run_batch(plan, backend, config, on_result=...) -> [JobResult]
+    expand_inputs(inputs, suffix, out_dir, recursive=) -> Found   images, and what was left out
+    plan_outputs(inputs, out_dir, output, subdirs=)    -> [(src, dst)]  no two on one output
+    run_batch(plan, backend, config, on_result=..., overwrite=) -> [JobResult]
 
-``run_batch`` checks each output folder before the first upload into it
-(``OutputCheck``) and stops starting new images once the service has shown that
-every one would fail (``Breaker``); the images it skips fail with
-``NotAttemptedError``. It reports each result through ``on_result`` as it ends,
-on the calling thread; how results are shown is the caller's business.
+``run_batch`` keeps a result that is already there (status "skipped": its input is
+not sent again) unless ``overwrite``, checks each output folder before the first
+upload into it (``OutputCheck``) and stops starting new images once the service has
+shown that every one would fail (``Breaker``); the images it skips fail with
+``NotAttemptedError``. It reports each result through ``on_result`` as it ends, on
+the calling thread; how results are shown is the caller's business.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,10 +35,11 @@ from bgremove.errors import (
     ServiceConnectionError,
     ServiceTimeoutError,
 )
+from bgremove.files import probe_writable
 
 if TYPE_CHECKING:
-    from bgremove.backends import Backend, JobHooks
     from bgremove.config import Config, OutputConfig
+    from bgremove.contract import Backend, JobHooks
     from bgremove.jobs import JobResult
 
 log = logging.getLogger(__name__)
@@ -47,57 +52,103 @@ ResultFn = Callable[["JobResult"], None]
 InterruptFn = Callable[[int], None]
 
 
-def expand_inputs(inputs: list[str], suffix: str = "-nobg",
-                  out_dir: Path | None = None) -> list[Path]:
+@dataclass
+class Found:
+    """What ``expand_inputs`` found, and what it left out of the folders it looked in."""
+
+    images: list[Path] = field(default_factory=list)
+    #: image -> its folder below the folder named on the command line (with ``recursive``)
+    subdirs: dict[Path, Path] = field(default_factory=dict)
+    subfolders: int = 0  # subfolders not entered (no ``recursive``)
+    subfolder_parents: list[str] = field(default_factory=list)
+    others: Counter[str] = field(default_factory=Counter)  # files that are not images, by ending
+
+
+def is_earlier_result(name: Path, suffix: str) -> bool:
+    """``x-nobg.png`` and the collision names ``x-nobg-2.png``: a result, never an input."""
+    return re.search(f"{re.escape(suffix)}(-[0-9]+)?$", name.stem) is not None
+
+
+def expand_inputs(inputs: list[str], suffix: str = "-nobg", out_dir: Path | None = None, *,
+                  recursive: bool = False) -> Found:
     """Files as given (missing ones too: they fail with a clear line); folders -> their images.
 
     Each file is taken once, however it is named. From a folder, earlier results
-    (``<stem><suffix>.<ext>``) and the output folder's own files are left out, so
-    running the same command twice does not cut out (and pay for) the cut-outs.
+    (``<stem><suffix>.<ext>``, ``<stem><suffix>-2.<ext>``, with or without ``-o``) and
+    the output folder are left out, so running a command again does not cut out (and pay
+    for) the cut-outs; a file named on the command line is always taken.
+    Hidden files and folders are ignored; subfolders are entered with ``recursive`` only
+    and counted otherwise, as are the files that are not images.
     """
-    paths: list[Path] = []
+    found = Found()
     seen: set[str] = set()
     skip_dir = path_key(out_dir) if out_dir is not None else None
 
-    def add(path: Path) -> None:
+    def add(path: Path, subdir: Path | None = None) -> None:
         if path_key(path) not in seen:
             seen.add(path_key(path))
-            paths.append(path)
+            found.images.append(path)
+            if subdir is not None and subdir.parts:
+                found.subdirs[path] = subdir
+
+    def scan(folder: Path, subdir: Path) -> None:
+        try:
+            children = sorted(folder.iterdir())
+        except OSError:
+            add(folder)  # unreadable: it fails later with one clear line
+            return
+        left_out = 0
+        for child in children:
+            if child.name.startswith("."):
+                continue
+            with contextlib.suppress(OSError):
+                if child.is_dir():
+                    if path_key(child) == skip_dir:
+                        continue
+                    if recursive:
+                        scan(child, subdir / child.name)
+                    else:
+                        left_out += 1
+                elif child.is_file():
+                    if child.suffix.lower() not in IMAGE_SUFFIXES:
+                        found.others[child.suffix.lower() or "(no ending)"] += 1
+                    elif not is_earlier_result(child, suffix):
+                        add(child, subdir)
+        if left_out:
+            found.subfolders += left_out
+            found.subfolder_parents.append(str(folder))
 
     for raw in inputs:
         path = Path(raw)
         try:
-            if not path.is_dir():
-                add(path)
-                continue
-            if path_key(path) == skip_dir:
-                continue
-            children = sorted(path.iterdir())
+            is_dir = path.is_dir()
         except OSError:
-            add(path)  # unreadable or a bad name: it fails later with one clear line
-            continue
-        for child in children:
-            with contextlib.suppress(OSError):
-                if (child.suffix.lower() in IMAGE_SUFFIXES and not child.name.startswith(".")
-                        and not (out_dir is None and child.stem.endswith(suffix))
-                        and child.is_file()):
-                    add(child)
-    return paths
+            is_dir = False
+        if not is_dir:
+            add(path)
+        elif path_key(path) != skip_dir:
+            scan(path, Path())
+    return found
 
 
-def plan_outputs(inputs: list[Path], out_dir: Path | None,
-                 output: OutputConfig) -> list[tuple[Path, Path]]:
-    """Pair each input with an output; never two inputs on one output, never onto an input."""
+def plan_outputs(inputs: list[Path], out_dir: Path | None, output: OutputConfig, *,
+                 subdirs: dict[Path, Path] | None = None) -> list[tuple[Path, Path]]:
+    """Pair each input with an output; never two inputs on one output, never onto an input.
+
+    With ``out_dir`` an image found in a subfolder goes to the same subfolder of it. The
+    pairing depends on the inputs alone, so the same command names the same results again.
+    """
     from bgremove.jobs import output_path_for
 
+    subdirs = subdirs or {}
     taken: set[str] = {path_key(p) for p in inputs}
     plan: list[tuple[Path, Path]] = []
     for src in inputs:
-        dst = output_path_for(src, out_dir, output)
-        n = 1
+        folder = out_dir / subdirs[src] if out_dir is not None and src in subdirs else out_dir
+        base = output_path_for(src, folder, output)
+        dst, n = base, 1
         while path_key(dst) in taken:
             n += 1
-            base = output_path_for(src, out_dir, output)
             dst = base.with_name(f"{base.stem}-{n}{base.suffix}")
         taken.add(path_key(dst))
         plan.append((src, dst))
@@ -117,37 +168,48 @@ def path_key(path: Path) -> str:
 
 
 def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *,
-              on_result: ResultFn, on_interrupt: InterruptFn | None = None
-              ) -> list[JobResult]:
+              on_result: ResultFn, on_interrupt: InterruptFn | None = None,
+              overwrite: bool = False) -> list[JobResult]:
     """Run every job on a pool of ``config.concurrency`` threads; report each as it ends.
 
-    On Ctrl-C, images not started never start, images in flight are abandoned,
-    ``on_interrupt`` is told how many, and ``KeyboardInterrupt`` propagates.
+    A ``dst`` that already exists is kept and its image not sent (status "skipped"),
+    unless ``overwrite``. Each worker asks the breaker before it starts an image and
+    tells it the outcome before it takes the next, so a decision to stop never lags
+    behind the work. On Ctrl-C, images not started never start, images in flight are
+    abandoned, ``on_interrupt`` is told how many, and ``KeyboardInterrupt`` propagates.
     """
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    from bgremove.backends import CancelToken, JobHooks
+    from bgremove import tasklog
+    from bgremove.contract import CancelToken, JobHooks
 
     cancel = CancelToken()
     results: list[JobResult] = []
     check_output = OutputCheck()
+    breaker = Breaker()
 
     def one(src: Path, dst: Path) -> JobResult:
-        return _run_one(src, dst, backend, config, JobHooks(cancel=cancel), check_output)
+        if not overwrite and _is_file(dst):
+            return _kept(src, dst)
+        if breaker.tripped:
+            return breaker.skipped(src)
+
+        def on_task(task_id: str) -> None:  # `bgremove tasks` names the input
+            tasklog.record(task_id, input=src)
+
+        result = _run_one(src, dst, backend, config, JobHooks(cancel=cancel, on_task=on_task),
+                          check_output)
+        breaker.trips(result)  # here, before this worker takes its next image
+        if result.task_id and result.output:
+            tasklog.record(result.task_id, output=result.output)
+        return result
 
     pool = ThreadPoolExecutor(max_workers=max(1, min(config.concurrency, len(plan) or 1)),
                               thread_name_prefix="bgremove")
-    futures = {pool.submit(one, src, dst): src for src, dst in plan}
-    breaker = Breaker()
+    futures = [pool.submit(one, src, dst) for src, dst in plan]
     try:
         for future in as_completed(futures):
-            if future.cancelled():
-                result = breaker.skipped(futures[future])
-            else:
-                result = future.result()
-                if breaker.trips(result):
-                    for pending in futures:
-                        pending.cancel()  # only images not started yet
+            result = future.result()
             results.append(result)
             on_result(result)
     except KeyboardInterrupt:
@@ -162,13 +224,28 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
     return results
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _kept(src: Path, dst: Path) -> JobResult:
+    """The result of an image whose output is already there: nothing sent, nothing written."""
+    from bgremove.jobs import JobResult
+
+    return JobResult(src, dst, "skipped", None, 0.0)
+
+
 class Breaker:
     """Stops starting new images once the service has shown every one would fail.
 
     A refused key or a suspended account fails every image the same way: the
     first one stops the batch. An outage (no connection, timeouts) stops it
     after three failures in a row, each with its own retries used up. Images
-    already running finish; the rest are reported as not attempted.
+    already running finish; the rest are reported as not attempted. Thread-safe:
+    the workers count their own results.
     """
 
     OUTAGE_IN_A_ROW = 3
@@ -180,17 +257,24 @@ class Breaker:
     def __init__(self) -> None:
         self.reason: BgremoveError | None = None
         self._outages = 0
+        self._lock = threading.Lock()
+
+    @property
+    def tripped(self) -> bool:
+        with self._lock:
+            return self.reason is not None
 
     def trips(self, result: JobResult) -> bool:
         """Count ``result``; True the first time the batch should stop."""
-        if self.reason is not None:
-            return False
         error = result.error
-        self._outages = self._outages + 1 if isinstance(error, self.OUTAGE) else 0
-        if error is not None and (isinstance(error, self.REFUSED)
-                                  or self._outages >= self.OUTAGE_IN_A_ROW):
-            self.reason = error
-            return True
+        with self._lock:
+            if self.reason is not None:
+                return False
+            self._outages = self._outages + 1 if isinstance(error, self.OUTAGE) else 0
+            if error is not None and (isinstance(error, self.REFUSED)
+                                      or self._outages >= self.OUTAGE_IN_A_ROW):
+                self.reason = error
+                return True
         return False
 
     def skipped(self, src: Path) -> JobResult:
@@ -236,7 +320,7 @@ class OutputCheck:
         with self._lock:
             key = path_key(folder)
             if key not in self._folders:
-                self._folders[key] = self._probe(folder)
+                self._folders[key] = self.probe(folder)
             problem = self._folders[key]
         if problem is not None:
             raise problem
@@ -249,14 +333,10 @@ class OutputCheck:
                               hint="rename the input to a shorter name", transient=False)
 
     @staticmethod
-    def _probe(folder: Path) -> OutputError | None:
-        import tempfile
-
+    def probe(folder: Path) -> OutputError | None:
+        """Why ``folder`` cannot take results (it is created if missing), or None."""
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(prefix=".bgremove-", suffix=".tmp", dir=folder)
-            os.close(fd)
-            os.unlink(probe)
+            probe_writable(folder)
         except OSError as exc:
             return OutputError(f"cannot write to output folder {folder}: {exc.strerror or exc}",
                                hint="check the -o path, its permissions and free space")

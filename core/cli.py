@@ -4,27 +4,28 @@ Exit codes: 0 all good; 1 some file or check failed; 2 usage or config error
 (including a missing API key). No traceback reaches the user for an error
 bgremove raised on purpose.
 
-Sub-commands that live in other packages register themselves through a
-``register(subparsers)`` function in the modules listed in ``_COMMAND_MODULES``;
-those modules import only argparse at load time so start-up stays fast.
+The command line is the top layer: it imports core, the watcher and the
+plug-in, and none of them imports it. Each sub-command is a module of
+``bgremove.commands`` that registers itself through ``register(subparsers)``;
+those modules import only argparse at load time so start-up stays fast, and
+load what they run on first use.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from bgremove.commands import doctor, emulator, gimp, models, remove, tasks, watch
+from bgremove.commands.common import EXIT_FAILED, EXIT_USAGE
 from bgremove.errors import BgremoveError, ConfigError
 from bgremove.version import __version__
 
 log = logging.getLogger("bgremove")
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 EPILOG = """\
 environment:
@@ -40,16 +41,6 @@ exit codes:
 
 `bgremove COMMAND --help` explains each command; `bgremove doctor` checks the setup."""
 
-_COMMAND_MODULES = (
-    "bgremove.commands.remove",
-    "bgremove.commands.doctor",
-    "bgremove.commands.emulator",
-    "bgremove.commands.models",
-    "bgremove.commands.tasks",
-    "bgremove.watcher.cli",
-    "bgremove.plugin_gimp.cli",
-)
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse with exit code 2 and a one-line error (its default already is 2)."""
@@ -57,30 +48,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"bgremove: error: {message}\n")
-
-
-def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    """The options every sub-command that reads settings takes."""
-    parser.add_argument("--config", metavar="FILE",
-                        help="YAML config file "
-                        "(default: $BGREMOVE_CONFIG, then the user config dir)")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                        help="how much to log on stderr (default: info)")
-
-
-def config_from_args(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Any:
-    """Load the config with flags applied, register the key for redaction, set up logging."""
-    from bgremove.config import load_config
-    from bgremove.logs import register_secret, setup_logging
-
-    flags = dict(overrides or {})
-    if getattr(args, "log_level", None):
-        flags["log_level"] = args.log_level
-    config = load_config(getattr(args, "config", None), overrides=flags)
-    register_secret(config.wavespeed.api_key)
-    setup_logging(config.log_level, json_lines=bool(getattr(args, "json_logs", False)),
-                  timestamps=bool(getattr(args, "log_timestamps", False)))
-    return config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,14 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bgremove {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a package still being built
-            if exc.name and name.startswith(exc.name):
-                continue
-            raise
-        module.register(sub)
+    for command in (remove, doctor, emulator, models, tasks, watch, gimp):
+        command.register(sub)
     return parser
 
 

@@ -28,6 +28,14 @@ from typing import Any, Union
 
 import yaml
 
+from bgremove.choices import (
+    ACCOUNT_LEVELS,
+    BACKENDS,
+    LOCAL_MODELS,
+    LOG_LEVELS,
+    OUTPUT_FORMATS,
+    WAIT_MODES,
+)
 from bgremove.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -94,7 +102,7 @@ class ReconcilePolicy:
 class WaveSpeedConfig:
     api_key: str | None = _opt(None, secret=True)
     base_url: str = DEFAULT_BASE_URL
-    wait: str = _opt("sync", choices=("sync", "poll"))
+    wait: str = _opt("sync", choices=WAIT_MODES)
     base64_output: bool = False
     max_upload_bytes: int = _opt(20 * 1024 * 1024, min=1024)
     max_upload_side: int = _opt(8192, min=64)
@@ -106,7 +114,7 @@ class WaveSpeedConfig:
 
 @dataclass(frozen=True)
 class LocalConfig:
-    model: str = _opt("u2netp", choices=("u2netp", "u2net"))
+    model: str = _opt("u2netp", choices=LOCAL_MODELS)
     threads: int = _opt(0, min=0, max=256)  # 0: let onnxruntime choose
     refine: bool = False  # edge refinement
     refine_size: int = _opt(1024, min=320, max=8192)  # longer side the refinement works at
@@ -115,7 +123,7 @@ class LocalConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    format: str = _opt("png", choices=("png", "webp", "tiff"))
+    format: str = _opt("png", choices=OUTPUT_FORMATS)
     mask_only: bool = False
     background: str | None = None  # a colour: "#ffffff", "white", "255,255,255"
     crop: bool = False
@@ -123,6 +131,8 @@ class OutputConfig:
     # Foreground colour estimation: soft edges stop carrying the old background's colour.
     foreground: bool = False
     suffix: str = "-nobg"  # used when no output folder is given
+    # False: the output keeps the input's EXIF minus the GPS location (bgremove.imaging._meta).
+    strip_metadata: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,7 +150,7 @@ class WatchConfig:
     polling: bool = False
     once: bool = False
     json: bool = False
-    account_level: str | None = _opt(None, choices=(None, "bronze", "silver", "gold", "ultra"))
+    account_level: str | None = _opt(None, choices=(None, *ACCOUNT_LEVELS))
     concurrency: int = _opt(2, min=1, max=1024)
     images_per_minute: int = _opt(0, min=0)  # 0: no limit
     max_per_hour: int = _opt(0, min=0)  # cost guard, 0: no cap
@@ -161,9 +171,9 @@ class WatchConfig:
 
 @dataclass(frozen=True)
 class Config:
-    backend: str = _opt("auto", choices=("auto", "wavespeed", "local"))
+    backend: str = _opt("auto", choices=BACKENDS)
     concurrency: int = _opt(4, min=1, max=1024)
-    log_level: str = _opt("info", choices=("debug", "info", "warning", "error"))
+    log_level: str = _opt("info", choices=LOG_LEVELS)
     wavespeed: WaveSpeedConfig = field(default_factory=WaveSpeedConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -223,7 +233,16 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
     if overrides:
         config = config.with_overrides(overrides)
     _check_service_settings(config, url_origin)
+    _check_output_settings(config)
     return config
+
+
+def _check_output_settings(config: Config) -> None:
+    """Output options that contradict each other fail now rather than one being ignored."""
+    if config.output.mask_only and config.output.background is not None:
+        raise ConfigError("output.mask_only and output.background cannot be combined: "
+                          "a mask has no background",
+                          hint="drop --background (or output.background) or --mask-only")
 
 
 def _check_service_settings(config: Config, url_origin: str = "wavespeed.base_url") -> None:
@@ -277,10 +296,20 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: Keys that existed once: what to do instead.
+REMOVED_KEYS = {
+    "watch.retry_uncertain_submits": "a submit whose answer was lost is now looked up in the "
+    "service's task list instead of being sent again blindly: delete this key",
+}
+
+
 def _apply(config: Config, values: Mapping[str, Any], origin: str) -> Config:
     """Set dotted keys on the frozen tree, validating each value."""
     result: Any = config
     for dotted, value in values.items():
+        if dotted in REMOVED_KEYS:
+            raise ConfigError(f"{origin}: key {dotted!r} no longer exists",
+                              hint=REMOVED_KEYS[dotted])
         result = _set(result, dotted.split("."), value, dotted, origin)
     return typing.cast(Config, result)
 

@@ -162,10 +162,11 @@ class Progress:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def finish(self, summary: str) -> None:
-        """Clear the live line and write the summary line (always, terminal or not)."""
+    def finish(self, summary: str | None = None) -> None:
+        """Clear the live line; write ``summary`` if given (always, terminal or not)."""
         self.console.close()
-        self.console.line(PREFIX + summary)
+        if summary is not None:
+            self.console.line(PREFIX + summary)
 
 
 class DownloadProgress:

@@ -167,9 +167,12 @@ class ServiceTimeoutError(TransportError):
 
 
 class SubmitUncertainError(ServiceError):
-    """Raised when a submit's answer was lost: the task may exist and may be billed.
+    """Raised when a submit's answer was lost and it cannot be told whether it created a task.
 
-    It is not resubmitted automatically; see ``bgremove.retry`` for the policy.
+    The client first looks the task up in the service's list (see ``bgremove.retry`` for
+    the policy); this error means that could not tell. ``transient`` is true when only
+    time ran out (the list unreachable, a candidate still running): a journal may look
+    again later. The image is never sent again blindly.
     """
 
     kind = "submit_uncertain"

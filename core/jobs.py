@@ -12,14 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bgremove.errors import BgremoveError, ConfigError
+from bgremove.errors import BgremoveError
 
 if TYPE_CHECKING:
-    from PIL import Image
 
-    from bgremove.backends import Backend, JobHooks
     from bgremove.config import Config, OutputConfig
+    from bgremove.contract import Backend, JobHooks
     from bgremove.imaging import SourceImage
+
+
+#: The warning of a result in which nothing is left visible (see ``bgremove.imaging.has_subject``).
+NO_SUBJECT_WARNING = "no subject found: the result is fully transparent"
 
 
 @dataclass(frozen=True)
@@ -28,11 +31,12 @@ class JobResult:
 
     input: Path
     output: Path | None
-    status: str  # "ok" or "failed"
+    status: str  # "ok", "skipped" (its result was already there) or "failed"
     error: BgremoveError | None
     seconds: float
     task_id: str | None = None
     requests: int = 0
+    warning: str | None = None  # e.g. NO_SUBJECT_WARNING: written, but worth a look
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -43,6 +47,7 @@ class JobResult:
             "error_kind": self.error.kind if self.error else None,
             "seconds": round(self.seconds, 3),
             "task_id": self.task_id,
+            "warning": self.warning,
         }
 
 
@@ -50,21 +55,10 @@ def output_path_for(src: Path, out_dir: Path | None, output: OutputConfig) -> Pa
     """``DIR/<stem>.<ext>``, or ``<stem><suffix>.<ext>`` beside the input without a folder."""
     from bgremove.imaging import extension_for
 
-    ext = extension_for("png" if output.mask_only and output.format == "png" else output.format)
+    ext = extension_for(output.format)
     if out_dir is None:
         return src.with_name(f"{src.stem}{output.suffix}{ext}")
     return out_dir / f"{src.stem}{ext}"
-
-
-def _estimate_foreground(image: Image.Image, alpha: Image.Image) -> Image.Image:
-    """Recolour semi-transparent pixels with their estimated foreground colour (needs numpy)."""
-    try:
-        from bgremove.local.refine import estimate_foreground
-    except ImportError:
-        raise ConfigError("output.foreground needs numpy",
-                          hint="pip install 'bgremove[local]', or set output.foreground: false"
-                          ) from None
-    return estimate_foreground(image, alpha, inplace=True)
 
 
 def remove_file(
@@ -81,8 +75,15 @@ def remove_file(
     ``source`` is ``src`` already decoded by the caller (the daemon decodes each
     file to know it is complete), so it is not decoded a second time.
     """
-    from bgremove.backends import JobHooks
-    from bgremove.imaging import compose, fit_alpha, load_image, save_image
+    from bgremove.contract import JobHooks
+    from bgremove.imaging import (
+        compose_output,
+        estimate_foreground,
+        fit_alpha,
+        has_subject,
+        load_image,
+        save_image,
+    )
 
     hooks = hooks or JobHooks()
     started = time.monotonic()
@@ -95,10 +96,14 @@ def remove_file(
     hooks.report("compose", 0.95)
     alpha = fit_alpha(cutout.alpha, source.image.size)
     if config.output.foreground and not config.output.mask_only:
-        source.image = _estimate_foreground(source.image, alpha)
-    result = compose(source, alpha, config.output)
-    save_image(result, dst, fmt=config.output.format, icc_profile=source.icc_profile)
+        source.image = estimate_foreground(source.image, alpha, inplace=True)
+        source.deep = None  # the estimate is made on the 8-bit pixels: the output is 8-bit
+    result = compose_output(source, alpha, config.output)
+    exif = None if config.output.strip_metadata else source.exif
+    save_image(result, dst, fmt=config.output.format, icc_profile=source.icc_profile, exif=exif)
     hooks.report("compose", 1.0)
+    # Written all the same (it was paid for), but said: an empty cut-out is rarely wanted.
+    warning = None if has_subject(alpha) else NO_SUBJECT_WARNING
     return JobResult(
         input=src,
         output=dst,
@@ -107,4 +112,5 @@ def remove_file(
         seconds=time.monotonic() - started,
         task_id=cutout.task_id,
         requests=cutout.requests,
+        warning=warning,
     )

@@ -35,13 +35,18 @@ def register_secret(value: str | None) -> None:
         _SECRETS.add(value)
 
 
-def redact(text: str) -> str:
-    for secret in _SECRETS:
-        if secret in text:
-            if len(secret) >= ANYWHERE_FROM:
-                text = text.replace(secret, REDACTED)
+def redact(text: str, secret: str | None = None) -> str:
+    """``text`` without any registered secret, nor ``secret`` (a key in hand, any length).
+
+    The one key scrubber: log records, JSON log lines and the service client's
+    error messages all go through it.
+    """
+    for value in (*_SECRETS, secret):
+        if value and value in text:
+            if len(value) >= ANYWHERE_FROM:
+                text = text.replace(value, REDACTED)
             else:
-                text = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", REDACTED, text)
+                text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", REDACTED, text)
     return text
 
 

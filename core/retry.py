@@ -118,14 +118,19 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     return max(0.0, when.timestamp() - current)
 
 
-def backoff_delay(attempt: int, *, initial: float, cap: float,
+def backoff_delay(attempt: int, *, initial: float, cap: float, spread: float | None = None,
                   rand: Callable[[], float] = random.random) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, initial * 2**(attempt-1))].
+    """Capped exponential backoff around ``min(cap, initial * 2**(attempt-1))``: the one
+    backoff of bgremove (the client's retries and the daemon's).
 
-    ``attempt`` is the number of the attempt that just failed (1 for the first).
+    ``attempt`` is the number of the attempt that just failed (1 for the first). With
+    ``spread`` None the jitter is full: uniform in [0, ceiling]. With a spread ``s`` it is
+    uniform in [(1-s), (1+s)] times the ceiling (``s=0``: exactly the ceiling).
     """
     ceiling = min(cap, initial * (2.0 ** min(max(attempt - 1, 0), 62)))
-    return rand() * ceiling
+    if spread is None:
+        return rand() * ceiling
+    return ceiling * (1.0 - spread + 2.0 * spread * rand())
 
 
 @dataclass(frozen=True)

@@ -63,8 +63,8 @@ if TYPE_CHECKING:
 
     from PIL import Image
 
-    from bgremove.backends import CancelToken
     from bgremove.config import Config
+    from bgremove.contract import CancelToken
     from bgremove.errors import BgremoveError
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class Request:
 
 def parse_request(line: bytes) -> Request:
     """Validate the plug-in's header line; raise ``RequestError`` naming the bad field."""
-    from bgremove.backends import BACKEND_NAMES
+    from bgremove.choices import BACKENDS
 
     try:
         data = json.loads(line)
@@ -146,8 +146,8 @@ def parse_request(line: bytes) -> Request:
     if fmt not in FORMATS:
         raise RequestError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     backend = data.get("backend", "auto")
-    if backend not in BACKEND_NAMES:
-        raise RequestError(f"backend {backend!r} is not one of {', '.join(BACKEND_NAMES)}")
+    if backend not in BACKENDS:
+        raise RequestError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     want = data.get("want", "mask")
     if want not in WANTS:
         raise RequestError(f"want {want!r} is not one of {', '.join(WANTS)}")
@@ -400,8 +400,9 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
     """Handle one request from ``stdin``; return the process exit code."""
     out = Output(stdout)
     try:
-        from bgremove.backends import CancelToken, JobHooks, make_backend
+        from bgremove.backends import make_backend
         from bgremove.config import load_config
+        from bgremove.contract import CancelToken, JobHooks
         from bgremove.errors import BgremoveError, CancelledError, MissingExtraError
         from bgremove.logs import register_secret
         from bgremove.version import __version__

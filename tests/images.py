@@ -7,6 +7,7 @@ Other test modules may import these.
 
 from __future__ import annotations
 
+import functools
 import io
 import random
 import struct
@@ -102,7 +103,9 @@ def close(got: object, want: tuple[int, ...], tolerance: int) -> bool:
     return all(abs(a - b) <= tolerance for a, b in zip(got, want, strict=True))
 
 
+@functools.lru_cache(maxsize=1)
 def srgb_icc() -> bytes:
+    # Once: the profile's header holds its creation time, so two calls a second apart differ.
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bgremove.backends import Cutout, JobHooks
 from bgremove.batch import Breaker, plan_outputs, run_batch
 from bgremove.config import Config
+from bgremove.contract import Cutout, JobHooks
 from bgremove.errors import (
     AccountSuspendedError,
     AuthenticationError,

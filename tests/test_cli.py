@@ -141,7 +141,7 @@ def test_default_output_is_beside_the_input(tmp_path: Path, emulator_env: None) 
         assert result.size == (40, 30)
 
 
-def test_unwritable_output_folder_fails_each_file_with_one_line(
+def test_unwritable_output_folder_is_one_line_before_any_work(
         tmp_path: Path, emulator_env: None, capsys: pytest.CaptureFixture[str]) -> None:
     if os.geteuid() == 0:
         blocker = tmp_path / "file-not-folder"
@@ -152,11 +152,9 @@ def test_unwritable_output_folder_fails_each_file_with_one_line(
         out_dir.mkdir()
         out_dir.chmod(0o500)
     srcs = [_solid(tmp_path / f"{i}.png") for i in range(2)]
-    assert main(["remove", *map(str, srcs), "-o", str(out_dir)]) == 1
-    *err, summary = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2
-    assert all("output" in line and ".png" in line for line in err)
-    assert summary == "bgremove: 2 images: 0 done, 2 failed in 0.0 s"
+    assert main(["remove", *map(str, srcs), "-o", str(out_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "output folder" in err[0] and str(out_dir) in err[0]
     assert all(s.exists() for s in srcs)
 
 
@@ -191,7 +189,7 @@ def test_a_folder_run_twice_does_not_cut_out_its_own_results(
     assert main(["remove", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "a-nobg.png", "a.png", "b-nobg.png", "b.jpg", "empty-config.yaml"]
-    assert emulator.stats()["tasks_submitted"] == 4
+    assert emulator.stats()["tasks_submitted"] == 2  # the second run kept both results
 
 
 def test_the_same_file_named_three_ways_is_processed_once(
@@ -211,7 +209,7 @@ def test_nothing_is_uploaded_when_the_output_cannot_be_written(
     blocker = tmp_path / "file-not-folder"
     blocker.write_text("x")
     src = _solid(tmp_path / "a.png")
-    assert main(["remove", str(src), "-o", str(blocker / "out")]) == 1
+    assert main(["remove", str(src), "-o", str(blocker / "out")]) == 2
     assert emulator.stats()["uploads"] == 0 and emulator.stats()["tasks_submitted"] == 0
 
 
@@ -315,30 +313,9 @@ def test_a_refused_key_stops_the_batch_after_the_first_image(
     assert main(["remove", *map(str, srcs), "--concurrency", "1", "--json"]) == 1
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(records) == 6 and all(r["status"] == "failed" for r in records)
-    # The first refusal stops the batch; the one worker may already have taken the next image.
+    # The first refusal stops the batch: the one worker decides before it takes the next image.
     tried = sum(r["error_kind"] == "auth" for r in records)
-    assert tried in (1, 2)
+    assert tried == 1
     assert sum(r["error_kind"] == "not_attempted" and "401" in r["error"]
                for r in records) == 6 - tried
     assert emu.count("upload") + emu.count("upload_binary") == tried
-
-
-def test_an_unreachable_service_stops_after_three_failures_in_a_row(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    import socket
-
-    with socket.socket() as probe:  # a port with nothing listening
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("wavespeed:\n  retry:\n    max_attempts: 1\n")
-    monkeypatch.setenv("WAVESPEED_API_KEY", "wsk-some-valid-looking-key")
-    monkeypatch.setenv("WAVESPEED_BASE_URL", f"http://127.0.0.1:{port}")
-    srcs = [_solid(tmp_path / f"{i}.png") for i in range(8)]
-    code = main(["remove", *map(str, srcs), "--concurrency", "1", "--json", "--config", str(cfg)])
-    assert code == 1
-    kinds = [json.loads(line)["error_kind"] for line in capsys.readouterr().out.splitlines()]
-    # Three in a row stop the batch; the one worker may already have taken a fourth image.
-    assert kinds.count("connection") in (3, 4)
-    assert kinds.count("not_attempted") == 8 - kinds.count("connection")

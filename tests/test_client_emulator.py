@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import configured, make_keyed_image
 
-from bgremove.backends import CancelToken, JobHooks
+from bgremove.contract import CancelToken, JobHooks
 from bgremove.emulator import Emulator, Fault, keyout_alpha
 from bgremove.errors import (
     AccountSuspendedError,

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from bgremove.backends import CancelToken
 from bgremove.config import PollPolicy, RetryPolicy, Timeouts, WaveSpeedConfig
+from bgremove.contract import CancelToken
 from bgremove.errors import (
     AccountSuspendedError,
     APIStatusError,

@@ -57,11 +57,12 @@ def test_config_found_through_environment_variable(tmp_path: Path) -> None:
         ("wavespeed:\n  timeout: 3\n", "unknown key 'wavespeed.timeout'"),
         ("concurrency: many\n", "'concurrency' must be a whole number"),
         ("concurrency: 0\n", "it must be at least 1"),
-        ("output:\n  format: jpg\n", "allowed: png, webp, tiff"),
+        ("output:\n  format: gif\n", "allowed: png, webp, tiff, jpg"),
         ("wavespeed: 3\n", "'wavespeed' must be a mapping"),
         ("local:\n  refine: maybe\n", "must be true or false"),
         ("- a\n- b\n", "must hold a mapping"),
         ("a: [\n", "not valid YAML at line"),
+        ("watch:\n  retry_uncertain_submits: 1\n", "looked up in the service's task list"),
     ],
 )
 def test_bad_files_name_file_key_and_allowed(tmp_path: Path, text: str, expected: str) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops
 
+from bgremove.commands.gimp import register
 from bgremove.emulator import Emulator, Fault, keyout_alpha
 from bgremove.errors import (
     AuthenticationError,
@@ -34,7 +35,6 @@ from bgremove.errors import (
     ServiceTimeoutError,
 )
 from bgremove.plugin_gimp import bridge, install
-from bgremove.plugin_gimp.cli import register
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN_FILE = REPO / "plugin_gimp" / "remove_background.py"
@@ -522,7 +522,7 @@ def test_every_gimp_action_has_help_text() -> None:
 
 
 def test_the_cli_module_imports_nothing_heavy() -> None:
-    code = ("import sys, bgremove.plugin_gimp.cli; "
+    code = ("import sys, bgremove.commands.gimp; "
             "print([m for m in ('httpx', 'PIL', 'numpy', 'bgremove.plugin_gimp.install') "
             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

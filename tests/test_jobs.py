@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bgremove.backends import Cutout, JobHooks
 from bgremove.config import Config
+from bgremove.contract import Cutout, JobHooks
 from bgremove.jobs import remove_file
 
 
@@ -48,7 +48,7 @@ def test_mask_is_scaled_to_full_size_and_foreground_only_touches_soft_pixels(
 
 
 def test_progress_reaches_the_end_and_cancel_stops_before_writing(tmp_path: Path) -> None:
-    from bgremove.backends import CancelToken
+    from bgremove.contract import CancelToken
     from bgremove.errors import CancelledError
 
     src = _source(tmp_path / "in.png")

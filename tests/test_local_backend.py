@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from bgremove.backends import CancelToken, JobHooks, make_backend
+from bgremove.backends import make_backend
 from bgremove.config import Config, LocalConfig
+from bgremove.contract import CancelToken, JobHooks
 from bgremove.errors import CancelledError, ModelError
 from bgremove.local import LocalBackend
 from bgremove.local.models import IndexSource, UrlSource, ensure_model

@@ -6,13 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgremove.local.refine import (
-    box_mean,
-    estimate_foreground,
-    estimate_foreground_array,
-    guided_filter,
-    refine_mask,
-)
+from bgremove.imaging import estimate_foreground
+from bgremove.imaging._foreground import box_mean, estimate_foreground_array
+from bgremove.local.refine import guided_filter, refine_mask
 
 
 def naive_box_mean(a: np.ndarray, r: int) -> np.ndarray:
@@ -104,3 +100,16 @@ def test_foreground_tiles_match_the_whole_image_and_work_in_place() -> None:
 def test_foreground_needs_matching_sizes() -> None:
     with pytest.raises(ValueError, match="alpha is"):
         estimate_foreground(Image.new("RGB", (10, 10)), Image.new("L", (5, 5)))
+
+
+def test_foreground_without_numpy_is_a_config_error_naming_the_fix(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from bgremove.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "numpy", None)  # makes `import numpy` fail
+    monkeypatch.delitem(sys.modules, "bgremove.imaging._foreground", raising=False)
+    image = Image.new("RGB", (4, 4))
+    with pytest.raises(ConfigError, match=r"needs numpy.*bgremove\[local\]"):
+        estimate_foreground(image, Image.new("L", (4, 4), 128))

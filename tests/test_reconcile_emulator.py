@@ -13,6 +13,7 @@ submit and reading its answer, and a restart that adopts the task.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -148,20 +149,44 @@ def test_identical_images_in_one_batch_each_adopt_one_task(
 
 @pytest.mark.parametrize("lost", [n for n, m in CASES if m == "poll"])
 def test_watch_resolves_every_lost_answer(tmp_path: Path, emulator_factory: Any,
-                                          lost: str) -> None:
+                                          caplog: pytest.LogCaptureFixture, lost: str) -> None:
+    caplog.set_level(logging.INFO)
     options, keys, _ = LOST[lost]
     emu = emulator_factory(**options)
     images = subjects(3)
-    with DaemonRun(tmp_path, emu) as run:
-        run.config = run.config.with_overrides(keys)
+    run = DaemonRun(tmp_path, emu)
+    run.config = run.config.with_overrides(keys)
+    with run:
         for i, image in enumerate(images):
             image.save(run.inbox / f"w{i}.png")
         wait_until(lambda: len(files(run.done)) + len(files(run.failed)) == 3, 60,
                    what="every file done")
     assert files(run.failed) == []
+    # the answers really were lost, and resolved through the list
+    assert ("submitting it again" if lost == "never-created" else "found its task") in caplog.text
     for i, image in enumerate(images):
         assert_cutout(run.outbox / f"w{i}.png", image)
     assert_one_task_per_image(emu, 3)
+
+
+def test_watch_looks_again_later_when_the_list_is_down_past_the_deadline(
+        tmp_path: Path, emulator_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    emu = emulator_factory(faults=(Fault("drop", route="submit", first=1, after=True),
+                                   Fault("status", route="list", status=503, first=10**9)))
+    image = make_keyed_image()
+    run = DaemonRun(tmp_path, emu)
+    run.config = run.config.with_overrides({"wavespeed.timeouts.overall": 1.5})
+    with run:
+        image.save(run.inbox / "d.png")
+        wait_until(lambda: "could not be read in time" in caplog.text, 30,
+                   what="the first look given up")
+        emu.set_faults()  # the list is back
+        wait_until(lambda: files(run.done) or files(run.failed), 30, what="an outcome")
+    assert files(run.done) == ["d.png"] and files(run.failed) == []
+    assert_cutout(run.outbox / "d.png", image)
+    assert "looking for its task" in caplog.text and "found its task" in caplog.text
+    assert emu.count("submit") == 1 and emu.stats()["tasks_submitted"] == 1
 
 
 # -- the clear error, never a second task --------------------------------------------------------
@@ -176,8 +201,9 @@ def test_remove_without_the_list_route_fails_clearly_with_one_task(
     code, _, err = run_remove(tmp_path, emu, monkeypatch, capsys, [path], "sync",
                               json_lines=False)
     assert code == 1 and not (tmp_path / "out" / "a.png").exists()
-    line = [x for x in err.splitlines() if x.startswith("bgremove: ")
-            and "WaveSpeed emulator" not in x]  # the in-process emulator logs too
+    *line, closing = [x for x in err.splitlines() if x.startswith("bgremove: ")
+                        and "WaveSpeed emulator" not in x]  # the in-process emulator logs too
+    assert closing == "bgremove: 1 image: 0 done, 1 failed"
     assert len(line) == 1 and "no task list" in line[0] and "bgremove tasks" in line[0]
     assert "Traceback" not in err and emu.api_key not in err
     assert emu.stats()["tasks_submitted"] == 1 and emu.count("submit") == 1
@@ -226,8 +252,9 @@ def test_remove_with_the_clock_five_minutes_off_fails_clearly_with_one_task(
     code, _, err = run_remove(tmp_path, emu, monkeypatch, capsys, [path], "sync",
                               json_lines=False)
     assert code == 1 and not (tmp_path / "out" / "a.png").exists()
-    line = [x for x in err.splitlines() if x.startswith("bgremove: ")
-            and "WaveSpeed emulator" not in x]  # the in-process emulator logs too
+    *line, closing = [x for x in err.splitlines() if x.startswith("bgremove: ")
+                        and "WaveSpeed emulator" not in x]  # the in-process emulator logs too
+    assert closing == "bgremove: 1 image: 0 done, 1 failed"
     assert len(line) == 1 and "clock is 300 s behind" in line[0].replace("299 s", "300 s")
     assert emu.count("submit") == 1
     assert emu.stats()["tasks_submitted"] == (1 if lost == "dropped" else 0)

@@ -334,12 +334,13 @@ def test_a_subject_inside_another_image_is_told_apart_by_its_hidden_colours(
 
 # -- the clear error, never a second task --------------------------------------------------------
 
-def unsure(account: Account, client: WaveSpeedClient, image: Any) -> SubmitUncertainError:
+def unsure(account: Account, client: WaveSpeedClient, image: Any, *,
+           transient: bool = False) -> SubmitUncertainError:
     with pytest.raises(SubmitUncertainError) as info:
         run_image(client, image)
     assert account.count("submit") == 1
     assert "bgremove tasks" in str(info.value) and KEY not in str(info.value)
-    assert not info.value.transient
+    assert info.value.transient is transient  # only "ran out of time" may be asked again
     return info.value
 
 
@@ -393,7 +394,8 @@ def test_no_date_header_means_no_resubmit(account: Account, make_client: Any) ->
 def test_the_list_down_until_the_deadline_is_the_clear_error(account: Account,
                                                             make_client: Any) -> None:
     account.submits, account.list_status = ["drop"], [503] * 10_000
-    assert "in time" in str(unsure(account, make_client(), make_keyed_image()))
+    error = unsure(account, make_client(), make_keyed_image(), transient=True)
+    assert "in time" in str(error)
 
 
 # -- the comparison itself -----------------------------------------------------------------------

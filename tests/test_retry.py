@@ -105,6 +105,19 @@ def test_backoff_full_jitter_bounds(attempt: int, ceiling: float) -> None:
                                rand=lambda: 0.5) == pytest.approx(ceiling / 2)
 
 
+@pytest.mark.parametrize(("attempt", "ceiling"), [(1, 0.5), (3, 2.0), (7, 30.0), (50, 30.0)])
+def test_backoff_with_a_spread_stays_around_the_ceiling(attempt: int, ceiling: float) -> None:
+    # The daemon's form: never much sooner than planned (spread 0.2), or exactly (spread 0).
+    def delay(spread: float, r: float) -> float:
+        return retry.backoff_delay(attempt, initial=0.5, cap=30.0, spread=spread,
+                                   rand=lambda: r)
+
+    assert delay(0.2, 0.0) == pytest.approx(0.8 * ceiling)
+    assert delay(0.2, 0.5) == pytest.approx(ceiling)
+    assert delay(0.2, 0.999999) == pytest.approx(1.2 * ceiling, rel=1e-5)
+    assert delay(0.0, 0.123) == pytest.approx(ceiling)
+
+
 def test_backoff_is_jittered_with_the_real_random_source() -> None:
     delays = {retry.backoff_delay(5, initial=1.0, cap=8.0) for _ in range(50)}
     assert len(delays) > 40  # not a constant

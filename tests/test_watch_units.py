@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bgremove.backends import CancelToken
 from bgremove.config import Config, WatchConfig
+from bgremove.contract import CancelToken
 from bgremove.errors import ConfigError
 from bgremove.watcher.claims import Claims, make_owner_id, parse_owner, pid_alive
 from bgremove.watcher.journal import Journal
@@ -286,7 +286,7 @@ def test_dead_owner_detection(tmp_path: Path) -> None:
 
 
 def test_cli_start_up_stays_light() -> None:
-    code = ("import sys, bgremove.cli, bgremove.watcher.cli; bgremove.cli.build_parser(); "
+    code = ("import sys, bgremove.cli, bgremove.commands.watch; bgremove.cli.build_parser(); "
             "heavy = [m for m in ('watchdog', 'PIL', 'httpx', 'sqlite3') if m in sys.modules]; "
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

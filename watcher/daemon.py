@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import socket
 import sqlite3
 import threading
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bgremove import tasklog
-from bgremove.backends import CancelToken, JobHooks
+from bgremove.contract import CancelToken, JobHooks
 from bgremove.errors import (
     APIStatusError,
     BgremoveError,
@@ -59,11 +58,13 @@ from bgremove.errors import (
     RateLimitError,
     TaskFailedError,
 )
+from bgremove.files import probe_writable
+from bgremove.retry import backoff_delay
 from bgremove.watcher.claims import Claims, make_owner_id
 from bgremove.watcher.events import Watcher
 from bgremove.watcher.failures import report_task_id, write_error_report
 from bgremove.watcher.fingerprint import file_sha256, settings_fingerprint
-from bgremove.watcher.folder_health import FolderBlocked, FolderHealth, probe_write
+from bgremove.watcher.folder_health import PROBE_BYTES, FolderBlocked, FolderHealth
 from bgremove.watcher.journal import Job, Journal
 from bgremove.watcher.limits import CostGuard, Limits, RateLimiter, effective_limits
 from bgremove.watcher.naming import Layout, move_no_replace, shown
@@ -73,8 +74,8 @@ from bgremove.watcher.readiness import ReadinessTracker, Ready
 from bgremove.watcher.scheduler import Scheduler
 
 if TYPE_CHECKING:
-    from bgremove.backends import Backend
     from bgremove.config import Config
+    from bgremove.contract import Backend
     from bgremove.imaging import SourceImage
 
 log = logging.getLogger(__name__)
@@ -203,8 +204,8 @@ class Daemon:
 
         layout = self.layout
         try:  # before anything is taken from INBOX: an unusable OUTBOX is a setup error
-            probe_write(layout.outbox)
-            probe_write(self.staging)
+            probe_writable(layout.outbox, size=PROBE_BYTES)
+            probe_writable(self.staging, size=PROBE_BYTES)
         except OSError as exc:
             raise ConfigError(f"OUTBOX {layout.outbox} cannot be written: "
                               f"{exc.strerror or exc}",
@@ -524,7 +525,7 @@ class Daemon:
                           exc2)
                 self._requeue(claimed, rel, input_error, BACKOFF_MAX)
             return
-        delay = min(BACKOFF_MAX, self.backoff_initial * 2 ** (attempts - 1))
+        delay = backoff_delay(attempts, initial=self.backoff_initial, cap=BACKOFF_MAX, spread=0)
         log.exception("unexpected error on %s (attempt %d of %d); retrying in %.1f s",
                       shown(rel), attempts, MAX_UNEXPECTED_ATTEMPTS, delay)
         with self._lock:
@@ -765,8 +766,7 @@ class Daemon:
                        note=f"gave up after {attempts} attempts over "
                             f"{time.time() - first:.0f} s")
             return
-        delay = min(BACKOFF_MAX, self.backoff_initial * 2 ** (attempts - 1))
-        delay *= random.uniform(0.8, 1.2)
+        delay = backoff_delay(attempts, initial=self.backoff_initial, cap=BACKOFF_MAX, spread=0.2)
         if isinstance(exc, RateLimitError) and exc.retry_after:
             delay = max(delay, exc.retry_after)
         with self._lock:

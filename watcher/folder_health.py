@@ -4,26 +4,18 @@ the probe write that ends it."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from bgremove.files import probe_writable
 from bgremove.watcher.naming import shown
 
 log = logging.getLogger(__name__)
 
 
-def probe_write(folder: Path) -> None:
-    """Create ``folder`` if needed and write, sync and remove 64 KiB in it (a full disk fails
-    too); OSError when it cannot be written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    probe = folder / f".bgremove-probe-{os.getpid()}"
-    with open(probe, "wb") as fh:
-        fh.write(b"\0" * 65536)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.unlink(probe)
+#: Bytes a probe writes (and syncs), so a full disk fails it too.
+PROBE_BYTES = 65536
 
 
 class FolderBlocked(Exception):
@@ -73,7 +65,7 @@ class FolderHealth:
         folder = self._folder or self._outbox
         try:
             for target in (self._staging, folder):
-                probe_write(target)
+                probe_writable(target, size=PROBE_BYTES)
         except OSError:
             return
         if self._journal and not heartbeat():

@@ -21,20 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bgremove.choices import ACCOUNT_LIMITS
+
 if TYPE_CHECKING:
-    from bgremove.backends import CancelToken
     from bgremove.config import WatchConfig
+    from bgremove.contract import CancelToken
     from bgremove.watcher.journal import Journal
 
 log = logging.getLogger(__name__)
 
-#: level -> (tasks at once, images a minute)
-ACCOUNT_LEVELS: dict[str, tuple[int, int]] = {
-    "bronze": (2, 2),
-    "silver": (300, 500),
-    "gold": (3000, 3000),
-    "ultra": (10000, 5000),
-}
 #: Worker threads are cheap but not free: above this, more threads buy nothing.
 MAX_WORKERS = 256
 
@@ -54,7 +49,7 @@ def effective_limits(watch: WatchConfig) -> Limits:
     concurrency = watch.concurrency
     per_minute = watch.images_per_minute
     if watch.account_level:
-        level_conc, level_rate = ACCOUNT_LEVELS[watch.account_level]
+        level_conc, level_rate = ACCOUNT_LIMITS[watch.account_level]
         concurrency = min(concurrency, level_conc)
         per_minute = level_rate if per_minute == 0 else min(per_minute, level_rate)
     return Limits(min(concurrency, MAX_WORKERS), per_minute, watch.max_per_hour,

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bgremove.cli import EXIT_FAILED, EXIT_OK, add_config_argument
+from bgremove.commands.common import EXIT_FAILED, EXIT_OK, add_config_argument
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -60,7 +60,7 @@ class Checks:
 
 
 def _check_config(args: argparse.Namespace) -> tuple[str, str, Any]:
-    from bgremove.cli import config_from_args
+    from bgremove.commands.common import config_from_args
     from bgremove.config import default_config_path
 
     config = config_from_args(args)

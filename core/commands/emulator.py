@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from bgremove.choices import ACCOUNT_LEVELS, LOG_LEVELS
+
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -40,7 +42,7 @@ def register(subparsers: Any) -> None:
                         default="504",
                         help="answer a sync timeout with a 504 carrying the task, a 200 with "
                         "code 5004, a proxy's bare 504 without the task, or a closed connection")
-    parser.add_argument("--level", choices=("bronze", "silver", "gold", "ultra"),
+    parser.add_argument("--level", choices=ACCOUNT_LEVELS,
                         help="apply an account level's limits (bronze: 2 concurrent tasks, "
                         "2 images per minute)")
     parser.add_argument("--concurrency-cap", type=int, metavar="N",
@@ -75,8 +77,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--clock-skew", type=float, default=0.0, metavar="S",
                         help="the service's clock runs S seconds ahead of this machine's "
                         "(negative: behind)")
+    parser.add_argument("--uplink-mbit", type=float, default=0.0, metavar="N",
+                        help="uploads arrive at N Mbit/s at most, shared by all connections")
+    parser.add_argument("--downlink-mbit", type=float, default=0.0, metavar="N",
+                        help="answers and downloads leave at N Mbit/s at most, shared by all "
+                        "connections")
+    parser.add_argument("--output-max-side", type=int, default=0, metavar="PX",
+                        help="return outputs scaled down to this longest side (a model that "
+                        "answers below full size)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random fault rates")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+    parser.add_argument("--log-level", choices=LOG_LEVELS,
                         default="info", help="requests are logged at debug")
     parser.set_defaults(func=run)
 
@@ -105,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import threading
 
+    from bgremove.choices import ACCOUNT_LIMITS
     from bgremove.emulator import Emulator, EmulatorOptions
-    from bgremove.emulator.options import ACCOUNT_LEVELS
     from bgremove.errors import ConfigError
     from bgremove.logs import register_secret, setup_logging
 
@@ -120,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
                           hint="add --api-key YOUR-SECRET")
     register_secret(args.api_key)
     setup_logging(args.log_level)
-    cap, per_minute = ACCOUNT_LEVELS[args.level] if args.level else (0, 0)
+    cap, per_minute = ACCOUNT_LIMITS[args.level] if args.level else (0, 0)
     if args.concurrency_cap is not None:
         cap = args.concurrency_cap
     if args.images_per_minute is not None:
@@ -133,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), faults=_faults(args),
         seed=args.seed, retention=args.retention, list_route=args.list_route,
         list_input=args.list_input, clock_skew=args.clock_skew,
-        allow_remote=args.allow_remote)
+        allow_remote=args.allow_remote, uplink_mbit=args.uplink_mbit,
+        downlink_mbit=args.downlink_mbit, output_max_side=args.output_max_side)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

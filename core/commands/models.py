@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bgremove.cli import EXIT_FAILED, EXIT_OK, add_config_argument
+from bgremove.commands.common import EXIT_FAILED, EXIT_OK, add_config_argument
 
 
 def register(sub: Any) -> None:
@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from bgremove.cli import config_from_args
+    from bgremove.commands.common import config_from_args
     from bgremove.local.models import model_status
 
     config = config_from_args(args)
@@ -50,7 +50,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from bgremove.cli import config_from_args
+    from bgremove.commands.common import config_from_args
     from bgremove.console import DownloadProgress
     from bgremove.local.models import fetch_model, get_spec
 
@@ -68,7 +68,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 def run_path(args: argparse.Namespace) -> int:
     import sys
 
-    from bgremove.cli import config_from_args
+    from bgremove.commands.common import config_from_args
     from bgremove.local.models import get_spec, model_dir, model_path, verify_cached
 
     config = config_from_args(args)

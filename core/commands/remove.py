@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from bgremove.cli import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
+from bgremove.choices import BACKENDS, OUTPUT_FORMATS
+from bgremove.commands.common import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
 from bgremove.errors import ConfigError
 
 if TYPE_CHECKING:
-    from bgremove.backends import Backend
     from bgremove.config import Config
+    from bgremove.contract import Backend
     from bgremove.jobs import JobResult
 
 #: Seconds between progress lines when stderr is not a terminal.
@@ -24,15 +26,32 @@ def register(sub: Any) -> None:
         "remove",
         help="remove the background of image files",
         description="Remove the background of each INPUT (files, or folders of images). "
-        "Writes DIR/<stem>.<ext> with -o, else <stem>-nobg.<ext> beside the input.",
+        "Writes DIR/<stem>.<ext> with -o DIR, else <stem>-nobg.<ext> beside the input. "
+        "A result that already exists is kept and its input not sent again (--overwrite "
+        "to redo it).",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    p.add_argument("-o", "--output-dir", metavar="DIR", help="folder for the results")
+    p.add_argument("-o", "--output-dir", "--output", dest="output", metavar="DIR|FILE",
+                   help="folder for the results; for a single image, a name ending in .png, "
+                   ".jpg, .webp or .tif names the result file itself")
+    p.add_argument("-r", "--recursive", action="store_true",
+                   help="take the images in subfolders too (mirrored under -o DIR)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="cut out again images whose result already exists (by default they "
+                   "are skipped and not sent)")
     p.add_argument("--concurrency", type=int, metavar="N",
                    help="images processed at once (default: concurrency in the config, 4)")
-    p.add_argument("--backend", choices=("auto", "wavespeed", "local"),
+    p.add_argument("--backend", choices=BACKENDS,
                    help="auto: WaveSpeed when an API key is set, else the offline model")
-    p.add_argument("--format", choices=("png", "webp", "tiff"), help="output format (default png)")
+    p.add_argument("--format", choices=OUTPUT_FORMATS,
+                   help="output format (default png; jpg is flattened onto --background, "
+                   "white by default)")
+    p.add_argument("--model", metavar="NAME",
+                   help="the offline model: u2netp (fast) or u2net (better); the WaveSpeed "
+                   "service has one model (default: local.model in the config)")
+    p.add_argument("--strip-metadata", action="store_true", default=None,
+                   help="write no EXIF (by default outputs keep the input's EXIF, such as "
+                   "artist, copyright, date and camera, but never its GPS location)")
     p.add_argument("--mask-only", action="store_true", default=None,
                    help="write the mask as a greyscale image instead of the cut-out")
     p.add_argument("--background", metavar="COLOR",
@@ -49,39 +68,64 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bgremove.backends import make_backend
+    from bgremove.backends import make_backend, resolve_backend_name
     from bgremove.batch import IMAGE_SUFFIXES, expand_inputs, plan_outputs
     from bgremove.imaging import parse_color
 
     if args.concurrency is not None and args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
+    out_dir, out_file = output_target(args.output)
+    named_format = _format_of(out_file, args.format)
     config = config_from_args(args, {
         "concurrency": args.concurrency,
         "backend": args.backend,
-        "output.format": args.format,
+        "output.format": args.format or named_format,
         "output.mask_only": args.mask_only,
         "output.background": args.background,
         "output.crop": args.crop,
         "output.crop_margin": args.crop_margin,
         "output.foreground": args.foreground,
+        "output.strip_metadata": args.strip_metadata,
+        "local.model": args.model,
     })
+    if args.model is not None and resolve_backend_name(config) == "wavespeed":
+        raise ConfigError("--model picks the offline model; the WaveSpeed service has one model",
+                          hint="add --backend local to use the offline model")
     if config.output.background:
         parse_color(config.output.background)  # a bad colour is a usage error, before any work
     if config.output.foreground and not config.output.mask_only:
         _require_numpy()
-    out_dir = Path(args.output_dir) if args.output_dir else None
-    inputs = expand_inputs(args.inputs, config.output.suffix, out_dir)
-    if not inputs:
+    found = expand_inputs(args.inputs, config.output.suffix, out_dir, recursive=args.recursive)
+    subfolders = (f"{_count(found.subfolders, 'subfolder')} left out "
+                  f"({', '.join(found.subfolder_parents)}): add -r to include them")
+    if not found.images:
         raise ConfigError(f"no images found in {', '.join(args.inputs)}",
-                          hint=f"images are {', '.join(sorted(IMAGE_SUFFIXES))}")
-    plan = plan_outputs(inputs, out_dir, config.output)
+                          hint=subfolders if found.subfolders else
+                          f"images are {', '.join(sorted(IMAGE_SUFFIXES))}")
+    if out_file is not None:
+        if len(found.images) != 1:
+            raise ConfigError(f"-o {out_file} names one result file, but there are "
+                              f"{len(found.images)} images", hint="give a folder to -o")
+        plan = [(found.images[0], out_file)]
+    else:
+        plan = plan_outputs(found.images, out_dir, config.output, subdirs=found.subdirs)
+    check_output_folder(out_file.parent if out_file is not None else out_dir)
+    if found.subfolders:
+        _say(subfolders)
     backend = make_backend(config)
     try:
         _prepare(backend)
-        results = run_batch(plan, backend, config, json_lines=args.json)
+        results = run_batch(plan, backend, config, json_lines=args.json,
+                            overwrite=args.overwrite)
     finally:
         backend.close()
-    return EXIT_OK if all(r.status == "ok" for r in results) else EXIT_FAILED
+    _say(summary(results, found.others))
+    return EXIT_OK if all(r.status in ("ok", "skipped") for r in results) else EXIT_FAILED
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(f"bgremove: {text}\n")
+    sys.stderr.flush()
 
 
 def _prepare(backend: Backend) -> None:
@@ -108,11 +152,75 @@ def _require_numpy() -> None:
                           hint="pip install 'bgremove[local]'") from None
 
 
+# --- where the results go ------------------------------------------------------------------
+
+#: ``-o NAME`` with one of these endings (and not an existing folder) names the result file.
+_NAMED_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp",
+                  ".tif": "tiff", ".tiff": "tiff"}
+
+
+def output_target(value: str | None) -> tuple[Path | None, Path | None]:
+    """``(folder, None)``, ``(None, file)`` or ``(None, None)`` (beside each input) for ``-o``."""
+    if not value:
+        return None, None
+    path = Path(value)
+    if path.suffix.lower() in _NAMED_FORMATS and not path.is_dir():
+        return None, path
+    return path, None
+
+
+def _format_of(out_file: Path | None, asked: str | None) -> str | None:
+    """The output format a result file's name implies; a contradicting ``--format`` is refused."""
+    if out_file is None:
+        return None
+    named = _NAMED_FORMATS[out_file.suffix.lower()]
+    if asked is not None and asked != named:
+        raise ConfigError(f"--format {asked} contradicts the result name {out_file}",
+                          hint=f"name it .{asked if asked != 'tiff' else 'tif'}, "
+                          "or drop --format")
+    return named
+
+
+def check_output_folder(folder: Path | None) -> None:
+    """Check once, before anything is sent, that ``-o``'s folder can take the results."""
+    if folder is None:
+        return
+    from bgremove.batch import OutputCheck
+
+    problem = OutputCheck.probe(folder)
+    if problem is not None:
+        raise ConfigError(problem.message, hint=problem.hint)
+
+
+def summary(results: list[JobResult], others: Counter[str] | None = None) -> str:
+    """The closing line: what was done, skipped and failed, and what was left out."""
+    counts = Counter(r.status for r in results)
+    parts = [f"{counts['ok']} done"]
+    if counts["skipped"]:
+        parts.append(f"{counts['skipped']} skipped (result already there; --overwrite "
+                     "to redo)")
+    if counts["failed"]:
+        parts.append(f"{counts['failed']} failed")
+    text = f"{_count(len(results), 'image')}: {', '.join(parts)}"
+    empty = sum(1 for r in results if r.warning)
+    if empty:
+        text += f"; {empty} with no subject found"
+    if others:
+        endings = ", ".join(sorted(others))
+        text += (f"; {_count(sum(others.values()), 'other file')} left out "
+                 f"(not images bgremove reads: {endings})")
+    return text
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *,
-              json_lines: bool, out: TextIO | None = None, err: TextIO | None = None
-              ) -> list[JobResult]:
-    """``bgremove.batch.run_batch`` with each result printed as it ends, a progress line (a bar
-    with the time left on a terminal) and a summary line."""
+              json_lines: bool, out: TextIO | None = None, err: TextIO | None = None,
+              overwrite: bool = False) -> list[JobResult]:
+    """``bgremove.batch.run_batch`` with each result printed as it ends and a progress line
+    (a bar with the time left on a terminal, a plain line every 10 s elsewhere)."""
     from bgremove import batch
     from bgremove.console import Console, Progress
 
@@ -126,7 +234,7 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
     def on_result(result: JobResult) -> None:
         with console.cleared():
             _report(result, json_lines, out, err)
-        bar.step(result.status == "ok")
+        bar.step(result.status != "failed")
 
     def on_interrupt(in_flight: int) -> None:
         console.close()
@@ -135,34 +243,24 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
                       "still be billed by the service\n")
 
     try:
-        results = batch.run_batch(plan, backend, config, on_result=on_result,
-                                  on_interrupt=on_interrupt)
+        return batch.run_batch(plan, backend, config, on_result=on_result,
+                               on_interrupt=on_interrupt, overwrite=overwrite)
     finally:
-        console.close()
-    if len(plan) > 1:
-        bar.finish(_summary(results, bar.elapsed()))
-    return results
-
-
-def _summary(results: list[JobResult], seconds: float) -> str:
-    """``3 images: 2 done, 1 failed in 4.2 s``, the last line of a batch."""
-    from bgremove.console import format_duration
-
-    done = sum(r.status == "ok" for r in results)
-    parts = [f"{done} done"]
-    if len(results) - done:
-        parts.append(f"{len(results) - done} failed")
-    took = f"{seconds:.1f} s" if seconds < 60 else format_duration(seconds)
-    return f"{len(results)} images: {', '.join(parts)} in {took}"
+        bar.finish()  # the closing line is run()'s summary
 
 
 def _report(result: JobResult, json_lines: bool, out: TextIO, err: TextIO) -> None:
     if json_lines:
         out.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
         out.flush()
+    elif result.status == "skipped":
+        pass  # counted in the summary: a re-run of a big folder is not a page of lines
     elif result.status == "ok":
         out.write(f"{result.input} -> {result.output} ({result.seconds:.1f} s)\n")
         out.flush()
+        if result.warning:
+            err.write(f"bgremove: {result.input}: warning: {result.warning}\n")
+            err.flush()
     else:
         # Core errors usually name the file already; add it only where they do not.
         text = str(result.error)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bgremove.cli import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
+from bgremove.commands.common import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
 from bgremove.errors import ConfigError
 
 

@@ -23,6 +23,7 @@ from socketserver import TCPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from bgremove.emulator.bandwidth import PIECE, Link
 from bgremove.emulator.service import ApiError, Service, StorageError
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], service: Service, routes: RouteTable) -> None:
         self.service, self.routes = service, routes
+        self.uplink = Link(service.options.uplink_mbit, service.sleep)
+        self.downlink = Link(service.options.downlink_mbit, service.sleep)
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._connections: set[socket.socket] = set()
         self._handler_threads: set[threading.Thread] = set()
@@ -140,8 +143,24 @@ class BodyTooLarge(Exception):
     """The body is over the limit; what is left of it was not read."""
 
 
-def read_body(rfile: io.BufferedIOBase, headers: Any, limit: int) -> bytes:
-    """The request body, never holding more than ``limit`` bytes of it (chunked too).
+def _read(rfile: io.BufferedIOBase, size: int, link: Link) -> bytes:
+    """``size`` bytes (fewer if the stream ends), at the speed of ``link``."""
+    if not link.limited:
+        return rfile.read(size)
+    pieces: list[bytes] = []
+    while size > 0:
+        link.take(min(size, PIECE))
+        piece = rfile.read(min(size, PIECE))
+        if not piece:
+            break
+        pieces.append(piece)
+        size -= len(piece)
+    return b"".join(pieces)
+
+
+def read_body(rfile: io.BufferedIOBase, headers: Any, limit: int, link: Link) -> bytes:
+    """The request body, never holding more than ``limit`` bytes of it (chunked too),
+    received through ``link``.
 
     Raises ``BodyTooLarge`` before reading past ``limit``, ``BadFraming`` on bad sizes.
     """
@@ -154,7 +173,7 @@ def read_body(rfile: io.BufferedIOBase, headers: Any, limit: int) -> bytes:
             raise BadFraming
         if length > limit:
             raise BodyTooLarge
-        return rfile.read(length) if length else b""
+        return _read(rfile, length, link) if length else b""
     chunks: list[bytes] = []
     total = 0
     while True:
@@ -172,7 +191,7 @@ def read_body(rfile: io.BufferedIOBase, headers: Any, limit: int) -> bytes:
         total += size
         if total > limit:
             raise BodyTooLarge
-        chunks.append(rfile.read(size))
+        chunks.append(_read(rfile, size, link))
         rfile.readline(16)
 
 
@@ -219,10 +238,22 @@ class Exchange(BaseHTTPRequestHandler):
         self.end_headers()
         sent = body if truncate is None else body[:int(len(body) * truncate)]
         if self.command != "HEAD":
-            self.wfile.write(sent)
+            self._write(sent)
         self.service.stats.answer(status, len(sent))
         if truncate is not None:
             self.drop()
+
+    def _write(self, data: bytes) -> None:
+        """Send ``data`` at the speed of the downlink."""
+        link = self.server.downlink
+        if not link.limited:
+            self.wfile.write(data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(view), PIECE):
+            piece = view[start:start + PIECE]
+            link.take(len(piece))
+            self.wfile.write(piece)
 
     def json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(payload).encode()
@@ -323,7 +354,8 @@ class Exchange(BaseHTTPRequestHandler):
                 # Who may ask is settled before any of the body is read.
                 self._check_access(route, path, target.query)
                 body = read_body(self.rfile, self.headers,
-                                 service.options.max_upload_bytes + _BODY_SLACK)
+                                 service.options.max_upload_bytes + _BODY_SLACK,
+                                 self.server.uplink)
             except (ApiError, StorageError, BodyTooLarge, BadFraming) as exc:
                 service.stats.request(route.name, method, 0)
                 self._refuse(exc)

@@ -67,11 +67,28 @@ def decode_image(data: bytes) -> Image.Image:
     return _normalise(image)
 
 
-def cutout_png(image: Image.Image, alpha: Image.Image) -> bytes:
-    """The output the service returns: the input's RGB with ``alpha``, as PNG."""
+def fit_within(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``size`` scaled down (aspect kept, at least 1x1) so its longest side is ``max_side``;
+    unchanged when it fits or ``max_side`` is 0."""
+    width, height = size
+    if not max_side or max(width, height) <= max_side:
+        return size
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def cutout_png(image: Image.Image, alpha: Image.Image, max_side: int = 0) -> bytes:
+    """The output the service returns: the input's RGB with ``alpha``, as PNG; scaled down to
+    a longest side of ``max_side`` when given (a model that answers below full size)."""
+    from PIL import Image
+
     rgba = image.convert("RGB").copy()
     if alpha.size != rgba.size:
         alpha = alpha.resize(rgba.size)
+    size = fit_within(rgba.size, max_side)
+    if size != rgba.size:
+        rgba = rgba.resize(size, Image.Resampling.BILINEAR)
+        alpha = alpha.resize(size, Image.Resampling.BILINEAR)
     rgba.putalpha(alpha)
     buffer = io.BytesIO()
     rgba.save(buffer, format="PNG", compress_level=1)

@@ -13,9 +13,6 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 WEEK = 7 * 24 * 3600.0
 KEY_STATES = ("active", "inactive", "suspended")
 SYNC_TIMEOUT_STYLES = ("504", "processing", "gateway", "drop")
-#: Account levels from the docs: (concurrent tasks, images per minute).
-ACCOUNT_LEVELS = {"bronze": (2, 2), "silver": (300, 500), "gold": (3000, 3000),
-                  "ultra": (10000, 5000)}
 
 
 @dataclass(frozen=True)
@@ -48,6 +45,9 @@ class EmulatorOptions:
     list_input: bool = False  # list items carry the submit's ``input`` (the docs show none)
     list_page_size_max: int = 100  # a larger page_size is served as this many
     clock_skew: float = 0.0  # seconds the service's clock is ahead of this machine's
+    uplink_mbit: float = 0.0  # request bodies arrive at most this fast, all together. 0: any
+    downlink_mbit: float = 0.0  # answers leave at most this fast, all together. 0: any
+    output_max_side: int = 0  # outputs scaled down to fit this longest side. 0: full size
     # Served beyond this machine: every route needs the key (the file routes a URL signed
     # with it), checked before a body is read; needs ``api_key``.
     allow_remote: bool = False
@@ -64,5 +64,8 @@ class EmulatorOptions:
         if self.allow_remote and not self.api_key:
             raise ConfigError("an emulator open to the network needs its own API key",
                               hint="set api_key (--api-key)")
+        if min(self.uplink_mbit, self.downlink_mbit, self.output_max_side) < 0:
+            raise ConfigError("uplink_mbit, downlink_mbit and output_max_side must not be "
+                              "negative")
         if self.retention <= 0 or self.list_page_size_max < 1:
             raise ConfigError("retention and list_page_size_max must be positive")

@@ -95,7 +95,7 @@ def upload_binary(ex: Exchange, params: dict[str, str], body: bytes) -> None:
     if part is None:
         raise ApiError(400, "Invalid parameters: the form has no 'file' field")
     filename, part_type, data = part
-    ex.ok(ex.service.upload(filename, part_type, data, ex.public_base()))
+    ex.ok(ex.service.upload(filename, part_type, data, ex.public_base(), received=len(body)))
 
 
 def media(ex: Exchange, params: dict[str, str], body: bytes) -> None:

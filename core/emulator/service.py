@@ -197,24 +197,27 @@ class Service:
         if len(body) != ticket.size:
             raise StorageError(400, "BadDigest", f"got {len(body)} bytes, "
                                f"the ticket says {ticket.size}")
-        self._keep(token, Media(ticket.filename, ticket.content_type, body, self.now()))
+        self._keep(token, Media(ticket.filename, ticket.content_type, body, self.now()),
+                   len(body))
         return hashlib.md5(body).hexdigest()
 
-    def upload(self, filename: str, content_type: str, data: bytes,
-               public_base: str) -> dict[str, Any]:
-        """The binary upload: store the form's file; what the service answers."""
+    def upload(self, filename: str, content_type: str, data: bytes, public_base: str, *,
+               received: int) -> dict[str, Any]:
+        """The binary upload: store the form's file (``received``: the request body's size,
+        form framing included); what the service answers."""
         if len(data) > self.options.max_upload_bytes:
             raise self.too_large(len(data))
         token = uuid.uuid4().hex
-        self._keep(token, Media(filename, content_type, data, self.now()))
+        self._keep(token, Media(filename, content_type, data, self.now()), received)
         return {"type": content_type.split("/")[0] or "file",
                 "download_url": public_base + self.signed(f"/media/{token}/{quote(filename)}"),
                 "filename": filename, "size": len(data)}
 
-    def _keep(self, token: str, media: Media) -> None:
+    def _keep(self, token: str, media: Media, received: int) -> None:
         self.store.media.put(token, media)
-        self.stats.add("uploads")
-        self.stats.add("upload_bytes", len(media.data))
+        self.stats.upload({"filename": media.filename, "content_type": media.content_type,
+                           "bytes": len(media.data), "received": received,
+                           "sha256": hashlib.sha256(media.data).hexdigest()})
 
     # -- tasks ----------------------------------------------------------------------------------
 
@@ -397,7 +400,8 @@ class Service:
                 outcome = ("failed", 1401, f"Invalid parameter: image: {exc}", None)
             else:
                 assert self._alpha is not None
-                outcome = ("completed", None, "", cutout_png(image, self._alpha(image)))
+                cutout = cutout_png(image, self._alpha(image), self.options.output_max_side)
+                outcome = ("completed", None, "", cutout)
         remaining = self.options.delay - (time.monotonic() - started)
         if remaining > 0 and self.sleep(remaining):
             return

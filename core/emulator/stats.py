@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 COUNTERS = (
@@ -14,11 +14,11 @@ COUNTERS = (
 
 class Stats:
     """Counters by name, requests by route and method, answers by status, faults by kind,
-    and tasks per uploaded content (sha256, at most ``max_digests`` kept)."""
+    tasks per uploaded content and one entry per upload (at most ``max_kept`` of each)."""
 
-    def __init__(self, max_digests: int) -> None:
+    def __init__(self, max_kept: int) -> None:
         self._lock = threading.Lock()
-        self._max_digests = max_digests
+        self._max_kept = max_kept
         self.reset()
 
     def reset(self) -> None:
@@ -28,6 +28,7 @@ class Stats:
             self._faults: dict[str, int] = {}
             self._counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
             self._digests: OrderedDict[str, int] = OrderedDict()
+            self._uploads: deque[dict[str, Any]] = deque(maxlen=self._max_kept)
 
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
@@ -55,6 +56,14 @@ class Stats:
         with self._lock:
             self._faults[kind] = self._faults.get(kind, 0) + 1
 
+    def upload(self, entry: dict[str, Any]) -> None:
+        """Count an upload; ``entry`` has its filename, content_type, bytes (the file's),
+        received (the request body's, form framing included) and sha256."""
+        with self._lock:
+            self._counters["uploads"] += 1
+            self._counters["upload_bytes"] += entry["bytes"]
+            self._uploads.append(entry)
+
     def task(self, digest: str | None) -> None:
         """Count a submitted task, per uploaded content when it is one of ours."""
         with self._lock:
@@ -65,7 +74,7 @@ class Stats:
             if seen:
                 self._counters["duplicate_submits"] += 1
             self._digests[digest] = seen + 1
-            if len(self._digests) > self._max_digests:
+            if len(self._digests) > self._max_kept:
                 self._digests.popitem(last=False)
 
     def tasks_for(self, digest: str) -> int:
@@ -81,6 +90,7 @@ class Stats:
         with self._lock:
             snapshot: dict[str, Any] = dict(self._counters)
             snapshot["tasks_per_content"] = dict(self._digests)
+            snapshot["upload_log"] = [dict(entry) for entry in self._uploads]
             snapshot["requests"] = {k: dict(v) for k, v in self._requests.items()}
             snapshot["status_codes"] = dict(self._status_codes)
             snapshot["faults"] = dict(self._faults)

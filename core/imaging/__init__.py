@@ -4,26 +4,35 @@
     _upload    encoding for upload: no metadata, within the service's limits
     _save      the output formats and the atomic save
     _modes     colour modes, ICC profiles, EXIF orientation
+    _meta      the EXIF an output keeps (no GPS location)
+    _deep      16-bit inputs kept 16-bit in PNG and TIFF outputs
     _match     is a cut-out made from this image? (finding the task of a lost submit)
+    _foreground  foreground colours on soft edges (numpy; loaded on first use)
 
 The modules are private; these are the public names.
 """
 
+from bgremove.choices import OUTPUT_FORMATS as FORMATS
+from bgremove.imaging._deep import DeepImage
 from bgremove.imaging._match import cutout_matches, decode_image
 from bgremove.imaging._pipeline import (
     SourceImage,
     alpha_from_bytes,
     compose,
+    compose_output,
+    estimate_foreground,
     fit_alpha,
+    has_subject,
     load_image,
     parse_color,
     source_from_raw,
 )
-from bgremove.imaging._save import FORMATS, extension_for, save_image
+from bgremove.imaging._save import extension_for, save_image
 from bgremove.imaging._upload import UploadImage, encode_for_upload
 
 __all__ = [
-    "FORMATS", "SourceImage", "UploadImage", "alpha_from_bytes", "compose", "cutout_matches",
-    "decode_image", "encode_for_upload", "extension_for", "fit_alpha", "load_image",
+    "FORMATS", "DeepImage", "SourceImage", "UploadImage", "alpha_from_bytes", "compose",
+    "compose_output", "cutout_matches", "decode_image", "encode_for_upload",
+    "estimate_foreground", "extension_for", "fit_alpha", "has_subject", "load_image",
     "parse_color", "save_image", "source_from_raw",
 ]

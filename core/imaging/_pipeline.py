@@ -34,6 +34,8 @@ from bgremove.errors import (
     ProtocolError,
     UnreadableImageError,
 )
+from bgremove.imaging._deep import DEEP_FORMATS, DeepImage, compose_deep, deep_tiles, read_deep
+from bgremove.imaging._meta import kept_exif
 from bgremove.imaging._modes import apply_orientation, exif_orientation, to_8bit_rgb
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ class SourceImage:
     icc_profile: bytes | None = None  # describes ``image``'s pixels (never a CMYK profile)
     format: str | None = None  # "JPEG", "PNG", ... (None for a raw buffer)
     path: Path | None = None
+    exif: bytes | None = None  # the EXIF the output keeps (``bgremove.imaging._meta``)
+    deep: DeepImage | None = None  # a 16-bit input's own samples (``bgremove.imaging._deep``)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -122,21 +126,26 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int) -> SourceImage:
             raise ImageTooLargeError(
                 f"{src}: {im.width}x{im.height} is {pixels:,} pixels, over the limit of "
                 f"{max_pixels:,}", hint="raise input.max_pixels if you trust this file")
+        tiles = deep_tiles(im)
         _decode(im, src)
         orientation = exif_orientation(im)
+        exif = kept_exif(im)
         icc = im.info.get("icc_profile") or None
         fmt = "JPEG" if im.format == "MPO" else im.format
+        deep = read_deep(fh, im, tiles, icc)
     try:
         image, icc = to_8bit_rgb(im, icc)
         image = apply_orientation(image, orientation)
+        if deep is not None:
+            deep = deep.map(lambda channel: apply_orientation(channel, orientation))
     except MemoryError:
         raise ImageTooLargeError(f"{src}: not enough memory to convert this image") from None
     except (OSError, ValueError) as exc:
         raise UnreadableImageError(f"{src}: cannot convert its {im.mode} pixels: {exc}") from None
-    image.info = {}  # nothing from the file (EXIF, text, transparency) travels further
+    image.info = {}  # nothing from the file travels with the pixels (EXIF: ``exif`` above)
     log.debug("loaded %s: %s %s %dx%d, orientation %d, icc %s", src, fmt, im.mode, image.width,
               image.height, orientation, "yes" if icc else "no")
-    return SourceImage(image=image, icc_profile=icc, format=fmt, path=src)
+    return SourceImage(image=image, icc_profile=icc, format=fmt, path=src, exif=exif, deep=deep)
 
 
 def _open(fh: IO[bytes], src: Path) -> ImageFile.ImageFile:
@@ -266,6 +275,19 @@ def fit_alpha(alpha: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 # --- composing -------------------------------------------------------------------------------
 
+#: The background of a JPEG output when none is given (as the remove.bg service does).
+JPEG_DEFAULT_BACKGROUND = "white"
+
+#: A result whose every pixel is at most this opaque (about 3 %) shows no subject.
+NO_SUBJECT_MAX_ALPHA = 8
+
+
+def has_subject(mask: Image.Image) -> bool:
+    """Whether an "L" mask keeps anything visible (some pixel over ``NO_SUBJECT_MAX_ALPHA``)."""
+    high = mask.getextrema()[1]
+    return isinstance(high, (int, float)) and high > NO_SUBJECT_MAX_ALPHA
+
+
 def parse_color(text: str) -> tuple[int, int, int]:
     """An opaque colour from "#rgb", "#rrggbb", a CSS name, "r,g,b" or "rgb(r, g, b)".
 
@@ -291,36 +313,90 @@ def parse_color(text: str) -> tuple[int, int, int]:
     return rgb[0], rgb[1], rgb[2]
 
 
+def estimate_foreground(image: Image.Image, alpha: Image.Image, *,
+                        inplace: bool = False) -> Image.Image:
+    """Recolour semi-transparent pixels with their estimated foreground colour (needs numpy).
+
+    ``alpha`` is an "L" mask of the image's size; see ``bgremove.imaging._foreground``.
+    """
+    import importlib
+
+    try:
+        foreground = importlib.import_module("bgremove.imaging._foreground")
+    except ImportError:
+        raise ConfigError("output.foreground needs numpy",
+                          hint="pip install 'bgremove[local]', or set output.foreground: false"
+                          ) from None
+    result: Image.Image = foreground.estimate_foreground(image, alpha, inplace=inplace)
+    return result
+
+
 def compose(source: SourceImage, alpha: Image.Image, options: OutputConfig) -> Image.Image:
     """Apply the mask to the original pixels and the output options.
 
     The result has the source's size (or the subject's box with ``crop``). An input that
     already had alpha keeps min(input alpha, mask). ``mask_only`` gives the "L" mask (and
-    wins over ``background``); ``background`` flattens onto a solid colour (RGB); otherwise
-    RGBA. With ``crop``, an empty mask keeps the full size.
+    wins over ``background``); ``background`` flattens onto a solid colour (RGB), white for
+    a JPEG output when none is set (JPEG has no transparency); otherwise RGBA. With
+    ``crop``, an empty mask keeps the full size.
     """
-    from PIL import Image, ImageChops
+    from PIL import Image
 
     src = source.image
-    mask = fit_alpha(alpha, src.size)
-    if src.mode == "RGBA":
-        mask = ImageChops.darker(mask, src.getchannel("A"))
-    if options.crop:
-        box = subject_box(mask, options.crop_margin)
-        if box is None:
-            log.info("crop: the mask is empty, keeping the full image")
-        elif box != (0, 0, src.width, src.height):
-            src, mask = src.crop(box), mask.crop(box)
+    mask, box = _mask_and_box(source, alpha, options)
+    if box is not None:
+        src, mask = src.crop(box), mask.crop(box)
     if options.mask_only:
         return mask.copy() if mask is alpha else mask
-    if options.background is not None:
-        out = Image.new("RGB", src.size, parse_color(options.background))
+    background = _background(options)
+    if background is not None:
+        out = Image.new("RGB", src.size, parse_color(background))
         out.paste(src, (0, 0), mask)  # opaque pixels: exactly src; partial: blended
         return out
     # One copy of the pixels: a cropped RGBA is already a fresh image.
     out = src if (src is not source.image and src.mode == "RGBA") else src.convert("RGBA")
     out.putalpha(mask)
     return out
+
+
+def compose_output(source: SourceImage, alpha: Image.Image, options: OutputConfig
+                   ) -> Image.Image | DeepImage:
+    """``compose``, at 16 bits per channel for a 16-bit input written as PNG or TIFF."""
+    deep = source.deep
+    if deep is not None and options.format in DEEP_FORMATS and not options.mask_only:
+        _, box = _mask_and_box(source, alpha, options)
+        background = _background(options)
+        # The model's mask alone: the input's own 16-bit alpha is applied by compose_deep.
+        result = compose_deep(deep, fit_alpha(alpha, source.image.size), box,
+                              parse_color(background) if background else None)
+        if result is not None:
+            return result
+    return compose(source, alpha, options)
+
+
+def _mask_and_box(source: SourceImage, alpha: Image.Image, options: OutputConfig
+                  ) -> tuple[Image.Image, tuple[int, int, int, int] | None]:
+    """The mask at the source's size (with the input's alpha), and the crop box if any."""
+    from PIL import ImageChops
+
+    src = source.image
+    mask = fit_alpha(alpha, src.size)
+    if src.mode == "RGBA":
+        mask = ImageChops.darker(mask, src.getchannel("A"))
+    box = None
+    if options.crop:
+        box = subject_box(mask, options.crop_margin)
+        if box is None:
+            log.info("crop: the mask is empty, keeping the full image")
+        elif box == (0, 0, src.width, src.height):
+            box = None
+    return mask, box
+
+
+def _background(options: OutputConfig) -> str | None:
+    if options.background is None and options.format == "jpg":
+        return JPEG_DEFAULT_BACKGROUND
+    return options.background
 
 
 def subject_box(mask: Image.Image, margin: int = 0) -> tuple[int, int, int, int] | None:

@@ -1,45 +1,57 @@
-"""Writing a result atomically: a hidden temp file in the destination folder, fsync, rename.
+"""Writing a result: the output formats and their options, written atomically.
 
-A reader (or the hot-folder daemon) never sees a half-written output, an existing file at the
-destination stays untouched until the new one is complete, and no temp file is left behind
-when anything fails.
+The write goes through ``bgremove.files.atomic_writer`` (a hidden temp file in the
+destination folder, fsync, rename): a reader (or the hot-folder daemon) never sees a
+half-written output, an existing file at the destination stays untouched until the new one
+is complete, and no temp file is left behind when anything fails.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from bgremove.choices import OUTPUT_FORMATS
 from bgremove.errors import OutputError
+from bgremove.files import atomic_writer
+from bgremove.imaging._deep import DeepImage, write_png16, write_tiff16
 from bgremove.imaging._modes import icc_colour_space
 
 if TYPE_CHECKING:
     from PIL import Image
 
-FORMATS = ("png", "webp", "tiff")
-_PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "tiff": "TIFF"}
-_EXTENSIONS = {"png": ".png", "webp": ".webp", "tiff": ".tiff"}
-_WEBP_MAX_SIDE = 16383
-_TEMP_SUFFIX = ".tmp"
+_PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "tiff": "TIFF", "jpg": "JPEG"}
+_EXTENSIONS = {"png": ".png", "webp": ".webp", "tiff": ".tiff", "jpg": ".jpg"}
+#: The largest side each format can hold.
+_MAX_SIDE = {"webp": 16383, "jpg": 65500}
+#: The writers of 16-bit images, by format.
+DEEP_WRITERS = {"png": write_png16, "tiff": write_tiff16}
+#: JPEG outputs: high quality, no chroma subsampling (crisp edges on a flat background).
+JPEG_OUTPUT_QUALITY = 95
+EXIF_IFD_POINTER = 0x8769
 
 
 def extension_for(fmt: str) -> str:
-    """The file extension, with its dot, of an output format: ".png", ".webp" or ".tiff"."""
+    """The file extension, with its dot, of an output format: ".png", ".webp", ".tiff", ".jpg"."""
     try:
         return _EXTENSIONS[fmt]
     except KeyError:
-        raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(FORMATS)}") \
+        raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}") \
             from None
 
 
-def save_params(image: Image.Image, fmt: str, icc_profile: bytes | None) -> dict[str, Any]:
-    """Pillow save options for one output format (lossless everywhere)."""
+def save_params(image: Image.Image, fmt: str, icc_profile: bytes | None,
+                exif: bytes | None = None) -> dict[str, Any]:
+    """Pillow save options for one output format (lossless everywhere but JPEG)."""
     params: dict[str, Any] = {"icc_profile": _fitting_profile(image.mode, icc_profile)}
-    if fmt == "png":
+    if exif:
+        params["exif"] = _tiff_exif(exif) if fmt == "tiff" else exif
+    if fmt == "jpg":
+        params.update(quality=JPEG_OUTPUT_QUALITY, subsampling=0)
+    elif fmt == "png":
         params["compress_level"] = 3  # 3x faster than Pillow's 6 for ~10 % more bytes
     elif fmt == "webp":
         params.update(lossless=True, quality=50, method=0, exact=False)  # fastest lossless effort
@@ -50,71 +62,64 @@ def save_params(image: Image.Image, fmt: str, icc_profile: bytes | None) -> dict
     return params
 
 
-def save_image(image: Image.Image, path: str | os.PathLike[str], *, fmt: str = "png",
-               icc_profile: bytes | None = None) -> None:
+def save_image(image: Image.Image | DeepImage, path: str | os.PathLike[str], *,
+               fmt: str = "png", icc_profile: bytes | None = None,
+               exif: bytes | None = None) -> None:
     """Write ``image`` to ``path`` atomically; any failure raises ``OutputError`` naming the path.
 
     The ICC profile is embedded when it matches the image's colour space (an RGB profile is
-    not put on a greyscale mask). Missing parent folders are created.
+    not put on a greyscale mask); a 16-bit ``DeepImage`` carries its own. ``exif`` (a block
+    from ``bgremove.imaging._meta``) is written as is. Missing parent folders are created. A
+    JPEG cannot hold transparency: an RGBA image is refused (``compose`` flattens JPEG
+    outputs onto a background).
     """
     dest = Path(path)
-    params = save_params(image, fmt, icc_profile)
-    if fmt == "webp" and max(image.size) > _WEBP_MAX_SIDE:
-        raise OutputError(f"cannot write {dest}: WebP holds at most {_WEBP_MAX_SIDE} pixels a side "
-                          f"and the image is {image.width}x{image.height}",
+    write: Callable[[IO[bytes]], None]
+    if isinstance(image, DeepImage):
+        if fmt not in DEEP_WRITERS:
+            raise ValueError(f"16-bit images are written as {' or '.join(DEEP_WRITERS)} only")
+        deep, writer = image, DEEP_WRITERS[fmt]
+        profile = _fitting_profile(deep.bands, deep.icc)
+        write = lambda fh: writer(deep, fh, profile, exif)  # noqa: E731
+    else:
+        params = save_params(image, fmt, icc_profile, exif)
+        flat = image
+        write = lambda fh: _write(flat, fh, fmt, params)  # noqa: E731
+    limit = _MAX_SIDE.get(fmt)
+    width, height = image.size
+    if limit is not None and max(width, height) > limit:
+        raise OutputError(f"cannot write {dest}: {_PIL_FORMATS[fmt]} holds at most {limit} pixels "
+                          f"a side and the image is {width}x{height}",
                           hint="use --format png or tiff", transient=False)
-    temp: Path | None = None
+    if fmt == "jpg" and not isinstance(image, DeepImage) and image.mode not in ("RGB", "L"):
+        raise OutputError(f"cannot write {dest}: JPEG has no transparency",
+                          hint="give a background colour", transient=False)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = _create_temp(dest)
-        with os.fdopen(fd, "wb") as fh:
-            _write(image, fh, fmt, params)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temp, dest)
-        temp = None
-        _fsync_folder(dest.parent)
+        with atomic_writer(dest) as fh:
+            write(fh)
     except OSError as exc:
         raise _output_error(dest, exc) from exc
     except ValueError as exc:  # the encoder refused the image
         raise OutputError(f"cannot write {dest} as {fmt}: {exc}", transient=False) from exc
-    finally:
-        if temp is not None:
-            with contextlib.suppress(OSError):
-                temp.unlink()
+
+
+def _tiff_exif(exif: bytes) -> bytes:
+    """``exif`` without its EXIF sub-IFD: the compressing TIFF writer cannot write one.
+
+    What stays are the main tags (artist, copyright, date, camera make and model); the lens
+    and exposure details are kept in PNG, JPEG and WebP outputs only.
+    """
+    from PIL import Image
+
+    main = Image.Exif()
+    main.load(exif)
+    main.pop(EXIF_IFD_POINTER, None)
+    return main.tobytes()
 
 
 def _write(image: Image.Image, fh: IO[bytes], fmt: str, params: dict[str, Any]) -> None:
     image.save(fh, format=_PIL_FORMATS[fmt], **params)
-
-
-def _create_temp(dest: Path) -> tuple[int, Path]:
-    """Create a new hidden temp file beside ``dest`` (mode from the umask, like a normal file)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        # Short on purpose: a legal output name of 255 bytes still gets a legal temp name.
-        temp = dest.with_name(f".bgremove-{secrets.token_hex(6)}{_TEMP_SUFFIX}")
-        try:
-            return os.open(temp, flags, 0o666), temp
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "cannot pick a free temp file name", str(dest.parent))
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable (POSIX); not possible or needed on Windows."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _fitting_profile(mode: str, icc: bytes | None) -> bytes | None:

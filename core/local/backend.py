@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from bgremove.backends import Cutout, JobHooks
+from bgremove.contract import Cutout, JobHooks
 
 if TYPE_CHECKING:
     from PIL import Image

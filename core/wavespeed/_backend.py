@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from bgremove.backends import Cutout, JobHooks
+from bgremove.choices import WAIT_MODES
+from bgremove.contract import Cutout, JobHooks
 from bgremove.errors import ConfigError
 from bgremove.wavespeed._answers import Prediction
 from bgremove.wavespeed._client import WaveSpeedClient
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WAIT_MODES = ("sync", "poll")
 
 
 class WaveSpeedBackend:

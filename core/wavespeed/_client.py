@@ -60,8 +60,8 @@ from bgremove.wavespeed._http import CallContext, ClientStats, Requester
 from bgremove.wavespeed._reconcile import Reconciler, SentSubmit
 
 if TYPE_CHECKING:
-    from bgremove.backends import CancelToken
     from bgremove.config import WaveSpeedConfig
+    from bgremove.contract import CancelToken
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,7 @@ from bgremove.errors import (
     SubmitUncertainError,
     TaskFailedError,
 )
-
-REDACTED = "[redacted]"
+from bgremove.logs import redact
 
 #: status -> (error class, what happened, what to do next)
 STATUS_ERRORS: dict[int, tuple[type[APIStatusError], str, str]] = {
@@ -52,13 +51,6 @@ _SERVER = (ServerError, "the service failed on its side",
            "try again later; if it persists, check status.wavespeed.ai")
 _OTHER = (APIStatusError, "the service answered with an unexpected status",
           "try again later; if it persists, report it with the request id")
-
-
-def scrub(text: str, secret: str | None) -> str:
-    """``text`` without the secret (the API key)."""
-    if secret and secret in text:
-        return text.replace(secret, REDACTED)
-    return text
 
 
 def parse_json(response: httpx.Response) -> Any:
@@ -124,7 +116,7 @@ def status_error(response: httpx.Response, *, what: str, secret: str | None,
         message += f" [request id {request_id}]"
     if note:
         message += f"; {note}"
-    return cls(scrub(message, secret), status_code=status, hint=next_step,
+    return cls(redact(message, secret), status_code=status, hint=next_step,
                request_id=request_id, task_id=task_id, retry_after=retry_after)
 
 
@@ -132,7 +124,7 @@ def transport_error(exc: httpx.HTTPError, *, what: str, secret: str | None,
                     task_id: str | None = None, deadline_hit: bool = False,
                     timeout: float | None = None) -> ServiceError:
     """The error for an httpx exception raised by a call to ``what``."""
-    detail = scrub(str(exc) or type(exc).__name__, secret)
+    detail = redact(str(exc) or type(exc).__name__, secret)
     if deadline_hit:
         return ServiceTimeoutError(
             f"{what}: the overall time limit for this image ran out",
@@ -195,7 +187,7 @@ def task_error(task_id: str, status: str, code: int | None, error: str | None,
     if code is not None:
         parts.append(f"code {code}: {TASK_CODES.get(code, 'no description')}")
     if error:
-        parts.append(scrub(error.strip(), secret))
+        parts.append(redact(error.strip(), secret))
     if status in ("deleted", "not_found"):
         hint = "results are kept 7 days; submit the image again"
     elif (code is not None and 5000 <= code < 6000) or status == "timeout":

@@ -27,19 +27,19 @@ from bgremove.errors import (
     ServiceTimeoutError,
     TransportError,
 )
+from bgremove.logs import redact
 from bgremove.wavespeed._errors import (
     envelope_task_id,
     parse_json,
     protocol_error,
-    scrub,
     status_error,
     submit_uncertain,
     transport_error,
 )
 
 if TYPE_CHECKING:
-    from bgremove.backends import CancelToken
     from bgremove.config import WaveSpeedConfig
+    from bgremove.contract import CancelToken
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +184,8 @@ class Requester:
                 error, retry_after = failure.error, failure.retry_after
                 cause: BaseException | None = None
             except httpx.InvalidURL as exc:  # a URL from the service (or config) httpx refuses
-                raise protocol_error(what, f"the URL {scrub(str(url), self.key)!r} is not valid "
-                                     f"({scrub(str(exc), self.key)})",
+                raise protocol_error(what, f"the URL {redact(str(url), self.key)!r} is not valid "
+                                     f"({redact(str(exc), self.key)})",
                                      task_id=task_id or ctx.task_id) from None
             except httpx.HTTPError as exc:
                 deadline_hit = limit < timeout and isinstance(exc, httpx.TimeoutException)
@@ -284,5 +284,5 @@ def _scrub_chain(error: BaseException, secret: str) -> None:
             continue
         seen.add(id(exc))
         if secret in str(exc) or secret in repr(exc.args):
-            exc.args = tuple(scrub(a, secret) if isinstance(a, str) else a for a in exc.args)
+            exc.args = tuple(redact(a, secret) if isinstance(a, str) else a for a in exc.args)
         todo += [exc.__cause__, exc.__context__]

@@ -82,7 +82,13 @@ class SentSubmit:
 
 
 class _Unsure(Exception):
-    """Internal: it cannot be told whether (or which) task exists."""
+    """Internal: it cannot be told whether (or which) task exists. ``transient``: only
+    because time ran out (the list down, a candidate still running): asking again later,
+    never submitting, may tell."""
+
+    def __init__(self, reason: str, *, transient: bool = False) -> None:
+        super().__init__(reason)
+        self.transient = transient
 
 
 class Reconciler:
@@ -124,10 +130,12 @@ class Reconciler:
             try:
                 found = self._search(sent, digest, ctx, set(known))
             except ServiceTimeoutError as exc:  # never a reason to submit again
-                raise _Unsure(f"it could not be told in time ({exc.message})") from None
+                raise _Unsure(f"it could not be told in time ({exc.message})",
+                              transient=True) from None
         except _Unsure as why:
             error = SubmitUncertainError(f"{lost.message}; {why}", hint=UNSURE_HINT,
                                          task_id=lost.task_id)
+            error.transient = why.transient  # a journal may look again later, not resubmit
             raise error from lost
         finally:
             with self._lock:
@@ -240,7 +248,8 @@ class Reconciler:
             delay = min(client.config.retry.backoff_max,
                         client.config.retry.backoff_initial * 2 ** min(failures, 16))
             if delay >= remaining:
-                raise _Unsure(f"its task list could not be read in time: {error.message}")
+                raise _Unsure(f"its task list could not be read in time: {error.message}",
+                              transient=True)
             log.warning("reading the task list failed (%s); trying again in %.1f s",
                         error.message, delay)
             client.requester.pause(delay, ctx, "list", None)

@@ -6,7 +6,8 @@ import argparse
 import logging
 from typing import Any
 
-from bgremove.cli import add_config_argument, config_from_args
+from bgremove.choices import ACCOUNT_LEVELS, BACKENDS
+from bgremove.commands.common import add_config_argument, config_from_args
 
 log = logging.getLogger("bgremove.watch")
 
@@ -35,7 +36,7 @@ def register(sub: Any) -> None:
     p.add_argument("--concurrency", type=int, metavar="N", help="images processed at once")
     p.add_argument("--images-per-minute", type=int, metavar="N",
                    help="submissions per minute, 0 for no limit")
-    p.add_argument("--account-level", choices=("bronze", "silver", "gold", "ultra"),
+    p.add_argument("--account-level", choices=ACCOUNT_LEVELS,
                    help="cap concurrency and rate at the WaveSpeed account level's limits")
     p.add_argument("--max-per-hour", type=int, metavar="N",
                    help="cost guard: pause intake after N images in an hour")
@@ -45,7 +46,7 @@ def register(sub: Any) -> None:
                    help="a file must stay unchanged this long before it is taken (default 0.5)")
     p.add_argument("--reprocess", action="store_true", default=None,
                    help="process content that was already processed")
-    p.add_argument("--backend", choices=("auto", "wavespeed", "local"),
+    p.add_argument("--backend", choices=BACKENDS,
                    help="auto: WaveSpeed when an API key is set, else the offline model")
     p.add_argument("--json", dest="json_logs", action="store_true",
                    help="log one JSON object per line on stdout (as remove --json)")

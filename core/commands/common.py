@@ -1,0 +1,34 @@
+"""What every sub-command shares: exit codes, the config flags, loading the config."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from bgremove.choices import LOG_LEVELS
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """The options every sub-command that reads settings takes."""
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML config file "
+                        "(default: $BGREMOVE_CONFIG, then the user config dir)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS,
+                        help="how much to log on stderr (default: info)")
+
+
+def config_from_args(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Any:
+    """Load the config with flags applied, register the key for redaction, set up logging."""
+    from bgremove.config import load_config
+    from bgremove.logs import register_secret, setup_logging
+
+    flags = dict(overrides or {})
+    if getattr(args, "log_level", None):
+        flags["log_level"] = args.log_level
+    config = load_config(getattr(args, "config", None), overrides=flags)
+    register_secret(config.wavespeed.api_key)
+    setup_logging(config.log_level, json_lines=bool(getattr(args, "json_logs", False)),
+                  timestamps=bool(getattr(args, "log_timestamps", False)))
+    return config

@@ -1,0 +1,103 @@
+"""The contract between a backend and its callers: what goes in and what comes out.
+
+A leaf module (it imports only ``bgremove.errors``): the backends, the image job,
+the daemon and the plug-in all import it, and it imports none of them.
+
+    Backend     the protocol: ``cut_out(image, hooks) -> Cutout``, ``close()``
+    Cutout      the alpha mask a backend returns, and where it came from
+    JobHooks    progress, cancel, the task-id callback and a task to resume
+    CancelToken a thread-safe cancel flag checked between steps
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from bgremove.errors import CancelledError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+#: ``progress(stage, fraction)``: stage is one of "prepare", "upload", "wait",
+#: "download", "inference", "compose"; fraction is 0.0-1.0 within the whole job.
+ProgressFn = Callable[[str, float], None]
+
+
+class CancelToken:
+    """A thread-safe cancel flag that backends check between steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise CancelledError("cancelled")
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; return True at once if cancelled meanwhile."""
+        return self._event.wait(seconds)
+
+
+@dataclass(frozen=True)
+class Cutout:
+    """What a backend returns: the alpha mask and where it came from."""
+
+    alpha: Image.Image  # mode "L"; may be smaller than the input, the pipeline resizes it
+    backend: str
+    task_id: str | None = None
+    requests: int = 0  # HTTP requests made for this image (0 for local)
+
+
+@dataclass
+class JobHooks:
+    """Optional callbacks and state for one job.
+
+    ``on_task`` is called with the remote task id as soon as it is known and
+    before waiting for the result, so a journal can record it. ``resume_task``
+    asks the backend to wait for an already-submitted task instead of
+    submitting again (after a crash). ``on_submit(sent_at, upload_url)`` is
+    called just before a submit leaves (wall-clock time); ``lost_submit``
+    gives such a record whose answer never arrived (a crash during the
+    submit), so the backend looks for that task before sending anything.
+    ``known_tasks`` are tasks surely not this image's.
+    """
+
+    progress: ProgressFn | None = None
+    cancel: CancelToken | None = None
+    on_task: Callable[[str], None] | None = None
+    resume_task: str | None = None
+    on_submit: Callable[[float, str], None] | None = None
+    lost_submit: tuple[float, str] | None = None
+    known_tasks: Collection[str] = ()
+
+    def report(self, stage: str, fraction: float) -> None:
+        if self.progress is not None:
+            self.progress(stage, fraction)
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None:
+            self.cancel.raise_if_cancelled()
+
+
+class Backend(Protocol):
+    """Turns an image into an alpha mask."""
+
+    name: str
+
+    def cut_out(self, image: Image.Image, hooks: JobHooks | None = None) -> Cutout:
+        """Return the alpha mask of ``image`` (RGB or RGBA, 8-bit, already oriented)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections, sessions and threads."""
+        ...
