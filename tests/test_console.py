@@ -42,7 +42,7 @@ def test_remove_on_a_terminal_clears_the_bar_before_each_log_line(
     assert shown and all(line.startswith("bgremove: ") for line in shown), shown
     assert any("warning: " in line and "retrying" in line for line in shown), shown
     assert not any(BAR.search(line) for line in shown), shown
-    assert re.fullmatch(r"bgremove: 4 images: 4 done in \d+\.\d s", shown[-1]), shown
+    assert shown[-1] == "bgremove: 4 images: 4 done", shown
 
 
 def test_remove_off_a_terminal_ends_with_a_summary_line(
@@ -58,7 +58,7 @@ def test_remove_off_a_terminal_ends_with_a_summary_line(
     lines = done.stderr.splitlines()
     assert "\x1b" not in done.stderr and "\r" not in done.stderr  # no drawing off a terminal
     assert len(lines) == 2 and "junk.png" in lines[0]
-    assert re.fullmatch(r"bgremove: 4 images: 3 done, 1 failed in \d+\.\d s", lines[1])
+    assert lines[1] == "bgremove: 4 images: 3 done, 1 failed"
 
 
 def test_progress_off_a_terminal_prints_plain_lines_with_an_eta() -> None:
