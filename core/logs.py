@@ -56,6 +56,30 @@ def set_live_line(console: Console | None) -> None:
     _live_line = console
 
 
+#: Characters that could start a new line, rewrite the terminal or reorder what is shown:
+#: C0 and C1 controls, DEL, the Unicode line and paragraph separators, bidi overrides.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` safe for one line of a log or terminal: controls shown as ``\\n``, ``\\x1b``...
+
+    A file name is chosen by whoever dropped the file: escaped, it cannot forge a log line.
+    """
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def _continuation(text: str) -> str:
+    return "\n".join(f"  | {printable(line)}" for line in redact(text).splitlines())
+
+
 class RedactingFilter(logging.Filter):
     """Replaces registered secrets in the formatted message of every record."""
 
@@ -106,24 +130,31 @@ class _StdHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class PlainFormatter(logging.Formatter):
-    """The one stderr style: ``bgremove: [HH:MM:SS ]warning: message`` (no level for info)."""
+    """The one stderr style: ``bgremove: [HH:MM:SS ]warning: message`` (no level for info).
+
+    The message stays on one line (controls escaped: a file name cannot forge a log
+    line). A traceback is for ``--log-level debug``: redacted, each of its lines marked
+    ``  | `` as a continuation; otherwise the exception is one clause on the line.
+    """
 
     def __init__(self, timestamps: bool = False) -> None:
         super().__init__()
         self.timestamps = timestamps
 
     def format(self, record: logging.LogRecord) -> str:
-        text = record.getMessage()
+        text = printable(record.getMessage())
         if record.levelno != logging.INFO:
             text = f"{record.levelname.lower()}: {text}"
         if self.timestamps:
             text = time.strftime("%H:%M:%S ", time.localtime(record.created)) + text
         if record.exc_info and record.exc_info[1] is not None:
             if logging.getLogger().isEnabledFor(logging.DEBUG):
-                text += "\n" + redact(self.formatException(record.exc_info))
-            else:  # one line; the traceback is for --log-level debug
+                text += "\n" + _continuation(self.formatException(record.exc_info))
+            else:
                 exc = record.exc_info[1]
-                text += redact(f": {type(exc).__name__}: {exc}")
+                text += printable(redact(f": {type(exc).__name__}: {exc}"))
+        if record.stack_info:
+            text += "\n" + _continuation(self.formatStack(record.stack_info))
         return "bgremove: " + text
 
 
