@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -96,7 +97,7 @@ def test_a_writer_pausing_longer_than_stable_seconds_is_waited_for(
             fh.write(data[len(data) // 2:])
         wait_until(lambda: files(inbox / "done") == ["paused.png"], 30, what="paused.png done")
     finally:
-        proc.signal(__import__("signal").SIGTERM)
+        proc.signal(signal.SIGTERM)
         proc.wait(30)
     assert files(inbox / "failed") == [] and files(outbox) == ["paused.png"]
 
@@ -183,7 +184,7 @@ def test_a_killed_daemon_is_reported_as_killed(tmp_path: Path, emulator_factory)
 
     stopped = Proc(tmp_path, emu, str(inbox), str(outbox), name="stopped")
     wait_until(lambda: "watching" in stopped.log(), 30, what="the second daemon to start")
-    stopped.signal(__import__("signal").SIGTERM)  # a clean stop (the task resumes later)
+    stopped.signal(signal.SIGTERM)  # a clean stop (the task resumes later)
     stopped.wait(60)
     states = {d["pid"]: d["state"] for d in _status(outbox)["daemons"]}
     assert states == {proc.popen.pid: "killed", stopped.popen.pid: "stopped"}
