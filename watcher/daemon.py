@@ -64,7 +64,7 @@ from bgremove.watcher.claims import Claims, make_owner_id
 from bgremove.watcher.events import Watcher
 from bgremove.watcher.failures import report_task_id, write_error_report
 from bgremove.watcher.fingerprint import file_sha256, settings_fingerprint
-from bgremove.watcher.folder_health import PROBE_BYTES, FolderBlocked, FolderHealth
+from bgremove.watcher.folder_health import FolderBlocked, FolderHealth
 from bgremove.watcher.journal import Job, Journal
 from bgremove.watcher.limits import CostGuard, Limits, RateLimiter, effective_limits
 from bgremove.watcher.naming import Layout, move_no_replace, shown
@@ -204,8 +204,9 @@ class Daemon:
 
         layout = self.layout
         try:  # before anything is taken from INBOX: an unusable OUTBOX is a setup error
-            probe_writable(layout.outbox, size=PROBE_BYTES)
-            probe_writable(self.staging, size=PROBE_BYTES)
+            # (no fsync here: a full disk later pauses intake, and start-up stays quick)
+            probe_writable(layout.outbox)
+            probe_writable(self.staging)
         except OSError as exc:
             raise ConfigError(f"OUTBOX {layout.outbox} cannot be written: "
                               f"{exc.strerror or exc}",
