@@ -658,7 +658,7 @@ class Daemon:
                          "came: looking for its task", shown(rel))
             hooks = JobHooks(cancel=self.cancel, on_task=on_task, resume_task=resume,
                              on_submit=on_submit, lost_submit=lost,
-                             known_tasks=journal.task_ids() if lost else ())
+                             known_tasks=journal.known_tasks())
             try:
                 result = remove_file(claimed, staged, self._backend, self.config, hooks,
                                      source=source)

@@ -34,7 +34,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,6 +240,10 @@ class Journal:
                                     " SELECT task_id FROM events WHERE task_id IS NOT NULL")
             return {str(r[0]) for r in rows}
 
+    def known_tasks(self) -> KnownTasks:
+        """``task_ids``, read only when used (a lost submit is rare; a job is not)."""
+        return KnownTasks(self)
+
     def active_jobs(self) -> list[Job]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM jobs WHERE state IN (?, ?, ?, ?, ?)",
@@ -332,6 +336,28 @@ class Journal:
         if row is None:
             return None, None
         return row[0], row[1]
+
+
+class KnownTasks(Collection[str]):
+    """The journal's task ids, read on first use."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self._ids: set[str] | None = None
+
+    def _read(self) -> set[str]:
+        if self._ids is None:
+            self._ids = self._journal.task_ids()
+        return self._ids
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._read()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
 
 
 def _job(row: sqlite3.Row | None) -> Job | None:
