@@ -24,3 +24,11 @@ ACCOUNT_LIMITS: dict[str, tuple[int, int]] = {
 }
 #: ``watch.account_level`` / ``--account-level``, ``bgremove emulator --level``.
 ACCOUNT_LEVELS = tuple(ACCOUNT_LIMITS)
+
+# The emulator's options (``bgremove emulator``, ``EmulatorOptions``):
+#: the account's key: accepted, not yet activated (401), suspended (403).
+EMULATOR_KEY_STATES = ("active", "inactive", "suspended")
+#: how a sync submit that ran out of time is answered.
+EMULATOR_SYNC_TIMEOUT_STYLES = ("504", "processing", "gateway", "drop")
+#: what makes the emulator's masks: a colour key, or the offline model.
+EMULATOR_MODELS = ("keyout", "local")

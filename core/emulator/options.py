@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bgremove.choices import EMULATOR_KEY_STATES, EMULATOR_SYNC_TIMEOUT_STYLES
 from bgremove.emulator.faults import Fault
 from bgremove.errors import ConfigError
 
@@ -11,8 +12,6 @@ MODEL_ID = "wavespeed-ai/image-background-remover"
 DEFAULT_API_KEY = "emulator-key-0123456789"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 WEEK = 7 * 24 * 3600.0
-KEY_STATES = ("active", "inactive", "suspended")
-SYNC_TIMEOUT_STYLES = ("504", "processing", "gateway", "drop")
 
 
 @dataclass(frozen=True)
@@ -53,12 +52,12 @@ class EmulatorOptions:
     allow_remote: bool = False
 
     def __post_init__(self) -> None:
-        if self.key_state not in KEY_STATES:
+        if self.key_state not in EMULATOR_KEY_STATES:
             raise ConfigError(f"unknown key_state {self.key_state!r}",
-                              hint=f"allowed: {', '.join(KEY_STATES)}")
-        if self.sync_timeout_style not in SYNC_TIMEOUT_STYLES:
+                              hint=f"allowed: {', '.join(EMULATOR_KEY_STATES)}")
+        if self.sync_timeout_style not in EMULATOR_SYNC_TIMEOUT_STYLES:
             raise ConfigError(f"unknown sync_timeout_style {self.sync_timeout_style!r}",
-                              hint=f"allowed: {', '.join(SYNC_TIMEOUT_STYLES)}")
+                              hint=f"allowed: {', '.join(EMULATOR_SYNC_TIMEOUT_STYLES)}")
         if self.delay < 0 or (self.sync_timeout is not None and self.sync_timeout < 0):
             raise ConfigError("delay and sync_timeout must not be negative")
         if self.allow_remote and not self.api_key:
