@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 #: Seconds between progress lines when stderr is not a terminal.
 PLAIN_PROGRESS_SECONDS = 10.0
 
+
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "remove",
