@@ -261,7 +261,12 @@ class Requester:
         ends_at = self.clock() + limit
         body = b""
         with budget(time.monotonic() + limit, cancel):
-            response = self.http.send(request, stream=True)
+            try:
+                response = self.http.send(request, stream=True)
+            except ServiceError as exc:  # a redirect's body refused (``guard_redirect``)
+                if submit:
+                    raise submit_uncertain(exc.message) from None
+                raise
             try:
                 body = read_body(response, what=what, max_bytes=max_bytes, ends_at=ends_at,
                                  clock=self.clock, cancel=cancel, task_id=task_id)
