@@ -6,6 +6,7 @@ the daemon and the plug-in all import it, and it imports none of them.
     Backend     the protocol: ``cut_out(image, hooks) -> Cutout``, ``close()``
     Cutout      the alpha mask a backend returns, and where it came from
     JobHooks    progress, cancel, the task-id callback and a task to resume
+    StoredImage an input file's own bytes, metadata removed, for upload as they are
     CancelToken a thread-safe cancel flag checked between steps
 """
 
@@ -58,6 +59,18 @@ class Cutout:
     requests: int = 0  # HTTP requests made for this image (0 for local)
 
 
+@dataclass(frozen=True)
+class StoredImage:
+    """An input file's own bytes, metadata removed but never re-encoded (a JPEG's pixels as
+    stored, before its EXIF orientation). A backend that uploads may send these instead of
+    encoding the image; it then turns the returned mask by ``orientation`` itself."""
+
+    data: bytes
+    content_type: str  # "image/jpeg"
+    size: tuple[int, int]  # the stored pixel size (width and height swap for 5-8)
+    orientation: int  # EXIF orientation 1-8 of the file
+
+
 @dataclass
 class JobHooks:
     """Optional callbacks and state for one job.
@@ -69,7 +82,8 @@ class JobHooks:
     called just before a submit leaves (wall-clock time); ``lost_submit``
     gives such a record whose answer never arrived (a crash during the
     submit), so the backend looks for that task before sending anything.
-    ``known_tasks`` are tasks surely not this image's.
+    ``known_tasks`` are tasks surely not this image's. ``original`` is the
+    input file's own bytes when they may be uploaded as they are (see StoredImage).
     """
 
     progress: ProgressFn | None = None
@@ -79,6 +93,7 @@ class JobHooks:
     on_submit: Callable[[float, str], None] | None = None
     lost_submit: tuple[float, str] | None = None
     known_tasks: Collection[str] = ()
+    original: StoredImage | None = None
 
     def report(self, stage: str, fraction: float) -> None:
         if self.progress is not None:

@@ -7,6 +7,7 @@ an interrupted job never leaves a truncated output.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,8 @@ def remove_file(
     if source is None:
         source = load_image(src, max_pixels=config.input.max_pixels)
     hooks.check_cancel()
+    if source.original is not None:
+        hooks = dataclasses.replace(hooks, original=source.original)
     cutout = backend.cut_out(source.image, hooks)
     # No cancel check from here on: the cut-out is done (and maybe paid for), so keep it.
     hooks.report("compose", 0.95)

@@ -2,6 +2,7 @@
 
     _pipeline  loading, the mask's fit and the composition (the overview is there)
     _upload    encoding for upload: no metadata, within the service's limits
+    _jpeg      a JPEG's own bytes minus its metadata segments (uploaded when they fit)
     _save      the output formats and the atomic save
     _modes     colour modes, ICC profiles, EXIF orientation
     _meta      the EXIF an output keeps (no GPS location)
@@ -14,7 +15,9 @@ The modules are private; these are the public names.
 
 from bgremove.choices import OUTPUT_FORMATS as FORMATS
 from bgremove.imaging._deep import DeepImage
+from bgremove.imaging._jpeg import strip_jpeg_metadata
 from bgremove.imaging._match import cutout_matches, decode_image
+from bgremove.imaging._modes import apply_orientation
 from bgremove.imaging._pipeline import (
     SourceImage,
     alpha_from_bytes,
@@ -31,8 +34,9 @@ from bgremove.imaging._save import extension_for, save_image
 from bgremove.imaging._upload import UploadImage, encode_for_upload
 
 __all__ = [
-    "FORMATS", "DeepImage", "SourceImage", "UploadImage", "alpha_from_bytes", "compose",
+    "FORMATS", "DeepImage", "SourceImage", "UploadImage", "alpha_from_bytes",
+    "apply_orientation", "compose",
     "compose_output", "cutout_matches", "decode_image", "encode_for_upload",
     "estimate_foreground", "extension_for", "fit_alpha", "has_subject", "load_image",
-    "parse_color", "save_image", "source_from_raw",
+    "parse_color", "save_image", "source_from_raw", "strip_jpeg_metadata",
 ]

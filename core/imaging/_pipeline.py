@@ -3,7 +3,9 @@
     load_image(path, max_pixels=)   -> SourceImage  oriented 8-bit RGB/RGBA + matching ICC profile
     source_from_raw(w, h, data)     -> SourceImage  a raw pixel buffer (the GIMP plug-in)
     encode_for_upload(image, ...)   -> UploadImage  no metadata; PNG, else JPEG q95, else smaller
-                                                    (``bgremove.imaging._upload``)
+                                                    (``bgremove.imaging._upload``); a JPEG
+                                                    input's own bytes minus metadata go up
+                                                    instead when they fit (``_jpeg``)
     alpha_from_bytes(data)          -> "L" image    the service's result reduced to its alpha
     fit_alpha(alpha, size)          -> "L" image    the mask at the source's size
     compose(source, alpha, output)  -> the result: original pixels + mask, options applied
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from bgremove.contract import StoredImage
 from bgremove.errors import (
     ConfigError,
     ImageTooLargeError,
@@ -35,6 +38,7 @@ from bgremove.errors import (
     UnreadableImageError,
 )
 from bgremove.imaging._deep import DEEP_FORMATS, DeepImage, compose_deep, deep_tiles, read_deep
+from bgremove.imaging._jpeg import strip_jpeg_metadata
 from bgremove.imaging._meta import kept_exif
 from bgremove.imaging._modes import apply_orientation, exif_orientation, to_8bit_rgb
 
@@ -63,6 +67,7 @@ class SourceImage:
     path: Path | None = None
     exif: bytes | None = None  # the EXIF the output keeps (``bgremove.imaging._meta``)
     deep: DeepImage | None = None  # a 16-bit input's own samples (``bgremove.imaging._deep``)
+    original: StoredImage | None = None  # the file's own bytes to upload (JPEG, no metadata)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -104,15 +109,17 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int,
     """
     src = Path(path)
     _prepare_pillow(max_pixels)
-    fh: IO[bytes]
-    if data is not None:
-        if not data:
-            raise UnreadableImageError(f"{src}: the file is empty (0 bytes)",
-                                       hint=_ACCEPTED_HINT)
-        fh = io.BytesIO(data)
-    else:
-        fh = _open_file(src)
-    with fh:
+    if data is None:
+        # Read once: the bytes decoded are the bytes that may be uploaded as they are.
+        with _open_file(src) as opened:
+            try:
+                data = opened.read()
+            except OSError as exc:
+                raise UnreadableImageError(f"{src}: cannot read: {exc.strerror or exc}") \
+                    from None
+    if not data:
+        raise UnreadableImageError(f"{src}: the file is empty (0 bytes)", hint=_ACCEPTED_HINT)
+    with io.BytesIO(data) as fh:
         im = _open(fh, src)
         pixels = im.width * im.height
         if pixels > max_pixels:
@@ -126,6 +133,7 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int,
         icc = im.info.get("icc_profile") or None
         fmt = "JPEG" if im.format == "MPO" else im.format
         deep = read_deep(fh, im, tiles, icc)
+        original = _stored_jpeg(im, data, orientation)
     try:
         image, icc = to_8bit_rgb(im, icc)
         image = apply_orientation(image, orientation)
@@ -138,7 +146,20 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int,
     image.info = {}  # nothing from the file travels with the pixels (EXIF: ``exif`` above)
     log.debug("loaded %s: %s %s %dx%d, orientation %d, icc %s", src, fmt, im.mode, image.width,
               image.height, orientation, "yes" if icc else "no")
-    return SourceImage(image=image, icc_profile=icc, format=fmt, path=src, exif=exif, deep=deep)
+    return SourceImage(image=image, icc_profile=icc, format=fmt, path=src, exif=exif, deep=deep,
+                       original=original)
+
+
+def _stored_jpeg(im: Image.Image, data: bytes, orientation: int) -> StoredImage | None:
+    """The file's own bytes minus metadata, for a plain 8-bit RGB or grey JPEG (else None:
+    CMYK, an MPO's several pictures, or a segment list not clearly understood)."""
+    if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+        return None
+    stripped = strip_jpeg_metadata(data)
+    if stripped is None:
+        log.info("the JPEG's segments are not clear: its pixels are re-encoded for upload")
+        return None
+    return StoredImage(stripped, "image/jpeg", im.size, orientation)
 
 
 def _open_file(src: Path) -> IO[bytes]:

@@ -1,7 +1,9 @@
 """The ``wavespeed`` backend: an image in, the service's alpha mask out.
 
-One ``cut_out`` = encode (no metadata) -> upload -> submit -> wait -> download
--> decode the alpha. ``wavespeed.wait`` picks how the result is awaited:
+One ``cut_out`` = encode (no metadata; a JPEG input's own bytes minus its
+metadata segments instead when within the limits) -> upload -> submit -> wait
+-> download -> decode the alpha (turned upright when the stored pixels went up).
+``wavespeed.wait`` picks how the result is awaited:
 
 ``sync`` (the CLI's default)
     one blocking submit (``enable_sync_mode``): 4 requests per image (upload
@@ -42,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from bgremove.choices import WAIT_MODES
-from bgremove.contract import Cutout, JobHooks
+from bgremove.contract import Cutout, JobHooks, StoredImage
 from bgremove.errors import ConfigError
 from bgremove.wavespeed._answers import Prediction
 from bgremove.wavespeed._client import WaveSpeedClient
@@ -87,15 +89,24 @@ class WaveSpeedBackend:
         hooks = hooks or JobHooks()
         ctx = self.client.context(hooks.cancel)
         hooks.check_cancel()
+        # The file's own bytes when they fit: the mask then comes back as the pixels are
+        # stored and is turned upright below. The same choice on a resume (same file, same
+        # limits), so a resumed task's mask is turned the same way.
+        original = self._sendable(hooks.original, image)
+        orientation = original.orientation if original is not None else 1
         if hooks.resume_task:
             # judged by the image itself (what was uploaded had at most its pixels)
             ctx.upload_pixels = image.width * image.height
             prediction = self._resume(hooks.resume_task, ctx, hooks)
         else:
             hooks.report("upload", 0.0)
-            upload = imaging.encode_for_upload(
-                image, max_bytes=self.config.wavespeed.max_upload_bytes,
-                max_side=self.config.wavespeed.max_upload_side)
+            if original is not None:
+                upload = imaging.UploadImage(original.data, original.content_type,
+                                             "image.jpg", original.size)
+            else:
+                upload = imaging.encode_for_upload(
+                    image, max_bytes=self.config.wavespeed.max_upload_bytes,
+                    max_side=self.config.wavespeed.max_upload_side)
             ctx.upload_pixels = upload.size[0] * upload.size[1]
             hooks.check_cancel()
             found = self._find_lost(upload.data, ctx, hooks) if hooks.lost_submit else None
@@ -119,9 +130,24 @@ class WaveSpeedBackend:
         hooks.report("download", 0.95)
         alpha = imaging.alpha_from_bytes(
             data, max_pixels=self.client.output_limits(ctx).max_pixels)
+        alpha = imaging.apply_orientation(alpha, orientation)
         log.debug("task %s: %d requests", prediction.id, ctx.requests)
         return Cutout(alpha=alpha, backend=self.name, task_id=prediction.id,
                       requests=ctx.requests)
+
+    def _sendable(self, original: StoredImage | None, image: Image.Image
+                  ) -> StoredImage | None:
+        """``original`` if it may go up as it is: within the limits, and the stored pixels
+        of ``image`` (its size once turned upright); else None (``image`` is encoded)."""
+        if original is None:
+            return None
+        limits = self.config.wavespeed
+        width, height = original.size
+        upright = (height, width) if original.orientation >= 5 else (width, height)
+        if (upright != image.size or max(width, height) > limits.max_upload_side
+                or len(original.data) > limits.max_upload_bytes):
+            return None
+        return original
 
     def _find_lost(self, data: bytes, ctx: CallContext, hooks: JobHooks) -> Prediction | None:
         """A crash during a submit: its task (waited on), or None when none was created."""
