@@ -24,3 +24,8 @@ ACCOUNT_LIMITS: dict[str, tuple[int, int]] = {
 }
 #: ``watch.account_level`` / ``--account-level``, ``bgremove emulator --level``.
 ACCOUNT_LEVELS = tuple(ACCOUNT_LIMITS)
+#: ``bgremove emulator``: its models (``--model``), account key states (``--key-state``) and
+#: the ways a sync-mode wait that outlives its timeout is answered (``--sync-timeout-style``).
+EMULATOR_MODELS = ("keyout", "local")
+EMULATOR_KEY_STATES = ("active", "inactive", "suspended")
+EMULATOR_SYNC_TIMEOUT_STYLES = ("504", "processing", "gateway", "drop")

@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bgremove.choices import ACCOUNT_LEVELS, LOG_LEVELS
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
+from bgremove.choices import (
+    ACCOUNT_LEVELS,
+    EMULATOR_KEY_STATES,
+    EMULATOR_MODELS,
+    EMULATOR_SYNC_TIMEOUT_STYLES,
+    LOG_LEVELS,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -29,16 +33,16 @@ def register(subparsers: Any) -> None:
                         help="allow a non-loopback --host; needs --api-key, which every route "
                         "then requires")
     parser.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
-    parser.add_argument("--key-state", choices=("active", "inactive", "suspended"),
+    parser.add_argument("--key-state", choices=EMULATOR_KEY_STATES,
                         default="active", help="simulate an unactivated (401) or suspended "
                         "(403) account")
-    parser.add_argument("--model", choices=("keyout", "local"), default="keyout",
+    parser.add_argument("--model", choices=EMULATOR_MODELS, default="keyout",
                         help="keyout: deterministic colour key; local: the offline model")
     parser.add_argument("--delay", type=float, default=0.0, metavar="S",
                         help="inference seconds per task")
     parser.add_argument("--sync-timeout", type=float, metavar="S",
                         help="a sync-mode submit stops waiting after S seconds")
-    parser.add_argument("--sync-timeout-style", choices=("504", "processing", "gateway", "drop"),
+    parser.add_argument("--sync-timeout-style", choices=EMULATOR_SYNC_TIMEOUT_STYLES,
                         default="504",
                         help="answer a sync timeout with a 504 carrying the task, a 200 with "
                         "code 5004, a proxy's bare 504 without the task, or a closed connection")
@@ -117,10 +121,11 @@ def run(args: argparse.Namespace) -> int:
 
     from bgremove.choices import ACCOUNT_LIMITS
     from bgremove.emulator import Emulator, EmulatorOptions
+    from bgremove.emulator.options import LOOPBACK_HOSTS
     from bgremove.errors import ConfigError
     from bgremove.logs import register_secret, setup_logging
 
-    if args.host not in LOOPBACK and not args.allow_remote:
+    if args.host not in LOOPBACK_HOSTS and not args.allow_remote:
         raise ConfigError(f"refusing to listen on {args.host}: the emulator has no real "
                           "security and would be open to the network",
                           hint="add --allow-remote if you mean it")

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from bgremove.choices import EMULATOR_MODELS
 from bgremove.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KEY_TOLERANCE = 24
-MODEL_NAMES = ("keyout", "local")
 
 #: image (RGB or RGBA) -> alpha (mode "L", same size)
 AlphaFn = Callable[["Image.Image"], "Image.Image"]
@@ -133,4 +133,5 @@ def load_model(name: str) -> tuple[AlphaFn, Callable[[], None]]:
     if name == "local":
         model = LocalModel()
         return model, model.close
-    raise ConfigError(f"unknown emulator model {name!r}", hint=f"allowed: {', '.join(MODEL_NAMES)}")
+    raise ConfigError(f"unknown emulator model {name!r}",
+                      hint=f"allowed: {', '.join(EMULATOR_MODELS)}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bgremove.choices import EMULATOR_KEY_STATES as KEY_STATES
+from bgremove.choices import EMULATOR_SYNC_TIMEOUT_STYLES as SYNC_TIMEOUT_STYLES
 from bgremove.emulator.faults import Fault
 from bgremove.errors import ConfigError
 
@@ -11,8 +13,6 @@ MODEL_ID = "wavespeed-ai/image-background-remover"
 DEFAULT_API_KEY = "emulator-key-0123456789"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 WEEK = 7 * 24 * 3600.0
-KEY_STATES = ("active", "inactive", "suspended")
-SYNC_TIMEOUT_STYLES = ("504", "processing", "gateway", "drop")
 
 
 @dataclass(frozen=True)
