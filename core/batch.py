@@ -35,6 +35,7 @@ from bgremove.errors import (
     ServiceConnectionError,
     ServiceTimeoutError,
 )
+from bgremove.files import probe_writable
 
 if TYPE_CHECKING:
     from bgremove.config import Config, OutputConfig
@@ -73,8 +74,9 @@ def expand_inputs(inputs: list[str], suffix: str = "-nobg", out_dir: Path | None
     """Files as given (missing ones too: they fail with a clear line); folders -> their images.
 
     Each file is taken once, however it is named. From a folder, earlier results
-    (``<stem><suffix>.<ext>``, ``<stem><suffix>-2.<ext>``) and the output folder are left
-    out, so running the same command twice does not cut out (and pay for) the cut-outs.
+    (``<stem><suffix>.<ext>``, ``<stem><suffix>-2.<ext>``, with or without ``-o``) and
+    the output folder are left out, so running a command again does not cut out (and pay
+    for) the cut-outs; a file named on the command line is always taken.
     Hidden files and folders are ignored; subfolders are entered with ``recursive`` only
     and counted otherwise, as are the files that are not images.
     """
@@ -110,7 +112,7 @@ def expand_inputs(inputs: list[str], suffix: str = "-nobg", out_dir: Path | None
                 elif child.is_file():
                     if child.suffix.lower() not in IMAGE_SUFFIXES:
                         found.others[child.suffix.lower() or "(no ending)"] += 1
-                    elif out_dir is not None or not is_earlier_result(child, suffix):
+                    elif not is_earlier_result(child, suffix):
                         add(child, subdir)
         if left_out:
             found.subfolders += left_out
@@ -333,13 +335,8 @@ class OutputCheck:
     @staticmethod
     def probe(folder: Path) -> OutputError | None:
         """Why ``folder`` cannot take results (it is created if missing), or None."""
-        import tempfile
-
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(prefix=".bgremove-", suffix=".tmp", dir=folder)
-            os.close(fd)
-            os.unlink(probe)
+            probe_writable(folder)
         except OSError as exc:
             return OutputError(f"cannot write to output folder {folder}: {exc.strerror or exc}",
                                hint="check the -o path, its permissions and free space")

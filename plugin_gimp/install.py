@@ -24,12 +24,12 @@ import logging
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from bgremove.errors import OutputError
+from bgremove.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +86,6 @@ def _protocol() -> int:
     return PROTOCOL
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def install(plugins_dir: Path | None = None, *, python: str | None = None,
             env: Mapping[str, str] | None = None, platform: str | None = None) -> list[Path]:
     """Install the plug-in into ``plugins_dir`` (default: every GIMP 3 folder found
@@ -117,13 +105,13 @@ def install(plugins_dir: Path | None = None, *, python: str | None = None,
         path = plugin_file(Path(target).expanduser())
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, source, 0o755)
-            _write_atomic(path.with_name(SETTINGS_FILE),
-                          (json.dumps(settings, indent=2) + "\n").encode(), 0o644)
+            atomic_write(path, source, mode=0o755)
+            atomic_write(path.with_name(SETTINGS_FILE),
+                         (json.dumps(settings, indent=2) + "\n").encode(), mode=0o644)
             for name in HELP_FILES:
                 help_file = path.parent / "help" / name
                 help_file.parent.mkdir(parents=True, exist_ok=True)
-                _write_atomic(help_file, (HELP_SOURCE / name).read_bytes(), 0o644)
+                atomic_write(help_file, (HELP_SOURCE / name).read_bytes(), mode=0o644)
         except OSError as exc:
             raise OutputError(f"cannot install the GIMP plug-in into {path.parent}: "
                               f"{exc.strerror or exc}",

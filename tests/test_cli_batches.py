@@ -79,6 +79,20 @@ def test_one_file_to_a_folder_twice_pays_once_and_overwrite_redoes_it(
         assert result.size == (40, 30)
 
 
+def test_results_made_beside_the_inputs_are_not_inputs_of_a_run_with_o(
+        tmp_path: Path, emulator: Emulator) -> None:
+    shoot = tmp_path / "shoot"
+    photo(shoot / "a.jpg")
+    photo(shoot / "a.png")
+    assert bgremove(tmp_path, "remove", str(shoot), emulator=emulator).returncode == 0
+    assert (shoot / "a-nobg-2.png").is_file()
+    done = bgremove(tmp_path, "remove", str(shoot), "-o", str(tmp_path / "out"), "--json",
+                    emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    assert set(records(done.stdout)) == {"a.jpg", "a.png"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a-2.png", "a.png"]
+
+
 def test_a_new_image_in_a_done_folder_is_the_only_one_sent(
         tmp_path: Path, emulator: Emulator) -> None:
     shoot = tmp_path / "shoot"
@@ -100,11 +114,12 @@ def test_an_unusable_output_folder_is_one_line_and_exit_2(
         tmp_path: Path, emulator: Emulator) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    srcs = [photo(tmp_path / f"{i}.png") for i in range(11)]
+    srcs = [photo(tmp_path / "in" / f"{i}.png") for i in range(11)]
+    (tmp_path / "in" / "sub").mkdir()  # its note would be a second line
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    done = bgremove(tmp_path, "remove", *map(str, srcs), str(bad), "-o", str(blocker / "out"),
-                    emulator=emulator)
+    done = bgremove(tmp_path, "remove", str(tmp_path / "in"), str(bad), "-o",
+                    str(blocker / "out"), emulator=emulator)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and str(blocker / "out") in lines[0], done.stderr
@@ -142,8 +157,10 @@ def test_o_with_an_image_name_names_the_output_file(tmp_path: Path, emulator: Em
 
 def test_o_with_an_image_name_and_several_inputs_is_refused(
         tmp_path: Path, emulator: Emulator) -> None:
-    srcs = [photo(tmp_path / f"{i}.png") for i in range(2)]
-    done = bgremove(tmp_path, "remove", *map(str, srcs), "-o", str(tmp_path / "result.png"),
+    for i in range(2):
+        photo(tmp_path / "in" / f"{i}.png")
+    (tmp_path / "in" / "sub").mkdir()  # the note on subfolders waits until the work starts
+    done = bgremove(tmp_path, "remove", str(tmp_path / "in"), "-o", str(tmp_path / "result.png"),
                     emulator=emulator)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
@@ -198,6 +215,14 @@ def test_recursive_without_o_writes_beside_each_input_and_skips_results(
     again = bgremove(tmp_path, "remove", str(shoot), "--recursive", emulator=emulator)
     assert again.returncode == 0 and emulator.stats()["tasks_submitted"] == 1
     assert sorted(p.name for p in (shoot / "day1").iterdir()) == ["a-nobg.png", "a.png"]
+
+
+def test_a_folder_of_subfolders_only_says_to_add_r(tmp_path: Path, emulator: Emulator) -> None:
+    photo(tmp_path / "shoot" / "day1" / "a.png")
+    done = bgremove(tmp_path, "remove", str(tmp_path / "shoot"), emulator=emulator)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no images found" in lines[0] and "add -r" in lines[0]
 
 
 def test_files_that_are_not_images_are_counted(tmp_path: Path, emulator: Emulator) -> None:

@@ -222,14 +222,15 @@ def deep_subject(width: int = 40, height: int = 30, alpha: int | None = None
     return rows
 
 
-def write_png16(path: Path, rows: list[list[tuple[int, ...]]]) -> Path:
+def write_png16(path: Path, rows: list[list[tuple[int, ...]]], exif: bytes = b"") -> Path:
     import struct
     import zlib
 
     bands = len(rows[0][0])
     raw = b"".join(b"\0" + b"".join(struct.pack(f">{bands}H", *px) for px in row) for row in rows)
     ihdr = struct.pack(">IIBBBBB", len(rows[0]), len(rows), 16, {3: 2, 4: 6}[bands], 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + img._png_chunk(b"IHDR", ihdr)
+    exif_chunk = img._png_chunk(b"eXIf", exif.removeprefix(b"Exif\0\0")) if exif else b""
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + img._png_chunk(b"IHDR", ihdr) + exif_chunk
                      + img._png_chunk(b"IDAT", zlib.compress(raw)) + img._png_chunk(b"IEND", b""))
     return path
 
@@ -286,13 +287,16 @@ def expected_cutout(rows: list[list[tuple[int, ...]]]) -> list[list[tuple[int, .
 
 def test_a_16_bit_png_stays_16_bit_in_png_and_tiff(tmp_path: Path, emulator: Emulator) -> None:
     rows = deep_subject()
-    src = write_png16(tmp_path / "deep.png", rows)
+    src = write_png16(tmp_path / "deep.png", rows, exif=photographer_exif().tobytes())
     done = bgremove(tmp_path, "remove", str(src), "-o", str(tmp_path / "png"), emulator=emulator)
     assert done.returncode == 0, done.stderr
     colour, got = read_png16(tmp_path / "png" / "deep.png")
     assert colour == 6 and got == expected_cutout(rows)
     with Image.open(tmp_path / "png" / "deep.png") as out:  # a PNG other readers open
         assert out.size == (40, 30) and out.getpixel((20, 15)) == (*(v >> 8 for v in RED16), 255)
+        kept = out.getexif()
+        assert kept.get(ARTIST) == "Ann Lens" and GPS_IFD not in kept
+        assert kept.get_ifd(EXIF_IFD).get(LENS_MODEL) == "RF24-70mm F2.8"
 
     done = bgremove(tmp_path, "remove", str(src), "-o", str(tmp_path / "tif"), "--format", "tiff",
                     emulator=emulator)
@@ -301,6 +305,9 @@ def test_a_16_bit_png_stays_16_bit_in_png_and_tiff(tmp_path: Path, emulator: Emu
     with Image.open(tmp_path / "tif" / "deep.tiff") as out:
         out.load()  # libtiff decodes it: a valid file
         assert out.size == (40, 30) and out.getpixel((20, 15)) == (*(v >> 8 for v in RED16), 255)
+        kept = out.getexif()
+        assert (kept.get(ARTIST), kept.get(COPYRIGHT)) == ("Ann Lens", "(c) 2026 Ann Lens")
+        assert (kept.get(MAKE), kept.get(MODEL)) == ("Canon", "EOS R5") and GPS_IFD not in kept
 
 
 def test_a_16_bit_tiff_cut_out_again_keeps_its_samples(tmp_path: Path,
@@ -339,3 +346,15 @@ def test_16_bit_inputs_give_8_bit_jpeg_and_masks(tmp_path: Path, emulator: Emula
     assert done.returncode == 0, done.stderr
     with Image.open(tmp_path / "deep-nobg.jpg") as out:
         assert out.mode == "L" and out.getpixel((20, 15)) > 240
+
+
+@pytest.mark.parametrize("make", [img.make_tiff48, img.make_png48], ids=["tiff", "png"])
+def test_uncompressed_16_bit_files_keep_every_sample(tmp_path: Path, emulator: Emulator,
+                                                     make: object) -> None:
+    assert callable(make)
+    src = make(tmp_path / f"row{'.tif' if make is img.make_tiff48 else '.png'}")
+    done = bgremove(tmp_path, "remove", str(src), "-o", str(tmp_path / "out"), emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    _, got = read_png16(tmp_path / "out" / "row.png")
+    alphas = (0, 65535, 65535)  # the first pixel is the key colour
+    assert got == [[(*px, a) for px, a in zip(img.RGB48_PIXELS, alphas, strict=True)]]

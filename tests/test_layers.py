@@ -34,6 +34,7 @@ LAYERS = {  # name: (rank, module prefixes); a lower rank sits higher
     "GIMP plug-in": (1, ("bgremove.plugin_gimp",)),
 }
 LEAVES = {"bgremove.errors": set(), "bgremove.version": set(), "bgremove.choices": set(),
+          "bgremove.files": set(),
           "bgremove.contract": {"bgremove.errors"}}
 GIMP_SIDE = "bgremove.plugin_gimp.remove_background"
 

@@ -93,12 +93,12 @@ def run(args: argparse.Namespace) -> int:
     if config.output.foreground and not config.output.mask_only:
         _require_numpy()
     found = expand_inputs(args.inputs, config.output.suffix, out_dir, recursive=args.recursive)
-    if found.subfolders:
-        _say(f"{_count(found.subfolders, 'subfolder')} left out "
-             f"({', '.join(found.subfolder_parents)}): add -r to include them")
+    subfolders = (f"{_count(found.subfolders, 'subfolder')} left out "
+                  f"({', '.join(found.subfolder_parents)}): add -r to include them")
     if not found.images:
         raise ConfigError(f"no images found in {', '.join(args.inputs)}",
-                          hint=f"images are {', '.join(sorted(IMAGE_SUFFIXES))}")
+                          hint=subfolders if found.subfolders else
+                          f"images are {', '.join(sorted(IMAGE_SUFFIXES))}")
     if out_file is not None:
         if len(found.images) != 1:
             raise ConfigError(f"-o {out_file} names one result file, but there are "
@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         plan = plan_outputs(found.images, out_dir, config.output, subdirs=found.subdirs)
     check_output_folder(out_file.parent if out_file is not None else out_dir)
+    if found.subfolders:
+        _say(subfolders)
     backend = make_backend(config)
     try:
         results = run_batch(plan, backend, config, json_lines=args.json,

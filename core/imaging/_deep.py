@@ -21,6 +21,7 @@ import logging
 import struct
 import sys
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
@@ -54,9 +55,8 @@ class DeepImage:
     def size(self) -> tuple[int, int]:
         return self.channels[0].size
 
-    def map(self, fn: object) -> DeepImage:
+    def map(self, fn: Callable[[Image.Image], Image.Image]) -> DeepImage:
         """The same bands with ``fn`` (a transposition, a crop) applied to each channel."""
-        assert callable(fn)
         return DeepImage(self.bands, [fn(ch) for ch in self.channels], self.icc)
 
 

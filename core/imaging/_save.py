@@ -1,22 +1,22 @@
-"""Writing a result atomically: a hidden temp file in the destination folder, fsync, rename.
+"""Writing a result: the output formats and their options, written atomically.
 
-A reader (or the hot-folder daemon) never sees a half-written output, an existing file at the
-destination stays untouched until the new one is complete, and no temp file is left behind
-when anything fails.
+The write goes through ``bgremove.files.atomic_writer`` (a hidden temp file in the
+destination folder, fsync, rename): a reader (or the hot-folder daemon) never sees a
+half-written output, an existing file at the destination stays untouched until the new one
+is complete, and no temp file is left behind when anything fails.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from bgremove.choices import OUTPUT_FORMATS
 from bgremove.errors import OutputError
+from bgremove.files import atomic_writer
 from bgremove.imaging._deep import DeepImage, write_png16, write_tiff16
 from bgremove.imaging._modes import icc_colour_space
 
@@ -31,7 +31,6 @@ _MAX_SIDE = {"webp": 16383, "jpg": 65500}
 DEEP_WRITERS = {"png": write_png16, "tiff": write_tiff16}
 #: JPEG outputs: high quality, no chroma subsampling (crisp edges on a flat background).
 JPEG_OUTPUT_QUALITY = 95
-_TEMP_SUFFIX = ".tmp"
 EXIF_IFD_POINTER = 0x8769
 
 
@@ -95,25 +94,14 @@ def save_image(image: Image.Image | DeepImage, path: str | os.PathLike[str], *,
     if fmt == "jpg" and not isinstance(image, DeepImage) and image.mode not in ("RGB", "L"):
         raise OutputError(f"cannot write {dest}: JPEG has no transparency",
                           hint="give a background colour", transient=False)
-    temp: Path | None = None
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = _create_temp(dest)
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_writer(dest) as fh:
             write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temp, dest)
-        temp = None
-        _fsync_folder(dest.parent)
     except OSError as exc:
         raise _output_error(dest, exc) from exc
     except ValueError as exc:  # the encoder refused the image
         raise OutputError(f"cannot write {dest} as {fmt}: {exc}", transient=False) from exc
-    finally:
-        if temp is not None:
-            with contextlib.suppress(OSError):
-                temp.unlink()
 
 
 def _tiff_exif(exif: bytes) -> bytes:
@@ -132,35 +120,6 @@ def _tiff_exif(exif: bytes) -> bytes:
 
 def _write(image: Image.Image, fh: IO[bytes], fmt: str, params: dict[str, Any]) -> None:
     image.save(fh, format=_PIL_FORMATS[fmt], **params)
-
-
-def _create_temp(dest: Path) -> tuple[int, Path]:
-    """Create a new hidden temp file beside ``dest`` (mode from the umask, like a normal file)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        # Short on purpose: a legal output name of 255 bytes still gets a legal temp name.
-        temp = dest.with_name(f".bgremove-{secrets.token_hex(6)}{_TEMP_SUFFIX}")
-        try:
-            return os.open(temp, flags, 0o666), temp
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "cannot pick a free temp file name", str(dest.parent))
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable (POSIX); not possible or needed on Windows."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _fitting_profile(mode: str, icc: bytes | None) -> bytes | None:
