@@ -23,6 +23,7 @@ from typing import Any
 from bgremove.commands import doctor, emulator, gimp, models, remove, tasks, watch
 from bgremove.commands.common import EXIT_FAILED, EXIT_USAGE
 from bgremove.errors import BgremoveError, ConfigError
+from bgremove.logs import printable
 from bgremove.version import __version__
 
 log = logging.getLogger("bgremove")
@@ -57,10 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"bgremove: {exc}", file=sys.stderr)
+        print(f"bgremove: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except BgremoveError as exc:
-        print(f"bgremove: {exc}", file=sys.stderr)
+        print(f"bgremove: {printable(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("bgremove: interrupted", file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import os
 import re
@@ -101,6 +102,9 @@ class ReconcilePolicy:
 class WaveSpeedConfig:
     api_key: str | None = _opt(None, secret=True)
     base_url: str = DEFAULT_BASE_URL
+    # http:// to a host other than this machine sends the key and images in clear: refused
+    # unless this says so.
+    allow_insecure_http: bool = False
     wait: str = _opt("sync", choices=WAIT_MODES)
     base64_output: bool = False
     max_upload_bytes: int = _opt(20 * 1024 * 1024, min=1024)
@@ -209,11 +213,12 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
     env = os.environ if env is None else env
     config = Config()
     file = find_config_file(path, env)
+    file_holds_key = False
     if file is not None:
         data = _read_yaml(file)
         config = _apply(config, _flatten(data), str(file))
         config = dataclasses.replace(config, source=str(file))
-        _warn_if_exposed(file, config)
+        file_holds_key = config.wavespeed.api_key is not None
     env_values = {}
     if env.get(ENV_API_KEY):
         env_values["wavespeed.api_key"] = env[ENV_API_KEY].strip()
@@ -224,6 +229,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
         config = config.with_overrides(overrides)
     _check_service_settings(config)
     _check_output_settings(config)
+    if file is not None:
+        _check_file_safety(file, config, holds_key=file_holds_key)
     return config
 
 
@@ -250,6 +257,24 @@ def _check_service_settings(config: Config) -> None:
                           hint="e.g. https://api.wavespeed.ai or http://127.0.0.1:8765")
     if "[" in host and not re.fullmatch(r"\[[0-9a-fA-F:.]+\](:\d+)?", host):
         raise ConfigError(f"wavespeed.base_url {url!r} has a malformed host")
+    if scheme == "http" and not config.wavespeed.allow_insecure_http and not _is_loopback(host):
+        raise ConfigError(
+            f"wavespeed.base_url {url!r} is plain http to another machine: the API key and "
+            "the images would cross the network unencrypted",
+            hint="use https://, or set wavespeed.allow_insecure_http: true in the config file "
+            "if that network path is trusted")
+
+
+def _is_loopback(host: str) -> bool:
+    """``host`` (``name[:port]`` or ``[v6]:port``) names this machine."""
+    name = host.rsplit("@", 1)[-1]
+    name = name[1:].split("]", 1)[0] if name.startswith("[") else name.rsplit(":", 1)[0]
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _read_yaml(file: Path) -> Mapping[str, Any]:
@@ -375,17 +400,61 @@ def _check(value: Any, ftype: Any, meta: Mapping[str, Any], dotted: str, origin:
     return value
 
 
-def _warn_if_exposed(file: Path, config: Config) -> None:
-    """Warn when a file holding the API key can be read by other users."""
-    if os.name != "posix" or not config.wavespeed.api_key:
+def _check_file_safety(file: Path, config: Config, *, holds_key: bool) -> None:
+    """Refuse a config file others can change while a key is set; warn if others can read it.
+
+    Whoever can write the file can point ``base_url`` at their own server and collect the
+    key (from the file or the environment), so a writable file is an error whenever a key
+    is in use; without a key it is only a warning. "Others can write" covers the file's
+    mode, its owner, and every folder above it that another user could rename it in.
+    """
+    if os.name != "posix":
         return
+    problem = _writable_by_others(file)
+    has_key = bool(config.wavespeed.api_key)
+    if problem is not None:
+        reason, fix = problem
+        if has_key:
+            raise ConfigError(f"config file {file} is not safe to use with an API key: {reason}",
+                              hint=fix)
+        log.warning("config file %s: %s (%s)", file, reason, fix)
+    if not holds_key:
+        return
+    with contextlib.suppress(OSError):
+        if file.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            log.warning("config file %s holds the API key and is readable by other users: "
+                        "run chmod 600 %s", file, file)
+
+
+def _writable_by_others(file: Path) -> tuple[str, str] | None:
+    """Why another user could change ``file`` (and the fix), or None."""
+    me = os.geteuid()
     try:
-        mode = file.stat().st_mode
+        st = file.stat()
     except OSError:
-        return
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
-        log.warning("config file %s holds the API key and is readable by other users: "
-                    "run chmod 600 %s", file, file)
+        return None
+    if st.st_uid not in (me, 0):
+        return (f"it belongs to another user (uid {st.st_uid})", "use a config file you own")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return ("other users can write it", f"run chmod go-w {file}")
+    seen: set[Path] = set()
+    for start in (file.absolute().parent, file.resolve().parent):
+        for folder in (start, *start.parents):
+            if folder in seen:
+                continue
+            seen.add(folder)
+            try:
+                fst = folder.stat()
+            except OSError:
+                continue
+            if fst.st_uid not in (me, 0):
+                return (f"the folder {folder} belongs to another user, who can replace the "
+                        "file", "move the config file to a folder you own")
+            sticky = fst.st_mode & stat.S_ISVTX  # /tmp: others cannot rename my file
+            if fst.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky:
+                return (f"other users can write the folder {folder} and replace the file",
+                        f"run chmod go-w {folder}, or move the config file")
+    return None
 
 
 def example_config_keys(config: Any = None, prefix: str = "") -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -37,6 +38,48 @@ def redact(text: str, secret: str | None = None) -> str:
         if value and value in text:
             text = text.replace(value, REDACTED)
     return text
+
+
+#: Characters that could start a new line, rewrite the terminal or reorder what is shown:
+#: C0 and C1 controls, DEL, the Unicode line and paragraph separators, bidi overrides.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` safe for one line of a log or terminal: controls shown as ``\\n``, ``\\x1b``...
+
+    A file name is chosen by whoever dropped the file: escaped, it cannot forge a log line.
+    """
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+class TextFormatter(logging.Formatter):
+    """Plain lines: the message on one line, a traceback redacted and marked as continuation.
+
+    Every traceback line starts with ``  | `` so nothing inside it (an exception's text
+    may hold a file name) can pass for a log line of its own.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return _continuation(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _continuation(super().formatStack(stack_info))
+
+
+def _continuation(text: str) -> str:
+    return "\n".join(f"  | {printable(line)}" for line in redact(text).splitlines())
 
 
 class RedactingFilter(logging.Filter):
@@ -85,8 +128,7 @@ def setup_logging(level: str = "info", *, json_lines: bool = False, stream: Any 
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s",
-                                               "%H:%M:%S"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -92,11 +92,14 @@ def fetch_result(client: WaveSpeedClient, config: Config, task_id: str, *,
             raise task_error(task_id, prediction.status, prediction.code, prediction.error)
         raise ServiceError(f"task {task_id} is still {prediction.status}: it has no result yet",
                            hint="try again when it has finished", task_id=task_id)
+    if source is not None:  # the result is judged by the original's size
+        ctx.upload_pixels = source.image.width * source.image.height
     data = client.download_output(prediction, ctx=ctx)
-    alpha = alpha_from_bytes(data)
+    max_pixels = client.output_limits(ctx).max_pixels
+    alpha = alpha_from_bytes(data, max_pixels=max_pixels)
     if source is None or input is None:
         dst = (out_dir or Path.cwd()) / f"{task_id}.png"
-        save_image(decode_image(data), dst, fmt="png")
+        save_image(decode_image(data, max_pixels=max_pixels), dst, fmt="png")
     else:
         width, height = source.image.size
         if abs(alpha.width / alpha.height - width / height) > 0.01 * width / height:

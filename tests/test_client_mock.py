@@ -464,7 +464,13 @@ def test_sync_504_without_task_id_is_uncertain_and_sent_once(
     httpx.WriteTimeout("timed out"),
     httpx.Response(200, content=b'{"code": 200, "data": {"id": '),
     httpx.Response(200, json=envelope({"status": "created"})),
-], ids=["read-timeout", "disconnected", "reset", "write-timeout", "truncated-json", "no-id"])
+    httpx.Response(200, content=b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+    httpx.Response(200, content=b'{"code": 200, "data": {"id": "t"}, "x": "'
+                   + b"a" * (5 << 20) + b'"}'),
+    httpx.Response(200, content=b"<html>502 Bad Gateway</html>"),
+    httpx.Response(200, content=b"\xff\xfe{}"),
+], ids=["read-timeout", "disconnected", "reset", "write-timeout", "truncated-json", "no-id",
+        "nested-too-deep", "too-large", "html", "not-utf8"])
 @pytest.mark.parametrize("sync", [True, False])
 def test_submit_answer_lost_is_uncertain_and_sent_once(
         client: WaveSpeedClient, service: Service, clock: FakeClock, failure: Any,
@@ -488,6 +494,28 @@ def test_submit_is_retried_when_no_task_can_exist(client: WaveSpeedClient, servi
     service.on("submit", failure, ok(prediction("completed")))
     assert client.submit(IMAGE_URL, sync=True).status == "completed"
     assert submit_count(service) == 2
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_a_submit_answer_no_parser_foresaw_is_uncertain(
+        client: WaveSpeedClient, service: Service, monkeypatch: pytest.MonkeyPatch,
+        sync: bool) -> None:
+    import bgremove.wavespeed._client as client_module
+
+    def surprised(response: httpx.Response, sync: bool) -> Any:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(client_module, "parse_submit", surprised)
+    with pytest.raises(SubmitUncertainError, match="could not be read"):
+        client.submit(IMAGE_URL, sync=sync)
+    assert submit_count(service) == 1
+
+
+def test_nested_json_in_a_result_is_a_protocol_error_not_a_crash(
+        client: WaveSpeedClient, service: Service) -> None:
+    service.on("result", httpx.Response(200, content=b"[" * 100_000 + b"]" * 100_000))
+    with pytest.raises(ProtocolError, match="not JSON"):
+        client.get_result("t1")
 
 
 @pytest.mark.parametrize("status", [502, 504])

@@ -34,14 +34,14 @@ def test_example_documents_every_key_with_its_default() -> None:
 
 def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
     file = tmp_path / "c.yaml"
-    file.write_text("wavespeed:\n  base_url: http://file\n  wait: poll\nconcurrency: 3\n")
-    env = {"WAVESPEED_BASE_URL": "http://env", "WAVESPEED_API_KEY": "k-env"}
-    config = load_config(file, env=env, overrides={"wavespeed.base_url": "http://flag"})
-    assert config.wavespeed.base_url == "http://flag"
+    file.write_text("wavespeed:\n  base_url: http://127.0.0.1:1\n  wait: poll\nconcurrency: 3\n")
+    env = {"WAVESPEED_BASE_URL": "http://127.0.0.2", "WAVESPEED_API_KEY": "k-env"}
+    config = load_config(file, env=env, overrides={"wavespeed.base_url": "http://[::1]:9"})
+    assert config.wavespeed.base_url == "http://[::1]:9"
     assert config.wavespeed.wait == "poll"
     assert config.concurrency == 3
     assert config.wavespeed.api_key == "k-env"
-    assert load_config(file, env=env).wavespeed.base_url == "http://env"
+    assert load_config(file, env=env).wavespeed.base_url == "http://127.0.0.2"
 
 
 def test_config_found_through_environment_variable(tmp_path: Path) -> None:
@@ -96,3 +96,61 @@ def test_key_is_not_in_repr_and_readable_file_warns(tmp_path: Path,
     with caplog.at_level(logging.WARNING):
         load_config(file, env={})
     assert "readable by other users" not in caplog.text
+
+
+@pytest.mark.parametrize("mode", [0o602, 0o620, 0o666])
+def test_config_others_can_write_is_refused_while_a_key_is_set(tmp_path: Path,
+                                                               mode: int) -> None:
+    secret = "ws-very-secret-key-123"
+    file = tmp_path / "c.yaml"
+    file.write_text(f"wavespeed:\n  api_key: {secret}\n")
+    os.chmod(file, mode)
+    with pytest.raises(ConfigError) as info:
+        load_config(file, env={})
+    text = str(info.value)
+    assert "other users can write it" in text and f"chmod go-w {file}" in text
+    assert secret not in text
+    # the key from the environment is just as exposed: base_url could point anywhere
+    file.write_text("concurrency: 2\n")
+    with pytest.raises(ConfigError, match="not safe to use with an API key"):
+        load_config(file, env={"WAVESPEED_API_KEY": secret})
+
+
+def test_config_without_a_key_others_can_write_only_warns(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("concurrency: 2\n")
+    os.chmod(file, 0o666)
+    with caplog.at_level(logging.WARNING):
+        assert load_config(file, env={}).concurrency == 2
+    assert "other users can write it" in caplog.text
+
+
+def test_config_in_a_folder_others_can_write_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    file = shared / "c.yaml"
+    file.write_text("wavespeed:\n  api_key: ws-very-secret-key-123\n")
+    os.chmod(file, 0o600)
+    os.chmod(shared, 0o777)  # anyone can rename c.yaml away and put theirs in its place
+    with pytest.raises(ConfigError, match=f"can write the folder {shared}"):
+        load_config(file, env={})
+    os.chmod(shared, 0o1777)  # sticky (like /tmp): only the owner may rename it
+    assert load_config(file, env={}).wavespeed.api_key == "ws-very-secret-key-123"
+
+
+@pytest.mark.parametrize("url", ["http://api.example.com", "http://10.0.0.5:8080/",
+                                 "http://[2001:db8::1]:80", "http://127.0.0.1@evil.example"])
+def test_plain_http_to_another_machine_is_refused_unless_allowed(tmp_path: Path,
+                                                                 url: str) -> None:
+    with pytest.raises(ConfigError, match="allow_insecure_http"):
+        load_config(None, env={"WAVESPEED_BASE_URL": url})
+    file = tmp_path / "c.yaml"
+    file.write_text("wavespeed:\n  allow_insecure_http: true\n")
+    assert load_config(file, env={"WAVESPEED_BASE_URL": url}).wavespeed.base_url == url
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8765", "http://localhost", "http://[::1]:9",
+                                 "http://127.1.2.3", "https://api.example.com"])
+def test_https_and_plain_http_to_this_machine_are_accepted(url: str) -> None:
+    assert load_config(None, env={"WAVESPEED_BASE_URL": url}).wavespeed.base_url == url

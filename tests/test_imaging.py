@@ -122,6 +122,9 @@ def test_png_estimate_skips_hopeless_png_but_not_a_fitting_one() -> None:
 
 # --- alpha_from_bytes and fit_alpha ---------------------------------------------------------
 
+#: A pixel limit no test result reaches.
+ANY = 10**8
+
 def _rgba_with_alpha(alpha_values: list[int]) -> Image.Image:
     im = Image.new("RGBA", (len(alpha_values), 1), (9, 9, 9, 0))
     alpha = Image.new("L", im.size)
@@ -135,14 +138,15 @@ def test_alpha_from_result(fmt: str, mode: str) -> None:
     values = [0, 1, 128, 254, 255]
     result = _rgba_with_alpha(values).convert(mode)
     params: dict[str, Any] = {"lossless": True} if fmt == "WEBP" else {}
-    alpha = alpha_from_bytes(img.encoded(result, fmt, **params))
+    alpha = alpha_from_bytes(img.encoded(result, fmt, **params), max_pixels=ANY)
     assert alpha.mode == "L" and list(alpha.tobytes()) == values
 
 
 def test_grey_result_is_the_mask() -> None:
     mask = Image.new("L", (3, 1))
     mask.putdata([0, 100, 255])
-    assert list(alpha_from_bytes(img.encoded(mask, "PNG")).tobytes()) == [0, 100, 255]
+    assert list(alpha_from_bytes(img.encoded(mask, "PNG"), max_pixels=ANY).tobytes()) == [
+        0, 100, 255]
 
 
 def test_palette_result_with_transparency() -> None:
@@ -151,22 +155,43 @@ def test_palette_result_with_transparency() -> None:
     im.putpalette([0, 0, 0, 255, 0, 0])
     im.putdata([0, 1])
     im.save(path_bytes, "PNG", transparency=0)
-    assert list(alpha_from_bytes(path_bytes.getvalue()).tobytes()) == [0, 255]
+    assert list(alpha_from_bytes(path_bytes.getvalue(), max_pixels=ANY).tobytes()) == [0, 255]
 
 
 def test_result_without_alpha_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="no alpha channel"):
-        alpha_from_bytes(img.encoded(Image.new("RGB", (4, 4)), "JPEG"))
+        alpha_from_bytes(img.encoded(Image.new("RGB", (4, 4)), "PNG"), max_pixels=ANY)
+
+
+def test_truncated_result_is_a_protocol_error() -> None:
+    data = img.encoded(img.noise_image((64, 64), "RGBA"), "PNG")[:8000]
+    with pytest.raises(ProtocolError, match="cannot be decoded"):
+        alpha_from_bytes(data, max_pixels=ANY)
 
 
 @pytest.mark.parametrize("data", [
-    img.encoded(img.noise_image((64, 64), "RGBA"), "PNG")[:8000],
     b"",
     b"<html>error</html>",
-], ids=["truncated", "empty", "html"])
-def test_undecodable_result_is_a_protocol_error(data: bytes) -> None:
-    with pytest.raises(ProtocolError, match="cannot be decoded"):
-        alpha_from_bytes(data)
+    img.encoded(Image.new("LA", (4, 4)), "TIFF"),
+    img.encoded(Image.new("RGBA", (4, 4)), "GIF"),
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 4 4\nshowpage\n",
+], ids=["empty", "html", "tiff", "gif", "eps"])
+def test_result_other_than_png_or_webp_is_refused_unread(data: bytes) -> None:
+    with pytest.raises(ProtocolError, match="not a PNG or WebP image") as info:
+        alpha_from_bytes(data, max_pixels=ANY)
+    assert not info.value.transient
+
+
+def test_result_with_more_pixels_than_allowed_is_refused_before_decoding(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageFile
+
+    data = img.encoded(Image.new("RGBA", (40, 30)), "PNG")
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded"))
+    with pytest.raises(ProtocolError, match=r"40x30 \(1,200 pixels\), more than the 1,199"):
+        alpha_from_bytes(data, max_pixels=1199)
+    monkeypatch.undo()
+    assert alpha_from_bytes(data, max_pixels=1200).size == (40, 30)
 
 
 def test_fit_alpha_resizes_to_the_source_size() -> None:
@@ -494,7 +519,7 @@ def test_load_compose_save_keeps_pixels_profile_and_orientation(tmp_path: Path) 
     keep.paste(255, (16, 0, 32, 16))
     result = sent.convert("RGBA")
     result.putalpha(keep)
-    alpha = alpha_from_bytes(img.encoded(result.resize((16, 24)), "PNG"))
+    alpha = alpha_from_bytes(img.encoded(result.resize((16, 24)), "PNG"), max_pixels=ANY)
     out = compose(src, alpha, replace(OutputConfig(), crop=True))
     dest = tmp_path / f"out{extension_for('png')}"
     save_image(out, dest, fmt="png", icc_profile=src.icc_profile)
@@ -523,7 +548,7 @@ def test_emulator_keyout_is_predictable_pixel_for_pixel(tmp_path: Path) -> None:
     up = encode_for_upload(src.image, max_bytes=MB, max_side=8192)
     seen = decode_image(up.data)
     assert seen.size == (32, 48) and seen.tobytes() == src.image.tobytes()
-    alpha = alpha_from_bytes(cutout_png(seen, keyout_alpha(seen)))
+    alpha = alpha_from_bytes(cutout_png(seen, keyout_alpha(seen)), max_pixels=ANY)
     out = compose(src, alpha, OutputConfig())
     expected = src.image.convert("RGBA")
     expected.putalpha(keyout_alpha(src.image))
@@ -540,3 +565,19 @@ def test_background_under_an_input_that_was_half_transparent() -> None:
     assert out.getpixel((1, 0)) == (9, 9, 9)  # opaque: the original colour
     blend = round(9 * 128 / 255)  # alpha 128 of colour 9 over blue
     assert img.close(out.getpixel((0, 0)), (blend, blend, round((9 * 128 + 255 * 127) / 255)), 1)
+
+
+def test_decode_image_of_a_result_takes_png_or_webp_within_the_pixel_limit() -> None:
+    from bgremove.imaging import decode_image
+
+    png = img.encoded(Image.new("RGBA", (40, 30)), "PNG")
+    assert decode_image(png, max_pixels=1200).size == (40, 30)
+    with pytest.raises(ValueError, match="more than the 1,199 pixels"):
+        decode_image(png, max_pixels=1199)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 4 4\nshowpage\n"
+    with pytest.raises(ValueError):
+        decode_image(eps, max_pixels=ANY)
+    jpeg = img.encoded(Image.new("RGB", (4, 4)), "JPEG")
+    with pytest.raises(ValueError):
+        decode_image(jpeg, max_pixels=ANY)  # our own uploads only, when asked for
+    assert decode_image(jpeg, max_pixels=ANY, formats=("PNG", "JPEG")).size == (4, 4)

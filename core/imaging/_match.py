@@ -68,14 +68,25 @@ def _blanked(image: Image.Image, mask: Image.Image) -> bool:
     return all(band == (0, 0) for band in extrema) or all(band == (255, 255) for band in extrema)
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """An image file's pixels; ``ValueError`` when it does not decode."""
+def decode_image(data: bytes, *, max_pixels: int,
+                 formats: tuple[str, ...] | None = None) -> Image.Image:
+    """An image file's pixels; ``ValueError`` when it does not decode.
+
+    Only ``formats`` are tried (default: what the service may return, PNG and WebP: a
+    result is untrusted), and only an image of at most ``max_pixels``, checked from its
+    header before any pixel is decoded.
+    """
     import io
 
     from PIL import Image, UnidentifiedImageError
 
+    from bgremove.imaging._pipeline import RESULT_FORMATS
+
     try:
-        with Image.open(io.BytesIO(data)) as opened:
+        with Image.open(io.BytesIO(data), formats=formats or RESULT_FORMATS) as opened:
+            if opened.width * opened.height > max_pixels:
+                raise ValueError(f"cannot decode the image: {opened.width}x{opened.height} is "
+                                 f"more than the {max_pixels:,} pixels allowed")
             opened.load()
             image: Image.Image = opened.copy()
             return image

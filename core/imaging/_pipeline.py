@@ -224,28 +224,53 @@ def source_from_raw(width: int, height: int, data: bytes, mode: str = "RGBA") ->
 
 # --- download --------------------------------------------------------------------------------
 
-def alpha_from_bytes(data: bytes) -> Image.Image:
+#: What the service's result may be: formats Pillow decodes itself, nothing that runs a
+#: helper program (PostScript goes to Ghostscript) or that was never asked for.
+RESULT_FORMATS = ("PNG", "WEBP")
+
+
+def alpha_from_bytes(data: bytes, *, max_pixels: int) -> Image.Image:
     """Decode the service's result image to its alpha channel (mode "L").
 
-    RGBA, LA and palette-with-transparency results give their alpha; an "L" (or 1-bit) image
-    is taken as the mask itself. A result with colour but no alpha, or bytes that do not
-    decode completely, raise ProtocolError.
+    Only PNG and WebP are decoded, and only when the header's size is at most
+    ``max_pixels`` (checked before any pixel is decoded). RGBA, LA and
+    palette-with-transparency results give their alpha; an "L" (or 1-bit) image is taken
+    as the mask itself. Anything else raises ProtocolError.
     """
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     _prepare_pillow(0)
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            mask = _alpha_of(im)
-            fmt, mode = im.format, im.mode
+        im = Image.open(io.BytesIO(data), formats=RESULT_FORMATS)
+    except UnidentifiedImageError:
+        raise _bad_result(f"the service's result is not a PNG or WebP image "
+                          f"({len(data)} bytes starting {data[:8]!r}): refused") from None
     except Exception as exc:
         raise ProtocolError(f"the service's result image cannot be decoded ({_one_line(exc)}; "
                             f"{len(data)} bytes)") from None
+    with im:
+        if im.width * im.height > max_pixels:
+            raise _bad_result(f"the service's result is {im.width}x{im.height} "
+                              f"({im.width * im.height:,} pixels), more than the "
+                              f"{max_pixels:,} allowed for this image: refused before decoding")
+        try:
+            im.load()
+            mask = _alpha_of(im)
+            fmt, mode = im.format, im.mode
+        except Exception as exc:
+            raise ProtocolError(f"the service's result image cannot be decoded "
+                                f"({_one_line(exc)}; {len(data)} bytes)") from None
     if mask is None:
         raise ProtocolError(f"the service's result ({fmt} {mode}) has no alpha channel",
                             hint="the model must return a cut-out with transparency or a mask")
     return mask
+
+
+def _bad_result(message: str) -> ProtocolError:
+    error = ProtocolError(message, hint="check that wavespeed.base_url points at the "
+                          "WaveSpeed API")
+    error.transient = False  # the same answer would come again
+    return error
 
 
 def _alpha_of(im: Image.Image) -> Image.Image | None:

@@ -52,10 +52,11 @@ class LocalBackend:
         with self._lock:
             if self._session is None:
                 from bgremove.local.inference import get_session
-                from bgremove.local.models import ensure_model
+                from bgremove.local.models import ensure_model, load_verified
 
                 path = ensure_model(self.spec.name, self._local.cache_dir, sources=self._sources)
-                self._session = get_session(path, threads=self._local.threads)
+                self._session = get_session(path, threads=self._local.threads, read=lambda: (
+                    load_verified(self.spec.name, self._local.cache_dir, sources=self._sources)))
             return self._session
 
     def cut_out(self, image: Image.Image, hooks: JobHooks | None = None) -> Cutout:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,9 @@ FloatArray = npt.NDArray[np.float32]
 class ModelSession:
     """One onnxruntime session for one model file; ``run`` is safe from any thread."""
 
-    def __init__(self, path: Path, *, threads: int = 0, arena: bool = True) -> None:
+    def __init__(self, path: Path, *, model: bytes | None = None, threads: int = 0,
+                 arena: bool = True) -> None:
+        """``model``: the file's bytes, already verified (else the file at ``path`` is read)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -53,7 +56,8 @@ class ModelSession:
         options.log_severity_level = 3  # errors only: ORT warns about unused initialisers
         self.path = path
         self._session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"])
+            str(path) if model is None else model, sess_options=options,
+            providers=["CPUExecutionProvider"])
         inputs = self._session.get_inputs()
         self._input_name = inputs[0].name
         self._output_name = self._session.get_outputs()[0].name
@@ -72,14 +76,19 @@ _sessions: dict[tuple[str, int, bool], ModelSession] = {}
 _sessions_lock = threading.Lock()
 
 
-def get_session(path: Path, *, threads: int = 0, arena: bool = True) -> ModelSession:
-    """The process-wide session for this model file and settings (made on first use)."""
+def get_session(path: Path, *, threads: int = 0, arena: bool = True,
+                read: Callable[[], bytes] | None = None) -> ModelSession:
+    """The process-wide session for this model file and settings (made on first use).
+
+    ``read`` gives the model's verified bytes; it runs only when the session is made.
+    """
     key = (str(path), threads, arena)
     with _sessions_lock:
         session = _sessions.get(key)
         if session is None:
             log.debug("loading %s (threads=%d, arena=%s)", path, threads, arena)
-            session = ModelSession(path, threads=threads, arena=arena)
+            session = ModelSession(path, model=read() if read else None, threads=threads,
+                                   arena=arena)
             _sessions[key] = session
         return session
 

@@ -13,10 +13,13 @@ order until one gives the right bytes:
    configuration (index mirror, proxy, certificates).
 
 A ``NAME.onnx.verified`` stamp beside the file records the size, mtime and
-hash that were checked, so a start does not re-hash 176 MB; a file whose size
-or mtime no longer matches its stamp is hashed again, and a corrupt or partial
-file is replaced. Files are written to a temp file in the cache dir and moved
-into place with ``os.replace``, so two processes fetching at once are safe.
+hash that were checked, so ``models list`` and ``doctor`` do not re-hash 176 MB; a
+file whose size or mtime no longer matches its stamp is hashed again, and a corrupt
+or partial file is replaced. The stamp can be forged (a same-size file with its
+mtime put back), so it never decides what runs: ``load_verified`` hashes the very
+bytes a process builds its session from, once per process. Files are written to a
+temp file in the cache dir and moved into place with ``os.replace``, so two
+processes fetching at once are safe.
 
 This module imports only the standard library at load time (``bgremove models
 list`` must start fast); httpx is imported when a download starts.
@@ -530,6 +533,30 @@ def ensure_model(name: str, cache_dir: str | os.PathLike[str] | None = None, *,
         finally:
             bar.finish()
     return fetch_model(name, cache_dir, sources=sources, progress=progress)
+
+
+def load_verified(name: str, cache_dir: str | os.PathLike[str] | None = None, *,
+                  sources: Sequence[Source] | None = None) -> bytes:
+    """The model's bytes, read once and checked against the pinned sha256 as read.
+
+    What the caller builds its session from is exactly what was hashed, whatever the
+    stamp says. A cached file that no longer matches is removed and fetched again once.
+    """
+    spec = get_spec(name)
+    for _ in range(2):
+        path = ensure_model(name, cache_dir, sources=sources)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"cannot read the model file {path}: {exc.strerror or exc}",
+                             hint=f"run `{spec.fetch_command}`") from None
+        if hashlib.sha256(data).hexdigest() == spec.sha256:
+            return data
+        log.warning("cached model %s changed since it was verified (wrong sha256): "
+                    "removing it and fetching it again", path)
+        _discard(path)
+    raise ModelError(f"model {spec.name}: the file fetched does not match its sha256",
+                     hint=f"run `{spec.fetch_command}`")
 
 
 @dataclass(frozen=True)

@@ -88,12 +88,15 @@ class WaveSpeedBackend:
         ctx = self.client.context(hooks.cancel)
         hooks.check_cancel()
         if hooks.resume_task:
+            # judged by the image itself (what was uploaded had at most its pixels)
+            ctx.upload_pixels = image.width * image.height
             prediction = self._resume(hooks.resume_task, ctx, hooks)
         else:
             hooks.report("upload", 0.0)
             upload = imaging.encode_for_upload(
                 image, max_bytes=self.config.wavespeed.max_upload_bytes,
                 max_side=self.config.wavespeed.max_upload_side)
+            ctx.upload_pixels = upload.size[0] * upload.size[1]
             hooks.check_cancel()
             found = self._find_lost(upload.data, ctx, hooks) if hooks.lost_submit else None
             if found is not None:
@@ -114,7 +117,8 @@ class WaveSpeedBackend:
         hooks.report("download", 0.8)
         data = self.client.download_output(prediction, ctx=ctx)
         hooks.report("download", 0.95)
-        alpha = imaging.alpha_from_bytes(data)
+        alpha = imaging.alpha_from_bytes(
+            data, max_pixels=self.client.output_limits(ctx).max_pixels)
         log.debug("task %s: %d requests", prediction.id, ctx.requests)
         return Cutout(alpha=alpha, backend=self.name, task_id=prediction.id,
                       requests=ctx.requests)

@@ -29,6 +29,7 @@ import logging
 import platform
 import random
 import time
+import urllib.request
 from collections.abc import Callable, Collection, Iterator
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, NoReturn
@@ -38,7 +39,6 @@ import httpx
 from bgremove.errors import (
     APIStatusError,
     MissingKeyError,
-    ServiceTimeoutError,
     SubmitUncertainError,
 )
 from bgremove.logs import register_secret
@@ -55,9 +55,11 @@ from bgremove.wavespeed._answers import (
     parse_ticket,
     parse_upload_url,
 )
+from bgremove.wavespeed._body import ACCEPT_ENCODING, OutputLimits, too_large
 from bgremove.wavespeed._errors import protocol_error, task_error
 from bgremove.wavespeed._http import CallContext, ClientStats, Requester
 from bgremove.wavespeed._reconcile import Reconciler, SentSubmit
+from bgremove.wavespeed._transport import bounded_transport
 
 if TYPE_CHECKING:
     from bgremove.config import WaveSpeedConfig
@@ -78,7 +80,6 @@ LIST_MAX_PAGES = 100
 
 #: Answers to the upload ticket request meaning "this server has no direct upload".
 _NO_DIRECT_UPLOAD = frozenset({404, 405, 501})
-_CHUNK = 64 * 1024
 
 
 def client_os() -> str:
@@ -114,13 +115,19 @@ class WaveSpeedClient:
         self._owns_http = http is None
         if http is None:
             size = max(8, max_connections or 8)
+            limits = httpx.Limits(max_connections=size + 4, max_keepalive_connections=size,
+                                  keepalive_expiry=30.0)
             http = httpx.Client(
                 verify=True,
                 follow_redirects=True,  # httpx drops Authorization on a cross-origin redirect
-                limits=httpx.Limits(max_connections=size + 4, max_keepalive_connections=size,
-                                    keepalive_expiry=30.0),
+                limits=limits,
+                # behind a proxy from the environment httpx's own transport (its timeouts
+                # per socket wait); the body's deadline still holds between reads
+                transport=None if urllib.request.getproxies() else bounded_transport(
+                    limits=limits),
                 timeout=httpx.Timeout(config.timeouts.result, connect=config.timeouts.connect),
-                headers={"User-Agent": common["User-Agent"]},
+                headers={"User-Agent": common["User-Agent"],
+                         "Accept-Encoding": ACCEPT_ENCODING},
             )
         self._http = http
         self._requests = Requester(config, http, key=config.api_key, common_headers=common,
@@ -154,6 +161,10 @@ class WaveSpeedClient:
     def context(self, cancel: CancelToken | None = None) -> CallContext:
         """A fresh context for one image: the overall deadline starts now."""
         return self._requests.context(cancel)
+
+    def output_limits(self, ctx: CallContext) -> OutputLimits:
+        """What a result may be for the image of ``ctx`` (its ``upload_pixels``)."""
+        return self._requests.output_limits(ctx)
 
     @property
     def requester(self) -> Requester:
@@ -379,16 +390,19 @@ class WaveSpeedClient:
             raise protocol_error("download", "the completed task has no outputs",
                                  task_id=prediction.id)
         output = prediction.outputs[0].strip()
+        limits = self._requests.output_limits(ctx)
         if output.startswith(("http://", "https://")):
-            limit = self.config.timeouts.download
             return self._call(ctx, "download", "GET", output,
-                              lambda r: self._read_body(r, ctx, limit, prediction.id),
-                              timeout=limit, api=self._requests.same_origin(output),
-                              task_id=prediction.id)
+                              lambda r: _nonempty(r.content, prediction.id),
+                              timeout=self.config.timeouts.download,
+                              api=self._requests.same_origin(output), task_id=prediction.id,
+                              max_bytes=limits.max_bytes)
         if output.startswith("data:"):
             output = output.partition(",")[2]
+        if len(output) > limits.max_bytes * 4 // 3 + 4:
+            raise too_large("download", limits.max_bytes, prediction.id, "base64 output")
         try:
-            return base64.b64decode(output, validate=True)
+            return _nonempty(base64.b64decode(output, validate=True), prediction.id)
         except (binascii.Error, ValueError):
             raise protocol_error("download", "the output is neither a URL nor valid base64",
                                  task_id=prediction.id) from None
@@ -439,42 +453,15 @@ class WaveSpeedClient:
 
     # -- helpers ----------------------------------------------------------------------
 
-    def _read_body(self, response: httpx.Response, ctx: CallContext, limit: float,
-                   task_id: str) -> bytes:
-        """Stream a download; bounded in time, checked against Content-Length."""
-        started = self._clock()
-        chunks: list[bytes] = []
-        try:
-            for chunk in response.iter_bytes(_CHUNK):
-                chunks.append(chunk)
-                if self._clock() - started > limit or ctx.deadline.expired:
-                    raise ServiceTimeoutError(
-                        f"download: the output took longer than {limit:g} s",
-                        hint="check the network, or raise wavespeed.timeouts.download",
-                        task_id=task_id)
-        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            raise protocol_error(
-                "download", f"the output was cut short after "
-                f"{response.num_bytes_downloaded} bytes ({type(exc).__name__})",
-                task_id=task_id) from exc
-        finally:
-            self.stats.add_received(sum(len(c) for c in chunks))
-        data = b"".join(chunks)
-        expected = response.headers.get("content-length")
-        encoding = response.headers.get("content-encoding", "identity").strip().lower()
-        # Content-Length counts the bytes on the wire: the decoded size unless compressed
-        received = len(data) if encoding == "identity" else response.num_bytes_downloaded
-        if expected is not None and expected.isdigit() and int(expected) != received:
-            raise protocol_error("download", f"the output was cut short: got {received} of "
-                                 f"{expected} bytes", task_id=task_id)
-        if not data:
-            raise protocol_error("download", "the output is empty", task_id=task_id)
-        return data
-
     def _raise_task(self, prediction: Prediction) -> NoReturn:
         raise task_error(prediction.id, prediction.status, prediction.code, prediction.error,
                          secret=self.config.api_key)
 
+
+def _nonempty(data: bytes, task_id: str) -> bytes:
+    if not data:
+        raise protocol_error("download", "the output is empty", task_id=task_id)
+    return data
 
 
 def _iso(when: float) -> str:

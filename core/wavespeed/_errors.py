@@ -54,10 +54,10 @@ _OTHER = (APIStatusError, "the service answered with an unexpected status",
 
 
 def parse_json(response: httpx.Response) -> Any:
-    """The decoded body, or None when it is not JSON."""
+    """The decoded body, or None when it is not JSON (or nested too deep to parse)."""
     try:
         return json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 

@@ -2,17 +2,24 @@
 
 ``Requester.call`` sends one logical call (with retries per ``bgremove.retry``)
 and hands the answer to a ``parse`` function. ``CallContext`` is what the
-calls for one image share (deadline, cancel token, request count);
-``ClientStats`` counts over the client's life. The API key goes only to the
-service's own origin, and is scrubbed from every exception chained to an
-error this module raises.
+calls for one image share (deadline, cancel token, request count, the size
+of the upload its answers are judged by); ``ClientStats`` counts over the
+client's life. The API key goes only to the service's own origin, and is
+scrubbed from every exception chained to an error this module raises.
+
+Every answer is untrusted: its whole body (headers included, on the client's
+own transport) must arrive within the call's time limit, is capped in decoded
+bytes (``json_limit``, or the caller's ``max_bytes`` for a download), and is
+read here by ``bgremove.wavespeed._body`` before any parser sees it. A submit whose
+answer cannot be read or understood raises ``SubmitUncertainError``, whatever
+went wrong: the request was sent, so the task may exist.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,6 +29,7 @@ import httpx
 from bgremove import retry
 from bgremove.errors import CancelledError, ProtocolError, ServiceError, ServiceTimeoutError
 from bgremove.logs import redact
+from bgremove.wavespeed._body import JSON_MAX_BYTES, OutputLimits, read_body, with_body
 from bgremove.wavespeed._errors import (
     envelope_task_id,
     parse_json,
@@ -30,6 +38,7 @@ from bgremove.wavespeed._errors import (
     submit_uncertain,
     transport_error,
 )
+from bgremove.wavespeed._transport import budget
 
 if TYPE_CHECKING:
     from bgremove.config import WaveSpeedConfig
@@ -48,6 +57,8 @@ class CallContext:
     cancel: CancelToken | None = None
     requests: int = 0
     task_id: str | None = None
+    #: Pixels of the uploaded image: what the result may weigh is judged by it.
+    upload_pixels: int | None = None
 
 
 @dataclass
@@ -114,6 +125,17 @@ class Requester:
     def url(self, path: str) -> str:
         return str(self.base.join(path.lstrip("/")))
 
+    def output_limits(self, ctx: CallContext) -> OutputLimits:
+        """What a result may be for this image (for no known upload: the largest upload)."""
+        side = self.config.max_upload_side
+        return OutputLimits(ctx.upload_pixels or side * side)
+
+    def json_limit(self, ctx: CallContext) -> int:
+        """Decoded bytes allowed to a JSON answer: room for a base64 output when asked for."""
+        if not self.config.base64_output:
+            return JSON_MAX_BYTES
+        return JSON_MAX_BYTES + self.output_limits(ctx).max_bytes * 4 // 3 + 4
+
     def same_origin(self, url: str) -> bool:
         target = self.base.join(url)
         return (target.scheme, target.host, target.port) == (
@@ -155,13 +177,14 @@ class Requester:
                   api: bool = True, headers: Mapping[str, str] | None = None,
                   bare: bool = False, submit_sync: bool | None = None,
                   task_id: str | None = None, give_up_on: frozenset[int] = frozenset(),
-                  **kwargs: Any) -> T:
+                  max_bytes: int | None = None, **kwargs: Any) -> T:
         """Send one logical call with retries; return what ``parse`` makes of the answer.
 
         ``submit_sync`` is not None for a submit: then the submit policy of
         ``bgremove.retry`` applies instead of the idempotent one. ``bare`` sends
         exactly ``headers`` (an upload ticket's PUT). ``give_up_on`` lists
         retryable statuses to raise at once (the caller handles them).
+        ``max_bytes`` caps the decoded body (default: ``json_limit``).
         """
         submit = submit_sync is not None
         policy = self.config.retry
@@ -173,7 +196,8 @@ class Requester:
             try:
                 return self._attempt(ctx, what, method, url, parse, limit=limit, api=api,
                                      headers=headers, bare=bare, submit_sync=submit_sync,
-                                     give_up_on=give_up_on, **kwargs)
+                                     give_up_on=give_up_on, task_id=task_id or ctx.task_id,
+                                     max_bytes=max_bytes or self.json_limit(ctx), **kwargs)
             except _Retry as failure:
                 error, retry_after = failure.error, failure.retry_after
                 cause: BaseException | None = None
@@ -211,7 +235,8 @@ class Requester:
     def _attempt(self, ctx: CallContext, what: str, method: str, url: str,
                  parse: Callable[[httpx.Response], T], *, limit: float, api: bool,
                  headers: Mapping[str, str] | None, bare: bool, submit_sync: bool | None,
-                 give_up_on: frozenset[int], **kwargs: Any) -> T:
+                 give_up_on: frozenset[int], max_bytes: int, task_id: str | None,
+                 **kwargs: Any) -> T:
         """One HTTP request; raises ``_Retry`` for a failure worth another try."""
         if bare:
             sent_headers = dict(headers or {})
@@ -231,38 +256,58 @@ class Requester:
         ctx.requests += 1
         length = request.headers.get("content-length", "0")
         self.stats.add(what, sent=int(length) if length.isdigit() else 0)
-        response = self.http.send(request, stream=True)
-        try:
-            if response.is_success:
-                try:
-                    return parse(response)
-                except ProtocolError as exc:
-                    if submit_sync is not None:
-                        raise submit_uncertain(exc.message.removeprefix("submit: ")) from None
-                    raise _Retry(exc) from None
-            response.read()
-            status = response.status_code
-            task_id = envelope_task_id(parse_json(response))
-            retry_after = retry.parse_retry_after(response.headers, now=self._wall())
-            error = status_error(response, what=what, secret=self.key,
-                                 task_id=task_id or ctx.task_id, retry_after=retry_after)
-            if submit_sync is not None:
-                if task_id and retry.is_retryable_status(status):
-                    return parse(response)  # the task exists: poll it, never POST again
-                if retry.should_retry_submit(status, None, has_task_id=bool(task_id),
-                                             sync=submit_sync):
-                    raise _Retry(error, retry_after)
-                if status in retry.GATEWAY_STATUSES:
-                    raise submit_uncertain(f"the gateway gave up (HTTP {status}) without "
-                                           "naming the task")
-                raise error
-            if retry.is_retryable_status(status) and status not in give_up_on:
+        submit = submit_sync is not None
+        # A submit, once sent, is waited for: cancelling it would not cancel the task.
+        cancel = None if submit else ctx.cancel
+        ends_at = self.clock() + limit
+        body = b""
+        with budget(time.monotonic() + limit, cancel):
+            response = self.http.send(request, stream=True)
+            try:
+                body = read_body(response, what=what, max_bytes=max_bytes, ends_at=ends_at,
+                                 clock=self.clock, cancel=cancel, task_id=task_id)
+            except ServiceError as exc:
+                if submit:
+                    raise submit_uncertain(exc.message.removeprefix(f"{what}: ")) from None
+                if response.is_success:
+                    raise _Retry(exc) if exc.transient else exc from None
+                # an error status whose body is unusable: the status decides
+            finally:
+                # bytes on the wire (an answer built in memory counts its content)
+                self.stats.add_received(response.num_bytes_downloaded or len(body))
+                response.close()
+        answer = with_body(response, body)
+        if answer.is_success:
+            try:
+                return parse(answer)
+            except ProtocolError as exc:
+                if submit:
+                    raise submit_uncertain(exc.message.removeprefix("submit: ")) from None
+                raise _Retry(exc) if exc.transient else exc from None
+            except (ValueError, TypeError, RecursionError, UnicodeError) as exc:
+                if not submit:
+                    raise
+                # an answer no parser foresaw: the request went out, the task may exist
+                raise submit_uncertain(f"the answer could not be read ({type(exc).__name__})"
+                                       ) from None
+        status = answer.status_code
+        named = envelope_task_id(parse_json(answer))
+        retry_after = retry.parse_retry_after(answer.headers, now=self._wall())
+        error = status_error(answer, what=what, secret=self.key,
+                             task_id=named or task_id, retry_after=retry_after)
+        if submit_sync is not None:
+            if named and retry.is_retryable_status(status):
+                return parse(answer)  # the task exists: poll it, never POST again
+            if retry.should_retry_submit(status, None, has_task_id=bool(named),
+                                         sync=submit_sync):
                 raise _Retry(error, retry_after)
+            if status in retry.GATEWAY_STATUSES:
+                raise submit_uncertain(f"the gateway gave up (HTTP {status}) without "
+                                       "naming the task")
             raise error
-        finally:
-            with contextlib.suppress(httpx.ResponseNotRead):  # a streamed download counts itself
-                self.stats.add_received(len(response.content))
-            response.close()
+        if retry.is_retryable_status(status) and status not in give_up_on:
+            raise _Retry(error, retry_after)
+        raise error
 
 
 def _scrub_chain(error: BaseException, secret: str) -> None:

@@ -184,7 +184,10 @@ class Reconciler:
                 if upload_image is None:
                     from bgremove.imaging import decode_image
 
-                    upload_image = decode_image(sent.upload)
+                    # our own upload (PNG or JPEG, see encode_for_upload)
+                    upload_image = decode_image(
+                        sent.upload, formats=("PNG", "JPEG"),
+                        max_pixels=client.output_limits(ctx).max_pixels)
                 verdict = self._compare(task, digest, upload_image, ctx)
                 if verdict is None:
                     unknown.append(task.id)
@@ -276,7 +279,8 @@ class Reconciler:
                 return self._verdicts[task.id, digest]
         try:
             data = self._client.download_output(task, ctx=ctx)
-            verdict = cutout_matches(decode_image(data), upload)
+            limit = self._client.output_limits(ctx).max_pixels
+            verdict = cutout_matches(decode_image(data, max_pixels=limit), upload)
         except ValueError:
             verdict = None  # an output that does not decode cannot be compared
         with self._lock:

@@ -1,0 +1,143 @@
+"""httpx's transport with every socket wait bounded by the current call's deadline.
+
+httpx's timeouts apply to each socket operation alone: a server that sends one
+byte every half second (headers or body) is never "timed out". Here the
+request loop states, for the calls the current thread makes, when they must
+end and which cancel token may stop them (``budget``); every connect, read and
+write on the sockets of ``bounded_transport`` then waits at most until that
+moment, and a read wakes every ``CANCEL_POLL`` seconds to look at the token.
+
+Used by the client's own pooled connection (not with a caller's ``httpx.Client``
+or a proxy from the environment: those keep httpx's per-operation timeouts,
+and ``bgremove.wavespeed._body`` still bounds the body between reads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import httpcore
+import httpx
+
+if TYPE_CHECKING:
+    from bgremove.contract import CancelToken
+
+#: How often a waiting read looks at the cancel token, seconds.
+CANCEL_POLL = 0.2
+
+
+class _Budget(threading.local):
+    ends_at: float | None = None  # time.monotonic() value
+    cancel: CancelToken | None = None
+
+
+_budget = _Budget()
+
+
+@contextlib.contextmanager
+def budget(ends_at: float, cancel: CancelToken | None = None) -> Iterator[None]:
+    """Socket waits in this thread end by ``ends_at`` (``time.monotonic``) inside the block."""
+    saved = (_budget.ends_at, _budget.cancel)
+    _budget.ends_at, _budget.cancel = ends_at, cancel
+    try:
+        yield
+    finally:
+        _budget.ends_at, _budget.cancel = saved
+
+
+def _clamp(timeout: float | None) -> float | None:
+    """``timeout`` shortened to the budget's end; raises if it already passed."""
+    if _budget.ends_at is None:
+        return timeout
+    left = _budget.ends_at - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the call's time limit ran out")
+    return left if timeout is None else min(timeout, left)
+
+
+class _BoundedStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        started = time.monotonic()
+        while True:
+            try:
+                limit = _clamp(timeout)
+            except TimeoutError as exc:
+                raise httpcore.ReadTimeout(str(exc)) from None
+            cancel = _budget.cancel
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+                limit = CANCEL_POLL if limit is None else min(limit, CANCEL_POLL)
+            try:
+                return self._inner.read(max_bytes, limit)
+            except httpcore.ReadTimeout:
+                # a slice ended: go on unless the real timeout or the deadline is used up
+                if cancel is None or (timeout is not None
+                                      and time.monotonic() - started >= timeout):
+                    raise
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        try:
+            limit = _clamp(timeout)
+        except TimeoutError as exc:
+            raise httpcore.WriteTimeout(str(exc)) from None
+        self._inner.write(buffer, limit)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        try:
+            limit = _clamp(timeout)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from None
+        return _BoundedStream(self._inner.start_tls(ssl_context, server_hostname, limit))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _BoundedBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        try:
+            limit = _clamp(timeout)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from None
+        return _BoundedStream(self._inner.connect_tcp(host, port, limit, local_address,
+                                                      socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[Any] | None = None
+                            ) -> httpcore.NetworkStream:
+        return _BoundedStream(self._inner.connect_unix_socket(path, _clamp(timeout),
+                                                              socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def bounded_transport(*, limits: httpx.Limits, verify: bool = True) -> httpx.HTTPTransport:
+    """An ``httpx.HTTPTransport`` (HTTP/1.1, TLS verified) whose sockets honour ``budget``."""
+    transport = httpx.HTTPTransport(verify=verify, limits=limits)
+    # httpx has no public way to pass a network backend: rebuild its pool with ours.
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(verify=verify),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=_BoundedBackend(),
+    )
+    return transport
