@@ -42,8 +42,9 @@ Logs (with the API key redacted) go to stderr, which the plug-in copies to
 GIMP's terminal, and to ``LOG_NAME`` in the user's cache folder, whose path the
 hello names so that an error message can point to it.
 
-Run it isolated (``python -I``) from a folder of its own: a ``json.py`` in the
-folder GIMP was started from must never be imported.
+The plug-in runs it isolated (``python -E``, the current folder dropped from
+``sys.path``; see ``BRIDGE_BOOTSTRAP`` in remove_background.py) from a folder of its
+own: a ``json.py`` in the folder GIMP was started from must never be imported.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ This file imports only the standard library and GIMP's GObject bindings, so it
 runs in GIMP's bundled Python on every platform. The work happens in the
 Python environment bgremove is installed in: ``bgremove gimp install`` writes
 that interpreter's path into ``bgremove-gimp.json`` beside this file, and the
-plug-in runs ``PYTHON -I -m bgremove.plugin_gimp.bridge`` (isolated, in the plug-in's own
-folder), sending the layer's pixels as raw bytes on stdin and reading progress
+plug-in runs the module ``bgremove.plugin_gimp.bridge`` with it (isolated, in the
+plug-in's own folder), sending the layer's pixels as raw bytes on stdin and reading progress
 and the result back on stdout (the protocol is described in
 ``plugin_gimp/bridge.py``). The bridge's log lines are copied to GIMP's
 stderr and kept in a log file that error messages name. The API key comes
@@ -128,10 +128,20 @@ def bridge_env(environ=None):
     return env
 
 
+#: ``python -E -c BRIDGE_BOOTSTRAP`` starts the bridge isolated like ``python -I -m``
+#: (no PYTHON* variables, no current folder on sys.path, so a ``json.py`` where GIMP
+#: was started is never imported) but keeps the user's site-packages, where
+#: ``pip install --user`` puts bgremove (pip's default on Windows without admin rights).
+#: The current folder ('' for -c) is dropped before anything but ``sys`` is imported.
+BRIDGE_MODULE = "bgremove.plugin_gimp.bridge"
+BRIDGE_BOOTSTRAP = ("import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+                    f"import runpy; runpy.run_module({BRIDGE_MODULE!r}, run_name='__main__', "
+                    "alter_sys=True)")
+
+
 def bridge_command(python, flatpak=None):
-    """The bridge's command line: isolated (-I: no current folder, no PYTHON* variables
-    on sys.path), so a ``json.py`` where GIMP was started is never imported."""
-    command = [python, "-I", "-m", "bgremove.plugin_gimp.bridge"]
+    """The bridge's command line (isolated, see BRIDGE_BOOTSTRAP)."""
+    command = [python, "-E", "-c", BRIDGE_BOOTSTRAP]
     if os.path.exists("/.flatpak-info") if flatpak is None else flatpak:
         # GIMP from Flathub runs sandboxed: the environment lives on the host.
         command = ["flatpak-spawn", "--host", *command]
@@ -414,12 +424,8 @@ def _option_refusal(drawable, output):
 
 def _selection_bounds(image):
     """The selection's (x1, y1, x2, y2) in image coordinates, or None without one."""
-    if Gimp.Selection.is_empty(image):
-        return None
-    values = Gimp.Selection.bounds(image)
-    # (success, non_empty, x1, y1, x2, y2); older bindings drop the leading success flag
-    values = list(values)[-5:]
-    return tuple(values[1:]) if values[0] else None
+    _, non_empty, x1, y1, x2, y2 = Gimp.Selection.bounds(image)  # x2, y2 exclusive
+    return (x1, y1, x2, y2) if non_empty else None
 
 
 def _rect(region):

@@ -532,26 +532,60 @@ def test_the_cli_module_imports_nothing_heavy() -> None:
 
 # --- isolation (a json.py where GIMP was started) ------------------------------------------
 
-def test_the_bridge_runs_isolated_in_the_plugin_folder() -> None:
-    command = plugin.bridge_command("/env/bin/python", flatpak=False)
-    assert command == ["/env/bin/python", "-I", "-m", "bgremove.plugin_gimp.bridge"]
+def hostile_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder holding a ``json.py`` that leaves a marker when imported."""
+    folder = tmp_path / "started-here"
+    folder.mkdir()
+    marker = tmp_path / "json-py-was-imported"
+    (folder / "json.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise SystemExit('hijacked')\n")
+    return folder, marker
+
+
+def test_the_bridge_command_never_imports_from_the_current_folder_or_pythonpath(
+        tmp_path: Path) -> None:
+    folder, marker = hostile_folder(tmp_path)
+    for env in ({}, {"PYTHONPATH": str(folder)}):  # GIMP's Python may set PYTHONPATH
+        done = subprocess.run(plugin.bridge_command(sys.executable, flatpak=False),
+                              cwd=folder, input=b"", capture_output=True, timeout=60,
+                              env={**os.environ, **env}, check=False)
+        assert json.loads(done.stdout.splitlines()[0])["type"] == "hello", done.stderr
+        assert done.returncode == bridge.EXIT_CANCELLED  # stdin closed: nothing asked
+        assert not marker.exists(), env
     flatpak = plugin.bridge_command("/env/bin/python", flatpak=True)
-    assert flatpak[:2] == ["flatpak-spawn", "--host"] and flatpak[2:] == command
+    assert flatpak[:2] == ["flatpak-spawn", "--host"]
+    assert flatpak[2:] == plugin.bridge_command("/env/bin/python", flatpak=False)
 
 
-def test_a_json_py_where_gimp_was_started_is_never_imported(
+@pytest.mark.skipif(os.name != "posix", reason="finds the base interpreter in bin/")
+def test_the_bridge_keeps_the_users_site_packages() -> None:
+    """Unlike -I, which drops it: `pip install --user` puts bgremove there (pip's default
+    on Windows without admin rights). Checked with the base interpreter (a venv has no
+    user site of its own)."""
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    command = plugin.bridge_command(str(base), flatpak=False)
+    code = (command[-1].split("import runpy")[0]
+            + "import site; print(site.ENABLE_USER_SITE, '' in sys.path)")
+    done = subprocess.run([*command[:-1], code], capture_output=True, text=True, check=True,
+                          timeout=60)
+    assert done.stdout.split() == ["True", "False"]
+    isolated = subprocess.run([str(base), "-I", "-c", "import site; print(site.ENABLE_USER_SITE)"],
+                              capture_output=True, text=True, check=True, timeout=60)
+    assert isolated.stdout.strip() == "False"  # what -I would have cost
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/cwd")
+def test_the_bridge_runs_in_the_plugins_folder_whatever_gimps_folder(
         emulator: Emulator, bridge_env: Callable[..., dict[str, str]],
         keyed_image: Callable[..., Image.Image], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    started_in = tmp_path / "started-here"
-    started_in.mkdir()
-    marker = tmp_path / "json-py-was-imported"
-    (started_in / "json.py").write_text(
-        f"open({str(marker)!r}, 'w').close()\nraise SystemExit('hijacked')\n")
-    monkeypatch.chdir(started_in)  # GIMP's (and so the plug-in's) current folder
+    folder, marker = hostile_folder(tmp_path)
+    monkeypatch.chdir(folder)  # GIMP's (and so the plug-in's) current folder
     image = keyed_image((40, 30))
-    _result, data = run_job(emulator_env(emulator, bridge_env), header(image),
-                           [image.tobytes()])
+    job = plugin.BridgeJob(sys.executable, emulator_env(emulator, bridge_env))
+    job.start()
+    assert os.readlink(f"/proc/{job.process.pid}/cwd") == plugin.plugin_folder()
+    _, data = job.run(header(image), [image.tobytes()])
     assert data == keyout_alpha(image).tobytes()
     assert not marker.exists()
 
@@ -731,8 +765,17 @@ def test_install_writes_the_plugin_settings_and_help_where_each_gimp_looks(
     assert written_files(home) == set()
 
 
-def test_the_help_page_is_the_one_the_dialog_names(tmp_path: Path) -> None:
+def test_the_help_map_sends_the_dialogs_help_id_to_the_installed_page(tmp_path: Path) -> None:
+    """GIMP's help plug-in reads HELP_FOLDER/<locale>/gimp-help.xml: <help-item id ref>
+    directly under <gimp-help> (seen working in GIMP 3.0.4: Help opened index.html)."""
+    import xml.etree.ElementTree as ET
+
     [path] = install.install(tmp_path)
     assert plugin.HELP_DOMAIN == "bgremove" and plugin.HELP_FOLDER == "help"
-    page = (path.parent / "help" / "en" / "index.html").read_text(encoding="utf-8")
+    locale = path.parent / plugin.HELP_FOLDER / "en"
+    root = ET.parse(locale / "gimp-help.xml").getroot()
+    assert root.tag == "gimp-help"
+    refs = {item.get("id"): item.get("ref") for item in root.findall("help-item")}
+    assert refs[plugin.PROC_NAME] == "index.html"  # the procedure's name is its help id
+    page = (locale / refs[plugin.PROC_NAME]).read_text(encoding="utf-8")
     assert "Remove Background" in page and "Layer mask (non-destructive)" in page

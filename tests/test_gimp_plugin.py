@@ -128,10 +128,10 @@ class FakeImage:
 
 
 class FakeBridge:
-    """BridgeJob's stand-in: answers each layer with a mask, or fails on ``fail_on``."""
+    """BridgeJob's stand-in: answers each layer with a mask; with ``second_fails`` set,
+    the second layer's request fails with that error kind (after progress was shown)."""
 
-    fail_on: str | None = None
-    kind = "auth"
+    second_fails: str | None = None
 
     def __init__(self, python: str) -> None:
         self.log_path = "/cache/bgremove/gimp-plugin.log"
@@ -142,8 +142,9 @@ class FakeBridge:
     def run(self, header: dict[str, Any], chunks: list[bytes], report: Any, note: Any
             ) -> tuple[dict[str, Any], bytes]:
         report("wait", 0.5)
-        if FakeBridge.fail_on is not None and len(PLUGIN_STATE["runs"]) == 1:
-            raise PLUGIN_STATE["module"].PluginError(FakeBridge.kind, "the key was refused.")
+        if FakeBridge.second_fails is not None and len(PLUGIN_STATE["runs"]) == 1:
+            raise PLUGIN_STATE["module"].PluginError(FakeBridge.second_fails,
+                                                     "the key was refused.")
         PLUGIN_STATE["runs"].append(header)
         return {"format": "Y u8"}, bytes(header["width"] * header["height"])
 
@@ -173,7 +174,7 @@ def gimp(monkeypatch: pytest.MonkeyPatch) -> Any:
         PDBStatusType=status, AddMaskType=types.SimpleNamespace(WHITE="white"),
         Precision=types.SimpleNamespace(U8_NON_LINEAR="u8-non-linear",
                                         U8_PERCEPTUAL="u8-perceptual"),
-        Selection=types.SimpleNamespace(is_empty=lambda image: True),
+        Selection=types.SimpleNamespace(bounds=lambda image: (True, False, 0, 0, 10, 8)),
         Layer=types.SimpleNamespace(from_mask=lambda mask: mask.mask_of),
         progress_init=rec("progress_init"), progress_set_text=rec("progress_set_text"),
         progress_update=rec("progress_update"), progress_end=rec("progress_end"),
@@ -189,7 +190,7 @@ def gimp(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(module, "load_settings", lambda: {"python": "/env/bin/python"})
     PLUGIN_STATE.clear()
     PLUGIN_STATE.update(module=module, runs=[])
-    FakeBridge.fail_on = None
+    FakeBridge.second_fails = None
     image = FakeImage(rec)
     layers = [FakeDrawable(rec, image, "one"), FakeDrawable(rec, image, "two")]
     procedure = types.SimpleNamespace(new_return_values=lambda status, error: (status, error))
@@ -221,7 +222,7 @@ def test_a_two_layer_run_writes_everything_inside_one_undo_group_after_the_progr
 
 
 def test_a_failure_on_the_second_layer_changes_nothing_and_names_the_log(gimp: Any) -> None:
-    FakeBridge.fail_on = "two"
+    FakeBridge.second_fails = "auth"
     status, message = gimp.run()
     assert status == "execution-error"
     assert message == "the key was refused. Details are in /cache/bgremove/gimp-plugin.log"
@@ -231,7 +232,7 @@ def test_a_failure_on_the_second_layer_changes_nothing_and_names_the_log(gimp: A
 
 def test_a_cancel_reported_by_the_bridge_returns_cancel_and_changes_nothing(
         gimp: Any) -> None:
-    FakeBridge.fail_on, FakeBridge.kind = "two", "cancelled"
+    FakeBridge.second_fails = "cancelled"
     status, _ = gimp.run()
     assert status == "cancel"
     assert not WRITES & set(gimp.calls) and "undo_group_start" not in gimp.calls

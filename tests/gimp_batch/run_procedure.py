@@ -161,13 +161,13 @@ for case in params["cases"]:
     targets = [find_layer(image, name) for name in names]
     image.set_selected_layers(targets)  # as the user does in the Layers dialog
     selection = selection_over_layers(image) if case.get("selection") else {}
-    bounds = list(Gimp.Selection.bounds(image))[-5:]
+    _, non_empty, *bounds = Gimp.Selection.bounds(image)
     write_raw(f"started-{current}", b"")
     started = time.perf_counter()
     status, message = run_once(image, targets, case, Gimp.RunMode.NONINTERACTIVE)
     seconds = time.perf_counter() - started
     entry = {"status": status, "message": message, "seconds": seconds,
-             "selection_bounds": bounds[1:] if bounds[0] else None, "selection": selection}
+             "selection_bounds": bounds if non_empty else None, "selection": selection}
     if case.get("repeat"):
         # Filters > Repeat runs the last procedure with its last values on what is
         # selected now: after a mask run, that is the new layer mask.
