@@ -36,6 +36,7 @@ from bgremove.errors import (
     TaskFailedError,
     TransportError,
     UnreadableImageError,
+    UnsafeInputError,
 )
 from bgremove.version import __version__
 
@@ -101,6 +102,7 @@ __all__ = [
     "TaskFailedError",
     "TransportError",
     "UnreadableImageError",
+    "UnsafeInputError",
     "__version__",
     "load_config",
     "make_backend",

@@ -24,8 +24,11 @@ ACCOUNT_LIMITS: dict[str, tuple[int, int]] = {
 }
 #: ``watch.account_level`` / ``--account-level``, ``bgremove emulator --level``.
 ACCOUNT_LEVELS = tuple(ACCOUNT_LIMITS)
-#: ``bgremove emulator``: its models (``--model``), account key states (``--key-state``) and
-#: the ways a sync-mode wait that outlives its timeout is answered (``--sync-timeout-style``).
-EMULATOR_MODELS = ("keyout", "local")
+
+# The emulator's options (``bgremove emulator``, ``EmulatorOptions``):
+#: the account's key: accepted, not yet activated (401), suspended (403).
 EMULATOR_KEY_STATES = ("active", "inactive", "suspended")
+#: how a sync submit that ran out of time is answered.
 EMULATOR_SYNC_TIMEOUT_STYLES = ("504", "processing", "gateway", "drop")
+#: what makes the emulator's masks: a colour key, or the offline model.
+EMULATOR_MODELS = ("keyout", "local")

@@ -6,7 +6,8 @@
     ├── InputError                  an input image cannot be used (permanent for that file)
     │   ├── InputNotFoundError      the file does not exist or is not a regular file
     │   ├── UnreadableImageError    not an image, truncated, or a format we do not take
-    │   └── ImageTooLargeError      decompression bomb, or too many pixels for the configured limit
+    │   ├── ImageTooLargeError      decompression bomb, or too many pixels for the configured limit
+    │   └── UnsafeInputError        a hot-folder entry not opened: a link, a FIFO, an unsafe name
     ├── OutputError                 the result cannot be written (permissions, disk full)
     ├── CancelledError              the caller cancelled the work (GIMP cancel, shutdown)
     ├── NotAttemptedError           a batch stopped before this file: the service refused the others
@@ -96,6 +97,13 @@ class ImageTooLargeError(InputError):
     """Raised for decompression bombs and images over the configured pixel limit."""
 
     kind = "too_large"
+
+
+class UnsafeInputError(InputError):
+    """Raised for a hot-folder entry the daemon will not open or place by its name: a
+    symbolic or hard link, a FIFO or device, a recorded name that leads out of INBOX."""
+
+    kind = "unsafe"
 
 
 class OutputError(BgremoveError):

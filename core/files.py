@@ -37,7 +37,7 @@ def atomic_writer(path: str | os.PathLike[str], *, mode: int | None = None,
     dest = Path(path)
     fd, temp = _create_temp(dest)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(fd, "w+b") as fh:  # readable too: a caller may check what it wrote
             yield fh
             fh.flush()
             if durable:
@@ -98,7 +98,7 @@ def fsync_folder(folder: Path) -> None:
 
 def _create_temp(dest: Path) -> tuple[int, Path]:
     """Create a new hidden temp file beside ``dest`` (mode from the umask, like a normal file)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
         temp = dest.with_name(f"{TEMP_PREFIX}{secrets.token_hex(6)}{TEMP_SUFFIX}")
         try:

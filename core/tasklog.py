@@ -98,6 +98,8 @@ def _text(value: object) -> str | None:
 def _compact(path: Path) -> None:
     """Rewrite the log without lines older than ``KEEP_SECONDS`` (a line another process
     appends meanwhile may be lost: the log is a convenience)."""
+    from bgremove.files import atomic_write
+
     with _lock:
         oldest = time.time() - KEEP_SECONDS
         kept = []
@@ -108,6 +110,4 @@ def _compact(path: Path) -> None:
                 continue
             if isinstance(at, (int, float)) and at >= oldest:
                 kept.append(line)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temp.write_bytes(b"".join(kept))
-        os.replace(temp, path)
+        atomic_write(path, b"".join(kept), mode=0o600, durable=False)

@@ -26,6 +26,9 @@ FLAGS = {
     ("watch", "--backend"): choices.BACKENDS,
     ("watch", "--account-level"): choices.ACCOUNT_LEVELS,
     ("emulator", "--level"): choices.ACCOUNT_LEVELS,
+    ("emulator", "--key-state"): choices.EMULATOR_KEY_STATES,
+    ("emulator", "--model"): choices.EMULATOR_MODELS,
+    ("emulator", "--sync-timeout-style"): choices.EMULATOR_SYNC_TIMEOUT_STYLES,
 }
 
 

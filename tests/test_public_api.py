@@ -15,7 +15,7 @@ import bgremove.errors
 
 #: Every package whose front door re-exports names from private modules.
 PACKAGES = ("bgremove", "bgremove.wavespeed", "bgremove.imaging", "bgremove.local",
-            "bgremove.emulator")
+            "bgremove.local.models", "bgremove.emulator")
 
 
 @pytest.mark.parametrize("name", PACKAGES)

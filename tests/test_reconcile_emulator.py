@@ -38,6 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 LOST: dict[str, tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]] = {
     "dropped": ({"faults": (Fault("drop", route="submit", first=2, after=True),)}, {},
                 ("sync", "poll")),
+    "dropped-input-listed": ({"list_input": True, "faults": (
+        Fault("drop", route="submit", first=2, after=True),)}, {}, ("sync", "poll")),
     "gateway-502": ({"faults": (Fault("status", route="submit", status=502, first=2,
                                       after=True),)}, {}, ("sync", "poll")),
     "gateway-504": ({"faults": (Fault("status", route="submit", status=504, first=2,
@@ -128,6 +130,8 @@ def test_remove_resolves_every_lost_answer(tmp_path: Path, emulator_factory: Any
         assert "submitting it again" in err and emu.count("submit") == 5
     else:
         assert "found its task" in err and emu.count("submit") == 3
+    if lost == "dropped-input-listed":  # matched by the upload's URL: no output compared
+        assert emu.count("download") == 3
 
 
 def test_identical_images_in_one_batch_each_adopt_one_task(
@@ -187,6 +191,24 @@ def test_watch_looks_again_later_when_the_list_is_down_past_the_deadline(
     assert_cutout(run.outbox / "d.png", image)
     assert "looking for its task" in caplog.text and "found its task" in caplog.text
     assert emu.count("submit") == 1 and emu.stats()["tasks_submitted"] == 1
+
+
+def test_watch_never_adopts_a_task_its_journal_already_holds(
+        tmp_path: Path, emulator_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The same picture cut out a moment ago (another run, --reprocess now): its task is in
+    the list's window and matches the pixels, but it is not this submit's."""
+    caplog.set_level(logging.INFO)
+    emu = emulator_factory()
+    image = make_keyed_image()
+    with DaemonRun(tmp_path, emu) as run:
+        image.save(run.inbox / "x.png")
+        wait_until(lambda: files(run.done) == ["x.png"], 30, what="the first run")
+    emu.set_faults(Fault("drop", route="submit", first=1))  # lost before any task exists
+    with DaemonRun(tmp_path, emu, reprocess=True) as run:
+        image.save(run.inbox / "x.png")
+        wait_until(lambda: len(files(run.done)) == 2, 30, what="the second run")
+    assert "submitting it again" in caplog.text and "found its task" not in caplog.text
+    assert emu.stats()["tasks_submitted"] == 2 and emu.count("submit") == 3
 
 
 # -- the clear error, never a second task --------------------------------------------------------

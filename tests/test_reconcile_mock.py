@@ -426,3 +426,18 @@ def test_a_blank_cutout_without_hidden_colours_cannot_be_told() -> None:
 
     blank = Image.new("RGBA", (64, 48), (0, 0, 0, 0))
     assert cutout_matches(blank, make_keyed_image()) is None
+
+
+def test_known_ids_too_old_for_any_window_are_forgotten(make_client: Any, clock: Clock) -> None:
+    from bgremove.wavespeed._reconcile import _MAX_KNOWN
+
+    client = make_client()
+    reconciler = client._reconciler
+    for i in range(_MAX_KNOWN):
+        reconciler.remember(f"old{i}")
+    clock.sleep(3600.0)  # an hour on: far outside any search window
+    reconciler.remember("new")
+    assert set(reconciler._known) == {"new"}
+    for i in range(_MAX_KNOWN):  # recent ones are all kept, however many
+        reconciler.remember(f"recent{i}")
+    assert len(reconciler._known) == _MAX_KNOWN + 1

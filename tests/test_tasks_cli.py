@@ -137,3 +137,19 @@ def test_tasks_against_an_api_without_the_list_is_one_line(emulator_factory: Any
     assert lines == ["bgremove: the service offers no task list (HTTP 404) (check "
                      "wavespeed.base_url points at the WaveSpeed API)"]
     assert emu.api_key not in err and "Traceback" not in err
+
+
+def test_the_task_log_drops_old_lines_once_it_grows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bgremove import tasklog
+
+    monkeypatch.setattr(tasklog, "_COMPACT_BYTES", 900)
+    now = __import__("time").time()
+    monkeypatch.setattr(tasklog.time, "time", lambda: now - 9 * 24 * 3600)  # 9 days ago
+    for i in range(10):
+        tasklog.record(f"old{i}", input=f"/in/old{i}.png")
+    monkeypatch.setattr(tasklog.time, "time", lambda: now)
+    for i in range(10):
+        tasklog.record(f"new{i}", input=f"/in/new{i}.png", output=f"/out/new{i}.png")
+    assert set(tasklog.read()) == {f"new{i}" for i in range(10)}
+    text = tasklog.log_path().read_text()
+    assert "old" not in text and tasklog.log_path().stat().st_mode & 0o777 == 0o600

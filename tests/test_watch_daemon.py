@@ -424,19 +424,20 @@ def test_journal_write_failure_keeps_files_and_resumes(tmp_path: Path, emulator_
 
 def test_unexpected_errors_retry_then_fail(tmp_path: Path, emulator_factory, mode: str,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    import bgremove.watcher.daemon as daemon_mod
+    from bgremove.watcher.journal import Journal
 
     calls: dict[str, int] = {}
-    real = daemon_mod.file_sha256
+    real = Journal.begin
 
-    def flaky_hash(path: Path) -> str:
-        name = "cursed" if "cursed" in path.name else "flaky" if "flaky" in path.name else ""
+    def flaky_begin(self: Journal, key: str, **kwargs: Any) -> Any:
+        name = "cursed" if "cursed" in kwargs["input"] else \
+            "flaky" if "flaky" in kwargs["input"] else ""
         calls[name] = calls.get(name, 0) + 1
         if name == "cursed" or (name == "flaky" and calls[name] <= 2):
             raise RuntimeError("a bug")
-        return real(path)
+        return real(self, key, **kwargs)
 
-    monkeypatch.setattr(daemon_mod, "file_sha256", flaky_hash)
+    monkeypatch.setattr(Journal, "begin", flaky_begin)
     emu = emulator_factory()
     with DaemonRun(tmp_path, emu, mode) as run:
         write_image(run.inbox / "flaky.png", 160)
@@ -492,10 +493,10 @@ def test_once_exits_non_zero_when_a_file_cannot_be_claimed(
 
     real = Claims.claim
 
-    def claim(self: Claims, path: Path, rel: Path) -> Path | None:
+    def claim(self: Claims, path: Path, rel: Path, **kwargs: Any) -> Path | None:
         if path.name == "stuck.png":
             raise OSError(errno.EACCES, "Permission denied")
-        return real(self, path, rel)
+        return real(self, path, rel, **kwargs)
 
     monkeypatch.setattr(Claims, "claim", claim)
     emu = emulator_factory()

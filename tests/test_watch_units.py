@@ -268,7 +268,7 @@ def test_only_one_claim_wins(tmp_path: Path) -> None:
     (inbox / "x%.png").write_text("y")
     taken = a.claim(inbox / "x%.png", odd)
     assert taken is not None and taken.parent == a.dir and Claims.rel_of(taken) == odd
-    assert (taken, odd) in a.mine()
+    assert (taken, odd, None) in a.mine()
 
 
 def test_dead_owner_detection(tmp_path: Path) -> None:
@@ -353,7 +353,7 @@ def test_claims_of_names_too_long_keep_their_path(tmp_path: Path) -> None:
     f.write_text("x")
     taken = claims.claim(f, rel)
     assert taken is not None and len(taken.name) < 60 and taken.suffix == ".png"
-    assert Claims.rel_of(taken) == rel and claims.mine() == [(taken, rel)]
+    assert Claims.rel_of(taken) == rel and claims.mine() == [(taken, rel, None)]
     Claims.release(taken)
     assert [p.name for p in claims.dir.iterdir() if p.name.endswith(".rel")] == []
 

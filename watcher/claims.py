@@ -23,11 +23,20 @@ the file server's times). A pid reused by another process is detected from the
 process start time (``/proc``). Files in a stale folder are
 claimed again, by rename, by whichever live daemon gets there first; the
 journal then resumes their task instead of paying for them twice.
+
+Everything here is writable by every INBOX writer, so nothing read back is trusted
+(see ``bgremove.watcher.untrusted``): the claims folder and a daemon's folder must be real
+folders (never a symbolic link), a stale folder is opened without following a link
+and its entries moved through that folder's descriptor, symbolic links among them are
+moved as links (never read), and a recorded name that is not a plain relative path
+comes back as the entry's own name with an ``UnsafeInputError`` (the daemon moves
+such entries to failed/ with that reason).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import json
@@ -36,9 +45,14 @@ import os
 import re
 import shutil
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
+
+from bgremove.errors import ConfigError, UnsafeInputError
+from bgremove.watcher.naming import shown
+from bgremove.watcher.untrusted import CREATE_NEW, safe_rel
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +60,14 @@ HEARTBEAT = ".heartbeat"
 OWNER_FILE = "owner.json"
 #: Longest claimed name kept readable (bytes); NAME_MAX is 255 on common file systems.
 MAX_CLAIM_NAME = 200
+#: Longest ``.rel`` sidecar read back (a relative path; PATH_MAX is 4096).
+MAX_SIDECAR = 4096
+_DIR_FLAGS = (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+              | getattr(os, "O_CLOEXEC", 0))
+
+#: A claimed file: its path in a claim folder, the INBOX-relative path it came from, and
+#: why it must not be opened (a recorded name that leads out of INBOX), if so.
+Claimed = tuple[Path, Path, UnsafeInputError | None]
 
 
 def make_owner_id(pid: int | None = None, started: float | None = None) -> str:
@@ -110,61 +132,128 @@ class Claims:
         self._lock = threading.Lock()
         # owner folder -> (heartbeat mtime last seen, monotonic time it was first seen)
         self._seen: dict[str, tuple[float, float]] = {}
+        self._dir_fd: int | None = None  # this daemon's folder, opened without following links
 
     def start(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Create this daemon's folder; ``ConfigError`` if a link or a file is in the way."""
+        try:
+            self._open_dir()
+        except OSError as exc:
+            what = "a symbolic link" if exc.filename and os.path.islink(exc.filename) else \
+                "not a folder" if exc.errno == errno.ENOTDIR else exc.strerror
+            raise ConfigError(f"{shown(exc.filename)} is {what}: the daemon keeps its claims "
+                              "in a folder there and follows no link",
+                              hint="remove it, then start again") from None
         host, pid = parse_owner(self.owner)
-        (self.dir / OWNER_FILE).write_text(
-            json.dumps({"owner": self.owner, "host": host, "pid": pid, "started": time.time()}),
-            encoding="utf-8")
+        _unlink_at(OWNER_FILE, self._fd())
+        fd = os.open(OWNER_FILE, CREATE_NEW, 0o644, dir_fd=self._fd())
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps({"owner": self.owner, "host": host, "pid": pid,
+                                 "started": time.time()}))
         self.heartbeat()
+
+    def _open_dir(self) -> None:
+        """(Re)create and open this daemon's folder, every component checked to be a real
+        folder; ``OSError`` (``ELOOP``, ``ENOTDIR``) if one is not."""
+        self.root.parent.mkdir(parents=True, exist_ok=True)  # INBOX: trusted
+        fd = None
+        for folder in (self.root, self.dir):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(folder)
+            new = os.open(folder, _DIR_FLAGS) if fd is None else \
+                os.open(folder.name, _DIR_FLAGS, dir_fd=fd)
+            if fd is not None:
+                os.close(fd)
+            fd = new
+        old, self._dir_fd = self._dir_fd, fd
+        if old is not None:
+            os.close(old)
+
+    def _fd(self) -> int:
+        if self._dir_fd is None:
+            self._open_dir()
+        assert self._dir_fd is not None
+        return self._dir_fd
+
+    def _dir_moved(self) -> bool:
+        """True when this daemon's folder is gone or was replaced under its path."""
+        try:
+            st, own = os.lstat(self.dir), os.fstat(self._fd())
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino) or own.st_nlink == 0
 
     def heartbeat(self) -> None:
         path = self.dir / HEARTBEAT
         try:
-            path.touch()
-            os.utime(path)
+            fd = self._fd()
+            try:  # a planted link is touched itself, never its target
+                os.utime(HEARTBEAT, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                os.close(os.open(HEARTBEAT, CREATE_NEW, 0o644, dir_fd=fd))
         except OSError as exc:
             log.warning("cannot update the claim heartbeat %s: %s", path, exc)
 
-    def claim(self, path: Path, rel: Path) -> Path | None:
+    def claim(self, path: Path, rel: Path, *, src_dir_fd: int | None = None) -> Path | None:
         """Move ``path`` into this daemon's folder; None if another process was first.
 
-        Other ``OSError``s (the file cannot be moved at all) are raised."""
+        ``path`` is a name inside the folder ``src_dir_fd`` when that is given. Other
+        ``OSError``s (the file cannot be moved at all) are raised."""
         with self._lock:
             n = next(self._seq)
         encoded = _encode(rel)
-        sidecar: Path | None = None
+        fd = self._fd()
+        sidecar: str | None = None
         if len(os.fsencode(encoded)) > MAX_CLAIM_NAME:
             digest = hashlib.sha256(os.fsencode(rel.as_posix())).hexdigest()[:24]
             suffix = rel.suffix if len(os.fsencode(rel.suffix)) <= 16 else ""
-            dest = self.dir / f"{n}-#{digest}{suffix}"
-            sidecar = _sidecar(dest)
-            sidecar.write_bytes(os.fsencode(rel.as_posix()))  # before the rename: never lost
+            name = f"{n}-#{digest}{suffix}"
+            sidecar = _sidecar(Path(name)).name
+            _unlink_at(sidecar, fd)
+            with os.fdopen(os.open(sidecar, CREATE_NEW, 0o644, dir_fd=fd), "wb") as fh:
+                fh.write(os.fsencode(rel.as_posix()))  # before the rename: never lost
         else:
-            dest = self.dir / f"{n}-{encoded}"
-        try:
-            os.rename(path, dest)
+            name = f"{n}-{encoded}"
+        try:  # into the folder opened at start, even if its path was swapped for a link
+            os.rename(path, name, src_dir_fd=src_dir_fd, dst_dir_fd=fd)
         except FileNotFoundError:
-            _unlink(sidecar)
-            if not self.dir.is_dir():  # removed under us: recreate and let the caller retry
-                self.dir.mkdir(parents=True, exist_ok=True)
+            self._drop(sidecar, fd)
+            if self._dir_moved():  # removed under us: recreate and let the caller retry
+                self._open_dir()
             return None
         except PermissionError:  # Windows: the writer still has it open
-            _unlink(sidecar)
+            self._drop(sidecar, fd)
             return None
         except OSError:
-            _unlink(sidecar)
+            self._drop(sidecar, fd)
             raise
-        return dest
+        return self.dir / name
 
     @staticmethod
-    def rel_of(claimed: Path) -> Path:
-        """The INBOX-relative path a claimed file came from."""
+    def _drop(sidecar: str | None, fd: int) -> None:
+        if sidecar is not None:
+            _unlink_at(sidecar, fd)
+
+    @staticmethod
+    def rel_of(claimed: Path, *, dir_fd: int | None = None) -> Path:
+        """The INBOX-relative path a claimed file came from; ``UnsafeInputError`` when the
+        recorded name is not a plain relative path (a planted claim), or its sidecar is not
+        a plain file."""
+        recorded = _read_sidecar(_sidecar(claimed), dir_fd)
+        if recorded is None:
+            recorded = _decode(claimed.name.split("-", 1)[1])
+        rel = safe_rel(recorded)
+        if rel is None:
+            raise UnsafeInputError(f"{shown(claimed.name)}: its recorded INBOX path "
+                                   f"{shown(recorded)!r} leads out of INBOX; not opened")
+        return rel
+
+    @classmethod
+    def _claimed(cls, path: Path, dir_fd: int | None = None) -> Claimed:
         try:
-            return Path(os.fsdecode(_sidecar(claimed).read_bytes()))
-        except FileNotFoundError:
-            return Path(_decode(claimed.name.split("-", 1)[1]))
+            return path, cls.rel_of(path, dir_fd=dir_fd), None
+        except UnsafeInputError as exc:
+            return path, Path(path.name), exc
 
     @staticmethod
     def release(claimed: Path) -> None:
@@ -186,13 +275,13 @@ class Claims:
             if started is not None and proc_started is not None and proc_started > started + 3:
                 return False  # the pid now belongs to a process started after that daemon
         try:
-            mtime = (self.root / owner / HEARTBEAT).stat().st_mtime
+            mtime = (self.root / owner / HEARTBEAT).lstat().st_mtime
         except OSError:
             # No claim folder here: a daemon on another INBOX sharing the journal. Its
             # process check passed (this host) or cannot be made: consider it alive.
             return True
         try:
-            own = (self.dir / HEARTBEAT).stat().st_mtime  # touched moments ago: server time
+            own = (self.dir / HEARTBEAT).lstat().st_mtime  # touched moments ago: server time
         except OSError:
             own = None
         if own is not None and own - mtime > self.stale_seconds:
@@ -210,55 +299,120 @@ class Claims:
         except OSError:
             return []
         return [e.name for e in entries
-                if e.is_dir() and e.name != self.owner and not self.is_alive(e.name)]
+                if _is_folder(e) and e.name != self.owner and not self.is_alive(e.name)]
 
-    def recover(self) -> list[tuple[Path, Path]]:
-        """Claim the files of dead daemons; returns (claimed path, INBOX-relative path)."""
-        taken: list[tuple[Path, Path]] = []
-        for owner in self.stale_owners():
-            folder = self.root / owner
-            for path in _claimed_in(folder):
-                rel = self.rel_of(path)
-                try:
-                    claimed = self.claim(path, rel)
-                except OSError as exc:
-                    log.warning("cannot recover %s from %s: %s", path, owner, exc)
-                    continue
-                self.release(path)
-                if claimed is not None:
-                    log.info("recovered %s from stopped daemon %s", rel, owner)
-                    taken.append((claimed, rel))
-            if not _claimed_in(folder):
-                shutil.rmtree(folder, ignore_errors=True)
-                self._seen.pop(owner, None)
+    def recover(self) -> list[Claimed]:
+        """Claim the files of dead daemons (see ``Claimed``)."""
+        taken: list[Claimed] = []
+        owners = self.stale_owners()
+        if not owners:
+            return taken
+        try:
+            root_fd = os.open(self.root, _DIR_FLAGS)
+        except OSError as exc:
+            log.warning("cannot open the claims folder %s: %s", shown(self.root), exc)
+            return taken
+        try:
+            for owner in owners:
+                self._recover_owner(owner, root_fd, taken)
+        finally:
+            os.close(root_fd)
         return taken
+
+    def _recover_owner(self, owner: str, root_fd: int, taken: list[Claimed]) -> None:
+        try:  # never through a link, even one swapped in since the listing
+            fd = os.open(owner, _DIR_FLAGS, dir_fd=root_fd)
+        except OSError as exc:
+            log.warning("cannot open the claim folder %s: %s", shown(owner), exc)
+            return
+        try:
+            self._recover_from(owner, fd, taken)
+            empty = not _claimed_in(fd)
+        finally:
+            os.close(fd)
+        if empty:
+            shutil.rmtree(self.root / owner, ignore_errors=True)  # never follows a link
+            self._seen.pop(owner, None)
+
+    def _recover_from(self, owner: str, fd: int, taken: list[Claimed]) -> None:
+        folder = self.root / owner
+        for name in _claimed_in(fd):
+            path, rel, unsafe = self._claimed(folder / name, fd)
+            try:
+                claimed = self.claim(Path(name), rel, src_dir_fd=fd)
+            except OSError as exc:
+                log.warning("cannot recover %s from %s: %s", shown(name), shown(owner), exc)
+                continue
+            _unlink_at(_sidecar(path).name, fd)
+            if claimed is not None:
+                log.info("recovered %s from stopped daemon %s", shown(rel), shown(owner))
+                taken.append((claimed, rel, unsafe))
 
     def claimed_by_others(self) -> dict[str, int]:
         """Files in other (live) daemons' claim folders, by owner."""
         try:
             entries = [e.name for e in os.scandir(self.root)
-                       if e.is_dir() and e.name != self.owner]
+                       if _is_folder(e) and e.name != self.owner]
         except OSError:
             return {}
         counts = {name: len(_claimed_in(self.root / name)) for name in entries}
         return {name: n for name, n in counts.items() if n}
 
-    def mine(self) -> list[tuple[Path, Path]]:
+    def mine(self) -> list[Claimed]:
         """Files already in this daemon's folder (normally none at start)."""
-        return [(p, self.rel_of(p)) for p in _claimed_in(self.dir)]
+        return [self._claimed(p) for p in _claimed_in(self.dir)]
 
     def stop(self) -> None:
         """Remove this daemon's folder if nothing is left in it."""
         if not self.mine():
             shutil.rmtree(self.dir, ignore_errors=True)
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
 
-def _claimed_in(folder: Path) -> list[Path]:
+def _claimed_in(folder: Path | int) -> list[Path]:
+    """Claimed entries (regular files and links, never followed) of a folder given by its
+    path or an open descriptor (then as bare names)."""
     try:
-        return [Path(e.path) for e in os.scandir(folder)
-                if e.is_file() and _CLAIMED.match(e.name)]
+        if isinstance(folder, int):
+            return [Path(e.name) for e in os.scandir(folder) if _is_entry(e)]
+        return [Path(e.path) for e in os.scandir(folder) if _is_entry(e)]
     except OSError:
         return []
+
+
+def _is_entry(entry: os.DirEntry[str]) -> bool:
+    try:
+        return bool(_CLAIMED.match(entry.name)) and (
+            entry.is_symlink() or entry.is_file(follow_symlinks=False))
+    except OSError:
+        return False
+
+
+def _is_folder(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _read_sidecar(path: Path, dir_fd: int | None) -> str | None:
+    """A sidecar's recorded path (never through a link); None when there is none."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path.name if dir_fd is not None else path, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        why = "is a symbolic link" if exc.errno == errno.ELOOP else \
+            f"cannot be read ({exc.strerror or exc})"
+        raise UnsafeInputError(f"{shown(path.name)}, the record of its INBOX path, {why}; "
+                               "not followed") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafeInputError(f"{shown(path.name)}: not a regular file; not read")
+        return os.fsdecode(fh.read(MAX_SIDECAR))
 
 
 _CLAIMED = re.compile(r"^\d+-.")
@@ -272,6 +426,11 @@ def _unlink(path: Path | None) -> None:
     if path is not None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def _unlink_at(name: str, dir_fd: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
 
 
 def _encode(rel: Path) -> str:

@@ -33,6 +33,8 @@ keys), ``placement`` (free output names), ``folder_health`` (pause and probe) an
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
@@ -50,30 +52,37 @@ from bgremove.errors import (
     APIStatusError,
     BgremoveError,
     CancelledError,
+    ConfigError,
     ImageTooLargeError,
     InputError,
-    InputNotFoundError,
     OutputError,
     RateLimitError,
     TaskFailedError,
+    UnreadableImageError,
+    UnsafeInputError,
 )
 from bgremove.retry import backoff_delay
 from bgremove.watcher.claims import Claims, make_owner_id
 from bgremove.watcher.events import Watcher
 from bgremove.watcher.failures import write_error_report
-from bgremove.watcher.fingerprint import file_sha256, settings_fingerprint
+from bgremove.watcher.fingerprint import settings_fingerprint
 from bgremove.watcher.folder_health import FolderBlocked, FolderHealth
 from bgremove.watcher.journal import Job, Journal
 from bgremove.watcher.limits import CostGuard, Limits, RateLimiter, effective_limits
-from bgremove.watcher.naming import Layout, move_no_replace, shown
+from bgremove.watcher.naming import Layout, ensure_folder, move_no_replace, shown
 from bgremove.watcher.placement import check_output_dir, place_staged
 from bgremove.watcher.readiness import ReadinessTracker, Ready
 from bgremove.watcher.scheduler import Scheduler
+from bgremove.watcher.untrusted import input_limit, open_folder, read_file
 
 if TYPE_CHECKING:
     from bgremove.config import Config
     from bgremove.contract import Backend
     from bgremove.imaging import SourceImage
+
+#: A claimed file as read once: the sha256 of its bytes, and those bytes decoded (None
+#: when they do not decode; the reason travels as the input error).
+Content = tuple[str, "SourceImage | None"]
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +200,14 @@ class Daemon:
 
         layout = self.layout
         layout.outbox.mkdir(parents=True, exist_ok=True)
-        self.staging.mkdir(parents=True, exist_ok=True)
+        try:
+            ensure_folder(self.staging, layout.trusted_base(layout.outbox))
+        except OSError as exc:
+            raise ConfigError(f"cannot use {shown(exc.filename)}: {exc.strerror or exc}",
+                              hint="remove what is in the way, then start again") from None
         journal_path = Path(self.watch.journal).expanduser() if self.watch.journal \
             else layout.state_dir / "journal.sqlite3"
-        self.journal = Journal(journal_path)
+        self.journal = Journal(journal_path, check=True)
         self.guard = CostGuard(self.journal, per_hour=self.limits.max_per_hour,
                                per_day=self.limits.max_per_day)
         self._fingerprint = settings_fingerprint(self.config,
@@ -255,8 +268,8 @@ class Daemon:
     def _recover(self) -> None:
         """Re-take files left in claim folders by a previous (killed) run."""
         recovered = self.claims.mine() + self.claims.recover()
-        for claimed, rel in recovered:
-            self.scheduler.put(claimed=claimed, rel=rel)
+        for claimed, rel, unsafe in recovered:
+            self.scheduler.put(claimed=claimed, rel=rel, input_error=unsafe)
         if recovered:
             log.info("resuming %d file(s) left by a stopped daemon", len(recovered))
 
@@ -291,8 +304,8 @@ class Daemon:
                     self._safe_rescan()
                     next_rescan = now + self.watch.rescan_seconds
                 if now >= next_recover:
-                    for claimed, rel in self.claims.recover():
-                        self.scheduler.put(claimed=claimed, rel=rel)
+                    for claimed, rel, unsafe in self.claims.recover():
+                        self.scheduler.put(claimed=claimed, rel=rel, input_error=unsafe)
                     next_recover = now + max(self.watch.stale_claim_seconds / 4, 1.0)
             elif self._cap_reached:
                 log.warning("cost cap reached (%s): stopping; the files not started stay for "
@@ -409,36 +422,64 @@ class Daemon:
             if not handed_back:  # claimed, vanished, failed to claim: never left handed out
                 self.tracker.forget(ready.path)
 
-    def _take_ready_inner(self, ready: Ready) -> bool:
-        """Returns True when the file was handed back to the tracker (``not_yet``)."""
+    def _read(self, path: Path, dir_fd: int | None = None
+              ) -> tuple[Content, InputError | None, os.stat_result]:
+        """Read ``path`` once (no link followed), hash and decode those same bytes.
+
+        Raises ``UnsafeInputError`` (a link, a FIFO...: not read) and ``OSError``."""
         from bgremove.imaging import load_image
 
-        path = ready.path
-        rel = self.layout.relative(path)
+        max_pixels = self.config.input.max_pixels
+        data, st = read_file(path, limit=input_limit(max_pixels), dir_fd=dir_fd)
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            return (digest, load_image(path, max_pixels=max_pixels, data=data)), None, st
+        except InputError as exc:
+            return (digest, None), exc, st
+
+    def _take_ready_inner(self, ready: Ready) -> bool:
+        """Returns True when the file was handed back to the tracker (``not_yet``)."""
+        rel = self.layout.relative(ready.path)
         if rel is None or self.stopping:
             return False
-        input_error: BgremoveError | None = None
-        source: SourceImage | None = None
-        try:
-            source = load_image(path, max_pixels=self.config.input.max_pixels)
-        except InputNotFoundError:
+        try:  # its folder, reached without following a link (a sub-folder swapped for one)
+            folder_fd = open_folder(self.layout.inbox, rel.parent)
+        except OSError as exc:
+            log.debug("not taking %s: %s", shown(rel), exc)
             return False
-        except ImageTooLargeError as exc:
-            input_error = exc
-        except InputError as exc:
-            if not ready.settled:
-                self.tracker.not_yet(ready)
-                return True
-            input_error = exc
         try:
-            st = os.stat(path)
+            return self._take_from(ready, rel, folder_fd)
+        finally:
+            os.close(folder_fd)
+
+    def _take_from(self, ready: Ready, rel: Path, folder_fd: int) -> bool:
+        path = ready.path
+        input_error: BgremoveError | None = None
+        content: Content | None = None
+        st: os.stat_result | None = None
+        try:
+            content, input_error, st = self._read(path, folder_fd)
+        except UnsafeInputError as exc:
+            input_error = exc
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            input_error = UnreadableImageError(f"{shown(path)}: cannot read: "
+                                               f"{exc.strerror or exc}",
+                                               hint="check the file's permissions")
+        if input_error is not None and not ready.settled \
+                and not isinstance(input_error, (ImageTooLargeError, UnsafeInputError)):
+            self.tracker.not_yet(ready)
+            return True
+        try:
+            st = st or os.lstat(path.name, dir_fd=folder_fd)
         except OSError:
             return False
         if (st.st_size, st.st_mtime_ns) != (ready.size, ready.mtime_ns):
             self.tracker.not_yet(ready, decode_failed=False)
             return True
         try:
-            claimed = self.claims.claim(path, rel)
+            claimed = self.claims.claim(Path(path.name), rel, src_dir_fd=folder_fd)
         except OSError as exc:
             if path not in self._unclaimable:  # a rescan finds it again: say so once
                 log.error("cannot take %s (moving it into the claim folder failed: %s); it "
@@ -451,19 +492,22 @@ class Daemon:
         if claimed is None:
             log.debug("%s was taken by another daemon", shown(rel))
             return False
-        self._process(claimed, rel, input_error, source)
+        if content is not None and not _same_file(claimed, st):
+            content = None  # swapped since it was read: read what was claimed
+        self._process(claimed, rel, input_error, content)
         return False
 
     def _process(self, claimed: Path, rel: Path, input_error: BgremoveError | None,
-                 source: SourceImage | None = None) -> None:
+                 content: Content | None = None) -> None:
         """Work on a claimed file; whatever goes wrong, the file is requeued or failed.
 
-        ``source`` is the file as decoded by the readiness check, when there was one.
+        ``content`` is the file as read by the readiness check, when there was one;
+        otherwise it is read (once) here.
         """
         try:
-            self._process_inner(claimed, rel, input_error, source)
+            self._process_inner(claimed, rel, input_error, content)
         except FolderBlocked as exc:
-            self.health.block(exc.folder, exc.reason, journal=exc.journal)
+            self.health.block(exc.folder, exc.reason, journal=exc.journal, below=exc.below)
             self._requeue(claimed, rel, input_error, OUTPUT_PROBE_SECONDS)
         except sqlite3.Error as exc:
             self._block_journal(exc)
@@ -508,18 +552,27 @@ class Daemon:
         self._requeue(claimed, rel, input_error, delay)
 
     def _process_inner(self, claimed: Path, rel: Path, input_error: BgremoveError | None,
-                       source: SourceImage | None) -> None:
+                       content: Content | None) -> None:
         assert self.journal is not None
         started = time.monotonic()
-        try:
-            key = f"{file_sha256(claimed)}:{self._fingerprint}"
-        except FileNotFoundError:
-            log.warning("claimed file %s is gone", shown(claimed))
+        if isinstance(input_error, UnsafeInputError):  # never opened: no journal key
+            self._fail(None, claimed, rel, input_error)
             return
-        except OSError as exc:
-            log.warning("cannot read claimed file %s: %s; retrying", shown(claimed), exc)
-            self._requeue(claimed, rel, input_error, self.backoff_initial)
-            return
+        if content is None:
+            try:
+                content, input_error, _st = self._read(claimed)
+            except UnsafeInputError as exc:
+                self._fail(None, claimed, rel, exc)
+                return
+            except FileNotFoundError:
+                log.warning("claimed file %s is gone", shown(claimed))
+                return
+            except OSError as exc:
+                log.warning("cannot read claimed file %s: %s; retrying", shown(claimed), exc)
+                self._requeue(claimed, rel, input_error, self.backoff_initial)
+                return
+        digest, source = content
+        key = f"{digest}:{self._fingerprint}"
         with self._lock:
             mine_busy = key in self._active_keys
             if not mine_busy:
@@ -586,7 +639,8 @@ class Daemon:
         journal, key = self.journal, job.key
         staged = self.staging / f"{key[:24]}{self._ext}"
         if job.state in ("claimed", "submitted"):
-            check_output_dir(self.layout.outbox / rel.parent)
+            check_output_dir(self.layout.outbox / rel.parent,
+                             self.layout.trusted_base(self.layout.outbox))
             resume = job.task_id if job.state == "submitted" else self._unsaved_tasks.get(key)
             guard = self.guard
             assert guard is not None
@@ -631,7 +685,7 @@ class Daemon:
                          "came: looking for its task", shown(rel))
             hooks = JobHooks(cancel=self.cancel, on_task=on_task, resume_task=resume,
                              on_submit=on_submit, lost_submit=lost,
-                             known_tasks=journal.task_ids() if lost else ())
+                             known_tasks=journal.known_tasks())
             try:
                 result = remove_file(claimed, staged, self._backend, self.config, hooks,
                                      source=source)
@@ -644,7 +698,8 @@ class Daemon:
             job = self._reload(key)
         if job.state in ("staged", "placing"):
             output = place_staged(journal, job, staged,
-                                  self.layout.output_for(rel, self._ext), rel)
+                                  self.layout.output_for(rel, self._ext), rel,
+                                  below=self.layout.trusted_base(self.layout.outbox))
             journal.update(key, state="placed", output=str(output))
             if job.task_id:
                 tasklog.record(job.task_id, output=output)
@@ -658,11 +713,17 @@ class Daemon:
 
     def _move(self, claimed: Path, folder: Path, rel: Path) -> Path:
         """Move a claimed original to done/ or failed/; ``FolderBlocked`` if that folder fails."""
+        below = self.layout.trusted_base(folder)
         try:
-            target = move_no_replace(claimed, folder / rel)
+            target = move_no_replace(claimed, folder / rel, below=below)
         except OSError as exc:
             if not os.path.lexists(claimed):
                 raise  # not a folder problem: the file is gone
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and exc.filename:
+                # something planted in the way: blocked until that very entry is fixed
+                raise FolderBlocked(Path(exc.filename), f"cannot move {shown(rel)} into "
+                                    f"{shown(folder)}: {shown(exc.filename)}: {exc.strerror}",
+                                    below=below) from None
             raise FolderBlocked(folder, f"cannot move {shown(rel)} into {shown(folder)}: "
                                         f"{exc.strerror or exc}") from None
         self.claims.release(claimed)
@@ -763,3 +824,12 @@ class Daemon:
     def _block_journal(self, exc: Exception) -> None:
         assert self.journal is not None
         self.health.block_journal(self.journal.path, exc)
+
+
+def _same_file(path: Path, st: os.stat_result | None) -> bool:
+    """Whether ``path`` (not followed) is the file ``st`` was taken from."""
+    try:
+        now = os.lstat(path)
+    except OSError:
+        return False
+    return st is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bgremove.errors import SubmitUncertainError
+from bgremove.files import atomic_write
 from bgremove.watcher.naming import fit_name, shown
 
 if TYPE_CHECKING:
@@ -40,10 +40,10 @@ def write_error_report(target: Path, rel: Path, exc: BgremoveError, latest: Job 
         "hint": hint,
     }
     error_file = target.with_name(fit_name(target.name, ".error.json"))
-    temp = target.with_name(fit_name(f".{target.name}", ".error.json.tmp"))
     try:
-        temp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        os.replace(temp, error_file)  # readers never see half a report
+        # Readers never see half a report; the temp file is new (O_EXCL), so a link
+        # planted in failed/ is never written through.
+        atomic_write(error_file, json.dumps(report, indent=2) + "\n", durable=False)
     except OSError as exc2:
         log.warning("cannot write %s: %s", shown(error_file), exc2)
 

@@ -34,11 +34,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bgremove.errors import ConfigError
+from bgremove.watcher.naming import shown
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +131,28 @@ class Begin:
 class Journal:
     """Thread-safe access to the journal file."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, *, check: bool = False) -> None:
+        """Open (or create) the journal; ``ConfigError`` with one line when it cannot be
+        opened or, with ``check``, is damaged (``PRAGMA quick_check``)."""
         self.path = path
         self._lock = threading.RLock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._open(check)
+        except (OSError, sqlite3.Error) as exc:
+            if getattr(self, "_db", None) is not None:
+                self._db.close()
+            raise _journal_error(path, exc) from None
+
+    def _open(self, check: bool) -> None:
+        path = self.path
         self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None,
                                    check_same_thread=False)
         self._db.row_factory = sqlite3.Row
+        if check:
+            problems = [str(row[0]) for row in self._db.execute("PRAGMA quick_check(3)")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(problems))
         self._db.execute("PRAGMA busy_timeout=30000")
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -240,6 +258,10 @@ class Journal:
                                     " SELECT task_id FROM events WHERE task_id IS NOT NULL")
             return {str(r[0]) for r in rows}
 
+    def known_tasks(self) -> KnownTasks:
+        """``task_ids``, read only when used (a lost submit is rare; a job is not)."""
+        return KnownTasks(self)
+
     def active_jobs(self) -> list[Job]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM jobs WHERE state IN (?, ?, ?, ?, ?)",
@@ -323,6 +345,42 @@ class Journal:
         if row is None:
             return None, None
         return row[0], row[1]
+
+
+def _journal_error(path: Path, exc: OSError | sqlite3.Error) -> ConfigError:
+    """One line for a journal that cannot be used: damaged, or not openable."""
+    what = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
+        " ".join(str(exc).split())
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+        return ConfigError(f"the journal {shown(path)} is damaged ({what})",
+                           hint="move it aside and start again (a new journal is made; files "
+                           "done before are then not known as duplicates), or restore it "
+                           "from a backup")
+    return ConfigError(f"cannot open the journal {shown(path)} ({what})",
+                       hint="check that folder's permissions and free space, or set "
+                       "watch.journal to a local file")
+
+
+class KnownTasks(Collection[str]):
+    """The journal's task ids, read on first use."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self._ids: set[str] | None = None
+
+    def _read(self) -> set[str]:
+        if self._ids is None:
+            self._ids = self._journal.task_ids()
+        return self._ids
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._read()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
 
 
 def _job(row: sqlite3.Row | None) -> Job | None:

@@ -15,9 +15,12 @@ existing file is never replaced.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import secrets
 import shutil
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +99,11 @@ class Layout:
     def state_dir(self) -> Path:
         return self.outbox / STATE_DIR
 
+    def trusted_base(self, folder: Path) -> Path:
+        """The deepest folder above (or at) ``folder`` that INBOX writers cannot replace:
+        INBOX for anything inside it (done/, failed/ by default), else ``folder`` itself."""
+        return self.inbox if _inside(folder, self.inbox) else folder
+
     def excluded(self) -> tuple[Path, ...]:
         """Folders never taken as input."""
         return (self.done, self.failed, self.outbox, self.claims)
@@ -162,10 +170,11 @@ def link_no_replace(src: Path, dst: Path) -> bool:
     """Give ``src`` the name ``dst`` unless ``dst`` exists; True if it was taken.
 
     Leaves ``src`` in place when a hard link was made (the caller removes it),
-    so a crash in between leaves two names for one file, never zero.
+    so a crash in between leaves two names for one file, never zero. A symbolic link
+    ``src`` is moved as the link itself: its target is never read, linked or copied.
     """
     try:
-        os.link(src, dst)
+        os.link(src, dst, follow_symlinks=False)
         return True
     except FileExistsError:
         return False
@@ -179,26 +188,68 @@ def link_no_replace(src: Path, dst: Path) -> bool:
     if _same_device(src, dst.parent):
         os.rename(src, dst)
         return True
-    tmp = dst.with_name(f".{dst.name}.bgremove-tmp")
-    shutil.copy2(src, tmp)
-    if os.path.lexists(dst):
-        os.unlink(tmp)
-        return False
-    os.replace(tmp, dst)
+    tmp = dst.with_name(f".bgremove-{secrets.token_hex(6)}.tmp")
+    placed = False
+    try:
+        _copy_new(src, tmp)
+        if os.path.lexists(dst):
+            return False
+        os.replace(tmp, dst)
+        placed = True
+    finally:
+        if not placed:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     os.unlink(src)
     return True
 
 
+def _copy_new(src: Path, tmp: Path) -> None:
+    """Copy ``src`` (a link as a link) to the new name ``tmp``; neither end follows a link."""
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), tmp)
+        return
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    with os.fdopen(os.open(src, flags), "rb") as fin, \
+            os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as fout:
+        shutil.copyfileobj(fin, fout)
+    shutil.copystat(src, tmp, follow_symlinks=False)
+
+
 def _same_device(a: Path, b: Path) -> bool:
     try:
-        return os.stat(a).st_dev == os.stat(b).st_dev
+        return os.lstat(a).st_dev == os.stat(b).st_dev
     except OSError:
         return False
 
 
-def move_no_replace(src: Path, preferred: Path) -> Path:
-    """Move ``src`` to ``preferred`` or the first free ``-N`` variant; return the new path."""
-    preferred.parent.mkdir(parents=True, exist_ok=True)
+def ensure_folder(folder: Path, below: Path) -> None:
+    """Create ``folder`` (inside the trusted folder ``below``) one component at a time;
+    ``OSError`` if a component is a symbolic link or not a folder (none is followed)."""
+    current = below
+    for part in folder.relative_to(below).parts:
+        current = current / part
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(current)
+        st = os.lstat(current)
+        if stat.S_ISLNK(st.st_mode):
+            raise OSError(errno.ELOOP, "a symbolic link is in the way (not followed)",
+                          str(current))
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of a folder",
+                                     str(current))
+
+
+def move_no_replace(src: Path, preferred: Path, *, below: Path | None = None) -> Path:
+    """Move ``src`` to ``preferred`` or the first free ``-N`` variant; return the new path.
+
+    ``below``: a trusted folder above ``preferred``; the folders between are created and
+    checked one by one (a symbolic link among them raises ``OSError``, never followed).
+    """
+    if below is None:
+        preferred.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        ensure_folder(preferred.parent, below)
     for dst in candidate_names(preferred):
         if link_no_replace(src, dst):
             if os.path.lexists(src):  # a hard link was made: drop the old name

@@ -8,22 +8,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bgremove.errors import OutputError
-from bgremove.watcher.naming import candidate_names, link_no_replace, shown
+from bgremove.watcher.naming import candidate_names, ensure_folder, link_no_replace, shown
 
 if TYPE_CHECKING:
     from bgremove.watcher.journal import Job, Journal
 
 
-def check_output_dir(folder: Path) -> None:
-    """Create ``folder`` (an OUTBOX sub-folder) now: an OutputError before anything is sent."""
+def check_output_dir(folder: Path, below: Path) -> None:
+    """Create ``folder`` (an OUTBOX sub-folder, inside the trusted ``below``) now: an
+    OutputError before anything is sent. No symbolic link on the way is followed."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        ensure_folder(folder, below)
     except OSError as exc:
         raise OutputError(f"cannot create {shown(folder)}: {exc.strerror or exc}") from None
 
 
-def place_staged(journal: Journal, job: Job, staged: Path, preferred: Path, rel: Path) -> Path:
-    """Give the staged cut-out a free name in OUTBOX (never replacing a file)."""
+def place_staged(journal: Journal, job: Job, staged: Path, preferred: Path, rel: Path, *,
+                 below: Path) -> Path:
+    """Give the staged cut-out a free name in OUTBOX (never replacing a file); ``below`` is
+    the trusted folder above ``preferred`` (see ``check_output_dir``)."""
     if job.state == "placing" and job.output:
         chosen = Path(job.output)
         if chosen.exists() and (not staged.exists() or os.path.samefile(chosen, staged)):
@@ -34,11 +37,7 @@ def place_staged(journal: Journal, job: Job, staged: Path, preferred: Path, rel:
         # staged output lost (should not happen): fetch the result again
         journal.update(job.key, state="submitted" if job.task_id else "claimed")
         raise OutputError(f"the staged result of {shown(rel)} is missing; fetching it again")
-    try:
-        preferred.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {shown(preferred.parent)}: "
-                          f"{exc.strerror or exc}") from None
+    check_output_dir(preferred.parent, below)
     for candidate in candidate_names(preferred):
         if os.path.lexists(candidate):
             continue

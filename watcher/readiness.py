@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -162,16 +163,13 @@ class ReadinessTracker:
 
 
 def _stat(path: Path) -> tuple[int, int] | None:
+    """(size, mtime) of a regular file or a symbolic link (never followed: a link is handed
+    out too, so the daemon moves it to failed/); None for anything else (FIFOs, devices and
+    sockets stay where they are, unopened)."""
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError:
         return None
-    if not _is_regular(st.st_mode):
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
         return None
     return st.st_size, st.st_mtime_ns
-
-
-def _is_regular(mode: int) -> bool:
-    import stat as stat_mod
-
-    return stat_mod.S_ISREG(mode)

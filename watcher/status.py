@@ -98,7 +98,7 @@ def _waiting_on_disk(status: dict[str, Any]) -> int:
             count += sum(1 for n in names if layout.relative(here / n) is not None
                          and os.path.isfile(here / n))
         for entry in os.scandir(layout.claims):
-            if entry.is_dir():
+            if entry.is_dir(follow_symlinks=False):
                 count += len(_claimed_in(Path(entry.path)))
     except OSError:
         pass

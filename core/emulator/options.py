@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bgremove.choices import EMULATOR_KEY_STATES as KEY_STATES
-from bgremove.choices import EMULATOR_SYNC_TIMEOUT_STYLES as SYNC_TIMEOUT_STYLES
+from bgremove.choices import EMULATOR_KEY_STATES, EMULATOR_SYNC_TIMEOUT_STYLES
 from bgremove.emulator.faults import Fault
 from bgremove.errors import ConfigError
 
@@ -53,12 +52,12 @@ class EmulatorOptions:
     allow_remote: bool = False
 
     def __post_init__(self) -> None:
-        if self.key_state not in KEY_STATES:
+        if self.key_state not in EMULATOR_KEY_STATES:
             raise ConfigError(f"unknown key_state {self.key_state!r}",
-                              hint=f"allowed: {', '.join(KEY_STATES)}")
-        if self.sync_timeout_style not in SYNC_TIMEOUT_STYLES:
+                              hint=f"allowed: {', '.join(EMULATOR_KEY_STATES)}")
+        if self.sync_timeout_style not in EMULATOR_SYNC_TIMEOUT_STYLES:
             raise ConfigError(f"unknown sync_timeout_style {self.sync_timeout_style!r}",
-                              hint=f"allowed: {', '.join(SYNC_TIMEOUT_STYLES)}")
+                              hint=f"allowed: {', '.join(EMULATOR_SYNC_TIMEOUT_STYLES)}")
         if self.delay < 0 or (self.sync_timeout is not None and self.sync_timeout < 0):
             raise ConfigError("delay and sync_timeout must not be negative")
         if self.allow_remote and not self.api_key:

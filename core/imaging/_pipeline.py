@@ -91,8 +91,12 @@ def _prepare_pillow(max_pixels: int) -> None:
             _filter_installed = True
 
 
-def load_image(path: str | os.PathLike[str], *, max_pixels: int) -> SourceImage:
+def load_image(path: str | os.PathLike[str], *, max_pixels: int,
+               data: bytes | None = None) -> SourceImage:
     """Read, fully decode, orient and normalise an input image.
+
+    ``data``, when given, is the file's content already read by the caller (the hot-folder
+    daemon hashes and decodes the same bytes); ``path`` then only names it in messages.
 
     Raises InputNotFoundError, UnreadableImageError (empty, truncated, not an image, a format
     not accepted) or ImageTooLargeError (over ``max_pixels`` or a decompression bomb); every
@@ -100,25 +104,14 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int) -> SourceImage:
     """
     src = Path(path)
     _prepare_pillow(max_pixels)
-    try:
-        st = src.stat()
-    except FileNotFoundError:
-        raise InputNotFoundError(f"{src}: no such file") from None
-    except OSError as exc:
-        raise UnreadableImageError(f"{src}: cannot read: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InputNotFoundError(f"{src}: is a folder, not an image file")
-    if not stat.S_ISREG(st.st_mode):
-        raise InputNotFoundError(f"{src}: not a regular file")
-    if st.st_size == 0:
-        raise UnreadableImageError(f"{src}: the file is empty (0 bytes)", hint=_ACCEPTED_HINT)
-    try:
-        fh = open(src, "rb")  # noqa: SIM115 - closed by the with below
-    except FileNotFoundError:
-        raise InputNotFoundError(f"{src}: no such file") from None
-    except OSError as exc:
-        raise UnreadableImageError(f"{src}: cannot read: {exc.strerror or exc}",
-                                   hint="check the file's permissions") from None
+    fh: IO[bytes]
+    if data is not None:
+        if not data:
+            raise UnreadableImageError(f"{src}: the file is empty (0 bytes)",
+                                       hint=_ACCEPTED_HINT)
+        fh = io.BytesIO(data)
+    else:
+        fh = _open_file(src)
     with fh:
         im = _open(fh, src)
         pixels = im.width * im.height
@@ -146,6 +139,28 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int) -> SourceImage:
     log.debug("loaded %s: %s %s %dx%d, orientation %d, icc %s", src, fmt, im.mode, image.width,
               image.height, orientation, "yes" if icc else "no")
     return SourceImage(image=image, icc_profile=icc, format=fmt, path=src, exif=exif, deep=deep)
+
+
+def _open_file(src: Path) -> IO[bytes]:
+    try:
+        st = src.stat()
+    except FileNotFoundError:
+        raise InputNotFoundError(f"{src}: no such file") from None
+    except OSError as exc:
+        raise UnreadableImageError(f"{src}: cannot read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputNotFoundError(f"{src}: is a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputNotFoundError(f"{src}: not a regular file")
+    if st.st_size == 0:
+        raise UnreadableImageError(f"{src}: the file is empty (0 bytes)", hint=_ACCEPTED_HINT)
+    try:
+        return open(src, "rb")  # the caller closes it
+    except FileNotFoundError:
+        raise InputNotFoundError(f"{src}: no such file") from None
+    except OSError as exc:
+        raise UnreadableImageError(f"{src}: cannot read: {exc.strerror or exc}",
+                                   hint="check the file's permissions") from None
 
 
 def _open(fh: IO[bytes], src: Path) -> ImageFile.ImageFile:

@@ -120,17 +120,24 @@ def status_error(response: httpx.Response, *, what: str, secret: str | None,
                request_id=request_id, task_id=task_id, retry_after=retry_after)
 
 
+def deadline_error(what: str, task_id: str | None,
+                   seconds: float | None = None) -> ServiceTimeoutError:
+    """The overall time limit for one image (``wavespeed.timeouts.overall``) ran out."""
+    limit = f" ({seconds:g} s)" if seconds else ""
+    return ServiceTimeoutError(
+        f"{what}: the overall time limit for this image{limit} ran out",
+        hint="raise wavespeed.timeouts.overall, or try again later"
+        + (f"; the task {task_id} may still finish" if task_id else ""),
+        task_id=task_id)
+
+
 def transport_error(exc: httpx.HTTPError, *, what: str, secret: str | None,
                     task_id: str | None = None, deadline_hit: bool = False,
                     timeout: float | None = None) -> ServiceError:
     """The error for an httpx exception raised by a call to ``what``."""
     detail = redact(str(exc) or type(exc).__name__, secret)
     if deadline_hit:
-        return ServiceTimeoutError(
-            f"{what}: the overall time limit for this image ran out",
-            hint="raise wavespeed.timeouts.overall, or try again later"
-            + (f"; the task {task_id} may still finish" if task_id else ""),
-            task_id=task_id)
+        return deadline_error(what, task_id)
     if isinstance(exc, httpx.TimeoutException):
         limit = f" after {timeout:g} s" if timeout else ""
         return ServiceTimeoutError(

@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from bgremove import retry
-from bgremove.errors import CancelledError, ProtocolError, ServiceError, ServiceTimeoutError
+from bgremove.errors import CancelledError, ProtocolError, ServiceError
 from bgremove.logs import redact
 from bgremove.wavespeed._body import JSON_MAX_BYTES, OutputLimits, read_body, with_body
 from bgremove.wavespeed._errors import (
+    deadline_error,
     envelope_task_id,
     parse_json,
     protocol_error,
@@ -155,12 +156,7 @@ class Requester:
         if ctx.cancel is not None:
             ctx.cancel.raise_if_cancelled()
         if ctx.deadline.expired:
-            raise ServiceTimeoutError(
-                f"{what}: the overall time limit for this image "
-                f"({ctx.deadline.seconds:g} s) ran out",
-                hint="raise wavespeed.timeouts.overall, or try again later"
-                + (f"; the task {task_id} may still finish" if task_id else ""),
-                task_id=task_id)
+            raise deadline_error(what, task_id, ctx.deadline.seconds)
 
     def pause(self, seconds: float, ctx: CallContext, what: str, task_id: str | None) -> None:
         """Sleep (cancellable through the context's token), never past the deadline."""

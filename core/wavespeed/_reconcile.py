@@ -62,6 +62,7 @@ NO_LIST = frozenset({404, 405, 501})
 UNSURE_HINT = ("look for the task with `bgremove tasks` and get its result with "
                "`bgremove fetch TASK_ID --input FILE`, before submitting this image again")
 _MAX_VERDICTS = 4096
+_MAX_KNOWN = 10_000
 
 
 def digest_of(data: bytes) -> str:
@@ -97,14 +98,26 @@ class Reconciler:
     def __init__(self, client: WaveSpeedClient) -> None:
         self._client = client
         self._lock = threading.Lock()
-        self._known: set[str] = set()
+        self._known: dict[str, float] = {}  # task id -> when it became known (clock)
+        self._prune_at = _MAX_KNOWN
         self._in_flight: Counter[str] = Counter()  # submits of these bytes awaiting an answer
         self._lost: Counter[str] = Counter()  # lost submits of these bytes being reconciled
         self._verdicts: dict[tuple[str, str], bool | None] = {}  # (task, upload) -> match?
 
     def remember(self, task_id: str) -> None:
         with self._lock:
-            self._known.add(task_id)
+            self._remember(task_id)
+
+    def _remember(self, task_id: str) -> None:
+        """Under the lock. Ids too old to fall in any search window are forgotten."""
+        now = self._client.requester.clock()
+        self._known[task_id] = now
+        if len(self._known) > self._prune_at:
+            config = self._client.config
+            keep = (config.timeouts.overall + 2 * config.reconcile.clock_skew
+                    + config.reconcile.settle + 60.0)
+            self._known = {t: at for t, at in self._known.items() if now - at < keep}
+            self._prune_at = max(_MAX_KNOWN, 2 * len(self._known))
 
     @contextmanager
     def sending(self, digest: str) -> Iterator[None]:
@@ -159,7 +172,7 @@ class Reconciler:
             requests.checkpoint(ctx, "submit", None)
             listing = self._list(sent, ctx)
             with self._lock:
-                known = self._known | extra_known
+                known = self._known.keys() | extra_known
                 others_in_flight = self._in_flight[digest] > 0
                 lost_here = max(1, self._lost[digest])
             matches: list[Listed] = []
@@ -207,7 +220,7 @@ class Reconciler:
                 with self._lock:
                     free = [m for m in matches if m.prediction.id not in self._known]
                     if free:
-                        self._known.add(free[0].prediction.id)
+                        self._remember(free[0].prediction.id)
                 if free:
                     return free[0].prediction
                 continue  # an identical upload took them meanwhile: look again

@@ -1,0 +1,165 @@
+"""Fetching a model: each source in turn, checked by size and sha256, one fetch at a time
+per file; ``ensure_model`` fetches on first use with a progress line on a terminal."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from bgremove.errors import ModelError
+from bgremove.files import atomic_writer
+from bgremove.local.models._cache import (
+    discard,
+    model_path,
+    sha256_of,
+    verify_cached,
+    write_stamp,
+)
+from bgremove.local.models._registry import ModelSpec, get_spec
+from bgremove.local.models._sources import ByteProgress, FetchFailed, Source, default_sources
+
+log = logging.getLogger(__name__)
+
+
+class TerminalProgress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, label: str, stream: IO[str] | None = None) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < 0.1 and (total is None or done < total):
+            return
+        self._last = now
+        mb = done / 1e6
+        if total:
+            frac = min(done / total, 1.0)
+            bar = "#" * int(frac * 30)
+            line = f"\r{self.label} [{bar:<30}] {mb:7.1f}/{total / 1e6:.1f} MB"
+        else:
+            line = f"\r{self.label} {mb:7.1f} MB"
+        self.stream.write(line)
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled and self._last:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+_fetch_locks: dict[str, threading.Lock] = {}
+_fetch_locks_guard = threading.Lock()
+
+
+def _lock_for(path: Path) -> threading.Lock:
+    with _fetch_locks_guard:
+        return _fetch_locks.setdefault(str(path), threading.Lock())
+
+
+def fetch_model(name: str, cache_dir: str | os.PathLike[str] | None = None, *,
+                sources: Sequence[Source] | None = None,
+                progress: ByteProgress | None = None, force: bool = False) -> Path:
+    """Download, verify and cache model ``name``; return its path.
+
+    Each source is tried in turn; a download with the wrong size or sha256 is
+    thrown away and the next source tried. Raises ModelError naming every
+    failure when none worked.
+    """
+    spec = get_spec(name)
+    path = model_path(spec, cache_dir)
+    with _lock_for(path):
+        if not force:
+            cached = verify_cached(spec, cache_dir)
+            if cached is not None:
+                return cached
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ModelError(f"cannot create the model folder {path.parent}: {exc}") from exc
+        failures: list[str] = []
+        for source in sources if sources is not None else default_sources():
+            where = source.describe(spec)
+            log.info("fetching model %s from %s", spec.name, where)
+            try:
+                _fetch_one(spec, source, path, progress)
+            except FetchFailed as exc:
+                log.info("model source failed: %s", exc)
+                failures.append(str(exc))
+                continue
+            log.info("model %s saved to %s", spec.name, path)
+            return path
+        reasons = "; ".join(failures) or "no source configured"
+        raise ModelError(
+            f"the local model {spec.name} is not in {path.parent} and could not be "
+            f"downloaded ({reasons})",
+            hint=f"run `{spec.fetch_command}` while online",
+        )
+
+
+def _fetch_one(spec: ModelSpec, source: Source, path: Path,
+               progress: ByteProgress | None) -> None:
+    # 0o644: the cache may be shared by users
+    with atomic_writer(path, mode=0o644) as out:
+        source.fetch(spec, out, progress)
+        out.flush()
+        size = os.fstat(out.fileno()).st_size
+        if size != spec.size:
+            raise FetchFailed(f"{source.describe(spec)} gave {size} bytes, expected {spec.size}")
+        out.seek(0)
+        if sha256_of(out) != spec.sha256:
+            raise FetchFailed(f"{source.describe(spec)} gave a file with the wrong sha256")
+    write_stamp(path, spec)
+
+
+def ensure_model(name: str, cache_dir: str | os.PathLike[str] | None = None, *,
+                 sources: Sequence[Source] | None = None,
+                 progress: ByteProgress | None = None) -> Path:
+    """The verified model file, fetched on first use."""
+    spec = get_spec(name)
+    cached = verify_cached(spec, cache_dir)
+    if cached is not None:
+        return cached
+    if progress is None:
+        bar = TerminalProgress(f"downloading {spec.name}")
+        try:
+            return fetch_model(name, cache_dir, sources=sources, progress=bar)
+        finally:
+            bar.finish()
+    return fetch_model(name, cache_dir, sources=sources, progress=progress)
+
+
+def load_verified(name: str, cache_dir: str | os.PathLike[str] | None = None, *,
+                  sources: Sequence[Source] | None = None) -> bytes:
+    """The model's bytes, read once and checked against the pinned sha256 as read.
+
+    What the caller builds its session from is exactly what was hashed, whatever the
+    stamp says. A cached file that no longer matches is removed and fetched again once.
+    """
+    spec = get_spec(name)
+    for _ in range(2):
+        path = ensure_model(name, cache_dir, sources=sources)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"cannot read the model file {path}: {exc.strerror or exc}",
+                             hint=f"run `{spec.fetch_command}`") from None
+        if hashlib.sha256(data).hexdigest() == spec.sha256:
+            return data
+        log.warning("cached model %s changed since it was verified (wrong sha256): "
+                    "removing it and fetching it again", path)
+        discard(path)
+    raise ModelError(f"model {spec.name}: the file fetched does not match its sha256",
+                     hint=f"run `{spec.fetch_command}`")
