@@ -325,10 +325,23 @@ class NoteHandler(logging.Handler):
         from bgremove.logs import redact
 
         try:
-            text = redact(record.getMessage()).splitlines()[0][:200]
+            text = status_note(redact(record.getMessage()))
         except Exception:  # a log call must never break the job
             return
         self._out.line({"type": "note", "text": text})
+
+
+def status_note(message: str) -> str:
+    """A warning as a status-bar note: what happens next first (the bar is short), no
+    request ids. "X failed [request id R]; retrying in 2 s (attempt 2 of 5)" becomes
+    "retrying in 2 s (attempt 2 of 5): X failed"."""
+    import re
+
+    text = re.sub(r"\s*\[request id [^\]]*\]", "", message.splitlines()[0] if message else "")
+    head, sep, tail = text.rpartition("; ")
+    if sep and tail.startswith("retrying"):
+        text = f"{tail}: {head}"
+    return text[:200]
 
 
 def log_file_path() -> Path:

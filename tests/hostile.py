@@ -19,10 +19,15 @@ import gzip
 import io
 import json
 import struct
+import subprocess
+import sys
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 KEY = "hostile-test-key-0123456789"
@@ -130,6 +135,57 @@ def _make_handler(service: HostileService) -> type[BaseHTTPRequestHandler]:
                 send_json(self, {"code": 404, "message": "not found"}, status=404)
 
     return _Handler
+
+
+#: ``bgremove ARGS`` in a fresh interpreter that records its peak resident memory at exit.
+RUN = """
+import atexit, os, sys
+def record():
+    with open("/proc/self/status") as status, open(os.environ["HOSTILE_PEAK"], "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM:")))
+atexit.register(record)
+from bgremove.cli import main
+sys.argv[0] = "bgremove"
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@dataclass
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+    max_rss_mb: float
+
+
+def run_bgremove(args: list[str], env: dict[str, str], *, limit: float,
+                 cwd: Path | None = None) -> Outcome:
+    """Run ``bgremove ARGS``; kill it (AssertionError) if it outlives ``limit`` seconds.
+
+    The peak memory is the child's own ``VmHWM``, written by an exit hook (``RUN``): the
+    ``ru_maxrss`` that ``wait4`` reports also counts the process the child was forked
+    from, before its exec (418 MB for a child of a full pytest run). Linux only.
+    """
+    tmp = Path(env["HOSTILE_TMP"])
+    out_path, err_path, peak_path = tmp / "stdout.txt", tmp / "stderr.txt", tmp / "peak.txt"
+    peak_path.unlink(missing_ok=True)
+    env = {**env, "HOSTILE_PEAK": str(peak_path)}
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        started = time.monotonic()
+        process = subprocess.Popen([sys.executable, "-c", RUN, *args], stdout=out, stderr=err,
+                                   env=env, cwd=cwd)
+        try:
+            code = process.wait(limit)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+            raise AssertionError(f"bgremove {' '.join(args)} still ran after {limit:g} s: killed"
+                                 ) from None
+        seconds = time.monotonic() - started
+    peak_kb = int(peak_path.read_text().split()[1])  # "VmHWM:   123456 kB"
+    return Outcome(code, out_path.read_text(errors="replace"),
+                   err_path.read_text(errors="replace"), seconds, peak_kb / 1024)
 
 
 # --- answers --------------------------------------------------------------------------------

@@ -511,6 +511,17 @@ def test_a_submit_answer_no_parser_foresaw_is_uncertain(
     assert submit_count(service) == 1
 
 
+@pytest.mark.parametrize("status, uncertain", [(500, True), (502, True), (401, False)])
+def test_a_submit_error_answer_too_large_to_read(client: WaveSpeedClient, service: Service,
+                                                 status: int, uncertain: bool) -> None:
+    # it might have named a task (a 5xx can): uncertain; a 401 created none whatever it says
+    service.on("submit", httpx.Response(status, content=b"x" * (5 << 20)))
+    expected = SubmitUncertainError if uncertain else AuthenticationError
+    with pytest.raises(expected):
+        client.submit(IMAGE_URL, sync=True)
+    assert submit_count(service) == 1
+
+
 def test_nested_json_in_a_result_is_a_protocol_error_not_a_crash(
         client: WaveSpeedClient, service: Service) -> None:
     service.on("result", httpx.Response(200, content=b"[" * 100_000 + b"]" * 100_000))

@@ -629,9 +629,20 @@ def test_retries_reach_the_status_bar_as_notes(
     notes: list[str] = []
     job = plugin.BridgeJob(sys.executable, emulator_env(emu, bridge_env))
     job.run(header(image), [image.tobytes()], None, notes.append)
-    assert any("retrying" in note for note in notes), notes
+    assert any(note.startswith("retrying in ") for note in notes), notes
     text = plugin.progress_text("upload", 0, 1, "photo", notes[0])
-    assert text.startswith("Uploading: photo - ") and "retrying" in text
+    assert text.startswith("Uploading: photo - retrying in ")
+    assert "request id" not in text
+
+
+def test_a_retry_note_says_what_happens_next_first() -> None:
+    note = bridge.status_note("submit: the service failed on its side (HTTP 503): Service "
+                              "unavailable [request id 12ab]; retrying in 1.22 s (attempt 2 "
+                              "of 5)\nsecond line")
+    assert note == ("retrying in 1.22 s (attempt 2 of 5): submit: the service failed on its "
+                    "side (HTTP 503): Service unavailable")
+    assert bridge.status_note("direct upload refused (HTTP 403): using the binary upload") == \
+        "direct upload refused (HTTP 403): using the binary upload"
 
 
 # --- the selection ---------------------------------------------------------------------------

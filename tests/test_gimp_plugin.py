@@ -26,6 +26,7 @@ WRITES = {"add_mask", "buffer_set", "insert_layer", "add_alpha", "set_name", "se
 class Recorder:
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.rects: list[Any] = []  # where each buffer write went
 
     def __call__(self, name: str) -> Any:
         def record(*args: Any, **kwargs: Any) -> None:
@@ -42,6 +43,7 @@ class FakeBuffer:
 
     def set(self, rect: Any, fmt: str, data: bytes) -> None:
         self.rec.calls.append("buffer_set")
+        self.rec.rects.append(rect)
 
     def flush(self) -> None:
         pass
@@ -52,6 +54,8 @@ class FakeDrawable:
         self.rec, self.image, self.name, self.mask_of = rec, image, name, None
         self.mask: FakeDrawable | None = None
         self.alpha = True
+        self.group = False
+        self.size = (10, 8)
 
     def is_layer_mask(self) -> bool:
         return self.mask_of is not None
@@ -63,7 +67,7 @@ class FakeDrawable:
         return self.mask_of is None
 
     def is_group_layer(self) -> bool:
-        return False
+        return self.group
 
     def is_floating_sel(self) -> bool:
         return False
@@ -78,10 +82,10 @@ class FakeDrawable:
         return True, 3, 4
 
     def get_width(self) -> int:
-        return 10
+        return self.size[0]
 
     def get_height(self) -> int:
-        return 8
+        return self.size[1]
 
     def is_gray(self) -> bool:
         return False
@@ -197,13 +201,15 @@ def gimp(monkeypatch: pytest.MonkeyPatch) -> Any:
     config = types.SimpleNamespace(get_property=lambda name: {"output": "mask",
                                                               "backend": "auto"}[name])
 
-    def run(drawables: list[Any] | None = None) -> tuple[str, str]:
-        result: tuple[str, str] = module.run(procedure, "noninteractive", image,
+    def run(drawables: list[Any] | None = None, mode: str = "noninteractive"
+            ) -> tuple[str, str]:
+        result: tuple[str, str] = module.run(procedure, mode, image,
                                              layers if drawables is None else drawables,
                                              config, None)
         return result
 
-    return types.SimpleNamespace(run=run, calls=rec.calls, layers=layers, module=module)
+    return types.SimpleNamespace(run=run, calls=rec.calls, rects=rec.rects, layers=layers,
+                                 module=module, gimp=fake_gimp)
 
 
 def test_a_two_layer_run_writes_everything_inside_one_undo_group_after_the_progress(
@@ -277,3 +283,26 @@ def test_no_mnemonics_in_the_choice_labels_and_none_repeated_in_the_dialog() -> 
         letter = label.split("_")[1][0].lower()
         assert letter not in mnemonics
         mnemonics.append(letter)
+
+
+def test_a_layer_group_is_refused_before_the_dialog_opens(
+        gimp: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[bool] = []
+    monkeypatch.setattr(gimp.module, "_dialog", lambda procedure, config: opened.append(True))
+    gimp.layers[1].group = True
+    status, message = gimp.run(mode="interactive")
+    assert status == "calling-error" and "layer group" in message
+    assert opened == [] and not WRITES & set(gimp.calls)
+
+
+def test_with_a_selection_only_its_box_is_sent_and_written(gimp: Any) -> None:
+    # a 100x80 layer at offsets (3, 4); a selection over image (50, 40)-(54, 44): in the
+    # layer that is (47, 36)-(51, 40), plus the 16-pixel margin
+    layer = gimp.layers[0]
+    layer.size = (100, 80)
+    gimp.gimp.Selection = types.SimpleNamespace(
+        bounds=lambda image: (True, True, 50, 40, 54, 44))
+    assert gimp.run([layer]) == ("success", "")
+    [header] = PLUGIN_STATE["runs"]
+    assert (header["width"], header["height"], header["selection"]) == (36, 36, True)
+    assert gimp.rects == [(31, 20, 36, 36)]  # written where it was read, nowhere else

@@ -263,7 +263,9 @@ class Requester:
                 body = read_body(response, what=what, max_bytes=max_bytes, ends_at=ends_at,
                                  clock=self.clock, cancel=cancel, task_id=task_id)
             except ServiceError as exc:
-                if submit:
+                # a submit's answer that could have named a task, unread: the task may exist
+                if submit and (response.is_success
+                               or retry.is_retryable_status(response.status_code)):
                     raise submit_uncertain(exc.message.removeprefix(f"{what}: ")) from None
                 if response.is_success:
                     raise _Retry(exc) if exc.transient else exc from None
