@@ -65,8 +65,11 @@ class Found:
 
 
 def is_earlier_result(name: Path, suffix: str) -> bool:
-    """``x-nobg.png`` and the collision names ``x-nobg-2.png``: a result, never an input."""
-    return re.search(f"{re.escape(suffix)}(-[0-9]+)?$", name.stem) is not None
+    """``x-nobg.png`` and the collision names ``x-nobg-2.png``: a result, never an input.
+
+    With an empty suffix a result cannot be told from a photo by its name: none is.
+    """
+    return bool(suffix) and re.search(f"{re.escape(suffix)}(-[0-9]+)?$", name.stem) is not None
 
 
 def expand_inputs(inputs: list[str], suffix: str = "-nobg", out_dir: Path | None = None, *,

@@ -105,7 +105,7 @@ def load_settings(folder=None):
     except FileNotFoundError:
         raise PluginError(
             "environment",
-            f"Remove Background is not set up ({path} is missing). Run `{REINSTALL_HINT}` "
+            f"The plug-in is not set up ({path} is missing). Run `{REINSTALL_HINT}` "
             "from the Python environment bgremove is installed in.") from None
     except (OSError, ValueError) as exc:
         raise PluginError("environment", f"cannot read {path} ({exc}). Run "
@@ -398,7 +398,7 @@ def _refusal(drawable):
     if drawable.is_channel():
         return "A channel is selected: Remove Background works on layers."
     if not drawable.is_layer():
-        return "Remove Background works on layers only."
+        return "Only layers can have their background removed."
     if drawable.is_group_layer():
         return (f"'{drawable.get_name()}' is a layer group: select the layers inside it, or "
                 "merge the group first (Layer > Merge Layer Groups).")
@@ -598,7 +598,7 @@ def run(procedure, run_mode, image, drawables, config, data):
         return _failure(procedure, exc.message)
     except Exception as exc:  # a bug must not take GIMP's undo stack with it
         Gimp.progress_end()
-        return _failure(procedure, f"Remove Background failed unexpectedly: "
+        return _failure(procedure, "Failed unexpectedly (please report it): "
                         f"{type(exc).__name__}: {exc}")
 
     # Every result is here. End the progress first: that takes GIMP's Cancel away (a
@@ -607,7 +607,7 @@ def run(procedure, run_mode, image, drawables, config, data):
     try:
         _write_all(image, jobs, output)
     except Exception as exc:
-        return _failure(procedure, "Remove Background could not write the result: "
+        return _failure(procedure, "The result could not be written: "
                         f"{type(exc).__name__}: {exc}")
     Gimp.displays_flush()
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())

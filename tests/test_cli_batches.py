@@ -93,6 +93,14 @@ def test_results_made_beside_the_inputs_are_not_inputs_of_a_run_with_o(
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a-2.png", "a.png"]
 
 
+def test_an_empty_suffix_still_finds_the_images(tmp_path: Path, emulator: Emulator) -> None:
+    photo(tmp_path / "shoot" / "a.jpg")
+    done = bgremove(tmp_path, "remove", str(tmp_path / "shoot"), emulator=emulator,
+                    config="output:\n  suffix: ''\n")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "shoot").iterdir()) == ["a.jpg", "a.png"]
+
+
 def test_a_new_image_in_a_done_folder_is_the_only_one_sent(
         tmp_path: Path, emulator: Emulator) -> None:
     shoot = tmp_path / "shoot"

@@ -7,6 +7,7 @@ as flags, and the JPEG upload used when the lossless PNG is over the upload limi
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image
 
 from bgremove.emulator import Emulator
+from bgremove.imaging import encode_for_upload, load_image
 from tests import images as img
 from tests.cli_process import bgremove
 
@@ -187,12 +189,15 @@ def test_a_photo_over_the_upload_limit_is_sent_as_jpeg(tmp_path: Path,
     done = bgremove(tmp_path, "remove", str(src), emulator=emulator,
                     config="wavespeed:\n  max_upload_bytes: 5000\n")
     assert done.returncode == 0, done.stderr
-    media = emulator._service.store.media.values()  # what was uploaded, with its type
-    assert len(media) == 1
-    assert media[0].content_type == "image/jpeg" and media[0].filename.endswith(".jpg")
-    with Image.open(io.BytesIO(media[0].data)) as sent:
+    [upload] = emulator.stats()["upload_log"]
+    assert upload["content_type"] == "image/jpeg" and upload["filename"].endswith(".jpg")
+    # The bytes sent are the JPEG encoding of the full-size photo.
+    jpeg = encode_for_upload(load_image(src, max_pixels=10**6).image, max_bytes=5000,
+                             max_side=8192).data
+    with Image.open(io.BytesIO(jpeg)) as sent:
         assert sent.format == "JPEG" and sent.size == (width, height)
-    assert emulator.tasks_for(media[0].data) == 1
+    assert upload["sha256"] == hashlib.sha256(jpeg).hexdigest()
+    assert emulator.tasks_for(jpeg) == 1
     with Image.open(tmp_path / "grain-nobg.png") as out:
         assert out.size == (width, height)
         assert out.getpixel((2, 2))[3] == 0
@@ -358,3 +363,15 @@ def test_uncompressed_16_bit_files_keep_every_sample(tmp_path: Path, emulator: E
     _, got = read_png16(tmp_path / "out" / "row.png")
     alphas = (0, 65535, 65535)  # the first pixel is the key colour
     assert got == [[(*px, a) for px, a in zip(img.RGB48_PIXELS, alphas, strict=True)]]
+
+
+def test_the_daemon_warns_of_an_image_with_no_subject(tmp_path: Path, emulator: Emulator) -> None:
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    Image.new("RGB", (40, 30), GREEN).save(inbox / "wall.png")
+    done = bgremove(tmp_path, "watch", str(inbox), str(outbox), "--once", emulator=emulator,
+                    config="watch:\n  stable_seconds: 0.1\n")
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "no subject found" in line]
+    assert len(warnings) == 1 and "wall.png" in warnings[0], done.stderr
+    assert (outbox / "wall.png").is_file()

@@ -692,6 +692,9 @@ class Daemon:
             finally:
                 if reserved:  # no task id was reported: a local backend, or nothing was sent
                     guard.release()
+            if result.warning:  # e.g. no subject found: the result is placed all the same
+                log.warning("%s: %s", shown(rel), result.warning,
+                            extra={"event": "warning", "input": shown(rel)})
             journal.update(key, state="staged", staged=str(staged),
                            task_id=result.task_id or resume or self._unsaved_tasks.get(key))
             self._unsaved_tasks.pop(key, None)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from bgremove.contract import Backend
     from bgremove.jobs import JobResult
 
+
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "remove",
