@@ -181,6 +181,8 @@ def status(plugins_dir: Path | None = None) -> PluginStatus:
                 problem = "the plug-in file differs from this bgremove's"
             elif os.name == "posix" and not path.stat().st_mode & stat.S_IXUSR:
                 problem = "the plug-in file is not executable, so GIMP ignores it"
+            elif any(not (path.parent / "help" / name).is_file() for name in HELP_FILES):
+                problem = "its help page is missing"
         except OSError as exc:
             problem = f"cannot read {path} ({exc.strerror or exc})"
     if problem:

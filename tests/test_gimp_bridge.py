@@ -454,6 +454,10 @@ def test_status_reports_installed_current_and_stale(tmp_path: Path) -> None:
     install.install(tmp_path, python=str(tmp_path / "no-such-python"))
     gone = install.status(tmp_path)
     assert not gone.current and "no longer exists" in gone.message
+    install.install(tmp_path)
+    (path.parent / "help" / "en" / "index.html").unlink()  # installed by an older bgremove
+    no_help = install.status(tmp_path)
+    assert not no_help.current and "help page is missing" in no_help.message
 
 
 def test_uninstall_removes_the_folder_and_says_when_there_was_nothing(tmp_path: Path) -> None:
