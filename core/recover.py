@@ -75,11 +75,13 @@ def fetch_result(client: WaveSpeedClient, config: Config, task_id: str, *,
     from bgremove import tasklog
     from bgremove.imaging import (
         alpha_from_bytes,
+        apply_orientation,
         compose,
         decode_image,
         fit_alpha,
         load_image,
         save_image,
+        sendable_original,
     )
     from bgremove.jobs import output_path_for
     from bgremove.wavespeed._errors import task_error
@@ -97,6 +99,14 @@ def fetch_result(client: WaveSpeedClient, config: Config, task_id: str, *,
     data = client.download_output(prediction, ctx=ctx)
     max_pixels = client.output_limits(ctx).max_pixels
     alpha = alpha_from_bytes(data, max_pixels=max_pixels)
+    if source is not None:
+        # Made from the file's own stored pixels when ``remove`` would send them: turned the
+        # same way here.
+        sent = sendable_original(source.original, source.image.size,
+                                 max_bytes=config.wavespeed.max_upload_bytes,
+                                 max_side=config.wavespeed.max_upload_side)
+        if sent is not None:
+            alpha = apply_orientation(alpha, sent.orientation)
     if source is None or input is None:
         dst = (out_dir or Path.cwd()) / f"{task_id}.png"
         save_image(decode_image(data, max_pixels=max_pixels), dst, fmt="png")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,21 @@ def test_a_jpeg_over_the_limit_is_re_encoded(tmp_path: Path, emulator: Emulator)
     assert upload["sha256"] != hashlib.sha256(stripped).hexdigest()
     with Image.open(tmp_path / "photo-nobg.png") as out:
         assert out.size == (64, 96)  # upright, and the re-encoded upload was upright too
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_fetch_with_a_sideways_jpeg_gives_what_remove_gave(tmp_path: Path, emulator: Emulator,
+                                                          orientation: int) -> None:
+    """``fetch --input`` turns the mask of the stored pixels the way ``remove`` did."""
+    src = tmp_path / "photo.jpg"
+    sideways_photo(src, orientation)
+    done = bgremove(tmp_path, "remove", str(src), "--json", "-o", str(tmp_path / "removed"),
+                    emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    task = json.loads(done.stdout)["task_id"]
+    done = bgremove(tmp_path, "fetch", task, "--input", str(src), "-o",
+                    str(tmp_path / "fetched"), emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    with Image.open(tmp_path / "removed" / "photo.png") as a, \
+            Image.open(tmp_path / "fetched" / "photo.png") as b:
+        assert a.size == b.size and a.tobytes() == b.tobytes()

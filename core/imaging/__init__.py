@@ -31,12 +31,12 @@ from bgremove.imaging._pipeline import (
     source_from_raw,
 )
 from bgremove.imaging._save import extension_for, save_image
-from bgremove.imaging._upload import UploadImage, encode_for_upload
+from bgremove.imaging._upload import UploadImage, encode_for_upload, sendable_original
 
 __all__ = [
     "FORMATS", "DeepImage", "SourceImage", "UploadImage", "alpha_from_bytes",
     "apply_orientation", "compose",
     "compose_output", "cutout_matches", "decode_image", "encode_for_upload",
     "estimate_foreground", "extension_for", "fit_alpha", "has_subject", "load_image",
-    "parse_color", "save_image", "source_from_raw", "strip_jpeg_metadata",
+    "parse_color", "save_image", "sendable_original", "source_from_raw", "strip_jpeg_metadata",
 ]

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bgremove.contract import StoredImage
 from bgremove.errors import ImageTooLargeError
 
 if TYPE_CHECKING:
@@ -35,6 +36,23 @@ class UploadImage:
     content_type: str
     filename: str
     size: tuple[int, int]  # pixel size actually uploaded
+
+
+def sendable_original(original: StoredImage | None, size: tuple[int, int], *, max_bytes: int,
+                      max_side: int) -> StoredImage | None:
+    """``original`` if the file's own bytes may go up as they are: within the limits, and
+    the stored pixels of the image of ``size`` (its size once turned upright); else None.
+
+    The one rule for both the upload and ``fetch --input``: a mask made from these bytes
+    comes back as the pixels are stored and must be turned by ``original.orientation``.
+    """
+    if original is None:
+        return None
+    width, height = original.size
+    upright = (height, width) if original.orientation >= 5 else (width, height)
+    if upright != tuple(size) or max(width, height) > max_side or len(original.data) > max_bytes:
+        return None
+    return original
 
 
 class _TooBig(Exception):

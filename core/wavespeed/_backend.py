@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from bgremove.choices import WAIT_MODES
-from bgremove.contract import Cutout, JobHooks, StoredImage
+from bgremove.contract import Cutout, JobHooks
 from bgremove.errors import ConfigError
 from bgremove.wavespeed._answers import Prediction
 from bgremove.wavespeed._client import WaveSpeedClient
@@ -92,7 +92,9 @@ class WaveSpeedBackend:
         # The file's own bytes when they fit: the mask then comes back as the pixels are
         # stored and is turned upright below. The same choice on a resume (same file, same
         # limits), so a resumed task's mask is turned the same way.
-        original = self._sendable(hooks.original, image)
+        original = imaging.sendable_original(
+            hooks.original, image.size, max_bytes=self.config.wavespeed.max_upload_bytes,
+            max_side=self.config.wavespeed.max_upload_side)
         orientation = original.orientation if original is not None else 1
         if hooks.resume_task:
             # judged by the image itself (what was uploaded had at most its pixels)
@@ -134,20 +136,6 @@ class WaveSpeedBackend:
         log.debug("task %s: %d requests", prediction.id, ctx.requests)
         return Cutout(alpha=alpha, backend=self.name, task_id=prediction.id,
                       requests=ctx.requests)
-
-    def _sendable(self, original: StoredImage | None, image: Image.Image
-                  ) -> StoredImage | None:
-        """``original`` if it may go up as it is: within the limits, and the stored pixels
-        of ``image`` (its size once turned upright); else None (``image`` is encoded)."""
-        if original is None:
-            return None
-        limits = self.config.wavespeed
-        width, height = original.size
-        upright = (height, width) if original.orientation >= 5 else (width, height)
-        if (upright != image.size or max(width, height) > limits.max_upload_side
-                or len(original.data) > limits.max_upload_bytes):
-            return None
-        return original
 
     def _find_lost(self, data: bytes, ctx: CallContext, hooks: JobHooks) -> Prediction | None:
         """A crash during a submit: its task (waited on), or None when none was created."""
