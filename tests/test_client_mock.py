@@ -852,6 +852,7 @@ def test_a_plain_http_output_on_another_host_is_refused_unless_allowed(
     if allowed:
         assert client.download_output(prediction) == PNG
     else:
-        with pytest.raises(ProtocolError, match="plain-http address on cdn.wavespeed.test") as info:
+        with pytest.raises(ProtocolError,
+                           match=r"plain-http address on cdn\.wavespeed\.test") as info:
             client.download_output(prediction)
         assert not info.value.transient and service.count("download") == 0
