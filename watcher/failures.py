@@ -8,7 +8,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bgremove.errors import SubmitUncertainError
+from bgremove.errors import (
+    APIStatusError,
+    ImageTooLargeError,
+    InputError,
+    SubmitUncertainError,
+    TaskFailedError,
+)
 from bgremove.files import atomic_write
 from bgremove.watcher.naming import fit_name, shown
 
@@ -23,9 +29,6 @@ def write_error_report(target: Path, rel: Path, exc: BgremoveError, latest: Job 
                        note: str | None, attempts: int | None) -> None:
     """Write the report for ``target`` (the input, now in failed/) atomically; an OSError
     is only logged."""
-    hint = "move the file back into INBOX to try again"
-    if isinstance(exc, SubmitUncertainError):
-        hint += " (it may already have been billed once)"
     report = {
         "input": shown(rel),
         "error": shown(exc),
@@ -35,9 +38,9 @@ def write_error_report(target: Path, rel: Path, exc: BgremoveError, latest: Job 
         "attempts": attempts or max(latest.attempts if latest else 1, 1),
         "first_error": _iso((latest.first_error if latest else None) or time.time()),
         "failed_at": _iso(time.time()),
-        "task_id": latest.task_id if latest else None,
+        "task_id": report_task_id(exc, latest),
         "note": note,
-        "hint": hint,
+        "hint": retry_hint(exc),
     }
     error_file = target.with_name(fit_name(target.name, ".error.json"))
     try:
@@ -46,6 +49,28 @@ def write_error_report(target: Path, rel: Path, exc: BgremoveError, latest: Job 
         atomic_write(error_file, json.dumps(report, indent=2) + "\n", durable=False)
     except OSError as exc2:
         log.warning("cannot write %s: %s", shown(error_file), exc2)
+
+
+def report_task_id(exc: BgremoveError, latest: Job | None) -> str | None:
+    """The task the error is about (a failed task is no longer the job's current one)."""
+    return getattr(exc, "task_id", None) or (latest.task_id if latest else None)
+
+
+def retry_hint(exc: BgremoveError) -> str:
+    """What to do next; "move it back" only where trying the same file again can succeed."""
+    again = "move the file back into INBOX to try again"
+    if isinstance(exc, SubmitUncertainError):
+        return again + " (it may already have been billed once)"
+    if isinstance(exc, ImageTooLargeError):
+        return "resize the image or raise input.max_pixels, then " + again
+    if isinstance(exc, InputError):
+        return "the file is not a usable image: trying it again will not help; replace it " \
+               "with a good copy"
+    refused = (isinstance(exc, TaskFailedError) or (
+        isinstance(exc, APIStatusError) and exc.status_code in (400, 413, 422)))
+    if refused and not exc.transient:
+        return "the service refused this image: trying the same file again will not help"
+    return again
 
 
 def _iso(ts: float) -> str:

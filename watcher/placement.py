@@ -3,7 +3,9 @@ after a crash (the chosen name is journaled before the link)."""
 
 from __future__ import annotations
 
+import filecmp
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,3 +49,41 @@ def place_staged(journal: Journal, job: Job, staged: Path, preferred: Path, rel:
                 os.unlink(staged)
             return candidate
     raise OutputError(f"no free output name for {shown(rel)} in {shown(preferred.parent)}")
+
+
+def place_duplicate(result: Path, preferred: Path, temp_dir: Path) -> Path:
+    """Give an input whose content was already cut out its own output: a hard link to
+    ``result`` (a copy where links are not possible) at a free name near ``preferred``.
+
+    Safe to repeat: a name that already holds that result is reused, so a re-dropped file
+    or a restart after a crash adds no second copy. OSError when OUTBOX cannot take it.
+    """
+    preferred.parent.mkdir(parents=True, exist_ok=True)
+    for candidate in candidate_names(preferred):
+        if os.path.lexists(candidate):
+            if _same_file(candidate, result):
+                return candidate
+            continue
+        try:
+            os.link(result, candidate)
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links here (FAT, some SMB mounts): a copy, placed safely
+            temp_dir.mkdir(parents=True, exist_ok=True)
+            temp = temp_dir / f"dup-{os.getpid()}-{candidate.name}"
+            shutil.copy2(result, temp)
+            try:
+                if link_no_replace(temp, candidate):
+                    return candidate
+            finally:
+                if temp.exists():
+                    os.unlink(temp)
+    raise OutputError(f"no free output name in {shown(preferred.parent)}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False

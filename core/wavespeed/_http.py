@@ -29,7 +29,7 @@ import httpx
 
 from bgremove import retry
 from bgremove.config import is_loopback
-from bgremove.errors import CancelledError, ProtocolError, ServiceError
+from bgremove.errors import CancelledError, ProtocolError, ServiceError, TransportError
 from bgremove.logs import redact
 from bgremove.wavespeed._body import JSON_MAX_BYTES, OutputLimits, permanent, read_body, with_body
 from bgremove.wavespeed._errors import (
@@ -239,8 +239,11 @@ class Requester:
                     error.message = f"{error.message}; {decision.reason}"
                 raise error from cause
             self.stats.add_retry()
-            log.warning("%s; retrying in %.2f s (attempt %d of %d)", error.message,
-                        decision.delay, attempt + 1, policy.max_attempts)
+            # A dead connection is reported once by the caller (the batch's breaker, the
+            # daemon's intake pause), not once per attempt per image.
+            log.log(logging.DEBUG if isinstance(error, TransportError) else logging.WARNING,
+                    "%s; retrying in %.2f s (attempt %d of %d)", error.message,
+                    decision.delay, attempt + 1, policy.max_attempts)
             self.pause(decision.delay, ctx, what, task_id or ctx.task_id)
 
     def _attempt(self, ctx: CallContext, what: str, method: str, url: str,
