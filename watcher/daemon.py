@@ -70,12 +70,12 @@ from bgremove.watcher.fingerprint import settings_fingerprint
 from bgremove.watcher.folder_health import FolderBlocked, FolderHealth
 from bgremove.watcher.journal import Job, Journal
 from bgremove.watcher.limits import CostGuard, Limits, RateLimiter, effective_limits
-from bgremove.watcher.naming import Layout, ensure_folder, move_no_replace, shown
+from bgremove.watcher.naming import Layout, ensure_folder, folder_fd, move_no_replace, shown
 from bgremove.watcher.outage import Outage, outage_of
 from bgremove.watcher.placement import check_output_dir, place_duplicate, place_staged
 from bgremove.watcher.readiness import ReadinessTracker, Ready
 from bgremove.watcher.scheduler import Scheduler
-from bgremove.watcher.untrusted import input_limit, open_folder, read_file
+from bgremove.watcher.untrusted import input_limit, read_file
 
 if TYPE_CHECKING:
     from bgremove.config import Config
@@ -467,14 +467,14 @@ class Daemon:
         if rel is None or self.stopping:
             return False
         try:  # its folder, reached without following a link (a sub-folder swapped for one)
-            folder_fd = open_folder(self.layout.inbox, rel.parent)
+            folder = folder_fd(self.layout.inbox / rel.parent, self.layout.inbox, create=False)
         except OSError as exc:
             log.debug("not taking %s: %s", shown(rel), exc)
             return False
         try:
-            return self._take_from(ready, rel, folder_fd)
+            return self._take_from(ready, rel, folder)
         finally:
-            os.close(folder_fd)
+            os.close(folder)
 
     def _take_from(self, ready: Ready, rel: Path, folder_fd: int) -> bool:
         path = ready.path
@@ -850,7 +850,8 @@ class Daemon:
                 latest = self.journal.get(job.key) or job
             except sqlite3.Error:
                 latest = job
-        write_error_report(target, rel, exc, latest, note=note, attempts=attempts)
+        write_error_report(target, rel, exc, latest, note=note, attempts=attempts,
+                           below=self.layout.trusted_base(self.layout.failed))
         with self._lock:
             self.session["failed"] += 1
         log.error("failed %s -> %s: %s%s", shown(rel), shown(target), shown(exc),

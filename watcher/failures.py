@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ from bgremove.errors import (
     TaskFailedError,
 )
 from bgremove.files import atomic_write
-from bgremove.watcher.naming import fit_name, shown
+from bgremove.watcher.naming import fit_name, folder_fd, shown
 
 if TYPE_CHECKING:
     from bgremove.errors import BgremoveError
@@ -26,9 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def write_error_report(target: Path, rel: Path, exc: BgremoveError, latest: Job | None, *,
-                       note: str | None, attempts: int | None) -> None:
+                       note: str | None, attempts: int | None, below: Path | None = None
+                       ) -> None:
     """Write the report for ``target`` (the input, now in failed/) atomically; an OSError
-    is only logged."""
+    is only logged. ``below``: the trusted folder above failed/ (no link on the way from
+    it is followed)."""
     report = {
         "input": shown(rel),
         "error": shown(exc),
@@ -43,10 +46,18 @@ def write_error_report(target: Path, rel: Path, exc: BgremoveError, latest: Job 
         "hint": retry_hint(exc),
     }
     error_file = target.with_name(fit_name(target.name, ".error.json"))
+    text = json.dumps(report, indent=2) + "\n"
     try:
         # Readers never see half a report; the temp file is new (O_EXCL), so a link
-        # planted in failed/ is never written through.
-        atomic_write(error_file, json.dumps(report, indent=2) + "\n", durable=False)
+        # planted in failed/ is never written through, nor one on the way there.
+        if below is None:
+            atomic_write(error_file, text, durable=False)
+        else:
+            fd = folder_fd(target.parent, below, create=False)
+            try:
+                atomic_write(error_file, text, durable=False, dir_fd=fd)
+            finally:
+                os.close(fd)
     except OSError as exc2:
         log.warning("cannot write %s: %s", shown(error_file), exc2)
 

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bgremove.errors import OutputError
-from bgremove.watcher.naming import candidate_names, ensure_folder, link_no_replace, shown
+from bgremove.watcher.naming import (
+    candidate_names,
+    ensure_folder,
+    folder_fd,
+    lexists_at,
+    link_no_replace,
+    shown,
+)
 
 if TYPE_CHECKING:
     from bgremove.watcher.journal import Job, Journal
@@ -39,15 +46,22 @@ def place_staged(journal: Journal, job: Job, staged: Path, preferred: Path, rel:
         # staged output lost (should not happen): fetch the result again
         journal.update(job.key, state="submitted" if job.task_id else "claimed")
         raise OutputError(f"the staged result of {shown(rel)} is missing; fetching it again")
-    check_output_dir(preferred.parent, below)
-    for candidate in candidate_names(preferred):
-        if os.path.lexists(candidate):
-            continue
-        journal.update(job.key, state="placing", output=str(candidate))
-        if link_no_replace(staged, candidate):
-            if staged.exists():
-                os.unlink(staged)
-            return candidate
+    try:
+        fd = folder_fd(preferred.parent, below)
+    except OSError as exc:
+        raise OutputError(f"cannot create {shown(preferred.parent)}: "
+                          f"{exc.strerror or exc}") from None
+    try:
+        for candidate in candidate_names(preferred):
+            if lexists_at(candidate.name, fd):
+                continue
+            journal.update(job.key, state="placing", output=str(candidate))
+            if link_no_replace(staged, candidate, dir_fd=fd):
+                if staged.exists():
+                    os.unlink(staged)
+                return candidate
+    finally:
+        os.close(fd)
     raise OutputError(f"no free output name for {shown(rel)} in {shown(preferred.parent)}")
 
 
