@@ -16,7 +16,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from bgremove.choices import BACKENDS
-from bgremove.errors import ConfigError, MissingKeyError
+from bgremove.errors import ConfigError, MissingExtraError, MissingKeyError
 
 if TYPE_CHECKING:
     from bgremove.config import Config
@@ -42,6 +42,26 @@ def resolve_backend_name(config: Config, name: str | None = None) -> str:
 
 _auto_announced = False
 
+#: What the offline backend imports (the ``[local]`` extra).
+LOCAL_PACKAGES = ("numpy", "onnxruntime")
+
+
+def missing_local_packages() -> list[str]:
+    """The ``[local]`` extra's packages that are not installed (empty when all are)."""
+    import importlib.util
+
+    return [name for name in LOCAL_PACKAGES if importlib.util.find_spec(name) is None]
+
+
+def check_local_installed() -> None:
+    """MissingExtraError (exit 2, once) when the offline backend's packages are missing."""
+    missing = missing_local_packages()
+    if missing:
+        raise MissingExtraError(f"the offline model needs {' and '.join(missing)}, which "
+                          f"{'is' if len(missing) == 1 else 'are'} not installed",
+                          hint="pip install 'bgremove[local]', or set WAVESPEED_API_KEY to use "
+                          "the WaveSpeed API")
+
 
 def make_backend(config: Config, name: str | None = None, *,
                  wait_mode: str | None = None) -> Backend:
@@ -58,6 +78,7 @@ def make_backend(config: Config, name: str | None = None, *,
         from bgremove.wavespeed import WaveSpeedBackend
 
         return WaveSpeedBackend(config, wait_mode=wait_mode)
+    check_local_installed()
     if (name or config.backend) == "auto" and not _auto_announced:
         _auto_announced = True
         log.info("no WaveSpeed API key configured: using the local offline model")

@@ -28,6 +28,20 @@ from bgremove.version import __version__
 
 log = logging.getLogger("bgremove")
 
+EPILOG = """\
+environment:
+  WAVESPEED_API_KEY   the WaveSpeed API key (without one, the offline model is used)
+  WAVESPEED_BASE_URL  the service address (default https://api.wavespeed.ai)
+  BGREMOVE_CONFIG     the config file (default: config.yaml in the user config dir)
+
+exit codes:
+  0  everything succeeded
+  1  a file or a check failed
+  2  a usage or config error (a bad flag or value, a missing key or package)
+  130  interrupted (Ctrl-C)
+
+`bgremove COMMAND --help` explains each command; `bgremove doctor` checks the setup."""
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with exit code 2 and a one-line error (its default already is 2)."""
@@ -41,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bgremove",
         description="Remove image backgrounds with the WaveSpeedAI API or an offline model.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"bgremove {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import ipaddress
 import logging
 import os
@@ -168,6 +169,8 @@ class WatchConfig:
     # A file that still does not decode after being unchanged this long is broken.
     settle_seconds: float = _opt(5.0, min=0.0)
     stale_claim_seconds: float = _opt(60.0, min=1.0)  # a daemon silent this long is dead
+    # Service unreachable or offline model missing: intake pauses; one file retries this often.
+    outage_retry_seconds: float = _opt(30.0, min=0.1)
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,8 @@ class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     #: Where the settings came from (not a key of the file).
     source: str | None = field(default=None, compare=False, metadata={"internal": True})
+    #: Where the API key came from: ``WAVESPEED_API_KEY``, a config file, or None.
+    key_source: str | None = field(default=None, compare=False, metadata={"internal": True})
 
     def with_overrides(self, overrides: Mapping[str, Any], origin: str = "flag") -> Config:
         """Return a copy with dotted keys (``"wavespeed.wait"``) replaced, validated."""
@@ -213,21 +218,26 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
     env = os.environ if env is None else env
     config = Config()
     file = find_config_file(path, env)
+    url_origin = "wavespeed.base_url"
     file_holds_key = False
     if file is not None:
         data = _read_yaml(file)
         config = _apply(config, _flatten(data), str(file))
-        config = dataclasses.replace(config, source=str(file))
+        config = dataclasses.replace(config, source=str(file),
+                                     key_source=str(file) if config.wavespeed.api_key else None)
+        url_origin = f"{file}: wavespeed.base_url"
         file_holds_key = config.wavespeed.api_key is not None
     env_values = {}
     if env.get(ENV_API_KEY):
         env_values["wavespeed.api_key"] = env[ENV_API_KEY].strip()
+        config = dataclasses.replace(config, key_source=ENV_API_KEY)
     if env.get(ENV_BASE_URL):
         env_values["wavespeed.base_url"] = env[ENV_BASE_URL].strip()
+        url_origin = ENV_BASE_URL
     config = _apply(config, env_values, "environment")
     if overrides:
         config = config.with_overrides(overrides)
-    _check_service_settings(config)
+    _check_service_settings(config, url_origin)
     _check_output_settings(config)
     if file is not None:
         _check_file_safety(file, config, holds_key=file_holds_key)
@@ -242,7 +252,7 @@ def _check_output_settings(config: Config) -> None:
                           hint="drop --background (or output.background) or --mask-only")
 
 
-def _check_service_settings(config: Config) -> None:
+def _check_service_settings(config: Config, url_origin: str = "wavespeed.base_url") -> None:
     """A key that cannot go in an HTTP header, or a base URL that is not one, fails now."""
     key = config.wavespeed.api_key
     if key is not None and not re.fullmatch(r"[\x21-\x7e]+", key):
@@ -253,13 +263,13 @@ def _check_service_settings(config: Config) -> None:
     scheme, _, rest = url.partition("://")
     host = rest.split("/", 1)[0]
     if scheme not in ("http", "https") or not host or any(c.isspace() for c in url):
-        raise ConfigError(f"wavespeed.base_url {url!r} is not an http(s) URL",
+        raise ConfigError(f"{url_origin} {url!r} is not an http(s) URL",
                           hint="e.g. https://api.wavespeed.ai or http://127.0.0.1:8765")
     if "[" in host and not re.fullmatch(r"\[[0-9a-fA-F:.]+\](:\d+)?", host):
-        raise ConfigError(f"wavespeed.base_url {url!r} has a malformed host")
+        raise ConfigError(f"{url_origin} {url!r} has a malformed host")
     if scheme == "http" and not config.wavespeed.allow_insecure_http and not _is_loopback(host):
         raise ConfigError(
-            f"wavespeed.base_url {url!r} is plain http to another machine: the API key and "
+            f"{url_origin} {url!r} is plain http to another machine: the API key and "
             "the images would cross the network unencrypted",
             hint="use https://, or set wavespeed.allow_insecure_http: true in the config file "
             "if that network path is trusted")
@@ -334,7 +344,13 @@ def _set(obj: Any, parts: list[str], value: Any, dotted: str, origin: str) -> An
     name = parts[0]
     if name not in fields:
         allowed = ", ".join(sorted(fields))
-        raise ConfigError(f"{origin}: unknown key {dotted!r}", hint=f"allowed here: {allowed}")
+        close = difflib.get_close_matches(name, fields, n=1)
+        guess = ""
+        if close:
+            at = dotted.split(".")
+            guess = f"did you mean {'.'.join([*at[:len(at) - len(parts)], close[0]])!r}? "
+        raise ConfigError(f"{origin}: unknown key {dotted!r}",
+                          hint=f"{guess}allowed here: {allowed}")
     hints = typing.get_type_hints(type(obj))
     ftype = hints[name]
     current = getattr(obj, name)

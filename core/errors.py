@@ -2,7 +2,8 @@
 
     BgremoveError                   base class; ``str(err)`` is one line a person can act on
     ├── ConfigError                 bad config file, key or value (CLI exit 2)
-    │   └── MissingKeyError         the wavespeed backend was asked for but no API key is set
+    │   ├── MissingKeyError         the wavespeed backend was asked for but no API key is set
+    │   └── MissingExtraError       the offline backend is needed but its packages are missing
     ├── InputError                  an input image cannot be used (permanent for that file)
     │   ├── InputNotFoundError      the file does not exist or is not a regular file
     │   ├── UnreadableImageError    not an image, truncated, or a format we do not take
@@ -73,6 +74,12 @@ class MissingKeyError(ConfigError):
             hint="set WAVESPEED_API_KEY, or api_key under wavespeed: in the config file, "
             "or use --backend local",
         )
+
+
+class MissingExtraError(ConfigError):
+    """Raised when the offline backend is needed but the ``[local]`` extra is not installed."""
+
+    kind = "environment"
 
 
 class InputError(BgremoveError):

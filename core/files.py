@@ -27,15 +27,18 @@ TEMP_SUFFIX = ".tmp"
 
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike[str], *, mode: int | None = None,
-                  durable: bool = True) -> Iterator[BinaryIO]:
+                  durable: bool = True, dir_fd: int | None = None) -> Iterator[BinaryIO]:
     """Write ``path`` through a temp file beside it, renamed over ``path`` at the end.
 
     ``mode`` sets the permissions (default: a new file's, from the umask). ``durable``
     fsyncs the file before the rename and the folder after it, so the result survives
-    a power cut. ``OSError`` propagates; the temp file is removed on any failure.
+    a power cut. ``dir_fd``: ``path`` is a name in that open folder (one reached without
+    following links). ``OSError`` propagates; the temp file is removed on any failure.
     """
-    dest = Path(path)
-    fd, temp = _create_temp(dest)
+    fd, temp_path = _create_temp(Path(path), dir_fd)
+    # with dir_fd, both are names in that folder
+    dest = Path(path).name if dir_fd is not None else Path(path)
+    temp = temp_path.name if dir_fd is not None else temp_path
     try:
         with os.fdopen(fd, "w+b") as fh:  # readable too: a caller may check what it wrote
             yield fh
@@ -43,20 +46,20 @@ def atomic_writer(path: str | os.PathLike[str], *, mode: int | None = None,
             if durable:
                 os.fsync(fh.fileno())
         if mode is not None:
-            os.chmod(temp, mode)
-        os.replace(temp, dest)
+            os.chmod(temp, mode, dir_fd=dir_fd)
+        os.replace(temp, dest, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
-            temp.unlink()
+            os.unlink(temp, dir_fd=dir_fd)
         raise
     if durable:
-        fsync_folder(dest.parent)
+        fsync_folder(Path(path).parent if dir_fd is None else dir_fd)
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str, *, mode: int | None = None,
-                 durable: bool = True) -> None:
+                 durable: bool = True, dir_fd: int | None = None) -> None:
     """Write ``data`` (text is UTF-8) to ``path`` whole or not at all; see ``atomic_writer``."""
-    with atomic_writer(path, mode=mode, durable=durable) as fh:
+    with atomic_writer(path, mode=mode, durable=durable, dir_fd=dir_fd) as fh:
         fh.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
@@ -80,9 +83,14 @@ def probe_writable(folder: str | os.PathLike[str], *, size: int = 0) -> None:
             temp.unlink()
 
 
-def fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX); not possible or needed on Windows."""
+def fsync_folder(folder: Path | int) -> None:
+    """Make a rename in ``folder`` (a path or an open descriptor) durable (POSIX); not
+    possible or needed on Windows."""
     if os.name != "posix":
+        return
+    if isinstance(folder, int):
+        with contextlib.suppress(OSError):
+            os.fsync(folder)
         return
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -96,13 +104,15 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _create_temp(dest: Path) -> tuple[int, Path]:
-    """Create a new hidden temp file beside ``dest`` (mode from the umask, like a normal file)."""
+def _create_temp(dest: Path, dir_fd: int | None = None) -> tuple[int, Path]:
+    """Create a new hidden temp file beside ``dest`` (mode from the umask, like a normal file);
+    with ``dir_fd``, in that open folder."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
         temp = dest.with_name(f"{TEMP_PREFIX}{secrets.token_hex(6)}{TEMP_SUFFIX}")
         try:
-            return os.open(temp, flags, 0o666), temp
+            return os.open(temp if dir_fd is None else temp.name, flags, 0o666,
+                           dir_fd=dir_fd), temp
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "cannot pick a free temp file name", str(dest.parent))

@@ -12,10 +12,17 @@ import logging
 import re
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bgremove.console import Console
 
 _SECRETS: set[str] = set()
 REDACTED = "[redacted]"
+#: A secret this long is scrubbed wherever it appears; a shorter one only as a whole word,
+#: so a short test key cannot garble ordinary text ("Too m[redacted] requests").
+ANYWHERE_FROM = 24
+_live_line: Console | None = None
 
 
 def register_secret(value: str | None) -> None:
@@ -36,8 +43,17 @@ def redact(text: str, secret: str | None = None) -> str:
     """
     for value in (*_SECRETS, secret):
         if value and value in text:
-            text = text.replace(value, REDACTED)
+            if len(value) >= ANYWHERE_FROM:
+                text = text.replace(value, REDACTED)
+            else:
+                text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", REDACTED, text)
     return text
+
+
+def set_live_line(console: Console | None) -> None:
+    """Log lines on stderr clear ``console``'s live line first and redraw it after."""
+    global _live_line
+    _live_line = console
 
 
 #: Characters that could start a new line, rewrite the terminal or reorder what is shown:
@@ -58,24 +74,6 @@ def _escape(match: re.Match[str]) -> str:
     char = match.group()
     code = ord(char)
     return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-
-
-class TextFormatter(logging.Formatter):
-    """Plain lines: the message on one line, a traceback redacted and marked as continuation.
-
-    Every traceback line starts with ``  | `` so nothing inside it (an exception's text
-    may hold a file name) can pass for a log line of its own.
-    """
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = printable(record.message)
-        return super().formatMessage(record)
-
-    def formatException(self, ei: Any) -> str:
-        return _continuation(super().formatException(ei))
-
-    def formatStack(self, stack_info: str) -> str:
-        return _continuation(super().formatStack(stack_info))
 
 
 def _continuation(text: str) -> str:
@@ -113,22 +111,69 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(out, default=str, ensure_ascii=False))
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after setup)."""
+class _StdHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` (or ``sys.stdout``) is at the time (it may be
+    replaced after setup), stepping around the live line."""
+
+    def __init__(self, name: str = "stderr") -> None:
+        super().__init__(getattr(sys, name))
+        self._name = name
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr
-        super().emit(record)
+        self.stream = getattr(sys, self._name)
+        live = _live_line
+        if live is None or live.stream is not self.stream:
+            super().emit(record)
+            return
+        with live.cleared():
+            super().emit(record)
 
 
-def setup_logging(level: str = "info", *, json_lines: bool = False, stream: Any = None) -> None:
-    """Configure the root logger once: plain lines (or JSON lines) on stderr."""
-    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+class PlainFormatter(logging.Formatter):
+    """The one stderr style: ``bgremove: [HH:MM:SS ]warning: message`` (no level for info).
+
+    The message stays on one line (controls escaped: a file name cannot forge a log
+    line). A traceback is for ``--log-level debug``: redacted, each of its lines marked
+    ``  | `` as a continuation; otherwise the exception is one clause on the line.
+    """
+
+    def __init__(self, timestamps: bool = False) -> None:
+        super().__init__()
+        self.timestamps = timestamps
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = printable(record.getMessage())
+        if record.levelno != logging.INFO:
+            text = f"{record.levelname.lower()}: {text}"
+        if self.timestamps:
+            text = time.strftime("%H:%M:%S ", time.localtime(record.created)) + text
+        if record.exc_info and record.exc_info[1] is not None:
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                text += "\n" + _continuation(self.formatException(record.exc_info))
+            else:
+                exc = record.exc_info[1]
+                text += printable(redact(f": {type(exc).__name__}: {exc}"))
+        if record.stack_info:
+            text += "\n" + _continuation(self.formatStack(record.stack_info))
+        return "bgremove: " + text
+
+
+def setup_logging(level: str = "info", *, json_lines: bool = False, stream: Any = None,
+                  timestamps: bool = False) -> None:
+    """Configure the root logger once: plain lines on stderr, or JSON lines on stdout (the
+    machine-readable output, as ``remove --json``).
+
+    ``timestamps`` adds the time of day to plain lines (the long-running ``watch``).
+    """
+    if stream is not None:
+        handler: logging.Handler = logging.StreamHandler(stream)
+    else:
+        handler = _StdHandler("stdout" if json_lines else "stderr")
     handler.addFilter(RedactingFilter())
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(PlainFormatter(timestamps))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -417,7 +417,7 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
         from bgremove.backends import make_backend
         from bgremove.config import load_config
         from bgremove.contract import CancelToken, JobHooks
-        from bgremove.errors import BgremoveError, CancelledError
+        from bgremove.errors import BgremoveError, CancelledError, MissingExtraError
         from bgremove.logs import register_secret
         from bgremove.version import __version__
         log_path = start_logging(out)
@@ -484,6 +484,11 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
         log.info("cancelled")
         out.error("cancelled", "cancelled")
         return EXIT_CANCELLED
+    except MissingExtraError as exc:  # the offline backend was chosen or fallen back to
+        done.set()
+        log.error("%s", exc)
+        out.error("environment", missing_local_message(exc.message))
+        return EXIT_ERROR
     except BgremoveError as exc:
         done.set()
         message = user_message(exc, _config_path_text(config))

@@ -297,7 +297,7 @@ def test_progress_bar_on_a_terminal_only(tmp_path: Path, emulator) -> None:  # t
         assert out.getvalue().count(" -> ") == 3
         plain = io.StringIO()
         run_batch(plan, backend, config, json_lines=False, out=io.StringIO(), err=plain)
-        assert plain.getvalue() == ""  # not a terminal: no bar
+        assert plain.getvalue() == ""  # not a terminal: no bar (the closing line is run()'s)
     finally:
         backend.close()
 

@@ -375,3 +375,14 @@ def test_the_daemon_warns_of_an_image_with_no_subject(tmp_path: Path, emulator: 
     warnings = [line for line in done.stderr.splitlines() if "no subject found" in line]
     assert len(warnings) == 1 and "wall.png" in warnings[0], done.stderr
     assert (outbox / "wall.png").is_file()
+
+
+def test_a_16_bit_grey_tiff_gives_a_16_bit_grey_cut_out(tmp_path: Path,
+                                                        emulator: Emulator) -> None:
+    src = img.make_tiff16_grey(tmp_path / "scan.tif")
+    done = bgremove(tmp_path, "remove", str(src), "-o", str(tmp_path / "out"), emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    colour, got = read_png16(tmp_path / "out" / "scan.png")
+    assert colour == 4  # grey and alpha, 16 bits each
+    assert [px[0] for px in got[0]] == list(img.GREY16_VALUES)
+    assert {px[1] for px in got[0]} <= {0, 65535}

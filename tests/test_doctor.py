@@ -25,7 +25,7 @@ def test_doctor_reports_service_and_balance(emulator, plugins_dir: Path,  # type
     main(["doctor"])
     out = capsys.readouterr().out
     lines = {line.split("]")[1].split(":")[0].strip(): line for line in out.splitlines()}
-    assert "[  ok] api key: set (not shown)" in out
+    assert "[  ok] api key: set in WAVESPEED_API_KEY (not shown)" in out
     assert lines["service"].startswith("[  ok]") and "balance" in lines["service"]
     assert emulator.api_key not in out
     assert "gimp plug-in" in lines

@@ -346,7 +346,15 @@ def test_cli_flags_for_lost_answers_input_and_clock(
     assert stats["answers_lost"] == 1 and stats["tasks_submitted"] == 1
 
 
-def test_cli_flag_without_the_list_route() -> None:
-    with served_cli("--no-list-route") as client:
+def test_cli_flags_without_the_list_route_a_retention_and_a_gateway_timeout(
+        keyed_image: Callable[..., Image.Image]) -> None:
+    with served_cli("--no-list-route", "--retention", "0.5", "--delay", "0.2",
+                    "--sync-timeout", "0", "--sync-timeout-style", "gateway") as client:
         assert client.post(LIST, json={}).status_code == 404
-        assert client.get("/api/v3/balance").status_code == 200
+        url = upload(client, png_bytes(keyed_image()))
+        lost = client.post(SUBMIT, json={"image": url, "enable_sync_mode": True})
+        assert lost.status_code == 504 and lost.headers["content-type"] == "text/html"
+        deadline = time.monotonic() + 10
+        while client.get(url).status_code == 200:  # gone after the retention
+            assert time.monotonic() < deadline
+            time.sleep(0.02)

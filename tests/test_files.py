@@ -49,3 +49,21 @@ def test_the_probe_raises_oserror_where_nothing_can_be_written(tmp_path: Path) -
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(OSError):
         probe_writable(tmp_path / "file" / "sub")  # under a file: works even as root
+
+
+def test_a_link_planted_at_the_temp_name_is_never_written_through(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import secrets
+
+    private = tmp_path / "private.txt"
+    private.write_text("mine\n")
+    folder = tmp_path / "failed"
+    folder.mkdir()
+    (folder / ".bgremove-aaaa.tmp").symlink_to(private)  # someone guessed the temp name
+    names = iter(["aaaa", "bbbb", "aaaa", "cccc"])  # each writer tries the planted name first
+    monkeypatch.setattr(secrets, "token_hex", lambda n: next(names))
+    atomic_write(folder / "report.json", "{}\n", durable=False)
+    probe_writable(folder, size=16)
+    assert private.read_text() == "mine\n"
+    assert (folder / "report.json").read_text() == "{}\n"
+    assert sorted(p.name for p in folder.iterdir()) == [".bgremove-aaaa.tmp", "report.json"]

@@ -8,6 +8,7 @@ attacks, measured: ``benchmarks/bench_untrusted.py``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -277,3 +278,25 @@ def test_forged_log_line_from_a_name_dropped_into_inbox(tmp_path: Path,
     assert "x.png\\n12:00:00 INFO done y.png\\x1b[2K.png" in out.stderr, out.stderr
     assert "\x1b" not in out.stderr
     assert not any(line.startswith("12:00:00") for line in out.stderr.splitlines())
+
+
+def test_a_redirect_body_is_capped_too(tmp_path: Path, child_env: dict[str, str],
+                                       gzip_gib: bytes) -> None:
+    """httpx reads a redirect's whole body before following it: a bomb there is capped too."""
+    def redirect(handler, service) -> None:  # type: ignore[no-untyped-def]
+        if "final" in handler.path:
+            fixed(small_cutout())(handler, service)
+            return
+        handler.send_response(302)
+        handler.send_header("Location", "/out/result?final=1")
+        handler.send_header("Content-Encoding", "gzip")
+        handler.send_header("Content-Length", str(len(gzip_gib)))
+        handler.end_headers()
+        with contextlib.suppress(OSError):
+            handler.wfile.write(gzip_gib)
+
+    with HostileService(output=redirect) as svc:
+        out = remove(svc, tmp_path, child_env, FAST, limit=SLACK + 60)
+    assert out.max_rss_mb < MAX_RSS_MB
+    assert out.code == 1
+    assert "redirect" in out.stderr, out.stderr

@@ -295,8 +295,9 @@ def test_cli_list_path_and_fetch(server: FakeServer, tmp_path: Path,
 
     assert main(["models", "path", "--config", str(cfg)]) == 0
     assert capsys.readouterr().out.strip() == str(cache)
-    assert main(["models", "path", "u2net", "--config", str(cfg)]) == 0
+    assert main(["models", "path", "u2net", "--config", str(cfg)]) == 1  # not downloaded
     assert capsys.readouterr().out.strip() == str(cache / "u2net.onnx")
+    assert main(["models", "path", "tiny", "--config", str(cfg)]) == 0
 
 
 def test_cli_fetch_failure_is_one_line_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

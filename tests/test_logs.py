@@ -33,6 +33,25 @@ def test_short_values_are_not_treated_as_secrets() -> None:
     assert "exceeded" in _emit(False, "the limit was exceeded")
 
 
+def test_json_fields_are_scrubbed_too() -> None:
+    key = "wsk-live-fields-0123456789abcdef"
+    register_secret(key)
+    stream = io.StringIO()
+    setup_logging("info", json_lines=True, stream=stream)
+    try:
+        logging.getLogger("core.test").warning(
+            "retrying", extra={"error": f"answer echoed Bearer {key}", "input": "a.png"})
+    finally:
+        logging.getLogger().handlers.clear()
+    record = json.loads(stream.getvalue())
+    assert key not in stream.getvalue()
+    assert record["error"] == f"answer echoed Bearer {REDACTED}" and record["input"] == "a.png"
+
+
+def test_plain_lines_have_one_style() -> None:
+    assert _emit(False, "disk %s", "full").strip() == "bgremove: warning: disk full"
+
+
 def test_a_file_name_cannot_forge_a_plain_log_line() -> None:
     name = "x.png\n12:00:00 INFO done y.png\r\x1b[2K\u202egnp.exe"
     plain = _emit(False, "failed %s", name)
@@ -57,5 +76,5 @@ def test_a_plain_traceback_is_redacted_and_cannot_forge_lines() -> None:
     text = stream.getvalue()
     assert key not in text and REDACTED in text
     lines = text.splitlines()
-    assert lines[0].endswith("ERROR unexpected error on a.png")
+    assert lines[0].endswith("error: unexpected error on a.png")
     assert len(lines) > 2 and all(line.startswith("  | ") for line in lines[1:])

@@ -211,6 +211,33 @@ def test_watch_never_adopts_a_task_its_journal_already_holds(
     assert emu.stats()["tasks_submitted"] == 2 and emu.count("submit") == 3
 
 
+def test_a_submit_the_journal_cannot_record_is_not_sent(
+        tmp_path: Path, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bgremove.watcher.journal import Journal
+
+    emu = emulator_factory()
+    real_update = Journal.update
+    refused: list[float] = []
+    journaled: list[int] = []  # submits the service had seen when a send was journaled
+
+    def update(self: Journal, key: str, **fields: Any) -> None:
+        if fields.get("submit_sent") and not refused:
+            refused.append(fields["submit_sent"])
+            raise sqlite3.OperationalError("disk I/O error")
+        real_update(self, key, **fields)
+        if fields.get("submit_sent"):
+            journaled.append(emu.count("submit"))
+
+    monkeypatch.setattr(Journal, "update", update)
+    image = make_keyed_image()
+    with DaemonRun(tmp_path, emu) as run:
+        image.save(run.inbox / "j.png")
+        wait_until(lambda: files(run.done) or files(run.failed), 30, what="an outcome")
+    assert refused and files(run.done) == ["j.png"]
+    assert journaled == [0]  # the one submit left only after it was journaled
+    assert emu.count("submit") == 1 and emu.stats()["tasks_submitted"] == 1
+
+
 # -- the clear error, never a second task --------------------------------------------------------
 
 def test_remove_without_the_list_route_fails_clearly_with_one_task(
@@ -223,7 +250,8 @@ def test_remove_without_the_list_route_fails_clearly_with_one_task(
     code, _, err = run_remove(tmp_path, emu, monkeypatch, capsys, [path], "sync",
                               json_lines=False)
     assert code == 1 and not (tmp_path / "out" / "a.png").exists()
-    *line, closing = [x for x in err.splitlines() if x.startswith("bgremove: ")]
+    *line, closing = [x for x in err.splitlines() if x.startswith("bgremove: ")
+                        and "WaveSpeed emulator" not in x]  # the in-process emulator logs too
     assert closing == "bgremove: 1 image: 0 done, 1 failed"
     assert len(line) == 1 and "no task list" in line[0] and "bgremove tasks" in line[0]
     assert "Traceback" not in err and emu.api_key not in err
@@ -273,7 +301,8 @@ def test_remove_with_the_clock_five_minutes_off_fails_clearly_with_one_task(
     code, _, err = run_remove(tmp_path, emu, monkeypatch, capsys, [path], "sync",
                               json_lines=False)
     assert code == 1 and not (tmp_path / "out" / "a.png").exists()
-    *line, closing = [x for x in err.splitlines() if x.startswith("bgremove: ")]
+    *line, closing = [x for x in err.splitlines() if x.startswith("bgremove: ")
+                        and "WaveSpeed emulator" not in x]  # the in-process emulator logs too
     assert closing == "bgremove: 1 image: 0 done, 1 failed"
     assert len(line) == 1 and "clock is 300 s behind" in line[0].replace("299 s", "300 s")
     assert emu.count("submit") == 1

@@ -102,6 +102,7 @@ class Account:
         self.run_for = 0.0  # seconds each task runs
         self.base64_output = False
         self.requests: list[str] = []
+        self.broken_outputs: set[str] = set()  # task ids whose output download answers 404
 
     # -- what a test sets up --------------------------------------------------------------
 
@@ -193,6 +194,8 @@ class Account:
         if path.startswith("/outputs/"):
             self.requests.append("download")
             task = next(t for t in self.tasks if t.id == path.split("/")[2][:-4])
+            if task.id in self.broken_outputs:
+                return httpx.Response(404, text="not found")
             assert task.output is not None
             return httpx.Response(200, content=task.output)
         raise AssertionError(f"unexpected request {request.method} {request.url}")
@@ -384,6 +387,15 @@ def test_an_unknown_failed_task_in_the_window_is_unsure(account: Account,
     account.submits = ["drop_before"]
     account.foreign_task(make_keyed_image(), status="failed")
     assert "cannot be compared" in str(unsure(account, make_client(), make_keyed_image()))
+
+
+def test_a_candidate_whose_output_will_not_download_is_unsure(account: Account,
+                                                              make_client: Any) -> None:
+    account.submits = ["drop"]
+    other = account.foreign_task(make_keyed_image(key=(200, 0, 200)))
+    account.broken_outputs.add(other.id)
+    error = unsure(account, make_client(), make_keyed_image())
+    assert "could not be told" in str(error) and "billed" in str(error)
 
 
 def test_no_date_header_means_no_resubmit(account: Account, make_client: Any) -> None:

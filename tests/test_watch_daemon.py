@@ -214,7 +214,8 @@ def test_same_content_twice_is_processed_once(tmp_path: Path, emulator_factory, 
         wait_until(lambda: files(run.done) == ["first.png"], what="first done")
         write_image(run.inbox / "copy.png", 50)
         wait_until(lambda: files(run.done) == ["copy.png", "first.png"], what="copy moved")
-    assert files(run.outbox) == ["first.png"]
+    assert files(run.outbox) == ["copy.png", "first.png"]  # each input its own output
+    assert os.path.samefile(run.outbox / "copy.png", run.outbox / "first.png")
     assert emu.stats()["tasks_submitted"] == 1
     assert logs.has("duplicate copy.png: same content as first.png")
 

@@ -349,3 +349,48 @@ def test_a_subfolder_swapped_for_a_link_is_not_entered(tmp_path: Path, emulator_
     assert snapshot(root, (inbox, outbox)) == before
     assert (inbox / "sub").is_symlink()
     assert emu.stats()["uploads"] == 1 and files(outbox) == ["real/after.png"]
+
+
+def test_a_checked_folder_swapped_for_a_link_before_the_move_is_not_followed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The move and the report go through the descriptor of the folder that was checked:
+    a writer who swaps failed/sub for a link right after the check gains nothing."""
+    import bgremove.watcher.failures as failures
+    import bgremove.watcher.naming as naming
+    from bgremove.errors import UnsafeInputError
+
+    inbox, private = tmp_path / "in", tmp_path / "private"
+    (inbox / "failed" / "sub").mkdir(parents=True)
+    private.mkdir()
+    src = inbox / "x.txt"
+    src.write_text("dropped\n")
+
+    def swap() -> None:
+        os.rename(inbox / "failed" / "sub", inbox / "failed" / "old")
+        (inbox / "failed" / "sub").symlink_to(private)
+
+    real_link = naming.link_no_replace
+
+    def link_after_swap(src: Path, dst: Path, **kwargs: Any) -> bool:
+        swap()
+        return real_link(src, dst, **kwargs)
+
+    monkeypatch.setattr(naming, "link_no_replace", link_after_swap)
+    target = naming.move_no_replace(src, inbox / "failed" / "sub" / "x.txt", below=inbox)
+    assert os.listdir(private) == []
+    assert (inbox / "failed" / "old" / "x.txt").read_text() == "dropped\n"
+
+    os.unlink(inbox / "failed" / "sub")
+    os.rename(inbox / "failed" / "old", inbox / "failed" / "sub")
+    real_fd = failures.folder_fd
+
+    def fd_then_swap(*args: Any, **kwargs: Any) -> int:
+        fd = real_fd(*args, **kwargs)
+        swap()
+        return fd
+
+    monkeypatch.setattr(failures, "folder_fd", fd_then_swap)
+    failures.write_error_report(target, Path("sub/x.txt"), UnsafeInputError("x"), None,
+                                note=None, attempts=1, below=inbox)
+    assert os.listdir(private) == []
+    assert sorted(os.listdir(inbox / "failed" / "old")) == ["x.txt", "x.txt.error.json"]

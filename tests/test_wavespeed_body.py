@@ -3,6 +3,7 @@ reads, and the socket layer that keeps a single read from waiting past the call'
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import threading
@@ -214,3 +215,25 @@ def test_gzip_bomb_of_a_json_answer_is_refused_over_a_socket() -> None:
                 pytest.raises(ProtocolError, match="larger than the 4,194,304 bytes"):
             client.get_result("task-1")
         assert svc.counts["result"] == 1  # too large is not worth another try
+
+
+def test_a_submit_redirect_with_a_huge_body_is_uncertain_and_sent_once() -> None:
+    from bgremove.config import Config
+    from bgremove.wavespeed._client import WaveSpeedClient
+
+    def redirect(handler: BaseHTTPRequestHandler, service: HostileService) -> None:
+        handler.send_response(307)
+        handler.send_header("Location", "/elsewhere")
+        body = b"x" * (1 << 20)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        with contextlib.suppress(OSError):
+            handler.wfile.write(body)
+
+    with HostileService(submit=redirect) as svc:
+        config = Config().with_overrides({
+            "wavespeed.base_url": svc.base_url, "wavespeed.api_key": "k" * 20})
+        with WaveSpeedClient(config.wavespeed) as client, \
+                pytest.raises(SubmitUncertainError, match="redirect's body is larger"):
+            client.submit("https://x/in.png", sync=True)
+        assert svc.counts["submit"] == 1

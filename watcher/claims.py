@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 
 from bgremove.errors import ConfigError, UnsafeInputError
-from bgremove.watcher.naming import shown
+from bgremove.watcher.naming import folder_fd, shown
 from bgremove.watcher.untrusted import CREATE_NEW, safe_rel
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,8 @@ class Claims:
         try:
             self._open_dir()
         except OSError as exc:
-            what = "a symbolic link" if exc.filename and os.path.islink(exc.filename) else \
-                "not a folder" if exc.errno == errno.ENOTDIR else exc.strerror
+            what = {errno.ELOOP: "a symbolic link", errno.ENOTDIR: "not a folder"}.get(
+                exc.errno or 0, exc.strerror)
             raise ConfigError(f"{shown(exc.filename)} is {what}: the daemon keeps its claims "
                               "in a folder there and follows no link",
                               hint="remove it, then start again") from None
@@ -156,15 +156,7 @@ class Claims:
         """(Re)create and open this daemon's folder, every component checked to be a real
         folder; ``OSError`` (``ELOOP``, ``ENOTDIR``) if one is not."""
         self.root.parent.mkdir(parents=True, exist_ok=True)  # INBOX: trusted
-        fd = None
-        for folder in (self.root, self.dir):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(folder)
-            new = os.open(folder, _DIR_FLAGS) if fd is None else \
-                os.open(folder.name, _DIR_FLAGS, dir_fd=fd)
-            if fd is not None:
-                os.close(fd)
-            fd = new
+        fd = folder_fd(self.dir, self.root.parent)
         old, self._dir_fd = self._dir_fd, fd
         if old is not None:
             os.close(old)

@@ -23,8 +23,8 @@ OUTBOX (or a full disk) pauses intake, keeps every input, and resumes when a
 probe write succeeds.
 
 Duplicates: a file whose content (with the same settings) was already
-processed is not sent again; it moves to done/ and its log line names the
-earlier input and its output. ``watch.reprocess`` forces a new cut-out.
+processed is not sent again; its output is a hard link to (or copy of) the
+earlier cut-out, then it moves to done/. ``watch.reprocess`` forces a new cut-out.
 
 The pieces live next door: ``scheduler`` (the work queue), ``fingerprint`` (journal
 keys), ``placement`` (free output names), ``folder_health`` (pause and probe) and
@@ -61,19 +61,21 @@ from bgremove.errors import (
     UnreadableImageError,
     UnsafeInputError,
 )
+from bgremove.files import probe_writable
 from bgremove.retry import backoff_delay
 from bgremove.watcher.claims import Claims, make_owner_id
 from bgremove.watcher.events import Watcher
-from bgremove.watcher.failures import write_error_report
+from bgremove.watcher.failures import report_task_id, write_error_report
 from bgremove.watcher.fingerprint import settings_fingerprint
 from bgremove.watcher.folder_health import FolderBlocked, FolderHealth
 from bgremove.watcher.journal import Job, Journal
 from bgremove.watcher.limits import CostGuard, Limits, RateLimiter, effective_limits
-from bgremove.watcher.naming import Layout, ensure_folder, move_no_replace, shown
-from bgremove.watcher.placement import check_output_dir, place_staged
+from bgremove.watcher.naming import Layout, ensure_folder, folder_fd, move_no_replace, shown
+from bgremove.watcher.outage import Outage, outage_of
+from bgremove.watcher.placement import check_output_dir, place_duplicate, place_staged
 from bgremove.watcher.readiness import ReadinessTracker, Ready
 from bgremove.watcher.scheduler import Scheduler
-from bgremove.watcher.untrusted import input_limit, open_folder, read_file
+from bgremove.watcher.untrusted import input_limit, read_file
 
 if TYPE_CHECKING:
     from bgremove.config import Config
@@ -130,12 +132,14 @@ class Daemon:
         self._busy_workers = 0
         self._threads: list[threading.Thread] = []
         self.health = FolderHealth(layout.outbox, self.staging)
+        self.outage = Outage(self.watch.outage_retry_seconds)
         self._heartbeat_failing = False
         self._unexpected: dict[Path, int] = {}
         self._unsaved_tasks: dict[str, str] = {}  # key -> task id the journal could not take
         self._unclaimable: set[Path] = set()
         self._foreign_claims = 0
         self._cap_reached = False
+        self._blocked_exit = False  # --once stopped for an unwritable folder
         self._fingerprint = ""
         self._ext = ".png"
         self.session = {"done": 0, "failed": 0, "duplicates": 0, "retries": 0}
@@ -143,7 +147,14 @@ class Daemon:
     # -- control ----------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """Stop taking new files; in-flight jobs finish (up to ``watch.shutdown_grace``)."""
+        """Stop taking new files; in-flight jobs finish (up to ``watch.shutdown_grace``),
+        unless an outage means they cannot: then they stop now (the journal resumes them)."""
+        if self.outage.reason is not None:
+            if not self._stopping.is_set():
+                log.info("stopping now (%s): the jobs in flight resume on the next start",
+                         self.outage.reason)
+            self.abort()
+            return
         if not self._stopping.is_set():
             log.info("stopping: no new files; waiting up to %.0f s for %d in flight",
                      self.watch.shutdown_grace, self._in_flight)
@@ -164,7 +175,8 @@ class Daemon:
     # -- status -----------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        paused = self.health.blocked or (self.guard.paused if self.guard else None)
+        paused = self.health.blocked or self.outage.reason or (
+            self.guard.paused if self.guard else None)
         if self.watcher.offline:
             paused = "INBOX unreachable"
         with self._lock:
@@ -199,12 +211,18 @@ class Daemon:
         from bgremove.imaging import extension_for
 
         layout = self.layout
-        layout.outbox.mkdir(parents=True, exist_ok=True)
-        try:
+        try:  # before anything is taken from INBOX: an unusable OUTBOX is a setup error
+            layout.outbox.mkdir(parents=True, exist_ok=True)
             ensure_folder(self.staging, layout.trusted_base(layout.outbox))
+            # no data written here (start-up stays quick): a full disk later pauses intake
+            probe_writable(layout.outbox)
+            probe_writable(self.staging)
         except OSError as exc:
-            raise ConfigError(f"cannot use {shown(exc.filename)}: {exc.strerror or exc}",
-                              hint="remove what is in the way, then start again") from None
+            where = f"{shown(exc.filename)}: " if exc.filename else ""
+            raise ConfigError(f"OUTBOX {layout.outbox} cannot be written: "
+                              f"{where}{exc.strerror or exc}",
+                              hint="check its permissions and free space, or remove what is in "
+                              "the way; nothing was taken from INBOX") from None
         journal_path = Path(self.watch.journal).expanduser() if self.watch.journal \
             else layout.state_dir / "journal.sqlite3"
         self.journal = Journal(journal_path, check=True)
@@ -307,6 +325,11 @@ class Daemon:
                     for claimed, rel, unsafe in self.claims.recover():
                         self.scheduler.put(claimed=claimed, rel=rel, input_error=unsafe)
                     next_recover = now + max(self.watch.stale_claim_seconds / 4, 1.0)
+            elif self.health.blocked or self.outage.reason:
+                log.error("%s: stopping (--once); the files not finished stay for the next "
+                          "run", self.health.blocked or self.outage.reason)
+                self._blocked_exit = True
+                break
             elif self._cap_reached:
                 log.warning("cost cap reached (%s): stopping; the files not started stay for "
                             "the next run", self.guard.paused if self.guard else "?")
@@ -349,7 +372,8 @@ class Daemon:
         if self.watch.once and self._unclaimable:
             log.error("%d file(s) could not be taken from INBOX (see above)",
                       len(self._unclaimable))
-        problems = (self.session["failed"] or self._cap_reached or self._foreign_claims
+        problems = (self.session["failed"] or self._cap_reached or self._blocked_exit
+                    or self._foreign_claims
                     or (self.watch.once and self._unclaimable))
         return 1 if problems else 0
 
@@ -403,7 +427,7 @@ class Daemon:
 
     def _intake_open(self) -> bool:
         """Wait while a folder is unwritable or the cost cap is reached; False to re-check."""
-        if self.health.blocked is not None:
+        if self.health.blocked is not None or not self.outage.may_try():
             self.cancel.wait(0.25)
             return False
         guard = self.guard
@@ -443,14 +467,14 @@ class Daemon:
         if rel is None or self.stopping:
             return False
         try:  # its folder, reached without following a link (a sub-folder swapped for one)
-            folder_fd = open_folder(self.layout.inbox, rel.parent)
+            folder = folder_fd(self.layout.inbox / rel.parent, self.layout.inbox, create=False)
         except OSError as exc:
             log.debug("not taking %s: %s", shown(rel), exc)
             return False
         try:
-            return self._take_from(ready, rel, folder_fd)
+            return self._take_from(ready, rel, folder)
         finally:
-            os.close(folder_fd)
+            os.close(folder)
 
     def _take_from(self, ready: Ready, rel: Path, folder_fd: int) -> bool:
         path = ready.path
@@ -624,6 +648,7 @@ class Daemon:
                 f"cannot write the result of {shown(rel)}: {exc.strerror or exc}"))
             return
         seconds = time.monotonic() - started
+        self.outage.end()
         with self._lock:
             self.session["done"] += 1
         log.info("done %s -> %s in %.2f s (task %s)", shown(rel), shown(job.output), seconds,
@@ -741,14 +766,29 @@ class Daemon:
     # -- outcomes ---------------------------------------------------------------
 
     def _duplicate(self, claimed: Path, rel: Path, first: Job | None) -> None:
+        """Same content as an earlier input: link its cut-out to this input's own output
+        name (no second upload), then move the input to done/."""
         assert self.journal is not None
+        output: Path | None = None
+        if first is not None and first.output:
+            try:
+                output = place_duplicate(Path(first.output), self.layout.output_for(rel, self._ext),
+                                         self.staging)
+            except FileNotFoundError:  # the earlier result vanished this instant
+                self._requeue(claimed, rel, None, 1.0)
+                return
+            except (OSError, OutputError) as exc:
+                raise FolderBlocked(self.layout.outbox, f"cannot write the output of "
+                                    f"{shown(rel)}: {getattr(exc, 'strerror', None) or exc}"
+                                    ) from None
         done = self._move(claimed, self.layout.done, rel)
-        output = first.output if first else None
-        self.journal.add_event("duplicate", input=str(rel), output=output)
+        self.journal.add_event("duplicate", input=str(rel), output=str(output) if output else None,
+                               task_id=first.task_id if first else None)
         with self._lock:
             self.session["duplicates"] += 1
-        log.info("duplicate %s: same content as %s, already cut out as %s; moved to %s",
-                 shown(rel), shown(first.input if first else "?"), shown(output), shown(done),
+        log.info("duplicate %s: same content as %s: its cut-out is also %s (not sent again); "
+                 "moved to %s", shown(rel), shown(first.input if first else "?"), shown(output),
+                 shown(done),
                  extra={"event": "duplicate", "input": shown(rel), "output": shown(output),
                         "seconds": 0.0, "task_id": first.task_id if first else None})
 
@@ -763,6 +803,13 @@ class Daemon:
                                        error=str(exc))
             self.journal.count_attempt(job.key, kind=exc.kind, message=str(exc))
             self._requeue(claimed, rel, None, OUTPUT_PROBE_SECONDS)
+            return
+        outage = outage_of(exc)
+        if outage is not None:  # not this file's fault: pause intake, keep the file
+            if self.outage.begin(outage, exc):
+                self.journal.add_event("warning", input=str(rel), error_kind=exc.kind,
+                                       error=str(exc))
+            self._requeue(claimed, rel, None, self.outage.retry_seconds)
             return
         resumed_gone = (job.task_id is not None and isinstance(exc, APIStatusError)
                         and exc.status_code == 404)
@@ -803,14 +850,14 @@ class Daemon:
                 latest = self.journal.get(job.key) or job
             except sqlite3.Error:
                 latest = job
-        write_error_report(target, rel, exc, latest, note=note, attempts=attempts)
+        write_error_report(target, rel, exc, latest, note=note, attempts=attempts,
+                           below=self.layout.trusted_base(self.layout.failed))
         with self._lock:
             self.session["failed"] += 1
         log.error("failed %s -> %s: %s%s", shown(rel), shown(target), shown(exc),
                   f" ({note})" if note else "",
                   extra={"event": "failed", "input": shown(rel), "output": None,
-                         "error_kind": exc.kind,
-                         "task_id": latest.task_id if latest else None})
+                         "error_kind": exc.kind, "task_id": report_task_id(exc, latest)})
         # the file is in failed/ already: a journal error from here on is only logged
         try:
             if job is not None:

@@ -313,6 +313,15 @@ class Journal:
         return {"done": int(events.get("done", 0)), "failed": int(events.get("failed", 0)),
                 "duplicates": int(events.get("duplicate", 0)), "active": int(active)}
 
+    def unfinished(self) -> dict[str, dict[str, Any]]:
+        """Active jobs by claimed file path: ``input``, ``state``, ``task_id``, ``owner``."""
+        with self._lock:
+            rows = self._db.execute("SELECT claim, input, state, task_id, owner FROM jobs"
+                                    " WHERE claim IS NOT NULL AND state IN (?, ?, ?, ?, ?)",
+                                    ACTIVE_STATES).fetchall()
+        return {str(_py(r["claim"])): {k: _py(r[k]) for k in ("input", "state", "task_id",
+                                                              "owner")} for r in rows}
+
     def last_errors(self, limit: int = 5) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute("SELECT ts, input, error_kind, error FROM events"

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import overload
 
 from bgremove.errors import ConfigError
+from bgremove.files import TEMP_PREFIX, TEMP_SUFFIX
 
 #: Longest file name (bytes) on common file systems.
 NAME_MAX = 255
@@ -166,15 +167,17 @@ def shown(value: object) -> str | None:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def link_no_replace(src: Path, dst: Path) -> bool:
+def link_no_replace(src: Path, dst: Path, *, dir_fd: int | None = None) -> bool:
     """Give ``src`` the name ``dst`` unless ``dst`` exists; True if it was taken.
 
     Leaves ``src`` in place when a hard link was made (the caller removes it),
     so a crash in between leaves two names for one file, never zero. A symbolic link
     ``src`` is moved as the link itself: its target is never read, linked or copied.
+    With ``dir_fd`` (see ``folder_fd``) ``dst`` is ``dst.name`` in that open folder.
     """
+    name: Path | str = dst.name if dir_fd is not None else dst
     try:
-        os.link(src, dst, follow_symlinks=False)
+        os.link(src, name, dst_dir_fd=dir_fd, follow_symlinks=False)
         return True
     except FileExistsError:
         return False
@@ -183,77 +186,128 @@ def link_no_replace(src: Path, dst: Path) -> bool:
                              errno.EMLINK, errno.EACCES, errno.ENOSYS):
             raise
     # No hard links here (FAT, some SMB mounts) or another device.
-    if os.path.lexists(dst):
+    if lexists_at(name, dir_fd):
         return False
-    if _same_device(src, dst.parent):
-        os.rename(src, dst)
+    if _same_device(src, dst.parent if dir_fd is None else dir_fd):
+        os.rename(src, name, dst_dir_fd=dir_fd)
         return True
-    tmp = dst.with_name(f".bgremove-{secrets.token_hex(6)}.tmp")
+    tmp = f"{TEMP_PREFIX}{secrets.token_hex(6)}{TEMP_SUFFIX}"
+    tmp_name: Path | str = tmp if dir_fd is not None else dst.with_name(tmp)
     placed = False
     try:
-        _copy_new(src, tmp)
-        if os.path.lexists(dst):
+        _copy_new(src, tmp_name, dir_fd)
+        if lexists_at(name, dir_fd):
             return False
-        os.replace(tmp, dst)
+        os.replace(tmp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         placed = True
     finally:
         if not placed:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(tmp_name, dir_fd=dir_fd)
     os.unlink(src)
     return True
 
 
-def _copy_new(src: Path, tmp: Path) -> None:
+def _copy_new(src: Path, tmp: Path | str, dir_fd: int | None) -> None:
     """Copy ``src`` (a link as a link) to the new name ``tmp``; neither end follows a link."""
     if os.path.islink(src):
-        os.symlink(os.readlink(src), tmp)
+        os.symlink(os.readlink(src), tmp, dir_fd=dir_fd)
         return
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
     with os.fdopen(os.open(src, flags), "rb") as fin, \
-            os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as fout:
+            os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666,
+                              dir_fd=dir_fd), "wb") as fout:
         shutil.copyfileobj(fin, fout)
-    shutil.copystat(src, tmp, follow_symlinks=False)
+        st = os.fstat(fin.fileno())
+        os.fchmod(fout.fileno(), stat.S_IMODE(st.st_mode))
+        os.utime(fout.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _same_device(a: Path, b: Path) -> bool:
+def lexists_at(name: Path | str, dir_fd: int | None) -> bool:
+    """``os.path.lexists`` for a name in an open folder (``dir_fd``) or a path (None)."""
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _same_device(a: Path, b: Path | int) -> bool:
     try:
         return os.lstat(a).st_dev == os.stat(b).st_dev
     except OSError:
         return False
 
 
+_DIR_FLAGS = (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+              | getattr(os, "O_CLOEXEC", 0))
+
+
+def folder_fd(folder: Path, below: Path, *, create: bool = True) -> int:
+    """An open descriptor of ``folder`` (inside the trusted folder ``below``), reached one
+    component at a time without following a link; missing ones are made when ``create``.
+
+    ``OSError`` (``ELOOP``, ``ENOTDIR``, naming the component) when one is a symbolic
+    link or a file: it is never followed, even if swapped in a moment ago. Writes through
+    the descriptor (``dir_fd=``) land in the folder that was checked."""
+    fd = os.open(below, _DIR_FLAGS & ~getattr(os, "O_NOFOLLOW", 0))  # trusted: as configured
+    current = below
+    try:
+        for part in folder.relative_to(below).parts:
+            current = current / part
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, dir_fd=fd)
+            try:
+                new = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                raise _in_the_way(part, fd, current) or exc from None
+            os.close(fd)
+            fd = new
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _in_the_way(part: str, fd: int, path: Path) -> OSError | None:
+    try:
+        st = os.lstat(part, dir_fd=fd)
+    except OSError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return OSError(errno.ELOOP, "a symbolic link is in the way (not followed)", str(path))
+    if not stat.S_ISDIR(st.st_mode):
+        return NotADirectoryError(errno.ENOTDIR, "a file is in the way of a folder", str(path))
+    return None
+
+
 def ensure_folder(folder: Path, below: Path) -> None:
     """Create ``folder`` (inside the trusted folder ``below``) one component at a time;
     ``OSError`` if a component is a symbolic link or not a folder (none is followed)."""
-    current = below
-    for part in folder.relative_to(below).parts:
-        current = current / part
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(current)
-        st = os.lstat(current)
-        if stat.S_ISLNK(st.st_mode):
-            raise OSError(errno.ELOOP, "a symbolic link is in the way (not followed)",
-                          str(current))
-        if not stat.S_ISDIR(st.st_mode):
-            raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of a folder",
-                                     str(current))
+    os.close(folder_fd(folder, below))
 
 
 def move_no_replace(src: Path, preferred: Path, *, below: Path | None = None) -> Path:
     """Move ``src`` to ``preferred`` or the first free ``-N`` variant; return the new path.
 
     ``below``: a trusted folder above ``preferred``; the folders between are created and
-    checked one by one (a symbolic link among them raises ``OSError``, never followed).
+    checked one by one and the move goes through the checked folder's descriptor (a
+    symbolic link among them raises ``OSError``, never followed).
     """
+    fd = None
     if below is None:
         preferred.parent.mkdir(parents=True, exist_ok=True)
     else:
-        ensure_folder(preferred.parent, below)
-    for dst in candidate_names(preferred):
-        if link_no_replace(src, dst):
-            if os.path.lexists(src):  # a hard link was made: drop the old name
-                os.unlink(src)
-            return dst
+        fd = folder_fd(preferred.parent, below)
+    try:
+        for dst in candidate_names(preferred):
+            if link_no_replace(src, dst, dir_fd=fd):
+                if os.path.lexists(src):  # a hard link was made: drop the old name
+                    os.unlink(src)
+                return dst
+    finally:
+        if fd is not None:
+            os.close(fd)
     raise FileExistsError(errno.EEXIST, "no free name", str(preferred))
 

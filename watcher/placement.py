@@ -3,12 +3,21 @@ after a crash (the chosen name is journaled before the link)."""
 
 from __future__ import annotations
 
+import filecmp
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bgremove.errors import OutputError
-from bgremove.watcher.naming import candidate_names, ensure_folder, link_no_replace, shown
+from bgremove.watcher.naming import (
+    candidate_names,
+    ensure_folder,
+    folder_fd,
+    lexists_at,
+    link_no_replace,
+    shown,
+)
 
 if TYPE_CHECKING:
     from bgremove.watcher.journal import Job, Journal
@@ -37,13 +46,58 @@ def place_staged(journal: Journal, job: Job, staged: Path, preferred: Path, rel:
         # staged output lost (should not happen): fetch the result again
         journal.update(job.key, state="submitted" if job.task_id else "claimed")
         raise OutputError(f"the staged result of {shown(rel)} is missing; fetching it again")
-    check_output_dir(preferred.parent, below)
+    try:
+        fd = folder_fd(preferred.parent, below)
+    except OSError as exc:
+        raise OutputError(f"cannot create {shown(preferred.parent)}: "
+                          f"{exc.strerror or exc}") from None
+    try:
+        for candidate in candidate_names(preferred):
+            if lexists_at(candidate.name, fd):
+                continue
+            journal.update(job.key, state="placing", output=str(candidate))
+            if link_no_replace(staged, candidate, dir_fd=fd):
+                if staged.exists():
+                    os.unlink(staged)
+                return candidate
+    finally:
+        os.close(fd)
+    raise OutputError(f"no free output name for {shown(rel)} in {shown(preferred.parent)}")
+
+
+def place_duplicate(result: Path, preferred: Path, temp_dir: Path) -> Path:
+    """Give an input whose content was already cut out its own output: a hard link to
+    ``result`` (a copy where links are not possible) at a free name near ``preferred``.
+
+    Safe to repeat: a name that already holds that result is reused, so a re-dropped file
+    or a restart after a crash adds no second copy. OSError when OUTBOX cannot take it.
+    """
+    preferred.parent.mkdir(parents=True, exist_ok=True)
     for candidate in candidate_names(preferred):
         if os.path.lexists(candidate):
+            if _same_file(candidate, result):
+                return candidate
             continue
-        journal.update(job.key, state="placing", output=str(candidate))
-        if link_no_replace(staged, candidate):
-            if staged.exists():
-                os.unlink(staged)
+        try:
+            os.link(result, candidate)
             return candidate
-    raise OutputError(f"no free output name for {shown(rel)} in {shown(preferred.parent)}")
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links here (FAT, some SMB mounts): a copy, placed safely
+            temp_dir.mkdir(parents=True, exist_ok=True)
+            temp = temp_dir / f"dup-{os.getpid()}-{candidate.name}"
+            shutil.copy2(result, temp)
+            try:
+                if link_no_replace(temp, candidate):
+                    return candidate
+            finally:
+                if temp.exists():
+                    os.unlink(temp)
+    raise OutputError(f"no free output name in {shown(preferred.parent)}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False

@@ -9,8 +9,6 @@ daemon is running, stopped or killed.
 from __future__ import annotations
 
 import json
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,6 +30,7 @@ def read_status(journal_path: Path) -> dict[str, Any]:
         counts = journal.counts()
         errors = journal.last_errors(5)
         daemons = journal.daemons()
+        jobs = journal.unfinished()
     finally:
         journal.close()
     now = time.time()
@@ -62,11 +61,13 @@ def read_status(journal_path: Path) -> dict[str, Any]:
     if not live and daemons:
         # nobody runs: count what waits on disk for the next start
         queued = _waiting_on_disk(json.loads(daemons[0]["status"] or "{}"))
+    claimed = _claimed_files(json.loads(daemons[0]["status"] or "{}"), jobs) if daemons else []
     return {
         "journal": str(journal_path),
         "queued": queued,
         "in_flight": sum(d["in_flight"] for d in shown),
-        "unfinished": counts["active"],
+        "unfinished": max(counts["active"], len(claimed)),
+        "unfinished_jobs": claimed,
         "done": counts["done"],
         "duplicates": counts["duplicates"],
         "failed": counts["failed"],
@@ -76,20 +77,50 @@ def read_status(journal_path: Path) -> dict[str, Any]:
     }
 
 
+def _layout(status: dict[str, Any]) -> Any:
+    from bgremove.watcher.naming import Layout
+
+    inbox = Path(status["inbox"])
+    return Layout(inbox, Path(status["outbox"]),
+                  Path(status.get("done_dir") or inbox / "done"),
+                  Path(status.get("failed_dir") or inbox / "failed"),
+                  bool(status.get("recursive")))
+
+
+def _claimed_files(status: dict[str, Any], jobs: dict[str, dict[str, Any]]
+                   ) -> list[dict[str, Any]]:
+    """Each file taken out of INBOX and not finished: its name, where it is now, its state."""
+    import os
+
+    from bgremove.watcher.claims import Claims, _claimed_in
+
+    if not status.get("inbox") or not status.get("outbox"):
+        return []
+    root = _layout(status).claims
+    found = []
+    try:
+        owners = sorted(e.path for e in os.scandir(root) if e.is_dir())
+    except OSError:
+        return []
+    for owner in owners:
+        for path in sorted(_claimed_in(Path(owner))):
+            job = jobs.get(str(path), {})
+            found.append({"input": str(Claims.rel_of(path)), "file": str(path),
+                          "owner": Path(owner).name, "state": job.get("state") or "claimed",
+                          "task_id": job.get("task_id")})
+    return found
+
+
 def _waiting_on_disk(status: dict[str, Any]) -> int:
     """Files in INBOX that a daemon would take, plus files left in claim folders."""
     import os
 
     from bgremove.watcher.claims import _claimed_in
-    from bgremove.watcher.naming import Layout
 
     if not status.get("inbox") or not status.get("outbox"):
         return 0
     inbox = Path(status["inbox"])
-    layout = Layout(inbox, Path(status["outbox"]),
-                    Path(status.get("done_dir") or inbox / "done"),
-                    Path(status.get("failed_dir") or inbox / "failed"),
-                    bool(status.get("recursive")))
+    layout = _layout(status)
     count = 0
     try:
         for root, dirs, names in os.walk(inbox):
@@ -121,6 +152,13 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append("no daemon has used this journal yet")
     lines.append(f"queued: {status['queued']}  in flight: {status['in_flight']}  "
                  f"unfinished jobs: {status['unfinished']}")
+    if status["unfinished_jobs"]:
+        lines.append("unfinished (taken out of INBOX; `bgremove watch` resumes them when it "
+                     "starts again, without paying twice):")
+        for job in status["unfinished_jobs"]:
+            task = f", task {job['task_id']}" if job["task_id"] else ""
+            lines.append(f"  {job['input']}: {job['state']}{task}; the file is at "
+                         f"{job['file']}")
     lines.append(f"done: {status['done']}  duplicates: {status['duplicates']}  "
                  f"failed: {status['failed']}")
     if status["last_errors"]:
@@ -142,30 +180,20 @@ def render_line(snapshot: dict[str, Any]) -> str:
 
 
 class StatusLine:
-    """Redraws one line at the bottom of a terminal; log lines print above it."""
+    """The daemon's live status on a terminal (``bgremove.console``); log lines print above it."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self._lock = threading.Lock()
-        self._last = ""
-        self._last_draw = 0.0
+        from bgremove.console import Console
+
+        # a daemon's log is not a progress report: no periodic lines off a terminal
+        self.console = Console(stream, plain_every=None)
+        self.console.attach()
 
     def update(self, snapshot: dict[str, Any]) -> None:
-        text = render_line(snapshot)
-        now = time.monotonic()
-        with self._lock:
-            if text == self._last and now - self._last_draw < 1.0:
-                return
-            self._last, self._last_draw = text, now
-            self.stream.write("\r\x1b[K" + text)
-            self.stream.flush()
+        self.console.show(render_line(snapshot))
 
-    def clear(self) -> None:
-        """Called before a log line is written."""
-        with self._lock:
-            if self._last:
-                self.stream.write("\r\x1b[K")
-                self._last = ""
+    def close(self) -> None:
+        self.console.close()
 
 
 def _iso(ts: float | None) -> str | None:

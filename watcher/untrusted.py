@@ -30,7 +30,6 @@ from bgremove.watcher.naming import shown
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _READ_FLAGS = (os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
                | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
-_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 #: ``os.open`` flags for a new file that must not exist yet (a planted link makes it fail).
 CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
@@ -58,26 +57,11 @@ def check_entry(path: Path, st: os.stat_result) -> None:
                                "files are not opened", hint="drop a copy instead")
 
 
-def open_folder(base: Path, rel: Path) -> int:
-    """A descriptor of the folder ``base / rel``, reached from the trusted ``base`` one
-    component at a time without following a link (``OSError`` if one is a link)."""
-    fd = os.open(base, _DIR_FLAGS)
-    try:
-        for part in rel.parts:
-            new = os.open(part, _DIR_FLAGS | _NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = new
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def read_file(path: Path, *, limit: int, dir_fd: int | None = None
               ) -> tuple[bytes, os.stat_result]:
     """The whole content of ``path`` and its ``fstat``, read once through one descriptor.
 
-    With ``dir_fd`` (see ``open_folder``) the file is ``path.name`` in that folder.
+    With ``dir_fd`` (see ``naming.folder_fd``) the file is ``path.name`` in that folder.
     ``UnsafeInputError`` for a link, a FIFO, a device or a file with several names (checked
     before opening and again on the open descriptor); ``OSError`` as ``open`` raises it
     (``FileNotFoundError`` when it is gone); ``UnsafeInputError`` too when it holds more

@@ -29,5 +29,6 @@ def config_from_args(args: argparse.Namespace, overrides: dict[str, Any] | None 
         flags["log_level"] = args.log_level
     config = load_config(getattr(args, "config", None), overrides=flags)
     register_secret(config.wavespeed.api_key)
-    setup_logging(config.log_level, json_lines=bool(getattr(args, "json_logs", False)))
+    setup_logging(config.log_level, json_lines=bool(getattr(args, "json_logs", False)),
+                  timestamps=bool(getattr(args, "log_timestamps", False)))
     return config

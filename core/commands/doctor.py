@@ -61,15 +61,17 @@ class Checks:
 
 def _check_config(args: argparse.Namespace) -> tuple[str, str, Any]:
     from bgremove.commands.common import config_from_args
+    from bgremove.config import default_config_path
 
     config = config_from_args(args)
-    where = config.source or "no config file (defaults and environment)"
+    where = config.source or (f"no config file at {default_config_path()} "
+                              "(defaults and environment)")
     return OK, f"{where}; backend {config.backend}", config
 
 
 def _check_key(config: Any) -> tuple[str, str, None]:
     if config.wavespeed.api_key:
-        return OK, "set (not shown)", None
+        return OK, f"set in {config.key_source or 'the settings'} (not shown)", None
     if config.backend == "wavespeed":
         return FAIL, "not set, and backend is wavespeed: set WAVESPEED_API_KEY", None
     return WARN, "not set: the offline model is used (set WAVESPEED_API_KEY for the API)", None
@@ -81,9 +83,14 @@ def _check_service(config: Any) -> tuple[str, str, None]:
     # One retry is enough to tell "down" from "a blip"; doctor should answer quickly.
     quick = config.with_overrides({"wavespeed.retry.max_attempts": 2,
                                    "wavespeed.timeouts.overall": 30.0})
+    from bgremove.errors import ServiceError
+
     client = WaveSpeedClient(quick.wavespeed)
     try:
         balance = client.balance()
+    except ServiceError as exc:  # name the address it tried (a typo, a closed port)
+        url = config.wavespeed.base_url
+        return FAIL, str(exc) if url in str(exc) else f"{url}: {exc}", None
     finally:
         client.close()
     if balance <= 0:
@@ -93,10 +100,16 @@ def _check_service(config: Any) -> tuple[str, str, None]:
 
 
 def _check_model(config: Any) -> tuple[str, str, None]:
-    try:
-        from bgremove.local import models
-    except ImportError:
-        return WARN, "offline backend not installed: pip install 'bgremove[local]'", None
+    from bgremove.backends import missing_local_packages, resolve_backend_name
+    from bgremove.local import models
+
+    missing = missing_local_packages()
+    if missing:
+        text = (f"offline backend not installed ({' and '.join(missing)} missing): "
+                "pip install 'bgremove[local]'")
+        if resolve_backend_name(config) == "local":  # nothing else would run
+            return FAIL, text + ", or set WAVESPEED_API_KEY to use the WaveSpeed API", None
+        return WARN, text, None
     name = config.local.model
     path = models.verify_cached(models.get_spec(name), config.local.cache_dir)
     if path is None:

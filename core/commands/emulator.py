@@ -17,8 +17,6 @@ from bgremove.choices import (
     LOG_LEVELS,
 )
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -123,10 +121,11 @@ def run(args: argparse.Namespace) -> int:
 
     from bgremove.choices import ACCOUNT_LIMITS
     from bgremove.emulator import Emulator, EmulatorOptions
+    from bgremove.emulator.options import LOOPBACK_HOSTS
     from bgremove.errors import ConfigError
     from bgremove.logs import register_secret, setup_logging
 
-    if args.host not in LOOPBACK and not args.allow_remote:
+    if args.host not in LOOPBACK_HOSTS and not args.allow_remote:
         raise ConfigError(f"refusing to listen on {args.host}: the emulator has no real "
                           "security and would be open to the network",
                           hint="add --allow-remote if you mean it")

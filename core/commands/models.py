@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bgremove.commands.common import EXIT_OK, add_config_argument
+from bgremove.commands.common import EXIT_FAILED, EXIT_OK, add_config_argument
 
 
 def register(sub: Any) -> None:
@@ -51,11 +51,12 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_fetch(args: argparse.Namespace) -> int:
     from bgremove.commands.common import config_from_args
-    from bgremove.local.models import TerminalProgress, fetch_model, get_spec
+    from bgremove.console import DownloadProgress
+    from bgremove.local.models import fetch_model, get_spec
 
     config = config_from_args(args)
-    spec = get_spec(args.name or config.local.model)
-    bar = TerminalProgress(f"downloading {spec.name}")
+    spec = get_spec(_known(args.name or config.local.model))
+    bar = DownloadProgress(f"downloading {spec.name}")
     try:
         path = fetch_model(spec.name, config.local.cache_dir, progress=bar, force=args.force)
     finally:
@@ -65,12 +66,29 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def run_path(args: argparse.Namespace) -> int:
+    import sys
+
     from bgremove.commands.common import config_from_args
-    from bgremove.local.models import get_spec, model_dir, model_path
+    from bgremove.local.models import get_spec, model_dir, model_path, verify_cached
 
     config = config_from_args(args)
-    if args.name:
-        print(model_path(get_spec(args.name), config.local.cache_dir))
-    else:
+    if not args.name:
         print(model_dir(config.local.cache_dir))
+        return EXIT_OK
+    spec = get_spec(_known(args.name))
+    print(model_path(spec, config.local.cache_dir))
+    if verify_cached(spec, config.local.cache_dir) is None:
+        print(f"bgremove: {spec.name} is not downloaded yet: run `bgremove models fetch "
+              f"{spec.name}`", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
+
+
+def _known(name: str) -> str:
+    """A model name, or a usage error (exit 2) naming the choices."""
+    from bgremove.errors import ConfigError
+    from bgremove.local.models import MODELS
+
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}", hint=f"choose one of {', '.join(MODELS)}")
+    return name

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from bgremove.contract import Backend
     from bgremove.jobs import JobResult
 
+#: Seconds between progress lines when stderr is not a terminal.
+PLAIN_PROGRESS_SECONDS = 10.0
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -112,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         _say(subfolders)
     backend = make_backend(config)
     try:
+        _prepare(backend)
         results = run_batch(plan, backend, config, json_lines=args.json,
                             overwrite=args.overwrite)
     finally:
@@ -123,6 +127,20 @@ def run(args: argparse.Namespace) -> int:
 def _say(text: str) -> None:
     sys.stderr.write(f"bgremove: {text}\n")
     sys.stderr.flush()
+
+
+def _prepare(backend: Backend) -> None:
+    """Fetch and load the offline model before the batch: with no cached model and no network
+    that is one line and exit 2, not one long failure (and download attempt) per image."""
+    from bgremove.errors import ModelError
+
+    prepare = getattr(backend, "prepare", None)
+    if prepare is None:
+        return
+    try:
+        prepare()
+    except ModelError as exc:
+        raise ConfigError(exc.message, hint=exc.hint) from None
 
 
 def _require_numpy() -> None:
@@ -202,32 +220,34 @@ def _count(n: int, noun: str) -> str:
 def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *,
               json_lines: bool, out: TextIO | None = None, err: TextIO | None = None,
               overwrite: bool = False) -> list[JobResult]:
-    """``bgremove.batch.run_batch`` with each result printed as it ends (and a bar on a tty)."""
+    """``bgremove.batch.run_batch`` with each result printed as it ends and a progress line
+    (a bar with the time left on a terminal, a plain line every 10 s elsewhere)."""
     from bgremove import batch
+    from bgremove.console import Console, Progress
 
     out = out or sys.stdout
     err = err or sys.stderr
-    bar = _ProgressBar(len(plan), err) if err.isatty() and not json_lines else None
+    console = Console(err, live=False if json_lines else None,
+                      plain_every=None if json_lines else PLAIN_PROGRESS_SECONDS)
+    console.attach()
+    bar = Progress(console, len(plan))
 
     def on_result(result: JobResult) -> None:
-        if bar:
-            bar.clear()
-        _report(result, json_lines, out, err)
-        if bar:
-            bar.update(result.status != "failed")
+        with console.cleared():
+            _report(result, json_lines, out, err)
+        bar.step(result.status != "failed")
 
     def on_interrupt(in_flight: int) -> None:
-        if bar:
-            bar.clear()
+        console.close()
         if in_flight:
             err.write(f"bgremove: stopped; {in_flight} image(s) were being processed and may "
                       "still be billed by the service\n")
 
-    results = batch.run_batch(plan, backend, config, on_result=on_result,
-                              on_interrupt=on_interrupt, overwrite=overwrite)
-    if bar:
-        bar.finish()
-    return results
+    try:
+        return batch.run_batch(plan, backend, config, on_result=on_result,
+                               on_interrupt=on_interrupt, overwrite=overwrite)
+    finally:
+        bar.finish()  # the closing line is run()'s summary
 
 
 def _report(result: JobResult, json_lines: bool, out: TextIO, err: TextIO) -> None:
@@ -250,31 +270,3 @@ def _report(result: JobResult, json_lines: bool, out: TextIO, err: TextIO) -> No
         where = "" if str(result.input) in text else f"{result.input}: "
         err.write(printable(f"bgremove: {where}{text}") + "\n")
         err.flush()
-
-
-class _ProgressBar:
-    """A one-line bar on stderr, redrawn in place; only used on a terminal."""
-
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self.total, self.done, self.failed, self.stream = total, 0, 0, stream
-        self.draw()
-
-    def draw(self) -> None:
-        width = 30
-        filled = int(width * self.done / self.total) if self.total else width
-        failed = f", {self.failed} failed" if self.failed else ""
-        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
-                          f"{self.done}/{self.total}{failed}")
-        self.stream.flush()
-
-    def clear(self) -> None:
-        self.stream.write("\r\033[K")
-
-    def update(self, ok: bool) -> None:
-        self.done += 1
-        self.failed += 0 if ok else 1
-        self.draw()
-
-    def finish(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()

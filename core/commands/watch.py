@@ -49,9 +49,9 @@ def register(sub: Any) -> None:
     p.add_argument("--backend", choices=BACKENDS,
                    help="auto: WaveSpeed when an API key is set, else the offline model")
     p.add_argument("--json", dest="json_logs", action="store_true",
-                   help="log one JSON object per line")
+                   help="log one JSON object per line on stdout (as remove --json)")
     add_config_argument(p)
-    p.set_defaults(func=run_watch)
+    p.set_defaults(func=run_watch, log_timestamps=True)
 
     s = sub.add_parser(
         "status",
@@ -70,7 +70,6 @@ def register(sub: Any) -> None:
 def run_watch(args: argparse.Namespace) -> int:
     import os
     import signal
-    import sys
 
     from bgremove.errors import ConfigError
     from bgremove.logs import setup_logging
@@ -109,9 +108,8 @@ def run_watch(args: argparse.Namespace) -> int:
     layout = Layout.create(watch.inbox, watch.outbox, watch.done, watch.failed, watch.recursive)
 
     status_line: StatusLine | None = None
-    if sys.stderr.isatty() and not watch.json:
-        status_line = StatusLine(sys.stderr)
-        _clear_before_logs(status_line)
+    if not watch.json:
+        status_line = StatusLine()  # a live line on a terminal, nothing elsewhere
     daemon = Daemon(config, layout, on_status=status_line.update if status_line else None)
 
     signals = {"count": 0}
@@ -134,19 +132,8 @@ def run_watch(args: argparse.Namespace) -> int:
         code = daemon.run()
     finally:
         if status_line is not None:
-            status_line.clear()
-            sys.stderr.write("\n")
+            status_line.close()
     return code if watch.once else 0
-
-
-def _clear_before_logs(status_line: Any) -> None:
-    class ClearLine(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            status_line.clear()
-            return True
-
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(ClearLine())
 
 
 def run_status(args: argparse.Namespace) -> int:

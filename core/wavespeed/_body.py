@@ -121,6 +121,38 @@ def _cut_short(what: str, received: int, announced: int, task_id: str | None) ->
                          f"{announced} bytes", hint="try again", task_id=task_id)
 
 
+#: Raw bytes a redirect's body may have: httpx reads it whole (and drops it) before
+#: following the redirect, so it is capped on the way in (16 KiB, at most 16 MiB gunzipped).
+REDIRECT_BODY_MAX = 16 * 1024
+
+
+def guard_redirect(response: httpx.Response) -> None:
+    """An httpx response hook: the body of a redirect is capped like every other body."""
+    if response.has_redirect_location:
+        response.stream = _CappedStream(response.stream, REDIRECT_BODY_MAX)
+
+
+class _CappedStream(httpx.SyncByteStream):
+    def __init__(self, inner: httpx.SyncByteStream | httpx.AsyncByteStream, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+
+    def __iter__(self) -> Iterator[bytes]:
+        assert isinstance(self._inner, httpx.SyncByteStream)
+        seen = 0
+        for chunk in self._inner:
+            seen += len(chunk)
+            if seen > self._limit:
+                raise permanent(ProtocolError(
+                    f"a redirect's body is larger than the {self._limit:,} bytes allowed for it: "
+                    "refused", hint="check that wavespeed.base_url points at the WaveSpeed API"))
+            yield chunk
+
+    def close(self) -> None:
+        if isinstance(self._inner, httpx.SyncByteStream):
+            self._inner.close()
+
+
 def with_body(response: httpx.Response, body: bytes) -> httpx.Response:
     """A copy of ``response`` (status, headers, request) holding the decoded ``body``."""
     headers = [(k, v) for k, v in response.headers.multi_items()

@@ -55,7 +55,7 @@ from bgremove.wavespeed._answers import (
     parse_ticket,
     parse_upload_url,
 )
-from bgremove.wavespeed._body import ACCEPT_ENCODING, OutputLimits, too_large
+from bgremove.wavespeed._body import ACCEPT_ENCODING, OutputLimits, guard_redirect, too_large
 from bgremove.wavespeed._errors import protocol_error, task_error
 from bgremove.wavespeed._http import CallContext, ClientStats, Requester
 from bgremove.wavespeed._reconcile import Reconciler, SentSubmit
@@ -128,6 +128,7 @@ class WaveSpeedClient:
                 timeout=httpx.Timeout(config.timeouts.result, connect=config.timeouts.connect),
                 headers={"User-Agent": common["User-Agent"],
                          "Accept-Encoding": ACCEPT_ENCODING},
+                event_hooks={"response": [guard_redirect]},
             )
         self._http = http
         self._requests = Requester(config, http, key=config.api_key, common_headers=common,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from bgremove import retry
-from bgremove.errors import CancelledError, ProtocolError, ServiceError
+from bgremove.errors import CancelledError, ProtocolError, ServiceError, TransportError
 from bgremove.logs import redact
 from bgremove.wavespeed._body import JSON_MAX_BYTES, OutputLimits, read_body, with_body
 from bgremove.wavespeed._errors import (
@@ -224,8 +224,11 @@ class Requester:
                     error.message = f"{error.message}; {decision.reason}"
                 raise error from cause
             self.stats.add_retry()
-            log.warning("%s; retrying in %.2f s (attempt %d of %d)", error.message,
-                        decision.delay, attempt + 1, policy.max_attempts)
+            # A dead connection is reported once by the caller (the batch's breaker, the
+            # daemon's intake pause), not once per attempt per image.
+            log.log(logging.DEBUG if isinstance(error, TransportError) else logging.WARNING,
+                    "%s; retrying in %.2f s (attempt %d of %d)", error.message,
+                    decision.delay, attempt + 1, policy.max_attempts)
             self.pause(decision.delay, ctx, what, task_id or ctx.task_id)
 
     def _attempt(self, ctx: CallContext, what: str, method: str, url: str,
@@ -258,7 +261,12 @@ class Requester:
         ends_at = self.clock() + limit
         body = b""
         with budget(time.monotonic() + limit, cancel):
-            response = self.http.send(request, stream=True)
+            try:
+                response = self.http.send(request, stream=True)
+            except ServiceError as exc:  # a redirect's body refused (``guard_redirect``)
+                if submit:
+                    raise submit_uncertain(exc.message) from None
+                raise
             try:
                 body = read_body(response, what=what, max_bytes=max_bytes, ends_at=ends_at,
                                  clock=self.clock, cancel=cancel, task_id=task_id)

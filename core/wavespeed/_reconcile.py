@@ -145,6 +145,9 @@ class Reconciler:
             except ServiceTimeoutError as exc:  # never a reason to submit again
                 raise _Unsure(f"it could not be told in time ({exc.message})",
                               transient=True) from None
+            except ServiceError as exc:  # e.g. a candidate's output that will not download
+                raise _Unsure(f"it could not be told ({exc.message})",
+                              transient=exc.transient) from None
         except _Unsure as why:
             error = SubmitUncertainError(f"{lost.message}; {why}", hint=UNSURE_HINT,
                                          task_id=lost.task_id)

