@@ -148,8 +148,11 @@ def test_two_daemons_one_inbox(tmp_path: Path, emulator_factory) -> None:
         write_image(inbox / f"t{i:02d}.png", 300 + i)
     a = Proc(tmp_path, emu, str(inbox), str(outbox), "--once", name="a", concurrency=2)
     b = Proc(tmp_path, emu, str(inbox), str(outbox), "--once", name="b", concurrency=2)
-    assert a.wait(60) == 0, a.log()
-    assert b.wait(60) == 0, b.log()
+    for proc in (a, b):
+        # A --once daemon that starts while the other already holds claims leaves those to
+        # it and says so (exit 1); which one starts first is up to the scheduler.
+        code = proc.wait(60)
+        assert code == 0 or (code == 1 and "which still seems to run" in proc.log()), proc.log()
     assert files(outbox) == [f"t{i:02d}.png" for i in range(40)]
     assert len(files(inbox / "done")) == 40
     assert emu.stats()["tasks_submitted"] == 40
