@@ -267,7 +267,7 @@ def _check_service_settings(config: Config, url_origin: str = "wavespeed.base_ur
                           hint="e.g. https://api.wavespeed.ai or http://127.0.0.1:8765")
     if "[" in host and not re.fullmatch(r"\[[0-9a-fA-F:.]+\](:\d+)?", host):
         raise ConfigError(f"{url_origin} {url!r} has a malformed host")
-    if scheme == "http" and not config.wavespeed.allow_insecure_http and not _is_loopback(host):
+    if scheme == "http" and not config.wavespeed.allow_insecure_http and not is_loopback(host):
         raise ConfigError(
             f"{url_origin} {url!r} is plain http to another machine: the API key and "
             "the images would cross the network unencrypted",
@@ -275,7 +275,7 @@ def _check_service_settings(config: Config, url_origin: str = "wavespeed.base_ur
             "if that network path is trusted")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     """``host`` (``name[:port]`` or ``[v6]:port``) names this machine."""
     name = host.rsplit("@", 1)[-1]
     name = name[1:].split("]", 1)[0] if name.startswith("[") else name.rsplit(":", 1)[0]

@@ -233,6 +233,19 @@ def test_a_folder_of_subfolders_only_says_to_add_r(tmp_path: Path, emulator: Emu
     assert len(lines) == 1 and "no images found" in lines[0] and "add -r" in lines[0]
 
 
+def test_a_subfolder_name_cannot_forge_a_line(tmp_path: Path, emulator: Emulator) -> None:
+    shoot = tmp_path / "shoot\nbgremove: all done"
+    photo(shoot / "a.png")
+    (shoot / "sub").mkdir()
+    Image.new("RGB", (40, 30), (0, 200, 0)).save(shoot / "wall\x1b[2K.png")  # no subject
+    done = bgremove(tmp_path, "remove", str(shoot), emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stderr
+    assert not any(line.startswith("bgremove: all done") for line in done.stderr.splitlines())
+    assert sum("add -r" in line for line in done.stderr.splitlines()) == 1
+    assert sum("warning:" in line for line in done.stderr.splitlines()) == 1
+
+
 def test_files_that_are_not_images_are_counted(tmp_path: Path, emulator: Emulator) -> None:
     shoot = tmp_path / "shoot"
     photo(shoot / "a.png")

@@ -841,3 +841,18 @@ def test_unknown_task_is_task_failed_not_found(client: WaveSpeedClient, service:
     assert error.status == "not_found" and error.task_id == "t1" and not error.transient
     assert "submit the image again" in str(error)
     assert service.count("result") == 1  # a 404 is not retried
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_a_plain_http_output_on_another_host_is_refused_unless_allowed(
+        make_client: Any, service: Service, allowed: bool) -> None:
+    client = make_client(allow_insecure_http=allowed)
+    plain = "http://cdn.wavespeed.test/out/x.png"
+    prediction = Prediction("t1", "completed", (plain,))
+    if allowed:
+        assert client.download_output(prediction) == PNG
+    else:
+        with pytest.raises(ProtocolError,
+                           match=r"plain-http address on cdn\.wavespeed\.test") as info:
+            client.download_output(prediction)
+        assert not info.value.transient and service.count("download") == 0

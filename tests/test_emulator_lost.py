@@ -262,7 +262,8 @@ def _lose_answer(client: httpx.Client, url: str, sync: bool) -> httpx.Response |
 def test_a_lost_answer_leaves_one_task_found_in_the_list(
         emulator_factory: Callable[..., Emulator], keyed_image: Callable[..., Image.Image],
         fault: Fault, sync: bool) -> None:
-    emu = emulator_factory(delay=0.5, faults=(fault,))
+    # async: a task that outlives the test (ended at stop), so "not yet completed" is no race
+    emu = emulator_factory(delay=0.2 if sync else 30, faults=(fault,))
     data = png_bytes(keyed_image())
     with api_client(emu) as client:
         url = upload(client, data)
@@ -276,7 +277,6 @@ def test_a_lost_answer_leaves_one_task_found_in_the_list(
         (item,) = _list(client)["items"]
         # sync mode loses the answer when the task ends, async mode at once
         assert (item["status"] == "completed") is sync
-        assert wait_done(client, item["id"])["status"] == "completed"
     stats = emu.stats()
     assert stats["answers_lost"] == 1 and stats["tasks_submitted"] == 1
     assert emu.tasks_for(data) == 1
@@ -286,7 +286,7 @@ def test_a_lost_answer_leaves_one_task_found_in_the_list(
 def test_sync_timeout_losing_the_answer(emulator_factory: Callable[..., Emulator],
                                         keyed_image: Callable[..., Image.Image],
                                         style: str) -> None:
-    emu = emulator_factory(delay=0.3, sync_timeout=0.05, sync_timeout_style=style)
+    emu = emulator_factory(delay=2, sync_timeout=0.05, sync_timeout_style=style)
     with api_client(emu) as client:
         url = upload(client, png_bytes(keyed_image()))
         answer = _lose_answer(client, url, True)

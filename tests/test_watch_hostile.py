@@ -394,3 +394,14 @@ def test_a_checked_folder_swapped_for_a_link_before_the_move_is_not_followed(
                                 note=None, attempts=1, below=inbox)
     assert os.listdir(private) == []
     assert sorted(os.listdir(inbox / "failed" / "old")) == ["x.txt", "x.txt.error.json"]
+
+
+def test_status_of_a_damaged_journal_is_one_line(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from bgremove.cli import main
+
+    journal = tmp_path / "journal.sqlite3"
+    journal.write_bytes(b"not a database\n" * 300)
+    assert main(["status", "--journal", str(journal)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(journal) in err[0] and "damaged" in err[0], err

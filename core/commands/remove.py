@@ -125,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _say(text: str) -> None:
-    sys.stderr.write(f"bgremove: {text}\n")
+    from bgremove.logs import printable
+
+    sys.stderr.write(printable(f"bgremove: {text}") + "\n")
     sys.stderr.flush()
 
 
@@ -262,7 +264,7 @@ def _report(result: JobResult, json_lines: bool, out: TextIO, err: TextIO) -> No
         out.write(printable(f"{result.input} -> {result.output} ({result.seconds:.1f} s)") + "\n")
         out.flush()
         if result.warning:
-            err.write(f"bgremove: {result.input}: warning: {result.warning}\n")
+            err.write(printable(f"bgremove: {result.input}: warning: {result.warning}") + "\n")
             err.flush()
     else:
         # Core errors usually name the file already; add it only where they do not.

@@ -17,6 +17,7 @@ went wrong: the request was sent, so the task may exist.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -27,9 +28,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from bgremove import retry
+from bgremove.config import is_loopback
 from bgremove.errors import CancelledError, ProtocolError, ServiceError, TransportError
 from bgremove.logs import redact
-from bgremove.wavespeed._body import JSON_MAX_BYTES, OutputLimits, read_body, with_body
+from bgremove.wavespeed._body import JSON_MAX_BYTES, OutputLimits, permanent, read_body, with_body
 from bgremove.wavespeed._errors import (
     deadline_error,
     envelope_task_id,
@@ -144,7 +146,20 @@ class Requester:
 
     def call(self, ctx: CallContext, what: str, method: str, url: str,
              parse: Callable[[httpx.Response], T], **kwargs: Any) -> T:
-        """``_retrying``, with the key scrubbed from every exception it chains."""
+        """``_retrying``, with the key scrubbed from every exception it chains.
+
+        A plain-http address the service handed out (an output, an upload ticket) to
+        another machine is refused like a plain-http ``base_url``: whoever sits on that
+        path could swap the mask or read the image.
+        """
+        with contextlib.suppress(httpx.InvalidURL):  # the request loop reports a bad URL
+            target = httpx.URL(url)
+            if (target.scheme == "http" and not self.config.allow_insecure_http
+                    and not is_loopback(target.netloc.decode("ascii", "replace"))):
+                raise permanent(protocol_error(
+                    what, f"the service handed out a plain-http address on {target.host}: "
+                    "refused (set wavespeed.allow_insecure_http: true if that path is trusted)",
+                    task_id=kwargs.get("task_id") or ctx.task_id))
         try:
             return self._retrying(ctx, what, method, url, parse, **kwargs)
         except ServiceError as error:
