@@ -238,7 +238,9 @@ def test_rate_limited_after_retries_says_to_wait(
 def test_a_timeout_says_to_try_again(
         emulator_factory: Callable[..., Emulator], bridge_env: Callable[..., dict[str, str]],
         keyed_image: Callable[..., Image.Image]) -> None:
-    emu = emulator_factory(delay=3.0)
+    # The task takes far longer than the 1 s overall deadline; the loose bound only shows
+    # the bridge gave up at its deadline instead of sitting out the task.
+    emu = emulator_factory(delay=120.0)
     env = emulator_env(emu, bridge_env, extra_config="")
     config = Path(env["BGREMOVE_CONFIG"])
     config.write_text(FAST + "  wait: poll\n  timeouts: {result: 0.5, overall: 1.0}\n",
@@ -246,7 +248,7 @@ def test_a_timeout_says_to_try_again(
     started = time.monotonic()
     error = failure(env, keyed_image())
     assert error.kind == "timeout" and "Try again" in error.message
-    assert time.monotonic() - started < 3.0  # did not sit out the whole task
+    assert time.monotonic() - started < 60.0  # did not sit out the whole task
 
 
 def test_offline_says_to_check_the_connection(

@@ -148,8 +148,11 @@ def test_two_daemons_one_inbox(tmp_path: Path, emulator_factory) -> None:
         write_image(inbox / f"t{i:02d}.png", 300 + i)
     a = Proc(tmp_path, emu, str(inbox), str(outbox), "--once", name="a", concurrency=2)
     b = Proc(tmp_path, emu, str(inbox), str(outbox), "--once", name="b", concurrency=2)
-    assert a.wait(60) == 0, a.log()
-    assert b.wait(60) == 0, b.log()
+    for proc in (a, b):
+        # A --once daemon that starts while the other already holds claims leaves those to
+        # it and says so (exit 1); which one starts first is up to the scheduler.
+        code = proc.wait(60)
+        assert code == 0 or (code == 1 and "which still seems to run" in proc.log()), proc.log()
     assert files(outbox) == [f"t{i:02d}.png" for i in range(40)]
     assert len(files(inbox / "done")) == 40
     assert emu.stats()["tasks_submitted"] == 40
@@ -178,7 +181,7 @@ def test_sigterm_finishes_in_flight_then_restart_finishes_the_rest(tmp_path: Pat
 
 def test_second_sigint_exits_at_once_and_nothing_is_lost(tmp_path: Path,
                                                          emulator_factory) -> None:
-    emu = emulator_factory(delay=4.0)
+    emu = emulator_factory(delay=10.0)
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     for i in range(2):
         write_image(inbox / f"i{i}.png", 500 + i)
@@ -188,10 +191,10 @@ def test_second_sigint_exits_at_once_and_nothing_is_lost(tmp_path: Path,
                30, what="two tasks journaled")
     proc.popen.send_signal(signal.SIGINT)
     time.sleep(0.2)  # let the first signal be handled before the second arrives
-    started = time.monotonic()
     proc.popen.send_signal(signal.SIGINT)
     assert proc.wait(10) == 130
-    assert time.monotonic() - started < 2.0
+    # at once: the daemon did not wait for its two tasks to end
+    assert emu.stats()["tasks_completed"] == 0
     assert files(outbox) == []
     again = Proc(tmp_path, emu, str(inbox), str(outbox), "--once", name="again")
     assert again.wait(60) == 0, again.log()

@@ -251,6 +251,7 @@ class Service:
                     base64_output=bool(request.get("enable_base64_output")),
                     public_base=public_base, input=request, seq=next(self._seq),
                     fail_code=fail[0].code if fail else None)
+        task.submitted = task.prediction()  # before the task can run
         self.store.tasks.put(task.id, task)
         self.stats.task(hashlib.sha256(content).hexdigest() if content is not None else None)
         thread = threading.Thread(target=self._run_task, args=(task,), daemon=True,

@@ -92,6 +92,8 @@ class Task:
     code: int | None = None
     inference_ms: int = 0
     done: threading.Event = field(default_factory=threading.Event)
+    # What an async submit answers: the task as created, before it ran
+    submitted: dict[str, Any] = field(default_factory=dict)
 
     def prediction(self, *, with_input: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {
