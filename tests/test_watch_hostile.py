@@ -405,3 +405,30 @@ def test_status_of_a_damaged_journal_is_one_line(tmp_path: Path,
     assert main(["status", "--journal", str(journal)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(journal) in err[0] and "damaged" in err[0], err
+
+
+def test_a_duplicate_output_follows_no_link_planted_in_an_outbox_inside_inbox(
+        tmp_path: Path) -> None:
+    """OUTBOX inside INBOX is allowed (not watched); its writers can plant links there."""
+    from bgremove.watcher.placement import place_duplicate
+
+    root, inbox, _ = site(tmp_path)
+    outbox, staging = inbox / "out", tmp_path / "staging"
+    outbox.mkdir()
+    result = outbox / "first.png"
+    result.write_bytes(image_bytes(3))
+    outside = root / "outside"
+    outside.mkdir()
+    (outside / "a.png").write_bytes(result.read_bytes())  # the same bytes, outside
+    (outbox / "a.png").symlink_to(outside / "a.png")
+    (outbox / "sub").symlink_to(outside, target_is_directory=True)
+    before = snapshot(root, (inbox, staging))
+
+    # a link at the chosen name is neither reused as the output nor read: the next name is
+    assert place_duplicate(result, outbox / "a.png", staging, below=inbox) == outbox / "a-1.png"
+    assert os.path.samefile(outbox / "a-1.png", result)
+    # a linked folder on the way is refused, never written through
+    with pytest.raises(OSError):
+        place_duplicate(result, outbox / "sub" / "b.png", staging, below=inbox)
+    assert snapshot(root, (inbox, staging)) == before
+    assert os.readlink(outbox / "a.png") == str(outside / "a.png")

@@ -773,7 +773,8 @@ class Daemon:
         if first is not None and first.output:
             try:
                 output = place_duplicate(Path(first.output), self.layout.output_for(rel, self._ext),
-                                         self.staging)
+                                         self.staging,
+                                         below=self.layout.trusted_base(self.layout.outbox))
             except FileNotFoundError:  # the earlier result vanished this instant
                 self._requeue(claimed, rel, None, 1.0)
                 return

@@ -3,9 +3,9 @@ after a crash (the chosen name is journaled before the link)."""
 
 from __future__ import annotations
 
-import filecmp
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,39 +65,59 @@ def place_staged(journal: Journal, job: Job, staged: Path, preferred: Path, rel:
     raise OutputError(f"no free output name for {shown(rel)} in {shown(preferred.parent)}")
 
 
-def place_duplicate(result: Path, preferred: Path, temp_dir: Path) -> Path:
+def place_duplicate(result: Path, preferred: Path, temp_dir: Path, *, below: Path) -> Path:
     """Give an input whose content was already cut out its own output: a hard link to
     ``result`` (a copy where links are not possible) at a free name near ``preferred``.
 
     Safe to repeat: a name that already holds that result is reused, so a re-dropped file
-    or a restart after a crash adds no second copy. OSError when OUTBOX cannot take it.
+    or a restart after a crash adds no second copy. ``below`` is the trusted folder above
+    ``preferred`` (see ``check_output_dir``): no link on the way, nor one at a candidate
+    name, is followed. OSError when OUTBOX cannot take it.
     """
-    preferred.parent.mkdir(parents=True, exist_ok=True)
-    for candidate in candidate_names(preferred):
-        if os.path.lexists(candidate):
-            if _same_file(candidate, result):
-                return candidate
-            continue
-        try:
-            os.link(result, candidate)
-            return candidate
-        except FileExistsError:
-            continue
-        except OSError:  # no hard links here (FAT, some SMB mounts): a copy, placed safely
-            temp_dir.mkdir(parents=True, exist_ok=True)
-            temp = temp_dir / f"dup-{os.getpid()}-{candidate.name}"
-            shutil.copy2(result, temp)
-            try:
-                if link_no_replace(temp, candidate):
+    fd = folder_fd(preferred.parent, below)
+    try:
+        for candidate in candidate_names(preferred):
+            if lexists_at(candidate.name, fd):
+                if _holds(candidate.name, fd, result):
                     return candidate
-            finally:
-                if temp.exists():
-                    os.unlink(temp)
+                continue
+            try:
+                os.link(result, candidate.name, dst_dir_fd=fd)
+                return candidate
+            except FileExistsError:
+                continue
+            except OSError:  # no hard links here (FAT, some SMB mounts): a copy, placed safely
+                temp_dir.mkdir(parents=True, exist_ok=True)
+                temp = temp_dir / f"dup-{os.getpid()}-{candidate.name}"
+                shutil.copy2(result, temp)
+                try:
+                    if link_no_replace(temp, candidate, dir_fd=fd):
+                        return candidate
+                finally:
+                    if temp.exists():
+                        os.unlink(temp)
+    finally:
+        os.close(fd)
     raise OutputError(f"no free output name in {shown(preferred.parent)}")
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _holds(name: str, dir_fd: int, result: Path) -> bool:
+    """Whether the entry ``name`` of the open folder is ``result`` or a copy of it; a
+    symbolic link or anything but a regular file never is (and is not read)."""
     try:
-        return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
+        st = os.lstat(name, dir_fd=dir_fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        ref = os.stat(result)
+        if (st.st_dev, st.st_ino) == (ref.st_dev, ref.st_ino):
+            return True
+        if st.st_size != ref.st_size:
+            return False
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        with os.fdopen(os.open(name, flags, dir_fd=dir_fd), "rb") as a, open(result, "rb") as b:
+            while chunk := a.read(1 << 20):
+                if chunk != b.read(len(chunk)):
+                    return False
+            return not b.read(1)
     except OSError:
         return False
