@@ -432,3 +432,34 @@ def test_a_duplicate_output_follows_no_link_planted_in_an_outbox_inside_inbox(
         place_duplicate(result, outbox / "sub" / "b.png", staging, below=inbox)
     assert snapshot(root, (inbox, staging)) == before
     assert os.readlink(outbox / "a.png") == str(outside / "a.png")
+
+
+def test_own_claim_folder_swapped_for_a_link_moves_nothing_from_outside(
+        tmp_path: Path, emulator_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An INBOX writer renames the daemon's own claim folder while a file is in it and puts
+    a link to a private folder in its place, holding a file of the claimed name: the
+    original is still moved from the folder the daemon opened; the private file stays."""
+    from bgremove.watcher.daemon import Daemon
+
+    root, inbox, outbox = site(tmp_path)
+    private = root / "private"
+    private.mkdir()
+    real_move = Daemon._move
+
+    def move_after_swap(self: Daemon, claimed: Path, folder: Path, rel: Path) -> Path:
+        own = claimed.parent
+        if not own.is_symlink():
+            (private / claimed.name).write_bytes(b"private\n")
+            os.rename(own, own.with_name("renamed"))
+            own.symlink_to(private, target_is_directory=True)
+        return real_move(self, claimed, folder, rel)
+
+    monkeypatch.setattr(Daemon, "_move", move_after_swap)
+    write_image(inbox / "a.png", 61)
+    original = (inbox / "a.png").read_bytes()
+    emu = emulator_factory()
+    with DaemonRun(root, emu, inbox=inbox, outbox=outbox) as run:
+        wait_until(lambda: files(run.done) == ["a.png"], what="a.png done")
+    assert [p.read_bytes() for p in private.iterdir()] == [b"private\n"]
+    assert (run.done / "a.png").read_bytes() == original
+    assert files(outbox) == ["a.png"]

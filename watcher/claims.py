@@ -161,6 +161,11 @@ class Claims:
         if old is not None:
             os.close(old)
 
+    def dir_fd(self) -> int:
+        """This daemon's folder, as opened (and checked) at start: claimed files are read
+        and moved out through it, never through its path (which INBOX writers can swap)."""
+        return self._fd()
+
     def _fd(self) -> int:
         if self._dir_fd is None:
             self._open_dir()

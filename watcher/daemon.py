@@ -584,7 +584,7 @@ class Daemon:
             return
         if content is None:
             try:
-                content, input_error, _st = self._read(claimed)
+                content, input_error, _st = self._read(claimed, self.claims.dir_fd())
             except UnsafeInputError as exc:
                 self._fail(None, claimed, rel, exc)
                 return
@@ -743,7 +743,8 @@ class Daemon:
         """Move a claimed original to done/ or failed/; ``FolderBlocked`` if that folder fails."""
         below = self.layout.trusted_base(folder)
         try:
-            target = move_no_replace(claimed, folder / rel, below=below)
+            target = move_no_replace(claimed, folder / rel, below=below,
+                                     src_dir_fd=self.claims.dir_fd())
         except OSError as exc:
             if not os.path.lexists(claimed):
                 raise  # not a folder problem: the file is gone

@@ -167,17 +167,21 @@ def shown(value: object) -> str | None:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def link_no_replace(src: Path, dst: Path, *, dir_fd: int | None = None) -> bool:
+def link_no_replace(src: Path, dst: Path, *, dir_fd: int | None = None,
+                    src_dir_fd: int | None = None) -> bool:
     """Give ``src`` the name ``dst`` unless ``dst`` exists; True if it was taken.
 
     Leaves ``src`` in place when a hard link was made (the caller removes it),
     so a crash in between leaves two names for one file, never zero. A symbolic link
     ``src`` is moved as the link itself: its target is never read, linked or copied.
-    With ``dir_fd`` (see ``folder_fd``) ``dst`` is ``dst.name`` in that open folder.
+    With ``dir_fd`` (see ``folder_fd``) ``dst`` is ``dst.name`` in that open folder, and
+    with ``src_dir_fd`` ``src`` is ``src.name`` in that one.
     """
     name: Path | str = dst.name if dir_fd is not None else dst
+    src_name: Path | str = src.name if src_dir_fd is not None else src
     try:
-        os.link(src, name, dst_dir_fd=dir_fd, follow_symlinks=False)
+        os.link(src_name, name, src_dir_fd=src_dir_fd, dst_dir_fd=dir_fd,
+                follow_symlinks=False)
         return True
     except FileExistsError:
         return False
@@ -188,14 +192,14 @@ def link_no_replace(src: Path, dst: Path, *, dir_fd: int | None = None) -> bool:
     # No hard links here (FAT, some SMB mounts) or another device.
     if lexists_at(name, dir_fd):
         return False
-    if _same_device(src, dst.parent if dir_fd is None else dir_fd):
-        os.rename(src, name, dst_dir_fd=dir_fd)
+    if _same_device(src_name, src_dir_fd, dst.parent if dir_fd is None else dir_fd):
+        os.rename(src_name, name, src_dir_fd=src_dir_fd, dst_dir_fd=dir_fd)
         return True
     tmp = f"{TEMP_PREFIX}{secrets.token_hex(6)}{TEMP_SUFFIX}"
     tmp_name: Path | str = tmp if dir_fd is not None else dst.with_name(tmp)
     placed = False
     try:
-        _copy_new(src, tmp_name, dir_fd)
+        _copy_new(src_name, src_dir_fd, tmp_name, dir_fd)
         if lexists_at(name, dir_fd):
             return False
         os.replace(tmp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -204,17 +208,18 @@ def link_no_replace(src: Path, dst: Path, *, dir_fd: int | None = None) -> bool:
         if not placed:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_name, dir_fd=dir_fd)
-    os.unlink(src)
+    os.unlink(src_name, dir_fd=src_dir_fd)
     return True
 
 
-def _copy_new(src: Path, tmp: Path | str, dir_fd: int | None) -> None:
+def _copy_new(src: Path | str, src_dir_fd: int | None, tmp: Path | str,
+              dir_fd: int | None) -> None:
     """Copy ``src`` (a link as a link) to the new name ``tmp``; neither end follows a link."""
-    if os.path.islink(src):
-        os.symlink(os.readlink(src), tmp, dir_fd=dir_fd)
+    if stat.S_ISLNK(os.lstat(src, dir_fd=src_dir_fd).st_mode):
+        os.symlink(os.readlink(src, dir_fd=src_dir_fd), tmp, dir_fd=dir_fd)
         return
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-    with os.fdopen(os.open(src, flags), "rb") as fin, \
+    with os.fdopen(os.open(src, flags, dir_fd=src_dir_fd), "rb") as fin, \
             os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666,
                               dir_fd=dir_fd), "wb") as fout:
         shutil.copyfileobj(fin, fout)
@@ -232,9 +237,9 @@ def lexists_at(name: Path | str, dir_fd: int | None) -> bool:
     return True
 
 
-def _same_device(a: Path, b: Path | int) -> bool:
+def _same_device(a: Path | str, a_dir_fd: int | None, b: Path | int) -> bool:
     try:
-        return os.lstat(a).st_dev == os.stat(b).st_dev
+        return os.lstat(a, dir_fd=a_dir_fd).st_dev == os.stat(b).st_dev
     except OSError:
         return False
 
@@ -288,12 +293,14 @@ def ensure_folder(folder: Path, below: Path) -> None:
     os.close(folder_fd(folder, below))
 
 
-def move_no_replace(src: Path, preferred: Path, *, below: Path | None = None) -> Path:
+def move_no_replace(src: Path, preferred: Path, *, below: Path | None = None,
+                    src_dir_fd: int | None = None) -> Path:
     """Move ``src`` to ``preferred`` or the first free ``-N`` variant; return the new path.
 
     ``below``: a trusted folder above ``preferred``; the folders between are created and
     checked one by one and the move goes through the checked folder's descriptor (a
-    symbolic link among them raises ``OSError``, never followed).
+    symbolic link among them raises ``OSError``, never followed). ``src_dir_fd``: the
+    open folder ``src`` is in (then ``src.name`` there), as ``link_no_replace`` takes it.
     """
     fd = None
     if below is None:
@@ -302,9 +309,10 @@ def move_no_replace(src: Path, preferred: Path, *, below: Path | None = None) ->
         fd = folder_fd(preferred.parent, below)
     try:
         for dst in candidate_names(preferred):
-            if link_no_replace(src, dst, dir_fd=fd):
-                if os.path.lexists(src):  # a hard link was made: drop the old name
-                    os.unlink(src)
+            if link_no_replace(src, dst, dir_fd=fd, src_dir_fd=src_dir_fd):
+                src_name = src.name if src_dir_fd is not None else src
+                if lexists_at(src_name, src_dir_fd):  # a hard link was made: drop the old name
+                    os.unlink(src_name, dir_fd=src_dir_fd)
                 return dst
     finally:
         if fd is not None:
