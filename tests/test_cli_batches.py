@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -136,15 +138,34 @@ def test_an_unusable_output_folder_is_one_line_and_exit_2(
     assert all(s.exists() for s in srcs)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder nobody can write into, root included (root ignores mode bits, so as root
+    the folder is made immutable with chattr, which ext4, xfs and btrfs support)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    if os.geteuid() != 0:
+        yield folder
+        return
+    made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"chattr +i failed here: {made.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
 def test_a_read_only_output_folder_is_one_line_and_exit_2(
-        tmp_path: Path, emulator: Emulator) -> None:
-    out = tmp_path / "ro"
-    out.mkdir()
-    out.chmod(0o500)
+        tmp_path: Path, emulator: Emulator, read_only_folder: Path) -> None:
     srcs = [photo(tmp_path / f"{i}.png") for i in range(3)]
-    done = bgremove(tmp_path, "remove", *map(str, srcs), "-o", str(out), emulator=emulator)
-    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    done = bgremove(tmp_path, "remove", *map(str, srcs), "-o", str(read_only_folder),
+                    emulator=emulator)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert str(read_only_folder) in done.stderr and "Traceback" not in done.stderr
+    assert emulator.stats()["uploads"] == 0
+    assert all(s.exists() for s in srcs)
 
 
 def test_o_with_an_image_name_names_the_output_file(tmp_path: Path, emulator: Emulator) -> None:
