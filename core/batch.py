@@ -300,8 +300,11 @@ def _run_one(src: Path, dst: Path, backend: Backend, config: Config, hooks: JobH
         return JobResult(src, None, "failed", exc, time.monotonic() - started,
                          getattr(exc, "task_id", None))
     except Exception as exc:  # a bug must cost one file, not the batch
+        from bgremove.logs import redact
+
         log.debug("unexpected error on %s", src, exc_info=True)
-        error = BgremoveError(f"{src}: internal error: {type(exc).__name__}: {exc}",
+        # any library's text, printed and put in --json output: never with the key in it
+        error = BgremoveError(redact(f"{src}: internal error: {type(exc).__name__}: {exc}"),
                               hint="please report it with --log-level debug output")
         return JobResult(src, None, "failed", error, time.monotonic() - started)
 

@@ -70,6 +70,7 @@ def run_fetch(args: argparse.Namespace) -> int:
     import sys
 
     from bgremove.errors import BgremoveError
+    from bgremove.logs import printable
     from bgremove.recover import fetch_result
 
     inputs = [Path(p) for p in args.input or []]
@@ -87,8 +88,8 @@ def run_fetch(args: argparse.Namespace) -> int:
             except BgremoveError as exc:
                 failed = True
                 text = str(exc)
-                print(f"bgremove: {'' if task_id in text else f'task {task_id}: '}{text}",
-                      file=sys.stderr)
+                print(printable(f"bgremove: {'' if task_id in text else f'task {task_id}: '}"
+                                f"{text}"), file=sys.stderr)
                 continue
             print(f"{task_id} -> {dst}")
     return EXIT_FAILED if failed else EXIT_OK
