@@ -18,9 +18,6 @@ if TYPE_CHECKING:
     from bgremove.contract import Backend
     from bgremove.jobs import JobResult
 
-#: Seconds between progress lines when stderr is not a terminal.
-PLAIN_PROGRESS_SECONDS = 10.0
-
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -225,12 +222,12 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
     """``bgremove.batch.run_batch`` with each result printed as it ends and a progress line
     (a bar with the time left on a terminal, a plain line every 10 s elsewhere)."""
     from bgremove import batch
-    from bgremove.console import Console, Progress
+    from bgremove.console import PLAIN_EVERY_SECONDS, Console, Progress
 
     out = out or sys.stdout
     err = err or sys.stderr
     console = Console(err, live=False if json_lines else None,
-                      plain_every=None if json_lines else PLAIN_PROGRESS_SECONDS)
+                      plain_every=None if json_lines else PLAIN_EVERY_SECONDS)
     console.attach()
     bar = Progress(console, len(plan))
 
