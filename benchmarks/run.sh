@@ -2,14 +2,19 @@
 # Runs every benchmark, one after the other, and keeps their output in
 # benchmarks/results/. Run it on a quiet machine: the figures are wall times.
 #   bash benchmarks/run.sh            # all
-#   bash benchmarks/run.sh core watch # some: core, watch, local, quality, gimp, untrusted
+#   bash benchmarks/run.sh core watch # some: the NAME of each benchmarks/bench_NAME.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/python -m pip install --quiet -e '.[test]'
 mkdir -p benchmarks/results
 wanted=("$@")
-[ ${#wanted[@]} -eq 0 ] && wanted=(core watch local quality gimp untrusted)
+if [ ${#wanted[@]} -eq 0 ]; then
+    for file in benchmarks/bench_*.py; do
+        name=${file#benchmarks/bench_}
+        wanted+=("${name%.py}")
+    done
+fi
 {
     echo "# bgremove benchmarks, $(date -u +%Y-%m-%dT%H:%MZ)"
     echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)," \

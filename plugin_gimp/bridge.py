@@ -254,9 +254,9 @@ _NEXT_STEPS: tuple[tuple[str, str], ...] = (
 
 def local_backend_installed() -> bool:
     """Whether the offline model's packages (the ``[local]`` extra) can be imported."""
-    from importlib.util import find_spec
+    from bgremove.backends import missing_local_packages
 
-    return all(find_spec(name) is not None for name in ("numpy", "onnxruntime"))
+    return not missing_local_packages()
 
 
 def local_choice_text() -> str:
