@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 
 from bgremove.errors import ConfigError, UnsafeInputError
-from bgremove.watcher.naming import folder_fd, shown
+from bgremove.watcher.naming import DIR_FLAGS, READ_FLAGS, folder_fd, shown
 from bgremove.watcher.untrusted import CREATE_NEW, safe_rel
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,6 @@ OWNER_FILE = "owner.json"
 MAX_CLAIM_NAME = 200
 #: Longest ``.rel`` sidecar read back (a relative path; PATH_MAX is 4096).
 MAX_SIDECAR = 4096
-_DIR_FLAGS = (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
-              | getattr(os, "O_CLOEXEC", 0))
 
 #: A claimed file: its path in a claim folder, the INBOX-relative path it came from, and
 #: why it must not be opened (a recorded name that leads out of INBOX), if so.
@@ -305,7 +303,7 @@ class Claims:
         if not owners:
             return taken
         try:
-            root_fd = os.open(self.root, _DIR_FLAGS)
+            root_fd = os.open(self.root, DIR_FLAGS)
         except OSError as exc:
             log.warning("cannot open the claims folder %s: %s", shown(self.root), exc)
             return taken
@@ -318,7 +316,7 @@ class Claims:
 
     def _recover_owner(self, owner: str, root_fd: int, taken: list[Claimed]) -> None:
         try:  # never through a link, even one swapped in since the listing
-            fd = os.open(owner, _DIR_FLAGS, dir_fd=root_fd)
+            fd = os.open(owner, DIR_FLAGS, dir_fd=root_fd)
         except OSError as exc:
             log.warning("cannot open the claim folder %s: %s", shown(owner), exc)
             return
@@ -396,9 +394,8 @@ def _is_folder(entry: os.DirEntry[str]) -> bool:
 
 def _read_sidecar(path: Path, dir_fd: int | None) -> str | None:
     """A sidecar's recorded path (never through a link); None when there is none."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path.name if dir_fd is not None else path, flags, dir_fd=dir_fd)
+        fd = os.open(path.name if dir_fd is not None else path, READ_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as exc:

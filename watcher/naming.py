@@ -244,8 +244,13 @@ def _same_device(a: Path | str, a_dir_fd: int | None, b: Path | int) -> bool:
         return False
 
 
-_DIR_FLAGS = (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
-              | getattr(os, "O_CLOEXEC", 0))
+#: ``os.open`` flags for a folder reached without following a link.
+DIR_FLAGS = (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+#: ``os.open`` flags for reading a file that may have been planted: no link followed, and a
+#: FIFO or terminal never blocks the reader nor becomes its terminal.
+READ_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+              | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
 
 
 def folder_fd(folder: Path, below: Path, *, create: bool = True) -> int:
@@ -255,7 +260,7 @@ def folder_fd(folder: Path, below: Path, *, create: bool = True) -> int:
     ``OSError`` (``ELOOP``, ``ENOTDIR``, naming the component) when one is a symbolic
     link or a file: it is never followed, even if swapped in a moment ago. Writes through
     the descriptor (``dir_fd=``) land in the folder that was checked."""
-    fd = os.open(below, _DIR_FLAGS & ~getattr(os, "O_NOFOLLOW", 0))  # trusted: as configured
+    fd = os.open(below, DIR_FLAGS & ~getattr(os, "O_NOFOLLOW", 0))  # trusted: as configured
     current = below
     try:
         for part in folder.relative_to(below).parts:
@@ -264,7 +269,7 @@ def folder_fd(folder: Path, below: Path, *, create: bool = True) -> int:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(part, dir_fd=fd)
             try:
-                new = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                new = os.open(part, DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 raise _in_the_way(part, fd, current) or exc from None
             os.close(fd)

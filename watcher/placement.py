@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from bgremove.errors import OutputError
 from bgremove.watcher.naming import (
+    READ_FLAGS,
     candidate_names,
     ensure_folder,
     folder_fd,
@@ -113,8 +114,8 @@ def _holds(name: str, dir_fd: int, result: Path) -> bool:
             return True
         if st.st_size != ref.st_size:
             return False
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-        with os.fdopen(os.open(name, flags, dir_fd=dir_fd), "rb") as a, open(result, "rb") as b:
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+        with os.fdopen(fd, "rb") as a, open(result, "rb") as b:
             while chunk := a.read(1 << 20):
                 if chunk != b.read(len(chunk)):
                     return False

@@ -25,11 +25,9 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from bgremove.errors import UnsafeInputError
-from bgremove.watcher.naming import shown
+from bgremove.watcher.naming import READ_FLAGS, shown
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_READ_FLAGS = (os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
-               | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
 #: ``os.open`` flags for a new file that must not exist yet (a planted link makes it fail).
 CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
@@ -69,7 +67,7 @@ def read_file(path: Path, *, limit: int, dir_fd: int | None = None
     where = path.name if dir_fd is not None else path
     check_entry(path, os.lstat(where, dir_fd=dir_fd))
     try:
-        fd = os.open(where, _READ_FLAGS, dir_fd=dir_fd)
+        fd = os.open(where, READ_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # swapped for a link since the lstat
             raise UnsafeInputError(f"{shown(path)}: is a symbolic link; links are not "
