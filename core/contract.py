@@ -7,6 +7,9 @@ the daemon and the plug-in all import it, and it imports none of them.
     Cutout      the alpha mask a backend returns, and where it came from
     JobHooks    progress, cancel, the task-id callback and a task to resume
     StoredImage an input file's own bytes, metadata removed, for upload as they are
+    Upload      the bytes sent to the service
+    Prepared    an input after the prepare stage: what to send; no decoded pixels
+    Result      what the remote stage hands to the finish stage
     CancelToken a thread-safe cancel flag checked between steps
 """
 
@@ -69,6 +72,47 @@ class StoredImage:
     content_type: str  # "image/jpeg"
     size: tuple[int, int]  # the stored pixel size (width and height swap for 5-8)
     orientation: int  # EXIF orientation 1-8 of the file
+
+
+@dataclass(frozen=True)
+class Upload:
+    """The bytes sent to the service: no EXIF, no GPS, no ICC, no text, no file name."""
+
+    data: bytes
+    content_type: str  # "image/jpeg", "image/png"
+    filename: str  # neutral ("image.jpg"), never the user's
+    size: tuple[int, int]  # the pixel size of ``data`` as stored
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An input after the prepare stage: what to send, and what finishing it needs.
+
+    Holds no decoded pixels, so a job waiting on the service costs its upload's bytes
+    at most (and nothing once the upload is done and ``upload`` dropped).
+    """
+
+    upload: Upload
+    size: tuple[int, int]  # the input's upright size (what the output has)
+    orientation: int = 1  # EXIF orientation 1-8 the returned mask must be turned by
+    digest: str | None = None  # sha256 hex of the input file's bytes as read (None: pixels)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the remote stage hands to the finish stage.
+
+    ``data`` is the service's result file as it came (PNG or WebP, not yet decoded:
+    ``max_pixels`` is the most pixels it may have); a backend that makes the mask
+    itself (the local model) gives ``alpha`` instead, as stored (before orientation).
+    """
+
+    backend: str
+    data: bytes | None = None
+    alpha: Image.Image | None = None
+    max_pixels: int = 0
+    task_id: str | None = None
+    requests: int = 0
 
 
 @dataclass
