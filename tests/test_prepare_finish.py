@@ -194,6 +194,20 @@ def test_a_truncated_file_is_refused_at_prepare_like_load_image(tmp_path: Path, 
     assert str(prepared.value).split(" (")[0] == str(loaded.value).split(" (")[0]
 
 
+def test_a_jpeg_whose_scan_does_not_decode_is_refused_at_prepare(tmp_path: Path) -> None:
+    """Its segments are clear (it would go up as it is), but its scan names a Huffman table
+    that is not there: only decoding the data finds that."""
+    data = bytearray(img.encoded(photo(), "JPEG"))
+    sos = data.index(b"\xff\xda")
+    data[sos + 6] = 0x22  # the first component's DC/AC tables: 2 and 2, never defined
+    src = tmp_path / "broken.jpg"
+    src.write_bytes(data)
+    assert strip_jpeg_metadata(bytes(data)) is not None
+    with pytest.raises(UnreadableImageError, match="truncated or corrupt") as err:
+        prepare_file(src, **LIMITS)
+    assert str(src) in str(err.value)
+
+
 def _png(header: bytes, raw: bytes) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + \
@@ -211,8 +225,16 @@ RGB_2X2 = (2).to_bytes(4, "big") * 2 + bytes((8, 2, 0, 0, 0))
     (b"\x00" + bytes(6) + b"\x00" + bytes(5), False),  # one byte short
     (b"\x00" + bytes(6) + b"\x00" + bytes(7), False),  # one byte over
 ], ids=["good", "bad-filter", "short", "long"])
-def test_the_png_data_check(raw: bytes, complete: bool) -> None:
-    assert png_data_complete(_png(RGB_2X2, raw)) is complete
+def test_the_png_data_check(tmp_path: Path, raw: bytes, complete: bool) -> None:
+    png = _png(RGB_2X2, raw)
+    assert png_data_complete(png) is complete
+    src = tmp_path / "small.png"
+    src.write_bytes(png)  # every chunk well-formed: only its data says whether it decodes
+    if complete:
+        assert prepare_file(src, **LIMITS).upload.data == png
+    else:
+        with pytest.raises(UnreadableImageError, match="truncated or corrupt"):
+            prepare_file(src, **LIMITS)
 
 
 def test_a_png_with_a_bad_crc_or_an_odd_kind_is_not_sent_as_it_is(tmp_path: Path) -> None:
