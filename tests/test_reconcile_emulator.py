@@ -240,6 +240,12 @@ def test_a_submit_the_journal_cannot_record_is_not_sent(
 
 # -- the clear error, never a second task --------------------------------------------------------
 
+def own_lines(err: str) -> list[str]:
+    """bgremove's own lines on stderr (the in-process emulator logs there too)."""
+    return [x for x in err.splitlines()
+            if x.startswith("bgremove: ") and "WaveSpeed emulator" not in x]
+
+
 def test_remove_without_the_list_route_fails_clearly_with_one_task(
         tmp_path: Path, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -250,8 +256,7 @@ def test_remove_without_the_list_route_fails_clearly_with_one_task(
     code, _, err = run_remove(tmp_path, emu, monkeypatch, capsys, [path], "sync",
                               json_lines=False)
     assert code == 1 and not (tmp_path / "out" / "a.png").exists()
-    *line, closing = [x for x in err.splitlines() if x.startswith("bgremove: ")
-                        and "WaveSpeed emulator" not in x]  # the in-process emulator logs too
+    *line, closing = own_lines(err)
     assert closing == "bgremove: 1 image: 0 done, 1 failed"
     assert len(line) == 1 and "no task list" in line[0] and "bgremove tasks" in line[0]
     assert "Traceback" not in err and emu.api_key not in err
@@ -301,8 +306,7 @@ def test_remove_with_the_clock_five_minutes_off_fails_clearly_with_one_task(
     code, _, err = run_remove(tmp_path, emu, monkeypatch, capsys, [path], "sync",
                               json_lines=False)
     assert code == 1 and not (tmp_path / "out" / "a.png").exists()
-    *line, closing = [x for x in err.splitlines() if x.startswith("bgremove: ")
-                        and "WaveSpeed emulator" not in x]  # the in-process emulator logs too
+    *line, closing = own_lines(err)
     assert closing == "bgremove: 1 image: 0 done, 1 failed"
     assert len(line) == 1 and "clock is 300 s behind" in line[0].replace("299 s", "300 s")
     assert emu.count("submit") == 1
