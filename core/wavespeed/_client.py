@@ -386,6 +386,9 @@ class WaveSpeedClient:
         if not prediction.outputs:
             raise protocol_error("download", "the completed task has no outputs",
                                  task_id=prediction.id)
+        kept = self._reconciler.take_output(prediction.id)
+        if kept is not None:  # downloaded already, to match it with a lost submit
+            return kept
         output = prediction.outputs[0].strip()
         limits = self._requests.output_limits(ctx)
         if output.startswith(("http://", "https://")):
