@@ -134,6 +134,28 @@ def test_remove_resolves_every_lost_answer(tmp_path: Path, emulator_factory: Any
         assert emu.count("download") == 3
 
 
+@pytest.mark.parametrize("wait", ["sync", "poll"])
+def test_a_lost_answer_of_a_model_answering_below_full_size_is_adopted(
+        tmp_path: Path, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], wait: str) -> None:
+    # outputs capped to 32 px: matched by their scaled-down pixels, never submitted again
+    emu = emulator_factory(output_max_side=32,
+                           faults=(Fault("drop", route="submit", first=2, after=True),))
+    images = subjects(3)
+    inputs = []
+    for i, image in enumerate(images):
+        inputs.append(tmp_path / f"in{i}.png")
+        image.save(inputs[-1])
+    code, results, err = run_remove(tmp_path, emu, monkeypatch, capsys, inputs, wait)
+    assert code == 0, err
+    assert [r["status"] for r in results] == ["ok"] * 3
+    for i, image in enumerate(images):
+        with Image.open(tmp_path / "out" / f"in{i}.png") as out:
+            assert out.size == image.size
+    assert "found its task" in err and emu.count("submit") == 3
+    assert_one_task_per_image(emu, 3)
+
+
 def test_identical_images_in_one_batch_each_adopt_one_task(
         tmp_path: Path, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
