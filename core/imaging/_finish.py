@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from bgremove.errors import InputChangedError
 from bgremove.imaging._modes import apply_orientation
 from bgremove.imaging._pipeline import (
+    NO_SUBJECT_WARNING,
     SourceImage,
     alpha_from_bytes,
     compose_output,
@@ -57,8 +58,6 @@ def finish_file(prepared: Prepared, result: Result, src: str | os.PathLike[str],
     when the file is not the one prepared, ProtocolError for a result that cannot be used,
     OutputError when ``dst`` cannot be written; nothing is written then.
     """
-    from bgremove.jobs import NO_SUBJECT_WARNING
-
     path = Path(src)
     if data is None:
         data = read_input(path)

@@ -368,6 +368,8 @@ JPEG_DEFAULT_BACKGROUND = "white"
 
 #: A result whose every pixel is at most this opaque (about 3 %) shows no subject.
 NO_SUBJECT_MAX_ALPHA = 8
+#: The warning of a result in which nothing is left visible (see ``has_subject``).
+NO_SUBJECT_WARNING = "no subject found: the result is fully transparent"
 
 
 def has_subject(mask: Image.Image) -> bool:
