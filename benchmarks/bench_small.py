@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -46,10 +47,18 @@ def _env(base_url: str) -> dict[str, str]:
     return dict(os.environ, WAVESPEED_API_KEY=KEY, WAVESPEED_BASE_URL=base_url)
 
 
-def _timed(cmd: list[str], env: dict[str, str]) -> float:
+#: CPU seconds (user + system) of each side's processes, summed over the runs.
+CPU: dict[str, float] = {}
+
+
+def _timed(cmd: list[str], env: dict[str, str], side: str) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU[side] = CPU.get(side, 0.0) + (after.ru_utime - before.ru_utime
+                                      + after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:3]} exited {proc.returncode}: {proc.stderr[-2000:]}")
     return wall
@@ -67,14 +76,18 @@ def side_by_side(base_url: str, srcs: list[Path], tmp: Path, concurrency: int,
     env = _env(base_url)
     names = [str(s) for s in srcs]
     walls: dict[str, list[float]] = {"bgremove": [], "minimal": []}
-    for _ in range(reps):
+    for rep in range(-1, reps):  # rep -1 is a warm-up (bytecode, disk cache), not counted
         out = _fresh(tmp / "out-minimal")
         walls["minimal"].append(_timed(
             [sys.executable, MINIMAL, "--base-url", base_url, "--concurrency", str(concurrency),
-             "-o", str(out), *names], env))
+             "-o", str(out), *names], env, "minimal"))
         out = _fresh(tmp / "out-bgremove")
         walls["bgremove"].append(_timed(
-            [BGREMOVE, "remove", "--concurrency", str(concurrency), "-o", str(out), *names], env))
+            [BGREMOVE, "remove", "--concurrency", str(concurrency), "-o", str(out), *names], env,
+            "bgremove"))
+        if rep < 0:
+            walls = {side: [] for side in walls}
+            CPU.clear()
     return walls
 
 
@@ -90,18 +103,25 @@ def watch_vs_minimal(count: int, delay: float, concurrency: int, rounds: int,
             out = _fresh(tmp / "out-watch-minimal")
             walls["minimal"].append(_timed(
                 [sys.executable, MINIMAL, "--base-url", emu.base_url, "--concurrency",
-                 str(concurrency), "-o", str(out), *map(str, srcs)], _env(emu.base_url)))
+                 str(concurrency), "-o", str(out), *map(str, srcs)], _env(emu.base_url),
+                "minimal"))
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         walls["bgremove"].append(
             run_daemon_batch(count, delay, concurrency, 0.5, 1.5)["wall"])
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the daemon, once it exited
+        CPU["bgremove"] = CPU.get("bgremove", 0.0) + (after.ru_utime - before.ru_utime
+                                                      + after.ru_stime - before.ru_stime)
     return walls
 
 
 def _row(measure: str, walls: dict[str, list[float]], goal: str, *,
          difference: bool = False) -> dict[str, Any]:
+    """One table row; takes (and resets) the CPU seconds the runs since the last row used."""
     ours, floor = statistics.median(walls["bgremove"]), statistics.median(walls["minimal"])
     value = (f"+{ours - floor:.3f} s" if difference else f"{ours / floor:.3f}x")
+    cpu = {side: round(CPU.pop(side, 0.0) / len(walls[side]), 3) for side in walls}
     return {"measure": measure, "bgremove_s": round(ours, 3), "minimal_s": round(floor, 3),
-            "result": value, "goal": goal,
+            "result": value, "goal": goal, "cpu_per_run_s": cpu,
             "runs": {k: [round(v, 3) for v in vs] for k, vs in walls.items()}}
 
 
@@ -117,6 +137,9 @@ def main() -> None:
     parser.add_argument("--only", action="append", default=[], choices=sections)
     args = parser.parse_args()
     wanted = args.only or list(sections)
+    # As installed by pip, whose install compiles the bytecode: an editable checkout run
+    # with PYTHONDONTWRITEBYTECODE would compile bgremove's ~40 modules at every start.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     load = os.getloadavg()
     print(f"{os.cpu_count()} cores, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
           "at the start")
@@ -145,11 +168,13 @@ def main() -> None:
             rows.append(_row(f"`watch` draining {args.watch_files} images 32x24, concurrency "
                              f"{args.concurrency} (median of {args.rounds})", walls, "<= 1.15x"))
     print(f"inference delay {args.delay} s; each side a whole process, run alternately\n")
-    print("| measure | bgremove (s) | minimal client (s) | result | goal |")
-    print("|---|---|---|---|---|")
+    print("| measure | bgremove (s) | minimal client (s) | result | goal | CPU per run, "
+          "bgremove / minimal (s) |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
+        cpu = r["cpu_per_run_s"]
         print(f"| {r['measure']} | {r['bgremove_s']} | {r['minimal_s']} | **{r['result']}** "
-              f"| {r['goal']} |")
+              f"| {r['goal']} | {cpu['bgremove']} / {cpu['minimal']} |")
     print()
     for r in rows:
         print(f"{r['measure']}: {r['runs']}")

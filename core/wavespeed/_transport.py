@@ -132,9 +132,10 @@ class _BoundedBackend(httpcore.NetworkBackend):
 def bounded_transport(*, limits: httpx.Limits, verify: bool = True) -> httpx.HTTPTransport:
     """An ``httpx.HTTPTransport`` (HTTP/1.1, TLS verified) whose sockets honour ``budget``."""
     transport = httpx.HTTPTransport(verify=verify, limits=limits)
-    # httpx has no public way to pass a network backend: rebuild its pool with ours.
+    # httpx has no public way to pass a network backend: rebuild its pool with ours, on the
+    # TLS context httpx just made (a second one costs ~16 ms of start-up: loading the CAs).
     transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(verify=verify),
+        ssl_context=transport._pool._ssl_context,
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
