@@ -401,7 +401,7 @@ def test_cost_guard_counts_committed_tasks_shared_by_two_daemons(tmp_path: Path)
 
 
 def test_settings_fingerprint_covers_what_changes_the_cutout() -> None:
-    from bgremove.watcher.daemon import settings_fingerprint
+    from bgremove.watcher.fingerprint import settings_fingerprint
 
     base = Config()
     same = base.with_overrides({"output.suffix": "-cut"})
