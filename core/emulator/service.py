@@ -12,6 +12,7 @@ import hmac
 import itertools
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -68,6 +69,9 @@ class Service:
         # costs its decode, mask and PNG encode once (on 24 MP photos about 1.5 s of CPU).
         self._made: BoundedStore[str, bytes] = BoundedStore(
             options.max_stored, options.max_stored_bytes, len)
+        # Cut-outs made at once, like a GPU's queue: each holds the decoded image (about
+        # 250 MB for a 24 MP photo), and a task's time still counts towards its delay.
+        self._model_slots = threading.BoundedSemaphore(os.cpu_count() or 2)
         self._task_threads: set[threading.Thread] = set()
         self._submit_times: list[float] = []
         self._rate_lock = threading.Lock()
@@ -114,7 +118,7 @@ class Service:
         return self._stopped.wait(seconds)
 
     def end_delays(self) -> None:
-        """Every task waiting out its ``delay`` now ends it at once (later tasks still wait)."""
+        """Every task started by now ends its ``delay`` at once (later tasks still wait)."""
         with self._cond:
             over, self._delays_over = self._delays_over, threading.Event()
         over.set()
@@ -405,6 +409,7 @@ class Service:
     def _process(self, task: Task) -> None:
         task.status = "processing"
         started = time.monotonic()
+        delay_over = self._delays_over  # an end_delays() from now on ends this task's delay
         outcome: tuple[str, int | None, str, bytes | None]
         if task.fail_code is not None:
             outcome = ("failed", task.fail_code, task_error(task.fail_code), None)
@@ -414,7 +419,7 @@ class Service:
             outcome = self._cut_out(task.image)
         remaining = self.options.delay - (time.monotonic() - started)
         if remaining > 0:
-            self._delays_over.wait(remaining)
+            delay_over.wait(remaining)
             if self._stopped.is_set():
                 return
         task.inference_ms = round((time.monotonic() - started) * 1000)
@@ -432,13 +437,17 @@ class Service:
         digest = hashlib.sha256(image_bytes).hexdigest()
         cutout = self._made.get(digest)
         if cutout is None:
-            try:
-                image = decode_image(image_bytes)
-            except ValueError as exc:
-                return ("failed", 1401, f"Invalid parameter: image: {exc}", None)
-            assert self._alpha is not None
-            cutout = cutout_png(image, self._alpha(image), self.options.output_max_side)
-            self._made.put(digest, cutout)
+            with self._model_slots:
+                cutout = self._made.get(digest)  # made while this task waited for a slot?
+                if cutout is None:
+                    try:
+                        image = decode_image(image_bytes)
+                    except ValueError as exc:
+                        return ("failed", 1401, f"Invalid parameter: image: {exc}", None)
+                    assert self._alpha is not None
+                    cutout = cutout_png(image, self._alpha(image), self.options.output_max_side)
+                    del image
+                    self._made.put(digest, cutout)
         return ("completed", None, "", cutout)
 
     def _finish(self, task: Task, status: str, *, code: int | None, error: str) -> None:
