@@ -101,7 +101,11 @@ class EmulatorProcess:
     def close(self) -> None:
         self.http.close()
         self.proc.terminate()
-        self.proc.wait(30)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
     def __enter__(self) -> EmulatorProcess:
         return self

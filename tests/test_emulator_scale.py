@@ -143,3 +143,34 @@ def test_cut_outs_are_made_one_per_core_at_a_time(
         ids = [client.post(SUBMIT, json={"image": u}).json()["data"]["id"] for u in urls]
         assert {wait_done(client, i, timeout=30)["status"] for i in ids} == {"completed"}
     assert most[0] == 2
+
+
+def test_stopping_drops_the_cut_outs_still_queued(monkeypatch: pytest.MonkeyPatch,
+                                                  keyed_image: Callable[..., Image.Image]) -> None:
+    monkeypatch.setattr(service_module.os, "cpu_count", lambda: 1)
+    entered, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+    real = service_module.cutout_png
+
+    def blocking(*args: Any, **kwargs: Any) -> bytes:
+        calls.append(1)
+        entered.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service_module, "cutout_png", blocking)
+    emu = Emulator(delay=600).start()
+    try:
+        with api_client(emu) as client:
+            for n in range(3):
+                url = upload(client, png_bytes(keyed_image(key=(0, 50 * n, 0))))
+                client.post(SUBMIT, json={"image": url})
+        assert entered.wait(10)
+    finally:
+        stopper = threading.Thread(target=emu.stop)
+        stopper.start()
+        assert emu._service._stopped.wait(10)  # stopping has begun
+        release.set()
+        stopper.join(30)
+    assert not stopper.is_alive()
+    assert len(calls) == 1  # the two queued behind the first were not made

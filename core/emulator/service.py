@@ -438,6 +438,8 @@ class Service:
         cutout = self._made.get(digest)
         if cutout is None:
             with self._model_slots:
+                if self._stopped.is_set():  # stopping: the queue is not worked off
+                    return ("failed", 5003, task_error(5003), None)
                 cutout = self._made.get(digest)  # made while this task waited for a slot?
                 if cutout is None:
                     try:
