@@ -82,6 +82,11 @@ class EmulatorProcess:
     def stats(self) -> dict[str, Any]:
         return dict(self.http.get("/_emulator/stats").json())
 
+    def cpu(self) -> float:
+        """CPU seconds the emulator process used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def end_delays(self) -> None:
         self.http.post("/_emulator/end-delays").raise_for_status()
 
@@ -428,10 +433,12 @@ def many(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         config = bgremove_config(tmp)
         log(f"many: {args.many} images, concurrency {args.many_concurrency}, "
             f"delay {args.many_delay} s (load {load()}) ...")
+        emulator_cpu = emu.cpu()
         run = run_process([sys.executable, "-m", "bgremove", "remove", str(src), "-o", str(out),
                            "--concurrency", str(args.many_concurrency), "--config", str(config),
                            "--log-level", "warning"], env, sample=True)
         stats = emu.stats()
+        emulator_cpu = emu.cpu() - emulator_cpu
     written = len(list(out.glob("*.png")))
     ideal = args.many / args.many_concurrency * args.many_delay
     return {"images": args.many, "concurrency": args.many_concurrency,
@@ -440,6 +447,7 @@ def many(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "peak_rss": run.peak_rss, "cpu": run.cpu, "written": written,
             "max_concurrent_tasks": stats["max_concurrent_tasks"],
             "tasks": stats["tasks_submitted"], "requests": stats["requests_total"],
+            "emulator_cpu": emulator_cpu,
             "load_after": load()}
 
 
@@ -496,7 +504,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
                   f"{m['delay']:g} s tasks: {m['wall']:.1f} s = {m['ratio']:.2f}x the ideal "
                   f"({m['ideal']:.0f} s); peak {m['peak_threads']} threads, peak RSS "
                   f"{m['peak_rss'] / 2**20:.0f} MB, {m['cpu']:.1f} s CPU; {m['written']} "
-                  f"written; the service saw at most {m['max_concurrent_tasks']} tasks at once"]
+                  f"written, {m['requests'] / m['images']:.1f} requests per image; the service "
+                  f"saw at most {m['max_concurrent_tasks']} tasks at once and used "
+                  f"{m['emulator_cpu']:.1f} s CPU"]
     return "\n".join(lines)
 
 
