@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from bgremove.choices import WAIT_MODES
-from bgremove.contract import Cutout, JobHooks, Upload
+from bgremove.contract import Cutout, JobHooks
 from bgremove.errors import ConfigError
 from bgremove.wavespeed._answers import Prediction
 from bgremove.wavespeed._client import WaveSpeedClient
@@ -103,8 +103,7 @@ class WaveSpeedBackend:
         else:
             hooks.report("upload", 0.0)
             if original is not None:
-                upload = Upload(original.data, original.content_type, "image.jpg",
-                                original.size)
+                upload = original.as_upload()
             else:
                 upload = imaging.encode_for_upload(
                     image, max_bytes=self.config.wavespeed.max_upload_bytes,
