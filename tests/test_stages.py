@@ -211,7 +211,9 @@ def test_a_thousand_waiting_tasks_need_no_thread_each() -> None:
 def test_cancel_ends_every_job_once_at_every_stage(
         emulator_factory: Callable[..., Emulator], wait: str) -> None:
     emu = emulator_factory(delay=3600)
-    config = configured(emu, wavespeed__wait=wait)
+    # polls far apart: a waiting task ends at once only because the cancel hands it out
+    config = configured(emu, {"wavespeed.wait": wait, "wavespeed.poll.initial": 600.0,
+                              "wavespeed.poll.max": 600.0})
     backend = WaveSpeedBackend(config)
     data = _png(make_keyed_image((16, 16)))
     jobs = [BytesJob(data, (16, 16)) for _ in range(8)]
@@ -331,6 +333,7 @@ def test_a_failure_in_any_stage_ends_that_job_once_and_the_others_go_on(stage: s
         if job_stage:
             for job in others:
                 pipeline.start(job)
+    assert pipeline.counts() == {}  # every job ended exactly once
     assert len(failing.errors) == 1 and f"{stage} failed" in str(failing.errors[0])
     assert not failing.results
     assert failing.finished == (1 if stage == "finish" else 0)
@@ -389,17 +392,28 @@ def test_admission_bounds_tasks_in_flight_unsent_uploads_and_downloads() -> None
     pipeline = Pipeline(None, Config(), in_flight=6, cpu_workers=2, io_threads=3, remote=remote)
     for job in jobs:
         pipeline.start(job)
-    _until(lambda: pipeline.counts().get("waiting", 0) == 6, what="6 tasks waiting")
+
+    def settled() -> bool:  # nothing more can move until a task completes
+        counts = pipeline.counts()
+        return (counts.get("waiting", 0) >= 6 and not counts.get("sending")
+                and not counts.get("preparing"))
+
+    _until(settled, what="6 tasks waiting")
     counts = pipeline.counts()
-    assert remote.asked["send"] == 6  # no more at the service than in_flight
+    assert counts["waiting"] == remote.asked["send"] == 6  # no more at the service
     assert counts.get("prepared", 0) + counts.get("preparing", 0) <= pipeline.prepare_ahead
     assert sum(counts.values()) == 40
     remote.release.set()
     # the finish pool is held: downloads stop at finish_room
-    _until(lambda: pipeline.counts().get("finishing", 0) == pipeline.finish_room,
-           what="the finish room full")
-    assert remote.asked["fetch"] == pipeline.finish_room
-    assert pipeline.counts().get("ready", 0) == 6 - pipeline.finish_room
+
+    def downloaded() -> bool:  # every task done at the service, no download under way
+        counts = pipeline.counts()
+        return (not counts.get("fetching") and not counts.get("waiting")
+                and counts.get("finishing", 0) >= pipeline.finish_room)
+
+    _until(downloaded, what="the finish room full")
+    assert remote.asked["fetch"] == pipeline.counts()["finishing"] == pipeline.finish_room
+    assert pipeline.counts()["ready"] == 6 - pipeline.finish_room
     finish_gate.set()
     assert pipeline.drain(60)
     pipeline.close()
