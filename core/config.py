@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-import yaml
-
 from bgremove.choices import (
     ACCOUNT_LEVELS,
     BACKENDS,
@@ -295,6 +293,8 @@ def _read_yaml(file: Path) -> Mapping[str, Any]:
                           hint="check the --config path or $BGREMOVE_CONFIG") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {file}: {exc}") from None
+    import yaml  # here: most runs have no config file, and the import costs ~10 ms
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -349,7 +349,7 @@ def _set(obj: Any, parts: list[str], value: Any, dotted: str, origin: str) -> An
         if close:
             at = dotted.split(".")
             guess = f"did you mean {'.'.join([*at[:len(at) - len(parts)], close[0]])!r}? "
-        raise ConfigError(f"{origin}: unknown key {dotted!r}",
+        raise ConfigError(f"{origin}: unknown key {_shown_key(dotted)}",
                           hint=f"{guess}allowed here: {allowed}")
     hints = typing.get_type_hints(type(obj))
     ftype = hints[name]
@@ -362,10 +362,22 @@ def _set(obj: Any, parts: list[str], value: Any, dotted: str, origin: str) -> An
     else:
         if len(parts) > 1:
             section = ".".join(dotted.split(".")[:-len(parts) + 1])
-            raise ConfigError(f"{origin}: unknown key {dotted!r}",
+            raise ConfigError(f"{origin}: unknown key {_shown_key(dotted)}",
                               hint=f"{section} is not a section")
         new = _check(value, ftype, fields[name].metadata, dotted, origin)
     return dataclasses.replace(obj, **{name: new})
+
+
+#: What a setting's name can look like; anything else is not echoed (see ``_shown_key``).
+_KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,31}")
+
+
+def _shown_key(dotted: str) -> str:
+    """The unknown key quoted, unless a part of it does not look like a setting's name: an API
+    key pasted on a line of its own becomes a YAML key, and must not be printed."""
+    if all(_KEY_NAME.fullmatch(part) for part in dotted.split(".")):
+        return repr(dotted)
+    return "(not shown: it does not look like a setting's name; a pasted secret?)"
 
 
 def _check(value: Any, ftype: Any, meta: Mapping[str, Any], dotted: str, origin: str) -> Any:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ def _make_handler(service: HostileService) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             self._drain()
-            path = self.path.split("?")[0]
+            path = _route_of(self.path)
             if path == BINARY_UPLOAD:
                 service.count("upload")
                 send_json(self, {"code": 200, "data": {
@@ -117,7 +118,7 @@ def _make_handler(service: HostileService) -> type[BaseHTTPRequestHandler]:
                 send_json(self, {"code": 404, "message": "not found"}, status=404)
 
         def do_GET(self) -> None:
-            path = self.path.split("?")[0]
+            path = _route_of(self.path)
             if path.startswith("/api/v3/predictions/"):
                 service.count("result")
                 custom = service.handlers["result"]
@@ -135,6 +136,11 @@ def _make_handler(service: HostileService) -> type[BaseHTTPRequestHandler]:
                 send_json(self, {"code": 404, "message": "not found"}, status=404)
 
     return _Handler
+
+
+def _route_of(target: str) -> str:
+    """The path of a request target, also in the absolute form a client sends a proxy."""
+    return urllib.parse.urlsplit(target).path
 
 
 #: ``bgremove ARGS`` in a fresh interpreter that records its peak resident memory at exit.

@@ -74,6 +74,22 @@ def test_bad_files_name_file_key_and_allowed(tmp_path: Path, text: str, expected
     assert str(file) in str(info.value)
 
 
+@pytest.mark.parametrize("text", [
+    "wavespeed:\n  api_key:\n  {key}: 1\n",  # pasted on the next line: a key of its own
+    "{key}:\n",
+    "wavespeed:\n  {key}:\n",
+])
+def test_a_secret_pasted_as_a_key_name_is_never_echoed(tmp_path: Path, text: str) -> None:
+    key = "ws_3f9a1c0b7d2e4f6a8b1c3d5e7f9a0b2c4d6e8f0a1b3c5d7e"
+    file = tmp_path / "bad.yaml"
+    file.write_text(text.format(key=key))
+    with pytest.raises(ConfigError) as info:
+        load_config(file, env={})
+    shown = f"{info.value} {info.value.hint}"
+    assert "unknown key (not shown" in shown
+    assert key not in shown and key[:12] not in shown
+
+
 def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml", env={})

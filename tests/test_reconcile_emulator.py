@@ -134,6 +134,28 @@ def test_remove_resolves_every_lost_answer(tmp_path: Path, emulator_factory: Any
         assert emu.count("download") == 3
 
 
+@pytest.mark.parametrize("wait", ["sync", "poll"])
+def test_a_lost_answer_of_a_model_answering_below_full_size_is_adopted(
+        tmp_path: Path, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], wait: str) -> None:
+    # outputs capped to 32 px: matched by their scaled-down pixels, never submitted again
+    emu = emulator_factory(output_max_side=32,
+                           faults=(Fault("drop", route="submit", first=2, after=True),))
+    images = subjects(3)
+    inputs = []
+    for i, image in enumerate(images):
+        inputs.append(tmp_path / f"in{i}.png")
+        image.save(inputs[-1])
+    code, results, err = run_remove(tmp_path, emu, monkeypatch, capsys, inputs, wait)
+    assert code == 0, err
+    assert [r["status"] for r in results] == ["ok"] * 3
+    for i, image in enumerate(images):
+        with Image.open(tmp_path / "out" / f"in{i}.png") as out:
+            assert out.size == image.size
+    assert "found its task" in err and emu.count("submit") == 3
+    assert_one_task_per_image(emu, 3)
+
+
 def test_identical_images_in_one_batch_each_adopt_one_task(
         tmp_path: Path, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -240,6 +262,12 @@ def test_a_submit_the_journal_cannot_record_is_not_sent(
 
 # -- the clear error, never a second task --------------------------------------------------------
 
+def own_lines(err: str) -> list[str]:
+    """bgremove's own lines on stderr (the in-process emulator logs there too)."""
+    return [x for x in err.splitlines()
+            if x.startswith("bgremove: ") and "WaveSpeed emulator" not in x]
+
+
 def test_remove_without_the_list_route_fails_clearly_with_one_task(
         tmp_path: Path, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -250,8 +278,7 @@ def test_remove_without_the_list_route_fails_clearly_with_one_task(
     code, _, err = run_remove(tmp_path, emu, monkeypatch, capsys, [path], "sync",
                               json_lines=False)
     assert code == 1 and not (tmp_path / "out" / "a.png").exists()
-    *line, closing = [x for x in err.splitlines() if x.startswith("bgremove: ")
-                        and "WaveSpeed emulator" not in x]  # the in-process emulator logs too
+    *line, closing = own_lines(err)
     assert closing == "bgremove: 1 image: 0 done, 1 failed"
     assert len(line) == 1 and "no task list" in line[0] and "bgremove tasks" in line[0]
     assert "Traceback" not in err and emu.api_key not in err
@@ -301,8 +328,7 @@ def test_remove_with_the_clock_five_minutes_off_fails_clearly_with_one_task(
     code, _, err = run_remove(tmp_path, emu, monkeypatch, capsys, [path], "sync",
                               json_lines=False)
     assert code == 1 and not (tmp_path / "out" / "a.png").exists()
-    *line, closing = [x for x in err.splitlines() if x.startswith("bgremove: ")
-                        and "WaveSpeed emulator" not in x]  # the in-process emulator logs too
+    *line, closing = own_lines(err)
     assert closing == "bgremove: 1 image: 0 done, 1 failed"
     assert len(line) == 1 and "clock is 300 s behind" in line[0].replace("299 s", "300 s")
     assert emu.count("submit") == 1

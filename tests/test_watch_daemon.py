@@ -550,9 +550,9 @@ def test_once_recovers_dead_claims_and_reports_live_ones(tmp_path: Path, emulato
 def test_unwritable_done_folder_is_blamed_and_probed(tmp_path: Path, emulator_factory,
                                                      mode: str, logs: LogLines,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import bgremove.watcher.daemon as daemon_mod
+    import bgremove.watcher.policy as policy_mod
 
-    monkeypatch.setattr(daemon_mod, "OUTPUT_PROBE_SECONDS", 0.1)
+    monkeypatch.setattr(policy_mod, "OUTPUT_PROBE_SECONDS", 0.1)
     emu = emulator_factory()
     with DaemonRun(tmp_path, emu, mode) as run:
         run.done.write_text("in the way")  # moving into done/ fails (like a read-only mount)

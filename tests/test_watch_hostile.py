@@ -324,16 +324,16 @@ def test_a_subfolder_swapped_for_a_link_is_not_entered(tmp_path: Path, emulator_
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """--recursive: a sub-folder the daemon saw a file in is replaced by a link to a private
     folder holding a file of the same name; the daemon must not read, upload or move it."""
-    from bgremove.watcher.daemon import Daemon
+    from bgremove.watcher.intake import Intake
 
-    real_take = Daemon._take_ready_inner
+    real_take = Intake._take_ready
 
-    def take(self: Daemon, ready: Any) -> bool:
+    def take(self: Intake, ready: Any) -> bool:
         if ready.path.name == "sub":  # the link itself goes to failed/ (tested above):
             return False             # here it stays, as if swapped in a moment ago
         return real_take(self, ready)
 
-    monkeypatch.setattr(Daemon, "_take_ready_inner", take)
+    monkeypatch.setattr(Intake, "_take_ready", take)
     root, inbox, outbox = site(tmp_path)
     private = root / "private"
     private.mkdir()
@@ -439,14 +439,14 @@ def test_own_claim_folder_swapped_for_a_link_moves_nothing_from_outside(
     """An INBOX writer renames the daemon's own claim folder while a file is in it and puts
     a link to a private folder in its place, holding a file of the claimed name: the
     original is still moved from the folder the daemon opened; the private file stays."""
-    from bgremove.watcher.daemon import Daemon
+    from bgremove.watcher.context import Context
 
     root, inbox, outbox = site(tmp_path)
     private = root / "private"
     private.mkdir()
-    real_move = Daemon._move
+    real_move = Context.move_original
 
-    def move_after_swap(self: Daemon, claimed: Path, folder: Path, rel: Path) -> Path:
+    def move_after_swap(self: Context, claimed: Path, folder: Path, rel: Path) -> Path:
         own = claimed.parent
         if not own.is_symlink():
             (private / claimed.name).write_bytes(b"private\n")
@@ -454,7 +454,7 @@ def test_own_claim_folder_swapped_for_a_link_moves_nothing_from_outside(
             own.symlink_to(private, target_is_directory=True)
         return real_move(self, claimed, folder, rel)
 
-    monkeypatch.setattr(Daemon, "_move", move_after_swap)
+    monkeypatch.setattr(Context, "move_original", move_after_swap)
     write_image(inbox / "a.png", 61)
     original = (inbox / "a.png").read_bytes()
     emu = emulator_factory()

@@ -354,8 +354,29 @@ def test_claims_of_names_too_long_keep_their_path(tmp_path: Path) -> None:
     taken = claims.claim(f, rel)
     assert taken is not None and len(taken.name) < 60 and taken.suffix == ".png"
     assert Claims.rel_of(taken) == rel and claims.mine() == [(taken, rel, None)]
-    Claims.release(taken)
+    claims.release(taken)
     assert [p.name for p in claims.dir.iterdir() if p.name.endswith(".rel")] == []
+
+
+def test_release_goes_through_the_claim_folder_opened_at_start(tmp_path: Path) -> None:
+    # an INBOX writer swaps the claim folder's path for a link: the release must not follow it
+    inbox, victim = tmp_path / "in", tmp_path / "victim"
+    inbox.mkdir()
+    victim.mkdir()
+    claims = Claims(inbox / ".c", make_owner_id())
+    claims.start()
+    f = inbox / "x.png"
+    f.write_text("x")
+    taken = claims.claim(f, Path("d" * 120) / ("n" * 251 + ".png"))  # a long name: a sidecar
+    assert taken is not None
+    sidecar = f".{taken.name}.rel"
+    (victim / sidecar).write_text("not the daemon's")
+    moved = tmp_path / "moved"
+    claims.dir.rename(moved)
+    claims.dir.symlink_to(victim)
+    claims.release(taken)
+    assert (victim / sidecar).read_text() == "not the daemon's"
+    assert not (moved / sidecar).exists()
 
 
 def test_cost_guard_counts_committed_tasks_shared_by_two_daemons(tmp_path: Path) -> None:
@@ -380,7 +401,7 @@ def test_cost_guard_counts_committed_tasks_shared_by_two_daemons(tmp_path: Path)
 
 
 def test_settings_fingerprint_covers_what_changes_the_cutout() -> None:
-    from bgremove.watcher.daemon import settings_fingerprint
+    from bgremove.watcher.fingerprint import settings_fingerprint
 
     base = Config()
     same = base.with_overrides({"output.suffix": "-cut"})

@@ -12,13 +12,14 @@ import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 
+import httpcore
 import httpx
 import pytest
 
 from bgremove.contract import CancelToken
 from bgremove.errors import CancelledError, ProtocolError, ServiceTimeoutError, SubmitUncertainError
 from bgremove.wavespeed._body import OutputLimits, read_body
-from bgremove.wavespeed._transport import bounded_transport, budget
+from bgremove.wavespeed._transport import bound_sockets, budget
 from tests.hostile import HostileService, drip, fixed, send_stream
 
 
@@ -126,9 +127,11 @@ def test_output_limits_follow_the_upload() -> None:
 
 # --- the socket layer ------------------------------------------------------------------------
 
-def _client() -> httpx.Client:
-    limits = httpx.Limits(max_connections=4)
-    return httpx.Client(transport=bounded_transport(limits=limits), timeout=60)
+def _client(proxy: str | None = None) -> httpx.Client:
+    client = httpx.Client(limits=httpx.Limits(max_connections=4), timeout=60, proxy=proxy,
+                          trust_env=False)
+    assert bound_sockets(client) == 1 + (proxy is not None)
+    return client
 
 
 def drip_headers(handler: BaseHTTPRequestHandler, service: HostileService) -> None:
@@ -151,6 +154,33 @@ def test_dripped_headers_end_at_the_budget() -> None:
         with pytest.raises(httpx.ReadTimeout), budget(time.monotonic() + budget_seconds):
             http.get(svc.base_url + "/out/result")  # 60 s per read would never trigger
         assert svc.counts["output"] == 1
+
+
+def test_dripped_headers_through_a_proxy_end_at_the_budget() -> None:
+    # the proxy itself drips: its pool is bound as well as the direct one
+    with HostileService(output=drip_headers) as svc, _client(proxy=svc.base_url) as http:
+        with pytest.raises(httpx.ReadTimeout), budget(time.monotonic() + 1.5):
+            http.get("http://service.invalid/out/result")
+        assert svc.counts["output"] == 1
+
+
+def test_the_clients_own_pools_are_bound_behind_an_environment_proxy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bgremove.config import WaveSpeedConfig
+    from bgremove.wavespeed._client import WaveSpeedClient
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    client = WaveSpeedClient(WaveSpeedConfig(api_key="k"))
+    try:
+        pools = [getattr(t, "_pool", None) for t in [client._http._transport,
+                                                      *client._http._mounts.values()]]
+        proxied = [p for p in pools if isinstance(p, httpcore.HTTPProxy)]
+        assert proxied, "the environment's proxy is used"
+        assert all(type(p._network_backend).__name__ == "_BoundedBackend"
+                   for p in pools if p is not None)
+    finally:
+        client.close()
 
 
 def test_a_silent_answer_is_cancelled_while_a_read_waits() -> None:

@@ -250,10 +250,10 @@ class Claims:
         except UnsafeInputError as exc:
             return path, Path(path.name), exc
 
-    @staticmethod
-    def release(claimed: Path) -> None:
-        """The claimed file has left the claim folder: drop its sidecar, if any."""
-        _unlink(_sidecar(claimed))
+    def release(self, claimed: Path) -> None:
+        """The claimed file has left the claim folder: drop its sidecar, if any (through the
+        folder as opened at start, like every other claim-folder change)."""
+        _unlink_at(_sidecar(claimed).name, self._fd())
 
     def is_alive(self, owner: str) -> bool:
         """Whether the daemon ``owner`` is still running (see the module docstring)."""
@@ -414,12 +414,6 @@ _CLAIMED = re.compile(r"^\d+-.")
 
 def _sidecar(claimed: Path) -> Path:
     return claimed.with_name(f".{claimed.name}.rel")
-
-
-def _unlink(path: Path | None) -> None:
-    if path is not None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
 
 
 def _unlink_at(name: str, dir_fd: int) -> None:

@@ -110,7 +110,12 @@ def run_watch(args: argparse.Namespace) -> int:
     status_line: StatusLine | None = None
     if not watch.json:
         status_line = StatusLine()  # a live line on a terminal, nothing elsewhere
-    daemon = Daemon(config, layout, on_status=status_line.update if status_line else None)
+    try:  # checks OUTBOX, opens the journal, makes the backend
+        daemon = Daemon(config, layout, on_status=status_line.update if status_line else None)
+    except BaseException:
+        if status_line is not None:
+            status_line.close()
+        raise
 
     signals = {"count": 0}
 

@@ -9,6 +9,11 @@ often does; a cut-out whose transparent pixels are all black, or all white,
 did not keep it). Soft edges (0 < alpha < 255) are not compared: a service may
 recolour them. A few differing pixels are forgiven (decoders round
 differently); one in a hundred is not.
+
+A cut-out smaller than the image (a model that answers below full size) is
+compared the same way once both are reduced to one small common size by
+averaging: whatever filter the service scaled with, block averages agree to a
+few levels, while another photo's do not.
 """
 
 from __future__ import annotations
@@ -22,6 +27,12 @@ if TYPE_CHECKING:
 TOLERANCE = 3
 #: The share of compared pixels allowed to differ by more.
 MISMATCH_SHARE = 0.01
+#: A scaled-down cut-out and its image are compared at this longest side, averaged.
+COMPARED_SIDE = 96
+#: ... where a channel may differ by this much (the service's own scaling filter), and
+#: this share of blocks by more (edges move by a fraction of a pixel between filters).
+SCALED_TOLERANCE = 8
+SCALED_MISMATCH_SHARE = 0.05
 
 
 def cutout_matches(cutout: Image.Image, original: Image.Image) -> bool | None:
@@ -30,21 +41,52 @@ def cutout_matches(cutout: Image.Image, original: Image.Image) -> bool | None:
     from PIL import Image as PILImage
     from PIL import ImageChops
 
-    if cutout.size != original.size:
-        return False
     rgba = cutout.convert("RGBA")
+    rgb = original.convert("RGB")
+    if rgba.size == rgb.size:
+        return _matches(rgba, rgb, TOLERANCE)
+    if not _scaled_down(rgba.size, rgb.size):
+        return False
+    cw, ch = rgba.size
+    scale = min(1.0, COMPARED_SIDE / max(cw, ch))
+    size = (max(1, round(cw * scale)), max(1, round(ch * scale)))
+    box = PILImage.Resampling.BOX
     alpha = rgba.getchannel("A")
-    red, green, blue = ImageChops.difference(rgba.convert("RGB"),
-                                             original.convert("RGB")).split()
+    # a block is opaque (or clear) only when every pixel in it is; the rest is an edge
+    opaque = alpha.point(lambda v: 255 if v == 255 else 0).resize(size, box)
+    touched = alpha.point(lambda v: 255 if v else 0).resize(size, box)
+    colours = rgba.convert("RGB").resize(size, box)
+    colours.putalpha(ImageChops.lighter(opaque.point(lambda v: 255 if v == 255 else 0),
+                                        touched.point(lambda v: 128 if v else 0)))
+    return _matches(colours, rgb.resize(size, box), SCALED_TOLERANCE, SCALED_MISMATCH_SHARE)
+
+
+def _scaled_down(small: tuple[int, int], big: tuple[int, int]) -> bool:
+    """Whether ``small`` is ``big`` scaled down by a model's cap: the longer side at most
+    95 % of the image's (not a rounding), the shorter in proportion to within a pixel."""
+    (sw, sh), (bw, bh) = small, big
+    if bw >= bh:
+        return sw <= 0.95 * bw and abs(sh - bh * sw / bw) <= 1
+    return sh <= 0.95 * bh and abs(sw - bw * sh / bh) <= 1
+
+
+def _matches(rgba: Image.Image, original: Image.Image, tolerance: int,
+             share: float = MISMATCH_SHARE) -> bool | None:
+    """``cutout_matches`` for two images of one size."""
+    from PIL import Image as PILImage
+    from PIL import ImageChops
+
+    alpha = rgba.getchannel("A")
+    red, green, blue = ImageChops.difference(rgba.convert("RGB"), original).split()
     far = ImageChops.lighter(ImageChops.lighter(red, green), blue).point(
-        lambda v: 255 if v > TOLERANCE else 0)
+        lambda v: 255 if v > tolerance else 0)
     opaque = alpha.point(lambda v: 255 if v == 255 else 0)
     clear = alpha.point(lambda v: 255 if v == 0 else 0)
     n_opaque, n_clear = _count(opaque), _count(clear)
-    if n_opaque and _count(ImageChops.multiply(far, opaque)) > MISMATCH_SHARE * n_opaque:
+    if n_opaque and _count(ImageChops.multiply(far, opaque)) > share * n_opaque:
         return False
     if n_clear:
-        clear_differs = _count(ImageChops.multiply(far, clear)) > MISMATCH_SHARE * n_clear
+        clear_differs = _count(ImageChops.multiply(far, clear)) > share * n_clear
         colours = PILImage.new("RGB", rgba.size)
         colours.paste(rgba.convert("RGB"), mask=clear)
         kept = not _blanked(colours, clear)

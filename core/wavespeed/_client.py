@@ -29,7 +29,6 @@ import logging
 import platform
 import random
 import time
-import urllib.request
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -60,7 +59,7 @@ from bgremove.wavespeed._body import ACCEPT_ENCODING, OutputLimits, guard_redire
 from bgremove.wavespeed._errors import protocol_error, task_error
 from bgremove.wavespeed._http import CallContext, ClientStats, Requester
 from bgremove.wavespeed._reconcile import Reconciler, SentSubmit
-from bgremove.wavespeed._transport import bounded_transport
+from bgremove.wavespeed._transport import bound_sockets
 
 if TYPE_CHECKING:
     from bgremove.config import WaveSpeedConfig
@@ -122,15 +121,12 @@ class WaveSpeedClient:
                 verify=True,
                 follow_redirects=True,  # httpx drops Authorization on a cross-origin redirect
                 limits=limits,
-                # behind a proxy from the environment httpx's own transport (its timeouts
-                # per socket wait); the body's deadline still holds between reads
-                transport=None if urllib.request.getproxies() else bounded_transport(
-                    limits=limits),
                 timeout=httpx.Timeout(config.timeouts.result, connect=config.timeouts.connect),
                 headers={"User-Agent": common["User-Agent"],
                          "Accept-Encoding": ACCEPT_ENCODING},
                 event_hooks={"response": [guard_redirect]},
             )
+            bound_sockets(http)  # direct and proxied: every socket wait within the deadline
         self._http = http
         self._requests = Requester(config, http, key=config.api_key, common_headers=common,
                                    sleep=sleep, clock=clock, wall_clock=wall_clock, rand=rand)
@@ -394,6 +390,9 @@ class WaveSpeedClient:
         if not prediction.outputs:
             raise protocol_error("download", "the completed task has no outputs",
                                  task_id=prediction.id)
+        kept = self._reconciler.take_output(prediction.id)
+        if kept is not None:  # downloaded already, to match it with a lost submit
+            return kept
         output = prediction.outputs[0].strip()
         limits = self._requests.output_limits(ctx)
         if output.startswith(("http://", "https://")):

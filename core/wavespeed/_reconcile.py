@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +44,7 @@ from bgremove.errors import (
     ServiceTimeoutError,
     SubmitUncertainError,
 )
+from bgremove.retry import backoff_delay
 from bgremove.wavespeed._answers import Listed, Prediction
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ NO_LIST = frozenset({404, 405, 501})
 UNSURE_HINT = ("look for the task with `bgremove tasks` and get its result with "
                "`bgremove fetch TASK_ID --input FILE`, before submitting this image again")
 _MAX_VERDICTS = 4096
+#: Matched candidates' outputs kept for the download that follows an adoption.
+_MAX_KEPT_OUTPUTS = 4
 _MAX_KNOWN = 10_000
 
 
@@ -103,6 +106,13 @@ class Reconciler:
         self._in_flight: Counter[str] = Counter()  # submits of these bytes awaiting an answer
         self._lost: Counter[str] = Counter()  # lost submits of these bytes being reconciled
         self._verdicts: dict[tuple[str, str], bool | None] = {}  # (task, upload) -> match?
+        # a matched candidate's output, downloaded to compare it: not fetched a second time
+        self._outputs: OrderedDict[str, bytes] = OrderedDict()
+
+    def take_output(self, task_id: str) -> bytes | None:
+        """The output of ``task_id`` if it was downloaded to be matched (once)."""
+        with self._lock:
+            return self._outputs.pop(task_id, None)
 
     def remember(self, task_id: str) -> None:
         with self._lock:
@@ -264,8 +274,8 @@ class Reconciler:
                 break
             failures += 1
             remaining = ctx.deadline.remaining()
-            delay = min(client.config.retry.backoff_max,
-                        client.config.retry.backoff_initial * 2 ** min(failures, 16))
+            delay = backoff_delay(failures + 1, initial=client.config.retry.backoff_initial,
+                                  cap=client.config.retry.backoff_max, spread=0)
             if delay >= remaining:
                 raise _Unsure(f"its task list could not be read in time: {error.message}",
                               transient=True)
@@ -300,6 +310,10 @@ class Reconciler:
         except ValueError:
             verdict = None  # an output that does not decode cannot be compared
         with self._lock:
+            if verdict:
+                self._outputs[task.id] = data
+                while len(self._outputs) > _MAX_KEPT_OUTPUTS:
+                    self._outputs.popitem(last=False)
             if len(self._verdicts) >= _MAX_VERDICTS:
                 self._verdicts.clear()
             self._verdicts[task.id, digest] = verdict

@@ -4,12 +4,14 @@ httpx's timeouts apply to each socket operation alone: a server that sends one
 byte every half second (headers or body) is never "timed out". Here the
 request loop states, for the calls the current thread makes, when they must
 end and which cancel token may stop them (``budget``); every connect, read and
-write on the sockets of ``bounded_transport`` then waits at most until that
+write on the sockets of a bound pool (``bound_sockets``) then waits at most until that
 moment, and a read wakes every ``CANCEL_POLL`` seconds to look at the token.
 
-Used by the client's own pooled connection (not with a caller's ``httpx.Client``
-or a proxy from the environment: those keep httpx's per-operation timeouts,
-and ``bgremove.wavespeed._body`` still bounds the body between reads).
+``bound_sockets`` puts this on every connection pool of the client's own
+``httpx.Client``: the direct one and those of proxies from the environment
+(``HTTPS_PROXY`` and the like). A caller's ``httpx.Client`` keeps httpx's
+per-operation timeouts; ``bgremove.wavespeed._body`` still bounds the body
+between reads.
 """
 
 from __future__ import annotations
@@ -129,15 +131,16 @@ class _BoundedBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
-def bounded_transport(*, limits: httpx.Limits, verify: bool = True) -> httpx.HTTPTransport:
-    """An ``httpx.HTTPTransport`` (HTTP/1.1, TLS verified) whose sockets honour ``budget``."""
-    transport = httpx.HTTPTransport(verify=verify, limits=limits)
-    # httpx has no public way to pass a network backend: rebuild its pool with ours.
-    transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(verify=verify),
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=_BoundedBackend(),
-    )
-    return transport
+def bound_sockets(client: httpx.Client) -> int:
+    """Make every socket wait of ``client``'s pools (direct and proxied) honour ``budget``.
+
+    httpx has no public way to pass a network backend, so the backend of each pool it
+    built is replaced (before any connection is made). Returns the number of pools bound.
+    """
+    bound = 0
+    for transport in [client._transport, *client._mounts.values()]:
+        pool = getattr(transport, "_pool", None)
+        if isinstance(pool, (httpcore.ConnectionPool, httpcore.SOCKSProxy)):
+            pool._network_backend = _BoundedBackend()
+            bound += 1
+    return bound

@@ -1,0 +1,145 @@
+"""Intake: a file the readiness tracker calls stable -> read once -> checked -> claimed.
+
+The file is read once through its folder's descriptor (no link followed), hashed, and
+decoded (the decoded image goes on to the job: it is not decoded twice). A file that
+does not decode yet is handed back to the tracker (a writer may have paused mid-file)
+until it has settled; one that changed since it was found stable is handed back too.
+Then it is claimed (``claims``) and handed to ``FileJobs``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bgremove.errors import (
+    BgremoveError,
+    ImageTooLargeError,
+    InputError,
+    UnreadableImageError,
+    UnsafeInputError,
+)
+from bgremove.watcher.naming import folder_fd, shown
+from bgremove.watcher.untrusted import input_limit, read_file
+
+if TYPE_CHECKING:
+    from bgremove.imaging import SourceImage
+    from bgremove.watcher.context import Context
+    from bgremove.watcher.filejob import FileJobs
+    from bgremove.watcher.readiness import Ready
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Content:
+    """A file as read once: the sha256 of its bytes, and those bytes decoded (None when
+    they do not decode; the reason travels as the input error)."""
+
+    digest: str
+    source: SourceImage | None
+
+
+def read_content(path: Path, max_pixels: int, dir_fd: int | None = None
+                 ) -> tuple[Content, InputError | None, os.stat_result]:
+    """Read ``path`` once (no link followed), hash and decode those same bytes.
+
+    Raises ``UnsafeInputError`` (a link, a FIFO...: not read) and ``OSError``."""
+    from bgremove.imaging import load_image
+
+    data, st = read_file(path, limit=input_limit(max_pixels), dir_fd=dir_fd)
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        return Content(digest, load_image(path, max_pixels=max_pixels, data=data)), None, st
+    except InputError as exc:
+        return Content(digest, None), exc, st
+
+
+class Intake:
+    def __init__(self, ctx: Context, jobs: FileJobs) -> None:
+        self.ctx = ctx
+        self.jobs = jobs
+        #: files that could not be moved into the claim folder (said once each)
+        self.unclaimable: set[Path] = set()
+
+    def take_ready(self, ready: Ready) -> None:
+        handed_back = False
+        try:
+            handed_back = self._take_ready(ready)
+        finally:
+            if not handed_back:  # claimed, vanished, failed to claim: never left handed out
+                self.ctx.tracker.forget(ready.path)
+
+    def _take_ready(self, ready: Ready) -> bool:
+        """Returns True when the file was handed back to the tracker (``not_yet``)."""
+        layout = self.ctx.layout
+        rel = layout.relative(ready.path)
+        if rel is None or self.ctx.stopping():
+            return False
+        try:  # its folder, reached without following a link (a sub-folder swapped for one)
+            folder = folder_fd(layout.inbox / rel.parent, layout.inbox, create=False)
+        except OSError as exc:
+            log.debug("not taking %s: %s", shown(rel), exc)
+            return False
+        try:
+            return self._take_from(ready, rel, folder)
+        finally:
+            os.close(folder)
+
+    def _take_from(self, ready: Ready, rel: Path, folder: int) -> bool:
+        ctx, path = self.ctx, ready.path
+        input_error: BgremoveError | None = None
+        content: Content | None = None
+        st: os.stat_result | None = None
+        try:
+            content, input_error, st = read_content(path, ctx.config.input.max_pixels, folder)
+        except UnsafeInputError as exc:
+            input_error = exc
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            input_error = UnreadableImageError(f"{shown(path)}: cannot read: "
+                                               f"{exc.strerror or exc}",
+                                               hint="check the file's permissions")
+        if input_error is not None and not ready.settled \
+                and not isinstance(input_error, (ImageTooLargeError, UnsafeInputError)):
+            ctx.tracker.not_yet(ready)
+            return True
+        try:
+            st = st or os.lstat(path.name, dir_fd=folder)
+        except OSError:
+            return False
+        if (st.st_size, st.st_mtime_ns) != (ready.size, ready.mtime_ns):
+            ctx.tracker.not_yet(ready, decode_failed=False)
+            return True
+        try:
+            claimed = ctx.claims.claim(Path(path.name), rel, src_dir_fd=folder)
+        except OSError as exc:
+            if path not in self.unclaimable:  # a rescan finds it again: say so once
+                log.error("cannot take %s (moving it into the claim folder failed: %s); it "
+                          "stays in INBOX", shown(rel), exc.strerror or exc,
+                          extra={"event": "warning", "input": shown(rel)})
+            self.unclaimable.add(path)
+            return False
+        self.unclaimable.discard(path)
+        ctx.tracker.forget(path)
+        if claimed is None:
+            log.debug("%s was taken by another daemon", shown(rel))
+            return False
+        if content is not None and not _same_file(claimed, st):
+            content = None  # swapped since it was read: read what was claimed
+        self.jobs.process(claimed, rel, input_error, content)
+        return False
+
+
+def _same_file(path: Path, st: os.stat_result | None) -> bool:
+    """Whether ``path`` (not followed) is the file ``st`` was taken from."""
+    try:
+        now = os.lstat(path)
+    except OSError:
+        return False
+    return st is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
