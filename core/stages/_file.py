@@ -21,6 +21,8 @@ from bgremove.errors import BgremoveError, CancelledError
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from PIL import Image
+
     from bgremove.config import Config, OutputConfig
     from bgremove.jobs import JobResult
 
@@ -99,8 +101,6 @@ def prepare_file(path: Path, *, max_pixels: int, max_upload_bytes: int, max_uplo
 def finish_file(prepared: Prepared, result: Result, src: Path, dst: Path,
                 output: OutputConfig, *, data: bytes | None = None) -> str | None:
     from bgremove.imaging import (
-        alpha_from_bytes,
-        apply_orientation,
         compose_output,
         estimate_foreground,
         fit_alpha,
@@ -111,12 +111,7 @@ def finish_file(prepared: Prepared, result: Result, src: Path, dst: Path,
     from bgremove.jobs import NO_SUBJECT_WARNING
 
     source = load_image(src, max_pixels=max(1, prepared.size[0] * prepared.size[1]), data=data)
-    if result.alpha is not None:
-        alpha = result.alpha
-    else:
-        assert result.data is not None
-        alpha = alpha_from_bytes(result.data, max_pixels=result.max_pixels)
-    alpha = fit_alpha(apply_orientation(alpha, prepared.orientation), source.image.size)
+    alpha = fit_alpha(result_alpha(result, prepared.orientation), source.image.size)
     if output.foreground and not output.mask_only:
         source.image = estimate_foreground(source.image, alpha, inplace=True)
         source.deep = None
@@ -124,3 +119,16 @@ def finish_file(prepared: Prepared, result: Result, src: Path, dst: Path,
     exif = None if output.strip_metadata else source.exif
     save_image(composed, dst, fmt=output.format, icc_profile=source.icc_profile, exif=exif)
     return None if has_subject(alpha) else NO_SUBJECT_WARNING
+
+
+def result_alpha(result: Result, orientation: int) -> Image.Image:
+    """The result's mask ("L"), upright: the service's file decoded within its limits, or
+    the mask made here; turned by the input's EXIF ``orientation``."""
+    from bgremove.imaging import alpha_from_bytes, apply_orientation
+
+    if result.alpha is not None:
+        alpha = result.alpha
+    else:
+        assert result.data is not None
+        alpha = alpha_from_bytes(result.data, max_pixels=result.max_pixels)
+    return apply_orientation(alpha, orientation)

@@ -299,7 +299,6 @@ class Pipeline:
         try:
             entry.hooks.report("compose", 0.95)
             entry.job.finish(entry.prepared, result)
-            entry.hooks.report("compose", 1.0)
         except Exception as exc:
             self._end(entry, exc)
             return
