@@ -15,12 +15,11 @@ The WaveSpeed remote is ``bgremove.wavespeed.WaveSpeedRemote``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from bgremove.contract import Result
 
 if TYPE_CHECKING:
-    from bgremove.config import Config
     from bgremove.contract import Backend, JobHooks, Prepared
 
 
@@ -85,12 +84,12 @@ class CutoutRemote:
                       requests=cutout.requests)
 
 
-def remote_for(backend: Backend, config: Config) -> Remote:
-    """The remote stage of ``backend``: the WaveSpeed API's task by task, else ``cut_out``."""
-    from bgremove.wavespeed import WaveSpeedBackend, WaveSpeedRemote
-
-    if isinstance(backend, WaveSpeedBackend):
-        return WaveSpeedRemote(backend)
+def remote_for(backend: Backend) -> Remote:
+    """The remote stage of ``backend``: its own when it has one (``backend.remote``: the
+    WaveSpeed API's, task by task), else its ``cut_out`` wrapped in a ``CutoutRemote``."""
+    own = getattr(backend, "remote", None)
+    if own is not None:
+        return cast("Remote", own)
     # A mask made on this machine is CPU work: no more at once than there are cores.
     import os
 
