@@ -70,8 +70,9 @@ class CutoutRemote:
         upload = prepared.upload
         image = decode_image(upload.data, formats=("PNG", "JPEG"),
                              max_pixels=upload.size[0] * upload.size[1])
-        if image.mode not in ("RGB", "RGBA"):
-            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        if image.mode not in ("RGB", "RGBA"):  # a PNG's own bytes: grey, palette, with alpha
+            alpha = "A" in image.getbands() or "transparency" in image.info
+            image = image.convert("RGBA" if alpha else "RGB")
         cutout = self.backend.cut_out(image, hooks)
         return Call(prepared, hooks, due=None, task_id=cutout.task_id, state=cutout)
 
