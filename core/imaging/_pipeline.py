@@ -186,7 +186,7 @@ def stored_original(im: Image.Image, data: bytes, orientation: int) -> StoredIma
     else:
         return None
     if stripped is None:
-        log.info("the file's structure is not plain: its pixels are re-encoded for upload")
+        log.debug("the file's structure is not plain: its pixels are re-encoded for upload")
         return None
     return StoredImage(stripped, kind, im.size, orientation)
 
