@@ -84,8 +84,7 @@ class EmulatorProcess:
 
     def cpu(self) -> float:
         """CPU seconds the emulator process used so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu(self.proc.pid)
 
     def end_delays(self) -> None:
         self.http.post("/_emulator/end-delays").raise_for_status()
@@ -342,21 +341,11 @@ def daemon_rss(count: int, emu: EmulatorProcess, tmp: Path, args: argparse.Names
         folder.mkdir(parents=True)
     for photo in photos:
         shutil.copyfile(photo, staging / photo.name)
-    config = bgremove_config(work, "watch:\n  images_per_minute: 0\n")
-    env = environment(emu, work)
     cap = min(args.rss_cap_mb * 2**20, available_memory() - 4 * 2**30)
     before = emu.stats()["tasks_submitted"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bgremove", "watch", str(inbox), str(outbox), "--concurrency",
-         str(count), "--config", str(config), "--log-level", "warning"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start_daemon(inbox, outbox, count, emu, work)
     result: dict[str, Any] = {"photos": count}
     try:
-        deadline = time.monotonic() + 60
-        while not (outbox / ".bgremove" / "journal.sqlite3").exists():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the daemon did not start")
-            time.sleep(0.05)
         started = time.monotonic()
         for photo in photos:
             os.rename(staging / photo.name, inbox / photo.name)
@@ -394,17 +383,46 @@ def daemon_rss(count: int, emu: EmulatorProcess, tmp: Path, args: argparse.Names
             time.sleep(0.05)
         result["peak"] = peak
     finally:
-        proc.terminate()
+        err = stop_daemon(proc)
+        emu.end_delays()  # whatever still waits
+    if err:
+        result["stderr"] = err
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def start_daemon(inbox: Path, outbox: Path, concurrency: int, emu: EmulatorProcess,
+                 work: Path) -> subprocess.Popen[bytes]:
+    """``bgremove watch INBOX OUTBOX``, once it watches (its journal exists)."""
+    config = bgremove_config(work, "watch:\n  images_per_minute: 0\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bgremove", "watch", str(inbox), str(outbox), "--concurrency",
+         str(concurrency), "--config", str(config), "--log-level", "warning"],
+        cwd=ROOT, env=environment(emu, work), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (outbox / ".bgremove" / "journal.sqlite3").exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            stop_daemon(proc)
+            raise RuntimeError("the daemon did not start")
+        time.sleep(0.05)
+    time.sleep(0.5)  # its file-system observer starts after the journal
+    return proc
+
+
+def stop_daemon(proc: subprocess.Popen[bytes]) -> str:
+    """Stop the daemon (SIGTERM, a second one if it lingers); the end of its stderr."""
+    proc.terminate()
+    try:
+        _out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # a second SIGTERM: exit at once
         try:
-            _out, err = proc.communicate(timeout=60)
+            _out, err = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
             _out, err = proc.communicate()
-        emu.end_delays()  # whatever still waits
-    if err.strip():
-        result["stderr"] = err.decode(errors="replace")[-1000:]
-    shutil.rmtree(work, ignore_errors=True)
-    return result
+    return err.decode(errors="replace")[-1000:].strip()
 
 
 def available_memory() -> int:
@@ -424,31 +442,71 @@ def small_images(folder: Path, count: int) -> None:
         image.save(folder / f"small{i:05d}.png")
 
 
-def many(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    """``remove`` of many small images at a high concurrency with long tasks."""
-    src, out = tmp / "many-in", tmp / "many-out"
+def many(args: argparse.Namespace, tmp: Path, command: str) -> dict[str, Any]:
+    """``remove`` (or ``watch``) of many small images at a high concurrency, long tasks."""
+    src, out = tmp / f"many-{command}-in", tmp / f"many-{command}-out"
     small_images(src, args.many)
     with EmulatorProcess("--delay", str(args.many_delay)) as emu:
-        env = environment(emu, tmp)
-        config = bgremove_config(tmp)
-        log(f"many: {args.many} images, concurrency {args.many_concurrency}, "
+        log(f"many: {command}, {args.many} images, concurrency {args.many_concurrency}, "
             f"delay {args.many_delay} s (load {load()}) ...")
         emulator_cpu = emu.cpu()
-        run = run_process([sys.executable, "-m", "bgremove", "remove", str(src), "-o", str(out),
-                           "--concurrency", str(args.many_concurrency), "--config", str(config),
-                           "--log-level", "warning"], env, sample=True)
+        if command == "remove":
+            run = run_process([sys.executable, "-m", "bgremove", "remove", str(src), "-o",
+                               str(out), "--concurrency", str(args.many_concurrency),
+                               "--config", str(bgremove_config(tmp)), "--log-level",
+                               "warning"], environment(emu, tmp), sample=True)
+        else:
+            run = watch_drain(src, out, args, emu, tmp)
         stats = emu.stats()
         emulator_cpu = emu.cpu() - emulator_cpu
-    written = len(list(out.glob("*.png")))
+    written = len(list(out.rglob("*.png")))
     ideal = args.many / args.many_concurrency * args.many_delay
-    return {"images": args.many, "concurrency": args.many_concurrency,
+    return {"command": command, "images": args.many, "concurrency": args.many_concurrency,
             "delay": args.many_delay, "wall": run.wall, "ideal": ideal,
             "ratio": run.wall / ideal, "peak_threads": run.peak_threads,
             "peak_rss": run.peak_rss, "cpu": run.cpu, "written": written,
             "max_concurrent_tasks": stats["max_concurrent_tasks"],
             "tasks": stats["tasks_submitted"], "requests": stats["requests_total"],
-            "emulator_cpu": emulator_cpu,
-            "load_after": load()}
+            "emulator_cpu": emulator_cpu, "load_after": load(), **run.extra}
+
+
+def watch_drain(src: Path, out: Path, args: argparse.Namespace, emu: EmulatorProcess,
+                tmp: Path) -> Run:
+    """The images renamed into a running daemon's INBOX at once; wall until all are in
+    done/ (or failed/), peak RSS and threads of the daemon, its CPU over the drain."""
+    inbox = tmp / "many-watch-inbox"
+    inbox.mkdir()
+    proc = start_daemon(inbox, out, args.many_concurrency, emu, tmp)
+    peak_hwm = peak_threads = 0
+    try:
+        cpu_before = process_cpu(proc.pid)
+        started = time.perf_counter()
+        for path in sorted(src.iterdir()):
+            os.rename(path, inbox / path.name)
+        deadline = started + args.many_timeout
+        while True:
+            hwm, _rss, threads = status_of(proc.pid)
+            peak_hwm, peak_threads = max(peak_hwm, hwm), max(peak_threads, threads)
+            finished = sum(len(os.listdir(inbox / name)) for name in ("done", "failed")
+                           if (inbox / name).exists())
+            if finished >= args.many or time.perf_counter() > deadline:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError("the daemon exited")
+            time.sleep(0.05)
+        wall = time.perf_counter() - started
+        cpu = process_cpu(proc.pid) - cpu_before
+        failed = len(os.listdir(inbox / "failed")) if (inbox / "failed").exists() else 0
+    finally:
+        err = stop_daemon(proc)
+    return Run(wall, cpu, peak_hwm, peak_threads,
+               {"failed": failed, "finished": finished, **({"stderr": err} if err else {})})
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds a live process used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -498,15 +556,16 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
                          f"{f'{waiting / 2**20:.0f} MB' if waiting else r.get('stopped', '-')} | "
                          f"{f'{drain / 2**20:.0f} MB' if drain else r.get('stopped', '-')} | "
                          "<= 1.2 GB, about the same for both |")
-    if results.get("many"):
-        m = results["many"]
-        lines += ["", f"remove of {m['images']} small images, concurrency {m['concurrency']}, "
+    for m in results.get("many", []):
+        lines += ["", f"{m['command']} of {m['images']} small images, concurrency "
+                  f"{m['concurrency']}, "
                   f"{m['delay']:g} s tasks: {m['wall']:.1f} s = {m['ratio']:.2f}x the ideal "
                   f"({m['ideal']:.0f} s); peak {m['peak_threads']} threads, peak RSS "
                   f"{m['peak_rss'] / 2**20:.0f} MB, {m['cpu']:.1f} s CPU; {m['written']} "
                   f"written, {m['requests'] / m['images']:.1f} requests per image; the service "
                   f"saw at most {m['max_concurrent_tasks']} tasks at once and used "
-                  f"{m['emulator_cpu']:.1f} s CPU"]
+                  f"{m['emulator_cpu']:.1f} s CPU"
+                  + (f"; {m['failed']} failed" if m.get("failed") else "")]
     return "\n".join(lines)
 
 
@@ -526,6 +585,9 @@ def main() -> int:
     parser.add_argument("--many", type=int, default=2000)
     parser.add_argument("--many-concurrency", type=int, default=500)
     parser.add_argument("--many-delay", type=float, default=3.0)
+    parser.add_argument("--many-commands", nargs="+", default=["remove", "watch"],
+                        choices=("remove", "watch"))
+    parser.add_argument("--many-timeout", type=float, default=900.0)
     parser.add_argument("--only", action="append", default=[], choices=SECTIONS)
     parser.add_argument("--skip", action="append", default=[], choices=SECTIONS)
     args = parser.parse_args()
@@ -551,7 +613,7 @@ def main() -> int:
                     results["rss"].append(daemon_rss(count, emu, tmp, args))
                     log(f"rss: {results['rss'][-1]}")
         if "many" in wanted:
-            results["many"] = many(args, tmp)
+            results["many"] = [many(args, tmp, command) for command in args.many_commands]
     results["load_end"] = load()
     text = report(results, args)
     print(text)
