@@ -1,6 +1,6 @@
 """Photo benchmark: 24 MP camera JPEGs through bgremove beside two reference clients.
 
-    .venv/bin/python benchmarks/bench_photos.py                  # everything (~15 min)
+    .venv/bin/python benchmarks/bench_photos.py                  # everything (~20 min)
     .venv/bin/python benchmarks/bench_photos.py --only wall --only cpu
     .venv/bin/python benchmarks/bench_photos.py --only many --many 2000 --many-concurrency 500
 
@@ -21,8 +21,11 @@ wall   wall time of the photos at concurrency 3 on loopback and with ``--uplink-
 cpu    CPU seconds per photo of each client process, orientation 1 and 6 separately
 rss    ``bgremove watch``'s peak RSS (VmHWM) with 12 and 48 photos in flight at once (the
        emulator's delay long; then its delays are ended and the peak through the drain too)
-many   ``remove`` of 2,000 small images at concurrency 500 with 3 s tasks: drain time over
-       the ideal (2000 / 500 x 3 s), peak threads and RSS of the process
+many   2,000 small images at concurrency 500 with 3 s tasks, through ``remove`` and
+       through a running ``watch``: drain time over the ideal (2000 / 500 x 3 s), peak
+       threads and RSS of the process, CPU of it and of the emulator
+
+Results: a table on stdout, everything in ``benchmarks/results/photos.json``.
 """
 
 from __future__ import annotations
