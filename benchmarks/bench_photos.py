@@ -288,20 +288,23 @@ def wall_and_cpu(photos: list[Path], args: argparse.Namespace, tmp: Path, uplink
         result["uploads"] = uploads
         walls: dict[str, list[float]] = {client: [] for client in CLIENTS}
         cpus: dict[str, list[float]] = {client: [] for client in CLIENTS}
+        rsss: dict[str, list[int]] = {client: [] for client in CLIENTS}
         for round_ in range(args.rounds):
             order = CLIENTS[round_ % 3:] + CLIENTS[:round_ % 3]
             for client in order:
                 out = tmp / f"run-{client}"
                 run = run_process(client_command(client, photos, out, args.concurrency,
-                                                 config), env)
+                                                 config), env, sample=True)
                 shutil.rmtree(out, ignore_errors=True)
                 walls[client].append(run.wall)
                 cpus[client].append(run.cpu)
+                rsss[client].append(run.peak_rss)
                 log(f"{link}: round {round_ + 1} {client}: {run.wall:.2f} s wall, "
                     f"{run.cpu:.2f} s CPU (load {load()})")
         result["wall"] = {c: statistics.median(v) for c, v in walls.items()}
         result["walls"] = walls
         result["cpu_all"] = {c: statistics.median(v) / len(photos) for c, v in cpus.items()}
+        result["peak_rss"] = {c: max(v) for c, v in rsss.items()}
         if cpu:
             result["cpu"] = cpu_per_photo(photos, args, tmp, env, config)
         result["load_after"] = load()
@@ -533,6 +536,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     for section in results.get("wall", []):
         row(f"wall, {section['link']} (s)", section["wall"], ".2f", "<= 1.10x (b)")
         row("  CPU per photo in those runs (s)", section["cpu_all"], ".2f", "-")
+        row("  peak RSS of the process (MB)",
+            {c: v / 2**20 for c, v in section["peak_rss"].items()}, ".0f", "-")
         if "cpu" in section:
             for orientation, values in section["cpu"].items():
                 row(f"CPU per photo, orientation {orientation} (s)", values, ".2f", "-")
