@@ -352,15 +352,23 @@ def test_options_that_change_pixels_take_the_compose_path(tmp_path: Path,
         assert out.mode == "RGB" and out.tobytes() == want.tobytes()
 
 
-def test_a_service_that_changed_the_colours_gets_the_original_pixels(tmp_path: Path) -> None:
-    """The fast path is only taken when the service's colours are the original's."""
-    src = save_png(tmp_path / "photo.png", 1)
+@pytest.mark.parametrize("where", ["everywhere", "last-pixel"])
+def test_a_service_that_changed_the_colours_gets_the_original_pixels(tmp_path: Path,
+                                                                    where: str) -> None:
+    """The fast path is only taken when the service's colours are all the original's: here
+    it re-touched every pixel, or only the last one of a picture taller than a compared band."""
+    src = save_png(tmp_path / "photo.png", 1, image=photo((96, 700)))
     prepared = prepare_file(src, **LIMITS)
     with Image.open(src) as opened:
         original = opened.convert("RGB")
-    shifted = original.point(lambda v: min(255, v + 1))  # a service that re-touched it
+    if where == "everywhere":
+        touched = original.point(lambda v: min(255, v + 1))
+    else:
+        touched = original.copy()
+        r, g, b = original.getpixel((95, 699))  # type: ignore[misc]
+        touched.putpixel((95, 699), (r, g, b ^ 1))
     alpha = keyout_alpha(original)
-    result = Result("wavespeed", data=cutout_png(shifted, alpha), max_pixels=96 * 64)
+    result = Result("wavespeed", data=cutout_png(touched, alpha), max_pixels=96 * 700)
     dst = tmp_path / "out.png"
     finish_file(prepared, result, src, dst, OutputConfig())
     want = original.convert("RGBA")
