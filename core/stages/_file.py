@@ -1,0 +1,77 @@
+"""One input file to one output file, as a pipeline job.
+
+``FileJob.prepare`` reads and checks the file and makes its upload
+(``imaging.prepare_file``); ``finish`` re-reads it, applies the result and writes
+``dst`` atomically (``imaging.finish_file``, which refuses a file changed meanwhile).
+The job's one outcome, a ``JobResult``, goes to ``done``: the batch and the daemon
+decide what to do with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from bgremove.contract import JobHooks, Prepared, Result
+from bgremove.errors import BgremoveError, CancelledError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from bgremove.config import Config
+    from bgremove.jobs import JobResult
+
+log = logging.getLogger(__name__)
+
+
+class FileJob:
+    """``src`` cut out into ``dst`` (see the module docstring)."""
+
+    def __init__(self, src: Path, dst: Path, config: Config, *,
+                 done: Callable[[JobResult], None], hooks: JobHooks | None = None) -> None:
+        self.src = src
+        self.dst = dst
+        self.config = config
+        self.hooks = hooks or JobHooks()
+        self._done = done
+        self._started = time.monotonic()
+
+    def prepare(self) -> Prepared:
+        from bgremove.imaging import prepare_file
+
+        self._started = time.monotonic()
+        return prepare_file(self.src, max_pixels=self.config.input.max_pixels,
+                            max_upload_bytes=self.config.wavespeed.max_upload_bytes,
+                            max_upload_side=self.config.wavespeed.max_upload_side)
+
+    def finish(self, prepared: Prepared, result: Result) -> None:
+        from bgremove.imaging import finish_file
+        from bgremove.jobs import JobResult
+
+        warning = finish_file(prepared, result, self.src, self.dst, self.config.output)
+        self._done(JobResult(self.src, self.dst, "ok", None, time.monotonic() - self._started,
+                             result.task_id, result.requests, warning))
+
+    def failed(self, error: BaseException) -> None:
+        from bgremove.jobs import JobResult
+
+        problem = job_error(self.src, error)
+        self._done(JobResult(self.src, None, "failed", problem, time.monotonic() - self._started,
+                             getattr(problem, "task_id", None)))
+
+
+def job_error(src: Path, error: BaseException) -> BgremoveError:
+    """``error`` as the one ``BgremoveError`` a file's result reports; a bug is one line too
+    (it must cost one file, not the batch), its traceback in the debug log."""
+    if isinstance(error, BgremoveError):
+        return error
+    if isinstance(error, KeyboardInterrupt):
+        return CancelledError("cancelled")
+    from bgremove.logs import redact
+
+    log.debug("unexpected error on %s", src, exc_info=error)
+    # any library's text, printed and put in --json output: never with the key in it
+    return BgremoveError(redact(f"{src}: internal error: {type(error).__name__}: {error}"),
+                         hint="please report it with --log-level debug output")
