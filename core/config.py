@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-import yaml
-
 from bgremove.choices import (
     ACCOUNT_LEVELS,
     BACKENDS,
@@ -295,6 +293,8 @@ def _read_yaml(file: Path) -> Mapping[str, Any]:
                           hint="check the --config path or $BGREMOVE_CONFIG") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {file}: {exc}") from None
+    import yaml  # here: most runs have no config file, and the import costs ~10 ms
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -414,6 +414,8 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
     """Handle one request from ``stdin``; return the process exit code."""
     out = Output(stdout)
     try:
+        import yaml  # noqa: F401  (config loads it only when it reads a file: checked here)
+
         from bgremove.backends import make_backend
         from bgremove.config import load_config
         from bgremove.contract import CancelToken, JobHooks

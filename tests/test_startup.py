@@ -1,0 +1,106 @@
+"""What a one-image run loads: only what it uses (start-up is most of a small image's cost).
+
+Each test runs a fresh interpreter, since what one process has already loaded hides what
+a real start would load. No timings: the speed itself is measured by
+``benchmarks/bench_small.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import make_keyed_image
+
+from bgremove.cli import COMMANDS, build_parser
+from bgremove.emulator import Emulator
+from tests.images import make_unsupported
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Runs ``bgremove ARGS...`` in this interpreter, then prints what it loaded as JSON: the
+#: modules of interest and how many times TLS certificate authorities were loaded.
+PROBE = """
+import json, ssl, sys
+loads = []
+original = ssl.SSLContext.load_verify_locations
+def counting(self, *args, **kwargs):
+    loads.append(1)
+    return original(self, *args, **kwargs)
+ssl.SSLContext.load_verify_locations = counting
+from bgremove.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "ca_loads": len(loads),
+                  "modules": sorted(m for m in sys.modules
+                                    if m.startswith(("PIL.", "yaml", "bgremove.commands.")))}))
+"""
+
+
+def _run(args: list[str], emulator: Emulator) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, WAVESPEED_API_KEY=emulator.api_key,
+               WAVESPEED_BASE_URL=emulator.base_url)
+    return subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=120)
+
+
+def test_one_image_loads_only_what_it_uses(tmp_path: Path, emulator: Emulator) -> None:
+    src = tmp_path / "subject.png"
+    make_keyed_image().save(src)
+    proc = _run(["remove", str(src), "-o", str(tmp_path / "out")], emulator)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report["code"] == 0 and (tmp_path / "out" / "subject.png").is_file()
+    modules = report["modules"]
+    # no config file: no YAML parser
+    assert not [m for m in modules if m.startswith("yaml")]
+    # the sub-command's own module, not the other commands'
+    assert [m for m in modules if m.startswith("bgremove.commands.")] == [
+        "bgremove.commands.common", "bgremove.commands.remove"]
+    # Pillow's plugins for the formats bgremove reads and writes, not all ~40
+    plugins = {m for m in modules if m.endswith("ImagePlugin")}
+    assert "PIL.PngImagePlugin" in plugins
+    assert not plugins & {"PIL.PdfImagePlugin", "PIL.EpsImagePlugin", "PIL.IcoImagePlugin",
+                          "PIL.PcxImagePlugin"}
+    # one TLS context for the pooled client (loading the CAs is the costly part)
+    assert report["ca_loads"] == 1
+
+
+def test_a_format_not_accepted_is_named_by_a_fresh_process(tmp_path: Path,
+                                                            emulator: Emulator) -> None:
+    src = make_unsupported(tmp_path / "old.png")  # PCX bytes under a .png name
+    proc = _run(["remove", str(src), "-o", str(tmp_path / "out")], emulator)
+    assert proc.returncode == 0, proc.stderr  # main() returned; its code is in the report
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report["code"] == 1
+    assert "PCX images are not accepted" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert emulator.stats()["tasks_submitted"] == 0
+
+
+def test_a_config_file_is_still_read(tmp_path: Path, emulator: Emulator) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("output:\n  format: webp\n", encoding="utf-8")
+    config.chmod(0o600)
+    src = tmp_path / "subject.png"
+    make_keyed_image().save(src)
+    proc = _run(["remove", str(src), "-o", str(tmp_path / "out"), "--config", str(config)],
+                emulator)
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report["code"] == 0, proc.stderr
+    assert (tmp_path / "out" / "subject.webp").is_file()
+    assert "yaml" in report["modules"]
+
+
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return set(action.choices)
+
+
+def test_the_command_table_names_every_command_and_its_module() -> None:
+    assert _commands(build_parser()) == set(COMMANDS)
+    for command in COMMANDS:
+        assert command in _commands(build_parser(command))
