@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from bgremove.files import probe_writable
 
 if TYPE_CHECKING:
     from bgremove.config import Config, OutputConfig
-    from bgremove.contract import Backend, JobHooks
+    from bgremove.contract import Backend, Prepared, Result
     from bgremove.jobs import JobResult
 
 log = logging.getLogger(__name__)
@@ -173,58 +172,90 @@ def path_key(path: Path) -> str:
 def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *,
               on_result: ResultFn, on_interrupt: InterruptFn | None = None,
               overwrite: bool = False) -> list[JobResult]:
-    """Run every job on a pool of ``config.concurrency`` threads; report each as it ends.
+    """Run every job through a ``bgremove.stages.Pipeline`` with ``config.concurrency``
+    images at the service at once; report each as it ends.
 
     A ``dst`` that already exists is kept and its image not sent (status "skipped"),
-    unless ``overwrite``. Each worker asks the breaker before it starts an image and
-    tells it the outcome before it takes the next, so a decision to stop never lags
-    behind the work. On Ctrl-C, images not started never start, images in flight are
-    abandoned, ``on_interrupt`` is told how many, and ``KeyboardInterrupt`` propagates.
+    unless ``overwrite``. The breaker is asked before an image is read and again before
+    it is sent, and told each outcome before its slot goes to the next image, so a
+    decision to stop never lags behind the work. On Ctrl-C, images not sent never are,
+    images at the service are abandoned, ``on_interrupt`` is told how many, and
+    ``KeyboardInterrupt`` propagates.
     """
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+    import queue
 
-    from bgremove import tasklog
-    from bgremove.contract import CancelToken, JobHooks
+    from bgremove.contract import CancelToken
+    from bgremove.stages import Pipeline
 
     cancel = CancelToken()
-    results: list[JobResult] = []
+    ended: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
     check_output = OutputCheck()
     breaker = Breaker()
+    results: list[JobResult] = []
+    pipeline = Pipeline(backend, config, in_flight=max(1, min(config.concurrency, len(plan))),
+                        cancel=cancel)
+    try:
+        for src, dst in plan:
+            if not overwrite and _is_file(dst):
+                ended.put(_kept(src, dst))
+            else:
+                pipeline.start(_BatchJob(src, dst, config, breaker, check_output, ended.put))
+        while len(results) < len(plan):
+            result = ended.get()
+            results.append(result)
+            on_result(result)
+    except KeyboardInterrupt:
+        # Stop at once: images not sent never are; images at the service are abandoned
+        # (their tasks may still run and be billed, so the caller is told how many).
+        in_flight = pipeline.at_service()
+        pipeline.close(wait=False)
+        if on_interrupt is not None:
+            on_interrupt(in_flight)
+        raise
+    pipeline.close()
+    return results
 
-    def one(src: Path, dst: Path) -> JobResult:
-        if not overwrite and _is_file(dst):
-            return _kept(src, dst)
-        if breaker.tripped:
-            return breaker.skipped(src)
+
+class _BatchJob:
+    """A ``FileJob`` that asks the breaker first, checks its output folder before anything
+    is sent (a result that cannot be saved is not paid for) and keeps the task log."""
+
+    def __init__(self, src: Path, dst: Path, config: Config, breaker: Breaker,
+                 check_output: OutputCheck, report: ResultFn) -> None:
+        from bgremove import tasklog
+        from bgremove.contract import JobHooks
+        from bgremove.stages import FileJob
 
         def on_task(task_id: str) -> None:  # `bgremove tasks` names the input
             tasklog.record(task_id, input=src)
 
-        result = _run_one(src, dst, backend, config, JobHooks(cancel=cancel, on_task=on_task),
-                          check_output)
-        breaker.trips(result)  # here, before this worker takes its next image
+        self._file = FileJob(src, dst, config, done=self._done, hooks=JobHooks(on_task=on_task))
+        self.hooks = self._file.hooks
+        self._breaker = breaker
+        self._check_output = check_output
+        self._report = report
+
+    def prepare(self) -> Prepared:
+        self._breaker.check(self._file.src)
+        self._check_output(self._file.dst)
+        return self._file.prepare()
+
+    def before_send(self) -> None:
+        self._breaker.check(self._file.src)
+
+    def finish(self, prepared: Prepared, result: Result) -> None:
+        self._file.finish(prepared, result)
+
+    def failed(self, error: BaseException) -> None:
+        self._file.failed(error)
+
+    def _done(self, result: JobResult) -> None:
+        from bgremove import tasklog
+
+        self._breaker.trips(result)  # here, before this job's slot goes to the next
         if result.task_id and result.output:
             tasklog.record(result.task_id, output=result.output)
-        return result
-
-    pool = ThreadPoolExecutor(max_workers=max(1, min(config.concurrency, len(plan) or 1)),
-                              thread_name_prefix="bgremove")
-    futures = [pool.submit(one, src, dst) for src, dst in plan]
-    try:
-        for future in as_completed(futures):
-            result = future.result()
-            results.append(result)
-            on_result(result)
-    except KeyboardInterrupt:
-        # Stop at once: queued images never start; images in flight are abandoned (their
-        # tasks may still run and be billed, so the caller is told how many).
-        cancel.cancel()
-        pool.shutdown(wait=False, cancel_futures=True)
-        if on_interrupt is not None:
-            on_interrupt(sum(1 for f in futures if f.running()))
-        raise
-    pool.shutdown(wait=True)
-    return results
+        self._report(result)
 
 
 def _is_file(path: Path) -> bool:
@@ -280,33 +311,19 @@ class Breaker:
                 return True
         return False
 
+    def check(self, src: Path) -> None:
+        """``NotAttemptedError`` once the batch has stopped."""
+        with self._lock:
+            reason = self.reason
+        if reason is not None:
+            raise NotAttemptedError(f"{src}: not attempted: {reason}")
+
     def skipped(self, src: Path) -> JobResult:
         """The result of an image the batch did not start."""
         from bgremove.jobs import JobResult
 
         error = NotAttemptedError(f"{src}: not attempted: {self.reason}")
         return JobResult(src, None, "failed", error, 0.0)
-
-
-def _run_one(src: Path, dst: Path, backend: Backend, config: Config, hooks: JobHooks,
-             check_output: OutputCheck) -> JobResult:
-    from bgremove.jobs import JobResult, remove_file
-
-    started = time.monotonic()
-    try:
-        check_output(dst)  # before the upload: a result we cannot save is not paid for
-        return remove_file(src, dst, backend, config, hooks)
-    except BgremoveError as exc:
-        return JobResult(src, None, "failed", exc, time.monotonic() - started,
-                         getattr(exc, "task_id", None))
-    except Exception as exc:  # a bug must cost one file, not the batch
-        from bgremove.logs import redact
-
-        log.debug("unexpected error on %s", src, exc_info=True)
-        # any library's text, printed and put in --json output: never with the key in it
-        error = BgremoveError(redact(f"{src}: internal error: {type(exc).__name__}: {exc}"),
-                              hint="please report it with --log-level debug output")
-        return JobResult(src, None, "failed", error, time.monotonic() - started)
 
 
 class OutputCheck:

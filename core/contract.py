@@ -16,6 +16,7 @@ the daemon and the plug-in all import it, and it imports none of them.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -35,9 +36,27 @@ class CancelToken:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._followers: weakref.WeakSet[CancelToken] = weakref.WeakSet()
+
+    @classmethod
+    def either(cls, *tokens: CancelToken) -> CancelToken:
+        """A new token cancelled as soon as any of ``tokens`` is (or by itself)."""
+        token = cls()
+        for parent in tokens:
+            with parent._lock:
+                if not parent._event.is_set():
+                    parent._followers.add(token)
+                    continue
+            token.cancel()
+        return token
 
     def cancel(self) -> None:
-        self._event.set()
+        with self._lock:
+            self._event.set()
+            followers = list(self._followers)
+        for token in followers:
+            token.cancel()
 
     @property
     def cancelled(self) -> bool:

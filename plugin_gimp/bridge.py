@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from bgremove.config import Config
-    from bgremove.contract import CancelToken
+    from bgremove.contract import CancelToken, JobHooks, Prepared, Result
     from bgremove.errors import BgremoveError
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,49 @@ def _within(new: Image.Image, old: Image.Image, selection: bytes | None) -> Imag
     if selection is None:
         return new
     return Image.composite(new, old, Image.frombytes("L", new.size, selection))
+
+
+class LayerJob:
+    """The layer as the pipeline's one job: prepare = its pixels encoded for upload,
+    finish = the result combined with the layer (``combine``); the outcome is kept."""
+
+    def __init__(self, request: Request, pixels: bytes, old_mask: bytes | None,
+                 selection: bytes | None, config: Config, hooks: JobHooks) -> None:
+        self.request = request
+        self.pixels = pixels
+        self.old_mask = old_mask
+        self.selection = selection
+        self.config = config
+        self.hooks = hooks
+        self.seconds: dict[str, float] = {}
+        self.result: Result | None = None
+        self.output: tuple[str, bytes] | None = None
+        self.error: BaseException | None = None
+        self._clock = time.perf_counter()
+
+    def prepare(self) -> Prepared:
+        from bgremove.stages import prepare_image
+
+        clock = time.perf_counter()
+        image = to_source_image(self.request, self.pixels)
+        prepared = prepare_image(image, max_upload_bytes=self.config.wavespeed.max_upload_bytes,
+                                 max_upload_side=self.config.wavespeed.max_upload_side)
+        self._clock = time.perf_counter()
+        self.seconds["decode"] = self._clock - clock
+        return prepared
+
+    def finish(self, prepared: Prepared, result: Result) -> None:
+        from bgremove.stages import result_alpha
+
+        clock = time.perf_counter()
+        self.seconds["backend"] = clock - self._clock
+        alpha = result_alpha(result, prepared.orientation)
+        self.output = combine(self.request, self.pixels, alpha, self.old_mask, self.selection)
+        self.seconds["combine"] = time.perf_counter() - clock
+        self.result = result
+
+    def failed(self, error: BaseException) -> None:
+        self.error = error
 
 
 #: The dialog's words for the backends, so that messages use what the user sees.
@@ -421,6 +464,7 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
         from bgremove.contract import CancelToken, JobHooks
         from bgremove.errors import BgremoveError, CancelledError, MissingExtraError
         from bgremove.logs import register_secret
+        from bgremove.stages import Pipeline
         from bgremove.version import __version__
         log_path = start_logging(out)
     except ImportError as exc:
@@ -460,26 +504,24 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
         register_secret(config.wavespeed.api_key)
         logging.getLogger().setLevel(config.log_level.upper())
         out.progress("prepare", 0.02)
-        clock = time.perf_counter()
-        image = to_source_image(request, pixels)
-        seconds = {"decode": time.perf_counter() - clock}
         backend = make_backend(config, name=request.backend)
-        hooks = JobHooks(progress=out.progress, cancel=token)
-        clock = time.perf_counter()
-        cutout = backend.cut_out(image, hooks)
-        seconds["backend"] = time.perf_counter() - clock
-        token.raise_if_cancelled()
-        out.progress("compose", 0.98)
-        clock = time.perf_counter()
-        fmt, data = combine(request, pixels, cutout.alpha, old_mask, selection)
-        seconds["combine"] = time.perf_counter() - clock
+        job = LayerJob(request, pixels, old_mask, selection, config,
+                       JobHooks(progress=out.progress, cancel=token))
+        with Pipeline(backend, config, in_flight=1, cpu_workers=1, cancel=token) as pipeline:
+            pipeline.start(job)
+        if job.error is not None:
+            raise job.error
+        token.raise_if_cancelled()  # the plug-in went away meanwhile: nothing to send back
+        assert job.output is not None and job.result is not None
+        fmt, data = job.output
         done.set()
-        log.info("done: %s%s in %.1f s", cutout.backend,
-                 f" task {cutout.task_id}" if cutout.task_id else "", sum(seconds.values()))
+        log.info("done: %s%s in %.1f s", job.result.backend,
+                 f" task {job.result.task_id}" if job.result.task_id else "",
+                 sum(job.seconds.values()))
         out.line({"type": "result", "width": request.width, "height": request.height,
-                  "format": fmt, "bytes": len(data), "backend": cutout.backend,
-                  "task_id": cutout.task_id,
-                  "seconds": {k: round(v, 4) for k, v in seconds.items()}}, data)
+                  "format": fmt, "bytes": len(data), "backend": job.result.backend,
+                  "task_id": job.result.task_id,
+                  "seconds": {k: round(v, 4) for k, v in job.seconds.items()}}, data)
         return EXIT_OK
     except CancelledError:
         done.set()

@@ -216,16 +216,16 @@ def test_nothing_is_uploaded_when_the_output_cannot_be_written(
 def test_an_unexpected_error_costs_one_file_not_the_batch(
         tmp_path: Path, emulator_env: None, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    import bgremove.jobs
+    from bgremove.stages import FileJob
 
-    real = bgremove.jobs.remove_file
+    real = FileJob.prepare
 
-    def flaky(src: Path, *args: object, **kwargs: object) -> object:
-        if src.name == "boom.png":
+    def flaky(job: FileJob) -> object:
+        if job.src.name == "boom.png":
             raise RuntimeError("simulated bug")
-        return real(src, *args, **kwargs)  # type: ignore[arg-type]
+        return real(job)
 
-    monkeypatch.setattr(bgremove.jobs, "remove_file", flaky)
+    monkeypatch.setattr(FileJob, "prepare", flaky)
     boom, fine = _solid(tmp_path / "boom.png"), _solid(tmp_path / "fine.png")
     assert main(["remove", str(boom), str(fine)]) == 1
     captured = capsys.readouterr()

@@ -38,7 +38,6 @@ resolved in ``bgremove.wavespeed._reconcile``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -46,9 +45,9 @@ import httpx
 from bgremove.choices import WAIT_MODES
 from bgremove.contract import Cutout, JobHooks
 from bgremove.errors import ConfigError
-from bgremove.wavespeed._answers import Prediction
 from bgremove.wavespeed._client import WaveSpeedClient
-from bgremove.wavespeed._http import CallContext, ClientStats
+from bgremove.wavespeed._http import ClientStats
+from bgremove.wavespeed._remote import WaveSpeedRemote
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -74,6 +73,7 @@ class WaveSpeedBackend:
         client_options.setdefault("max_connections",
                                   max(config.concurrency, config.watch.concurrency))
         self.client = WaveSpeedClient(config.wavespeed, http=http, **client_options)
+        self.remote = WaveSpeedRemote(self)
 
     def __repr__(self) -> str:
         return f"WaveSpeedBackend(wait_mode={self.wait_mode!r}, client={self.client!r})"
@@ -84,87 +84,26 @@ class WaveSpeedBackend:
         return self.client.stats
 
     def cut_out(self, image: Image.Image, hooks: JobHooks | None = None) -> Cutout:
+        """One image on this thread: the remote stage's three steps in a row, then the
+        mask decoded (and turned upright when the stored pixels went up)."""
         from bgremove import imaging
+        from bgremove.stages import prepare_image
 
         hooks = hooks or JobHooks()
-        ctx = self.client.context(hooks.cancel)
         hooks.check_cancel()
-        # The file's own bytes when they fit: the mask then comes back as the pixels are
-        # stored and is turned upright below. The same choice on a resume (same file, same
-        # limits), so a resumed task's mask is turned the same way.
-        original = imaging.sendable_original(
-            hooks.original, image.size, max_bytes=self.config.wavespeed.max_upload_bytes,
-            max_side=self.config.wavespeed.max_upload_side)
-        orientation = original.orientation if original is not None else 1
-        if hooks.resume_task:
-            # judged by the image itself (what was uploaded had at most its pixels)
-            ctx.upload_pixels = image.width * image.height
-            prediction = self._resume(hooks.resume_task, ctx, hooks)
-        else:
+        if not hooks.resume_task:
             hooks.report("upload", 0.0)
-            if original is not None:
-                upload = imaging.UploadImage(original.data, original.content_type,
-                                             "image.jpg", original.size)
-            else:
-                upload = imaging.encode_for_upload(
-                    image, max_bytes=self.config.wavespeed.max_upload_bytes,
-                    max_side=self.config.wavespeed.max_upload_side)
-            ctx.upload_pixels = upload.size[0] * upload.size[1]
-            hooks.check_cancel()
-            found = self._find_lost(upload.data, ctx, hooks) if hooks.lost_submit else None
-            if found is not None:
-                prediction = found
-            else:
-                url = self.client.upload(upload.data, upload.filename, upload.content_type,
-                                         ctx=ctx)
-                hooks.report("upload", 0.3)
-                hooks.check_cancel()
-                hooks.report("wait", 0.3)
-                prediction = self.client.run(url, sync=self.wait_mode == "sync", ctx=ctx,
-                                             on_task=hooks.on_task,
-                                             progress=_scaled(hooks, "wait", 0.3, 0.8),
-                                             upload=upload.data, on_submit=hooks.on_submit,
-                                             known=hooks.known_tasks)
-        hooks.report("wait", 0.8)
-        hooks.check_cancel()
-        hooks.report("download", 0.8)
-        data = self.client.download_output(prediction, ctx=ctx)
-        hooks.report("download", 0.95)
-        alpha = imaging.alpha_from_bytes(
-            data, max_pixels=self.client.output_limits(ctx).max_pixels)
-        alpha = imaging.apply_orientation(alpha, orientation)
-        log.debug("task %s: %d requests", prediction.id, ctx.requests)
-        return Cutout(alpha=alpha, backend=self.name, task_id=prediction.id,
-                      requests=ctx.requests)
-
-    def _find_lost(self, data: bytes, ctx: CallContext, hooks: JobHooks) -> Prediction | None:
-        """A crash during a submit: its task (waited on), or None when none was created."""
-        assert hooks.lost_submit is not None
-        sent_at, url = hooks.lost_submit
-        hooks.report("wait", 0.3)
-        found = self.client.find_lost_task(url, data, sent_at, ctx=ctx, known=hooks.known_tasks)
-        if found is None:
-            return None
-        if hooks.on_task is not None:
-            hooks.on_task(found.id)
-        if found.status == "completed":
-            return found
-        return self.client.wait(found.id, ctx=ctx, poll_first=True,
-                                progress=_scaled(hooks, "wait", 0.3, 0.8))
-
-    def _resume(self, task_id: str, ctx: CallContext, hooks: JobHooks) -> Prediction:
-        """Wait on a task submitted before (a restart); unknown -> TaskFailedError not_found."""
-        hooks.report("wait", 0.3)
-        return self.client.wait(task_id, ctx=ctx, poll_first=True,
-                                progress=_scaled(hooks, "wait", 0.3, 0.8))
+        prepared = prepare_image(image, max_upload_bytes=self.config.wavespeed.max_upload_bytes,
+                                 max_upload_side=self.config.wavespeed.max_upload_side,
+                                 original=hooks.original, encode=not hooks.resume_task)
+        result = self.remote.run(prepared, hooks, sync=self.wait_mode == "sync")
+        assert result.data is not None
+        alpha = imaging.alpha_from_bytes(result.data, max_pixels=result.max_pixels)
+        alpha = imaging.apply_orientation(alpha, prepared.orientation)
+        log.debug("task %s: %d requests", result.task_id, result.requests)
+        return Cutout(alpha=alpha, backend=self.name, task_id=result.task_id,
+                      requests=result.requests)
 
     def close(self) -> None:
         self.client.close()
-
-
-def _scaled(hooks: JobHooks, stage: str, start: float, end: float) -> Callable[[float], None]:
-    def report(fraction: float) -> None:
-        hooks.report(stage, start + (end - start) * min(max(fraction, 0.0), 1.0))
-
-    return report
 

@@ -30,6 +30,7 @@ import platform
 import random
 import time
 from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, NoReturn
 
@@ -202,7 +203,7 @@ class WaveSpeedClient:
         ctx.task_id = prediction.id
         self._reconciler.remember(prediction.id)
         if prediction.done and prediction.status != "completed":
-            self._raise_task(prediction)
+            self.raise_task(prediction)
         return prediction
 
     def get_result(self, task_id: str, *, ctx: CallContext | None = None) -> Prediction:
@@ -223,37 +224,23 @@ class WaveSpeedClient:
              submitted_at: float | None = None) -> Prediction:
         """Poll until the task completes; raise ``TaskFailedError`` if it ends otherwise.
 
-        ``poll_first`` polls at once (a task that may be done already);
-        otherwise the first poll comes when tasks typically end (see
-        ``first_poll_delay``). After that, intervals grow from ``poll.initial``
-        by ``poll.factor`` up to ``poll.max``. Cancellable between polls
-        through the context's cancel token.
+        The schedule is ``TaskWait``'s. Cancellable between polls through the
+        context's cancel token.
         """
         ctx = ctx or self.context()
-        ctx.task_id = task_id
-        started = self._clock() if submitted_at is None else submitted_at
-        intervals = self.poll_schedule()
-        if not poll_first:
-            typical = self._typical_task
-            if typical is None:
-                first = next(intervals)
-            else:
-                first = self.first_poll_delay(started)
-                # Aimed at the typical end; after a miss the task is probably just finishing.
-                intervals = itertools.chain([max(0.05, 0.1 * typical)], intervals)
-            self._requests.pause(first, ctx, "result", task_id)
+        waiting = self.waiting(task_id, ctx=ctx, poll_first=poll_first,
+                               submitted_at=submitted_at)
         while True:
-            self._requests.checkpoint(ctx, "wait", task_id)
-            prediction = self.get_result(task_id, ctx=ctx)
-            if prediction.status == "completed":
-                self._learn_task_time(prediction, self._clock() - started)
+            self._requests.pause(waiting.delay, ctx, "result", task_id)
+            prediction = waiting.poll(progress)
+            if prediction is not None:
                 return prediction
-            if prediction.done:
-                self._raise_task(prediction)
-            if progress is not None:  # an asymptote, the real duration is unknown
-                elapsed = self._clock() - started
-                progress(elapsed / (elapsed + 10.0))
-            self._requests.pause(next(intervals), ctx, "result", task_id)
+
+    def waiting(self, task_id: str, *, ctx: CallContext, poll_first: bool = True,
+                submitted_at: float | None = None) -> TaskWait:
+        """The polling of one task, a step at a time (``wait`` loops over it; a poller
+        thread can keep thousands of them without a thread each)."""
+        return TaskWait(self, task_id, ctx, poll_first=poll_first, submitted_at=submitted_at)
 
     def poll_schedule(self) -> Iterator[float]:
         """``poll.initial``, then each wait ``poll.factor`` times longer, up to ``poll.max``."""
@@ -278,7 +265,12 @@ class WaveSpeedClient:
         # The margin: the task starts a moment after the submit was sent.
         return min(self.config.poll.max, max(0.05, typical * 1.03 + 0.01 - elapsed))
 
-    def _learn_task_time(self, prediction: Prediction, waited: float) -> None:
+    @property
+    def typical_task(self) -> float | None:
+        """How long tasks have typically taken (seconds), once one has completed."""
+        return self._typical_task
+
+    def learn_task_time(self, prediction: Prediction, waited: float) -> None:
         # The service's own inference time when it reports one; our wait overshoots it.
         seconds = prediction.inference_ms / 1000 if prediction.inference_ms else waited
         previous = self._typical_task
@@ -292,6 +284,24 @@ class WaveSpeedClient:
             known: Collection[str] = ()) -> Prediction:
         """Submit and wait until completed; ``on_task(id)`` runs before any waiting.
 
+        ``submit_task`` then ``wait``: see there for ``upload``, ``on_submit`` and ``known``.
+        """
+        ctx = ctx or self.context()
+        submitted = self.submit_task(image_url, sync=sync, ctx=ctx, upload=upload,
+                                     on_submit=on_submit, known=known)
+        if on_task is not None:
+            on_task(submitted.prediction.id)
+        if submitted.prediction.status == "completed":
+            return submitted.prediction
+        return self.wait(submitted.prediction.id, ctx=ctx, poll_first=submitted.poll_first,
+                         progress=progress, submitted_at=submitted.sent_at)
+
+    def submit_task(self, image_url: str, *, sync: bool, ctx: CallContext,
+                    upload: bytes | None = None,
+                    on_submit: Callable[[float, str], None] | None = None,
+                    known: Collection[str] = ()) -> Submitted:
+        """Create the task of an uploaded image, once; do not wait for it.
+
         ``upload`` (the uploaded file) lets a submit whose answer was lost be
         reconciled (``bgremove.wavespeed._reconcile``): its task adopted, or the
         image submitted again once the service surely has no task for it.
@@ -299,7 +309,6 @@ class WaveSpeedClient:
         (a journal records it); ``known`` names tasks that are surely not this
         image's (a journal's).
         """
-        ctx = ctx or self.context()
         adopted = False
         while True:
             sent_at = self._clock()
@@ -317,15 +326,10 @@ class WaveSpeedClient:
                     continue  # the service surely has no task for it: the one safe resend
                 prediction, adopted = self._adopt(found, ctx), True
             break
-        if on_task is not None:
-            on_task(prediction.id)
-        if prediction.status == "completed":
-            return prediction
-        if sync and not adopted:
+        if sync and not adopted and prediction.status != "completed":
             log.info("sync wait for task %s ended before the task (status %s): polling it",
                      prediction.id, prediction.status)
-        return self.wait(prediction.id, ctx=ctx, poll_first=sync or adopted, progress=progress,
-                         submitted_at=sent_at)
+        return Submitted(prediction, sent_at, poll_first=sync or adopted)
 
     def find_lost_task(self, image_url: str, upload: bytes, sent_at: float, *,
                        ctx: CallContext | None = None,
@@ -343,7 +347,7 @@ class WaveSpeedClient:
     def _adopt(self, found: Prediction, ctx: CallContext) -> Prediction:
         ctx.task_id = found.id
         if found.done and found.status != "completed":
-            self._raise_task(found)
+            self.raise_task(found)
         if found.status == "completed" and not found.outputs:
             return Prediction(found.id, "processing", model=found.model)  # poll it for them
         return found
@@ -453,9 +457,72 @@ class WaveSpeedClient:
 
     # -- helpers ----------------------------------------------------------------------
 
-    def _raise_task(self, prediction: Prediction) -> NoReturn:
+    def raise_task(self, prediction: Prediction) -> NoReturn:
+        """``TaskFailedError`` for a task that ended other than completed."""
         raise task_error(prediction.id, prediction.status, prediction.code, prediction.error,
                          secret=self.config.api_key)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A task just created (or adopted), and how to wait for it."""
+
+    prediction: Prediction
+    sent_at: float  # the client's clock when the submit was sent
+    poll_first: bool  # ask at once (a sync wait given up on, an adopted task)
+
+
+class TaskWait:
+    """The polling of one task: when to ask next, and what an answer means.
+
+    ``delay`` is how long to wait before the next ``poll``: 0 with ``poll_first`` (a
+    task that may be done already); otherwise first when tasks typically end (see
+    ``WaveSpeedClient.first_poll_delay``), then intervals growing from ``poll.initial``
+    by ``poll.factor`` up to ``poll.max``; never past the context's deadline.
+    """
+
+    def __init__(self, client: WaveSpeedClient, task_id: str, ctx: CallContext, *,
+                 poll_first: bool, submitted_at: float | None) -> None:
+        self.client = client
+        self.task_id = task_id
+        self.ctx = ctx
+        ctx.task_id = task_id
+        self.started = client.requester.clock() if submitted_at is None else submitted_at
+        self._intervals = client.poll_schedule()
+        self._delay = 0.0
+        if not poll_first:
+            typical = client.typical_task
+            if typical is None:
+                self._delay = next(self._intervals)
+            else:
+                self._delay = client.first_poll_delay(self.started)
+                # Aimed at the typical end; after a miss the task is probably just finishing.
+                self._intervals = itertools.chain([max(0.05, 0.1 * typical)], self._intervals)
+
+    @property
+    def delay(self) -> float:
+        """Seconds until the next poll is due, within the deadline."""
+        return max(0.0, min(self._delay, self.ctx.deadline.remaining()))
+
+    def poll(self, progress: Callable[[float], None] | None = None) -> Prediction | None:
+        """Ask once: the completed prediction, or None (not yet; ``delay`` is set again).
+
+        Raises ``TaskFailedError`` when the task ended otherwise, ``CancelledError`` or
+        the deadline's error first when those came.
+        """
+        client, ctx = self.client, self.ctx
+        client.requester.checkpoint(ctx, "wait", self.task_id)
+        prediction = client.get_result(self.task_id, ctx=ctx)
+        if prediction.status == "completed":
+            client.learn_task_time(prediction, client.requester.clock() - self.started)
+            return prediction
+        if prediction.done:
+            client.raise_task(prediction)
+        if progress is not None:  # an asymptote, the real duration is unknown
+            elapsed = client.requester.clock() - self.started
+            progress(elapsed / (elapsed + 10.0))
+        self._delay = next(self._intervals)
+        return None
 
 
 def _nonempty(data: bytes, task_id: str) -> bytes:

@@ -1,0 +1,330 @@
+"""The pipeline: jobs through prepare (CPU) -> remote (IO threads + one poller) -> finish (CPU).
+
+Each stage has its own limit, so the memory a job holds follows the CPU work, not the
+number of tasks waiting at the service:
+
+    pending     started, not yet prepared                       (no limit: a job is small)
+    preparing   ``job.prepare()`` on the CPU pool
+    prepared    its upload made, waiting to be sent             } at most ``prepare_ahead``
+    sending     upload + submit on the IO pool                  \\
+    waiting     in the poller's heap; each poll on the IO pool   |  at most ``in_flight``:
+    ready       done at the service, waiting for the finish pool |  the account's tasks
+    fetching    download on the IO pool                          |  } at most ``finish_room``
+    finishing   ``job.finish()`` on the CPU pool                 /  }
+
+A job ends exactly once: ``finish`` returned, or ``failed(error)`` was called (from
+whichever stage failed; a failure of ``finish`` itself too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import threading
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Protocol
+
+from bgremove.contract import CancelToken, JobHooks, Prepared, Upload
+from bgremove.errors import CancelledError
+from bgremove.stages._poller import Poller
+
+if TYPE_CHECKING:
+    from bgremove.config import Config
+    from bgremove.contract import Backend, Result
+    from bgremove.stages._remote import Call, Remote
+
+log = logging.getLogger(__name__)
+
+#: The most IO threads a pipeline starts by default (uploads, polls, downloads).
+MAX_IO_THREADS = 16
+#: The stages a job holds an ``in_flight`` slot in.
+AT_SERVICE = ("sending", "waiting", "ready", "fetching", "finishing")
+
+
+class Job(Protocol):
+    """What the pipeline runs. ``prepare`` and ``finish`` run on the CPU pool."""
+
+    hooks: JobHooks
+
+    def prepare(self) -> Prepared:
+        """Read and check the input, make the upload. Keep no decoded pixels."""
+        ...
+
+    def finish(self, prepared: Prepared, result: Result) -> None:
+        """Write the output (``prepared`` has no upload bytes left)."""
+        ...
+
+    def failed(self, error: BaseException) -> None:
+        """Called once instead of ``finish`` when any stage failed (or was cancelled)."""
+        ...
+
+
+@dataclasses.dataclass(eq=False)
+class _Entry:
+    job: Job
+    hooks: JobHooks  # the job's, with the pipeline's cancel token in it
+    stage: str = "pending"
+    prepared: Prepared | None = None
+    call: Call | None = None
+    ended: bool = False
+
+
+class Pipeline:
+    """Runs jobs through the three stages (see the module docstring). Thread-safe.
+
+    ``backend`` is what ``make_backend`` built (or ``remote`` is given). ``in_flight``
+    jobs at most are between the start of their upload and the end of their finish;
+    ``cpu_workers`` (default: the cores) run prepare and finish; ``io_threads``
+    (default: ``in_flight``, at most ``MAX_IO_THREADS``) upload, poll and download.
+    Sync waiting (a thread blocked per task) is used only when the remote wants it and
+    every task in flight can have an IO thread to itself. ``cancel`` (default: a new
+    token) cancels every job; each job's own ``hooks.cancel`` cancels that job.
+    """
+
+    def __init__(self, backend: Backend | None, config: Config, *, in_flight: int,
+                 cpu_workers: int | None = None, io_threads: int | None = None,
+                 cancel: CancelToken | None = None, remote: Remote | None = None) -> None:
+        if remote is None:
+            if backend is None:
+                raise ValueError("a Pipeline needs a backend or a remote")
+            from bgremove.stages._remote import remote_for
+
+            remote = remote_for(backend, config)
+        self.remote = remote
+        self.config = config
+        self.in_flight = max(1, in_flight)
+        self.cpu_workers = max(1, cpu_workers or os.cpu_count() or 1)
+        self.io_threads = max(1, io_threads or min(self.in_flight, MAX_IO_THREADS,
+                                                   remote.threads or MAX_IO_THREADS))
+        self.sync = remote.wants_sync and self.in_flight <= self.io_threads
+        #: Prepared-but-unsent jobs (each holds its upload's bytes): enough to keep every
+        #: IO thread uploading and every CPU worker preparing the next.
+        self.prepare_ahead = self.io_threads + self.cpu_workers
+        #: Downloads start only while fewer results than this wait for or are in finish.
+        self.finish_room = self.cpu_workers + 1
+        self.cancel_token = cancel or CancelToken()
+        self._cpu = ThreadPoolExecutor(self.cpu_workers, thread_name_prefix="bgremove-cpu")
+        self._io = ThreadPoolExecutor(self.io_threads, thread_name_prefix="bgremove-io")
+        self._poller = Poller(self._run_io)
+        self._lock = threading.Condition()
+        self._counts: Counter[str] = Counter()
+        self._pending: deque[_Entry] = deque()
+        self._prepared: deque[_Entry] = deque()
+        self._ready: deque[_Entry] = deque()
+        self._open = 0  # started and not yet ended
+        self._closed = False
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(wait=exc == (None, None, None))
+
+    # -- the public calls ---------------------------------------------------------------
+
+    def start(self, job: Job) -> None:
+        """Queue ``job``; returns at once. Raises RuntimeError after ``close``."""
+        token = job.hooks.cancel
+        token = self.cancel_token if token is None or token is self.cancel_token else \
+            CancelToken.either(self.cancel_token, token)
+        entry = _Entry(job, dataclasses.replace(job.hooks, cancel=token))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the pipeline is closed")
+            self._open += 1
+            self._counts["pending"] += 1
+            self._pending.append(entry)
+            self._pump()
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs are in each stage now (see the module docstring)."""
+        with self._lock:
+            return {stage: n for stage, n in self._counts.items() if n}
+
+    def at_service(self) -> int:
+        """Jobs between the start of their upload and the end of their finish."""
+        with self._lock:
+            return sum(self._counts[s] for s in AT_SERVICE)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every job started has ended; False if ``timeout`` passed first."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._open == 0, timeout)
+
+    def cancel(self) -> None:
+        """Cancel every job: those not yet sent end at once, the others at their next step
+        (a sync submit already sent cannot be interrupted; its job ends when it answers)."""
+        self.cancel_token.cancel()
+        with self._lock:
+            dropped = [*self._pending, *self._prepared, *self._ready]
+            self._pending.clear()
+            self._prepared.clear()
+            self._ready.clear()
+        for entry in dropped:
+            self._end(entry, CancelledError("cancelled"))
+        self._poller.flush()
+
+    def close(self, *, wait: bool = True) -> None:
+        """No more jobs. ``wait``: let the started ones end first; else cancel them and
+        return without waiting for the threads (a submit in flight keeps its own)."""
+        with self._lock:
+            self._closed = True
+        if wait:
+            self.drain()
+        else:
+            self.cancel()
+        self._poller.close()
+        # Queued steps still run (a cancelled job's see the cancel at once), so each job
+        # ends once, with ``failed`` called, however the pipeline was closed.
+        self._io.shutdown(wait=wait)
+        self._cpu.shutdown(wait=wait)
+
+    # -- scheduling (under the lock) ------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Move jobs on as far as the limits allow: finishes first, then sends, then prepares."""
+        counts = self._counts
+        while self._ready and counts["fetching"] + counts["finishing"] < self.finish_room:
+            entry = self._ready.popleft()
+            self._move(entry, "fetching")
+            self._submit(self._io, self._fetch, entry)
+        while (self._prepared and counts["sending"] < self.io_threads
+               and sum(counts[s] for s in AT_SERVICE) < self.in_flight):
+            entry = self._prepared.popleft()
+            self._move(entry, "sending")
+            self._submit(self._io, self._send, entry)
+        while (self._pending and counts["preparing"] < self.cpu_workers
+               and counts["preparing"] + counts["prepared"] < self.prepare_ahead):
+            entry = self._pending.popleft()
+            self._move(entry, "preparing")
+            self._submit(self._cpu, self._prepare, entry)
+
+    def _move(self, entry: _Entry, stage: str) -> None:
+        self._counts[entry.stage] -= 1
+        self._counts[stage] += 1
+        entry.stage = stage
+
+    def _submit(self, pool: ThreadPoolExecutor, step: Callable[[_Entry], None],
+                entry: _Entry) -> None:
+        try:
+            pool.submit(step, entry)
+        except RuntimeError:  # shut down (closed without waiting): the job ends here
+            threading.Thread(target=self._end, args=(entry, CancelledError("cancelled")),
+                             daemon=True).start()
+
+    def _run_io(self, action: Callable[[], None]) -> None:
+        with contextlib.suppress(RuntimeError):  # shut down: ``cancel`` ended the job
+            self._io.submit(action)
+
+    def _advance(self, entry: _Entry, stage: str, queue: deque[_Entry] | None = None) -> None:
+        with self._lock:
+            if entry.ended:
+                return
+            self._move(entry, stage)
+            if queue is not None:
+                queue.append(entry)
+            self._pump()
+
+    # -- the steps (on the pools) -----------------------------------------------------------
+
+    def _prepare(self, entry: _Entry) -> None:
+        try:
+            entry.hooks.check_cancel()
+            entry.hooks.report("prepare", 0.0)
+            entry.prepared = entry.job.prepare()
+            entry.hooks.check_cancel()
+        except Exception as exc:
+            self._end(entry, exc)
+            return
+        self._advance(entry, "prepared", self._prepared)
+
+    def _send(self, entry: _Entry) -> None:
+        prepared = entry.prepared
+        assert prepared is not None
+        try:
+            entry.hooks.check_cancel()
+            before_send = getattr(entry.job, "before_send", None)
+            if before_send is not None:
+                before_send()
+            entry.call = call = self.remote.send(prepared, entry.hooks, sync=self.sync)
+        except Exception as exc:
+            self._end(entry, exc)
+            return
+        # Sent: the upload's bytes are needed no more (the finish re-reads the input).
+        entry.prepared = call.prepared = dataclasses.replace(prepared, upload=_sent(prepared))
+        self._wait_or_fetch(entry, call)
+
+    def _poll(self, entry: _Entry) -> None:
+        call = entry.call
+        assert call is not None
+        try:
+            entry.hooks.check_cancel()
+            self.remote.poll(call)
+        except Exception as exc:
+            self._end(entry, exc)
+            return
+        self._wait_or_fetch(entry, call)
+
+    def _wait_or_fetch(self, entry: _Entry, call: Call) -> None:
+        if call.due is None:
+            self._advance(entry, "ready", self._ready)
+            return
+        self._advance(entry, "waiting")
+        try:
+            self._poller.add(call.due, lambda: self._poll(entry))
+        except RuntimeError:  # closed without waiting
+            self._end(entry, CancelledError("cancelled"))
+
+    def _fetch(self, entry: _Entry) -> None:
+        call = entry.call
+        assert call is not None
+        try:
+            result = self.remote.fetch(call)
+        except Exception as exc:
+            self._end(entry, exc)
+            return
+        with self._lock:
+            if entry.ended:
+                return
+            self._move(entry, "finishing")
+            self._submit(self._cpu, lambda e: self._finish(e, result), entry)
+
+    def _finish(self, entry: _Entry, result: Result) -> None:
+        # No cancel check from here on: the result is paid for and downloaded, so keep it.
+        assert entry.prepared is not None
+        try:
+            entry.hooks.report("compose", 0.95)
+            entry.job.finish(entry.prepared, result)
+        except Exception as exc:
+            self._end(entry, exc)
+            return
+        self._end(entry, None)
+
+    def _end(self, entry: _Entry, error: BaseException | None) -> None:
+        """The job's one end: ``failed(error)`` when there is one, then its slot freed."""
+        with self._lock:
+            if entry.ended:
+                return
+            entry.ended = True
+        if error is not None:
+            try:
+                entry.job.failed(error)
+            except Exception:  # a bug in the caller's callback must not stop the pipeline
+                log.exception("a job's failed() raised")
+        with self._lock:
+            self._counts[entry.stage] -= 1
+            entry.stage = "ended"
+            entry.call = None
+            self._open -= 1
+            self._pump()
+            self._lock.notify_all()
+
+
+def _sent(prepared: Prepared) -> Upload:
+    """The upload's description without its bytes (the size still bounds the result)."""
+    upload = prepared.upload
+    return Upload(b"", upload.content_type, upload.filename, upload.size)

@@ -1,0 +1,97 @@
+"""The remote stage's contract: what the pipeline asks of a backend, a step at a time.
+
+A ``Remote`` turns a ``Prepared`` upload into a ``Result`` in three calls, each made
+on one of the pipeline's IO threads and none of them waiting for the service:
+
+    send(prepared, hooks, sync=)  upload and submit -> a ``Call`` (``due``: poll it then)
+    poll(call)                    one short question; sets ``call.due`` again, or None: done
+    fetch(call)                   download -> ``Result``
+
+``CutoutRemote`` wraps any ``Backend`` whose mask is made here (the offline model, a
+test's fake): ``send`` makes the mask from the upload's pixels and nothing is polled.
+The WaveSpeed remote is ``bgremove.wavespeed.WaveSpeedRemote``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from bgremove.contract import Result
+
+if TYPE_CHECKING:
+    from bgremove.config import Config
+    from bgremove.contract import Backend, JobHooks, Prepared
+
+
+@dataclass
+class Call:
+    """One job at the remote stage."""
+
+    prepared: Prepared
+    hooks: JobHooks
+    #: Seconds until the next ``poll`` is due; None: the result is ready to ``fetch``.
+    due: float | None = None
+    task_id: str | None = None
+    state: Any = None  # the remote's own: its context, the task's wait, a mask
+
+
+class Remote(Protocol):
+    """A backend as the pipeline drives it (see the module docstring)."""
+
+    name: str
+    #: Whether it would rather wait in one blocking submit (the pipeline allows it only
+    #: when every task in flight can have an IO thread to itself).
+    wants_sync: bool
+    #: The most IO threads worth giving it (None: as many as the pipeline has).
+    threads: int | None
+
+    def send(self, prepared: Prepared, hooks: JobHooks, *, sync: bool) -> Call: ...
+
+    def poll(self, call: Call) -> None: ...
+
+    def fetch(self, call: Call) -> Result: ...
+
+
+class CutoutRemote:
+    """A ``Backend`` that makes the mask itself: the mask of the upload's pixels as stored
+    (the finish stage turns it by the orientation), no task and nothing to poll."""
+
+    wants_sync = False
+
+    def __init__(self, backend: Backend, threads: int | None = None) -> None:
+        self.backend = backend
+        self.name = backend.name
+        self.threads = threads
+
+    def send(self, prepared: Prepared, hooks: JobHooks, *, sync: bool) -> Call:
+        from bgremove.imaging import decode_image
+
+        hooks.check_cancel()
+        upload = prepared.upload
+        image = decode_image(upload.data, formats=("PNG", "JPEG"),
+                             max_pixels=upload.size[0] * upload.size[1])
+        if image.mode not in ("RGB", "RGBA"):
+            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        cutout = self.backend.cut_out(image, hooks)
+        return Call(prepared, hooks, due=None, task_id=cutout.task_id, state=cutout)
+
+    def poll(self, call: Call) -> None:  # never called: ``send`` leaves nothing to wait for
+        call.due = None
+
+    def fetch(self, call: Call) -> Result:
+        cutout = call.state
+        return Result(backend=cutout.backend, alpha=cutout.alpha, task_id=cutout.task_id,
+                      requests=cutout.requests)
+
+
+def remote_for(backend: Backend, config: Config) -> Remote:
+    """The remote stage of ``backend``: the WaveSpeed API's task by task, else ``cut_out``."""
+    from bgremove.wavespeed import WaveSpeedBackend, WaveSpeedRemote
+
+    if isinstance(backend, WaveSpeedBackend):
+        return WaveSpeedRemote(backend)
+    # A mask made on this machine is CPU work: no more at once than there are cores.
+    import os
+
+    return CutoutRemote(backend, threads=os.cpu_count() or 1)

@@ -1,0 +1,473 @@
+"""The stages pipeline (``bgremove.stages``): real emulator sockets, real threads.
+
+Waits are on deadlines (``_until``), never fixed sleeps; nothing is timed.
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from bgremove.batch import plan_outputs, run_batch
+from bgremove.config import Config
+from bgremove.contract import CancelToken, JobHooks, Prepared, Result, Upload
+from bgremove.emulator import Emulator
+from bgremove.errors import CancelledError, TaskFailedError
+from bgremove.jobs import JobResult
+from bgremove.stages import Call, FileJob, Pipeline, Poller
+from bgremove.wavespeed import WaveSpeedBackend, WaveSpeedClient
+from tests.conftest import configured, make_keyed_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _until(check: Callable[[], bool], seconds: float = 60.0, what: str = "it") -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"{what} did not happen within {seconds} s"
+        time.sleep(0.02)
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass(eq=False)
+class BytesJob:
+    """A job whose input is PNG bytes in memory; records how it ended."""
+
+    data: bytes
+    size: tuple[int, int]
+    hooks: JobHooks = field(default_factory=JobHooks)
+    results: list[Result] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+    ended: threading.Event = field(default_factory=threading.Event)
+
+    def prepare(self) -> Prepared:
+        return Prepared(Upload(self.data, "image/png", "image.png", self.size), self.size)
+
+    def finish(self, prepared: Prepared, result: Result) -> None:
+        assert prepared.upload.data == b""  # dropped once sent
+        self.results.append(result)
+        self.ended.set()
+
+    def failed(self, error: BaseException) -> None:
+        self.errors.append(error)
+        self.ended.set()
+
+
+def _alpha(result: Result) -> Image.Image:
+    assert result.data is not None
+    from bgremove.imaging import alpha_from_bytes
+
+    return alpha_from_bytes(result.data, max_pixels=result.max_pixels)
+
+
+# -- sync and poll mode on the emulator -------------------------------------------------------
+
+@pytest.mark.parametrize(("wait", "in_flight", "io_threads", "sync"), [
+    ("sync", 3, None, True),    # one blocking submit per task: no polls
+    ("poll", 3, None, False),
+    ("sync", 3, 2, False),      # more tasks than IO threads: sync would block them, so poll
+])
+def test_sync_only_when_every_task_in_flight_has_an_io_thread(
+        emulator_factory: Callable[..., Emulator], wait: str, in_flight: int,
+        io_threads: int | None, sync: bool) -> None:
+    emu = emulator_factory(delay=0.2)
+    config = configured(emu, wavespeed__wait=wait)
+    backend = WaveSpeedBackend(config)
+    image = make_keyed_image((40, 30))
+    jobs = [BytesJob(_png(image), image.size) for _ in range(6)]
+    tasks: list[str] = []
+    for job in jobs:
+        job.hooks.on_task = tasks.append
+    with Pipeline(backend, config, in_flight=in_flight, io_threads=io_threads) as pipeline:
+        assert pipeline.sync is sync
+        for job in jobs:
+            pipeline.start(job)
+        assert pipeline.drain(120)
+    assert all(not j.errors and len(j.results) == 1 for j in jobs)
+    stats = emu.stats()
+    polls = emu.count("result")
+    reference = backend.cut_out(image).alpha
+    backend.close()
+    assert {_alpha(j.results[0]).tobytes() for j in jobs} == {reference.tobytes()}
+    assert stats["tasks_submitted"] == 6 and len(set(tasks)) == 6
+    assert stats["max_concurrent_tasks"] <= in_flight
+    assert (polls == 0) if sync else (polls >= 6)
+
+
+def test_file_jobs_write_the_same_cut_out_as_cut_out(
+        emulator: Emulator, tmp_path: Path) -> None:
+    config = configured(emulator, wavespeed__wait="poll")
+    backend = WaveSpeedBackend(config)
+    image = make_keyed_image((64, 48))
+    src = tmp_path / "in.png"
+    image.save(src)
+    ended: list[JobResult] = []
+    with Pipeline(backend, config, in_flight=2) as pipeline:
+        pipeline.start(FileJob(src, tmp_path / "out.png", config, done=ended.append))
+    reference = backend.cut_out(image).alpha
+    backend.close()
+    assert [r.status for r in ended] == ["ok"] and ended[0].task_id
+    with Image.open(tmp_path / "out.png") as written:
+        assert written.mode == "RGBA"
+        assert written.getchannel("A").tobytes() == reference.tobytes()
+
+
+def test_a_resumed_task_is_polled_not_uploaded_again(emulator: Emulator) -> None:
+    config = configured(emulator, wavespeed__wait="poll")
+    image = make_keyed_image((40, 30))
+    with WaveSpeedClient(config.wavespeed) as client:
+        ctx = client.context()
+        url = client.upload(_png(image), "image.png", "image/png", ctx=ctx)
+        task = client.submit(url, sync=False, ctx=ctx).id
+    emulator.reset_stats()
+    backend = WaveSpeedBackend(config)
+    job = BytesJob(b"", image.size, hooks=JobHooks(resume_task=task))
+    with Pipeline(backend, config, in_flight=2) as pipeline:
+        pipeline.start(job)
+    backend.close()
+    assert not job.errors and job.results[0].task_id == task
+    assert emulator.count("upload") == 0 and emulator.count("upload_put") == 0
+    assert emulator.stats()["tasks_submitted"] == 0
+
+
+# -- a thousand tasks waiting, a bounded number of threads ------------------------------------
+
+@contextmanager
+def _emulator_process(*args: str) -> Iterator[str]:
+    """``bgremove emulator`` in its own process (its threads are not counted here)."""
+    process = subprocess.Popen([sys.executable, "-m", "bgremove", "emulator", "--port", "0",
+                                "--log-level", "warning", *args], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout is not None
+        yield process.stdout.readline().strip()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+def test_a_thousand_waiting_tasks_need_no_thread_each() -> None:
+    count = 1000
+    with _emulator_process("--delay", "3600") as base_url:
+        config = Config().with_overrides({
+            "backend": "wavespeed", "wavespeed.base_url": base_url, "wavespeed.api_key": "k",
+            "wavespeed.poll.initial": 2.0, "wavespeed.poll.max": 5.0,
+            "wavespeed.timeouts.overall": 3600.0})
+        backend = WaveSpeedBackend(config)  # the config's wait is sync: too many tasks for it
+        data = _png(Image.new("RGB", (8, 8), (0, 200, 0)))
+        jobs = [BytesJob(data, (8, 8)) for _ in range(count)]
+        before = threading.active_count()
+        pipeline = Pipeline(backend, config, in_flight=count, cpu_workers=2, io_threads=8)
+        assert not pipeline.sync
+        try:
+            for job in jobs:
+                pipeline.start(job)
+            most = 0
+
+            def all_waiting() -> bool:
+                nonlocal most
+                most = max(most, threading.active_count())
+                return pipeline.counts().get("waiting", 0) == count
+
+            _until(all_waiting, 300, "1000 tasks waiting")
+            # every task is at the service, none has a thread of its own
+            assert most <= before + 2 + 8 + 1
+            with httpx.Client(base_url=base_url) as api:
+                stats = api.get("/_emulator/stats").json()
+            assert stats["tasks_submitted"] == count and stats["running_tasks"] == count
+        finally:
+            pipeline.close(wait=False)
+        assert pipeline.drain(120)
+        backend.close()
+    assert all(len(j.errors) == 1 and isinstance(j.errors[0], CancelledError) and not j.results
+               for j in jobs)
+
+
+# -- cancel -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("wait", ["sync", "poll"])
+def test_cancel_ends_every_job_once_at_every_stage(
+        emulator_factory: Callable[..., Emulator], wait: str) -> None:
+    emu = emulator_factory(delay=3600)
+    # polls far apart: a waiting task ends at once only because the cancel hands it out
+    config = configured(emu, {"wavespeed.wait": wait, "wavespeed.poll.initial": 600.0,
+                              "wavespeed.poll.max": 600.0})
+    backend = WaveSpeedBackend(config)
+    data = _png(make_keyed_image((16, 16)))
+    jobs = [BytesJob(data, (16, 16)) for _ in range(8)]
+    pipeline = Pipeline(backend, config, in_flight=3, cpu_workers=1)
+    for job in jobs:
+        pipeline.start(job)
+    _until(lambda: emu.stats().get("running_tasks", 0) == 3, what="3 tasks at the service")
+    pipeline.cancel()
+    if wait == "sync":  # a sync submit sent cannot be interrupted: the service ends it here
+        emu.stop()
+    assert pipeline.drain(60)
+    pipeline.close()
+    backend.close()
+    assert all(len(j.errors) == 1 and not j.results for j in jobs)
+    assert sum(isinstance(j.errors[0], CancelledError) for j in jobs) >= 5
+    assert emu.stats()["tasks_submitted"] == 3  # nothing sent after the cancel
+
+
+def test_ctrl_c_in_a_batch_abandons_the_images_at_the_service_and_says_how_many(
+        emulator_factory: Callable[..., Emulator], tmp_path: Path) -> None:
+    emu = emulator_factory(delay=3600)
+    config = configured(emu, {"concurrency": 2, "wavespeed.wait": "poll"})
+    backend = WaveSpeedBackend(config)
+    srcs = []
+    for i in range(5):
+        make_keyed_image((16, 16)).save(tmp_path / f"{i}.png")
+        srcs.append(tmp_path / f"{i}.png")
+    plan = plan_outputs(srcs, tmp_path / "out", config.output)
+    interrupted: list[int] = []
+    main = threading.current_thread()
+
+    def interrupt_when_two_are_waiting() -> None:
+        _until(lambda: emu.stats().get("running_tasks", 0) == 2)
+        signal.pthread_kill(main.ident or 0, signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_two_are_waiting, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(plan, backend, config, on_result=lambda r: None,
+                  on_interrupt=interrupted.append)
+    backend.close()
+    assert interrupted == [2]
+    assert emu.stats()["tasks_submitted"] == 2
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+# -- a failure in each stage is reported once ----------------------------------------------------
+
+class FakeRemote:
+    """A remote in memory: each step can be made to fail; counts what it was asked."""
+
+    name = "fake"
+    wants_sync = False
+    threads = None
+
+    def __init__(self, fail: str | None = None, polls: int = 2) -> None:
+        self.fail = fail
+        self.polls = polls
+        self.asked: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def _step(self, name: str) -> None:
+        with self._lock:
+            self.asked[name] += 1
+        if self.fail == name:
+            raise TaskFailedError(f"{name} failed", task_id="t")
+
+    def send(self, prepared: Prepared, hooks: JobHooks, *, sync: bool) -> Call:
+        self._step("send")
+        return Call(prepared, hooks, due=0.0, task_id="t", state=[self.polls])
+
+    def poll(self, call: Call) -> None:
+        self._step("poll")
+        call.state[0] -= 1
+        call.due = 0.0 if call.state[0] > 0 else None
+
+    def fetch(self, call: Call) -> Result:
+        self._step("fetch")
+        return Result(backend="fake", alpha=Image.new("L", (2, 2), 255), task_id="t")
+
+
+class StagedJob(BytesJob):
+    def __init__(self, fail: str | None = None) -> None:
+        super().__init__(b"x", (2, 2))
+        self.fail = fail
+        self.finished = 0
+
+    def _step(self, name: str) -> None:
+        if self.fail == name:
+            raise RuntimeError(f"{name} failed")
+
+    def prepare(self) -> Prepared:
+        self._step("prepare")
+        return super().prepare()
+
+    def before_send(self) -> None:
+        self._step("before_send")
+
+    def finish(self, prepared: Prepared, result: Result) -> None:
+        self.finished += 1
+        self._step("finish")
+        super().finish(prepared, result)
+
+
+@pytest.mark.parametrize("stage", ["prepare", "before_send", "send", "poll", "fetch", "finish"])
+def test_a_failure_in_any_stage_ends_that_job_once_and_the_others_go_on(stage: str) -> None:
+    job_stage = stage in ("prepare", "before_send", "finish")
+    remote = FakeRemote(fail=None if job_stage else stage)
+    failing = StagedJob(fail=stage if job_stage else None)
+    others = [StagedJob() for _ in range(4)]
+    if not job_stage:  # the remote fails every job at that step: give the others their own
+        ok_remote = FakeRemote()
+        with Pipeline(None, Config(), in_flight=2, remote=ok_remote) as fine:
+            for job in others:
+                fine.start(job)
+    with Pipeline(None, Config(), in_flight=2, remote=remote) as pipeline:
+        pipeline.start(failing)
+        if job_stage:
+            for job in others:
+                pipeline.start(job)
+    assert pipeline.counts() == {}  # every job ended exactly once
+    assert len(failing.errors) == 1 and f"{stage} failed" in str(failing.errors[0])
+    assert not failing.results
+    assert failing.finished == (1 if stage == "finish" else 0)
+    assert all(not j.errors and len(j.results) == 1 for j in others)
+    later = {"prepare": ("send", "poll", "fetch"), "before_send": ("send", "poll", "fetch"),
+             "send": ("poll", "fetch"), "poll": ("fetch",)}.get(stage, ())
+    if not job_stage:
+        assert all(remote.asked[step] == 0 for step in later)
+
+
+def test_a_failing_failed_callback_does_not_stop_the_pipeline() -> None:
+    class Rude(StagedJob):
+        def failed(self, error: BaseException) -> None:
+            super().failed(error)
+            raise ValueError("callback bug")
+
+    rude, fine = Rude(fail="prepare"), StagedJob()
+    with Pipeline(None, Config(), in_flight=1, remote=FakeRemote()) as pipeline:
+        pipeline.start(rude)
+        pipeline.start(fine)
+    assert len(rude.errors) == 1 and fine.results
+
+
+# -- admission: in flight, prepared ahead, downloads held for the finish pool ------------------
+
+class GatedRemote(FakeRemote):
+    """Tasks complete only when the test says; records the most sent and fetched at once."""
+
+    def __init__(self) -> None:
+        super().__init__(polls=1)
+        self.release = threading.Event()
+
+    def poll(self, call: Call) -> None:
+        self._step("poll")
+        call.due = None if self.release.is_set() else 0.01
+
+
+class HeldJob(StagedJob):
+    prepared_now = 0
+    most_prepared = 0
+    lock = threading.Lock()
+
+    def __init__(self, gate: threading.Event) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def finish(self, prepared: Prepared, result: Result) -> None:
+        assert self.gate.wait(60)
+        super().finish(prepared, result)
+
+
+def test_admission_bounds_tasks_in_flight_unsent_uploads_and_downloads() -> None:
+    remote = GatedRemote()
+    finish_gate = threading.Event()
+    jobs = [HeldJob(finish_gate) for _ in range(40)]
+    pipeline = Pipeline(None, Config(), in_flight=6, cpu_workers=2, io_threads=3, remote=remote)
+    for job in jobs:
+        pipeline.start(job)
+
+    def settled() -> bool:  # nothing more can move until a task completes
+        counts = pipeline.counts()
+        return (counts.get("waiting", 0) >= 6 and not counts.get("sending")
+                and not counts.get("preparing"))
+
+    _until(settled, what="6 tasks waiting")
+    counts = pipeline.counts()
+    assert counts["waiting"] == remote.asked["send"] == 6  # no more at the service
+    assert counts.get("prepared", 0) + counts.get("preparing", 0) <= pipeline.prepare_ahead
+    assert sum(counts.values()) == 40
+    remote.release.set()
+    # the finish pool is held: downloads stop at finish_room
+
+    def downloaded() -> bool:  # every task done at the service, no download under way
+        counts = pipeline.counts()
+        return (not counts.get("fetching") and not counts.get("waiting")
+                and counts.get("finishing", 0) >= pipeline.finish_room)
+
+    _until(downloaded, what="the finish room full")
+    assert remote.asked["fetch"] == pipeline.counts()["finishing"] == pipeline.finish_room
+    assert pipeline.counts()["ready"] == 6 - pipeline.finish_room
+    finish_gate.set()
+    assert pipeline.drain(60)
+    pipeline.close()
+    assert all(len(j.results) == 1 and not j.errors for j in jobs)
+
+
+# -- the poller ----------------------------------------------------------------------------------
+
+def test_the_poller_hands_out_actions_in_due_order_on_one_thread() -> None:
+    ran: list[int] = []
+    threads: set[str] = set()
+    done = threading.Event()
+
+    def run(action: Callable[[], None]) -> None:
+        threads.add(threading.current_thread().name)
+        action()
+
+    poller = Poller(run)
+    for i, delay in enumerate([0.3, 0.1, 0.2, 0.0]):
+        poller.add(delay, lambda i=i: ran.append(i))
+    poller.add(0.4, done.set)
+    assert done.wait(30)
+    poller.close()
+    assert ran == [3, 1, 2, 0] and len(threads) == 1
+
+
+def test_a_flushed_poller_hands_out_everything_now_and_close_runs_what_is_left() -> None:
+    ran: list[str] = []
+    poller = Poller(lambda action: action())
+    poller.add(3600, lambda: ran.append("far"))
+    poller.flush()
+    _until(lambda: ran == ["far"])
+    poller.add(3600, lambda: ran.append("later"))  # flushed: at once
+    _until(lambda: ran == ["far", "later"])
+    poller.close()
+    closing = Poller(lambda action: action())
+    closing.add(3600, lambda: ran.append("left"))
+    closing.close()
+    assert ran[-1] == "left"
+
+
+def test_a_job_with_its_own_token_is_cancelled_alone() -> None:
+    remote = GatedRemote()
+    mine, other = CancelToken(), StagedJob()
+    alone = StagedJob()
+    alone.hooks = JobHooks(cancel=mine)
+    pipeline = Pipeline(None, Config(), in_flight=4, remote=remote)
+    pipeline.start(alone)
+    pipeline.start(other)
+    _until(lambda: pipeline.counts().get("waiting", 0) == 2)
+    mine.cancel()
+    _until(alone.ended.is_set)
+    assert isinstance(alone.errors[0], CancelledError)
+    remote.release.set()
+    assert pipeline.drain(60)
+    pipeline.close()
+    assert other.results and not other.errors
