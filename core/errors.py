@@ -8,7 +8,8 @@
     │   ├── InputNotFoundError      the file does not exist or is not a regular file
     │   ├── UnreadableImageError    not an image, truncated, or a format we do not take
     │   ├── ImageTooLargeError      decompression bomb, or too many pixels for the configured limit
-    │   └── UnsafeInputError        a hot-folder entry not opened: a link, a FIFO, an unsafe name
+    │   ├── UnsafeInputError        a hot-folder entry not opened: a link, a FIFO, an unsafe name
+    │   └── InputChangedError       the file changed between its upload and its result's write
     ├── OutputError                 the result cannot be written (permissions, disk full)
     ├── CancelledError              the caller cancelled the work (GIMP cancel, shutdown)
     ├── NotAttemptedError           a batch stopped before this file: the service refused the others
@@ -111,6 +112,13 @@ class UnsafeInputError(InputError):
     symbolic or hard link, a FIFO or device, a recorded name that leads out of INBOX."""
 
     kind = "unsafe"
+
+
+class InputChangedError(InputError):
+    """Raised when a file's bytes at the finish differ from those read and uploaded: its
+    result would mix the old content's mask with the new content's pixels, so none is written."""
+
+    kind = "changed"
 
 
 class OutputError(BgremoveError):

@@ -22,10 +22,6 @@ if TYPE_CHECKING:
     from bgremove.imaging import SourceImage
 
 
-#: The warning of a result in which nothing is left visible (see ``bgremove.imaging.has_subject``).
-NO_SUBJECT_WARNING = "no subject found: the result is fully transparent"
-
-
 @dataclass(frozen=True)
 class JobResult:
     """The outcome of one file, as ``--json`` and the daemon's log report it."""
@@ -37,7 +33,7 @@ class JobResult:
     seconds: float
     task_id: str | None = None
     requests: int = 0
-    warning: str | None = None  # e.g. NO_SUBJECT_WARNING: written, but worth a look
+    warning: str | None = None  # e.g. imaging.NO_SUBJECT_WARNING: written, but worth a look
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -78,6 +74,7 @@ def remove_file(
     """
     from bgremove.contract import JobHooks
     from bgremove.imaging import (
+        NO_SUBJECT_WARNING,
         compose_output,
         estimate_foreground,
         fit_alpha,

@@ -36,10 +36,17 @@ _EXIF_ORIENTATION = 0x0112
 _GREY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def exif_orientation(im: Image.Image) -> int:
-    """The image's EXIF orientation (1-8), 1 when absent, invalid or unreadable."""
+def exif_orientation(im: Image.Image, *, header_only: bool = False) -> int:
+    """The image's EXIF orientation (1-8), 1 when absent, invalid or unreadable.
+
+    ``header_only``: from what opening the file read (EXIF, XMP, text chunks before the image
+    data), without the PNG reader's load of the whole image to reach chunks after its data.
+    """
+    from PIL import Image
+
     try:
-        value = im.getexif().get(_EXIF_ORIENTATION, 1)
+        exif = Image.Image.getexif(im) if header_only else im.getexif()
+        value = exif.get(_EXIF_ORIENTATION, 1)
     except Exception as exc:  # a corrupt EXIF block must not make the image unusable
         log.warning("ignoring unreadable EXIF data: %s", exc)
         return 1

@@ -2,7 +2,7 @@
 
     load_image(path, max_pixels=)   -> SourceImage  oriented 8-bit RGB/RGBA + matching ICC profile
     source_from_raw(w, h, data)     -> SourceImage  a raw pixel buffer (the GIMP plug-in)
-    encode_for_upload(image, ...)   -> UploadImage  no metadata; PNG, else JPEG q95, else smaller
+    encode_for_upload(image, ...)   -> Upload       no metadata; PNG, else JPEG q95, else smaller
                                                     (``bgremove.imaging._upload``); a JPEG
                                                     input's own bytes minus metadata go up
                                                     instead when they fit (``_jpeg``)
@@ -115,26 +115,13 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int,
     message names the file.
     """
     src = Path(path)
-    _prepare_pillow(max_pixels)
     if data is None:
         # Read once: the bytes decoded are the bytes that may be uploaded as they are.
-        with _open_file(src) as opened:
-            try:
-                data = opened.read()
-            except OSError as exc:
-                raise UnreadableImageError(f"{src}: cannot read: {exc.strerror or exc}") \
-                    from None
-    if not data:
-        raise UnreadableImageError(f"{src}: the file is empty (0 bytes)", hint=_ACCEPTED_HINT)
+        data = read_input(src)
     with io.BytesIO(data) as fh:
-        im = _open(fh, src)
-        pixels = im.width * im.height
-        if pixels > max_pixels:
-            raise ImageTooLargeError(
-                f"{src}: {im.width}x{im.height} is {pixels:,} pixels, over the limit of "
-                f"{max_pixels:,}", hint="raise input.max_pixels if you trust this file")
+        im = open_input(fh, src, max_pixels=max_pixels)
         tiles = deep_tiles(im)
-        _decode(im, src)
+        decode_input(im, src)
         orientation = exif_orientation(im)
         exif = kept_exif(im)
         icc = im.info.get("icc_profile") or None
@@ -155,6 +142,33 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int,
               image.height, orientation, "yes" if icc else "no")
     return SourceImage(image=image, icc_profile=icc, format=fmt, path=src, exif=exif, deep=deep,
                        original=original)
+
+
+def read_input(src: Path) -> bytes:
+    """The whole content of the input file ``src`` (one read), refusing an empty file."""
+    with _open_file(src) as opened:
+        try:
+            data = opened.read()
+        except OSError as exc:
+            raise UnreadableImageError(f"{src}: cannot read: {exc.strerror or exc}") from None
+    if not data:
+        raise UnreadableImageError(f"{src}: the file is empty (0 bytes)", hint=_ACCEPTED_HINT)
+    return data
+
+
+def open_input(fh: IO[bytes], src: Path, *, max_pixels: int) -> ImageFile.ImageFile:
+    """Open an input from its header only, refusing one of more than ``max_pixels``."""
+    _prepare_pillow(max_pixels)
+    if not fh.read(1):
+        raise UnreadableImageError(f"{src}: the file is empty (0 bytes)", hint=_ACCEPTED_HINT)
+    fh.seek(0)
+    im = _open(fh, src)
+    pixels = im.width * im.height
+    if pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"{src}: {im.width}x{im.height} is {pixels:,} pixels, over the limit of "
+            f"{max_pixels:,}", hint="raise input.max_pixels if you trust this file")
+    return im
 
 
 def _stored_jpeg(im: Image.Image, data: bytes, orientation: int) -> StoredImage | None:
@@ -224,7 +238,7 @@ def _identify_any(fh: IO[bytes]) -> str | None:
         return None
 
 
-def _decode(im: Image.Image, src: Path) -> None:
+def decode_input(im: Image.Image, src: Path) -> None:
     """Decode every pixel now, so a truncated file fails here and not halfway through a job."""
     from PIL import Image
 
@@ -280,6 +294,12 @@ def alpha_from_bytes(data: bytes, *, max_pixels: int) -> Image.Image:
     palette-with-transparency results give their alpha; an "L" (or 1-bit) image is taken
     as the mask itself. Anything else raises ProtocolError.
     """
+    return result_mask(result_image(data, max_pixels=max_pixels))
+
+
+def result_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """The service's result decoded (PNG or WebP only, at most ``max_pixels``, checked from
+    the header before any pixel is decoded); ProtocolError for anything else."""
     from PIL import Image, UnidentifiedImageError
 
     _prepare_pillow(0)
@@ -291,20 +311,27 @@ def alpha_from_bytes(data: bytes, *, max_pixels: int) -> Image.Image:
     except Exception as exc:
         raise ProtocolError(f"the service's result image cannot be decoded ({_one_line(exc)}; "
                             f"{len(data)} bytes)") from None
-    with im:
-        if im.width * im.height > max_pixels:
-            raise _bad_result(f"the service's result is {im.width}x{im.height} "
-                              f"({im.width * im.height:,} pixels), more than the "
-                              f"{max_pixels:,} allowed for this image: refused before decoding")
-        try:
-            im.load()
-            mask = _alpha_of(im)
-            fmt, mode = im.format, im.mode
-        except Exception as exc:
-            raise ProtocolError(f"the service's result image cannot be decoded "
-                                f"({_one_line(exc)}; {len(data)} bytes)") from None
+    if im.width * im.height > max_pixels:
+        raise _bad_result(f"the service's result is {im.width}x{im.height} "
+                          f"({im.width * im.height:,} pixels), more than the "
+                          f"{max_pixels:,} allowed for this image: refused before decoding")
+    try:
+        im.load()
+    except Exception as exc:
+        raise ProtocolError(f"the service's result image cannot be decoded "
+                            f"({_one_line(exc)}; {len(data)} bytes)") from None
+    return im
+
+
+def result_mask(im: Image.Image) -> Image.Image:
+    """The alpha of a decoded result (see ``alpha_from_bytes``); ProtocolError if it has none."""
+    try:
+        mask = _alpha_of(im)
+    except Exception as exc:
+        raise ProtocolError(f"the service's result image cannot be decoded "
+                            f"({_one_line(exc)})") from None
     if mask is None:
-        raise ProtocolError(f"the service's result ({fmt} {mode}) has no alpha channel",
+        raise ProtocolError(f"the service's result ({im.format} {im.mode}) has no alpha channel",
                             hint="the model must return a cut-out with transparency or a mask")
     return mask
 
@@ -348,6 +375,8 @@ JPEG_DEFAULT_BACKGROUND = "white"
 
 #: A result whose every pixel is at most this opaque (about 3 %) shows no subject.
 NO_SUBJECT_MAX_ALPHA = 8
+#: The warning of a result in which nothing is left visible (see ``has_subject``).
+NO_SUBJECT_WARNING = "no subject found: the result is fully transparent"
 
 
 def has_subject(mask: Image.Image) -> bool:

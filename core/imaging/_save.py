@@ -32,6 +32,8 @@ DEEP_WRITERS = {"png": write_png16, "tiff": write_tiff16}
 #: JPEG outputs: high quality, no chroma subsampling (crisp edges on a flat background).
 JPEG_OUTPUT_QUALITY = 95
 EXIF_IFD_POINTER = 0x8769
+#: From this many pixels on, PNG outputs use the fastest compression (see png_compress_level).
+_FAST_PNG_PIXELS = 4_000_000
 
 
 def extension_for(fmt: str) -> str:
@@ -46,13 +48,13 @@ def extension_for(fmt: str) -> str:
 def save_params(image: Image.Image, fmt: str, icc_profile: bytes | None,
                 exif: bytes | None = None) -> dict[str, Any]:
     """Pillow save options for one output format (lossless everywhere but JPEG)."""
-    params: dict[str, Any] = {"icc_profile": _fitting_profile(image.mode, icc_profile)}
+    params: dict[str, Any] = {"icc_profile": fitting_profile(image.mode, icc_profile)}
     if exif:
         params["exif"] = _tiff_exif(exif) if fmt == "tiff" else exif
     if fmt == "jpg":
         params.update(quality=JPEG_OUTPUT_QUALITY, subsampling=0)
     elif fmt == "png":
-        params["compress_level"] = 3  # 3x faster than Pillow's 6 for ~10 % more bytes
+        params["compress_level"] = png_compress_level(image.width * image.height)
     elif fmt == "webp":
         params.update(lossless=True, quality=50, method=0, exact=False)  # fastest lossless effort
     elif fmt == "tiff":
@@ -60,6 +62,17 @@ def save_params(image: Image.Image, fmt: str, icc_profile: bytes | None,
     else:
         extension_for(fmt)  # raises the clear ValueError
     return params
+
+
+def png_compress_level(pixels: int) -> int:
+    """zlib level of a PNG output: the fastest (1) for photo sizes, where the encode is most
+    of a job's CPU; 3 below, where it costs little and saves some bytes.
+
+    Measured (Pillow 13 with zlib-ng, CPU seconds, camera-like RGBA cut-out; level 6 is
+    Pillow's default): 24 MP: level 1 1.65 s 39.6 MB, 3 2.53 s 38.1 MB, 6 8.2 s 34.9 MB;
+    3 MP: 0.24 s 4.9 MB vs 0.35 s 4.6 MB; 0.8 MP: 0.06 s 1.33 MB vs 0.09 s 1.25 MB.
+    """
+    return 1 if pixels >= _FAST_PNG_PIXELS else 3
 
 
 def save_image(image: Image.Image | DeepImage, path: str | os.PathLike[str], *,
@@ -79,7 +92,7 @@ def save_image(image: Image.Image | DeepImage, path: str | os.PathLike[str], *,
         if fmt not in DEEP_WRITERS:
             raise ValueError(f"16-bit images are written as {' or '.join(DEEP_WRITERS)} only")
         deep, writer = image, DEEP_WRITERS[fmt]
-        profile = _fitting_profile(deep.bands, deep.icc)
+        profile = fitting_profile(deep.bands, deep.icc)
         write = lambda fh: writer(deep, fh, profile, exif)  # noqa: E731
     else:
         params = save_params(image, fmt, icc_profile, exif)
@@ -95,13 +108,23 @@ def save_image(image: Image.Image | DeepImage, path: str | os.PathLike[str], *,
         raise OutputError(f"cannot write {dest}: JPEG has no transparency",
                           hint="give a background colour", transient=False)
     try:
+        _write_atomically(dest, write)
+    except ValueError as exc:  # the encoder refused the image
+        raise OutputError(f"cannot write {dest} as {fmt}: {exc}", transient=False) from exc
+
+
+def save_encoded(data: bytes, path: str | os.PathLike[str]) -> None:
+    """Write an already encoded file to ``path`` atomically (errors as ``save_image``'s)."""
+    _write_atomically(Path(path), lambda fh: fh.write(data))
+
+
+def _write_atomically(dest: Path, write: Callable[[IO[bytes]], object]) -> None:
+    try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with atomic_writer(dest) as fh:
             write(fh)
     except OSError as exc:
         raise _output_error(dest, exc) from exc
-    except ValueError as exc:  # the encoder refused the image
-        raise OutputError(f"cannot write {dest} as {fmt}: {exc}", transient=False) from exc
 
 
 def _tiff_exif(exif: bytes) -> bytes:
@@ -122,7 +145,7 @@ def _write(image: Image.Image, fh: IO[bytes], fmt: str, params: dict[str, Any]) 
     image.save(fh, format=_PIL_FORMATS[fmt], **params)
 
 
-def _fitting_profile(mode: str, icc: bytes | None) -> bytes | None:
+def fitting_profile(mode: str, icc: bytes | None) -> bytes | None:
     """``icc`` when it describes the colour space of ``mode`` pixels, else None."""
     space = icc_colour_space(icc)
     if space is None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import io
 import logging
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bgremove.contract import StoredImage
+from bgremove.contract import StoredImage, Upload
 from bgremove.errors import ImageTooLargeError
 
 if TYPE_CHECKING:
@@ -26,16 +25,6 @@ JPEG_QUALITY = 95
 _JPEG_FLATTEN_ON = (255, 255, 255)
 _PNG_UPLOAD_LEVEL = 1  # fast: the upload is sent once, and the bytes matter less than the time
 _MIN_UPLOAD_SIDE = 16
-
-
-@dataclass(frozen=True)
-class UploadImage:
-    """The bytes sent to the service: no EXIF, no ICC, no text chunks, no file name."""
-
-    data: bytes
-    content_type: str
-    filename: str
-    size: tuple[int, int]  # pixel size actually uploaded
 
 
 def sendable_original(original: StoredImage | None, size: tuple[int, int], *, max_bytes: int,
@@ -72,7 +61,7 @@ class _LimitedBuffer(io.BytesIO):
         return super().write(data)
 
 
-def encode_for_upload(image: Image.Image, *, max_bytes: int, max_side: int) -> UploadImage:
+def encode_for_upload(image: Image.Image, *, max_bytes: int, max_side: int) -> Upload:
     """Encode ``image`` for the service, with no metadata at all (no EXIF, GPS, ICC, text).
 
     Lossless PNG (fast compression) when it fits in ``max_bytes``, so the service sees the
@@ -88,7 +77,7 @@ def encode_for_upload(image: Image.Image, *, max_bytes: int, max_side: int) -> U
         im = _scaled(im, max_side / max(im.size))
     png = _encode_png(im, max_bytes) if _png_may_fit(im, max_bytes) else None
     if png is not None:
-        return UploadImage(png, "image/png", "image.png", im.size)
+        return Upload(png, "image/png", "image.png", im.size)
     if im.mode == "RGBA":
         flat = Image.new("RGB", im.size, _JPEG_FLATTEN_ON)
         flat.paste(im, (0, 0), im.getchannel("A"))
@@ -99,7 +88,7 @@ def encode_for_upload(image: Image.Image, *, max_bytes: int, max_side: int) -> U
             if im.size != image.size:
                 log.info("uploading a reduced copy: %dx%d -> %dx%d (%d bytes)", image.width,
                          image.height, im.width, im.height, len(jpeg))
-            return UploadImage(jpeg, "image/jpeg", "image.jpg", im.size)
+            return Upload(jpeg, "image/jpeg", "image.jpg", im.size)
         # Bytes scale roughly with the pixel count; aim a little under the limit.
         factor = min(0.9, math.sqrt(max_bytes / len(jpeg)) * 0.95)
         if min(im.size) * factor < _MIN_UPLOAD_SIDE:

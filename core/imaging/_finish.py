@@ -1,0 +1,125 @@
+"""The finish stage: the service's answer applied to the file it was made from, written once.
+
+    finish_file(prepared, result, src, dst, output) -> warning or None
+    result_alpha(result, orientation)               -> the mask, "L", turned upright
+
+The file is read again and must have the sha256 it had when prepared: a file changed since
+then is refused (InputChangedError), so a mask is never applied to other pixels than its own.
+The service's result is decoded under its ``max_pixels`` and its mask turned by the
+orientation the upload was stored in.
+
+The fast path (nothing re-encoded): the output is a PNG of the input's full size with
+nothing that changes its pixels (no crop, background, mask only, foreground estimate,
+16-bit input), the input has no alpha, the upload was upright, and the service's colour
+pixels are exactly the input's. Then the service's PNG is written as it came, with the
+input's ICC profile and kept EXIF added as chunks (``_png.png_with_metadata``): the same
+pixels ``compose`` would give, without its encode (most of a 24 MP photo's CPU). Otherwise
+the mask is applied to the original pixels and encoded (``compose_output``, ``save_image``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bgremove.errors import InputChangedError
+from bgremove.imaging._modes import apply_orientation
+from bgremove.imaging._pipeline import (
+    NO_SUBJECT_WARNING,
+    SourceImage,
+    alpha_from_bytes,
+    compose_output,
+    estimate_foreground,
+    fit_alpha,
+    has_subject,
+    load_image,
+    read_input,
+    result_image,
+    result_mask,
+)
+from bgremove.imaging._png import png_with_metadata
+from bgremove.imaging._save import fitting_profile, save_encoded, save_image
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from bgremove.config import OutputConfig
+    from bgremove.contract import Prepared, Result
+
+
+def finish_file(prepared: Prepared, result: Result, src: str | os.PathLike[str],
+                dst: str | os.PathLike[str], output: OutputConfig, *,
+                data: bytes | None = None) -> str | None:
+    """Write the cut-out of ``src`` (or of its ``data``, already read) to ``dst`` atomically.
+
+    Returns a warning worth showing (an empty cut-out), else None. Raises InputChangedError
+    when the file is not the one prepared, ProtocolError for a result that cannot be used,
+    OutputError when ``dst`` cannot be written; nothing is written then.
+    """
+    path = Path(src)
+    if data is None:
+        data = read_input(path)
+    if prepared.digest is not None and hashlib.sha256(data).hexdigest() != prepared.digest:
+        raise _changed(path)
+    width, height = prepared.size
+    source = load_image(path, max_pixels=width * height, data=data)
+    if source.image.size != prepared.size:
+        raise _changed(path)
+    service = result_image(result.data, max_pixels=result.max_pixels) \
+        if result.data is not None else None
+    stored = result_mask(service) if service is not None else _local_alpha(result)
+    alpha = fit_alpha(apply_orientation(stored, prepared.orientation), source.image.size)
+    warning = None if has_subject(alpha) else NO_SUBJECT_WARNING
+    exif = None if output.strip_metadata else source.exif
+    if service is not None and result.data is not None and prepared.orientation == 1 \
+            and _needs_no_change(source, output) and _same_colours(service, source.image):
+        png = png_with_metadata(result.data, fitting_profile("RGBA", source.icc_profile), exif)
+        if png is not None:
+            save_encoded(png, dst)
+            return warning
+    del service, stored
+    if output.foreground and not output.mask_only:
+        source.image = estimate_foreground(source.image, alpha, inplace=True)
+        source.deep = None  # the estimate is made on the 8-bit pixels: the output is 8-bit
+    image = compose_output(source, alpha, output)
+    save_image(image, dst, fmt=output.format, icc_profile=source.icc_profile, exif=exif)
+    return warning
+
+
+def result_alpha(result: Result, orientation: int = 1) -> Image.Image:
+    """The mask of ``result`` ("L", decoded under its ``max_pixels``), turned upright by
+    the orientation its upload was stored in."""
+    if result.data is not None:
+        mask = alpha_from_bytes(result.data, max_pixels=result.max_pixels)
+    else:
+        mask = _local_alpha(result)
+    return apply_orientation(mask, orientation)
+
+
+def _local_alpha(result: Result) -> Image.Image:
+    if result.alpha is None:
+        raise ValueError("a Result carries the service's data or a local alpha")
+    return result.alpha if result.alpha.mode == "L" else result.alpha.convert("L")
+
+
+def _changed(path: Path) -> InputChangedError:
+    return InputChangedError(f"{path}: the file changed while it was being processed, so its "
+                             "result was not written", hint="run it again")
+
+
+def _needs_no_change(source: SourceImage, output: OutputConfig) -> bool:
+    """Whether the output is the input's full-size pixels with the mask as alpha, as PNG."""
+    return (output.format == "png" and not output.mask_only and output.background is None
+            and not output.crop and not output.foreground and source.deep is None
+            and source.image.mode == "RGB")
+
+
+def _same_colours(service: Image.Image, original: Image.Image) -> bool:
+    """Whether the service's RGBA result has exactly the original's RGB pixels."""
+    from PIL import ImageChops
+
+    if service.mode != "RGBA" or service.size != original.size:
+        return False
+    return ImageChops.difference(service.convert("RGB"), original).getbbox() is None

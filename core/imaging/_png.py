@@ -1,0 +1,160 @@
+"""A PNG file's own chunks: its metadata taken out for upload, the service's PNG kept as it came.
+
+``strip_png_metadata(data)`` keeps what decoding needs (IHDR, PLTE, tRNS, IDAT, IEND) and drops
+every other chunk: text (tEXt, zTXt, iTXt), EXIF (eXIf, with any GPS position), time, the
+colour chunks (iCCP, sRGB, gAMA, cHRM, ...) and private ones. Only a plain PNG qualifies: 8 bits
+per sample (a palette may have fewer), not interlaced, not animated, every chunk's CRC right;
+anything else gives None and the caller re-encodes the decoded pixels (a 16-bit PNG, for one).
+``png_data_complete`` then checks that the image data inflates to exactly the rows the header
+announces, without unfiltering or keeping any pixels.
+
+``png_with_metadata(png, icc, exif)`` is the finish's fast path: the service's 8-bit RGBA PNG
+reduced to IHDR, IDAT and IEND, with our ICC profile (iCCP) and EXIF (eXIf) chunks put in where
+Pillow would write them. The image data is copied byte for byte: nothing is re-encoded.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: The chunks an upload keeps: what a decoder needs for the pixels, nothing about them.
+_KEPT = (b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND")
+#: Channels per pixel by colour type: grey, RGB, palette, grey + alpha, RGBA.
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_RGBA = 6
+#: Chunks that may hold an EXIF orientation (eXIf, XMP or a raw EXIF profile in text).
+_TAGS = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")
+_INFLATE_STEP = 1 << 20  # bytes inflated at a time while checking the image data
+
+
+@dataclass(frozen=True)
+class Chunk:
+    kind: bytes
+    start: int  # where its length field starts
+    end: int  # just after its CRC
+    data: memoryview  # its payload
+
+
+@dataclass(frozen=True)
+class Header:
+    width: int
+    height: int
+    bit_depth: int
+    colour_type: int
+    interlaced: bool
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row's samples (without its filter-type byte)."""
+        return (self.width * _CHANNELS[self.colour_type] * self.bit_depth + 7) // 8
+
+
+def read_chunks(data: bytes) -> tuple[Header, list[Chunk]] | None:
+    """The header and chunks of a well-formed PNG, or None: no signature, a chunk running
+    past the end or with a wrong CRC, IHDR not first, no IEND, or an unknown critical chunk."""
+    if not data.startswith(SIGNATURE):
+        return None
+    view = memoryview(data)
+    found: list[Chunk] = []
+    pos, end = len(SIGNATURE), len(data)
+    while pos + 12 <= end:
+        length = int.from_bytes(view[pos:pos + 4], "big")
+        kind = bytes(view[pos + 4:pos + 8])
+        stop = pos + 12 + length
+        if stop > end or zlib.crc32(view[pos + 4:stop - 4]) != int.from_bytes(
+                view[stop - 4:stop], "big"):
+            return None
+        found.append(Chunk(kind, pos, stop, view[pos + 8:stop - 4]))
+        pos = stop
+        if kind == b"IEND":
+            break
+    if not found or found[0].kind != b"IHDR" or found[-1].kind != b"IEND" \
+            or len(found[0].data) != 13 or not any(c.kind == b"IDAT" for c in found):
+        return None
+    if any(chunk.kind[0:1].isupper() and chunk.kind not in _KEPT for chunk in found):
+        return None  # a critical chunk we do not know
+    ihdr = found[0].data
+    header = Header(int.from_bytes(ihdr[0:4], "big"), int.from_bytes(ihdr[4:8], "big"),
+                    ihdr[8], ihdr[9], ihdr[12] == 1)
+    if header.colour_type not in _CHANNELS or not header.width or not header.height:
+        return None
+    return header, found
+
+
+def strip_png_metadata(data: bytes) -> tuple[bytes, Header] | None:
+    """``data`` with only the chunks decoding needs, and its header; None when the file is
+    not a plain 8-bit (or palette), non-interlaced, still PNG with a clear structure."""
+    parsed = read_chunks(data)
+    if parsed is None:
+        return None
+    header, chunks = parsed
+    plain_depth = header.bit_depth == 8 or (
+        header.colour_type == 3 and header.bit_depth in (1, 2, 4))
+    if not plain_depth or header.interlaced or any(c.kind == b"acTL" for c in chunks):
+        return None
+    first_data = next(i for i, c in enumerate(chunks) if c.kind == b"IDAT")
+    if any(c.kind in _TAGS for c in chunks[first_data:]):
+        return None  # an orientation could hide there: found only by decoding the whole file
+    out = bytearray(SIGNATURE)
+    for chunk in chunks:
+        if chunk.kind in _KEPT:
+            out += data[chunk.start:chunk.end]
+    return bytes(out), header
+
+
+def png_data_complete(data: bytes) -> bool:
+    """Whether a non-interlaced PNG's IDAT stream inflates to exactly its rows, each with a
+    valid filter type: the whole file decodes, checked without unfiltering or keeping pixels."""
+    parsed = read_chunks(data)
+    if parsed is None or parsed[0].interlaced:
+        return False
+    header = parsed[0]
+    stride = header.row_bytes + 1
+    expected = stride * header.height
+    inflater = zlib.decompressobj()
+    total = 0
+    try:
+        for chunk in parsed[1]:
+            if chunk.kind != b"IDAT":
+                continue
+            pending: bytes | memoryview = chunk.data
+            while pending and not inflater.eof:
+                out = inflater.decompress(pending, _INFLATE_STEP)
+                # The filter-type bytes (0-4) in this piece: one every ``stride`` bytes.
+                filters = out[(-total) % stride::stride]
+                if filters and max(filters) > 4:
+                    return False
+                total += len(out)
+                if total > expected:
+                    return False
+                pending = inflater.unconsumed_tail
+        return inflater.eof and total == expected
+    except zlib.error:
+        return False
+
+
+def png_with_metadata(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes | None:
+    """The service's PNG as it came, reduced to IHDR, IDAT and IEND, with ``icc`` (an iCCP
+    chunk) and ``exif`` (eXIf) added; None unless it is a well-formed 8-bit RGBA PNG."""
+    parsed = read_chunks(png)
+    if parsed is None:
+        return None
+    header, chunks = parsed
+    if header.colour_type != _RGBA or header.bit_depth != 8:
+        return None
+    out = bytearray(SIGNATURE)
+    out += png[chunks[0].start:chunks[0].end]
+    if icc:
+        out += _chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc))
+    if exif:
+        out += _chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+    for chunk in chunks[1:]:
+        if chunk.kind in (b"IDAT", b"IEND"):
+            out += png[chunk.start:chunk.end]
+    return bytes(out)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
