@@ -646,15 +646,19 @@ def test_status_counts_waiting_files_when_no_daemon_runs(tmp_path: Path,
 def test_each_file_is_decoded_once(tmp_path: Path, emulator_factory,  # type: ignore[no-untyped-def]
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import bgremove.imaging
+    from bgremove.imaging import _finish, _prepare
 
     decoded: list[str] = []
     real = bgremove.imaging.load_image
 
     def counting(path: Path, **kwargs: Any) -> Any:
-        decoded.append(Path(path).name)
+        decoded.append(Path(path).name.split("-", 1)[-1])  # (claimed as "<n>-<name>")
         return real(path, **kwargs)
 
-    monkeypatch.setattr(bgremove.imaging, "load_image", counting)
+    # every full decode: the prepare stage's (only when the upload must be re-encoded) and
+    # the finish stage's (the original pixels the mask is applied to)
+    for module in (bgremove.imaging, _prepare, _finish):
+        monkeypatch.setattr(module, "load_image", counting)
     emu = emulator_factory()
     run = DaemonRun(tmp_path, emu, once=True)
     for i in range(3):
@@ -663,4 +667,5 @@ def test_each_file_is_decoded_once(tmp_path: Path, emulator_factory,  # type: ig
     run.thread.join(20)  # type: ignore[union-attr]
     assert run.stop() == 0
     assert files(run.done) == ["0.png", "1.png", "2.png"]
-    assert sorted(decoded) == ["0.png", "1.png", "2.png"]  # the readiness check's decode is reused
+    # the readiness check decodes only as far as it must to know the file is whole
+    assert sorted(decoded) == ["0.png", "1.png", "2.png"]
