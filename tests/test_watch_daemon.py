@@ -669,3 +669,43 @@ def test_each_file_is_decoded_once(tmp_path: Path, emulator_factory,  # type: ig
     assert files(run.done) == ["0.png", "1.png", "2.png"]
     # the readiness check decodes only as far as it must to know the file is whole
     assert sorted(decoded) == ["0.png", "1.png", "2.png"]
+
+
+def test_a_file_changed_while_it_is_uploaded_is_not_finished_with_mixed_content(
+        tmp_path: Path, emulator_factory) -> None:  # type: ignore[no-untyped-def]
+    """A writer rewrites the claimed file (same inode) while its upload is on the wire: the
+    mask made for the old pixels is never applied to the new ones; the file goes to failed/
+    (kept as it is now) with a line saying what happened, and no cut-out is written."""
+    from bgremove.backends import make_backend
+
+    emu = emulator_factory()
+    run = DaemonRun(tmp_path, emu, once=True)
+    claims = run.inbox / ".bgremove-claims"
+    changed: list[Path] = []
+
+    def factory() -> Any:
+        backend = make_backend(run.config, wait_mode="poll")
+        upload = backend.client.upload
+
+        def rewriting_upload(data: bytes, *args: Any, **kwargs: Any) -> Any:
+            claimed = next(p for p in claims.rglob("*photo.png"))
+            with open(claimed, "r+b") as fh:  # the same file, new content
+                fh.truncate(0)
+                fh.write(image_bytes(2, size=(64, 48)))
+            changed.append(claimed)
+            return upload(data, *args, **kwargs)
+
+        backend.client.upload = rewriting_upload
+        return backend
+
+    write_image(run.inbox / "photo.png", 1, size=(64, 48))
+    run.start(backend_factory=factory)
+    run.thread.join(30)  # type: ignore[union-attr]
+    assert run.stop() == 1
+    assert changed, "the upload was not made"
+    assert files(run.outbox) == []  # no cut-out, mixed or not
+    assert files(run.failed) == ["photo.png", "photo.png.error.json"]
+    assert (run.failed / "photo.png").read_bytes() == image_bytes(2, size=(64, 48))
+    report = json.loads((run.failed / "photo.png.error.json").read_text())
+    assert "changed while it was being processed" in report["error"]
+    assert emu.stats()["tasks_submitted"] == 1
