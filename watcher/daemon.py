@@ -6,17 +6,21 @@ Threads::
                                                                     |
                                                       Scheduler (ready files, retries)
                                                                     |
-                                                      N worker threads (the slow work)
+                                       a few worker threads: read, check, claim, start
+                                                                    |
+              the pipeline (``bgremove.stages``): prepare + finish on a CPU pool, upload,
+              polls and downloads on a few IO threads and one poller, for any number of
+              tasks in flight
     main thread: housekeeping (heartbeats, rescans, supervision, status), shutdown
 
 This module is the lifecycle: it builds the parts (journal, cost guard, backend, claims:
 ``context``), starts and stops the threads, beats the heartbeats and decides when to stop.
-A worker takes a stable file through ``intake`` (read once, hashed, checked, claimed),
+A worker takes a stable file through ``intake`` (read once, hashed, prepared, claimed),
 then ``filejob`` walks it through its journaled states (submit and wait with the task id
 journaled first, stage the cut-out, link it to a free output name, move the original to
-done/), and ``policy`` decides what an error means (failed/ at once, retry with backoff,
-or pause intake for an unwritable folder or an outage). Every step can be repeated after
-a crash without paying twice or writing twice.
+done/) as a job on the pipeline, and ``policy`` decides what an error means (failed/ at
+once, retry with backoff, or pause intake for an unwritable folder or an outage). Every
+step can be repeated after a crash without paying twice or writing twice.
 
 Duplicates: a file whose content (with the same settings) was already processed is not
 sent again; its output is a hard link to (or copy of) the earlier cut-out, then it moves

@@ -7,6 +7,12 @@ The journal says what to do with a file's content (``Journal.begin``): new, resu
 duplicate of an earlier input, or busy in another daemon. Each step is safe to repeat
 after a crash: a journaled task is resumed, never submitted again; a staged cut-out is
 linked to a free output name once; the original moves to done/ last.
+
+From claimed to staged the file is a job on the pipeline (``_Run``): the upload made by
+the readiness check goes up (its bytes dropped once sent), the task waits in the
+pipeline's poller holding no pixels, and the finish reads the claimed file again: a file
+changed since it was prepared is refused (``imaging.finish_file``), never finished with
+a mask made for other pixels.
 """
 
 from __future__ import annotations
@@ -151,7 +157,12 @@ class FileJobs:
     def _start(self, run: _Run, prepared: Prepared) -> bool:
         """Start ``run`` on the pipeline; False when it was not started (a shutdown, or an
         error the policy has dealt with)."""
-        if not _outcome(run, lambda: self._admit(run)):
+        try:
+            admitted = _outcome(run, lambda: self._admit(run))
+        except BaseException:  # a blocked folder, the journal: up to ``_guarded``
+            run.release()
+            raise
+        if not admitted:
             run.release()
             return False
         run.prepared = prepared
