@@ -253,7 +253,7 @@ class LayerJob:
         return prepared
 
     def finish(self, prepared: Prepared, result: Result) -> None:
-        from bgremove.stages import result_alpha
+        from bgremove.imaging import result_alpha
 
         clock = time.perf_counter()
         self.seconds["backend"] = clock - self._clock

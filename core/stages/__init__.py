@@ -13,11 +13,11 @@ The WaveSpeed remote is ``bgremove.wavespeed.WaveSpeedRemote``. The modules are 
 these are the public names.
 """
 
-from bgremove.stages._file import FileJob, job_error, result_alpha
+from bgremove.stages._file import FileJob, job_error
 from bgremove.stages._image import prepare_image
 from bgremove.stages._pipeline import MAX_IO_THREADS, Job, Pipeline
 from bgremove.stages._poller import Poller
 from bgremove.stages._remote import Call, CutoutRemote, Remote, remote_for
 
 __all__ = ["MAX_IO_THREADS", "Call", "CutoutRemote", "FileJob", "Job", "Pipeline", "Poller",
-           "Remote", "job_error", "prepare_image", "remote_for", "result_alpha"]
+           "Remote", "job_error", "prepare_image", "remote_for"]

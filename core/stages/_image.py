@@ -30,6 +30,5 @@ def prepare_image(image: Image.Image, *, max_upload_bytes: int, max_upload_side:
         return Prepared(upload, image.size, stored.orientation)
     if not encode:
         return Prepared(Upload(b"", "", "", image.size), image.size)
-    encoded = encode_for_upload(image, max_bytes=max_upload_bytes, max_side=max_upload_side)
-    return Prepared(Upload(encoded.data, encoded.content_type, encoded.filename, encoded.size),
-                    image.size)
+    return Prepared(encode_for_upload(image, max_bytes=max_upload_bytes,
+                                      max_side=max_upload_side), image.size)

@@ -76,7 +76,8 @@ class _Entry:
 class Pipeline:
     """Runs jobs through the three stages (see the module docstring). Thread-safe.
 
-    ``backend`` is what ``make_backend`` built (or ``remote`` is given). ``in_flight``
+    ``backend`` is what ``make_backend`` built (its ``remote`` when it has one, else its
+    ``cut_out`` in a ``CutoutRemote``), or ``remote`` is given. ``in_flight``
     jobs at most are between the start of their upload and the end of their finish;
     ``cpu_workers`` (default: the cores) run prepare and finish; ``io_threads``
     (default: ``in_flight``, at most ``MAX_IO_THREADS``) upload, poll and download.
@@ -93,7 +94,7 @@ class Pipeline:
                 raise ValueError("a Pipeline needs a backend or a remote")
             from bgremove.stages._remote import remote_for
 
-            remote = remote_for(backend, config)
+            remote = remote_for(backend)
         self.remote = remote
         self.config = config
         self.in_flight = max(1, in_flight)

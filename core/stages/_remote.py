@@ -15,12 +15,11 @@ The WaveSpeed remote is ``bgremove.wavespeed.WaveSpeedRemote``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from bgremove.contract import Result
 
 if TYPE_CHECKING:
-    from bgremove.config import Config
     from bgremove.contract import Backend, JobHooks, Prepared
 
 
@@ -71,8 +70,9 @@ class CutoutRemote:
         upload = prepared.upload
         image = decode_image(upload.data, formats=("PNG", "JPEG"),
                              max_pixels=upload.size[0] * upload.size[1])
-        if image.mode not in ("RGB", "RGBA"):
-            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        if image.mode not in ("RGB", "RGBA"):  # a PNG's own bytes: grey, palette, with alpha
+            alpha = "A" in image.getbands() or "transparency" in image.info
+            image = image.convert("RGBA" if alpha else "RGB")
         cutout = self.backend.cut_out(image, hooks)
         return Call(prepared, hooks, due=None, task_id=cutout.task_id, state=cutout)
 
@@ -85,12 +85,12 @@ class CutoutRemote:
                       requests=cutout.requests)
 
 
-def remote_for(backend: Backend, config: Config) -> Remote:
-    """The remote stage of ``backend``: the WaveSpeed API's task by task, else ``cut_out``."""
-    from bgremove.wavespeed import WaveSpeedBackend, WaveSpeedRemote
-
-    if isinstance(backend, WaveSpeedBackend):
-        return WaveSpeedRemote(backend)
+def remote_for(backend: Backend) -> Remote:
+    """The remote stage of ``backend``: its own when it has one (``backend.remote``: the
+    WaveSpeed API's, task by task), else its ``cut_out`` wrapped in a ``CutoutRemote``."""
+    own = getattr(backend, "remote", None)
+    if own is not None:
+        return cast("Remote", own)
     # A mask made on this machine is CPU work: no more at once than there are cores.
     import os
 
