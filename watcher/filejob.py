@@ -143,7 +143,7 @@ class FileJobs:
                 assert content.prepared is not None  # it decoded: no input error
                 handed_on = self._start(run, content.prepared)
             else:  # cut out before a stop: place it, move the original to done/
-                run._complete(run.settle)
+                run.complete(run.settle)
         finally:
             if not handed_on:
                 self._release_key(key)
@@ -316,7 +316,7 @@ class _Run:
 
     def finish(self, prepared: Prepared, result: Result) -> None:
         try:
-            self.jobs._guarded(self.claimed, self.rel, None, lambda: self._complete(
+            self.jobs._guarded(self.claimed, self.rel, None, lambda: self.complete(
                 lambda: self._stage(prepared, result)))
         finally:
             self._end()
@@ -326,7 +326,7 @@ class _Run:
             raise error if isinstance(error, Exception) else CancelledError("cancelled")
 
         try:
-            self.jobs._guarded(self.claimed, self.rel, None, lambda: self._complete(fail))
+            self.jobs._guarded(self.claimed, self.rel, None, lambda: self.complete(fail))
         finally:
             self._end()
 
@@ -372,7 +372,7 @@ class _Run:
             journal.add_event("done", input=str(rel), output=job.output, task_id=job.task_id)
             self.job = self._reload()
 
-    def _complete(self, step: Callable[[], None]) -> None:
+    def complete(self, step: Callable[[], None]) -> None:
         """``step`` to the end (``done``, logged), or its error handed to the policy."""
         if not _outcome(self, step):
             return
