@@ -4,6 +4,7 @@ A real ``bgremove watch`` process, the real emulator with tasks that take an hou
 resident memory with a hundred photos waiting at the service is compared with ten. A job
 waiting on the service holds no decoded pixels (nor its upload, once sent), so the two
 peaks are close; a job that kept its decoded photo would add some 11 MB per photo here.
+The threads are counted too: a task waiting needs none of its own.
 """
 
 from __future__ import annotations
@@ -46,16 +47,17 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
-def peak_rss(pid: int) -> int:
-    """The process's peak resident set (VmHWM) in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc/PID/status")
+def peak_and_threads(pid: int) -> tuple[int, int]:
+    """The process's peak resident set (VmHWM) in bytes, and its threads now."""
+    fields = dict(line.split(":", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmHWM"].split()[0]) * 1024, int(fields["Threads"])
 
 
-def daemon_peak(tmp: Path, emu: Emulator, photos: list[Path], in_flight: int) -> int:
-    """Drop every photo, wait until ``in_flight`` tasks wait at the service, read the peak."""
+def daemon_peak(tmp: Path, emu: Emulator, photos: list[Path], in_flight: int
+                ) -> tuple[int, int]:
+    """Drop every photo, wait until ``in_flight`` tasks wait at the service: the daemon's
+    peak memory and its threads then."""
     inbox, outbox = tmp / "in", tmp / "out"
     inbox.mkdir(parents=True)
     config = tmp / "config.yaml"
@@ -78,7 +80,7 @@ def daemon_peak(tmp: Path, emu: Emulator, photos: list[Path], in_flight: int) ->
                    what=f"{in_flight} tasks at the service")
         assert proc.poll() is None and not (inbox / "failed").exists(), \
             (tmp / "daemon.log").read_text()
-        return peak_rss(proc.pid)
+        return peak_and_threads(proc.pid)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(20)
@@ -88,8 +90,10 @@ def daemon_peak(tmp: Path, emu: Emulator, photos: list[Path], in_flight: int) ->
 def test_a_hundred_tasks_in_flight_keep_the_daemon_memory_flat(
         tmp_path: Path, emulator_factory, photos: list[Path]) -> None:
     emu = emulator_factory(delay=3600.0)  # no task ends while the peaks are read
-    ten = daemon_peak(tmp_path / "ten", emu, photos, 10)
-    hundred = daemon_peak(tmp_path / "hundred", emu, photos, 100)
+    ten, ten_threads = daemon_peak(tmp_path / "ten", emu, photos, 10)
+    hundred, hundred_threads = daemon_peak(tmp_path / "hundred", emu, photos, 100)
     # 90 more photos waiting: holding each one's pixels would add ~1 GB; allow a fraction
-    # of that for threads, connections and the allocator
+    # of that for connections and the allocator
     assert hundred - ten < 25 * DECODED, (ten, hundred)
+    # nor a thread each: the same few upload, poll and download for all of them
+    assert hundred_threads < ten_threads + 20, (ten_threads, hundred_threads)
