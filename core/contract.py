@@ -88,14 +88,20 @@ class StoredImage:
     encoding the image; it then turns the returned mask by ``orientation`` itself."""
 
     data: bytes
-    content_type: str  # "image/jpeg"
+    content_type: str  # "image/jpeg", "image/png"
     size: tuple[int, int]  # the stored pixel size (width and height swap for 5-8)
     orientation: int  # EXIF orientation 1-8 of the file
+
+    def as_upload(self) -> Upload:
+        """These bytes as sent, under the neutral file name of their type."""
+        name = "image.png" if self.content_type == "image/png" else "image.jpg"
+        return Upload(self.data, self.content_type, name, self.size)
 
 
 @dataclass(frozen=True)
 class Upload:
-    """The bytes sent to the service: no EXIF, no GPS, no ICC, no text, no file name."""
+    """The bytes sent to the service: no EXIF, no GPS, no text, no file name (a JPEG sent as
+    its own bytes keeps its ICC segment; nothing else says how its colours are meant)."""
 
     data: bytes
     content_type: str  # "image/jpeg", "image/png"

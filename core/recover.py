@@ -10,6 +10,7 @@ the way ``bgremove remove`` does.
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from bgremove.errors import APIStatusError, InputError, ServiceError
 
 if TYPE_CHECKING:
     from bgremove.config import Config
+    from bgremove.contract import Prepared
     from bgremove.wavespeed import WaveSpeedClient
 
 #: How far back the service keeps tasks.
@@ -73,54 +75,55 @@ def fetch_result(client: WaveSpeedClient, config: Config, task_id: str, *,
     as ``remove`` would (same output name and settings).
     """
     from bgremove import tasklog
-    from bgremove.imaging import (
-        alpha_from_bytes,
-        apply_orientation,
-        compose,
-        decode_image,
-        fit_alpha,
-        load_image,
-        save_image,
-        sendable_original,
-    )
+    from bgremove.contract import Result
+    from bgremove.imaging import decode_image, finish_file, prepare_file, save_image
     from bgremove.jobs import output_path_for
     from bgremove.wavespeed._errors import task_error
 
     ctx = client.context()
-    source = load_image(input, max_pixels=config.input.max_pixels) if input else None
+    # Prepared as ``remove`` prepares it: the same choice of upload, so a mask made from the
+    # file's own stored pixels is turned the same way here.
+    prepared = prepare_file(input, max_pixels=config.input.max_pixels,
+                            max_upload_bytes=config.wavespeed.max_upload_bytes,
+                            max_upload_side=config.wavespeed.max_upload_side) if input else None
     prediction = client.get_result(task_id, ctx=ctx)
     if prediction.status != "completed":
         if prediction.done:
             raise task_error(task_id, prediction.status, prediction.code, prediction.error)
         raise ServiceError(f"task {task_id} is still {prediction.status}: it has no result yet",
                            hint="try again when it has finished", task_id=task_id)
-    if source is not None:  # the result is judged by the original's size
-        ctx.upload_pixels = source.image.width * source.image.height
+    if prepared is not None:  # the result is judged by the original's size
+        ctx.upload_pixels = prepared.size[0] * prepared.size[1]
     data = client.download_output(prediction, ctx=ctx)
     max_pixels = client.output_limits(ctx).max_pixels
-    alpha = alpha_from_bytes(data, max_pixels=max_pixels)
-    if source is not None:
-        # Made from the file's own stored pixels when ``remove`` would send them: turned the
-        # same way here.
-        sent = sendable_original(source.original, source.image.size,
-                                 max_bytes=config.wavespeed.max_upload_bytes,
-                                 max_side=config.wavespeed.max_upload_side)
-        if sent is not None:
-            alpha = apply_orientation(alpha, sent.orientation)
-    if source is None or input is None:
+    if prepared is None or input is None:
         dst = (out_dir or Path.cwd()) / f"{task_id}.png"
         save_image(decode_image(data, max_pixels=max_pixels), dst, fmt="png")
     else:
-        width, height = source.image.size
-        if abs(alpha.width / alpha.height - width / height) > 0.01 * width / height:
-            raise InputError(f"{input} is {width}x{height} but the result of task {task_id} is "
-                             f"{alpha.width}x{alpha.height}: it is not that task's input",
-                             hint="give the image the task was run on, or leave out --input")
+        _check_shape(input, prepared, data, task_id)
         dst = output_path_for(input, out_dir, config.output)
-        save_image(compose(source, fit_alpha(alpha, source.image.size), config.output), dst,
-                   fmt=config.output.format, icc_profile=source.icc_profile)
+        finish_file(prepared, Result("wavespeed", data=data, max_pixels=max_pixels,
+                                     task_id=task_id), input, dst, config.output)
     tasklog.record(task_id, output=dst)
     return dst
+
+
+def _check_shape(input: Path, prepared: Prepared, data: bytes, task_id: str) -> None:
+    """Refuse a result whose shape (turned upright) is not the input's: another image's."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data), formats=("PNG", "WEBP")) as result:
+            width, height = result.size  # the header only: finish_file decodes it
+    except Exception:
+        return  # not an image we read: finish_file says so
+    if prepared.orientation >= 5:
+        width, height = height, width
+    want_w, want_h = prepared.size
+    if abs(width / height - want_w / want_h) > 0.01 * want_w / want_h:
+        raise InputError(f"{input} is {want_w}x{want_h} but the result of task {task_id} is "
+                         f"{width}x{height}: it is not that task's input",
+                         hint="give the image the task was run on, or leave out --input")
 
 
 def _iso(when: float | None) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import zlib
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from bgremove.imaging import (
 from bgremove.imaging._png import png_data_complete, read_chunks, strip_png_metadata
 from bgremove.wavespeed import WaveSpeedClient
 from tests import images as img
+from tests.cli_process import bgremove
 from tests.conftest import configured
 
 LIMITS = {"max_pixels": 10**8, "max_upload_bytes": 30 * 2**20, "max_upload_side": 8192}
@@ -129,6 +131,20 @@ def test_a_jpeg_goes_up_as_its_own_bytes_minus_metadata(tmp_path: Path, orientat
         assert secret not in prepared.upload.data
     with Image.open(io.BytesIO(prepared.upload.data)) as sent, Image.open(src) as original:
         assert not sent.getexif()
+        assert sent.tobytes() == original.tobytes()
+
+
+def test_a_phone_mpo_goes_up_as_its_first_picture_minus_metadata(tmp_path: Path) -> None:
+    src = tmp_path / "phone.jpg"
+    second = photo().transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    photo().save(src, "MPO", save_all=True, append_images=[second], exif=camera_exif(6))
+    data = src.read_bytes()
+    prepared = prepare_file(src, **LIMITS)
+    assert prepared.upload.data == strip_jpeg_metadata(data)
+    assert len(prepared.upload.data) < len(data) // 2 + 500  # the second picture stays home
+    assert prepared.orientation == 6 and prepared.size == (64, 96)
+    with Image.open(io.BytesIO(prepared.upload.data)) as sent, Image.open(src) as original:
+        assert original.format == "MPO" and sent.format == "JPEG" and not sent.getexif()
         assert sent.tobytes() == original.tobytes()
 
 
@@ -336,15 +352,23 @@ def test_options_that_change_pixels_take_the_compose_path(tmp_path: Path,
         assert out.mode == "RGB" and out.tobytes() == want.tobytes()
 
 
-def test_a_service_that_changed_the_colours_gets_the_original_pixels(tmp_path: Path) -> None:
-    """The fast path is only taken when the service's colours are the original's."""
-    src = save_png(tmp_path / "photo.png", 1)
+@pytest.mark.parametrize("where", ["everywhere", "last-pixel"])
+def test_a_service_that_changed_the_colours_gets_the_original_pixels(tmp_path: Path,
+                                                                    where: str) -> None:
+    """The fast path is only taken when the service's colours are all the original's: here
+    it re-touched every pixel, or only the last one of a picture taller than a compared band."""
+    src = save_png(tmp_path / "photo.png", 1, image=photo((96, 700)))
     prepared = prepare_file(src, **LIMITS)
     with Image.open(src) as opened:
         original = opened.convert("RGB")
-    shifted = original.point(lambda v: min(255, v + 1))  # a service that re-touched it
+    if where == "everywhere":
+        touched = original.point(lambda v: min(255, v + 1))
+    else:
+        touched = original.copy()
+        r, g, b = original.getpixel((95, 699))  # type: ignore[misc]
+        touched.putpixel((95, 699), (r, g, b ^ 1))
     alpha = keyout_alpha(original)
-    result = Result("wavespeed", data=cutout_png(shifted, alpha), max_pixels=96 * 64)
+    result = Result("wavespeed", data=cutout_png(touched, alpha), max_pixels=96 * 700)
     dst = tmp_path / "out.png"
     finish_file(prepared, result, src, dst, OutputConfig())
     want = original.convert("RGBA")
@@ -402,3 +426,27 @@ def test_a_file_changed_after_its_upload_is_not_finished(tmp_path: Path, emulato
                     data=src.read_bytes() if given else None)
     assert str(src) in str(err.value) and err.value.kind == "changed"
     assert not dst.parent.exists() or not any(dst.parent.iterdir())
+
+
+# --- the same choice everywhere: remove, fetch --input ------------------------------------
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_remove_and_fetch_send_and_turn_a_png_as_prepare_does(tmp_path: Path, emulator: Emulator,
+                                                              orientation: int) -> None:
+    src = save_png(tmp_path / "photo.png", orientation)
+    prepared = prepare_file(src, **LIMITS)
+    done = bgremove(tmp_path, "remove", str(src), "--json", "-o", str(tmp_path / "removed"),
+                    emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    [upload] = emulator.stats()["upload_log"]
+    assert upload["sha256"] == hashlib.sha256(prepared.upload.data).hexdigest()
+    task = json.loads(done.stdout)["task_id"]
+    done = bgremove(tmp_path, "fetch", task, "--input", str(src), "-o",
+                    str(tmp_path / "fetched"), emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    with Image.open(io.BytesIO(prepared.upload.data)) as stored:
+        want = oracle(src, keyout_alpha(stored), orientation)
+    for folder in ("removed", "fetched"):
+        with Image.open(tmp_path / folder / "photo.png") as out:
+            assert out.size == prepared.size and out.tobytes() == want.tobytes(), folder

@@ -55,6 +55,9 @@ def register(subparsers: Any) -> None:
                         help="submits per minute beyond N get 429 (0: no limit)")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB",
                         help="larger uploads get 413 (default 20)")
+    parser.add_argument("--max-stored-mb", type=float, default=1024.0, metavar="MB",
+                        help="memory for uploaded files, and as much for outputs; the oldest "
+                        "are dropped beyond it (default 1024)")
     parser.add_argument("--fault", action="append", default=[], metavar="SPEC",
                         help="inject a fault: KIND[,key=value...], e.g. "
                         "'status,route=submit,status=429,every=3,retry_after=2'; kinds: status, "
@@ -145,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, delay=args.delay, sync_timeout=args.sync_timeout,
         sync_timeout_style=args.sync_timeout_style, concurrency_cap=cap,
         images_per_minute=per_minute,
-        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), faults=_faults(args),
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_stored_bytes=int(args.max_stored_mb * 1024 * 1024), faults=_faults(args),
         seed=args.seed, retention=args.retention, list_route=args.list_route,
         list_input=args.list_input, clock_skew=args.clock_skew,
         allow_remote=args.allow_remote, uplink_mbit=args.uplink_mbit,

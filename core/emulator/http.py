@@ -69,7 +69,7 @@ class RouteTable:
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 128
+    request_queue_size = 1024  # hundreds of clients may connect at once
 
     def __init__(self, address: tuple[str, int], service: Service, routes: RouteTable) -> None:
         self.service, self.routes = service, routes

@@ -9,7 +9,8 @@
     GET  /media/{token}/{filename}                        uploaded file     ("media")
     GET  /outputs/{id}.png                                task output       ("download")
     GET  /api/v3/balance                                  balance           ("balance")
-    GET  /_emulator/stats, POST /_emulator/reset          control           ("control")
+    GET  /_emulator/stats, POST /_emulator/reset,
+    POST /_emulator/end-delays                            control           ("control")
 
 Every ``/api/v3`` call needs ``Authorization: Bearer <key>``; the presigned PUT and the file
 downloads do not (like a storage bucket and a CDN). Open to the network (``allow_remote``),
@@ -130,6 +131,11 @@ def reset(ex: Exchange, params: dict[str, str], body: bytes) -> None:
     ex.json(200, {"reset": True})
 
 
+def end_delays(ex: Exchange, params: dict[str, str], body: bytes) -> None:
+    ex.service.end_delays()
+    ex.json(200, {"ended": True})
+
+
 def not_found(ex: Exchange, params: dict[str, str], body: bytes) -> None:
     if ex.path.startswith("/api/v3/"):
         raise ApiError(404, f"Not found: {ex.command} {ex.path.split('?')[0]}")
@@ -172,4 +178,5 @@ ROUTES = RouteTable((
     Route("balance", ("GET",), r"/api/v3/balance", balance),
     Route("control", ("GET",), r"/_emulator/stats", stats, "control"),
     Route("control", ("POST",), r"/_emulator/reset", reset, "control"),
+    Route("control", ("POST",), r"/_emulator/end-delays", end_delays, "control"),
 ), fallback=Route("unknown", (), "", not_found, "control"))

@@ -122,6 +122,10 @@ class Emulator:
         """Zero the counters and restart the fault counters (stored files are kept)."""
         self._service.reset_stats()
 
+    def end_delays(self) -> None:
+        """Tasks waiting out their ``delay`` end it now (those submitted later still wait)."""
+        self._service.end_delays()
+
     def set_faults(self, *faults: Fault) -> None:
         """Replace the injected faults (counting starts again)."""
         self._service.set_faults(*faults)

@@ -42,6 +42,7 @@ from bgremove.imaging._deep import DEEP_FORMATS, DeepImage, compose_deep, deep_t
 from bgremove.imaging._jpeg import strip_jpeg_metadata
 from bgremove.imaging._meta import kept_exif
 from bgremove.imaging._modes import apply_orientation, exif_orientation, to_8bit_rgb
+from bgremove.imaging._png import strip_png_metadata
 
 if TYPE_CHECKING:
     from PIL import Image, ImageFile
@@ -70,7 +71,7 @@ class SourceImage:
     path: Path | None = None
     exif: bytes | None = None  # the EXIF the output keeps (``bgremove.imaging._meta``)
     deep: DeepImage | None = None  # a 16-bit input's own samples (``bgremove.imaging._deep``)
-    original: StoredImage | None = None  # the file's own bytes to upload (JPEG, no metadata)
+    original: StoredImage | None = None  # the file's own bytes to upload (no metadata)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -127,7 +128,7 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int,
         icc = im.info.get("icc_profile") or None
         fmt = "JPEG" if im.format == "MPO" else im.format
         deep = read_deep(fh, im, tiles, icc)
-        original = _stored_jpeg(im, data, orientation)
+        original = stored_original(im, data, orientation)
     try:
         image, icc = to_8bit_rgb(im, icc)
         image = apply_orientation(image, orientation)
@@ -171,16 +172,22 @@ def open_input(fh: IO[bytes], src: Path, *, max_pixels: int) -> ImageFile.ImageF
     return im
 
 
-def _stored_jpeg(im: Image.Image, data: bytes, orientation: int) -> StoredImage | None:
-    """The file's own bytes minus metadata, for a plain 8-bit RGB or grey JPEG (else None:
-    CMYK, an MPO's several pictures, or a segment list not clearly understood)."""
-    if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+def stored_original(im: Image.Image, data: bytes, orientation: int) -> StoredImage | None:
+    """The file's own bytes minus metadata, for a plain 8-bit RGB or grey JPEG (an MPO's
+    first picture) or a plain PNG (``_png.strip_png_metadata``); None for anything else
+    (CMYK, 16-bit, interlaced, a structure not clearly understood)."""
+    if im.format in ("JPEG", "MPO") and im.mode in ("RGB", "L"):
+        stripped = strip_jpeg_metadata(data)
+        kind = "image/jpeg"
+    elif im.format == "PNG":
+        png = strip_png_metadata(data)
+        stripped, kind = (png[0] if png else None), "image/png"
+    else:
         return None
-    stripped = strip_jpeg_metadata(data)
     if stripped is None:
-        log.info("the JPEG's segments are not clear: its pixels are re-encoded for upload")
+        log.debug("the file's structure is not plain: its pixels are re-encoded for upload")
         return None
-    return StoredImage(stripped, "image/jpeg", im.size, orientation)
+    return StoredImage(stripped, kind, im.size, orientation)
 
 
 def _open_file(src: Path) -> IO[bytes]:

@@ -135,25 +135,25 @@ def png_data_complete(data: bytes) -> bool:
         return False
 
 
-def png_with_metadata(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes | None:
+def png_with_metadata(png: bytes, icc: bytes | None, exif: bytes | None
+                      ) -> list[bytes | memoryview] | None:
     """The service's PNG as it came, reduced to IHDR, IDAT and IEND, with ``icc`` (an iCCP
-    chunk) and ``exif`` (eXIf) added; None unless it is a well-formed 8-bit RGBA PNG."""
+    chunk) and ``exif`` (eXIf) added, as pieces to write one after the other (views of
+    ``png``: no copy of its image data); None unless it is a well-formed 8-bit RGBA PNG."""
     parsed = read_chunks(png)
     if parsed is None:
         return None
     header, chunks = parsed
     if header.colour_type != _RGBA or header.bit_depth != 8:
         return None
-    out = bytearray(SIGNATURE)
-    out += png[chunks[0].start:chunks[0].end]
+    view = memoryview(png)
+    pieces: list[bytes | memoryview] = [SIGNATURE, view[chunks[0].start:chunks[0].end]]
     if icc:
-        out += _chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc))
+        pieces.append(_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc)))
     if exif:
-        out += _chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
-    for chunk in chunks[1:]:
-        if chunk.kind in (b"IDAT", b"IEND"):
-            out += png[chunk.start:chunk.end]
-    return bytes(out)
+        pieces.append(_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    pieces += [view[c.start:c.end] for c in chunks[1:] if c.kind in (b"IDAT", b"IEND")]
+    return pieces
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

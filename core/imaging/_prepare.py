@@ -23,13 +23,18 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bgremove.contract import Prepared, Upload
+from bgremove.contract import Prepared, StoredImage
 from bgremove.errors import UnreadableImageError
-from bgremove.imaging._jpeg import strip_jpeg_metadata
 from bgremove.imaging._modes import exif_orientation
-from bgremove.imaging._pipeline import decode_input, load_image, open_input, read_input
-from bgremove.imaging._png import png_data_complete, strip_png_metadata
-from bgremove.imaging._upload import encode_for_upload
+from bgremove.imaging._pipeline import (
+    decode_input,
+    load_image,
+    open_input,
+    read_input,
+    stored_original,
+)
+from bgremove.imaging._png import png_data_complete
+from bgremove.imaging._upload import encode_for_upload, sendable_original
 
 if TYPE_CHECKING:
     from PIL import ImageFile
@@ -50,39 +55,25 @@ def prepare_file(path: str | os.PathLike[str], *, max_pixels: int, max_upload_by
     digest = hashlib.sha256(data).hexdigest()
     with io.BytesIO(data) as fh:
         im = open_input(fh, src, max_pixels=max_pixels)
-        upload = _own_bytes(im, data, max_upload_bytes, max_upload_side)
-        if upload is not None:
-            orientation = exif_orientation(im, header_only=True)
-            width, height = upload.size
-            _check_decodes(im, upload, src)  # (a JPEG's ``im`` is then of the reduced size)
-            upright = (height, width) if orientation >= 5 else (width, height)
-            return Prepared(upload, upright, orientation, digest)
+        orientation = exif_orientation(im, header_only=True)
+        width, height = im.size
+        upright = (height, width) if orientation >= 5 else (width, height)
+        # The one rule ``remove``, ``fetch --input`` and a resume share (``sendable_original``).
+        sent = sendable_original(stored_original(im, data, orientation), upright,
+                                 max_bytes=max_upload_bytes, max_side=max_upload_side)
+        if sent is not None:
+            _check_decodes(im, sent, src)
+            return Prepared(sent.as_upload(), upright, orientation, digest)
     source = load_image(src, max_pixels=max_pixels, data=data)
     upload = encode_for_upload(source.image, max_bytes=max_upload_bytes,
                                max_side=max_upload_side)
     return Prepared(upload, source.image.size, 1, digest)
 
 
-def _own_bytes(im: ImageFile.ImageFile, data: bytes, max_bytes: int, max_side: int
-               ) -> Upload | None:
-    """The file's own bytes minus metadata when they may go up as they are, else None."""
-    if max(im.size) > max_side:
-        return None
-    if im.format == "JPEG" and im.mode in ("RGB", "L"):  # not CMYK, not an MPO's pictures
-        stripped = strip_jpeg_metadata(data)
-        upload = Upload(stripped, "image/jpeg", "image.jpg", im.size) if stripped else None
-    elif im.format == "PNG":
-        png = strip_png_metadata(data)
-        upload = Upload(png[0], "image/png", "image.png", im.size) if png else None
-    else:
-        return None
-    return upload if upload is not None and len(upload.data) <= max_bytes else None
-
-
-def _check_decodes(im: ImageFile.ImageFile, upload: Upload, src: Path) -> None:
+def _check_decodes(im: ImageFile.ImageFile, sent: StoredImage, src: Path) -> None:
     """Raise UnreadableImageError unless the whole image decodes (no pixels are kept)."""
-    if upload.content_type == "image/png":
-        if not png_data_complete(upload.data):
+    if sent.content_type == "image/png":
+        if not png_data_complete(sent.data):
             raise UnreadableImageError(f"{src}: the image data is truncated or corrupt")
         return
     width, height = im.size

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -113,9 +113,10 @@ def save_image(image: Image.Image | DeepImage, path: str | os.PathLike[str], *,
         raise OutputError(f"cannot write {dest} as {fmt}: {exc}", transient=False) from exc
 
 
-def save_encoded(data: bytes, path: str | os.PathLike[str]) -> None:
-    """Write an already encoded file to ``path`` atomically (errors as ``save_image``'s)."""
-    _write_atomically(Path(path), lambda fh: fh.write(data))
+def save_encoded(pieces: Iterable[bytes | memoryview], path: str | os.PathLike[str]) -> None:
+    """Write an already encoded file, given as pieces in order, to ``path`` atomically
+    (errors as ``save_image``'s)."""
+    _write_atomically(Path(path), lambda fh: fh.writelines(pieces))
 
 
 def _write_atomically(dest: Path, write: Callable[[IO[bytes]], object]) -> None:

@@ -26,8 +26,7 @@ def prepare_image(image: Image.Image, *, max_upload_bytes: int, max_upload_side:
     stored = sendable_original(original, image.size, max_bytes=max_upload_bytes,
                                max_side=max_upload_side)
     if stored is not None:
-        upload = Upload(stored.data, stored.content_type, "image.jpg", stored.size)
-        return Prepared(upload, image.size, stored.orientation)
+        return Prepared(stored.as_upload(), image.size, stored.orientation)
     if not encode:
         return Prepared(Upload(b"", "", "", image.size), image.size)
     return Prepared(encode_for_upload(image, max_bytes=max_upload_bytes,

@@ -2,7 +2,10 @@
 
 One ``cut_out`` = encode (no metadata; a JPEG input's own bytes minus its
 metadata segments instead when within the limits) -> upload -> submit -> wait
--> download -> decode the alpha (turned upright when the stored pixels went up).
+-> download -> decode the alpha (turned upright when the stored pixels went up). The
+steps are ``WaveSpeedRemote``'s (``bgremove.wavespeed._remote``), which the pipeline
+(``bgremove.stages``) drives a step at a time for many images; ``cut_out`` runs them in
+a row on its thread.
 ``wavespeed.wait`` picks how the result is awaited:
 
 ``sync`` (the CLI's default)
