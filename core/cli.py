@@ -14,6 +14,7 @@ load what they run on first use.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import os
@@ -75,6 +76,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; ``argv`` None: this process's own command line (it ends after)."""
+    whole_process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
@@ -97,6 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED
+    finally:
+        if whole_process:
+            # The process ends next and its objects with it: frozen, they spare the
+            # interpreter's last full garbage collection over every module (~20 ms).
+            gc.freeze()
 
 
 if __name__ == "__main__":

@@ -336,6 +336,36 @@ def test_finish_is_pixel_exact_on_a_capped_result(tmp_path: Path, emulator_facto
         assert out.size == prepared.size and out.tobytes() == want.tobytes()
 
 
+def test_a_re_encoded_input_is_finished_pixel_exact_too(tmp_path: Path,
+                                                       emulator: Emulator) -> None:
+    """A WebP is not sent as it is: its upright pixels go up as a lossless PNG, and the
+    service's answer, being those pixels, is written as it came."""
+    src = img.make_webp(tmp_path / "photo.webp", photo())
+    prepared = prepare_file(src, **LIMITS)
+    assert prepared.upload.content_type == "image/png" and prepared.orientation == 1
+    result = served(emulator, prepared)
+    dst = tmp_path / "photo.png"
+    finish_file(prepared, result, src, dst, OutputConfig())
+    assert idat(dst.read_bytes()) == idat(result.data or b"")
+    with Image.open(io.BytesIO(result.data or b"")) as answer:
+        want = oracle(src, answer.getchannel("A"), 1)
+    with Image.open(dst) as out:
+        assert out.tobytes() == want.tobytes()
+
+
+def test_a_16_bit_input_keeps_its_16_bit_samples_through_the_finish(tmp_path: Path,
+                                                                    emulator: Emulator) -> None:
+    src = img.make_png48(tmp_path / "deep.png")
+    prepared = prepare_file(src, **LIMITS)
+    result = served(emulator, prepared)
+    dst = tmp_path / "out.png"
+    finish_file(prepared, result, src, dst, OutputConfig())
+    parsed = read_chunks(dst.read_bytes())
+    assert parsed is not None
+    header = parsed[0]
+    assert (header.bit_depth, header.colour_type) == (16, 6)  # 16-bit RGBA, not the fast path
+
+
 def test_options_that_change_pixels_take_the_compose_path(tmp_path: Path,
                                                           emulator: Emulator) -> None:
     src = save_jpeg(tmp_path / "photo.jpg", 1)

@@ -104,3 +104,21 @@ def test_the_command_table_names_every_command_and_its_module() -> None:
     assert _commands(build_parser()) == set(COMMANDS)
     for command in COMMANDS:
         assert command in _commands(build_parser(command))
+
+
+def test_the_process_entry_skips_the_last_garbage_collection(tmp_path: Path,
+                                                             emulator: Emulator) -> None:
+    # main() with the process's own command line freezes the objects left when it ends (the
+    # exit frees them); a caller passing argv, such as this test process, keeps its GC.
+    src = tmp_path / "subject.png"
+    make_keyed_image().save(src)
+    code = ("import gc, sys; from bgremove.cli import main; "
+            "first = main(sys.argv[1:]); kept = gc.get_freeze_count(); "
+            "sys.argv = ['bgremove', *sys.argv[1:]]; second = main(); "
+            "print(first, second, kept, gc.get_freeze_count() > 0)")
+    env = dict(os.environ, WAVESPEED_API_KEY=emulator.api_key,
+               WAVESPEED_BASE_URL=emulator.base_url)
+    proc = subprocess.run([sys.executable, "-c", code, "remove", str(src), "-o",
+                           str(tmp_path / "out"), "--overwrite"], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=120)
+    assert proc.stdout.splitlines()[-1].split() == ["0", "0", "0", "True"], proc.stderr

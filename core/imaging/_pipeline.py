@@ -105,11 +105,12 @@ def _prepare_pillow(max_pixels: int) -> None:
 
 
 def load_image(path: str | os.PathLike[str], *, max_pixels: int,
-               data: bytes | None = None) -> SourceImage:
+               data: bytes | None = None, for_upload: bool = True) -> SourceImage:
     """Read, fully decode, orient and normalise an input image.
 
     ``data``, when given, is the file's content already read by the caller (the hot-folder
     daemon hashes and decodes the same bytes); ``path`` then only names it in messages.
+    ``for_upload=False`` (the finish stage, which uploads nothing) leaves ``original`` None.
 
     Raises InputNotFoundError, UnreadableImageError (empty, truncated, not an image, a format
     not accepted) or ImageTooLargeError (over ``max_pixels`` or a decompression bomb); every
@@ -128,7 +129,7 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int,
         icc = im.info.get("icc_profile") or None
         fmt = "JPEG" if im.format == "MPO" else im.format
         deep = read_deep(fh, im, tiles, icc)
-        original = stored_original(im, data, orientation)
+        original = stored_original(im, data, orientation) if for_upload else None
     try:
         image, icc = to_8bit_rgb(im, icc)
         image = apply_orientation(image, orientation)
