@@ -224,12 +224,13 @@ def test_a_jpeg_whose_scan_does_not_decode_is_refused_at_prepare(tmp_path: Path)
     assert str(src) in str(err.value)
 
 
-def _png(header: bytes, raw: bytes) -> bytes:
+def _png(header: bytes, raw: bytes, idats: list[bytes] | None = None) -> bytes:
+    """A PNG of ``header`` (IHDR's payload) and the rows ``raw`` (or ready ``idats``)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + \
             zlib.crc32(kind + data).to_bytes(4, "big")
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + \
-        chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    data = b"".join(chunk(b"IDAT", idat) for idat in (idats or [zlib.compress(raw)]))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + data + chunk(b"IEND", b"")
 
 
 RGB_2X2 = (2).to_bytes(4, "big") * 2 + bytes((8, 2, 0, 0, 0))
@@ -251,6 +252,22 @@ def test_the_png_data_check(tmp_path: Path, raw: bytes, complete: bool) -> None:
     else:
         with pytest.raises(UnreadableImageError, match="truncated or corrupt"):
             prepare_file(src, **LIMITS)
+
+
+@pytest.mark.parametrize("idat_size", [1, 1 << 16])
+def test_the_png_data_check_takes_any_split_of_a_long_stream(idat_size: int) -> None:
+    """341x2048 RGB is exactly 2 MiB of rows (the check inflates 1 MiB at a time), here
+    from a few KB of data cut into IDAT chunks of 1 byte or 64 KB."""
+    width, height = 341, 2048
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes((8, 2, 0, 0, 0))
+    data = zlib.compress(b"".join(b"\x02" + bytes(3 * width) for _ in range(height)), 9)
+
+    def png(stream: bytes) -> bytes:
+        idats = [stream[i:i + idat_size] for i in range(0, len(stream), idat_size)]
+        return _png(header, b"", idats)
+
+    assert png_data_complete(png(data))
+    assert not png_data_complete(png(data[:-8]))  # the stream cut short, chunks well-formed
 
 
 def test_a_png_with_a_bad_crc_or_an_odd_kind_is_not_sent_as_it_is(tmp_path: Path) -> None:
