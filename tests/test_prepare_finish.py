@@ -12,6 +12,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -497,3 +500,28 @@ def test_remove_and_fetch_send_and_turn_a_png_as_prepare_does(tmp_path: Path, em
     for folder in ("removed", "fetched"):
         with Image.open(tmp_path / folder / "photo.png") as out:
             assert out.size == prepared.size and out.tobytes() == want.tobytes(), folder
+
+
+def test_remove_refuses_a_file_changed_while_its_task_ran(tmp_path: Path,
+                                                          emulator_factory: object) -> None:
+    """The race as a user meets it: the photo is replaced while the service works on it."""
+    emu = emulator_factory(delay=600.0)  # type: ignore[operator]
+    src = save_jpeg(tmp_path / "photo.jpg", 1)
+    done: list[subprocess.CompletedProcess[str]] = []
+    runner = threading.Thread(target=lambda: done.append(
+        bgremove(tmp_path, "remove", str(src), "-o", str(tmp_path / "out"), emulator=emu)))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while emu.stats()["tasks_submitted"] < 1:  # the task is running at the service
+            assert time.monotonic() < deadline, "the task was never submitted"
+            time.sleep(0.02)
+        photo().transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(src, "JPEG", quality=100)
+    finally:
+        emu.end_delays()
+        runner.join(120)
+    [result] = done
+    assert result.returncode != 0
+    assert "changed while it was being processed" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "photo.png").exists()
