@@ -405,16 +405,21 @@ def test_admission_bounds_tasks_in_flight_unsent_uploads_and_downloads() -> None
     assert counts.get("prepared", 0) + counts.get("preparing", 0) <= pipeline.prepare_ahead
     assert sum(counts.values()) == 40
     remote.release.set()
-    # the finish pool is held: downloads stop at finish_room
+    # the finish pool is held: downloads stop at finish_room, and the 6 places are taken by
+    # tasks waiting for it (a finishing job holds no place: its task is over)
 
     def downloaded() -> bool:  # every task done at the service, no download under way
         counts = pipeline.counts()
         return (not counts.get("fetching") and not counts.get("waiting")
                 and counts.get("finishing", 0) >= pipeline.finish_room)
 
-    _until(downloaded, what="the finish room full")
+    def full() -> bool:  # the finishing jobs gave their places to new tasks, now done too
+        return downloaded() and pipeline.counts().get("ready", 0) == 6
+
+    _until(full, what="the finish room full and 6 results waiting for it")
     assert remote.asked["fetch"] == pipeline.counts()["finishing"] == pipeline.finish_room
-    assert pipeline.counts()["ready"] == 6 - pipeline.finish_room
+    assert remote.asked["send"] == 6 + pipeline.finish_room
+    assert pipeline.at_service() == 6 + pipeline.finish_room
     finish_gate.set()
     assert pipeline.drain(60)
     pipeline.close()

@@ -9,8 +9,12 @@ number of tasks waiting at the service:
     sending     upload + submit on the IO pool                  \\
     waiting     in the poller's heap; each poll on the IO pool   |  at most ``in_flight``:
     ready       done at the service, waiting for the finish pool |  the account's tasks
-    fetching    download on the IO pool                          |  } at most ``finish_room``
-    finishing   ``job.finish()`` on the CPU pool                 /  }
+    fetching    download on the IO pool                         /  } at most ``finish_room``
+    finishing   ``job.finish()`` on the CPU pool                   }
+
+A finishing job no longer holds one of the ``in_flight`` places (its task is over and its
+result downloaded), so the next upload starts while it is written; ``finish_room`` bounds
+the results held.
 
 A job ends exactly once: ``finish`` returned, or ``failed(error)`` was called (from
 whichever stage failed; a failure of ``finish`` itself too).
@@ -41,8 +45,10 @@ log = logging.getLogger(__name__)
 
 #: The most IO threads a pipeline starts by default (uploads, polls, downloads).
 MAX_IO_THREADS = 16
-#: The stages a job holds an ``in_flight`` slot in.
-AT_SERVICE = ("sending", "waiting", "ready", "fetching", "finishing")
+#: The stages a job holds an ``in_flight`` place in: from its upload to its download.
+HOLDS_PLACE = ("sending", "waiting", "ready", "fetching")
+#: The stages of a job the service has (or may have) taken: it may be billed.
+AT_SERVICE = (*HOLDS_PLACE, "finishing")
 
 
 class Job(Protocol):
@@ -78,7 +84,7 @@ class Pipeline:
 
     ``backend`` is what ``make_backend`` built (its ``remote`` when it has one, else its
     ``cut_out`` in a ``CutoutRemote``), or ``remote`` is given. ``in_flight``
-    jobs at most are between the start of their upload and the end of their finish;
+    jobs at most are between the start of their upload and the end of their download;
     ``cpu_workers`` (default: the cores) run prepare and finish; ``io_threads``
     (default: ``in_flight``, at most ``MAX_IO_THREADS``) upload, poll and download.
     Sync waiting (a thread blocked per task) is used only when the remote wants it and
@@ -147,7 +153,8 @@ class Pipeline:
             return {stage: n for stage, n in self._counts.items() if n}
 
     def at_service(self) -> int:
-        """Jobs between the start of their upload and the end of their finish."""
+        """Jobs between the start of their upload and the end of their finish (all may be
+        billed)."""
         with self._lock:
             return sum(self._counts[s] for s in AT_SERVICE)
 
@@ -194,7 +201,7 @@ class Pipeline:
             self._move(entry, "fetching")
             self._submit(self._io, self._fetch, entry)
         while (self._prepared and counts["sending"] < self.io_threads
-               and sum(counts[s] for s in AT_SERVICE) < self.in_flight):
+               and sum(counts[s] for s in HOLDS_PLACE) < self.in_flight):
             entry = self._prepared.popleft()
             self._move(entry, "sending")
             self._submit(self._io, self._send, entry)
@@ -293,6 +300,7 @@ class Pipeline:
                 return
             self._move(entry, "finishing")
             self._submit(self._cpu, lambda e: self._finish(e, result), entry)
+            self._pump()  # its place is free: the next upload may start
 
     def _finish(self, entry: _Entry, result: Result) -> None:
         # No cancel check from here on: the result is paid for and downloaded, so keep it.
