@@ -337,6 +337,21 @@ def test_a_subject_inside_another_image_is_told_apart_by_its_hidden_colours(
     assert account.count("submit") == 1
 
 
+def test_its_own_task_wins_over_a_near_identical_photos(account: Account,
+                                                        make_client: Any) -> None:
+    # a burst: the other photo differs in 16 of ~3,750 subject pixels (0.4 %, within the
+    # rounding allowance); the exact one is ours, the near one must not be taken (it would
+    # leave ours unclaimed and the other photo's submitted again: a wrong mask, billed twice)
+    ours = make_keyed_image(size=(200, 150))
+    near = ours.copy()
+    near.paste((10, 10, 250), (60, 45, 64, 49))
+    account.submits = ["drop"]
+    account.foreign_task(near, ago=0.5)
+    _, output = run_image(make_client(), ours)
+    assert_cutout_of(output, ours)  # the near photo's mask differs in those 16 pixels
+    assert account.count("submit") == 1
+
+
 # -- the clear error, never a second task --------------------------------------------------------
 
 def unsure(account: Account, client: WaveSpeedClient, image: Any, *,

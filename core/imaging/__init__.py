@@ -20,7 +20,7 @@ from bgremove.choices import OUTPUT_FORMATS as FORMATS
 from bgremove.imaging._deep import DeepImage
 from bgremove.imaging._finish import finish_file, result_alpha
 from bgremove.imaging._jpeg import strip_jpeg_metadata
-from bgremove.imaging._match import cutout_matches, decode_image
+from bgremove.imaging._match import EXACT_SCORE, cutout_matches, cutout_mismatch, decode_image
 from bgremove.imaging._modes import apply_orientation
 from bgremove.imaging._pipeline import (
     NO_SUBJECT_WARNING,
@@ -40,8 +40,9 @@ from bgremove.imaging._save import extension_for, save_image
 from bgremove.imaging._upload import encode_for_upload, sendable_original
 
 __all__ = [
-    "FORMATS", "NO_SUBJECT_WARNING", "DeepImage", "SourceImage", "alpha_from_bytes",
-    "apply_orientation", "compose", "compose_output", "cutout_matches", "decode_image",
+    "EXACT_SCORE", "FORMATS", "NO_SUBJECT_WARNING", "DeepImage", "SourceImage",
+    "alpha_from_bytes", "apply_orientation", "compose", "compose_output", "cutout_matches",
+    "cutout_mismatch", "decode_image",
     "encode_for_upload", "estimate_foreground", "extension_for", "finish_file", "fit_alpha",
     "has_subject", "load_image", "parse_color", "prepare_file", "result_alpha", "save_image",
     "sendable_original", "source_from_raw", "strip_jpeg_metadata",

@@ -33,20 +33,32 @@ COMPARED_SIDE = 96
 #: this share of blocks by more (edges move by a fraction of a pixel between filters).
 SCALED_TOLERANCE = 8
 SCALED_MISMATCH_SHARE = 0.05
+#: A mismatch score this low is the image itself (rounding at most), not a near copy of it:
+#: such a candidate wins over ones only within the allowance (a burst of near-identical
+#: photos must not take each other's tasks).
+EXACT_SCORE = 0.05
 
 
 def cutout_matches(cutout: Image.Image, original: Image.Image) -> bool | None:
     """True when ``cutout`` is a cut-out of ``original``; None when it cannot be told
     (nothing opaque and no colour kept under the transparent pixels)."""
+    score = cutout_mismatch(cutout, original)
+    return None if score is None else score <= 1.0
+
+
+def cutout_mismatch(cutout: Image.Image, original: Image.Image) -> float | None:
+    """How far ``cutout`` is from a cut-out of ``original``: the share of compared pixels
+    beyond the tolerance, in units of the share allowed (0: exact; at most 1: a match;
+    ``inf``: another size or shape); None when it cannot be told."""
     from PIL import Image as PILImage
     from PIL import ImageChops
 
     rgba = cutout.convert("RGBA")
     rgb = original.convert("RGB")
     if rgba.size == rgb.size:
-        return _matches(rgba, rgb, TOLERANCE)
+        return _mismatch(rgba, rgb, TOLERANCE)
     if not _scaled_down(rgba.size, rgb.size):
-        return False
+        return float("inf")
     cw, ch = rgba.size
     scale = min(1.0, COMPARED_SIDE / max(cw, ch))
     size = (max(1, round(cw * scale)), max(1, round(ch * scale)))
@@ -58,7 +70,7 @@ def cutout_matches(cutout: Image.Image, original: Image.Image) -> bool | None:
     colours = rgba.convert("RGB").resize(size, box)
     colours.putalpha(ImageChops.lighter(opaque.point(lambda v: 255 if v == 255 else 0),
                                         touched.point(lambda v: 128 if v else 0)))
-    return _matches(colours, rgb.resize(size, box), SCALED_TOLERANCE, SCALED_MISMATCH_SHARE)
+    return _mismatch(colours, rgb.resize(size, box), SCALED_TOLERANCE, SCALED_MISMATCH_SHARE)
 
 
 def _scaled_down(small: tuple[int, int], big: tuple[int, int]) -> bool:
@@ -70,9 +82,9 @@ def _scaled_down(small: tuple[int, int], big: tuple[int, int]) -> bool:
     return sh <= 0.95 * bh and abs(sw - bw * sh / bh) <= 1
 
 
-def _matches(rgba: Image.Image, original: Image.Image, tolerance: int,
-             share: float = MISMATCH_SHARE) -> bool | None:
-    """``cutout_matches`` for two images of one size."""
+def _mismatch(rgba: Image.Image, original: Image.Image, tolerance: int,
+              share: float = MISMATCH_SHARE) -> float | None:
+    """``cutout_mismatch`` for two images of one size."""
     from PIL import Image as PILImage
     from PIL import ImageChops
 
@@ -83,18 +95,18 @@ def _matches(rgba: Image.Image, original: Image.Image, tolerance: int,
     opaque = alpha.point(lambda v: 255 if v == 255 else 0)
     clear = alpha.point(lambda v: 255 if v == 0 else 0)
     n_opaque, n_clear = _count(opaque), _count(clear)
-    if n_opaque and _count(ImageChops.multiply(far, opaque)) > share * n_opaque:
-        return False
+    scores = []
+    if n_opaque:
+        scores.append(_count(ImageChops.multiply(far, opaque)) / n_opaque / share)
     if n_clear:
-        clear_differs = _count(ImageChops.multiply(far, clear)) > share * n_clear
+        clear_score = _count(ImageChops.multiply(far, clear)) / n_clear / share
         colours = PILImage.new("RGB", rgba.size)
         colours.paste(rgba.convert("RGB"), mask=clear)
-        kept = not _blanked(colours, clear)
-        if kept and clear_differs:
-            return False
-        if kept or not clear_differs:
-            return True
-    return True if n_opaque else None
+        # colours kept under the transparent pixels must be the image's; blanked ones
+        # (all black or all white) say nothing, unless the image is that colour there too
+        if not _blanked(colours, clear) or clear_score <= 1.0:
+            scores.append(clear_score)
+    return max(scores) if scores else None
 
 
 def _count(mask: Image.Image) -> int:

@@ -105,7 +105,8 @@ class Reconciler:
         self._prune_at = _MAX_KNOWN
         self._in_flight: Counter[str] = Counter()  # submits of these bytes awaiting an answer
         self._lost: Counter[str] = Counter()  # lost submits of these bytes being reconciled
-        self._verdicts: dict[tuple[str, str], bool | None] = {}  # (task, upload) -> match?
+        # (task, upload) -> its mismatch score (``imaging.cutout_mismatch``)
+        self._verdicts: dict[tuple[str, str], float | None] = {}
         # a matched candidate's output, downloaded to compare it: not fetched a second time
         self._outputs: OrderedDict[str, bytes] = OrderedDict()
 
@@ -176,6 +177,8 @@ class Reconciler:
 
     def _search(self, sent: SentSubmit, digest: str, ctx: CallContext,
                 extra_known: set[str]) -> Prediction | None:
+        from bgremove.imaging import EXACT_SCORE
+
         client, settings = self._client, self._client.config.reconcile
         requests = client.requester
         settled_at = requests.clock() + settings.settle
@@ -189,6 +192,7 @@ class Reconciler:
                 others_in_flight = self._in_flight[digest] > 0
                 lost_here = max(1, self._lost[digest])
             matches: list[Listed] = []
+            scores: dict[str, float] = {}  # task id -> mismatch score of a match
             running: list[str] = []
             unknown: list[str] = []
             by_url = False
@@ -214,13 +218,17 @@ class Reconciler:
                     upload_image = decode_image(
                         sent.upload, formats=("PNG", "JPEG"),
                         max_pixels=client.output_limits(ctx).max_pixels)
-                verdict = self._compare(task, digest, upload_image, ctx)
-                if verdict is None:
+                score = self._compare(task, digest, upload_image, ctx)
+                if score is None:
                     unknown.append(task.id)
-                elif verdict:
+                elif score <= 1.0:
                     matches.append(item)
+                    scores[task.id] = score
             if by_url:  # an upload's URL is unique: decisive whatever else is listed
                 matches = [m for m in matches if m.input_image == sent.image_url]
+            elif any(score <= EXACT_SCORE for score in scores.values()):
+                # the image itself beats near copies of it (a burst of similar photos)
+                matches = [m for m in matches if scores[m.prediction.id] <= EXACT_SCORE]
             elif running or others_in_flight:
                 log.debug("reconcile: waiting for %d running task(s)%s", len(running),
                           " and a submit of the same image" if others_in_flight else "")
@@ -296,9 +304,10 @@ class Reconciler:
         return _Window(items, listing.server_time is not None)
 
     def _compare(self, task: Prediction, digest: str, upload: Image.Image,
-                 ctx: CallContext) -> bool | None:
-        """Whether the candidate's output is a cut-out of the upload (None: cannot tell)."""
-        from bgremove.imaging import cutout_matches, decode_image
+                 ctx: CallContext) -> float | None:
+        """How far the candidate's output is from a cut-out of the upload
+        (``imaging.cutout_mismatch``; None: cannot tell)."""
+        from bgremove.imaging import cutout_mismatch, decode_image
 
         with self._lock:
             if (task.id, digest) in self._verdicts:
@@ -306,18 +315,18 @@ class Reconciler:
         try:
             data = self._client.download_output(task, ctx=ctx)
             limit = self._client.output_limits(ctx).max_pixels
-            verdict = cutout_matches(decode_image(data, max_pixels=limit), upload)
+            score = cutout_mismatch(decode_image(data, max_pixels=limit), upload)
         except ValueError:
-            verdict = None  # an output that does not decode cannot be compared
+            score = None  # an output that does not decode cannot be compared
         with self._lock:
-            if verdict:
+            if score is not None and score <= 1.0:
                 self._outputs[task.id] = data
                 while len(self._outputs) > _MAX_KEPT_OUTPUTS:
                     self._outputs.popitem(last=False)
             if len(self._verdicts) >= _MAX_VERDICTS:
                 self._verdicts.clear()
-            self._verdicts[task.id, digest] = verdict
-        return verdict
+            self._verdicts[task.id, digest] = score
+        return score
 
 
 @dataclass(frozen=True)
