@@ -182,6 +182,10 @@ class Deadline:
     def expired(self) -> bool:
         return self.remaining() <= 0.0
 
+    def extend(self, seconds: float) -> None:
+        """Move the end ``seconds`` later (time spent waiting on this machine, not the service)."""
+        self._end += max(0.0, seconds)
+
     def clamp(self, seconds: float) -> float:
         """``seconds``, shortened so it ends at the deadline (never below 1 ms)."""
         return max(0.001, min(seconds, self.remaining()))

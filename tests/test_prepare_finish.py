@@ -12,6 +12,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -224,12 +227,13 @@ def test_a_jpeg_whose_scan_does_not_decode_is_refused_at_prepare(tmp_path: Path)
     assert str(src) in str(err.value)
 
 
-def _png(header: bytes, raw: bytes) -> bytes:
+def _png(header: bytes, raw: bytes, idats: list[bytes] | None = None) -> bytes:
+    """A PNG of ``header`` (IHDR's payload) and the rows ``raw`` (or ready ``idats``)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + \
             zlib.crc32(kind + data).to_bytes(4, "big")
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + \
-        chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    data = b"".join(chunk(b"IDAT", idat) for idat in (idats or [zlib.compress(raw)]))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + data + chunk(b"IEND", b"")
 
 
 RGB_2X2 = (2).to_bytes(4, "big") * 2 + bytes((8, 2, 0, 0, 0))
@@ -251,6 +255,22 @@ def test_the_png_data_check(tmp_path: Path, raw: bytes, complete: bool) -> None:
     else:
         with pytest.raises(UnreadableImageError, match="truncated or corrupt"):
             prepare_file(src, **LIMITS)
+
+
+@pytest.mark.parametrize("idat_size", [1, 1 << 16])
+def test_the_png_data_check_takes_any_split_of_a_long_stream(idat_size: int) -> None:
+    """341x2048 RGB is exactly 2 MiB of rows (the check inflates 1 MiB at a time), here
+    from a few KB of data cut into IDAT chunks of 1 byte or 64 KB."""
+    width, height = 341, 2048
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes((8, 2, 0, 0, 0))
+    data = zlib.compress(b"".join(b"\x02" + bytes(3 * width) for _ in range(height)), 9)
+
+    def png(stream: bytes) -> bytes:
+        idats = [stream[i:i + idat_size] for i in range(0, len(stream), idat_size)]
+        return _png(header, b"", idats)
+
+    assert png_data_complete(png(data))
+    assert not png_data_complete(png(data[:-8]))  # the stream cut short, chunks well-formed
 
 
 def test_a_png_with_a_bad_crc_or_an_odd_kind_is_not_sent_as_it_is(tmp_path: Path) -> None:
@@ -480,3 +500,28 @@ def test_remove_and_fetch_send_and_turn_a_png_as_prepare_does(tmp_path: Path, em
     for folder in ("removed", "fetched"):
         with Image.open(tmp_path / folder / "photo.png") as out:
             assert out.size == prepared.size and out.tobytes() == want.tobytes(), folder
+
+
+def test_remove_refuses_a_file_changed_while_its_task_ran(tmp_path: Path,
+                                                          emulator_factory: object) -> None:
+    """The race as a user meets it: the photo is replaced while the service works on it."""
+    emu = emulator_factory(delay=600.0)  # type: ignore[operator]
+    src = save_jpeg(tmp_path / "photo.jpg", 1)
+    done: list[subprocess.CompletedProcess[str]] = []
+    runner = threading.Thread(target=lambda: done.append(
+        bgremove(tmp_path, "remove", str(src), "-o", str(tmp_path / "out"), emulator=emu)))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while emu.stats()["tasks_submitted"] < 1:  # the task is running at the service
+            assert time.monotonic() < deadline, "the task was never submitted"
+            time.sleep(0.02)
+        photo().transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(src, "JPEG", quality=100)
+    finally:
+        emu.end_delays()
+        runner.join(120)
+    [result] = done
+    assert result.returncode != 0
+    assert "changed while it was being processed" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "photo.png").exists()

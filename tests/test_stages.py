@@ -471,3 +471,32 @@ def test_a_job_with_its_own_token_is_cancelled_alone() -> None:
     assert pipeline.drain(60)
     pipeline.close()
     assert other.results and not other.errors
+
+
+def test_a_result_waiting_for_the_finish_pool_is_still_downloaded_after_the_deadline(
+        emulator: Emulator) -> None:
+    """The wait for a free finish pool is this machine's, not the service's: a task done
+    in time is downloaded however long its result waited (it is paid for)."""
+    now = [1000.0]
+    config = configured(emulator, {"wavespeed.wait": "sync", "wavespeed.timeouts.overall": 60.0})
+    backend = WaveSpeedBackend(config, clock=lambda: now[0])
+    gate = threading.Event()
+    jobs = [HeldJob(gate) for _ in range(4)]
+    data = _png(make_keyed_image((16, 16)))
+    for job in jobs:
+        job.data, job.size = data, (16, 16)
+    pipeline = Pipeline(backend, config, in_flight=4, cpu_workers=1)
+    for job in jobs:
+        pipeline.start(job)
+
+    def held() -> bool:
+        counts = pipeline.counts()
+        return counts.get("finishing", 0) == pipeline.finish_room and counts.get("ready") == 2
+
+    _until(held, what="two results waiting for the finish pool")
+    now[0] += 3600  # an hour in the queue, far past each image's deadline
+    gate.set()
+    assert pipeline.drain(60)
+    pipeline.close()
+    backend.close()
+    assert [len(j.results) for j in jobs] == [1, 1, 1, 1], [j.errors for j in jobs]

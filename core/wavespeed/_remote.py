@@ -33,6 +33,7 @@ class _State:
     ctx: CallContext
     prediction: Prediction | None = None  # completed: ready to download
     waiting: TaskWait | None = None
+    done_at: float = 0.0  # the client's clock when the task was seen completed
 
 
 class WaveSpeedRemote:
@@ -84,7 +85,7 @@ class WaveSpeedRemote:
         if prediction is None:
             call.due = state.waiting.delay
         else:
-            state.prediction, state.waiting, call.due = prediction, None, None
+            self._completed(call, prediction)
 
     def fetch(self, call: Call) -> Result:
         state: _State = call.state
@@ -93,6 +94,9 @@ class WaveSpeedRemote:
         hooks.report("wait", 0.8)
         hooks.check_cancel()
         hooks.report("download", 0.8)
+        # How long a result waited for a free finish pool is this machine's time, not the
+        # service's: it does not count against the image's deadline (the task is paid for).
+        state.ctx.deadline.extend(self.client.requester.clock() - state.done_at)
         data = self.client.download_output(state.prediction, ctx=state.ctx)
         hooks.report("download", 0.95)
         return Result(backend=self.name, data=data,
@@ -113,9 +117,14 @@ class WaveSpeedRemote:
             call.hooks.on_task(prediction.id)
         if prediction.status == "completed":
             call.task_id = prediction.id
-            call.state.prediction, call.due = prediction, None
+            self._completed(call, prediction)
         else:
             self._wait(call, prediction.id, poll_first=poll_first, sent_at=sent_at)
+
+    def _completed(self, call: Call, prediction: Prediction) -> None:
+        state: _State = call.state
+        state.prediction, state.waiting, call.due = prediction, None, None
+        state.done_at = self.client.requester.clock()
 
     def _wait(self, call: Call, task_id: str, *, poll_first: bool,
               sent_at: float | None = None) -> None:
