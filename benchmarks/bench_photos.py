@@ -1,6 +1,6 @@
 """Photo benchmark: 24 MP camera JPEGs through bgremove beside two reference clients.
 
-    .venv/bin/python benchmarks/bench_photos.py                  # everything (~15 min)
+    .venv/bin/python benchmarks/bench_photos.py                  # everything (~20 min)
     .venv/bin/python benchmarks/bench_photos.py --only wall --only cpu
     .venv/bin/python benchmarks/bench_photos.py --only many --many 2000 --many-concurrency 500
 
@@ -21,8 +21,11 @@ wall   wall time of the photos at concurrency 3 on loopback and with ``--uplink-
 cpu    CPU seconds per photo of each client process, orientation 1 and 6 separately
 rss    ``bgremove watch``'s peak RSS (VmHWM) with 12 and 48 photos in flight at once (the
        emulator's delay long; then its delays are ended and the peak through the drain too)
-many   ``remove`` of 2,000 small images at concurrency 500 with 3 s tasks: drain time over
-       the ideal (2000 / 500 x 3 s), peak threads and RSS of the process
+many   2,000 small images at concurrency 500 with 3 s tasks, through ``remove`` and
+       through a running ``watch``: drain time over the ideal (2000 / 500 x 3 s), peak
+       threads and RSS of the process, CPU of it and of the emulator
+
+Results: a table on stdout, everything in ``benchmarks/results/photos.json``.
 """
 
 from __future__ import annotations
@@ -84,8 +87,7 @@ class EmulatorProcess:
 
     def cpu(self) -> float:
         """CPU seconds the emulator process used so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu(self.proc.pid)
 
     def end_delays(self) -> None:
         self.http.post("/_emulator/end-delays").raise_for_status()
@@ -286,20 +288,23 @@ def wall_and_cpu(photos: list[Path], args: argparse.Namespace, tmp: Path, uplink
         result["uploads"] = uploads
         walls: dict[str, list[float]] = {client: [] for client in CLIENTS}
         cpus: dict[str, list[float]] = {client: [] for client in CLIENTS}
+        rsss: dict[str, list[int]] = {client: [] for client in CLIENTS}
         for round_ in range(args.rounds):
             order = CLIENTS[round_ % 3:] + CLIENTS[:round_ % 3]
             for client in order:
                 out = tmp / f"run-{client}"
                 run = run_process(client_command(client, photos, out, args.concurrency,
-                                                 config), env)
+                                                 config), env, sample=True)
                 shutil.rmtree(out, ignore_errors=True)
                 walls[client].append(run.wall)
                 cpus[client].append(run.cpu)
+                rsss[client].append(run.peak_rss)
                 log(f"{link}: round {round_ + 1} {client}: {run.wall:.2f} s wall, "
                     f"{run.cpu:.2f} s CPU (load {load()})")
         result["wall"] = {c: statistics.median(v) for c, v in walls.items()}
         result["walls"] = walls
         result["cpu_all"] = {c: statistics.median(v) / len(photos) for c, v in cpus.items()}
+        result["peak_rss"] = {c: max(v) for c, v in rsss.items()}
         if cpu:
             result["cpu"] = cpu_per_photo(photos, args, tmp, env, config)
         result["load_after"] = load()
@@ -342,32 +347,22 @@ def daemon_rss(count: int, emu: EmulatorProcess, tmp: Path, args: argparse.Names
         folder.mkdir(parents=True)
     for photo in photos:
         shutil.copyfile(photo, staging / photo.name)
-    config = bgremove_config(work, "watch:\n  images_per_minute: 0\n")
-    env = environment(emu, work)
     cap = min(args.rss_cap_mb * 2**20, available_memory() - 4 * 2**30)
     before = emu.stats()["tasks_submitted"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bgremove", "watch", str(inbox), str(outbox), "--concurrency",
-         str(count), "--config", str(config), "--log-level", "warning"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start_daemon(inbox, outbox, count, emu, work)
     result: dict[str, Any] = {"photos": count}
     try:
-        deadline = time.monotonic() + 60
-        while not (outbox / ".bgremove" / "journal.sqlite3").exists():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the daemon did not start")
-            time.sleep(0.05)
         started = time.monotonic()
         for photo in photos:
             os.rename(staging / photo.name, inbox / photo.name)
-        peak = 0
+        peak = peak_threads = 0
         phase, all_waiting_at = "intake", 0.0
         next_stats = 0.0
         done = inbox / "done"
         deadline = started + args.rss_timeout
         while True:
-            hwm, rss, _threads = status_of(proc.pid)
-            peak = max(peak, hwm)
+            hwm, rss, threads = status_of(proc.pid)
+            peak, peak_threads = max(peak, hwm), max(peak_threads, threads)
             now = time.monotonic()
             if rss > cap:
                 result["stopped"] = (f"RSS passed {cap / 2**20:.0f} MB in the {phase} phase; "
@@ -392,19 +387,48 @@ def daemon_rss(count: int, emu: EmulatorProcess, tmp: Path, args: argparse.Names
                 result["seconds_total"] = now - started
                 break
             time.sleep(0.05)
-        result["peak"] = peak
+        result["peak"], result["peak_threads"] = peak, peak_threads
     finally:
-        proc.terminate()
+        err = stop_daemon(proc)
+        emu.end_delays()  # whatever still waits
+    if err:
+        result["stderr"] = err
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def start_daemon(inbox: Path, outbox: Path, concurrency: int, emu: EmulatorProcess,
+                 work: Path) -> subprocess.Popen[bytes]:
+    """``bgremove watch INBOX OUTBOX``, once it watches (its journal exists)."""
+    config = bgremove_config(work, "watch:\n  images_per_minute: 0\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bgremove", "watch", str(inbox), str(outbox), "--concurrency",
+         str(concurrency), "--config", str(config), "--log-level", "warning"],
+        cwd=ROOT, env=environment(emu, work), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (outbox / ".bgremove" / "journal.sqlite3").exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            stop_daemon(proc)
+            raise RuntimeError("the daemon did not start")
+        time.sleep(0.05)
+    time.sleep(0.5)  # its file-system observer starts after the journal
+    return proc
+
+
+def stop_daemon(proc: subprocess.Popen[bytes]) -> str:
+    """Stop the daemon (SIGTERM, a second one if it lingers); the end of its stderr."""
+    proc.terminate()
+    try:
+        _out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # a second SIGTERM: exit at once
         try:
-            _out, err = proc.communicate(timeout=60)
+            _out, err = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
             _out, err = proc.communicate()
-        emu.end_delays()  # whatever still waits
-    if err.strip():
-        result["stderr"] = err.decode(errors="replace")[-1000:]
-    shutil.rmtree(work, ignore_errors=True)
-    return result
+    return err.decode(errors="replace")[-1000:].strip()
 
 
 def available_memory() -> int:
@@ -424,31 +448,71 @@ def small_images(folder: Path, count: int) -> None:
         image.save(folder / f"small{i:05d}.png")
 
 
-def many(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    """``remove`` of many small images at a high concurrency with long tasks."""
-    src, out = tmp / "many-in", tmp / "many-out"
+def many(args: argparse.Namespace, tmp: Path, command: str) -> dict[str, Any]:
+    """``remove`` (or ``watch``) of many small images at a high concurrency, long tasks."""
+    src, out = tmp / f"many-{command}-in", tmp / f"many-{command}-out"
     small_images(src, args.many)
     with EmulatorProcess("--delay", str(args.many_delay)) as emu:
-        env = environment(emu, tmp)
-        config = bgremove_config(tmp)
-        log(f"many: {args.many} images, concurrency {args.many_concurrency}, "
+        log(f"many: {command}, {args.many} images, concurrency {args.many_concurrency}, "
             f"delay {args.many_delay} s (load {load()}) ...")
         emulator_cpu = emu.cpu()
-        run = run_process([sys.executable, "-m", "bgremove", "remove", str(src), "-o", str(out),
-                           "--concurrency", str(args.many_concurrency), "--config", str(config),
-                           "--log-level", "warning"], env, sample=True)
+        if command == "remove":
+            run = run_process([sys.executable, "-m", "bgremove", "remove", str(src), "-o",
+                               str(out), "--concurrency", str(args.many_concurrency),
+                               "--config", str(bgremove_config(tmp)), "--log-level",
+                               "warning"], environment(emu, tmp), sample=True)
+        else:
+            run = watch_drain(src, out, args, emu, tmp)
         stats = emu.stats()
         emulator_cpu = emu.cpu() - emulator_cpu
-    written = len(list(out.glob("*.png")))
+    written = len(list(out.rglob("*.png")))
     ideal = args.many / args.many_concurrency * args.many_delay
-    return {"images": args.many, "concurrency": args.many_concurrency,
+    return {"command": command, "images": args.many, "concurrency": args.many_concurrency,
             "delay": args.many_delay, "wall": run.wall, "ideal": ideal,
             "ratio": run.wall / ideal, "peak_threads": run.peak_threads,
             "peak_rss": run.peak_rss, "cpu": run.cpu, "written": written,
             "max_concurrent_tasks": stats["max_concurrent_tasks"],
             "tasks": stats["tasks_submitted"], "requests": stats["requests_total"],
-            "emulator_cpu": emulator_cpu,
-            "load_after": load()}
+            "emulator_cpu": emulator_cpu, "load_after": load(), **run.extra}
+
+
+def watch_drain(src: Path, out: Path, args: argparse.Namespace, emu: EmulatorProcess,
+                tmp: Path) -> Run:
+    """The images renamed into a running daemon's INBOX at once; wall until all are in
+    done/ (or failed/), peak RSS and threads of the daemon, its CPU over the drain."""
+    inbox = tmp / "many-watch-inbox"
+    inbox.mkdir()
+    proc = start_daemon(inbox, out, args.many_concurrency, emu, tmp)
+    peak_hwm = peak_threads = 0
+    try:
+        cpu_before = process_cpu(proc.pid)
+        started = time.perf_counter()
+        for path in sorted(src.iterdir()):
+            os.rename(path, inbox / path.name)
+        deadline = started + args.many_timeout
+        while True:
+            hwm, _rss, threads = status_of(proc.pid)
+            peak_hwm, peak_threads = max(peak_hwm, hwm), max(peak_threads, threads)
+            finished = sum(len(os.listdir(inbox / name)) for name in ("done", "failed")
+                           if (inbox / name).exists())
+            if finished >= args.many or time.perf_counter() > deadline:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError("the daemon exited")
+            time.sleep(0.05)
+        wall = time.perf_counter() - started
+        cpu = process_cpu(proc.pid) - cpu_before
+        failed = len(os.listdir(inbox / "failed")) if (inbox / "failed").exists() else 0
+    finally:
+        err = stop_daemon(proc)
+    return Run(wall, cpu, peak_hwm, peak_threads,
+               {"failed": failed, "finished": finished, **({"stderr": err} if err else {})})
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds a live process used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -472,6 +536,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     for section in results.get("wall", []):
         row(f"wall, {section['link']} (s)", section["wall"], ".2f", "<= 1.10x (b)")
         row("  CPU per photo in those runs (s)", section["cpu_all"], ".2f", "-")
+        row("  peak RSS of the process (MB)",
+            {c: v / 2**20 for c, v in section["peak_rss"].items()}, ".0f", "-")
         if "cpu" in section:
             for orientation, values in section["cpu"].items():
                 row(f"CPU per photo, orientation {orientation} (s)", values, ".2f", "-")
@@ -490,23 +556,24 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
                                                     for c, p in bad.items())))
     if results.get("rss"):
         lines += ["", "| bgremove watch, photos in flight at once | peak RSS while all wait "
-                  "| peak RSS through the drain | goal |", "|---|---|---|---|"]
+                  "| peak RSS through the drain | peak threads | goal |", "|---|---|---|---|---|"]
         for r in results["rss"]:
             waiting = r.get("peak_waiting")
             drain = r.get("peak_drain")
             lines.append(f"| {r['photos']} | "
                          f"{f'{waiting / 2**20:.0f} MB' if waiting else r.get('stopped', '-')} | "
                          f"{f'{drain / 2**20:.0f} MB' if drain else r.get('stopped', '-')} | "
-                         "<= 1.2 GB, about the same for both |")
-    if results.get("many"):
-        m = results["many"]
-        lines += ["", f"remove of {m['images']} small images, concurrency {m['concurrency']}, "
+                         f"{r.get('peak_threads', '-')} | <= 1.2 GB, about the same for both |")
+    for m in results.get("many", []):
+        lines += ["", f"{m['command']} of {m['images']} small images, concurrency "
+                  f"{m['concurrency']}, "
                   f"{m['delay']:g} s tasks: {m['wall']:.1f} s = {m['ratio']:.2f}x the ideal "
                   f"({m['ideal']:.0f} s); peak {m['peak_threads']} threads, peak RSS "
                   f"{m['peak_rss'] / 2**20:.0f} MB, {m['cpu']:.1f} s CPU; {m['written']} "
                   f"written, {m['requests'] / m['images']:.1f} requests per image; the service "
                   f"saw at most {m['max_concurrent_tasks']} tasks at once and used "
-                  f"{m['emulator_cpu']:.1f} s CPU"]
+                  f"{m['emulator_cpu']:.1f} s CPU"
+                  + (f"; {m['failed']} failed" if m.get("failed") else "")]
     return "\n".join(lines)
 
 
@@ -526,6 +593,9 @@ def main() -> int:
     parser.add_argument("--many", type=int, default=2000)
     parser.add_argument("--many-concurrency", type=int, default=500)
     parser.add_argument("--many-delay", type=float, default=3.0)
+    parser.add_argument("--many-commands", nargs="+", default=["remove", "watch"],
+                        choices=("remove", "watch"))
+    parser.add_argument("--many-timeout", type=float, default=900.0)
     parser.add_argument("--only", action="append", default=[], choices=SECTIONS)
     parser.add_argument("--skip", action="append", default=[], choices=SECTIONS)
     args = parser.parse_args()
@@ -551,7 +621,7 @@ def main() -> int:
                     results["rss"].append(daemon_rss(count, emu, tmp, args))
                     log(f"rss: {results['rss'][-1]}")
         if "many" in wanted:
-            results["many"] = many(args, tmp)
+            results["many"] = [many(args, tmp, command) for command in args.many_commands]
     results["load_end"] = load()
     text = report(results, args)
     print(text)

@@ -18,6 +18,10 @@ import io
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 GENERATOR_VERSION = 1
 SIZE = (6000, 4000)  # 24 MP, stored (landscape) orientation
@@ -74,7 +78,7 @@ def make_photo(index: int, size: tuple[int, int] = SIZE) -> bytes:
     return buffer.getvalue()
 
 
-def _scene(index: int, size: tuple[int, int]) -> object:
+def _scene(index: int, size: tuple[int, int]) -> Image.Image:
     from PIL import Image, ImageDraw
 
     width, height = size
@@ -98,11 +102,10 @@ def _scene(index: int, size: tuple[int, int]) -> object:
     return image
 
 
-def _add_noise(image: object, index: int) -> None:
+def _add_noise(image: Image.Image, index: int) -> None:
     import numpy as np
     from PIL import Image, ImageChops
 
-    assert isinstance(image, Image.Image)
     rng = np.random.default_rng(1000 + index)
     tile_shape = (NOISE_TILE, NOISE_TILE)
     luma = rng.standard_normal(tile_shape, dtype=np.float32) * 2.8

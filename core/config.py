@@ -153,7 +153,7 @@ class WatchConfig:
     once: bool = False
     json: bool = False
     account_level: str | None = _opt(None, choices=(None, *ACCOUNT_LEVELS))
-    concurrency: int = _opt(2, min=1, max=1024)
+    concurrency: int = _opt(2, min=1, max=10000)  # tasks in flight (Ultra: 10,000)
     images_per_minute: int = _opt(0, min=0)  # 0: no limit
     max_per_hour: int = _opt(0, min=0)  # cost guard, 0: no cap
     max_per_day: int = _opt(0, min=0)

@@ -290,7 +290,8 @@ def test_cost_guard_pauses_intake(tmp_path: Path, emulator_factory, mode: str,
         wait_until(lambda: len(files(run.done)) == 2, what="two done")
         wait_until(lambda: run.daemon.snapshot()["paused"], what="paused")
         assert "max_per_hour=2" in run.daemon.snapshot()["paused"]
-        assert logs.has("intake paused")
+        # the reason is set a moment before the warning is logged (another thread)
+        wait_until(lambda: logs.has("intake paused"), what="the pause logged")
         # paused, nothing dropped: the rest wait (in INBOX or claimed), none failed
         waiting = [p.name for p in run.inbox.rglob("*.png") if run.done not in p.parents]
         assert len(waiting) == 2, waiting
@@ -646,15 +647,19 @@ def test_status_counts_waiting_files_when_no_daemon_runs(tmp_path: Path,
 def test_each_file_is_decoded_once(tmp_path: Path, emulator_factory,  # type: ignore[no-untyped-def]
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import bgremove.imaging
+    from bgremove.imaging import _finish, _prepare
 
     decoded: list[str] = []
     real = bgremove.imaging.load_image
 
     def counting(path: Path, **kwargs: Any) -> Any:
-        decoded.append(Path(path).name)
+        decoded.append(Path(path).name.split("-", 1)[-1])  # (claimed as "<n>-<name>")
         return real(path, **kwargs)
 
-    monkeypatch.setattr(bgremove.imaging, "load_image", counting)
+    # every full decode: the prepare stage's (only when the upload must be re-encoded) and
+    # the finish stage's (the original pixels the mask is applied to)
+    for module in (bgremove.imaging, _prepare, _finish):
+        monkeypatch.setattr(module, "load_image", counting)
     emu = emulator_factory()
     run = DaemonRun(tmp_path, emu, once=True)
     for i in range(3):
@@ -663,4 +668,45 @@ def test_each_file_is_decoded_once(tmp_path: Path, emulator_factory,  # type: ig
     run.thread.join(20)  # type: ignore[union-attr]
     assert run.stop() == 0
     assert files(run.done) == ["0.png", "1.png", "2.png"]
-    assert sorted(decoded) == ["0.png", "1.png", "2.png"]  # the readiness check's decode is reused
+    # the readiness check decodes only as far as it must to know the file is whole
+    assert sorted(decoded) == ["0.png", "1.png", "2.png"]
+
+
+def test_a_file_changed_while_it_is_uploaded_is_not_finished_with_mixed_content(
+        tmp_path: Path, emulator_factory) -> None:  # type: ignore[no-untyped-def]
+    """A writer rewrites the claimed file (same inode) while its upload is on the wire: the
+    mask made for the old pixels is never applied to the new ones; the file goes to failed/
+    (kept as it is now) with a line saying what happened, and no cut-out is written."""
+    from bgremove.backends import make_backend
+
+    emu = emulator_factory()
+    run = DaemonRun(tmp_path, emu, once=True)
+    claims = run.inbox / ".bgremove-claims"
+    changed: list[Path] = []
+
+    def factory() -> Any:
+        backend = make_backend(run.config, wait_mode="poll")
+        upload = backend.client.upload
+
+        def rewriting_upload(data: bytes, *args: Any, **kwargs: Any) -> Any:
+            claimed = next(p for p in claims.rglob("*photo.png"))
+            with open(claimed, "r+b") as fh:  # the same file, new content
+                fh.truncate(0)
+                fh.write(image_bytes(2, size=(64, 48)))
+            changed.append(claimed)
+            return upload(data, *args, **kwargs)
+
+        backend.client.upload = rewriting_upload
+        return backend
+
+    write_image(run.inbox / "photo.png", 1, size=(64, 48))
+    run.start(backend_factory=factory)
+    run.thread.join(30)  # type: ignore[union-attr]
+    assert run.stop() == 1
+    assert changed, "the upload was not made"
+    assert files(run.outbox) == []  # no cut-out, mixed or not
+    assert files(run.failed) == ["photo.png", "photo.png.error.json"]
+    assert (run.failed / "photo.png").read_bytes() == image_bytes(2, size=(64, 48))
+    report = json.loads((run.failed / "photo.png.error.json").read_text())
+    assert "changed while it was being processed" in report["error"]
+    assert emu.stats()["tasks_submitted"] == 1

@@ -142,7 +142,8 @@ def test_readiness_drops_vanished_files(tmp_path: Path) -> None:
     ("bronze", 16, 0, (2, 2)),
     ("bronze", 1, 1, (1, 1)),
     ("silver", 16, 0, (16, 500)),
-    ("gold", 1024, 10000, (256, 3000)),
+    ("gold", 1024, 10000, (1024, 3000)),  # no thread cap: a task in flight needs no thread
+    ("gold", 5000, 0, (3000, 3000)),
     ("ultra", 8, 0, (8, 5000)),
 ])
 def test_account_levels_cap_the_limits(level: str | None, concurrency: int, per_minute: int,

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 
 class Counters:
-    """This run's counts (``session``), files in flight and busy workers; thread-safe."""
+    """This run's counts (``session``), jobs in flight (started on the pipeline, not ended)
+    and busy workers; thread-safe."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -43,6 +44,11 @@ class Counters:
     def count(self, name: str) -> None:
         with self.lock:
             self.session[name] += 1
+
+    def busy(self) -> int:
+        """Workers at work plus jobs in flight: 0 when nothing is under way."""
+        with self.lock:
+            return self.busy_workers + self.in_flight
 
     def add(self, name: str, delta: int) -> None:
         """``in_flight`` or ``busy_workers`` += delta."""

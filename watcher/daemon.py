@@ -6,17 +6,21 @@ Threads::
                                                                     |
                                                       Scheduler (ready files, retries)
                                                                     |
-                                                      N worker threads (the slow work)
+                                       a few worker threads: read, check, claim, start
+                                                                    |
+              the pipeline (``bgremove.stages``): prepare + finish on a CPU pool, upload,
+              polls and downloads on a few IO threads and one poller, for any number of
+              tasks in flight
     main thread: housekeeping (heartbeats, rescans, supervision, status), shutdown
 
 This module is the lifecycle: it builds the parts (journal, cost guard, backend, claims:
 ``context``), starts and stops the threads, beats the heartbeats and decides when to stop.
-A worker takes a stable file through ``intake`` (read once, hashed, checked, claimed),
+A worker takes a stable file through ``intake`` (read once, hashed, prepared, claimed),
 then ``filejob`` walks it through its journaled states (submit and wait with the task id
 journaled first, stage the cut-out, link it to a free output name, move the original to
-done/), and ``policy`` decides what an error means (failed/ at once, retry with backoff,
-or pause intake for an unwritable folder or an outage). Every step can be repeated after
-a crash without paying twice or writing twice.
+done/) as a job on the pipeline, and ``policy`` decides what an error means (failed/ at
+once, retry with backoff, or pause intake for an unwritable folder or an outage). Every
+step can be repeated after a crash without paying twice or writing twice.
 
 Duplicates: a file whose content (with the same settings) was already processed is not
 sent again; its output is a hard link to (or copy of) the earlier cut-out, then it moves
@@ -42,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from bgremove.contract import CancelToken
 from bgremove.errors import ConfigError
 from bgremove.files import probe_writable
+from bgremove.stages import Pipeline
 from bgremove.watcher import policy
 from bgremove.watcher.claims import Claims, make_owner_id
 from bgremove.watcher.context import Context, staging_folder
@@ -140,7 +145,10 @@ class Daemon:
         self.watcher = Watcher(layout, self._announce, polling=watch.polling,
                                poll_seconds=watch.poll_seconds)
         self.errors = ErrorPolicy(ctx)
-        self.jobs = FileJobs(ctx, self.errors)
+        # the remote part's threads do not grow with the tasks in flight (``bgremove.stages``)
+        self.pipeline = Pipeline(backend, config, in_flight=self.limits.concurrency,
+                                 cancel=ctx.cancel)
+        self.jobs = FileJobs(ctx, self.errors, self.pipeline)
         self.intake = Intake(ctx, self.jobs)
         # the parts most read from outside (tests, status)
         self.journal, self.guard, self.rate = ctx.journal, ctx.guard, ctx.rate
@@ -241,6 +249,8 @@ class Daemon:
             self.scheduler.close()
             for thread in self._threads:
                 thread.join(timeout=5.0)
+            self.pipeline.close(wait=False)  # what is left is cancelled: the journal resumes it
+            self.pipeline.drain(timeout=5.0)
             self._heartbeat(stopped=True)
             self.ctx.backend.close()
             self.claims.stop()
@@ -251,7 +261,9 @@ class Daemon:
         readiness = threading.Thread(target=self._readiness_loop, name="bgremove-readiness",
                                      daemon=True)
         self._threads.append(readiness)
-        for i in range(self.limits.concurrency):
+        # workers read, check and claim files (CPU work) and start their jobs; the jobs in
+        # flight need no thread each
+        for i in range(min(self.limits.concurrency, (os.cpu_count() or 1) + 1)):
             self._threads.append(threading.Thread(target=self._worker_loop,
                                                   name=f"bgremove-worker-{i}", daemon=True))
         for thread in self._threads:
@@ -328,9 +340,7 @@ class Daemon:
             log.warning("rescan of %s failed: %s", self.layout.inbox, exc)
 
     def _idle(self) -> bool:
-        with self.ctx.counters.lock:
-            busy = self.ctx.counters.busy_workers
-        return busy == 0 and len(self.tracker) == 0 and len(self.scheduler) == 0
+        return self.ctx.counters.busy() == 0 and len(self.tracker) == 0 and len(self.scheduler) == 0
 
     def _shutdown(self) -> int:
         self._stopping.set()
@@ -338,13 +348,12 @@ class Daemon:
         deadline = time.monotonic() + self.watch.shutdown_grace
         counters = self.ctx.counters
         while time.monotonic() < deadline and not self.cancel.cancelled:
-            with counters.lock:
-                if counters.busy_workers == 0:
-                    break
+            if counters.busy() == 0:
+                break
             time.sleep(0.02)
-        if counters.busy_workers:
+        if counters.busy():
             log.warning("shutdown grace over: %d job(s) still running are left for the next "
-                        "start (the journal resumes them)", counters.busy_workers)
+                        "start (the journal resumes them)", counters.busy())
         self.cancel.cancel()
         self.scheduler.close()
         self.tracker.close()

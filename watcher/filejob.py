@@ -7,13 +7,21 @@ The journal says what to do with a file's content (``Journal.begin``): new, resu
 duplicate of an earlier input, or busy in another daemon. Each step is safe to repeat
 after a crash: a journaled task is resumed, never submitted again; a staged cut-out is
 linked to a free output name once; the original moves to done/ last.
+
+From claimed to staged the file is a job on the pipeline (``_Run``): the upload made by
+the readiness check goes up (its bytes dropped once sent), the task waits in the
+pipeline's poller holding no pixels, and the finish reads the claimed file again: a file
+changed since it was prepared is refused (``imaging.finish_file``), never finished with
+a mask made for other pixels.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,8 +37,11 @@ from bgremove.watcher.folder_health import FolderBlocked
 from bgremove.watcher.intake import Content, read_content
 from bgremove.watcher.naming import shown
 from bgremove.watcher.placement import check_output_dir, place_duplicate, place_staged
+from bgremove.watcher.untrusted import input_limit, read_file
 
 if TYPE_CHECKING:
+    from bgremove.contract import Prepared, Result
+    from bgremove.stages import Pipeline
     from bgremove.watcher.context import Context
     from bgremove.watcher.journal import Job
     from bgremove.watcher.policy import ErrorPolicy
@@ -39,12 +50,23 @@ log = logging.getLogger(__name__)
 
 
 class FileJobs:
-    """Walks claimed files through their states; shared by every worker thread."""
+    """Walks claimed files through their states; shared by every worker thread.
 
-    def __init__(self, ctx: Context, policy: ErrorPolicy) -> None:
+    The remote part (upload, submit, wait, download) and the finish run as a job on the
+    pipeline (``bgremove.stages``): a worker only reads, checks and claims a file, takes a
+    place for it (at most ``concurrency`` jobs; at most as many not yet sent as the
+    pipeline keeps ready), the rate limit and the cost guard, and starts it.
+    """
+
+    def __init__(self, ctx: Context, policy: ErrorPolicy, pipeline: Pipeline) -> None:
         self.ctx = ctx
         self.policy = policy
+        self.pipeline = pipeline
         self._active_keys: set[str] = set()
+        #: a place per job started and not ended (the account's tasks)...
+        self._room = threading.Semaphore(ctx.limits.concurrency)
+        #: ...and per job started and not yet sending (each holds its upload's bytes)
+        self._unsent = threading.Semaphore(pipeline.prepare_ahead)
 
     def process(self, claimed: Path, rel: Path, input_error: BgremoveError | None,
                 content: Content | None = None) -> None:
@@ -53,9 +75,14 @@ class FileJobs:
         ``content`` is the file as read by the readiness check, when there was one;
         otherwise it is read (once) here.
         """
+        self._guarded(claimed, rel, input_error,
+                      lambda: self._process(claimed, rel, input_error, content))
+
+    def _guarded(self, claimed: Path, rel: Path, input_error: BgremoveError | None,
+                 step: Callable[[], None]) -> None:
         ctx, policy = self.ctx, self.policy
         try:
-            self._process(claimed, rel, input_error, content)
+            step()
         except FolderBlocked as exc:
             ctx.health.block(exc.folder, exc.reason, journal=exc.journal, below=exc.below)
             policy.requeue_blocked(claimed, rel, input_error)
@@ -76,8 +103,8 @@ class FileJobs:
             return
         if content is None:
             try:
-                content, input_error, _st = read_content(
-                    claimed, ctx.config.input.max_pixels, ctx.claims.dir_fd())
+                content, input_error, _st = read_content(claimed, ctx.config,
+                                                         ctx.claims.dir_fd())
             except UnsafeInputError as exc:
                 policy.fail(None, claimed, rel, exc)
                 return
@@ -96,6 +123,7 @@ class FileJobs:
         if mine_busy:
             policy.requeue(claimed, rel, input_error, 1.0)
             return
+        handed_on = False
         try:
             begin = ctx.journal.begin(key, owner=ctx.owner, input=str(rel), claim=str(claimed),
                                       reprocess=ctx.watch.reprocess,
@@ -110,92 +138,75 @@ class FileJobs:
             if input_error is not None:
                 policy.fail(begin.job, claimed, rel, input_error)
                 return
-            ctx.counters.add("in_flight", 1)
-            try:
-                self._run(begin.job, claimed, rel, started, content)
-            finally:
-                ctx.counters.add("in_flight", -1)
+            run = _Run(self, begin.job, claimed, rel, started)
+            if run.job.state in ("claimed", "submitted"):
+                assert content.prepared is not None  # it decoded: no input error
+                handed_on = self._start(run, content.prepared)
+            else:  # cut out before a stop: place it, move the original to done/
+                run.complete(run.settle)
         finally:
-            with ctx.counters.lock:
-                self._active_keys.discard(key)
+            if not handed_on:
+                self._release_key(key)
 
-    def _run(self, job: Job, claimed: Path, rel: Path, started: float,
-             content: Content) -> None:
+    def _release_key(self, key: str) -> None:
+        with self.ctx.counters.lock:
+            self._active_keys.discard(key)
+
+    # -- the remote part, on the pipeline ------------------------------------------------------
+
+    def _start(self, run: _Run, prepared: Prepared) -> bool:
+        """Start ``run`` on the pipeline; False when it was not started (a shutdown, or an
+        error the policy has dealt with)."""
         try:
-            job = self._advance(job, claimed, rel, content)
-        except CancelledError:
-            log.info("%s: interrupted by shutdown; it resumes on the next start", shown(rel))
-            return
-        except FolderBlocked as exc:
-            self.ctx.journal.count_attempt(job.key, kind="output", message=exc.reason)
+            admitted = _outcome(run, lambda: self._admit(run))
+        except BaseException:  # a blocked folder, the journal: up to ``_guarded``
+            run.release()
             raise
-        except BgremoveError as exc:
-            self.policy.handle(job, claimed, rel, exc)
-            return
-        except OSError as exc:
-            self.policy.handle(job, claimed, rel, OutputError(
-                f"cannot write the result of {shown(rel)}: {exc.strerror or exc}"))
-            return
-        seconds = time.monotonic() - started
-        self.ctx.outage.end()
-        self.ctx.counters.count("done")
-        log.info("done %s -> %s in %.2f s (task %s)", shown(rel), shown(job.output), seconds,
-                 job.task_id or "-",
-                 extra={"event": "done", "input": shown(rel), "output": shown(job.output),
-                        "seconds": round(seconds, 3), "task_id": job.task_id})
+        if not admitted:
+            run.release()
+            return False
+        run.prepared = prepared
+        self.ctx.counters.add("in_flight", 1)  # until ``_end``
+        try:
+            self.pipeline.start(run)
+        except RuntimeError:  # closed: the daemon is stopping
+            run.failed(CancelledError("shutting down"))
+        return True
 
-    def _advance(self, job: Job, claimed: Path, rel: Path, content: Content) -> Job:
-        """Take a job from its journaled state to done; each step is safe to repeat."""
-        ctx = self.ctx
-        journal, key = ctx.journal, job.key
-        staged = ctx.staging / f"{key[:24]}{ctx.ext}"
-        if job.state in ("claimed", "submitted"):
-            self._cut_out(job, claimed, rel, content, staged)
-            job = self._reload(key)
-        if job.state in ("staged", "placing"):
-            output = place_staged(journal, job, staged, ctx.layout.output_for(rel, ctx.ext), rel,
-                                  below=ctx.layout.trusted_base(ctx.layout.outbox))
-            journal.update(key, state="placed", output=str(output))
-            if job.task_id:
-                tasklog.record(job.task_id, output=output)
-            job = self._reload(key)
-        if job.state == "placed":
-            ctx.move_original(claimed, ctx.layout.done, rel)
-            journal.update(key, state="done", claim=None)
-            journal.add_event("done", input=str(rel), output=job.output, task_id=job.task_id)
-            job = self._reload(key)
-        return job
-
-    def _cut_out(self, job: Job, claimed: Path, rel: Path, content: Content,
-                 staged: Path) -> None:
-        """claimed/submitted -> staged: the cut-out written under staging (task journaled)."""
-        from bgremove.jobs import remove_file
-
-        ctx, policy = self.ctx, self.policy
-        journal, key, guard = ctx.journal, job.key, ctx.guard
-        check_output_dir(ctx.layout.outbox / rel.parent,
+    def _admit(self, run: _Run) -> None:
+        """What must hold before a job goes to the pipeline; each wait ends at shutdown
+        (nothing is sent yet)."""
+        ctx, guard = self.ctx, self.ctx.guard
+        check_output_dir(ctx.layout.outbox / run.rel.parent,
                          ctx.layout.trusted_base(ctx.layout.outbox))
+        run.hooks = self._hooks(run)
+        for gate in (self._room, self._unsent):
+            while not gate.acquire(timeout=0.25):
+                if ctx.stopping():
+                    raise CancelledError("shutting down")
+            run.holds.append(gate)
+        if run.hooks.resume_task is not None:
+            return
+        if not ctx.rate.acquire(ctx.cancel, ctx.stopping):
+            raise CancelledError("shutting down")
+        if not guard.acquire(ctx.cancel, lambda: ctx.stopping() or (
+                ctx.watch.once and guard.paused is not None)):
+            if ctx.watch.once and guard.paused is not None:
+                ctx.cap_reached.set()
+            raise CancelledError("shutting down")
+        run.reserved = True
+
+    def _hooks(self, run: _Run) -> JobHooks:
+        ctx, policy = self.ctx, self.policy
+        journal, job, key, rel = ctx.journal, run.job, run.job.key, run.rel
         resume = job.task_id if job.state == "submitted" else policy.unsaved_tasks.get(key)
-        reserved = False
-        if resume is None:
-            # waiting for the rate limit or cost cap ends at shutdown: nothing sent yet
-            if not ctx.rate.acquire(ctx.cancel, ctx.stopping):
-                raise CancelledError("shutting down")
-            if not guard.acquire(ctx.cancel, lambda: ctx.stopping() or (
-                    ctx.watch.once and guard.paused is not None)):
-                if ctx.watch.once and guard.paused is not None:
-                    ctx.cap_reached.set()
-                raise CancelledError("shutting down")
-            reserved = True
-        else:
+        if resume is not None:
             log.info("%s: resuming task %s instead of submitting again", shown(rel), resume)
 
         def on_task(task_id: str) -> None:
-            nonlocal reserved
-            if reserved:  # counted once the service has the task, not per attempt
-                reserved = False
+            if run.take_reserved():  # counted once the service has the task, not per attempt
                 try:
-                    guard.commit(key)
+                    ctx.guard.commit(key)
                 except sqlite3.Error as exc:
                     log.warning("cannot count the submission of %s: %s", shown(rel), exc)
             policy.unsaved_tasks[key] = task_id
@@ -215,26 +226,10 @@ class FileJobs:
             lost = (job.submit_sent, job.upload_url)
             log.info("%s: a submit was sent before the last stop and its answer never "
                      "came: looking for its task", shown(rel))
-        hooks = JobHooks(cancel=ctx.cancel, on_task=on_task, resume_task=resume,
-                         on_submit=on_submit, lost_submit=lost,
-                         known_tasks=journal.known_tasks())
-        try:
-            result = remove_file(claimed, staged, ctx.backend, ctx.config, hooks,
-                                 source=content.source)
-        finally:
-            if reserved:  # no task id was reported: a local backend, or nothing was sent
-                guard.release()
-        if result.warning:  # e.g. no subject found: the result is placed all the same
-            log.warning("%s: %s", shown(rel), result.warning,
-                        extra={"event": "warning", "input": shown(rel)})
-        journal.update(key, state="staged", staged=str(staged),
-                       task_id=result.task_id or resume or policy.unsaved_tasks.get(key))
-        policy.unsaved_tasks.pop(key, None)
+        return JobHooks(cancel=ctx.cancel, on_task=on_task, resume_task=resume,
+                        on_submit=on_submit, lost_submit=lost,
+                        known_tasks=journal.known_tasks())
 
-    def _reload(self, key: str) -> Job:
-        job = self.ctx.journal.get(key)
-        assert job is not None
-        return job
 
     # -- duplicates -----------------------------------------------------------------
 
@@ -264,3 +259,165 @@ class FileJobs:
                  shown(done),
                  extra={"event": "duplicate", "input": shown(rel), "output": shown(output),
                         "seconds": 0.0, "task_id": first.task_id if first else None})
+
+
+def _outcome(run: _Run, step: Callable[[], None]) -> bool:
+    """Run one of ``run``'s steps; an error is handed to the policy (False). A blocked
+    folder, the journal's errors and bugs go up to ``FileJobs._guarded``."""
+    policy = run.jobs.policy
+    try:
+        step()
+    except CancelledError:
+        log.info("%s: interrupted by shutdown; it resumes on the next start", shown(run.rel))
+        return False
+    except FolderBlocked as exc:
+        run.ctx.journal.count_attempt(run.job.key, kind="output", message=exc.reason)
+        raise
+    except BgremoveError as exc:
+        policy.handle(run.job, run.claimed, run.rel, exc)
+        return False
+    except OSError as exc:
+        policy.handle(run.job, run.claimed, run.rel, OutputError(
+            f"cannot write the result of {shown(run.rel)}: {exc.strerror or exc}"))
+        return False
+    return True
+
+
+class _Run:
+    """One claimed file from its journaled state to done: a pipeline job (``Job`` in
+    ``bgremove.stages``) while it is at the service, then settled here (``settle``)."""
+
+    def __init__(self, jobs: FileJobs, job: Job, claimed: Path, rel: Path,
+                 started: float) -> None:
+        self.jobs, self.ctx = jobs, jobs.ctx
+        self.job, self.claimed, self.rel, self.started = job, claimed, rel, started
+        self.hooks = JobHooks()
+        self.prepared: Prepared | None = None  # until the pipeline takes it (``prepare``)
+        self.reserved = False  # a place under the cost cap, not yet counted
+        self.holds: list[threading.Semaphore] = []  # places taken in ``FileJobs._admit``
+        self._lock = threading.Lock()
+        self._ended = False
+
+    # -- the pipeline's calls ---------------------------------------------------------------
+
+    def prepare(self) -> Prepared:
+        prepared, self.prepared = self.prepared, None  # the pipeline holds it from here
+        assert prepared is not None
+        return prepared
+
+    def before_send(self) -> None:
+        """Sending now: its place among the jobs not yet sent is free."""
+        gate = self.jobs._unsent
+        with self._lock:
+            if gate not in self.holds:
+                return
+            self.holds.remove(gate)
+        gate.release()
+
+    def finish(self, prepared: Prepared, result: Result) -> None:
+        try:
+            self.jobs._guarded(self.claimed, self.rel, None, lambda: self.complete(
+                lambda: self._stage(prepared, result)))
+        finally:
+            self._end()
+
+    def failed(self, error: BaseException) -> None:
+        def fail() -> None:
+            raise error if isinstance(error, Exception) else CancelledError("cancelled")
+
+        try:
+            self.jobs._guarded(self.claimed, self.rel, None, lambda: self.complete(fail))
+        finally:
+            self._end()
+
+    # -- the steps --------------------------------------------------------------------------
+
+    def _stage(self, prepared: Prepared, result: Result) -> None:
+        """submitted -> staged: the result applied to the claimed file as read again now
+        (``finish_file`` refuses a file that is not the one uploaded), into staging."""
+        from bgremove.imaging import finish_file
+
+        ctx, policy, key = self.ctx, self.jobs.policy, self.job.key
+        staged = self.staged
+        data, _st = read_file(self.claimed, limit=input_limit(ctx.config.input.max_pixels),
+                              dir_fd=ctx.claims.dir_fd())
+        warning = finish_file(prepared, result, self.claimed, staged, ctx.config.output,
+                              data=data)
+        del data
+        if warning:  # e.g. no subject found: the result is placed all the same
+            log.warning("%s: %s", shown(self.rel), warning,
+                        extra={"event": "warning", "input": shown(self.rel)})
+        ctx.journal.update(key, state="staged", staged=str(staged),
+                           task_id=result.task_id or self.hooks.resume_task
+                           or policy.unsaved_tasks.get(key))
+        policy.unsaved_tasks.pop(key, None)
+        self.job = self._reload()
+        self.settle()
+
+    def settle(self) -> None:
+        """staged -> placed -> done: the cut-out gets a free output name, the original
+        moves to done/; each step is safe to repeat."""
+        ctx, journal, job = self.ctx, self.ctx.journal, self.job
+        key, rel = job.key, self.rel
+        if job.state in ("staged", "placing"):
+            output = place_staged(journal, job, self.staged, ctx.layout.output_for(rel, ctx.ext),
+                                  rel, below=ctx.layout.trusted_base(ctx.layout.outbox))
+            journal.update(key, state="placed", output=str(output))
+            if job.task_id:
+                tasklog.record(job.task_id, output=output)
+            job = self.job = self._reload()
+        if job.state == "placed":
+            ctx.move_original(self.claimed, ctx.layout.done, rel)
+            journal.update(key, state="done", claim=None)
+            journal.add_event("done", input=str(rel), output=job.output, task_id=job.task_id)
+            self.job = self._reload()
+
+    def complete(self, step: Callable[[], None]) -> None:
+        """``step`` to the end (``done``, logged), or its error handed to the policy."""
+        if not _outcome(self, step):
+            return
+        job, rel = self.job, self.rel
+        seconds = time.monotonic() - self.started
+        self.ctx.outage.end()
+        self.ctx.counters.count("done")
+        log.info("done %s -> %s in %.2f s (task %s)", shown(rel), shown(job.output), seconds,
+                 job.task_id or "-",
+                 extra={"event": "done", "input": shown(rel), "output": shown(job.output),
+                        "seconds": round(seconds, 3), "task_id": job.task_id})
+
+    # -- bookkeeping ----------------------------------------------------------------------
+
+    @property
+    def staged(self) -> Path:
+        return self.ctx.staging / f"{self.job.key[:24]}{self.ctx.ext}"
+
+    def take_reserved(self) -> bool:
+        with self._lock:
+            reserved, self.reserved = self.reserved, False
+        return reserved
+
+    def release(self) -> None:
+        """Give back the places it holds and a cost-cap place that was never counted
+        (no task id came: a local backend, or nothing was sent)."""
+        with self._lock:
+            holds, self.holds = self.holds, []
+        for gate in holds:
+            gate.release()
+        if self.take_reserved():
+            self.ctx.guard.release()
+
+    def _end(self) -> None:
+        """A job started on the pipeline has ended (once)."""
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        self.release()
+        self.prepared = None
+        self.ctx.counters.add("in_flight", -1)
+        self.jobs._release_key(self.job.key)
+
+    def _reload(self) -> Job:
+        job = self.ctx.journal.get(self.job.key)
+        assert job is not None
+        return job

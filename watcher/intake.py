@@ -1,7 +1,8 @@
 """Intake: a file the readiness tracker calls stable -> read once -> checked -> claimed.
 
 The file is read once through its folder's descriptor (no link followed), hashed, and
-decoded (the decoded image goes on to the job: it is not decoded twice). A file that
+prepared (``imaging.prepare_file``: checked to decode as cheaply as can be, its upload
+made; no decoded pixels are kept: a 24 MP photo's are some 220 MB). A file that
 does not decode yet is handed back to the tracker (a writer may have paused mid-file)
 until it has settled; one that changed since it was found stable is handed back too.
 Then it is claimed (``claims``) and handed to ``FileJobs``.
@@ -27,7 +28,8 @@ from bgremove.watcher.naming import folder_fd, shown
 from bgremove.watcher.untrusted import input_limit, read_file
 
 if TYPE_CHECKING:
-    from bgremove.imaging import SourceImage
+    from bgremove.config import Config
+    from bgremove.contract import Prepared
     from bgremove.watcher.context import Context
     from bgremove.watcher.filejob import FileJobs
     from bgremove.watcher.readiness import Ready
@@ -37,26 +39,31 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Content:
-    """A file as read once: the sha256 of its bytes, and those bytes decoded (None when
-    they do not decode; the reason travels as the input error)."""
+    """A file as read once: the sha256 of its bytes, and what the prepare stage made of
+    them (``imaging.prepare_file``: its upload, no decoded pixels); None when they are not
+    a usable image (the reason travels as the input error)."""
 
     digest: str
-    source: SourceImage | None
+    prepared: Prepared | None
 
 
-def read_content(path: Path, max_pixels: int, dir_fd: int | None = None
+def read_content(path: Path, config: Config, dir_fd: int | None = None
                  ) -> tuple[Content, InputError | None, os.stat_result]:
-    """Read ``path`` once (no link followed), hash and decode those same bytes.
+    """Read ``path`` once (no link followed), hash it and prepare those same bytes.
 
     Raises ``UnsafeInputError`` (a link, a FIFO...: not read) and ``OSError``."""
-    from bgremove.imaging import load_image
+    from bgremove.imaging import prepare_file
 
+    max_pixels = config.input.max_pixels
     data, st = read_file(path, limit=input_limit(max_pixels), dir_fd=dir_fd)
     digest = hashlib.sha256(data).hexdigest()
     try:
-        return Content(digest, load_image(path, max_pixels=max_pixels, data=data)), None, st
+        prepared = prepare_file(path, max_pixels=max_pixels, data=data,
+                                max_upload_bytes=config.wavespeed.max_upload_bytes,
+                                max_upload_side=config.wavespeed.max_upload_side)
     except InputError as exc:
         return Content(digest, None), exc, st
+    return Content(digest, prepared), None, st
 
 
 class Intake:
@@ -96,7 +103,7 @@ class Intake:
         content: Content | None = None
         st: os.stat_result | None = None
         try:
-            content, input_error, st = read_content(path, ctx.config.input.max_pixels, folder)
+            content, input_error, st = read_content(path, ctx.config, folder)
         except UnsafeInputError as exc:
             input_error = exc
         except FileNotFoundError:

@@ -30,9 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Worker threads are cheap but not free: above this, more threads buy nothing.
-MAX_WORKERS = 256
-
 HOUR, DAY = 3600.0, 86400.0
 
 
@@ -52,8 +49,8 @@ def effective_limits(watch: WatchConfig) -> Limits:
         level_conc, level_rate = ACCOUNT_LIMITS[watch.account_level]
         concurrency = min(concurrency, level_conc)
         per_minute = level_rate if per_minute == 0 else min(per_minute, level_rate)
-    return Limits(min(concurrency, MAX_WORKERS), per_minute, watch.max_per_hour,
-                  watch.max_per_day)
+    # no cap for threads: a task in flight needs none (``bgremove.stages``)
+    return Limits(concurrency, per_minute, watch.max_per_hour, watch.max_per_day)
 
 
 class RateLimiter:

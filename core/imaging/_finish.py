@@ -78,9 +78,10 @@ def finish_file(prepared: Prepared, result: Result, src: str | os.PathLike[str],
     warning = None if has_subject(alpha) else NO_SUBJECT_WARNING
     exif = None if output.strip_metadata else source.exif
     if service is not None and result.data is not None and prepared.orientation == 1 \
-            and _needs_no_change(source, output) and _same_colours(service, source.image):
+            and _needs_no_change(source, output):
+        # The service's PNG with our profile and EXIF: kept if its colours are all ours.
         png = png_with_metadata(result.data, fitting_profile("RGBA", source.icc_profile), exif)
-        if png is not None:
+        if png is not None and _same_colours(service, source.image):
             save_encoded(png, dst)
             return warning
     del service, stored

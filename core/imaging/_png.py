@@ -120,7 +120,7 @@ def png_data_complete(data: bytes) -> bool:
             if chunk.kind != b"IDAT":
                 continue
             pending: bytes | memoryview = chunk.data
-            while pending and not inflater.eof:
+            while not inflater.eof:
                 out = inflater.decompress(pending, _INFLATE_STEP)
                 # The filter-type bytes (0-4) in this piece: one every ``stride`` bytes.
                 filters = out[(-total) % stride::stride]
@@ -130,6 +130,8 @@ def png_data_complete(data: bytes) -> bool:
                 if total > expected:
                     return False
                 pending = inflater.unconsumed_tail
+                if not pending and len(out) < _INFLATE_STEP:
+                    break  # this chunk's data is all inflated (a full piece may leave more)
         return inflater.eof and total == expected
     except zlib.error:
         return False
