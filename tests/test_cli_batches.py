@@ -207,6 +207,23 @@ def test_o_file_with_a_contradicting_format_is_refused(
     assert "webp" in done.stderr and "r.png" in done.stderr
 
 
+
+@pytest.mark.parametrize("flags", [(), ("--overwrite",)])
+def test_o_file_naming_the_input_itself_is_refused_and_the_input_kept(
+        tmp_path: Path, emulator: Emulator, flags: tuple[str, ...]) -> None:
+    """``-o`` naming the input (by another spelling too) would replace the user's photo with
+    its cut-out (with ``--overwrite``), or call the photo "a result already there"."""
+    src = photo(tmp_path / "in" / "a.png")
+    original = src.read_bytes()
+    other_spelling = tmp_path / "in" / ".." / "in" / "a.png"
+    done = bgremove(tmp_path, "remove", str(src), "-o", str(other_spelling), *flags,
+                    emulator=emulator)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "a.png" in lines[0] and "input" in lines[0], done.stderr
+    assert src.read_bytes() == original
+    assert emulator.stats()["uploads"] == 0
+
 # --- 10. subfolders and files that are not images ----------------------------------------------
 
 def test_subfolders_are_said_once_and_taken_with_recursive(
