@@ -100,9 +100,7 @@ class WaveSpeedBackend:
                                  max_upload_side=self.config.wavespeed.max_upload_side,
                                  original=hooks.original, encode=not hooks.resume_task)
         result = self.remote.run(prepared, hooks, sync=self.wait_mode == "sync")
-        assert result.data is not None
-        alpha = imaging.alpha_from_bytes(result.data, max_pixels=result.max_pixels)
-        alpha = imaging.apply_orientation(alpha, prepared.orientation)
+        alpha = imaging.result_alpha(result, prepared.orientation)
         log.debug("task %s: %d requests", result.task_id, result.requests)
         return Cutout(alpha=alpha, backend=self.name, task_id=result.task_id,
                       requests=result.requests)
