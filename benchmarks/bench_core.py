@@ -71,7 +71,7 @@ def make_image(path: Path, size: tuple[int, int], seed: int) -> Path:
 def ours(base_url: str, wait: str) -> tuple[Callable[[Path, Path], Any], Callable[[], None]]:
     from bgremove.backends import make_backend
     from bgremove.config import Config
-    from bgremove.jobs import remove_file
+    from bgremove.stages import remove_file
 
     config = Config().with_overrides({"backend": "wavespeed", "wavespeed.base_url": base_url,
                                       "wavespeed.api_key": KEY, "wavespeed.wait": wait,

@@ -46,7 +46,8 @@ if _typing.TYPE_CHECKING:
     from bgremove.backends import make_backend
     from bgremove.config import Config, load_config
     from bgremove.contract import Backend, CancelToken, Cutout, JobHooks
-    from bgremove.jobs import JobResult, output_path_for, remove_file
+    from bgremove.jobs import JobResult, output_path_for
+    from bgremove.stages import remove_file
 
 #: The names loaded on first use, and the module each comes from.
 _LAZY = {
@@ -55,7 +56,7 @@ _LAZY = {
     "make_backend": "bgremove.backends",
     "Config": "bgremove.config", "load_config": "bgremove.config",
     "JobResult": "bgremove.jobs", "output_path_for": "bgremove.jobs",
-    "remove_file": "bgremove.jobs",
+    "remove_file": "bgremove.stages",
 }
 
 

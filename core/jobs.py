@@ -1,14 +1,9 @@
-"""One image in, one cut-out out: the job the CLI, the daemon and the plug-in share.
-
-``remove_file`` loads and orients the input, asks a backend for the alpha
-mask, applies it to the original pixels and writes the result atomically, so
-an interrupted job never leaves a truncated output.
+"""One image's outcome (``JobResult``) and its output name. The job itself runs through
+the stages (``bgremove.stages``; one file: ``bgremove.stages.remove_file``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,10 +11,7 @@ from typing import TYPE_CHECKING
 from bgremove.errors import BgremoveError
 
 if TYPE_CHECKING:
-
-    from bgremove.config import Config, OutputConfig
-    from bgremove.contract import Backend, JobHooks
-    from bgremove.imaging import SourceImage
+    from bgremove.config import OutputConfig
 
 
 @dataclass(frozen=True)
@@ -56,61 +48,3 @@ def output_path_for(src: Path, out_dir: Path | None, output: OutputConfig) -> Pa
     if out_dir is None:
         return src.with_name(f"{src.stem}{output.suffix}{ext}")
     return out_dir / f"{src.stem}{ext}"
-
-
-def remove_file(
-    src: Path,
-    dst: Path,
-    backend: Backend,
-    config: Config,
-    hooks: JobHooks | None = None,
-    *,
-    source: SourceImage | None = None,
-) -> JobResult:
-    """Cut out ``src`` into ``dst``; raises ``BgremoveError`` on failure.
-
-    ``source`` is ``src`` already decoded by the caller (the daemon decodes each
-    file to know it is complete), so it is not decoded a second time.
-    """
-    from bgremove.contract import JobHooks
-    from bgremove.imaging import (
-        NO_SUBJECT_WARNING,
-        compose_output,
-        estimate_foreground,
-        fit_alpha,
-        has_subject,
-        load_image,
-        save_image,
-    )
-
-    hooks = hooks or JobHooks()
-    started = time.monotonic()
-    hooks.report("prepare", 0.0)
-    if source is None:
-        source = load_image(src, max_pixels=config.input.max_pixels)
-    hooks.check_cancel()
-    if source.original is not None:
-        hooks = dataclasses.replace(hooks, original=source.original)
-    cutout = backend.cut_out(source.image, hooks)
-    # No cancel check from here on: the cut-out is done (and maybe paid for), so keep it.
-    hooks.report("compose", 0.95)
-    alpha = fit_alpha(cutout.alpha, source.image.size)
-    if config.output.foreground and not config.output.mask_only:
-        source.image = estimate_foreground(source.image, alpha, inplace=True)
-        source.deep = None  # the estimate is made on the 8-bit pixels: the output is 8-bit
-    result = compose_output(source, alpha, config.output)
-    exif = None if config.output.strip_metadata else source.exif
-    save_image(result, dst, fmt=config.output.format, icc_profile=source.icc_profile, exif=exif)
-    hooks.report("compose", 1.0)
-    # Written all the same (it was paid for), but said: an empty cut-out is rarely wanted.
-    warning = None if has_subject(alpha) else NO_SUBJECT_WARNING
-    return JobResult(
-        input=src,
-        output=dst,
-        status="ok",
-        error=None,
-        seconds=time.monotonic() - started,
-        task_id=cutout.task_id,
-        requests=cutout.requests,
-        warning=warning,
-    )

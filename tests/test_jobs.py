@@ -9,7 +9,7 @@ from PIL import Image
 
 from bgremove.config import Config
 from bgremove.contract import Cutout, JobHooks
-from bgremove.jobs import remove_file
+from bgremove.stages import remove_file
 
 
 class HalfAlphaBackend:

@@ -56,7 +56,9 @@ def save_params(image: Image.Image, fmt: str, icc_profile: bytes | None,
     elif fmt == "png":
         params["compress_level"] = png_compress_level(image.width * image.height)
     elif fmt == "webp":
-        params.update(lossless=True, quality=50, method=0, exact=False)  # fastest lossless effort
+        # The least lossless effort: 24 MP cut-outs 1.17 s vs 3.26 s at quality 50 (sensor
+        # noise photo) and 0.47 s vs 0.79 s (benchmark photo) for 0.6-3 % more bytes.
+        params.update(lossless=True, quality=0, method=0, exact=False)
     elif fmt == "tiff":
         params["compression"] = "tiff_lzw"  # read everywhere; 6x faster than deflate here
     else:

@@ -7,17 +7,17 @@ and the GIMP bridge share.
     _poller    Poller: one thread holding the next poll of every waiting task
     _remote    the Remote protocol, Call, CutoutRemote (a mask made on this machine)
     _image     prepare_image: the prepare stage of an image already decoded
-    _file      FileJob: one input file to one output file
+    _file      FileJob: one input file to one output file; remove_file runs one
 
 The WaveSpeed remote is ``bgremove.wavespeed.WaveSpeedRemote``. The modules are private;
 these are the public names.
 """
 
-from bgremove.stages._file import FileJob, job_error
+from bgremove.stages._file import FileJob, job_error, remove_file
 from bgremove.stages._image import prepare_image
 from bgremove.stages._pipeline import MAX_IO_THREADS, Job, Pipeline
 from bgremove.stages._poller import Poller
 from bgremove.stages._remote import Call, CutoutRemote, Remote, remote_for
 
 __all__ = ["MAX_IO_THREADS", "Call", "CutoutRemote", "FileJob", "Job", "Pipeline", "Poller",
-           "Remote", "job_error", "prepare_image", "remote_for"]
+           "Remote", "job_error", "prepare_image", "remote_for", "remove_file"]

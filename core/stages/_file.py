@@ -4,7 +4,7 @@
 (``imaging.prepare_file``); ``finish`` re-reads it, applies the result and writes
 ``dst`` atomically (``imaging.finish_file``, which refuses a file changed meanwhile).
 The job's one outcome, a ``JobResult``, goes to ``done``: the batch and the daemon
-decide what to do with it.
+decide what to do with it. ``remove_file`` runs one such job for a library caller.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from bgremove.config import Config
+    from bgremove.contract import Backend
     from bgremove.jobs import JobResult
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,21 @@ class FileJob:
         problem = job_error(self.src, error)
         self._done(JobResult(self.src, None, "failed", problem, time.monotonic() - self._started,
                              getattr(problem, "task_id", None)))
+
+
+def remove_file(src: Path, dst: Path, backend: Backend, config: Config,
+                hooks: JobHooks | None = None) -> JobResult:
+    """Cut out ``src`` into ``dst`` through a pipeline of one job (the path every image
+    takes); raises ``BgremoveError`` on failure, nothing written then."""
+    from bgremove.stages._pipeline import Pipeline
+
+    ended: list[JobResult] = []
+    with Pipeline(backend, config, in_flight=1, cpu_workers=1) as pipeline:
+        pipeline.start(FileJob(src, dst, config, done=ended.append, hooks=hooks))
+    result = ended[0]
+    if result.error is not None:
+        raise result.error
+    return result
 
 
 def job_error(src: Path, error: BaseException) -> BgremoveError:
