@@ -17,7 +17,9 @@ bgremove    ``bgremove remove PHOTOS -o DIR --concurrency 3``
 
 Sections (``--only``/``--skip``):
 wall   wall time of the photos at concurrency 3 on loopback and with ``--uplink-mbit 40``
-       (medians of ``--rounds``), bytes uploaded per photo and whether GPS went up
+       (medians of ``--rounds``), each client's CPU and peak RSS in those runs, when its
+       uploads went over the link (the emulator's upload log), bytes uploaded per photo and
+       whether GPS went up
 cpu    CPU seconds per photo of each client process, orientation 1 and 6 separately
 rss    ``bgremove watch``'s peak RSS (VmHWM) with 12 and 48 photos in flight at once (the
        emulator's delay long; then its delays are ended and the peak through the drain too)
@@ -289,12 +291,18 @@ def wall_and_cpu(photos: list[Path], args: argparse.Namespace, tmp: Path, uplink
         walls: dict[str, list[float]] = {client: [] for client in CLIENTS}
         cpus: dict[str, list[float]] = {client: [] for client in CLIENTS}
         rsss: dict[str, list[int]] = {client: [] for client in CLIENTS}
+        timelines: dict[str, dict[str, list[float]]] = {client: {} for client in CLIENTS}
         for round_ in range(args.rounds):
             order = CLIENTS[round_ % 3:] + CLIENTS[:round_ % 3]
             for client in order:
                 out = tmp / f"run-{client}"
+                logged = len(emu.stats()["upload_log"])
+                began = time.time()
                 run = run_process(client_command(client, photos, out, args.concurrency,
                                                  config), env, sample=True)
+                for key, value in upload_timeline(
+                        emu.stats()["upload_log"][logged:], began).items():
+                    timelines[client].setdefault(key, []).append(value)
                 shutil.rmtree(out, ignore_errors=True)
                 walls[client].append(run.wall)
                 cpus[client].append(run.cpu)
@@ -305,10 +313,31 @@ def wall_and_cpu(photos: list[Path], args: argparse.Namespace, tmp: Path, uplink
         result["walls"] = walls
         result["cpu_all"] = {c: statistics.median(v) / len(photos) for c, v in cpus.items()}
         result["peak_rss"] = {c: max(v) for c, v in rsss.items()}
+        result["timeline"] = {key: {c: statistics.median(timelines[c][key]) for c in CLIENTS}
+                              for key in timelines[CLIENTS[0]]}
         if cpu:
             result["cpu"] = cpu_per_photo(photos, args, tmp, env, config)
         result["load_after"] = load()
     return result
+
+
+def upload_timeline(entries: list[dict[str, Any]], began: float) -> dict[str, float]:
+    """When a run's uploads went over the link, from the emulator's upload log, in seconds
+    from the client's start: the first upload's start, the last one's end, and how long
+    no upload was under way between the two."""
+    spans = sorted((e["began"] - began, e["ended"] - began) for e in entries)
+    if not spans:
+        return {}
+    busy, (start, end) = 0.0, spans[0]
+    for lo, hi in spans[1:]:
+        if lo > end:
+            busy += end - start
+            start, end = lo, hi
+        else:
+            end = max(end, hi)
+    busy += end - start
+    first, last = spans[0][0], max(hi for _lo, hi in spans)
+    return {"first_upload": first, "last_upload_end": last, "link_idle": last - first - busy}
 
 
 def cpu_per_photo(photos: list[Path], args: argparse.Namespace, tmp: Path,
@@ -527,10 +556,14 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
                   f"{args.rounds}", "", "| measure | (a) plain | (b) lean | bgremove | "
                   "bgremove / (b) | bgremove / (a) | goal |", "|---|---|---|---|---|---|---|"]
 
-    def row(name: str, values: dict[str, float], fmt: str, goal: str) -> None:
+    def row(name: str, values: dict[str, float], fmt: str, goal: str,
+            ratios: bool = True) -> None:
+        cells = " | ".join(format(values[c], fmt) for c in CLIENTS)
+        if not ratios:
+            lines.append(f"| {name} | {cells} | | | {goal} |")
+            return
         ratio_b = values["bgremove"] / values["lean"] if values["lean"] else float("nan")
         ratio_a = values["bgremove"] / values["plain"] if values["plain"] else float("nan")
-        cells = " | ".join(format(values[c], fmt) for c in CLIENTS)
         lines.append(f"| {name} | {cells} | {ratio_b:.2f}x | {ratio_a:.2f}x | {goal} |")
 
     for section in results.get("wall", []):
@@ -538,6 +571,11 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         row("  CPU per photo in those runs (s)", section["cpu_all"], ".2f", "-")
         row("  peak RSS of the process (MB)",
             {c: v / 2**20 for c, v in section["peak_rss"].items()}, ".0f", "-")
+        for key, name in (("first_upload", "first upload starts at (s)"),
+                          ("last_upload_end", "last upload ends at (s)"),
+                          ("link_idle", "no upload under way in between (s)")):
+            if key in section.get("timeline", {}):
+                row(f"  {name}", section["timeline"][key], ".2f", "-", ratios=False)
         if "cpu" in section:
             for orientation, values in section["cpu"].items():
                 row(f"CPU per photo, orientation {orientation} (s)", values, ".2f", "-")

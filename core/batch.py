@@ -194,16 +194,30 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
     results: list[JobResult] = []
     pipeline = Pipeline(backend, config, in_flight=max(1, min(config.concurrency, len(plan))),
                         cancel=cancel)
-    try:
-        for src, dst in plan:
+    # Jobs are started as others end, never many more than the pipeline can hold at once:
+    # a folder of 100,000 images costs 100,000 paths, not 100,000 jobs.
+    most_open = pipeline.in_flight + pipeline.prepare_ahead + pipeline.cpu_workers
+    todo = iter(plan)
+    started = 0
+
+    def feed() -> None:
+        nonlocal started
+        for src, dst in todo:
+            started += 1
             if not overwrite and _is_file(dst):
                 ended.put(_kept(src, dst))
             else:
                 pipeline.start(_BatchJob(src, dst, config, breaker, check_output, ended.put))
+            if started - len(results) >= most_open:
+                return
+
+    try:
+        feed()
         while len(results) < len(plan):
             result = ended.get()
             results.append(result)
             on_result(result)
+            feed()
     except KeyboardInterrupt:
         # Stop at once: images not sent never are; images at the service are abandoned
         # (their tasks may still run and be billed, so the caller is told how many).

@@ -170,15 +170,29 @@ def test_outputs_capped_to_a_longest_side(emulator_factory: Callable[..., Emulat
         assert out.size == (32, 20)  # already within the cap: full size
 
 
+def test_an_upload_is_logged_from_its_request_start_to_its_last_byte(
+        emulator_factory: Callable[..., Emulator]) -> None:
+    emu = emulator_factory(uplink_mbit=8)  # 1 MB a second
+    with api_client(emu) as client:
+        upload(client, b"x" * (MB // 2), filename="slow.bin",
+               content_type="application/octet-stream")
+    (entry,) = emu.stats()["upload_log"]
+    assert entry["ended"] - entry["began"] >= 0.45  # the body took the link's time
+
+
 def test_each_upload_is_logged_with_the_bytes_received(
         emulator: Emulator, keyed_image: Callable[..., Image.Image]) -> None:
     direct, binary = png_bytes(keyed_image()), png_bytes(keyed_image(size=(40, 30)))
+    before = time.time()
     with api_client(emulator) as client:
         upload(client, direct, filename="direct.png")
         answer = client.post("/api/v3/media/upload/binary",
                              files={"file": ("binary.png", binary, "image/png")})
         assert answer.status_code == 200
+    after = time.time()
     first, second = emulator.stats()["upload_log"]
+    began, ended = first.pop("began"), first.pop("ended")
+    assert before <= began <= ended <= second["began"] <= second["ended"] <= after
     assert first == {"filename": "direct.png", "content_type": "image/png",
                      "bytes": len(direct), "received": len(direct),
                      "sha256": hashlib.sha256(direct).hexdigest()}

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -521,3 +522,53 @@ def test_a_result_waiting_for_the_finish_pool_is_still_downloaded_after_the_dead
     pipeline.close()
     backend.close()
     assert [len(j.results) for j in jobs] == [1, 1, 1, 1], [j.errors for j in jobs]
+
+
+def test_a_big_batch_starts_jobs_as_others_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                               ) -> None:
+    import os
+
+    import bgremove.batch
+    from bgremove.contract import Cutout
+
+    class GatedBackend:
+        name = "fake"
+
+        def __init__(self) -> None:
+            self.gate = threading.Event()
+            self.calls = 0
+
+        def cut_out(self, image: Image.Image, hooks: JobHooks | None = None) -> Cutout:
+            self.calls += 1
+            assert self.gate.wait(60)
+            return Cutout(alpha=Image.new("L", image.size, 255), backend=self.name)
+
+        def close(self) -> None:
+            pass
+
+    made = [0]
+    real_init = bgremove.batch._BatchJob.__init__
+
+    def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        made[0] += 1
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(bgremove.batch._BatchJob, "__init__", counting_init)
+    srcs = []
+    for i in range(200):
+        Image.new("RGB", (4, 4), (i, 0, 0)).save(tmp_path / f"{i}.png")
+        srcs.append(tmp_path / f"{i}.png")
+    config = Config().with_overrides({"concurrency": 2})
+    plan = plan_outputs(srcs, tmp_path / "out", config.output)
+    backend = GatedBackend()
+    results: list[JobResult] = []
+    runner = threading.Thread(target=lambda: results.extend(
+        run_batch(plan, backend, config, on_result=lambda r: None)))
+    runner.start()
+    _until(lambda: backend.calls == 2, what="two images at the backend")
+    bound = 2 + 2 + 2 * (os.cpu_count() or 1)  # in flight, IO threads, CPU workers ahead
+    assert made[0] <= bound
+    backend.gate.set()
+    runner.join(120)
+    assert len(results) == 200 and all(r.status == "ok" for r in results)
+    assert made[0] == 200

@@ -203,6 +203,7 @@ class Exchange(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: Server
     route_name = "unknown"
+    began = 0.0  # epoch seconds this request's headers were read
     _status_sent: int | str = "-"
 
     # -- what route functions use ---------------------------------------------------------------
@@ -343,6 +344,7 @@ class Exchange(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         started = time.monotonic()
+        self.began = time.time()  # before the body is read: when an upload starts
         target = urlsplit(self.path)
         path = target.path
         route, params = self.server.routes.match(method, path)

@@ -87,7 +87,7 @@ def upload_ticket(ex: Exchange, params: dict[str, str], body: bytes) -> None:
 
 
 def upload_put(ex: Exchange, params: dict[str, str], body: bytes) -> None:
-    etag = ex.service.put(params["token"], ex.headers.get("Content-Type"), body)
+    etag = ex.service.put(params["token"], ex.headers.get("Content-Type"), body, began=ex.began)
     ex.send(200, b"", "application/octet-stream", {"ETag": f'"{etag}"'})
 
 
@@ -99,7 +99,8 @@ def upload_binary(ex: Exchange, params: dict[str, str], body: bytes) -> None:
     if part is None:
         raise ApiError(400, "Invalid parameters: the form has no 'file' field")
     filename, part_type, data = part
-    ex.ok(ex.service.upload(filename, part_type, data, ex.public_base(), received=len(body)))
+    ex.ok(ex.service.upload(filename, part_type, data, ex.public_base(), received=len(body),
+                            began=ex.began))
 
 
 def media(ex: Exchange, params: dict[str, str], body: bytes) -> None:

@@ -105,7 +105,8 @@ class Emulator:
         ``status_codes`` counts answers by status. Other keys: requests_total, connections,
         uploads, upload_bytes, tasks_submitted, tasks_completed, tasks_failed,
         upload_log (one entry per upload, oldest first: filename, content_type, bytes of the
-        file, bytes received for it with any form framing, sha256),
+        file, bytes received for it with any form framing, sha256, and when its request
+        began and its body was all in: began, ended, epoch seconds of this machine),
         duplicate_submits (same image bytes submitted again), tasks_per_content
         ({sha256 of the uploaded bytes: tasks}), answers_lost (submits whose task was created
         but whose answer was dropped or replaced by an error without an id),

@@ -204,8 +204,10 @@ class Service:
             "size": size,
         }
 
-    def put(self, token: str, content_type: str | None, body: bytes) -> str:
-        """Store a presigned PUT's bytes; its ETag."""
+    def put(self, token: str, content_type: str | None, body: bytes, *,
+            began: float | None = None) -> str:
+        """Store a presigned PUT's bytes (``began``: when its request started, epoch
+        seconds); its ETag."""
         ticket = self.store.tickets.get(token)
         if ticket is None:
             raise StorageError(403, "AccessDenied")
@@ -218,26 +220,29 @@ class Service:
             raise StorageError(400, "BadDigest", f"got {len(body)} bytes, "
                                f"the ticket says {ticket.size}")
         self._keep(token, Media(ticket.filename, ticket.content_type, body, self.now()),
-                   len(body))
+                   len(body), began)
         return hashlib.md5(body).hexdigest()
 
     def upload(self, filename: str, content_type: str, data: bytes, public_base: str, *,
-               received: int) -> dict[str, Any]:
+               received: int, began: float | None = None) -> dict[str, Any]:
         """The binary upload: store the form's file (``received``: the request body's size,
-        form framing included); what the service answers."""
+        form framing included; ``began``: when its request started); what the service
+        answers."""
         if len(data) > self.options.max_upload_bytes:
             raise self.too_large(len(data))
         token = uuid.uuid4().hex
-        self._keep(token, Media(filename, content_type, data, self.now()), received)
+        self._keep(token, Media(filename, content_type, data, self.now()), received, began)
         return {"type": content_type.split("/")[0] or "file",
                 "download_url": public_base + self.signed(f"/media/{token}/{quote(filename)}"),
                 "filename": filename, "size": len(data)}
 
-    def _keep(self, token: str, media: Media, received: int) -> None:
+    def _keep(self, token: str, media: Media, received: int, began: float | None) -> None:
         self.store.media.put(token, media)
+        ended = time.time()
         self.stats.upload({"filename": media.filename, "content_type": media.content_type,
                            "bytes": len(media.data), "received": received,
-                           "sha256": hashlib.sha256(media.data).hexdigest()})
+                           "sha256": hashlib.sha256(media.data).hexdigest(),
+                           "began": ended if began is None else began, "ended": ended})
 
     # -- tasks ----------------------------------------------------------------------------------
 

@@ -58,7 +58,7 @@ class Stats:
 
     def upload(self, entry: dict[str, Any]) -> None:
         """Count an upload; ``entry`` has its filename, content_type, bytes (the file's),
-        received (the request body's, form framing included) and sha256."""
+        received (the request body's, form framing included), sha256, began and ended."""
         with self._lock:
             self._counters["uploads"] += 1
             self._counters["upload_bytes"] += entry["bytes"]
