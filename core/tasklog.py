@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 #: Older lines are of no use: the service keeps tasks 7 days.
 KEEP_SECONDS = 8 * 24 * 3600.0
 _COMPACT_BYTES = 4 * 1024 * 1024
+#: Compaction waits until the oldest line is this much past ``KEEP_SECONDS``: a log of only
+#: recent lines is never rewritten, and a busy one at most about twice a day.
+_COMPACT_SLACK = 12 * 3600.0
 _lock = threading.Lock()
 
 
@@ -62,7 +65,7 @@ def record(task_id: str, *, input: str | os.PathLike[str] | None = None,
             size = os.fstat(fd).st_size
         finally:
             os.close(fd)
-        if size > _COMPACT_BYTES:
+        if size > _COMPACT_BYTES and _has_stale_lines(path):
             _compact(path)
     except OSError as exc:
         log.debug("cannot record task %s in %s: %s", task_id, path, exc)
@@ -93,6 +96,19 @@ def read() -> dict[str, TaskRecord]:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _has_stale_lines(path: Path) -> bool:
+    """Whether the log's first (about its oldest) line is past keeping, with the slack.
+
+    Without this, a log over the size with nothing old enough to drop was read and parsed
+    whole at every record (several MB per image for a busy account)."""
+    try:
+        with path.open("rb") as fh:
+            at = json.loads(fh.readline(4096)).get("at")
+    except (OSError, ValueError, AttributeError):
+        return True  # unreadable first line: compaction drops it
+    return not isinstance(at, (int, float)) or at < time.time() - KEEP_SECONDS - _COMPACT_SLACK
 
 
 def _compact(path: Path) -> None:

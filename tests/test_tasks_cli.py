@@ -156,3 +156,28 @@ def test_the_task_log_drops_old_lines_once_it_grows(monkeypatch: pytest.MonkeyPa
     assert set(tasklog.read()) == {f"new{i}" for i in range(10)}
     text = tasklog.log_path().read_text()
     assert "old" not in text and tasklog.log_path().stat().st_mode & 0o777 == 0o600
+
+
+def test_a_big_log_of_recent_lines_is_not_rewritten_at_every_record(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bgremove import tasklog
+
+    monkeypatch.setattr(tasklog, "_COMPACT_BYTES", 900)
+    now = __import__("time").time()
+    clock = {"now": now - 7 * 24 * 3600}  # a week ago: kept, nothing to drop
+    monkeypatch.setattr(tasklog.time, "time", lambda: clock["now"])
+    for i in range(10):
+        tasklog.record(f"week{i}", input=f"/in/week{i}.png")
+    clock["now"] = now
+    path = tasklog.log_path()
+    inode = path.stat().st_ino
+    for i in range(10):
+        tasklog.record(f"new{i}", input=f"/in/new{i}.png")
+    # over the size, nothing old enough to drop: appended to, never rewritten
+    assert path.stat().st_ino == inode and path.stat().st_size > 900
+    assert len(tasklog.read()) == 20
+    # two days on the week-old lines are past keeping: one rewrite drops them
+    clock["now"] = now + 2 * 24 * 3600
+    tasklog.record("later", input="/in/later.png")
+    assert path.stat().st_ino != inode
+    assert set(tasklog.read()) == {f"new{i}" for i in range(10)} | {"later"}
