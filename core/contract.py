@@ -164,8 +164,7 @@ class JobHooks:
     called just before a submit leaves (wall-clock time); ``lost_submit``
     gives such a record whose answer never arrived (a crash during the
     submit), so the backend looks for that task before sending anything.
-    ``known_tasks`` are tasks surely not this image's. ``original`` is the
-    input file's own bytes when they may be uploaded as they are (see StoredImage).
+    ``known_tasks`` are tasks surely not this image's.
     """
 
     progress: ProgressFn | None = None
@@ -175,7 +174,6 @@ class JobHooks:
     on_submit: Callable[[float, str], None] | None = None
     lost_submit: tuple[float, str] | None = None
     known_tasks: Collection[str] = ()
-    original: StoredImage | None = None
 
     def report(self, stage: str, fraction: float) -> None:
         if self.progress is not None:

@@ -98,7 +98,7 @@ class WaveSpeedBackend:
             hooks.report("upload", 0.0)
         prepared = prepare_image(image, max_upload_bytes=self.config.wavespeed.max_upload_bytes,
                                  max_upload_side=self.config.wavespeed.max_upload_side,
-                                 original=hooks.original, encode=not hooks.resume_task)
+                                 encode=not hooks.resume_task)
         result = self.remote.run(prepared, hooks, sync=self.wait_mode == "sync")
         alpha = imaging.result_alpha(result, prepared.orientation)
         log.debug("task %s: %d requests", result.task_id, result.requests)
