@@ -174,7 +174,7 @@ class WatchConfig:
 @dataclass(frozen=True)
 class Config:
     backend: str = _opt("auto", choices=BACKENDS)
-    concurrency: int = _opt(4, min=1, max=1024)
+    concurrency: int = _opt(4, min=1, max=10000)  # tasks in flight (Ultra: 10,000)
     log_level: str = _opt("info", choices=LOG_LEVELS)
     wavespeed: WaveSpeedConfig = field(default_factory=WaveSpeedConfig)
     local: LocalConfig = field(default_factory=LocalConfig)

@@ -170,3 +170,13 @@ def test_plain_http_to_another_machine_is_refused_unless_allowed(tmp_path: Path,
                                  "http://127.1.2.3", "https://api.example.com"])
 def test_https_and_plain_http_to_this_machine_are_accepted(url: str) -> None:
     assert load_config(None, env={"WAVESPEED_BASE_URL": url}).wavespeed.base_url == url
+
+
+def test_concurrency_reaches_the_biggest_accounts_limit() -> None:
+    from bgremove.choices import ACCOUNT_LIMITS
+
+    biggest = max(tasks for tasks, _ in ACCOUNT_LIMITS.values())
+    for key in ("concurrency", "watch.concurrency"):
+        assert Config().with_overrides({key: biggest}) is not None
+        with pytest.raises(ConfigError):
+            Config().with_overrides({key: biggest + 1})
