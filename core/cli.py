@@ -93,6 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bgremove: {printable(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
+        if whole_process:
+            # The exit still waits for a request already sent (a sync submit cannot be
+            # cut short): a second Ctrl-C ends the process there, not in a traceback.
+            import signal
+
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
         print("bgremove: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:

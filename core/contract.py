@@ -38,6 +38,7 @@ class CancelToken:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._followers: weakref.WeakSet[CancelToken] = weakref.WeakSet()
+        self._callbacks: list[Callable[[], None]] = []
 
     @classmethod
     def either(cls, *tokens: CancelToken) -> CancelToken:
@@ -55,8 +56,20 @@ class CancelToken:
         with self._lock:
             self._event.set()
             followers = list(self._followers)
+            callbacks, self._callbacks = self._callbacks, []
         for token in followers:
             token.cancel()
+        for callback in callbacks:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, on the cancelling thread, when cancelled (now if it is):
+        for a waiter that does not sleep on ``wait``, such as a poller's heap."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
 
     @property
     def cancelled(self) -> bool:

@@ -8,6 +8,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -206,6 +207,23 @@ def test_o_file_with_a_contradicting_format_is_refused(
     assert "webp" in done.stderr and "r.png" in done.stderr
 
 
+
+@pytest.mark.parametrize("flags", [(), ("--overwrite",)])
+def test_o_file_naming_the_input_itself_is_refused_and_the_input_kept(
+        tmp_path: Path, emulator: Emulator, flags: tuple[str, ...]) -> None:
+    """``-o`` naming the input (by another spelling too) would replace the user's photo with
+    its cut-out (with ``--overwrite``), or call the photo "a result already there"."""
+    src = photo(tmp_path / "in" / "a.png")
+    original = src.read_bytes()
+    other_spelling = tmp_path / "in" / ".." / "in" / "a.png"
+    done = bgremove(tmp_path, "remove", str(src), "-o", str(other_spelling), *flags,
+                    emulator=emulator)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "a.png" in lines[0] and "input" in lines[0], done.stderr
+    assert src.read_bytes() == original
+    assert emulator.stats()["uploads"] == 0
+
 # --- 10. subfolders and files that are not images ----------------------------------------------
 
 def test_subfolders_are_said_once_and_taken_with_recursive(
@@ -342,3 +360,51 @@ def test_the_breaker_wins_the_race_against_a_slow_reporter(tmp_path: Path) -> No
                         on_result=slow_reporter)
     assert len(started) == 3, started
     assert [r.error.kind for r in results if r.error].count("not_attempted") == 5
+
+
+# --- Ctrl-C: a second one ends the process at once, without a traceback -------------------------
+
+def test_a_second_ctrl_c_ends_the_wait_for_a_sync_submit_without_a_traceback(
+        tmp_path: Path, emulator_factory: Any) -> None:
+    """After the first Ctrl-C the process still waits for a sync submit already sent (it
+    cannot be interrupted); a second Ctrl-C must end it there and then, with no traceback
+    from the interpreter's wait for that thread."""
+    import signal
+    import time
+
+    from tests.cli_process import COMMAND, FAST, ROOT
+
+    emu = emulator_factory(delay=600.0)
+    config = tmp_path / "config.yaml"
+    config.write_text(FAST + "  wait: sync\n", encoding="utf-8")
+    env = dict(os.environ, BGREMOVE_CONFIG=str(config), PYTHONUNBUFFERED="1",
+               WAVESPEED_API_KEY=emu.api_key, WAVESPEED_BASE_URL=emu.base_url)
+    src = photo(tmp_path / "in" / "photo.png")
+    proc = subprocess.Popen([*COMMAND, "remove", str(src), "-o", str(tmp_path / "out")],
+                            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while emu.stats().get("running_tasks", 0) < 1:  # its sync submit is waiting
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr is not None
+        said = []
+        for line in proc.stderr:  # the first Ctrl-C is handled: the command has returned
+            said.append(line)
+            if line.startswith("bgremove: interrupted"):
+                break
+        assert proc.poll() is None, "".join(said)  # still waiting for the sync submit
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        emu.end_delays()
+    stderr = "".join(said) + rest
+    assert proc.returncode in (130, -signal.SIGINT), stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert not (tmp_path / "out" / "photo.png").exists()

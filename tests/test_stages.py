@@ -358,6 +358,27 @@ def test_a_failing_failed_callback_does_not_stop_the_pipeline() -> None:
     assert len(rude.errors) == 1 and fine.results
 
 
+
+def test_cancelling_the_token_the_pipeline_was_given_ends_a_waiting_job_at_once() -> None:
+    """The GIMP bridge cancels through the token it gave the pipeline, not ``cancel()``:
+    a task waiting for its next poll must end then, not when that poll comes due."""
+
+    class Patient(FakeRemote):
+        def send(self, prepared: Prepared, hooks: JobHooks, *, sync: bool) -> Call:
+            call = super().send(prepared, hooks, sync=sync)
+            call.due = 3600.0
+            return call
+
+    token, remote, job = CancelToken(), Patient(), StagedJob()
+    pipeline = Pipeline(None, Config(), in_flight=1, remote=remote, cancel=token)
+    pipeline.start(job)
+    _until(lambda: pipeline.counts() == {"waiting": 1})
+    token.cancel()
+    assert pipeline.drain(timeout=20), pipeline.counts()
+    pipeline.close()
+    assert len(job.errors) == 1 and isinstance(job.errors[0], CancelledError)
+    assert remote.asked["poll"] == 0  # ended by the cancel, without asking the service
+
 # -- admission: in flight, prepared ahead, downloads held for the finish pool ------------------
 
 class GatedRemote(FakeRemote):

@@ -67,7 +67,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bgremove.backends import make_backend, resolve_backend_name
-    from bgremove.batch import IMAGE_SUFFIXES, expand_inputs, plan_outputs
+    from bgremove.batch import IMAGE_SUFFIXES, expand_inputs, path_key, plan_outputs
     from bgremove.imaging import parse_color
 
     if args.concurrency is not None and args.concurrency < 1:
@@ -104,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         if len(found.images) != 1:
             raise ConfigError(f"-o {out_file} names one result file, but there are "
                               f"{len(found.images)} images", hint="give a folder to -o")
+        if path_key(out_file) == path_key(found.images[0]):
+            raise ConfigError(f"-o {out_file} is the input itself: its result would replace it",
+                              hint="name another result file, or give a folder to -o")
         plan = [(found.images[0], out_file)]
     else:
         plan = plan_outputs(found.images, out_dir, config.output, subdirs=found.subdirs)

@@ -117,6 +117,9 @@ class Pipeline:
         self._cpu = ThreadPoolExecutor(self.cpu_workers, thread_name_prefix="bgremove-cpu")
         self._io = ThreadPoolExecutor(self.io_threads, thread_name_prefix="bgremove-io")
         self._poller = Poller(self._run_io)
+        # A cancel of the token itself (the GIMP bridge's), not only ``cancel()``, hands
+        # out the polls still waiting, so those jobs end now rather than at their next poll.
+        self.cancel_token.on_cancel(self._poller.flush)
         self._lock = threading.Condition()
         self._counts: Counter[str] = Counter()
         self._pending: deque[_Entry] = deque()
