@@ -93,3 +93,33 @@ def test_foreground_estimation_removes_the_background_cast_from_soft_edges(
         r, g, _, alpha = b.getpixel((24, 16))
         assert alpha == 128 and r > 150 and g < 50  # the edge is red now, not olive
         assert b.getpixel((48, 16)) == (200, 0, 0, 255)  # opaque pixels untouched
+
+
+def test_a_model_made_mask_is_made_from_the_upright_photo(tmp_path: Path) -> None:
+    # stored 60x20 and turned a quarter (EXIF orientation 6): upright it is 20x60
+    seen: list[tuple[int, int]] = []
+
+    class TopHalfBackend:
+        """Keeps the top half of what it is shown: right only if it is shown the photo
+        upright (a model is trained on upright photos)."""
+
+        name = "fake"
+
+        def cut_out(self, image: Image.Image, hooks: JobHooks | None = None) -> Cutout:
+            seen.append(image.size)
+            alpha = Image.new("L", image.size, 0)
+            alpha.paste(255, (0, 0, image.width, image.height // 2))
+            return Cutout(alpha=alpha, backend=self.name)
+
+        def close(self) -> None:
+            pass
+
+    src = tmp_path / "sideways.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (60, 20), (120, 160, 40)).save(src, exif=exif.tobytes(), quality=95)
+    remove_file(src, tmp_path / "out.png", TopHalfBackend(), Config())
+    assert seen == [(20, 60)]
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.size == (20, 60)
+        assert out.getpixel((10, 5))[3] == 255 and out.getpixel((10, 55))[3] == 0

@@ -21,7 +21,7 @@ from bgremove.imaging._deep import DeepImage
 from bgremove.imaging._finish import finish_file, result_alpha
 from bgremove.imaging._jpeg import strip_jpeg_metadata
 from bgremove.imaging._match import EXACT_SCORE, cutout_matches, cutout_mismatch, decode_image
-from bgremove.imaging._modes import apply_orientation
+from bgremove.imaging._modes import apply_orientation, undo_orientation
 from bgremove.imaging._pipeline import (
     NO_SUBJECT_WARNING,
     SourceImage,
@@ -45,5 +45,5 @@ __all__ = [
     "cutout_mismatch", "decode_image",
     "encode_for_upload", "estimate_foreground", "extension_for", "finish_file", "fit_alpha",
     "has_subject", "load_image", "parse_color", "prepare_file", "result_alpha", "save_image",
-    "sendable_original", "source_from_raw", "strip_jpeg_metadata",
+    "sendable_original", "source_from_raw", "strip_jpeg_metadata", "undo_orientation",
 ]

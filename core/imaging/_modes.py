@@ -63,6 +63,12 @@ def apply_orientation(im: Image.Image, orientation: int) -> Image.Image:
     return im.transpose(Image.Transpose[name])
 
 
+def undo_orientation(im: Image.Image, orientation: int) -> Image.Image:
+    """Return upright ``im`` turned back the way the pixels are stored (``apply_orientation``
+    undone: only the two quarter turns differ from their own inverse)."""
+    return apply_orientation(im, {6: 8, 8: 6}.get(orientation, orientation))
+
+
 def icc_colour_space(icc: bytes | None) -> str | None:
     """The colour space a profile describes ("RGB", "GRAY", "CMYK", ...), None if not a profile."""
     if not icc or len(icc) < 128 or icc[36:40] != b"acsp":

@@ -14,6 +14,7 @@ The WaveSpeed remote is ``bgremove.wavespeed.WaveSpeedRemote``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -53,8 +54,9 @@ class Remote(Protocol):
 
 
 class CutoutRemote:
-    """A ``Backend`` that makes the mask itself: the mask of the upload's pixels as stored
-    (the finish stage turns it by the orientation), no task and nothing to poll."""
+    """A ``Backend`` that makes the mask itself, no task and nothing to poll. The model sees
+    the upload's pixels turned upright (a model is trained on upright photos); its mask is
+    handed on as the pixels are stored, which the finish stage turns by the orientation."""
 
     wants_sync = False
 
@@ -64,7 +66,7 @@ class CutoutRemote:
         self.threads = threads
 
     def send(self, prepared: Prepared, hooks: JobHooks, *, sync: bool) -> Call:
-        from bgremove.imaging import decode_image
+        from bgremove.imaging import apply_orientation, decode_image, undo_orientation
 
         hooks.check_cancel()
         upload = prepared.upload
@@ -73,7 +75,9 @@ class CutoutRemote:
         if image.mode not in ("RGB", "RGBA"):  # a PNG's own bytes: grey, palette, with alpha
             alpha = "A" in image.getbands() or "transparency" in image.info
             image = image.convert("RGBA" if alpha else "RGB")
-        cutout = self.backend.cut_out(image, hooks)
+        cutout = self.backend.cut_out(apply_orientation(image, prepared.orientation), hooks)
+        cutout = dataclasses.replace(
+            cutout, alpha=undo_orientation(cutout.alpha, prepared.orientation))
         return Call(prepared, hooks, due=None, task_id=cutout.task_id, state=cutout)
 
     def poll(self, call: Call) -> None:  # never called: ``send`` leaves nothing to wait for
