@@ -307,11 +307,6 @@ class Breaker:
         self._outages = 0
         self._lock = threading.Lock()
 
-    @property
-    def tripped(self) -> bool:
-        with self._lock:
-            return self.reason is not None
-
     def trips(self, result: JobResult) -> bool:
         """Count ``result``; True the first time the batch should stop."""
         error = result.error
@@ -331,13 +326,6 @@ class Breaker:
             reason = self.reason
         if reason is not None:
             raise NotAttemptedError(f"{src}: not attempted: {reason}")
-
-    def skipped(self, src: Path) -> JobResult:
-        """The result of an image the batch did not start."""
-        from bgremove.jobs import JobResult
-
-        error = NotAttemptedError(f"{src}: not attempted: {self.reason}")
-        return JobResult(src, None, "failed", error, 0.0)
 
 
 class OutputCheck:

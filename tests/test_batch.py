@@ -40,8 +40,10 @@ def test_a_refusal_trips_at_once_and_names_the_reason(error: BgremoveError) -> N
     breaker = Breaker()
     assert breaker.trips(_result(error))
     assert not breaker.trips(_result(error))  # once
-    skipped = breaker.skipped(Path("later.png")).error
-    assert isinstance(skipped, NotAttemptedError) and skipped.kind == "not_attempted"
+    with pytest.raises(NotAttemptedError) as info:
+        breaker.check(Path("later.png"))
+    skipped = info.value
+    assert skipped.kind == "not_attempted"
     assert str(error) in str(skipped) and "later.png" in str(skipped)
 
 
