@@ -68,7 +68,7 @@ def finish_file(prepared: Prepared, result: Result, src: str | os.PathLike[str],
     if prepared.digest is not None and hashlib.sha256(data).hexdigest() != prepared.digest:
         raise _changed(path)
     width, height = prepared.size
-    source = load_image(path, max_pixels=width * height, data=data, for_upload=False)
+    source = load_image(path, max_pixels=width * height, data=data)
     if source.image.size != prepared.size:
         raise _changed(path)
     service = result_image(result.data, max_pixels=result.max_pixels) \

@@ -3,9 +3,10 @@
     load_image(path, max_pixels=)   -> SourceImage  oriented 8-bit RGB/RGBA + matching ICC profile
     source_from_raw(w, h, data)     -> SourceImage  a raw pixel buffer (the GIMP plug-in)
     encode_for_upload(image, ...)   -> Upload       no metadata; PNG, else JPEG q95, else smaller
-                                                    (``bgremove.imaging._upload``); a JPEG
-                                                    input's own bytes minus metadata go up
-                                                    instead when they fit (``_jpeg``)
+                                                    (``bgremove.imaging._upload``); a plain
+                                                    JPEG or PNG's own bytes minus metadata go
+                                                    up instead when they fit
+                                                    (``stored_original``, ``_prepare``)
     alpha_from_bytes(data)          -> "L" image    the service's result reduced to its alpha
     fit_alpha(alpha, size)          -> "L" image    the mask at the source's size
     compose(source, alpha, output)  -> the result: original pixels + mask, options applied
@@ -71,7 +72,6 @@ class SourceImage:
     path: Path | None = None
     exif: bytes | None = None  # the EXIF the output keeps (``bgremove.imaging._meta``)
     deep: DeepImage | None = None  # a 16-bit input's own samples (``bgremove.imaging._deep``)
-    original: StoredImage | None = None  # the file's own bytes to upload (no metadata)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -105,12 +105,11 @@ def _prepare_pillow(max_pixels: int) -> None:
 
 
 def load_image(path: str | os.PathLike[str], *, max_pixels: int,
-               data: bytes | None = None, for_upload: bool = True) -> SourceImage:
+               data: bytes | None = None) -> SourceImage:
     """Read, fully decode, orient and normalise an input image.
 
     ``data``, when given, is the file's content already read by the caller (the hot-folder
     daemon hashes and decodes the same bytes); ``path`` then only names it in messages.
-    ``for_upload=False`` (the finish stage, which uploads nothing) leaves ``original`` None.
 
     Raises InputNotFoundError, UnreadableImageError (empty, truncated, not an image, a format
     not accepted) or ImageTooLargeError (over ``max_pixels`` or a decompression bomb); every
@@ -118,7 +117,6 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int,
     """
     src = Path(path)
     if data is None:
-        # Read once: the bytes decoded are the bytes that may be uploaded as they are.
         data = read_input(src)
     with io.BytesIO(data) as fh:
         im = open_input(fh, src, max_pixels=max_pixels)
@@ -129,7 +127,6 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int,
         icc = im.info.get("icc_profile") or None
         fmt = "JPEG" if im.format == "MPO" else im.format
         deep = read_deep(fh, im, tiles, icc)
-        original = stored_original(im, data, orientation) if for_upload else None
     try:
         image, icc = to_8bit_rgb(im, icc)
         image = apply_orientation(image, orientation)
@@ -142,8 +139,7 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int,
     image.info = {}  # nothing from the file travels with the pixels (EXIF: ``exif`` above)
     log.debug("loaded %s: %s %s %dx%d, orientation %d, icc %s", src, fmt, im.mode, image.width,
               image.height, orientation, "yes" if icc else "no")
-    return SourceImage(image=image, icc_profile=icc, format=fmt, path=src, exif=exif, deep=deep,
-                       original=original)
+    return SourceImage(image=image, icc_profile=icc, format=fmt, path=src, exif=exif, deep=deep)
 
 
 def read_input(src: Path) -> bytes:
