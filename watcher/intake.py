@@ -56,14 +56,14 @@ def read_content(path: Path, config: Config, dir_fd: int | None = None
 
     max_pixels = config.input.max_pixels
     data, st = read_file(path, limit=input_limit(max_pixels), dir_fd=dir_fd)
-    digest = hashlib.sha256(data).hexdigest()
     try:
         prepared = prepare_file(path, max_pixels=max_pixels, data=data,
                                 max_upload_bytes=config.wavespeed.max_upload_bytes,
                                 max_upload_side=config.wavespeed.max_upload_side)
     except InputError as exc:
-        return Content(digest, None), exc, st
-    return Content(digest, prepared), None, st
+        return Content(hashlib.sha256(data).hexdigest(), None), exc, st
+    assert prepared.digest is not None  # prepare_file hashes the bytes it is given
+    return Content(prepared.digest, prepared), None, st
 
 
 class Intake:
