@@ -321,8 +321,8 @@ def test_a_png_with_a_damaged_text_chunk_is_cut_out(tmp_path: Path, emulator: Em
     with Image.open(tmp_path / "out" / "photo.png") as out:
         rgba = out.convert("RGBA")
     opaque = [p[:3] for p in img.pixels(rgba) if p[3] == 255]
-    assert opaque and opaque == [p for p, q in zip(img.pixels(stored), img.pixels(rgba))
-                                 if q[3] == 255]  # every opaque pixel the photo's own
+    pairs = zip(img.pixels(stored), img.pixels(rgba), strict=True)
+    assert opaque and opaque == [p for p, q in pairs if q[3] == 255]  # the photo's own
 
 
 @pytest.mark.parametrize("kind", [b"IHDR", b"PLTE", b"IDAT", b"IEND"])
