@@ -138,8 +138,8 @@ class Watcher:
         if not self.want_polling:
             # On Linux: a file moved in from outside INBOX is a move (``dest_path`` set,
             # ``src_path`` empty), not a creation, so it can be taken at once (``whole``).
-            observer: Any = Observer(generate_full_events=True) \
-                if _is_inotify(Observer) else Observer()
+            native: Any = Observer
+            observer = native(generate_full_events=True) if _is_inotify(native) else native()
             try:
                 # Always recursive: a claim renames a file into INBOX/.bgremove-claims/, and a
                 # move within one recursive watch is paired at once; out of a flat watch,
