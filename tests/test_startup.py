@@ -8,15 +8,18 @@ a real start would load. No timings: the speed itself is measured by
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 from conftest import make_keyed_image
 
-from bgremove.cli import COMMANDS, build_parser
+from bgremove.cli import COMMANDS, build_parser, main
 from bgremove.emulator import Emulator
 from tests.images import make_unsupported
 
@@ -123,3 +126,34 @@ def test_the_process_entry_skips_the_last_garbage_collection(tmp_path: Path,
                            str(tmp_path / "out"), "--overwrite"], capture_output=True,
                           text=True, env=env, cwd=REPO, timeout=120)
     assert proc.stdout.splitlines()[-1].split() == ["0", "0", "0", "True"], proc.stderr
+
+
+@pytest.mark.parametrize("images", [1, 3])
+def test_collection_waits_for_the_start_up_of_one_image_only(
+        tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch,
+        images: int) -> None:
+    # the start-up's long-lived objects are not collected over and over; one image never
+    # turns the collector back on, a batch does before its images run, and the caller
+    # (this test process) has it back on when main() returns, whatever happened
+    from bgremove.stages import FileJob
+
+    seen: list[bool] = []
+    prepare = FileJob.prepare
+
+    def noting(job: FileJob) -> Any:
+        seen.append(gc.isenabled())
+        return prepare(job)
+
+    monkeypatch.setattr(FileJob, "prepare", noting)
+    monkeypatch.setenv("WAVESPEED_API_KEY", emulator.api_key)
+    monkeypatch.setenv("WAVESPEED_BASE_URL", emulator.base_url)
+    srcs = []
+    for i in range(images):
+        srcs.append(str(tmp_path / f"subject{i}.png"))
+        make_keyed_image().save(srcs[-1])
+    assert gc.isenabled()
+    assert main(["remove", *srcs, "-o", str(tmp_path / "out")]) == 0
+    assert seen == [images > 1] * images
+    assert gc.isenabled()
+    assert main(["remove", str(tmp_path / "missing.png"), "-o", str(tmp_path / "out")]) == 1
+    assert gc.isenabled()
