@@ -20,12 +20,11 @@ import pytest
 
 from bgremove.config import WaveSpeedConfig
 from bgremove.errors import BgremoveError
-from bgremove.wavespeed import WaveSpeedClient
-from bgremove.wavespeed import _transport
+from bgremove.wavespeed import WaveSpeedClient, _transport
 
 
 class _Balance(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         body = json.dumps({"code": 200, "data": {"balance": 12.5}}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
