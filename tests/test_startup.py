@@ -44,10 +44,8 @@ print(json.dumps({"code": code, "ca_loads": len(loads),
 
 
 def _run(args: list[str], emulator: Emulator) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, WAVESPEED_API_KEY=emulator.api_key,
-               WAVESPEED_BASE_URL=emulator.base_url)
     return subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=120)
+                          text=True, env=_env(emulator), cwd=REPO, timeout=120)
 
 
 def test_one_image_loads_only_what_it_uses(tmp_path: Path, emulator: Emulator) -> None:
@@ -110,22 +108,58 @@ def test_the_command_table_names_every_command_and_its_module() -> None:
         assert command in _commands(build_parser(command))
 
 
-def test_the_process_entry_skips_the_last_garbage_collection(tmp_path: Path,
-                                                             emulator: Emulator) -> None:
-    # main() with the process's own command line freezes the objects left when it ends (the
-    # exit frees them); a caller passing argv, such as this test process, keeps its GC.
+def test_the_process_entry_ends_the_process_itself_after_the_exit_handlers(
+        tmp_path: Path, emulator: Emulator) -> None:
+    # main() with the process's own command line ends the process (no tear-down of every
+    # module), after the atexit handlers and with the objects frozen (no last collection);
+    # a caller passing argv, such as this test process, gets the code back and keeps its GC
     src = tmp_path / "subject.png"
     make_keyed_image().save(src)
-    code = ("import gc, sys; from bgremove.cli import main; "
+    code = ("import atexit, gc, sys; from bgremove.cli import main; "
             "first = main(sys.argv[1:]); kept = gc.get_freeze_count(); "
-            "sys.argv = ['bgremove', *sys.argv[1:]]; second = main(); "
-            "print(first, second, kept, gc.get_freeze_count() > 0)")
-    env = dict(os.environ, WAVESPEED_API_KEY=emulator.api_key,
-               WAVESPEED_BASE_URL=emulator.base_url)
+            "atexit.register(lambda: print(first, kept, gc.get_freeze_count() > 0)); "
+            "sys.argv = ['bgremove', *sys.argv[1:]]; main(); print('main returned')")
     proc = subprocess.run([sys.executable, "-c", code, "remove", str(src), "-o",
                            str(tmp_path / "out"), "--overwrite"], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=120)
-    assert proc.stdout.splitlines()[-1].split() == ["0", "0", "0", "True"], proc.stderr
+                          text=True, env=_env(emulator), cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].split() == ["0", "0", "True"], proc.stdout
+    assert "main returned" not in proc.stdout
+
+
+def test_the_process_ends_with_every_line_written_through_a_pipe(
+        tmp_path: Path, emulator: Emulator) -> None:
+    # stdout to a pipe is block-buffered: what the process ends without must be written
+    srcs = []
+    for i in range(12):
+        srcs.append(str(tmp_path / f"subject{i}.png"))
+        make_keyed_image().save(srcs[-1])
+    env = _env(emulator)
+    env.pop("PYTHONUNBUFFERED", None)
+    proc = subprocess.run([sys.executable, "-m", "bgremove", "remove", *srcs, "--json", "-o",
+                           str(tmp_path / "out")], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert len([json.loads(line) for line in proc.stdout.splitlines()]) == 12
+    assert proc.stderr.splitlines()[-1] == "bgremove: 12 images: 12 done"
+
+
+def test_the_usual_exit_waits_for_a_thread_still_running(tmp_path: Path) -> None:
+    # (after Ctrl-C, a sync submit already sent is waited for by the exit)
+    code = ("import sys, threading; from bgremove.cli import main; "
+            "ended = threading.Event(); "
+            "threading.Thread(target=lambda: (ended.wait(60), print('thread ended'))).start(); "
+            "sys.argv = ['bgremove', 'remove', '--concurrency', '0', sys.argv[1]]; "
+            "code = main(); print('main returned', code); ended.set()")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing.png")],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.stdout.split("\n")[:2] == ["main returned 2", "thread ended"], proc.stderr
+    assert proc.returncode == 0
+
+
+def _env(emulator: Emulator) -> dict[str, str]:
+    return dict(os.environ, WAVESPEED_API_KEY=emulator.api_key,
+                WAVESPEED_BASE_URL=emulator.base_url)
 
 
 @pytest.mark.parametrize("images", [1, 3])

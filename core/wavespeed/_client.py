@@ -26,7 +26,7 @@ import base64
 import binascii
 import itertools
 import logging
-import platform
+import os
 import random
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -83,6 +83,10 @@ _NO_DIRECT_UPLOAD = frozenset({404, 405, 501})
 
 
 def client_os() -> str:
+    if hasattr(os, "uname"):  # POSIX: what platform.system() reads, without its ~1 ms import
+        return os.uname().sysname.lower() or "unknown"
+    import platform
+
     return platform.system().lower() or "unknown"
 
 
