@@ -142,6 +142,10 @@ def test_the_process_ends_with_every_line_written_through_a_pipe(
     assert proc.returncode == 0, proc.stderr
     assert len([json.loads(line) for line in proc.stdout.splitlines()]) == 12
     assert proc.stderr.splitlines()[-1] == "bgremove: 12 images: 12 done"
+    listed = subprocess.run([sys.executable, "-m", "bgremove", "tasks"], capture_output=True,
+                            text=True, env=env, cwd=REPO, timeout=120)  # print()s its table
+    assert listed.returncode == 0, listed.stderr
+    assert len(listed.stdout.splitlines()) == 1 + 12, listed.stdout
 
 
 def test_the_usual_exit_waits_for_a_thread_still_running(tmp_path: Path) -> None:
