@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import throwaway_state
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,6 +153,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
+    throwaway_state.isolate()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--delay", type=float, default=0.3)
     parser.add_argument("--reps", type=int, default=10)

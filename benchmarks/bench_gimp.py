@@ -33,6 +33,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import throwaway_state
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "gimp_batch")]
 
@@ -130,6 +132,7 @@ def run(delay: float, reps: int) -> dict[str, Any]:
 
 
 def main() -> int:
+    throwaway_state.isolate()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delay", type=float, default=0.5, help="emulator inference seconds")
     parser.add_argument("--reps", type=int, default=3, help="runs per size")

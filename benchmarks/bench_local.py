@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import throwaway_state
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -39,6 +41,7 @@ def measure(python: str, impl: str, model: str, size: tuple[int, int], runs: int
 
 
 def main() -> int:
+    throwaway_state.isolate()
     from bench_quality import DEFAULT_SET, ensure_set, rembg_python
 
     from bgremove.local.models import ensure_model, model_dir

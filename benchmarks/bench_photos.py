@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import throwaway_state
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -132,11 +133,9 @@ class Run:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def environment(emu: EmulatorProcess, tmp: Path) -> dict[str, str]:
-    env = dict(os.environ, WAVESPEED_API_KEY=KEY, WAVESPEED_BASE_URL=emu.base_url,
-               XDG_STATE_HOME=str(tmp / "state"), XDG_CONFIG_HOME=str(tmp / "xdg"))
-    env.pop("BGREMOVE_CONFIG", None)
-    return env
+def environment(emu: EmulatorProcess) -> dict[str, str]:
+    # The config and state folders are throwaway ones already (throwaway_state.isolate).
+    return dict(os.environ, WAVESPEED_API_KEY=KEY, WAVESPEED_BASE_URL=emu.base_url)
 
 
 def bgremove_config(tmp: Path, extra: str = "") -> Path:
@@ -268,7 +267,7 @@ def wall_and_cpu(photos: list[Path], args: argparse.Namespace, tmp: Path, uplink
     link = f"uplink {uplink:g} Mbit/s" if uplink else "loopback"
     result: dict[str, Any] = {"link": link, "load_before": load()}
     with EmulatorProcess(*flags) as emu:
-        env = environment(emu, tmp)
+        env = environment(emu)
         config = bgremove_config(tmp)
         outs = {client: tmp / f"check-{client}-{uplink:g}" for client in CLIENTS}
         uploads: dict[str, Any] = {}
@@ -433,7 +432,7 @@ def start_daemon(inbox: Path, outbox: Path, concurrency: int, emu: EmulatorProce
     proc = subprocess.Popen(
         [sys.executable, "-m", "bgremove", "watch", str(inbox), str(outbox), "--concurrency",
          str(concurrency), "--config", str(config), "--log-level", "warning"],
-        cwd=ROOT, env=environment(emu, work), stdout=subprocess.DEVNULL,
+        cwd=ROOT, env=environment(emu), stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not (outbox / ".bgremove" / "journal.sqlite3").exists():
@@ -489,7 +488,7 @@ def many(args: argparse.Namespace, tmp: Path, command: str) -> dict[str, Any]:
             run = run_process([sys.executable, "-m", "bgremove", "remove", str(src), "-o",
                                str(out), "--concurrency", str(args.many_concurrency),
                                "--config", str(bgremove_config(tmp)), "--log-level",
-                               "warning"], environment(emu, tmp), sample=True)
+                               "warning"], environment(emu), sample=True)
         else:
             run = watch_drain(src, out, args, emu, tmp)
         stats = emu.stats()
@@ -616,6 +615,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def main() -> int:
+    throwaway_state.isolate()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=6)
     parser.add_argument("--concurrency", type=int, default=3)

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import throwaway_state
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,6 +161,7 @@ def foreground_rows(folder: Path, names: list[str],
 
 
 def main() -> int:
+    throwaway_state.isolate()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", type=Path, default=DEFAULT_SET, help="folder of the image set")
     parser.add_argument("--no-rembg", action="store_true", help="skip rembg and pymatting")

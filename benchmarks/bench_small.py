@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import throwaway_state
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -126,6 +128,7 @@ def _row(measure: str, walls: dict[str, list[float]], goal: str, *,
 
 
 def main() -> None:
+    throwaway_state.isolate()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--delay", type=float, default=0.3)
     parser.add_argument("--reps", type=int, default=7, help="runs of the one-image process")

@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+import throwaway_state
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -64,6 +66,7 @@ def run(count: int, delay: float, folder: Path) -> dict[str, float]:
 
 
 def main() -> None:
+    throwaway_state.isolate()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--delay", type=float, default=3.0)

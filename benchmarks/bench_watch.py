@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import throwaway_state
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -182,6 +184,7 @@ def run_latency(count: int, stable: float, gap: float = 0.0) -> list[float]:
 
 
 def main() -> int:
+    throwaway_state.isolate()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--delay", type=float, default=0.3)

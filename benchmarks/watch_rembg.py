@@ -36,6 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import throwaway_state
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 for _p in (str(ROOT), str(BENCH)):
@@ -356,6 +358,7 @@ def compare(count: int, *, batch: bool = True,
 
 
 def main() -> int:
+    throwaway_state.isolate()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=50)
     parser.add_argument("--no-batch", action="store_true", help="watch mode only")

@@ -464,7 +464,7 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
         from bgremove.contract import CancelToken, JobHooks
         from bgremove.errors import BgremoveError, CancelledError, MissingExtraError
         from bgremove.logs import register_secret
-        from bgremove.stages import Pipeline
+        from bgremove.stages import run_one
         from bgremove.version import __version__
         log_path = start_logging(out)
     except ImportError as exc:
@@ -507,8 +507,7 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
         backend = make_backend(config, name=request.backend)
         job = LayerJob(request, pixels, old_mask, selection, config,
                        JobHooks(progress=out.progress, cancel=token))
-        with Pipeline(backend, config, in_flight=1, cpu_workers=1, cancel=token) as pipeline:
-            pipeline.start(job)
+        run_one(job, backend, config)
         if job.error is not None:
             raise job.error
         token.raise_if_cancelled()  # the plug-in went away meanwhile: nothing to send back

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,36 @@ def test_strip_metadata_writes_no_exif(tmp_path: Path, emulator: Emulator) -> No
     assert done.returncode == 0, done.stderr
     with Image.open(tmp_path / "portrait-nobg.png") as out:
         assert not out.getexif()
+
+
+def _with_damaged_exif(path: Path, damage: str) -> Path:
+    """A JPEG whose EXIF block (big-endian, as some cameras write) is damaged: its main IFD
+    says it has more entries than the block holds, or a value lies past the block's end."""
+    head = b"MM\x00*" + struct.pack(">L", 8)
+    if damage == "entries":
+        tiff = head + struct.pack(">H", 5) + struct.pack(">HHL4s", MAKE, 2, 4, b"Cam\x00")
+    else:
+        tiff = head + struct.pack(">H", 2) + struct.pack(">HHL4s", MAKE, 2, 4, b"Cam\x00") \
+            + struct.pack(">HHLL", ARTIST, 2, 400, 38) + struct.pack(">L", 0)
+    payload = b"Exif\x00\x00" + tiff
+    data = subject(path).read_bytes()
+    path.write_bytes(data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+                     + data[2:])
+    return path
+
+
+@pytest.mark.parametrize("damage", ["entries", "value"])
+def test_a_damaged_exif_block_is_dropped_with_one_line(
+        tmp_path: Path, emulator: Emulator, damage: str) -> None:
+    src = _with_damaged_exif(tmp_path / "broken.jpg", damage)
+    done = bgremove(tmp_path, "remove", str(src), emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and "warn(" not in done.stderr  # no raw Python text
+    assert [line for line in done.stderr.splitlines() if "EXIF" in line] == [
+        f"bgremove: warning: {src}: its EXIF data is damaged; the cut-out is written without it"]
+    with Image.open(tmp_path / "broken-nobg.png") as out:
+        assert not out.getexif() and "exif" not in out.info
+        assert out.getchannel("A").getpixel((20, 15)) == 255
 
 
 def test_an_image_with_no_subject_is_written_with_a_warning(

@@ -965,3 +965,28 @@ def test_cli_refuses_a_bad_fault_spec() -> None:
 def test_cli_reports_a_port_in_use(emulator: Emulator) -> None:
     result = _run_cli("--port", str(emulator.port))
     assert result.returncode == 2 and "cannot listen" in result.stderr
+
+
+def test_the_emulated_service_decodes_uploads_by_its_own_rules(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the client sends is checked, not trusted: the EXIF orientation is applied (a
+    client must strip it when it turns the mask itself), formats the service does not take
+    and images over its pixel limit are refused before any pixel is decoded."""
+    from bgremove.emulator import model
+
+    image = Image.new("RGB", (30, 20), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for fmt in ("JPEG", "PNG", "WEBP"):
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, exif=exif.tobytes())
+        assert model.decode_image(buffer.getvalue()).size == (20, 30), fmt
+    buffer = io.BytesIO()
+    image.save(buffer, format="PCX")
+    with pytest.raises(ValueError, match="cannot decode"):
+        model.decode_image(buffer.getvalue())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    monkeypatch.setattr(model, "SERVICE_MAX_PIXELS", 599)
+    with pytest.raises(ValueError, match="30x20 is more than the 599 pixels"):
+        model.decode_image(buffer.getvalue())

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KEY_TOLERANCE = 24
+#: What the emulated service decodes: the formats an image upload may have, and no image
+#: beyond Pillow's own bomb limit.
+SERVICE_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
+SERVICE_MAX_PIXELS = 2 * 89_478_485
 
 #: image (RGB or RGBA) -> alpha (mode "L", same size)
 AlphaFn = Callable[["Image.Image"], "Image.Image"]
@@ -55,16 +59,16 @@ def keyout_alpha(image: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """Decode an uploaded image (first frame), or raise ``ValueError``."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Decode an uploaded image (first frame) as the service does, or raise ``ValueError``:
+    the service's own formats and pixel limit (not the client's settings), every byte
+    decoded, and turned by its EXIF orientation (a client that strips that tag and
+    turns the mask itself is checked by this)."""
+    from PIL import ImageOps
 
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
-            opened.load()
-            image = ImageOps.exif_transpose(opened) or opened.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"cannot decode the input image: {exc}") from None
-    return _normalise(image)
+    from bgremove.imaging import decode_image as decode
+
+    image = decode(data, max_pixels=SERVICE_MAX_PIXELS, formats=SERVICE_FORMATS)
+    return _normalise(ImageOps.exif_transpose(image) or image)
 
 
 def fit_within(size: tuple[int, int], max_side: int) -> tuple[int, int]:

@@ -6,11 +6,16 @@ picture and its rights (Artist, Copyright, ImageDescription, the Windows XP fiel
 Dropped: the GPS block; the thumbnail (it shows the old background); Orientation (the
 pixels are already upright); the pixel dimensions (a crop changes them); the MakerNote
 (a vendor blob whose internal offsets break when rewritten); and every structural TIFF tag.
+A damaged block (an entry or a value past its end) is not carried at all: Pillow would read
+part of it, with raw warnings that ``silence_pillow_exif_warnings`` keeps off stderr.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import struct
+import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -25,15 +30,29 @@ _KEPT_IFD0 = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298,
               0x9C9B, 0x9C9C, 0x9C9D, 0x9C9E, 0x9C9F)
 #: EXIF sub-IFD tags left out: MakerNote, PixelXDimension, PixelYDimension, the interop pointer.
 _DROPPED_EXIF = (0x927C, 0xA002, 0xA003, 0xA005)
+#: Bytes per value of each TIFF field type (types Pillow skips are absent).
+_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
+               13: 4, 16: 8, 17: 8, 18: 8}
 
 
-def kept_exif(im: Image.Image) -> bytes | None:
+def silence_pillow_exif_warnings() -> None:
+    """Keep Pillow's warnings about damaged EXIF (raw Python warning text) off stderr, for
+    good: ``kept_exif`` drops such a block with one line of its own."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
+
+
+def kept_exif(im: Image.Image, src: str | os.PathLike[str]) -> bytes | None:
     """The EXIF block to write into the output of ``im``, or None when nothing is worth keeping.
 
-    Never raises: unreadable EXIF is dropped with a debug line (the image itself is fine).
+    Never raises: damaged EXIF is dropped with one warning naming ``src`` (the image itself
+    is fine).
     """
     from PIL import Image
 
+    raw = im.info.get("exif")
+    if isinstance(raw, bytes) and not _intact(raw):
+        log.warning("%s: its EXIF data is damaged; the cut-out is written without it", src)
+        return None
     try:
         source = im.getexif()
         kept = Image.Exif()
@@ -52,3 +71,35 @@ def kept_exif(im: Image.Image) -> bytes | None:
     except Exception as exc:  # a malformed block must not cost the image
         log.debug("dropping unreadable EXIF data: %s", exc)
         return None
+
+
+
+def _intact(block: bytes) -> bool:
+    """Whether the main IFD of a raw EXIF block, and its EXIF sub-IFD, lie whole within it."""
+    tiff = block[6:] if block.startswith(b"Exif\x00\x00") else block
+    if tiff[:4] not in (b"II*\x00", b"MM\x00*"):
+        return False
+    order = "<" if tiff[:2] == b"II" else ">"
+    try:
+        sub = _check_ifd(tiff, order, struct.unpack_from(order + "L", tiff, 4)[0])
+        if sub is not None:
+            _check_ifd(tiff, order, sub)
+    except (struct.error, ValueError):
+        return False
+    return True
+
+
+def _check_ifd(tiff: bytes, order: str, offset: int) -> int | None:
+    """Check that the IFD at ``offset`` and its values lie within ``tiff`` (else raise
+    ``struct.error`` or ``ValueError``); return where its EXIF sub-IFD is, if it has one."""
+    (count,) = struct.unpack_from(order + "H", tiff, offset)
+    struct.unpack_from(order + "L", tiff, offset + 2 + 12 * count)  # the next-IFD pointer
+    pointer = None
+    for start in range(offset + 2, offset + 2 + 12 * count, 12):
+        tag, kind, n, value = struct.unpack_from(order + "HHLL", tiff, start)
+        size = _TYPE_SIZES.get(kind, 0) * n
+        if size > 4 and value + size > len(tiff):
+            raise ValueError(f"tag {tag:#x} has its value past the end")
+        if tag == _EXIF_IFD:
+            pointer = value
+    return pointer

@@ -41,7 +41,7 @@ from bgremove.errors import (
 )
 from bgremove.imaging._deep import DEEP_FORMATS, DeepImage, compose_deep, deep_tiles, read_deep
 from bgremove.imaging._jpeg import strip_jpeg_metadata
-from bgremove.imaging._meta import kept_exif
+from bgremove.imaging._meta import kept_exif, silence_pillow_exif_warnings
 from bgremove.imaging._modes import apply_orientation, exif_orientation, to_8bit_rgb
 from bgremove.imaging._png import strip_png_metadata
 
@@ -101,6 +101,7 @@ def _prepare_pillow(max_pixels: int) -> None:
             for plugin in _PLUGINS:
                 importlib.import_module(f"PIL.{plugin}ImagePlugin")
             warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+            silence_pillow_exif_warnings()
             _pillow_ready = True
 
 
@@ -123,7 +124,7 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int,
         tiles = deep_tiles(im)
         decode_input(im, src)
         orientation = exif_orientation(im)
-        exif = kept_exif(im)
+        exif = kept_exif(im, src)
         icc = im.info.get("icc_profile") or None
         fmt = "JPEG" if im.format == "MPO" else im.format
         deep = read_deep(fh, im, tiles, icc)

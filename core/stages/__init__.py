@@ -8,6 +8,7 @@ and the GIMP bridge share.
     _remote    the Remote protocol, Call, CutoutRemote (a mask made on this machine)
     _image     prepare_image: the prepare stage of an image already decoded
     _file      FileJob: one input file to one output file; remove_file runs one
+    _one       run_one: one job on a pipeline of its own (remove_file, the GIMP bridge)
 
 The WaveSpeed remote is ``bgremove.wavespeed.WaveSpeedRemote``. The modules are private;
 these are the public names.
@@ -15,9 +16,11 @@ these are the public names.
 
 from bgremove.stages._file import FileJob, job_error, remove_file
 from bgremove.stages._image import prepare_image
+from bgremove.stages._one import run_one
 from bgremove.stages._pipeline import MAX_IO_THREADS, Job, Pipeline
 from bgremove.stages._poller import Poller
 from bgremove.stages._remote import Call, CutoutRemote, Remote, remote_for
 
 __all__ = ["MAX_IO_THREADS", "Call", "CutoutRemote", "FileJob", "Job", "Pipeline", "Poller",
-           "Remote", "job_error", "prepare_image", "remote_for", "remove_file"]
+           "Remote", "job_error", "prepare_image", "remote_for", "remove_file",
+           "run_one"]

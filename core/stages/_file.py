@@ -67,11 +67,10 @@ def remove_file(src: Path, dst: Path, backend: Backend, config: Config,
                 hooks: JobHooks | None = None) -> JobResult:
     """Cut out ``src`` into ``dst`` through a pipeline of one job (the path every image
     takes); raises ``BgremoveError`` on failure, nothing written then."""
-    from bgremove.stages._pipeline import Pipeline
+    from bgremove.stages._one import run_one
 
     ended: list[JobResult] = []
-    with Pipeline(backend, config, in_flight=1, cpu_workers=1) as pipeline:
-        pipeline.start(FileJob(src, dst, config, done=ended.append, hooks=hooks))
+    run_one(FileJob(src, dst, config, done=ended.append, hooks=hooks), backend, config)
     result = ended[0]
     if result.error is not None:
         raise result.error

@@ -228,13 +228,8 @@ class WaveSpeedClient:
         context's cancel token.
         """
         ctx = ctx or self.context()
-        waiting = self.waiting(task_id, ctx=ctx, poll_first=poll_first,
-                               submitted_at=submitted_at)
-        while True:
-            self._requests.pause(waiting.delay, ctx, "result", task_id)
-            prediction = waiting.poll(progress)
-            if prediction is not None:
-                return prediction
+        return self.waiting(task_id, ctx=ctx, poll_first=poll_first,
+                            submitted_at=submitted_at).until_done(progress)
 
     def waiting(self, task_id: str, *, ctx: CallContext, poll_first: bool = True,
                 submitted_at: float | None = None) -> TaskWait:
@@ -289,12 +284,22 @@ class WaveSpeedClient:
         ctx = ctx or self.context()
         submitted = self.submit_task(image_url, sync=sync, ctx=ctx, upload=upload,
                                      on_submit=on_submit, known=known)
+        waiting = self.follow(submitted, ctx=ctx, on_task=on_task)
+        return submitted.prediction if waiting is None else waiting.until_done(progress)
+
+    def follow(self, submitted: Submitted, *, ctx: CallContext,
+               on_task: Callable[[str], None] | None = None) -> TaskWait | None:
+        """After a task was created (or adopted): ``on_task(id)``, then None when it is
+        completed already, else its ``TaskWait`` (looped over by ``run``, or polled a step
+        at a time by the pipeline's remote stage)."""
+        prediction = submitted.prediction
+        ctx.task_id = prediction.id
         if on_task is not None:
-            on_task(submitted.prediction.id)
-        if submitted.prediction.status == "completed":
-            return submitted.prediction
-        return self.wait(submitted.prediction.id, ctx=ctx, poll_first=submitted.poll_first,
-                         progress=progress, submitted_at=submitted.sent_at)
+            on_task(prediction.id)
+        if prediction.status == "completed":
+            return None
+        return self.waiting(prediction.id, ctx=ctx, poll_first=submitted.poll_first,
+                            submitted_at=submitted.sent_at)
 
     def submit_task(self, image_url: str, *, sync: bool, ctx: CallContext,
                     upload: bytes | None = None,
@@ -468,7 +473,7 @@ class Submitted:
     """A task just created (or adopted), and how to wait for it."""
 
     prediction: Prediction
-    sent_at: float  # the client's clock when the submit was sent
+    sent_at: float | None  # the client's clock when the submit was sent (None: unknown)
     poll_first: bool  # ask at once (a sync wait given up on, an adopted task)
 
 
@@ -503,6 +508,14 @@ class TaskWait:
     def delay(self) -> float:
         """Seconds until the next poll is due, within the deadline."""
         return max(0.0, min(self._delay, self.ctx.deadline.remaining()))
+
+    def until_done(self, progress: Callable[[float], None] | None = None) -> Prediction:
+        """Poll on this thread, each ``delay`` apart, until the task completed."""
+        while True:
+            self.client.requester.pause(self.delay, self.ctx, "result", self.task_id)
+            prediction = self.poll(progress)
+            if prediction is not None:
+                return prediction
 
     def poll(self, progress: Callable[[float], None] | None = None) -> Prediction | None:
         """Ask once: the completed prediction, or None (not yet; ``delay`` is set again).

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from bgremove.contract import Result
 from bgremove.stages._remote import Call
+from bgremove.wavespeed._client import Submitted
 
 if TYPE_CHECKING:
     from bgremove.contract import JobHooks, Prepared
@@ -55,7 +56,7 @@ class WaveSpeedRemote:
             # judged by the image itself (what was uploaded had at most its pixels)
             ctx.upload_pixels = prepared.size[0] * prepared.size[1]
             hooks.report("wait", 0.3)
-            self._wait(call, hooks.resume_task, poll_first=True)
+            self._waiting(call, client.waiting(hooks.resume_task, ctx=ctx, poll_first=True))
             return call
         upload = prepared.upload
         ctx.upload_pixels = upload.size[0] * upload.size[1]
@@ -66,16 +67,15 @@ class WaveSpeedRemote:
             found = client.find_lost_task(url, upload.data, sent_at, ctx=ctx,
                                           known=hooks.known_tasks)
             if found is not None:
-                self._submitted(call, found, poll_first=True)
+                self._submitted(call, Submitted(found, None, poll_first=True))
                 return call
         url = client.upload(upload.data, upload.filename, upload.content_type, ctx=ctx)
         hooks.report("upload", 0.3)
         hooks.check_cancel()
         hooks.report("wait", 0.3)
-        submitted = client.submit_task(url, sync=sync, ctx=ctx, upload=upload.data,
-                                       on_submit=hooks.on_submit, known=hooks.known_tasks)
-        self._submitted(call, submitted.prediction, poll_first=submitted.poll_first,
-                        sent_at=submitted.sent_at)
+        self._submitted(call, client.submit_task(url, sync=sync, ctx=ctx, upload=upload.data,
+                                                 on_submit=hooks.on_submit,
+                                                 known=hooks.known_tasks))
         return call
 
     def poll(self, call: Call) -> None:
@@ -106,33 +106,29 @@ class WaveSpeedRemote:
     def run(self, prepared: Prepared, hooks: JobHooks, *, sync: bool) -> Result:
         """``send``, ``poll`` until done and ``fetch``, on this thread (one image)."""
         call = self.send(prepared, hooks, sync=sync)
-        while call.due is not None:
-            self.client.requester.pause(call.due, call.state.ctx, "result", call.task_id)
-            self.poll(call)
+        state: _State = call.state
+        if state.waiting is not None:
+            self._completed(call, state.waiting.until_done(_scaled(hooks, "wait", 0.3, 0.8)))
         return self.fetch(call)
 
-    def _submitted(self, call: Call, prediction: Prediction, *, poll_first: bool,
-                   sent_at: float | None = None) -> None:
-        if call.hooks.on_task is not None:
-            call.hooks.on_task(prediction.id)
-        if prediction.status == "completed":
-            call.task_id = prediction.id
-            self._completed(call, prediction)
+    def _submitted(self, call: Call, submitted: Submitted) -> None:
+        state: _State = call.state
+        call.task_id = submitted.prediction.id
+        waiting = self.client.follow(submitted, ctx=state.ctx, on_task=call.hooks.on_task)
+        if waiting is None:
+            self._completed(call, submitted.prediction)
         else:
-            self._wait(call, prediction.id, poll_first=poll_first, sent_at=sent_at)
+            self._waiting(call, waiting)
 
     def _completed(self, call: Call, prediction: Prediction) -> None:
         state: _State = call.state
         state.prediction, state.waiting, call.due = prediction, None, None
         state.done_at = self.client.requester.clock()
 
-    def _wait(self, call: Call, task_id: str, *, poll_first: bool,
-              sent_at: float | None = None) -> None:
-        call.task_id = task_id
+    def _waiting(self, call: Call, waiting: TaskWait) -> None:
         state: _State = call.state
-        state.waiting = self.client.waiting(task_id, ctx=state.ctx, poll_first=poll_first,
-                                            submitted_at=sent_at)
-        call.due = state.waiting.delay
+        call.task_id = waiting.task_id
+        state.waiting, call.due = waiting, waiting.delay
 
 
 def _scaled(hooks: JobHooks, stage: str, start: float, end: float) -> Callable[[float], None]:
