@@ -19,6 +19,8 @@ from bgremove.config import OutputConfig
 from bgremove.errors import ConfigError, ImageTooLargeError, OutputError, ProtocolError
 from bgremove.imaging import (
     SourceImage,
+    _png,
+    _save,
     alpha_from_bytes,
     compose,
     encode_for_upload,
@@ -29,7 +31,6 @@ from bgremove.imaging import (
     save_image,
     source_from_raw,
 )
-from bgremove.imaging import _png, _save
 from bgremove.imaging._modes import icc_colour_space
 from tests import images as img
 
@@ -362,14 +363,17 @@ def test_save_is_lossless_and_keeps_the_icc_profile(tmp_path: Path, fmt: str,
     assert sorted(p.name for p in tmp_path.iterdir()) == [dest.name]
 
 
+@pytest.mark.parametrize("parts", [1, 3])
 @pytest.mark.parametrize("mode", ["RGBA", "RGB", "LA", "L"])
 @pytest.mark.parametrize("size", [(300, 217), (1, 5), (6, 1)])
 def test_large_png_outputs_are_written_by_the_up_filter_writer_pixel_exact(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str,
-        size: tuple[int, int]) -> None:
+        size: tuple[int, int], parts: int) -> None:
     """The writer of photo-sized PNG outputs (here from 1 pixel on), in bands of 3 rows and
-    IDAT chunks of 64 bytes: same pixels, profile and EXIF as Pillow's encoder writes."""
+    IDAT chunks of 64 bytes, its rows compressed in one run or three at once: same pixels,
+    profile and EXIF as Pillow's encoder writes."""
     monkeypatch.setattr(_save, "_FAST_PNG_PIXELS", 1)
+    monkeypatch.setattr(_png, "_PARTS", parts)
     monkeypatch.setattr(_png, "_ENCODE_BYTES", 3 * size[0] * len(mode))
     monkeypatch.setattr(_png, "_IDAT_BYTES", 64)
     written: list[str] = []

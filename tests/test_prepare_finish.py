@@ -27,6 +27,7 @@ from bgremove.emulator import Emulator
 from bgremove.emulator.model import cutout_png, keyout_alpha
 from bgremove.errors import InputChangedError, ProtocolError, UnreadableImageError
 from bgremove.imaging import (
+    _finish,
     apply_orientation,
     finish_file,
     load_image,
@@ -34,7 +35,6 @@ from bgremove.imaging import (
     result_alpha,
     strip_jpeg_metadata,
 )
-from bgremove.imaging import _finish
 from bgremove.imaging._png import png_data_complete, read_chunks, strip_png_metadata
 from bgremove.wavespeed import WaveSpeedClient
 from tests import images as img

@@ -20,8 +20,10 @@ choice among all five filters per row, then zlib. The same chunks as Pillow's PN
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
@@ -43,6 +45,10 @@ _FILTER_UP = b"\x02"
 #: Bytes of pixels ``write_png`` filters at a time, and of image data per IDAT chunk.
 _ENCODE_BYTES = 1 << 20
 _IDAT_BYTES = 1 << 18
+#: Runs of rows ``write_png`` compresses at once: one a core, at most 4.
+_PARTS = min(4, os.cpu_count() or 1)
+_ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, "fastest" (informative only)
+_ADLER_BASE = 65521
 
 
 @dataclass(frozen=True)
@@ -193,34 +199,92 @@ def write_png(image: Image.Image, fh: IO[bytes], *, level: int, icc: bytes | Non
     """Write ``image`` (8-bit L, LA, RGB or RGBA) to ``fh`` as a PNG, zlib at ``level``, with
     ``icc`` and ``exif`` chunks; every row has the Up filter (see the module docstring).
 
+    The rows are split in up to ``_PARTS`` runs compressed at once on threads (zlib lets go of
+    the interpreter lock), each run a deflate stream of its own ended on a byte boundary, so
+    they join into one stream as pigz joins them; the Adler-32 checksums are combined. Memory:
+    a band of about ``_ENCODE_BYTES`` per run, and the compressed data of the later runs until
+    the first is written.
+
     Measured on 24 MP RGBA cut-outs of the benchmark's photos (CPU seconds, bytes), against
     Pillow's encoder at level 1: 0.51 s 21.2 MB vs 1.01 s 21.4 MB, 0.41 s 16.9 MB vs 0.88 s
-    17.6 MB. Memory: a band of about ``_ENCODE_BYTES`` at a time, and the zlib stream's state.
+    17.6 MB; with two runs on two idle cores, 0.27 s of wall time instead of 0.51 s.
     """
-    from PIL import ImageChops
+    from concurrent.futures import ThreadPoolExecutor
 
     width, height = image.size
     stride = width * len(image.mode)
-    fh.writelines(png_head(width, height, 8, PNG_COLOUR[image.mode], icc, exif))
     rows = max(1, _ENCODE_BYTES // stride)
-    packer = zlib.compressobj(level)
-    pending = bytearray()
-    for top in range(0, height, rows):
-        bottom = min(height, top + rows)
-        # the row above each row (zeros above the first: what a decoder takes there)
-        above = image.crop((0, top - 1, width, bottom - 1))
-        band = memoryview(ImageChops.subtract_modulo(
-            image.crop((0, top, width, bottom)), above).tobytes())
-        pieces: list[bytes | memoryview] = []
-        for start in range(0, len(band), stride):
-            pieces += (_FILTER_UP, band[start:start + stride])
-        pending += packer.compress(b"".join(pieces))
-        if len(pending) >= _IDAT_BYTES:
-            fh.write(png_chunk(b"IDAT", pending))
-            pending.clear()
-    pending += packer.flush()
-    fh.write(png_chunk(b"IDAT", pending))
+    runs = max(1, min(_PARTS, height // rows))
+    cuts = [height * i // runs for i in range(runs + 1)]
+    fh.writelines(png_head(width, height, 8, PNG_COLOUR[image.mode], icc, exif))
+    idat = _IdatWriter(fh)
+    idat.write(_ZLIB_HEADER)
+    later: list[list[bytes]] = [[] for _ in range(runs - 1)]
+    with ThreadPoolExecutor(max(1, runs - 1), thread_name_prefix="bgremove-png") as pool:
+        others = [pool.submit(_deflate_rows, image, cuts[i], cuts[i + 1], rows, level,
+                              i == runs - 1, later[i - 1].append) for i in range(1, runs)]
+        adler = _deflate_rows(image, 0, cuts[1], rows, level, runs == 1, idat.write)
+        for i, future in enumerate(others, start=1):
+            adler = _adler32_combine(adler, future.result(), (cuts[i + 1] - cuts[i]) * (stride + 1))
+            for piece in later[i - 1]:
+                idat.write(piece)
+            later[i - 1].clear()
+    idat.write(adler.to_bytes(4, "big"))
+    idat.close()
     fh.write(png_chunk(b"IEND", b""))
+
+
+def _deflate_rows(image: Image.Image, top: int, bottom: int, rows: int, level: int, last: bool,
+                  out: Callable[[bytes], object]) -> int:
+    """Rows ``top`` to ``bottom`` of ``image`` Up-filtered and deflated (a raw stream of its own,
+    the final one when ``last``) into ``out``, a band of ``rows`` at a time; their Adler-32."""
+    from PIL import ImageChops
+
+    width = image.width
+    stride = width * len(image.mode)
+    packer = zlib.compressobj(level, zlib.DEFLATED, -15)
+    adler = 1
+    for start in range(top, bottom, rows):
+        stop = min(bottom, start + rows)
+        # the row above each row (zeros above the first: what a decoder takes there)
+        above = image.crop((0, start - 1, width, stop - 1))
+        band = memoryview(ImageChops.subtract_modulo(
+            image.crop((0, start, width, stop)), above).tobytes())
+        pieces: list[bytes | memoryview] = []
+        for row in range(0, len(band), stride):
+            pieces += (_FILTER_UP, band[row:row + stride])
+        filtered = b"".join(pieces)
+        adler = zlib.adler32(filtered, adler)
+        out(packer.compress(filtered))
+    out(packer.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH))
+    return adler
+
+
+def _adler32_combine(first: int, second: int, length: int) -> int:
+    """The Adler-32 of two pieces of data from theirs and the second's length (zlib's
+    ``adler32_combine``, which Python's zlib does not offer)."""
+    rem = length % _ADLER_BASE
+    low = (first & 0xFFFF) + (second & 0xFFFF) + _ADLER_BASE - 1
+    high = rem * (first & 0xFFFF) + (first >> 16) + (second >> 16) + _ADLER_BASE - rem
+    return (low % _ADLER_BASE) | (high % _ADLER_BASE) << 16
+
+
+class _IdatWriter:
+    """Image data written to ``fh`` as IDAT chunks of about ``_IDAT_BYTES``."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh = fh
+        self.pending = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.pending += data
+        if len(self.pending) >= _IDAT_BYTES:
+            self.fh.write(png_chunk(b"IDAT", self.pending))
+            self.pending.clear()
+
+    def close(self) -> None:
+        self.fh.write(png_chunk(b"IDAT", self.pending))
+        self.pending.clear()
 
 
 def png_chunk(kind: bytes, data: bytes | bytearray) -> bytes:
