@@ -68,12 +68,9 @@ def finish_file(prepared: Prepared, result: Result, src: str | os.PathLike[str],
         data = read_input(path)
     if prepared.digest is not None and hashlib.sha256(data).hexdigest() != prepared.digest:
         raise _changed(path)
-    width, height = prepared.size
-    source = load_image(path, max_pixels=width * height, data=data)
+    source, service = _decode(path, data, prepared, result)
     if source.image.size != prepared.size:
         raise _changed(path)
-    service = result_image(result.data, max_pixels=result.max_pixels) \
-        if result.data is not None else None
     stored = result_mask(service) if service is not None else _local_alpha(result)
     alpha = fit_alpha(apply_orientation(stored, prepared.orientation), source.image.size)
     warning = None if has_subject(alpha) else NO_SUBJECT_WARNING
@@ -92,6 +89,23 @@ def finish_file(prepared: Prepared, result: Result, src: str | os.PathLike[str],
     image = compose_output(source, alpha, output)
     save_image(image, dst, fmt=output.format, icc_profile=source.icc_profile, exif=exif)
     return warning
+
+
+def _decode(path: Path, data: bytes, prepared: Prepared, result: Result
+            ) -> tuple[SourceImage, Image.Image | None]:
+    """The input and the service's result (None for a local mask) decoded, both at once: the
+    result on a thread of its own while the input is decoded here (Pillow's decoders let go
+    of the interpreter lock), so a finish takes the longer of the two, not their sum, when a
+    core is free (24 MP: JPEG 0.1-0.2 s, PNG 0.35-0.5 s)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    width, height = prepared.size
+    if result.data is None:
+        return load_image(path, max_pixels=width * height, data=data), None
+    with ThreadPoolExecutor(1, thread_name_prefix="bgremove-decode") as pool:
+        service = pool.submit(result_image, result.data, max_pixels=result.max_pixels)
+        source = load_image(path, max_pixels=width * height, data=data)
+        return source, service.result()
 
 
 def result_alpha(result: Result, orientation: int = 1) -> Image.Image:
