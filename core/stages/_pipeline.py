@@ -17,8 +17,8 @@ result downloaded), so the next upload starts while it is written; ``finish_room
 the results held.
 
 A job may also have ``warm(prepared)``: work its finish needs that does not need the result
-(decoding its input), run on the CPU pool once it is sent, while its task waits, in the
-CPU's idle time. At most ``finish_room`` jobs hold what their warm made, from its start to
+(decoding its input), run on the CPU pool from the start of its upload, while it is sent and
+its task waits (the CPU's idle time: a sync submit returns only when the task is done). At most ``finish_room`` jobs hold what their warm made, from its start to
 their end, so that memory stays bounded too; a job whose finish has begun is not warmed.
 
 A job ends exactly once: ``finish`` returned, or ``failed(error)`` was called (from
@@ -216,6 +216,8 @@ class Pipeline:
             entry = self._prepared.popleft()
             self._move(entry, "sending")
             self._submit(self._io, self._send, entry)
+            if getattr(entry.job, "warm", None) is not None:
+                self._cold.append(entry)  # warmed below while it is sent and waits
         while (self._pending and counts["preparing"] < self.cpu_workers
                and counts["preparing"] + counts["prepared"] < self.prepare_ahead):
             entry = self._pending.popleft()
@@ -285,9 +287,6 @@ class Pipeline:
             return
         # Sent: the upload's bytes are needed no more (the finish re-reads the input).
         entry.prepared = call.prepared = dataclasses.replace(prepared, upload=_sent(prepared))
-        if getattr(entry.job, "warm", None) is not None:
-            with self._lock:
-                self._cold.append(entry)  # handed out by the next ``_pump``
         self._wait_or_fetch(entry, call)
 
     def _warm_up(self, entry: _Entry) -> None:
