@@ -1,7 +1,8 @@
 """One input file to one output file, as a pipeline job.
 
 ``FileJob.prepare`` reads and checks the file and makes its upload
-(``imaging.prepare_file``); ``finish`` re-reads it, applies the result and writes
+(``imaging.prepare_file``); ``warm``, while its task waits, decodes it ahead
+(``imaging.load_source``); ``finish`` re-reads it, applies the result and writes
 ``dst`` atomically (``imaging.finish_file``, which refuses a file changed meanwhile).
 The job's one outcome, a ``JobResult``, goes to ``done``: the batch and the daemon
 decide what to do with it. ``remove_file`` runs one such job for a library caller.

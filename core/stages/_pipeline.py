@@ -18,8 +18,9 @@ the results held.
 
 A job may also have ``warm(prepared)``: work its finish needs that does not need the result
 (decoding its input), run on the CPU pool from the start of its upload, while it is sent and
-its task waits (the CPU's idle time: a sync submit returns only when the task is done). At most ``finish_room`` jobs hold what their warm made, from its start to
-their end, so that memory stays bounded too; a job whose finish has begun is not warmed.
+its task waits (the CPU's idle time: a sync submit returns only when the task is done).
+At most ``finish_room`` jobs hold what their warm made, from its start to their end, so
+that memory stays bounded too; a job whose finish has begun is not warmed.
 
 A job ends exactly once: ``finish`` returned, or ``failed(error)`` was called (from
 whichever stage failed; a failure of ``finish`` itself too).
