@@ -337,19 +337,51 @@ def test_a_subject_inside_another_image_is_told_apart_by_its_hidden_colours(
     assert account.count("submit") == 1
 
 
+def near_copy(image: Any) -> Any:
+    """A burst's next photo: 16 of ~3,750 subject pixels differ (0.4 %, within the
+    rounding allowance, but not rounding)."""
+    near = image.copy()
+    near.paste((10, 10, 250), (60, 45, 64, 49))
+    return near
+
+
 def test_its_own_task_wins_over_a_near_identical_photos(account: Account,
                                                         make_client: Any) -> None:
     # a burst: the other photo differs in 16 of ~3,750 subject pixels (0.4 %, within the
     # rounding allowance); the exact one is ours, the near one must not be taken (it would
     # leave ours unclaimed and the other photo's submitted again: a wrong mask, billed twice)
     ours = make_keyed_image(size=(200, 150))
-    near = ours.copy()
-    near.paste((10, 10, 250), (60, 45, 64, 49))
     account.submits = ["drop"]
-    account.foreign_task(near, ago=0.5)
+    account.foreign_task(near_copy(ours), ago=0.5)
     _, output = run_image(make_client(), ours)
     assert_cutout_of(output, ours)  # the near photo's mask differs in those 16 pixels
     assert account.count("submit") == 1
+
+
+def test_without_its_own_task_a_near_identical_photos_is_not_adopted(
+        account: Account, make_client: Any) -> None:
+    # the submit created nothing; a similar photo's task (another program of the account)
+    # is the only candidate: taking it would give this photo a mask made for other pixels,
+    # and the list cannot tell that this photo has no task (a model's scaled answer is near
+    # too): the clear error, no second submit
+    ours = make_keyed_image(size=(200, 150))
+    account.submits = ["drop_before"]
+    other = account.foreign_task(near_copy(ours), ago=0.5)
+    error = unsure(account, make_client(), ours)
+    assert f"task(s) {other.id}" in str(error) and "not exactly" in str(error)
+    assert account.tasks_for(png_of(ours)) == 0
+
+
+def test_a_list_naming_inputs_tells_a_near_identical_photos_task_apart(
+        account: Account, make_client: Any) -> None:
+    # the list carries each task's input: none is this upload, so none was created and the
+    # one safe resend is made; the similar photo's task is left alone
+    ours = make_keyed_image(size=(200, 150))
+    account.submits, account.list_input = ["drop_before"], True
+    account.foreign_task(near_copy(ours), ago=0.5)
+    _, output = run_image(make_client(), ours)
+    assert_cutout_of(output, ours)
+    assert account.count("submit") == 2 and account.tasks_for(png_of(ours)) == 1
 
 
 # -- the clear error, never a second task --------------------------------------------------------
