@@ -551,6 +551,36 @@ def test_a_job_cancelled_while_its_task_waits_ends_at_once_and_its_task_is_left(
     assert all(len(j.errors) == 1 and not j.results for j in others)
 
 
+def test_remove_file_cancelled_while_its_task_waits_ends_at_once(
+        emulator_factory: Callable[..., Emulator], tmp_path: Path) -> None:
+    """The library's one-image call: its cancel token is its pipeline's, so a cancel ends
+    it now rather than at the next poll, ten minutes away here; nothing is written."""
+    from bgremove.stages import remove_file
+
+    emu = emulator_factory(delay=3600)
+    config = configured(emu, {"wavespeed.wait": "poll", "wavespeed.poll.initial": 600.0,
+                              "wavespeed.poll.max": 600.0})
+    backend = WaveSpeedBackend(config)
+    make_keyed_image((16, 16)).save(tmp_path / "a.png")
+    token, raised = CancelToken(), []
+
+    def run() -> None:
+        try:
+            remove_file(tmp_path / "a.png", tmp_path / "out.png", backend, config,
+                        JobHooks(cancel=token))
+        except CancelledError as exc:
+            raised.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    _until(lambda: emu.stats().get("running_tasks", 0) == 1, what="the task at the service")
+    token.cancel()
+    worker.join(15)
+    backend.close()
+    assert not worker.is_alive() and len(raised) == 1
+    assert not (tmp_path / "out.png").exists() and emu.count("result") == 0
+
+
 def test_a_result_waiting_for_the_finish_pool_is_still_downloaded_after_the_deadline(
         emulator: Emulator) -> None:
     """The wait for a free finish pool is this machine's, not the service's: a task done
