@@ -91,7 +91,8 @@ class Pipeline:
     (default: ``in_flight``, at most ``MAX_IO_THREADS``) upload, poll and download.
     Sync waiting (a thread blocked per task) is used only when the remote wants it and
     every task in flight can have an IO thread to itself. ``cancel`` (default: a new
-    token) cancels every job; each job's own ``hooks.cancel`` cancels that job.
+    token) cancels every job; each job's own ``hooks.cancel`` cancels that job, at once
+    unless a step of it runs (its task, if sent, is left to the service).
     """
 
     def __init__(self, backend: Backend | None, config: Config, *, in_flight: int,
