@@ -11,10 +11,12 @@ import hashlib
 import io
 import json
 import struct
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from PIL.TiffImagePlugin import IFDRational
 
 from bgremove.emulator import Emulator
 from bgremove.imaging import encode_for_upload, load_image
@@ -27,6 +29,7 @@ BLOCK = (10, 5, 30, 25)  # the subject: a red block on the key colour (the emula
 ARTIST, COPYRIGHT, DATE = 0x013B, 0x8298, 0x0132
 MAKE, MODEL, ORIENTATION = 0x010F, 0x0110, 0x0112
 EXIF_IFD, GPS_IFD, LENS_MODEL, DATE_ORIGINAL = 0x8769, 0x8825, 0xA434, 0x9003
+EXPOSURE_TIME, F_NUMBER, ISO = 0x829A, 0x829D, 0x8827
 
 
 def subject(path: Path, size: tuple[int, int] = (40, 30), *, exif: Image.Exif | None = None
@@ -44,6 +47,7 @@ def photographer_exif() -> Image.Exif:
     exif.update({ARTIST: "Ann Lens", COPYRIGHT: "(c) 2026 Ann Lens", DATE: "2026:11:29 10:00:00",
                  MAKE: "Canon", MODEL: "EOS R5"})
     exif[EXIF_IFD] = {LENS_MODEL: "RF24-70mm F2.8", DATE_ORIGINAL: "2026:11:29 09:59:58",
+                      EXPOSURE_TIME: IFDRational(1, 250), F_NUMBER: IFDRational(28, 10), ISO: 400,
                       0x927C: b"vendor-maker-note"}
     return exif
 
@@ -87,10 +91,14 @@ def test_outputs_keep_the_photographers_exif_but_not_the_location(
         assert (kept.get(MAKE), kept.get(MODEL)) == ("Canon", "EOS R5")
         assert ORIENTATION not in kept
         sub = kept.get_ifd(EXIF_IFD)
-        if fmt != "tiff":  # the compressing TIFF writer keeps the main tags only
-            assert sub.get(LENS_MODEL) == "RF24-70mm F2.8"
-            assert sub.get(DATE_ORIGINAL) == "2026:11:29 09:59:58"
+        assert sub.get(LENS_MODEL) == "RF24-70mm F2.8"
+        assert sub.get(DATE_ORIGINAL) == "2026:11:29 09:59:58"
+        assert (sub.get(EXPOSURE_TIME), sub.get(F_NUMBER), sub.get(ISO)) == (
+            Fraction(1, 250), Fraction(28, 10), 400)
         assert 0x927C not in sub
+        if fmt == "tiff":  # the sub-IFD added after the compressed image: still a sound file
+            assert out.info["compression"] == "tiff_lzw"
+            out.load()
         assert GPS_IFD not in kept and not kept.get_ifd(GPS_IFD)
         assert b"Exif" not in out.info.get("xmp", b"")
 

@@ -361,6 +361,34 @@ def test_save_is_lossless_and_keeps_the_icc_profile(tmp_path: Path, fmt: str,
     assert sorted(p.name for p in tmp_path.iterdir()) == [dest.name]
 
 
+@pytest.mark.parametrize("deep", [False, True], ids=["8-bit", "16-bit"])
+def test_a_tiff_keeps_the_exif_sub_ifd_and_its_pixels(tmp_path: Path, deep: bool) -> None:
+    from PIL.TiffImagePlugin import IFDRational
+
+    from bgremove.imaging._deep import DeepImage
+
+    exif = Image.Exif()
+    exif.update({0x010F: "Canon", 0x013B: "Ann Lens"})
+    exif[0x8769] = {0x9003: "2026:11:29 09:59:58", 0x829A: IFDRational(1, 250), 0x8827: 400}
+    image = img.noise_image((21, 13), "RGBA")
+    saved_image: Image.Image | DeepImage = image
+    if deep:
+        saved_image = DeepImage("RGBA", [band.convert("I").point(lambda v: v * 257)
+                                         for band in image.split()])
+    dest = tmp_path / "out.tiff"
+    save_image(saved_image, dest, fmt="tiff", icc_profile=img.srgb_icc(), exif=exif.tobytes())
+    with Image.open(dest) as saved:
+        kept = saved.getexif()
+        assert kept.get(0x013B) == "Ann Lens"
+        assert dict(kept.get_ifd(0x8769)) == {0x9003: "2026:11:29 09:59:58",
+                                              0x829A: IFDRational(1, 250), 0x8827: 400}
+        if not deep:
+            assert saved.info.get("compression") == "tiff_lzw"
+            assert saved.info.get("icc_profile") == img.srgb_icc()
+            assert saved.tobytes() == image.tobytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [dest.name]
+
+
 def test_rgb_profile_is_not_put_on_a_grey_mask(tmp_path: Path) -> None:
     mask = Image.new("L", (4, 4), 200)
     save_image(mask, tmp_path / "m.png", fmt="png", icc_profile=img.srgb_icc())

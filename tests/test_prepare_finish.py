@@ -284,6 +284,75 @@ def test_a_png_with_a_bad_crc_or_an_odd_kind_is_not_sent_as_it_is(tmp_path: Path
     assert strip_png_metadata(frames.getvalue()) is None  # animated
 
 
+def damaged(png: bytes, kind: bytes) -> bytes:
+    """``png`` with the CRC of its first ``kind`` chunk wrong."""
+    parsed = read_chunks(png)
+    assert parsed is not None
+    chunk = next(c for c in parsed[1] if c.kind == kind)
+    return png[:chunk.end - 4] + bytes(b ^ 0xFF for b in png[chunk.end - 4:chunk.end]) \
+        + png[chunk.end:]
+
+
+@pytest.mark.parametrize("kind", [b"tEXt", b"zTXt", b"iTXt", b"tIME", b"eXIf"])
+def test_a_png_with_a_damaged_ancillary_chunk_is_read_without_it(tmp_path: Path, kind: bytes
+                                                                 ) -> None:
+    good = save_png(tmp_path / "good.png", 1).read_bytes()
+    src = tmp_path / "photo.png"
+    src.write_bytes(damaged(good, kind))
+    prepared = prepare_file(src, **LIMITS)
+    assert prepared.digest == hashlib.sha256(src.read_bytes()).hexdigest()  # the file's own
+    assert chunk_kinds(prepared.upload.data) == [b"IHDR", b"IDAT", b"IEND"]
+    assert idat(prepared.upload.data) == idat(good)  # still its own bytes, not re-encoded
+    source = load_image(src, max_pixels=10**8)
+    assert source.image.tobytes() == load_image(tmp_path / "good.png", max_pixels=10**8
+                                                ).image.tobytes()
+
+
+def test_a_png_with_a_damaged_text_chunk_is_cut_out(tmp_path: Path, emulator: Emulator) -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "before the image data")
+    src = tmp_path / "photo.png"
+    stored = photo()
+    stored.save(src, "PNG", pnginfo=info)
+    src.write_bytes(damaged(src.read_bytes(), b"tEXt"))
+    done = bgremove(tmp_path, "remove", str(src), "-o", str(tmp_path / "out"), emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == ["bgremove: 1 image: 1 done"]
+    with Image.open(tmp_path / "out" / "photo.png") as out:
+        rgba = out.convert("RGBA")
+    opaque = [p[:3] for p in img.pixels(rgba) if p[3] == 255]
+    pairs = zip(img.pixels(stored), img.pixels(rgba), strict=True)
+    assert opaque and opaque == [p for p, q in pairs if q[3] == 255]  # the photo's own
+
+
+@pytest.mark.parametrize("kind", [b"IHDR", b"PLTE", b"IDAT", b"IEND"])
+def test_a_png_with_a_damaged_critical_chunk_is_refused(tmp_path: Path, kind: bytes) -> None:
+    src = tmp_path / "photo.png"
+    image = photo().convert("P") if kind == b"PLTE" else photo()
+    image.save(src, "PNG")
+    src.write_bytes(damaged(src.read_bytes(), kind))
+    want = f"{src}: the PNG is damaged: its {kind.decode()} chunk fails its checksum"
+    with pytest.raises(UnreadableImageError, match="damaged") as refused:
+        prepare_file(src, **LIMITS)
+    assert str(refused.value) == want
+    with pytest.raises(UnreadableImageError, match="damaged"):
+        load_image(src, max_pixels=10**8)
+
+
+def test_remove_refuses_a_png_with_a_damaged_image_chunk_in_one_line(
+        tmp_path: Path, emulator: Emulator) -> None:
+    src = tmp_path / "photo.png"
+    photo().save(src, "PNG")
+    data = damaged(src.read_bytes(), b"IDAT")
+    src.write_bytes(data)
+    done = bgremove(tmp_path, "remove", str(src), "-o", str(tmp_path / "out"), emulator=emulator)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"bgremove: {src}: the PNG is damaged: its IDAT chunk fails its checksum",
+        "bgremove: 1 image: 0 done, 1 failed"]
+    assert src.read_bytes() == data and not (tmp_path / "out" / "photo.png").exists()
+
+
 # --- finish -------------------------------------------------------------------------------
 
 

@@ -188,7 +188,7 @@ def _chunk(fh: IO[bytes], kind: bytes, body: bytes) -> None:
 # --- TIFF ----------------------------------------------------------------------------------
 
 #: IFD0 text tags carried from the EXIF block (description, make, model, software, date,
-#: artist, copyright); the EXIF sub-IFD is not written (as for Pillow's compressed TIFF).
+#: artist, copyright); ``save_image`` adds the EXIF sub-IFD afterwards, as for 8-bit TIFF.
 _TIFF_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 33432)
 _SHORT, _LONG, _RATIONAL, _ASCII, _UNDEFINED = 3, 4, 5, 2, 7
 

@@ -43,7 +43,7 @@ from bgremove.imaging._deep import DEEP_FORMATS, DeepImage, compose_deep, deep_t
 from bgremove.imaging._jpeg import strip_jpeg_metadata
 from bgremove.imaging._meta import kept_exif, silence_pillow_exif_warnings
 from bgremove.imaging._modes import apply_orientation, exif_orientation, to_8bit_rgb
-from bgremove.imaging._png import strip_png_metadata
+from bgremove.imaging._png import checked_png, strip_png_metadata
 
 if TYPE_CHECKING:
     from PIL import Image, ImageFile
@@ -119,6 +119,7 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int,
     src = Path(path)
     if data is None:
         data = read_input(src)
+    data = checked_png(data, src)
     with io.BytesIO(data) as fh:
         im = open_input(fh, src, max_pixels=max_pixels)
         tiles = deep_tiles(im)

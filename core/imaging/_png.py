@@ -8,6 +8,10 @@ anything else gives None and the caller re-encodes the decoded pixels (a 16-bit 
 ``png_data_complete`` then checks that the image data inflates to exactly the rows the header
 announces, without unfiltering or keeping any pixels.
 
+``checked_png(data, src)`` is how every input PNG is read first: an ancillary chunk (text,
+time, ...) with a wrong CRC is dropped, as the PNG spec lets a decoder do (Pillow would refuse
+the whole file); a critical one (IHDR, PLTE, IDAT, IEND) refuses the file with one line.
+
 ``png_with_metadata(png, icc, exif)`` is the finish's fast path: the service's 8-bit RGBA PNG
 reduced to IHDR, IDAT and IEND, with our ICC profile (iCCP) and EXIF (eXIf) chunks put in where
 Pillow would write them. The image data is copied byte for byte: nothing is re-encoded.
@@ -15,8 +19,14 @@ Pillow would write them. The image data is copied byte for byte: nothing is re-e
 
 from __future__ import annotations
 
+import logging
+import os
 import zlib
 from dataclasses import dataclass
+
+from bgremove.errors import UnreadableImageError
+
+log = logging.getLogger(__name__)
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: The chunks an upload keeps: what a decoder needs for the pixels, nothing about them.
@@ -81,6 +91,48 @@ def read_chunks(data: bytes) -> tuple[Header, list[Chunk]] | None:
     if header.colour_type not in _CHANNELS or not header.width or not header.height:
         return None
     return header, found
+
+
+def checked_png(data: bytes, src: str | os.PathLike[str]) -> bytes:
+    """``data`` (anything, not only PNG) without the ancillary PNG chunks whose CRC is wrong:
+    the same object when there are none. Raises UnreadableImageError naming ``src`` when a
+    critical chunk's CRC is wrong. A structure cut short is left for the decoder to report."""
+    if not data.startswith(SIGNATURE):
+        return data
+    view = memoryview(data)
+    damaged: list[tuple[int, int]] = []
+    pos, end = len(SIGNATURE), len(data)
+    while pos + 12 <= end:
+        length = int.from_bytes(view[pos:pos + 4], "big")
+        kind = bytes(view[pos + 4:pos + 8])
+        stop = pos + 12 + length
+        if stop > end:
+            break
+        if zlib.crc32(view[pos + 4:stop - 4]) != int.from_bytes(view[stop - 4:stop], "big"):
+            if _critical(kind):
+                raise UnreadableImageError(
+                    f"{src}: the PNG is damaged: its {_name(kind)} chunk fails its checksum")
+            damaged.append((pos, stop))
+        pos = stop
+        if kind == b"IEND":
+            break
+    if not damaged:
+        return data
+    log.debug("%s: dropping %d ancillary PNG chunk(s) with a wrong checksum", src, len(damaged))
+    kept, last = bytearray(), 0
+    for start, stop in damaged:
+        kept += view[last:start]
+        last = stop
+    kept += view[last:]
+    return bytes(kept)
+
+
+def _critical(kind: bytes) -> bool:
+    return not kind[0] & 0x20  # the first letter's case bit: upper case is critical
+
+
+def _name(kind: bytes) -> str:
+    return kind.decode("ascii") if kind.isalpha() else repr(kind)
 
 
 def strip_png_metadata(data: bytes) -> tuple[bytes, Header] | None:

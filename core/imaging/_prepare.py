@@ -33,7 +33,7 @@ from bgremove.imaging._pipeline import (
     read_input,
     stored_original,
 )
-from bgremove.imaging._png import png_data_complete
+from bgremove.imaging._png import checked_png, png_data_complete
 from bgremove.imaging._upload import encode_for_upload, sendable_original
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ def prepare_file(path: str | os.PathLike[str], *, max_pixels: int, max_upload_by
     if data is None:
         data = read_input(src)
     digest = hashlib.sha256(data).hexdigest()
+    data = checked_png(data, src)
     with io.BytesIO(data) as fh:
         im = open_input(fh, src, max_pixels=max_pixels)
         orientation = exif_orientation(im, header_only=True)

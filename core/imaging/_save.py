@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -50,7 +51,7 @@ def save_params(image: Image.Image, fmt: str, icc_profile: bytes | None,
     """Pillow save options for one output format (lossless everywhere but JPEG)."""
     params: dict[str, Any] = {"icc_profile": fitting_profile(image.mode, icc_profile)}
     if exif:
-        params["exif"] = _tiff_exif(exif) if fmt == "tiff" else exif
+        params["exif"] = _tiff_main_exif(exif) if fmt == "tiff" else exif
     if fmt == "jpg":
         params.update(quality=JPEG_OUTPUT_QUALITY, subsampling=0)
     elif fmt == "png":
@@ -95,17 +96,23 @@ def save_image(image: Image.Image | DeepImage, path: str | os.PathLike[str], *,
     outputs onto a background).
     """
     dest = Path(path)
-    write: Callable[[IO[bytes]], None]
+    encode: Callable[[IO[bytes]], None]
     if isinstance(image, DeepImage):
         if fmt not in DEEP_WRITERS:
             raise ValueError(f"16-bit images are written as {' or '.join(DEEP_WRITERS)} only")
         deep, writer = image, DEEP_WRITERS[fmt]
         profile = fitting_profile(deep.bands, deep.icc)
-        write = lambda fh: writer(deep, fh, profile, exif)  # noqa: E731
+        encode = lambda fh: writer(deep, fh, profile, exif)  # noqa: E731
     else:
         params = save_params(image, fmt, icc_profile, exif)
         flat = image
-        write = lambda fh: _write(flat, fh, fmt, params)  # noqa: E731
+        encode = lambda fh: _write(flat, fh, fmt, params)  # noqa: E731
+    sub_ifd = _exif_sub_ifd(exif) if fmt == "tiff" else None
+
+    def write(fh: IO[bytes]) -> None:
+        encode(fh)
+        if sub_ifd:
+            _add_exif_sub_ifd(fh, sub_ifd)
     limit = _MAX_SIDE.get(fmt)
     width, height = image.size
     if limit is not None and max(width, height) > limit:
@@ -136,18 +143,61 @@ def _write_atomically(dest: Path, write: Callable[[IO[bytes]], object]) -> None:
         raise _output_error(dest, exc) from exc
 
 
-def _tiff_exif(exif: bytes) -> bytes:
-    """``exif`` without its EXIF sub-IFD: the compressing TIFF writer cannot write one.
-
-    What stays are the main tags (artist, copyright, date, camera make and model); the lens
-    and exposure details are kept in PNG, JPEG and WebP outputs only.
-    """
+def _tiff_main_exif(exif: bytes) -> bytes:
+    """``exif`` without its EXIF sub-IFD, which the compressing TIFF writer (libtiff) cannot
+    write: ``_add_exif_sub_ifd`` adds it to the file afterwards."""
     from PIL import Image
 
     main = Image.Exif()
     main.load(exif)
     main.pop(EXIF_IFD_POINTER, None)
     return main.tobytes()
+
+
+def _exif_sub_ifd(exif: bytes | None) -> dict[int, Any] | None:
+    """The tags of the EXIF sub-IFD of ``exif`` (dates, lens, exposure), if it has any."""
+    from PIL import Image
+
+    if not exif:
+        return None
+    block = Image.Exif()
+    block.load(exif)
+    return dict(block.get_ifd(EXIF_IFD_POINTER)) or None
+
+
+def _add_exif_sub_ifd(fh: IO[bytes], tags: dict[int, Any]) -> None:
+    """Give the classic TIFF just written to ``fh`` (readable) an EXIF sub-IFD of ``tags``.
+
+    The main IFD is written again at the end with the pointer to the sub-IFD added (its long
+    values stay where they are), the sub-IFD after it, and the header then points at the new
+    main IFD; the old one is left unused (a few hundred bytes).
+    """
+    from PIL import TiffImagePlugin
+
+    fh.seek(0)
+    head = fh.read(8)
+    order = "<" if head[:2] == b"II" else ">"
+    if struct.unpack(order + "H", head[2:4])[0] != 42:
+        return  # a BigTIFF (over 4 GB): Pillow holds no writer of its sub-IFDs
+    fh.seek(struct.unpack(order + "L", head[4:])[0])
+    (count,) = struct.unpack(order + "H", fh.read(2))
+    entries = [fh.read(12) for _ in range(count)]
+    following = fh.read(4)
+    end = fh.seek(0, os.SEEK_END)
+    main_at = end + end % 2  # IFDs start on a word boundary
+    sub_at = main_at + 2 + 12 * (count + 1) + 4
+    entries.append(struct.pack(order + "HHLL", EXIF_IFD_POINTER, 4, 1, sub_at))  # 4: LONG
+    entries.sort(key=lambda entry: struct.unpack(order + "H", entry[:2])[0])
+    sub = TiffImagePlugin.ImageFileDirectory_v2(head, group=EXIF_IFD_POINTER)
+    for tag, value in tags.items():
+        sub[tag] = value
+    sub_bytes = sub.tobytes(sub_at)
+    if sub_at + len(sub_bytes) >= 1 << 32:
+        raise OSError(errno.EFBIG, "the image is too large for a TIFF file (4 GB)")
+    fh.write(b"\0" * (main_at - end))
+    fh.write(struct.pack(order + "H", count + 1) + b"".join(entries) + following + sub_bytes)
+    fh.seek(4)
+    fh.write(struct.pack(order + "L", main_at))
 
 
 def _write(image: Image.Image, fh: IO[bytes], fmt: str, params: dict[str, Any]) -> None:
