@@ -133,7 +133,7 @@ def test_the_periodic_rescan_finds_files_no_event_announced(tmp_path: Path,
     every ``watch.rescan_seconds`` takes what they missed."""
     emu = emulator_factory()
     with DaemonRun(tmp_path, emu, "native", rescan_seconds=1.0) as run:
-        run.daemon.watcher.offer = lambda path: None  # every file event is lost
+        run.daemon.watcher.offer = lambda path, whole=False: None  # every file event is lost
         run.daemon.watcher.rescan_folder = lambda folder: None
         write_image(run.inbox / "missed.png", 7)
         wait_until(lambda: files(run.done) == ["missed.png"], 20, what="found by a rescan")

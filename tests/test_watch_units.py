@@ -120,6 +120,34 @@ def test_readiness_waits_for_a_stable_file(tmp_path: Path) -> None:
     assert len(tracker) == 0
 
 
+def test_readiness_tries_a_whole_file_once_at_once(tmp_path: Path) -> None:
+    """Announced whole (moved in, closed): handed out without the wait, marked early; a
+    failed early try waits as if just seen (never settled by it), and a second hint for
+    the same pending file is not taken."""
+    clock = Clock()
+    tracker = ReadinessTracker(0.5, 2.0, clock=clock)
+    path = tmp_path / "x.png"
+    path.write_bytes(b"a")
+    tracker.seen(path)
+    assert tracker.check_due() == []
+    with open(path, "ab") as fh:  # still growing when the hint comes: tried as it is now
+        fh.write(b"more")
+    tracker.seen(path, whole=True)
+    ready = tracker.check_due()
+    assert [(r.path, r.size, r.early, r.settled) for r in ready] == [(path, 5, True, False)]
+    tracker.not_yet(ready[0])  # did not decode: back to the normal wait
+    tracker.seen(path, whole=True)  # closed again after another chunk: no second early try
+    assert tracker.check_due() == []
+    clock.now += 0.4
+    assert tracker.check_due() == []
+    clock.now += 0.2
+    again = tracker.check_due()
+    assert len(again) == 1 and not again[0].early and not again[0].settled
+    tracker.forget(path)
+    tracker.seen(path, whole=True)  # a new file under the same name: a new early try
+    assert [r.early for r in tracker.check_due()] == [True]
+
+
 def test_readiness_drops_vanished_files(tmp_path: Path) -> None:
     clock = Clock()
     tracker = ReadinessTracker(0.1, 1.0, clock=clock)

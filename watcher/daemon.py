@@ -269,9 +269,9 @@ class Daemon:
         for thread in self._threads:
             thread.start()
 
-    def _announce(self, path: Path) -> None:
+    def _announce(self, path: Path, whole: bool) -> None:
         if not self.stopping:
-            self.tracker.seen(path)
+            self.tracker.seen(path, whole=whole)
 
     def _recover(self) -> None:
         """Re-take files left in claim folders by a previous (killed) run."""

@@ -2,7 +2,10 @@
 
 The event handler only hands paths to a callback (the readiness tracker);
 it never touches the file. Created, modified, closed and moved-in events
-(by their destination name) all count. Native events are used unless
+(by their destination name) all count. A file moved in (renamed into INBOX:
+written elsewhere first, as rsync, browsers and careful writers do) and a file
+closed after writing are announced as ``whole``: the tracker lets them be tried
+at once instead of after ``stable_seconds`` (``readiness``). Native events are used unless
 ``polling`` is asked for or the native observer cannot start (inotify
 watch limit, a file system without events); then watchdog's
 ``PollingObserver`` takes over with a log line.
@@ -68,9 +71,10 @@ def scan(layout: Layout) -> Iterator[Path]:
 
 
 class Watcher:
-    """Owns the observer; feeds ``announce(path)`` with every candidate path."""
+    """Owns the observer; feeds ``announce(path, whole)`` with every candidate path
+    (``whole``: the event says the file arrived complete, see the module doc)."""
 
-    def __init__(self, layout: Layout, announce: Callable[[Path], None], *,
+    def __init__(self, layout: Layout, announce: Callable[[Path, bool], None], *,
                  polling: bool, poll_seconds: float) -> None:
         self.layout = layout
         self.announce = announce
@@ -92,18 +96,23 @@ class Watcher:
                 if event.is_directory:
                     if event.event_type in ("created", "moved") and watcher.layout.recursive:
                         # files moved in with a folder produce no events of their own
-                        target = getattr(event, "dest_path", "") or event.src_path
-                        watcher.rescan_folder(Path(os.fsdecode(target)))
+                        target = event.dest_path if event.event_type == "moved" \
+                            else event.src_path
+                        if target:
+                            watcher.rescan_folder(Path(os.fsdecode(target)))
                     return
-                if event.event_type in ("created", "modified", "closed", "moved"):
-                    target = event.dest_path if event.event_type == "moved" else event.src_path
-                    watcher.offer(Path(os.fsdecode(target)))
+                kind = event.event_type
+                if kind in ("created", "modified", "closed", "moved"):
+                    target = event.dest_path if kind == "moved" else event.src_path
+                    if target:  # a move out of INBOX has no destination here
+                        watcher.offer(Path(os.fsdecode(target)),
+                                      whole=kind in ("moved", "closed"))
 
         return Handler()
 
-    def offer(self, path: Path) -> None:
+    def offer(self, path: Path, *, whole: bool = False) -> None:
         if self.layout.relative(path) is not None:
-            self.announce(path)
+            self.announce(path, whole)
 
     def rescan_folder(self, folder: Path) -> None:
         if self.layout.relative(folder) is None:
@@ -127,7 +136,10 @@ class Watcher:
         if _quiet not in inotify_log.filters:
             inotify_log.addFilter(_quiet)
         if not self.want_polling:
-            observer: Any = Observer()
+            # On Linux: a file moved in from outside INBOX is a move (``dest_path`` set,
+            # ``src_path`` empty), not a creation, so it can be taken at once (``whole``).
+            native: Any = Observer
+            observer = native(generate_full_events=True) if _is_inotify(native) else native()
             try:
                 # Always recursive: a claim renames a file into INBOX/.bgremove-claims/, and a
                 # move within one recursive watch is paired at once; out of a flat watch,
@@ -152,7 +164,7 @@ class Watcher:
         """Announce every file now in INBOX; returns how many were found."""
         count = 0
         for path in scan(self.layout):
-            self.announce(path)
+            self.announce(path, False)
             count += 1
         return count
 
@@ -200,6 +212,14 @@ class Watcher:
     def stop(self) -> None:
         _stop(self._observer)
         self._observer = None
+
+
+def _is_inotify(observer: type) -> bool:
+    try:
+        from watchdog.observers.inotify import InotifyObserver
+    except ImportError:  # not Linux
+        return False
+    return issubclass(observer, InotifyObserver)
 
 
 def _stop(observer: Any) -> None:

@@ -1,10 +1,11 @@
-"""Intake: a file the readiness tracker calls stable -> read once -> checked -> claimed.
+"""Intake: a file the readiness tracker calls stable (or whole) -> read once -> checked -> claimed.
 
 The file is read once through its folder's descriptor (no link followed), hashed, and
 prepared (``imaging.prepare_file``: checked to decode as cheaply as can be, its upload
 made; no decoded pixels are kept: a 24 MP photo's are some 220 MB). A file that
 does not decode yet is handed back to the tracker (a writer may have paused mid-file)
-until it has settled; one that changed since it was found stable is handed back too.
+until it has settled; one that changed since it was found stable is handed back too, and
+so is one tried early (moved in or closed: ``readiness``) that fails either check.
 Then it is claimed (``claims``) and handed to ``FileJobs``.
 """
 
@@ -114,14 +115,14 @@ class Intake:
                                                hint="check the file's permissions")
         if input_error is not None and not ready.settled \
                 and not isinstance(input_error, (ImageTooLargeError, UnsafeInputError)):
-            ctx.tracker.not_yet(ready)
+            self._not_yet(ready, rel)
             return True
         try:
             st = st or os.lstat(path.name, dir_fd=folder)
         except OSError:
             return False
         if (st.st_size, st.st_mtime_ns) != (ready.size, ready.mtime_ns):
-            ctx.tracker.not_yet(ready, decode_failed=False)
+            self._not_yet(ready, rel, decode_failed=False)
             return True
         try:
             claimed = ctx.claims.claim(Path(path.name), rel, src_dir_fd=folder)
@@ -141,6 +142,13 @@ class Intake:
             content = None  # swapped since it was read: read what was claimed
         self.jobs.process(claimed, rel, input_error, content)
         return False
+
+
+    def _not_yet(self, ready: Ready, rel: Path, *, decode_failed: bool = True) -> None:
+        if ready.early:
+            log.debug("%s arrived incomplete (still being written): waiting until it stays "
+                      "unchanged", shown(rel))
+        self.ctx.tracker.not_yet(ready, decode_failed=decode_failed)
 
 
 def _same_file(path: Path, st: os.stat_result | None) -> bool:

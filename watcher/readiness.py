@@ -8,6 +8,14 @@ does not decode is handed back with ``not_yet`` and only declared broken
 after it has stayed unchanged for ``settle_seconds`` more, so a writer that
 pauses mid-file is not mistaken for a corrupt image.
 
+A path announced ``whole`` (moved into INBOX, or closed after writing: see
+``events``) is handed out at once, marked ``early``, without the wait: a file
+renamed in was written elsewhere and arrives complete. It is only a hint: the
+worker's completeness check (it must decode) still decides, and a file that
+fails it, or changes, goes back to the normal wait as if just seen, never to
+failed/. One early try per pending file, so a writer that closes its file
+after every chunk costs one extra read, not one per chunk.
+
 Memory is one small record per pending path; 10,000 pending files cost a
 few megabytes.
 """
@@ -32,6 +40,10 @@ class _Pending:
     stable_since: float
     decode_failed_at: float | None = None
     handed_out: bool = False
+    #: announced ``whole`` and not tried yet: hand it out without the wait
+    whole: bool = False
+    #: tried early once already (the hint is not taken again)
+    tried_early: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,9 @@ class Ready:
     #: True when it failed to decode before and has been unchanged long enough since:
     #: a decode failure now is final.
     settled: bool
+    #: handed out without the wait (announced whole): a decode failure or a change now
+    #: means back to the normal wait.
+    early: bool = False
 
 
 class ReadinessTracker:
@@ -62,8 +77,9 @@ class ReadinessTracker:
         with self._cond:
             return len(self._pending)
 
-    def seen(self, path: Path) -> None:
-        """A path was created, modified or moved in (or found by a scan)."""
+    def seen(self, path: Path, *, whole: bool = False) -> None:
+        """A path was created, modified or moved in (or found by a scan); ``whole``: it was
+        moved in or closed after writing (see the module doc)."""
         with self._cond:
             entry = self._pending.get(path)
             if entry is not None and entry.handed_out:
@@ -72,7 +88,9 @@ class ReadinessTracker:
                 stat = _stat(path)
                 if stat is None:
                     return
-                self._pending[path] = _Pending(stat[0], stat[1], self._clock())
+                entry = self._pending[path] = _Pending(stat[0], stat[1], self._clock())
+            if whole and not entry.tried_early:
+                entry.whole = True
             self._schedule(path, self._clock())
             self._cond.notify_all()
 
@@ -92,6 +110,8 @@ class ReadinessTracker:
                 return
             now = self._clock()
             entry.handed_out = False
+            if ready.early:  # the hint was wrong: wait as if just seen
+                decode_failed = False
             if not decode_failed:
                 entry.decode_failed_at = None
                 entry.stable_since = now
@@ -128,6 +148,13 @@ class ReadinessTracker:
                 now = self._clock()
                 if stat is None:
                     del self._pending[path]
+                    continue
+                if entry.whole:  # tried at once, as it is now (see the module doc)
+                    entry.whole, entry.tried_early = False, True
+                    entry.size, entry.mtime_ns = stat
+                    entry.stable_since = now
+                    entry.handed_out = True
+                    out.append(Ready(path, entry.size, entry.mtime_ns, False, early=True))
                     continue
                 if stat != (entry.size, entry.mtime_ns):
                     entry.size, entry.mtime_ns = stat
