@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import ipaddress
 import logging
 import os
@@ -344,6 +343,8 @@ def _set(obj: Any, parts: list[str], value: Any, dotted: str, origin: str) -> An
     name = parts[0]
     if name not in fields:
         allowed = ", ".join(sorted(fields))
+        import difflib  # here: only a misspelt key needs it
+
         close = difflib.get_close_matches(name, fields, n=1)
         guess = ""
         if close:

@@ -19,6 +19,8 @@ from bgremove.config import OutputConfig
 from bgremove.errors import ConfigError, ImageTooLargeError, OutputError, ProtocolError
 from bgremove.imaging import (
     SourceImage,
+    _png,
+    _save,
     alpha_from_bytes,
     compose,
     encode_for_upload,
@@ -359,6 +361,45 @@ def test_save_is_lossless_and_keeps_the_icc_profile(tmp_path: Path, fmt: str,
         if fmt == "tiff":
             assert saved.info.get("compression") == "tiff_lzw"
     assert sorted(p.name for p in tmp_path.iterdir()) == [dest.name]
+
+
+@pytest.mark.parametrize("parts", [1, 3])
+@pytest.mark.parametrize("mode", ["RGBA", "RGB", "LA", "L"])
+@pytest.mark.parametrize("size", [(300, 217), (1, 5), (6, 1)])
+def test_large_png_outputs_are_written_by_the_up_filter_writer_pixel_exact(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str,
+        size: tuple[int, int], parts: int) -> None:
+    """The writer of photo-sized PNG outputs (here from 1 pixel on), in bands of 3 rows and
+    IDAT chunks of 64 bytes, its rows compressed in one run or three at once: same pixels,
+    profile and EXIF as Pillow's encoder writes."""
+    monkeypatch.setattr(_save, "_FAST_PNG_PIXELS", 1)
+    monkeypatch.setattr(_png, "_PARTS", parts)
+    monkeypatch.setattr(_png, "_ENCODE_BYTES", 3 * size[0] * len(mode))
+    monkeypatch.setattr(_png, "_IDAT_BYTES", 64)
+    written: list[str] = []
+    real = _png.write_png
+    monkeypatch.setattr(_save, "write_png", lambda image, *a, **k: (
+        written.append(image.mode), real(image, *a, **k))[1])
+    image = img.noise_image(size, mode)
+    icc = img.grey_icc() if mode in ("L", "LA") else img.srgb_icc()
+    exif = img.exif_with(gps=False)
+    exif[0x010F] = "Canon"
+    dest = tmp_path / "out.png"
+    save_image(image, dest, fmt="png", icc_profile=icc, exif=exif.tobytes())
+    assert written == [mode]
+    with Image.open(dest) as saved:
+        assert saved.mode == mode and saved.size == size
+        assert saved.tobytes() == image.tobytes()
+        assert saved.info.get("icc_profile") == icc
+        assert saved.getexif().get(0x010F) == "Canon"
+    written_png = dest.read_bytes()
+    assert _png.png_data_complete(written_png)  # one whole zlib stream, valid row filters
+    parsed = _png.read_chunks(written_png)
+    assert parsed is not None
+    kinds = [chunk.kind for chunk in parsed[1]]
+    assert kinds[:3] == [b"IHDR", b"iCCP", b"eXIf"] and kinds[-1] == b"IEND"
+    if size[0] * size[1] > 10_000:
+        assert kinds.count(b"IDAT") > 1
 
 
 @pytest.mark.parametrize("deep", [False, True], ids=["8-bit", "16-bit"])

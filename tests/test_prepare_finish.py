@@ -27,6 +27,7 @@ from bgremove.emulator import Emulator
 from bgremove.emulator.model import cutout_png, keyout_alpha
 from bgremove.errors import InputChangedError, ProtocolError, UnreadableImageError
 from bgremove.imaging import (
+    _finish,
     apply_orientation,
     finish_file,
     load_image,
@@ -471,11 +472,13 @@ def test_options_that_change_pixels_take_the_compose_path(tmp_path: Path,
         assert out.mode == "RGB" and out.tobytes() == want.tobytes()
 
 
-@pytest.mark.parametrize("where", ["everywhere", "last-pixel"])
-def test_a_service_that_changed_the_colours_gets_the_original_pixels(tmp_path: Path,
-                                                                    where: str) -> None:
+@pytest.mark.parametrize("where", ["everywhere", "last-pixel", "first-pixel"])
+def test_a_service_that_changed_the_colours_gets_the_original_pixels(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     """The fast path is only taken when the service's colours are all the original's: here
-    it re-touched every pixel, or only the last one of a picture taller than a compared band."""
+    it re-touched every pixel, or only the last (first) one of a picture compared in bands
+    of 64 rows, its last band shorter."""
+    monkeypatch.setattr(_finish, "_COMPARE_BYTES", 4 * 96 * 64)
     src = save_png(tmp_path / "photo.png", 1, image=photo((96, 700)))
     prepared = prepare_file(src, **LIMITS)
     with Image.open(src) as opened:
@@ -484,8 +487,9 @@ def test_a_service_that_changed_the_colours_gets_the_original_pixels(tmp_path: P
         touched = original.point(lambda v: min(255, v + 1))
     else:
         touched = original.copy()
-        r, g, b = original.getpixel((95, 699))  # type: ignore[misc]
-        touched.putpixel((95, 699), (r, g, b ^ 1))
+        where_xy = (95, 699) if where == "last-pixel" else (0, 0)
+        r, g, b = original.getpixel(where_xy)  # type: ignore[misc]
+        touched.putpixel(where_xy, (r, g, b ^ 1))
     alpha = keyout_alpha(original)
     result = Result("wavespeed", data=cutout_png(touched, alpha), max_pixels=96 * 700)
     dst = tmp_path / "out.png"

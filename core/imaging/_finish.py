@@ -49,8 +49,9 @@ if TYPE_CHECKING:
     from bgremove.contract import Prepared, Result
 
 
-#: Rows compared at a time by ``_same_colours``.
-_COMPARE_ROWS = 256
+#: Bytes of the service's pixels compared at a time by ``_same_colours``: a band's copies
+#: stay within a core's cache (24 MP: 0.03 s a photo, against 0.13 s in bands of 256 rows).
+_COMPARE_BYTES = 1 << 19
 
 
 def finish_file(prepared: Prepared, result: Result, src: str | os.PathLike[str],
@@ -67,12 +68,9 @@ def finish_file(prepared: Prepared, result: Result, src: str | os.PathLike[str],
         data = read_input(path)
     if prepared.digest is not None and hashlib.sha256(data).hexdigest() != prepared.digest:
         raise _changed(path)
-    width, height = prepared.size
-    source = load_image(path, max_pixels=width * height, data=data)
+    source, service = _decode(path, data, prepared, result)
     if source.image.size != prepared.size:
         raise _changed(path)
-    service = result_image(result.data, max_pixels=result.max_pixels) \
-        if result.data is not None else None
     stored = result_mask(service) if service is not None else _local_alpha(result)
     alpha = fit_alpha(apply_orientation(stored, prepared.orientation), source.image.size)
     warning = None if has_subject(alpha) else NO_SUBJECT_WARNING
@@ -91,6 +89,23 @@ def finish_file(prepared: Prepared, result: Result, src: str | os.PathLike[str],
     image = compose_output(source, alpha, output)
     save_image(image, dst, fmt=output.format, icc_profile=source.icc_profile, exif=exif)
     return warning
+
+
+def _decode(path: Path, data: bytes, prepared: Prepared, result: Result
+            ) -> tuple[SourceImage, Image.Image | None]:
+    """The input and the service's result (None for a local mask) decoded, both at once: the
+    result on a thread of its own while the input is decoded here (Pillow's decoders let go
+    of the interpreter lock), so a finish takes the longer of the two, not their sum, when a
+    core is free (24 MP: JPEG 0.1-0.2 s, PNG 0.35-0.5 s)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    width, height = prepared.size
+    if result.data is None:
+        return load_image(path, max_pixels=width * height, data=data), None
+    with ThreadPoolExecutor(1, thread_name_prefix="bgremove-decode") as pool:
+        service = pool.submit(result_image, result.data, max_pixels=result.max_pixels)
+        source = load_image(path, max_pixels=width * height, data=data)
+        return source, service.result()
 
 
 def result_alpha(result: Result, orientation: int = 1) -> Image.Image:
@@ -125,15 +140,16 @@ def _same_colours(service: Image.Image, original: Image.Image) -> bool:
     """Whether the service's RGBA result has exactly the original's RGB pixels.
 
     Compared a band of rows at a time: two full-size copies (some 150 MB at 24 MP) would
-    otherwise be added to the finish's peak memory, for the same CPU.
+    otherwise be added to the finish's peak memory, and small bands are compared in cache.
     """
     from PIL import ImageChops
 
     if service.mode != "RGBA" or service.size != original.size:
         return False
     width, height = original.size
-    for top in range(0, height, _COMPARE_ROWS):
-        box = (0, top, width, min(height, top + _COMPARE_ROWS))
+    rows = max(1, _COMPARE_BYTES // (4 * width))
+    for top in range(0, height, rows):
+        box = (0, top, width, min(height, top + rows))
         if ImageChops.difference(service.crop(box).convert("RGB"),
                                  original.crop(box)).getbbox() is not None:
             return False

@@ -12,6 +12,15 @@ moment, and a read wakes every ``CANCEL_POLL`` seconds to look at the token.
 (``HTTPS_PROXY`` and the like). A caller's ``httpx.Client`` keeps httpx's
 per-operation timeouts; ``bgremove.wavespeed._body`` still bounds the body
 between reads.
+
+The same streams give TLS connections their context (``tls_context``): httpx's own
+(``httpx.create_ssl_context()``: verification on, its certificate authorities), made once
+per process when first needed. Loading the authorities is most of a small image's TLS
+cost (~15-30 ms of CPU): a run against a plain-http address (a local emulator) never pays
+it, and ``preload_tls`` loads it on another core while an https run reads and checks its
+image (OpenSSL lets go of the GIL meanwhile). The client is built with ``PENDING``, a
+context that trusts no authority: were it ever used as it is, every connection would
+fail, never be unverified.
 """
 
 from __future__ import annotations
@@ -62,6 +71,31 @@ def _clamp(timeout: float | None) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
+#: The context the client is built with; ``_BoundedStream.start_tls`` uses ``tls_context()``
+#: in its place (see the module docstring).
+PENDING = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+_tls_lock = threading.Lock()
+_tls: ssl.SSLContext | None = None
+
+
+def tls_context() -> ssl.SSLContext:
+    """This process's TLS context for the service, made (once) on first use."""
+    global _tls
+    with _tls_lock:  # a second caller waits for the first one's load
+        if _tls is None:
+            context = httpx.create_ssl_context()
+            context.set_alpn_protocols(["http/1.1"])  # what httpcore asks of HTTP/1.1 pools
+            _tls = context
+        return _tls
+
+
+def preload_tls() -> None:
+    """Make ``tls_context()`` in the background now (an https address will need it)."""
+    if _tls is None:
+        threading.Thread(target=tls_context, name="bgremove-tls", daemon=True).start()
+
+
 class _BoundedStream(httpcore.NetworkStream):
     def __init__(self, inner: httpcore.NetworkStream) -> None:
         self._inner = inner
@@ -101,6 +135,8 @@ class _BoundedStream(httpcore.NetworkStream):
             limit = _clamp(timeout)
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(str(exc)) from None
+        if ssl_context is PENDING:
+            ssl_context = tls_context()
         return _BoundedStream(self._inner.start_tls(ssl_context, server_hostname, limit))
 
     def get_extra_info(self, info: str) -> Any:
@@ -136,6 +172,7 @@ def bound_sockets(client: httpx.Client) -> int:
 
     httpx has no public way to pass a network backend, so the backend of each pool it
     built is replaced (before any connection is made). Returns the number of pools bound.
+    A client built with ``verify=PENDING`` gets its TLS context here, through these streams.
     """
     bound = 0
     for transport in [client._transport, *client._mounts.values()]:
