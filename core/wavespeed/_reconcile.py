@@ -145,7 +145,7 @@ class Reconciler:
             yield
         finally:
             with self._lock:
-                self._in_flight[digest] -= 1
+                _take_one(self._in_flight, digest)
 
     def find(self, sent: SentSubmit, lost: SubmitUncertainError, *, ctx: CallContext,
              known: Collection[str] = ()) -> Prediction | None:
@@ -172,7 +172,7 @@ class Reconciler:
             raise error from lost
         finally:
             with self._lock:
-                self._lost[digest] -= 1
+                _take_one(self._lost, digest)
         if found is None:
             log.warning("%s; the service has no task for it: submitting it again",
                         lost.message.split(";")[0])
@@ -196,6 +196,7 @@ class Reconciler:
             with self._lock:
                 known = self._known.keys() | extra_known
                 others_in_flight = self._in_flight[digest] > 0
+                any_in_flight = bool(self._in_flight)  # this client's submits of any image
                 lost_here = max(1, self._lost[digest])
             matches: list[Listed] = []
             scores: dict[str, float] = {}  # task id -> mismatch score of a match
@@ -240,9 +241,11 @@ class Reconciler:
                 # never a reason to submit again either (it may be ours, scaled by the model).
                 near = [m.prediction.id for m in matches if scores[m.prediction.id] > EXACT_SCORE]
                 matches = [m for m in matches if scores[m.prediction.id] <= EXACT_SCORE]
-            if not matches and (running or others_in_flight):
+            # A near candidate may be another image's of this client whose answer is on
+            # its way: once that answer came, its task is known and no longer a candidate.
+            if not matches and (running or others_in_flight or (near and any_in_flight)):
                 log.debug("reconcile: waiting for %d running task(s)%s", len(running),
-                          " and a submit of the same image" if others_in_flight else "")
+                          " and a submit's answer" if others_in_flight or near else "")
                 requests.pause(next(intervals), ctx, "submit", None)
                 continue
             if len(matches) > lost_here:
@@ -342,6 +345,13 @@ class Reconciler:
                 self._verdicts.clear()
             self._verdicts[task.id, digest] = score
         return score
+
+
+def _take_one(counter: Counter[str], key: str) -> None:
+    """One less of ``key``; none left: the key goes (one per image would pile up)."""
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
 
 @dataclass(frozen=True)
