@@ -320,6 +320,8 @@ def test_the_task_on_a_later_page_is_found(account: Account, make_client: Any) -
     # ours downloaded once, to compare it, and that copy is the result; the 120 known ones
     # never downloaded
     assert account.count("download") == 1
+    # nothing is kept per image once its submit is answered or reconciled
+    assert not client._reconciler._in_flight and not client._reconciler._lost
 
 
 def test_the_list_failing_for_a_while_is_retried(account: Account, make_client: Any) -> None:
