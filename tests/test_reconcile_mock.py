@@ -13,9 +13,9 @@ import dataclasses
 import functools
 import io
 import json
-import uuid
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
