@@ -119,6 +119,7 @@ def _main(argv: list[str], *, whole_process: bool) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    args.ends_process = whole_process  # the command may leave what the exit frees anyway
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -111,19 +111,21 @@ def test_the_command_table_names_every_command_and_its_module() -> None:
 def test_the_process_entry_ends_the_process_itself_after_the_exit_handlers(
         tmp_path: Path, emulator: Emulator) -> None:
     # main() with the process's own command line ends the process (no tear-down of every
-    # module), after the atexit handlers and with the objects frozen (no last collection);
-    # a caller passing argv, such as this test process, gets the code back and keeps its GC
+    # module), after the atexit handlers, with the objects frozen and the collector not
+    # turned back on for one image (no last collection over all of them); a caller passing
+    # argv, such as this test process, gets the code back and keeps its GC
     src = tmp_path / "subject.png"
     make_keyed_image().save(src)
     code = ("import atexit, gc, sys; from bgremove.cli import main; "
             "first = main(sys.argv[1:]); kept = gc.get_freeze_count(); "
-            "atexit.register(lambda: print(first, kept, gc.get_freeze_count() > 0)); "
+            "atexit.register(lambda: print(first, kept, gc.get_freeze_count() > 0, "
+            "gc.isenabled())); "
             "sys.argv = ['bgremove', *sys.argv[1:]]; main(); print('main returned')")
     proc = subprocess.run([sys.executable, "-c", code, "remove", str(src), "-o",
                            str(tmp_path / "out"), "--overwrite"], capture_output=True,
                           text=True, env=_env(emulator), cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1].split() == ["0", "0", "True"], proc.stdout
+    assert proc.stdout.splitlines()[-1].split() == ["0", "0", "True", "False"], proc.stdout
     assert "main returned" not in proc.stdout
 
 
