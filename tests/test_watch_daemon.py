@@ -710,3 +710,33 @@ def test_a_file_changed_while_it_is_uploaded_is_not_finished_with_mixed_content(
     report = json.loads((run.failed / "photo.png.error.json").read_text())
     assert "changed while it was being processed" in report["error"]
     assert emu.stats()["tasks_submitted"] == 1
+
+
+def test_a_finishing_file_gives_its_place_to_the_next_upload(
+        tmp_path: Path, emulator_factory, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """concurrency 1: while the first file's cut-out is being written (its task is over),
+    the second file already goes to the service; the account's tasks at once stay 1."""
+    import bgremove.imaging
+
+    real = bgremove.imaging.finish_file
+    first_finishing, release = threading.Event(), threading.Event()
+
+    def held_finish(*args: Any, **kwargs: Any) -> Any:
+        if not first_finishing.is_set():
+            first_finishing.set()
+            assert release.wait(30), "never released"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bgremove.imaging, "finish_file", held_finish)
+    emu = emulator_factory()
+    with DaemonRun(tmp_path, emu, "native", concurrency=1) as run:
+        write_image(run.inbox / "1.png", 1)
+        wait_until(first_finishing.is_set, what="the first finish")
+        write_image(run.inbox / "2.png", 2)
+        try:
+            wait_until(lambda: emu.stats()["tasks_submitted"] == 2,
+                       what="the second task sent while the first finishes")
+        finally:
+            release.set()
+        wait_until(lambda: files(run.done) == ["1.png", "2.png"], what="both done")
+    assert emu.stats()["max_concurrent_tasks"] == 1

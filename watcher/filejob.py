@@ -54,8 +54,9 @@ class FileJobs:
 
     The remote part (upload, submit, wait, download) and the finish run as a job on the
     pipeline (``bgremove.stages``): a worker only reads, checks and claims a file, takes a
-    place for it (at most ``concurrency`` jobs; at most as many not yet sent as the
-    pipeline keeps ready), the rate limit and the cost guard, and starts it.
+    place for it (at most as many not yet sent as the pipeline keeps ready; the pipeline
+    keeps at most ``concurrency`` tasks at the service), the rate limit and the cost
+    guard, and starts it.
     """
 
     def __init__(self, ctx: Context, policy: ErrorPolicy, pipeline: Pipeline) -> None:
@@ -63,9 +64,9 @@ class FileJobs:
         self.policy = policy
         self.pipeline = pipeline
         self._active_keys: set[str] = set()
-        #: a place per job started and not ended (the account's tasks)...
-        self._room = threading.Semaphore(ctx.limits.concurrency)
-        #: ...and per job started and not yet sending (each holds its upload's bytes)
+        #: a place per job started and not yet sending (each holds its upload's bytes); the
+        #: account's tasks at once are the pipeline's own bound (``in_flight``: from upload
+        #: to download, so a finishing job lets the next upload start)
         self._unsent = threading.Semaphore(pipeline.prepare_ahead)
 
     def process(self, claimed: Path, rel: Path, input_error: BgremoveError | None,
@@ -180,11 +181,10 @@ class FileJobs:
         check_output_dir(ctx.layout.outbox / run.rel.parent,
                          ctx.layout.trusted_base(ctx.layout.outbox))
         run.hooks = self._hooks(run)
-        for gate in (self._room, self._unsent):
-            while not gate.acquire(timeout=0.25):
-                if ctx.stopping():
-                    raise CancelledError("shutting down")
-            run.holds.append(gate)
+        while not self._unsent.acquire(timeout=0.25):
+            if ctx.stopping():
+                raise CancelledError("shutting down")
+        run.holds.append(self._unsent)
         if run.hooks.resume_task is not None:
             return
         if not ctx.rate.acquire(ctx.cancel, ctx.stopping):
