@@ -241,8 +241,9 @@ class _BatchJob:
         from bgremove.stages import FileJob
 
         def on_task(task_id: str) -> None:  # `bgremove tasks` names the input
-            tasklog.record(task_id, input=src)
+            tasklog.record(task_id, input=src, sha256=self._digest)
 
+        self._digest: str | None = None  # of the input's bytes, once prepared
         self._file = FileJob(src, dst, config, done=self._done, hooks=JobHooks(on_task=on_task))
         self.hooks = self._file.hooks
         self._breaker = breaker
@@ -252,7 +253,9 @@ class _BatchJob:
     def prepare(self) -> Prepared:
         self._breaker.check(self._file.src)
         self._check_output(self._file.dst)
-        return self._file.prepare()
+        prepared = self._file.prepare()
+        self._digest = prepared.digest
+        return prepared
 
     def before_send(self) -> None:
         self._breaker.check(self._file.src)

@@ -86,6 +86,8 @@ def fetch_result(client: WaveSpeedClient, config: Config, task_id: str, *,
     prepared = prepare_file(input, max_pixels=config.input.max_pixels,
                             max_upload_bytes=config.wavespeed.max_upload_bytes,
                             max_upload_side=config.wavespeed.max_upload_side) if input else None
+    if input is not None and prepared is not None:
+        _check_recorded_input(input, prepared, task_id)
     prediction = client.get_result(task_id, ctx=ctx)
     if prediction.status != "completed":
         if prediction.done:
@@ -108,8 +110,24 @@ def fetch_result(client: WaveSpeedClient, config: Config, task_id: str, *,
     return dst
 
 
+def _check_recorded_input(input: Path, prepared: Prepared, task_id: str) -> None:
+    """Refuse ``input`` when the task log holds the sha256 of the file the task was made
+    from and it is not this file's (another photo of the same shape, or an edited one)."""
+    from bgremove import tasklog
+
+    known = tasklog.read().get(task_id)
+    if known is None or known.sha256 is None or known.sha256 == prepared.digest:
+        return
+    made_from = f" ({known.input})" if known.input else ""
+    raise InputError(f"{input} is not the file task {task_id} was made from{made_from}: "
+                     "its content differs",
+                     hint="give that file as it was, or leave out --input for the cut-out alone")
+
+
 def _check_shape(input: Path, prepared: Prepared, data: bytes, task_id: str) -> None:
-    """Refuse a result whose shape (turned upright) is not the input's: another image's."""
+    """Refuse a result whose shape (turned upright) is not the input's: another image's.
+    The only check left for a task this machine did not record (or recorded without its
+    input's sha256)."""
     from PIL import Image
 
     try:

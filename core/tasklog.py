@@ -3,8 +3,10 @@
 The service lists an account's tasks for 7 days but knows nothing of file
 names. ``bgremove remove`` and ``bgremove watch`` append one JSON line per
 event to ``tasks.jsonl`` in the user state folder (Linux
-``~/.local/state/bgremove``): ``{"task", "input", "at"}`` when a task is
-known, ``{"task", "output", "at"}`` when its result is saved. Each line is
+``~/.local/state/bgremove``): ``{"task", "input", "sha256", "at"}`` when a task
+is known (``sha256``: of the input file's bytes, so ``bgremove fetch --input``
+can tell the task's own input from another image), ``{"task", "output", "at"}``
+when its result is saved. Each line is
 one ``write`` in append mode, so processes can share the file. Lines older
 than 8 days are dropped once the file passes ``_COMPACT_BYTES``. The log is
 a convenience for ``bgremove tasks``: failing to write it never fails an
@@ -39,6 +41,7 @@ class TaskRecord:
     input: str | None
     output: str | None
     at: float
+    sha256: str | None = None  # of the input file's bytes, when recorded
 
 
 def log_path() -> Path:
@@ -48,11 +51,13 @@ def log_path() -> Path:
 
 
 def record(task_id: str, *, input: str | os.PathLike[str] | None = None,
-           output: str | os.PathLike[str] | None = None) -> None:
+           output: str | os.PathLike[str] | None = None, sha256: str | None = None) -> None:
     """Append what is now known of ``task_id``; a failure is only logged."""
     entry: dict[str, object] = {"task": task_id, "at": round(time.time(), 3)}
     if input is not None:
         entry["input"] = os.path.abspath(input)
+    if sha256 is not None:
+        entry["sha256"] = sha256
     if output is not None:
         entry["output"] = os.path.abspath(output)
     line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
@@ -90,7 +95,8 @@ def read() -> dict[str, TaskRecord]:
         known = records.get(task)
         records[task] = TaskRecord(
             _text(entry.get("input")) or (known.input if known else None),
-            _text(entry.get("output")) or (known.output if known else None), float(at))
+            _text(entry.get("output")) or (known.output if known else None), float(at),
+            _text(entry.get("sha256")) or (known.sha256 if known else None))
     return records
 
 

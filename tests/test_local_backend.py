@@ -196,3 +196,65 @@ def test_a_tampered_model_with_a_forged_stamp_is_never_loaded(
         assert not copy.exists()
     finally:
         clear_sessions()
+
+
+@pytest.fixture
+def sha256_digests(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every sha256 digest taken from now on, in order."""
+    import hashlib
+
+    digests: list[str] = []
+    real = hashlib.sha256
+
+    class Counting:
+        def __init__(self, data: bytes = b"") -> None:
+            self._hash = real(data)
+
+        def update(self, data: bytes) -> None:
+            self._hash.update(data)
+
+        def hexdigest(self) -> str:
+            digest = self._hash.hexdigest()
+            digests.append(digest)
+            return digest
+
+    monkeypatch.setattr(hashlib, "sha256", Counting)
+    return digests
+
+
+@pytest.mark.parametrize("first", ["download", "unstamped copy"])
+def test_the_model_is_hashed_once_on_first_use(u2netp: Path, tmp_path: Path, first: str,
+                                               sha256_digests: list[str]) -> None:
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    from bgremove.local.inference import clear_sessions
+    from bgremove.local.models import get_spec
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(u2netp.parent))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    cache = tmp_path / "models"
+    if first == "unstamped copy":
+        cache.mkdir()
+        shutil.copyfile(u2netp, cache / u2netp.name)
+    config = Config(backend="local", local=LocalConfig(model="u2netp", cache_dir=str(cache)))
+    source = UrlSource(f"http://127.0.0.1:{httpd.server_address[1]}/{{filename}}")
+    clear_sessions()
+    try:
+        assert LocalBackend(config, sources=[source]).prepare() is not None
+    finally:
+        clear_sessions()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+    assert (cache / u2netp.name).read_bytes() == u2netp.read_bytes()
+    assert sha256_digests.count(get_spec("u2netp").sha256) == 1
+    assert (cache / f"{u2netp.name}.verified").exists()  # models list need not hash it

@@ -120,6 +120,36 @@ def test_fetch_refuses_an_input_that_is_not_the_tasks(emulator: Emulator, run: R
     assert not (tmp_path / "tall.png.png").exists() and len(list(tmp_path.iterdir())) == 1
 
 
+def test_fetch_refuses_another_image_of_the_same_shape(emulator: Emulator, run: Run,
+                                                       tmp_path: Path) -> None:
+    import hashlib
+
+    from bgremove import tasklog
+
+    source, other = tmp_path / "photo.png", tmp_path / "other.png"
+    make_keyed_image(size=(80, 60)).save(source)
+    make_keyed_image(size=(80, 60), key=(0, 0, 200)).save(other)  # same shape, other picture
+    code, out, err = run(emulator, "remove", str(source), "-o", str(tmp_path / "removed"),
+                         "--json", "--backend", "wavespeed")
+    assert code == 0, err
+    task = json.loads(out)["task_id"]
+    assert tasklog.read()[task].sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
+    kept = other.read_bytes()
+    code, out, err = run(emulator, "fetch", task, "--input", str(other), "-o",
+                         str(tmp_path / "fetched"))
+    assert code == 1 and out == ""
+    lines = [line for line in err.splitlines() if line.startswith("bgremove:")
+             and "WaveSpeed emulator" not in line]  # the in-process emulator logs too
+    assert lines == [f"bgremove: {other} is not the file task {task} was made from ({source}): "
+                     "its content differs (give that file as it was, or leave out --input for "
+                     "the cut-out alone)"]
+    assert other.read_bytes() == kept and not (tmp_path / "fetched").exists()
+    code, _, err = run(emulator, "fetch", task, "--input", str(source), "-o",
+                       str(tmp_path / "fetched"))
+    assert code == 0, err  # the task's own input is still taken
+    assert (tmp_path / "fetched" / "photo.png").exists()
+
+
 def test_fetch_usage_errors_exit_2(emulator: Emulator, run: Run, tmp_path: Path) -> None:
     code, _, err = run(emulator, "fetch", "a", "b", "--input", str(tmp_path / "x.png"))
     assert code == 2 and "--input once per TASK_ID" in err

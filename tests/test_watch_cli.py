@@ -258,3 +258,19 @@ def test_offline_without_a_cached_model_the_daemon_pauses(tmp_path: Path) -> Non
     assert once.wait(90) == 1, once.log()  # a cron job ends, and says why
     assert "offline model unavailable: stopping (--once)" in once.log()
     assert files(inbox / "failed") == []
+
+
+def test_the_task_log_keeps_the_sha256_of_each_input(
+        tmp_path: Path, emulator_factory, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+
+    from bgremove import tasklog
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # the daemon's (``Proc``)
+    emu = emulator_factory()
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    write_image(inbox / "a.png", 1)
+    proc = Proc(tmp_path, emu, str(inbox), str(outbox), "--once")
+    assert proc.wait(60) == 0, proc.log()
+    records = [r for r in tasklog.read().values() if r.input == str(inbox / "a.png")]
+    assert [r.sha256 for r in records] == [hashlib.sha256(image_bytes(1)).hexdigest()]

@@ -211,7 +211,7 @@ class FileJobs:
                 except sqlite3.Error as exc:
                     log.warning("cannot count the submission of %s: %s", shown(rel), exc)
             policy.unsaved_tasks[key] = task_id
-            tasklog.record(task_id, input=ctx.layout.inbox / rel)
+            tasklog.record(task_id, input=ctx.layout.inbox / rel, sha256=key.partition(":")[0])
             try:
                 journal.update(key, state="submitted", task_id=task_id)
             except sqlite3.Error as exc:  # keep waiting; the id is kept in memory

@@ -52,9 +52,10 @@ class LocalBackend:
         with self._lock:
             if self._session is None:
                 from bgremove.local.inference import get_session
-                from bgremove.local.models import ensure_model, load_verified
+                from bgremove.local.models import load_verified, model_path
 
-                path = ensure_model(self.spec.name, self._local.cache_dir, sources=self._sources)
+                # load_verified fetches the file on first use and hashes it once.
+                path = model_path(self.spec, self._local.cache_dir)
                 self._session = get_session(path, threads=self._local.threads, read=lambda: (
                     load_verified(self.spec.name, self._local.cache_dir, sources=self._sources)))
             return self._session

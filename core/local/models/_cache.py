@@ -95,11 +95,17 @@ def verify_cached(spec: ModelSpec, cache_dir: str | os.PathLike[str] | None = No
         log.warning("cached model %s has the wrong sha256: removing it", path)
         discard(path)
         return None
+    restamp(path, spec)
+    return path
+
+
+def restamp(path: Path, spec: ModelSpec) -> None:
+    """Stamp ``path``, just hashed and found right, unless its stamp already matches."""
     try:
-        write_stamp(path, spec)
+        if not _stamp_matches(path, spec, path.stat()):
+            write_stamp(path, spec)
     except OSError as exc:  # a read-only cache still works, it is just hashed each time
         log.debug("cannot write the verification stamp for %s: %s", path, exc)
-    return path
 
 
 def discard(path: Path) -> None:

@@ -15,6 +15,7 @@ from bgremove.files import atomic_writer
 from bgremove.local.models._cache import (
     discard,
     model_path,
+    restamp,
     sha256_of,
     verify_cached,
     write_stamp,
@@ -43,13 +44,20 @@ def fetch_model(name: str, cache_dir: str | os.PathLike[str] | None = None, *,
     thrown away and the next source tried. Raises ModelError naming every
     failure when none worked.
     """
-    spec = get_spec(name)
+    return _fetch(get_spec(name), cache_dir, sources, progress, force=force, keep=False)[0]
+
+
+def _fetch(spec: ModelSpec, cache_dir: str | os.PathLike[str] | None,
+           sources: Sequence[Source] | None, progress: ByteProgress | None, *, force: bool,
+           keep: bool) -> tuple[Path, bytes | None]:
+    """``fetch_model``, also giving the bytes it hashed when ``keep`` and it downloaded
+    them (None when a verified file was there)."""
     path = model_path(spec, cache_dir)
     with _lock_for(path):
         if not force:
             cached = verify_cached(spec, cache_dir)
             if cached is not None:
-                return cached
+                return cached, None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -59,13 +67,13 @@ def fetch_model(name: str, cache_dir: str | os.PathLike[str] | None = None, *,
             where = source.describe(spec)
             log.info("fetching model %s from %s", spec.name, where)
             try:
-                _fetch_one(spec, source, path, progress)
+                data = _fetch_one(spec, source, path, progress, keep=keep)
             except FetchFailed as exc:
                 log.info("model source failed: %s", exc)
                 failures.append(str(exc))
                 continue
             log.info("model %s saved to %s", spec.name, path)
-            return path
+            return path, data
         reasons = "; ".join(failures) or "no source configured"
         raise ModelError(
             f"the local model {spec.name} is not in {path.parent} and could not be "
@@ -75,7 +83,9 @@ def fetch_model(name: str, cache_dir: str | os.PathLike[str] | None = None, *,
 
 
 def _fetch_one(spec: ModelSpec, source: Source, path: Path,
-               progress: ByteProgress | None) -> None:
+               progress: ByteProgress | None, *, keep: bool) -> bytes | None:
+    """Download into a temp file (our own, made with O_EXCL), check it and move it into
+    place; with ``keep``, the bytes checked are read back from that file and returned."""
     # 0o644: the cache may be shared by users
     with atomic_writer(path, mode=0o644) as out:
         source.fetch(spec, out, progress)
@@ -84,9 +94,12 @@ def _fetch_one(spec: ModelSpec, source: Source, path: Path,
         if size != spec.size:
             raise FetchFailed(f"{source.describe(spec)} gave {size} bytes, expected {spec.size}")
         out.seek(0)
-        if sha256_of(out) != spec.sha256:
+        data = out.read() if keep else None
+        digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_of(out)
+        if digest != spec.sha256:
             raise FetchFailed(f"{source.describe(spec)} gave a file with the wrong sha256")
     write_stamp(path, spec)
+    return data
 
 
 def ensure_model(name: str, cache_dir: str | os.PathLike[str] | None = None, *,
@@ -97,36 +110,65 @@ def ensure_model(name: str, cache_dir: str | os.PathLike[str] | None = None, *,
     cached = verify_cached(spec, cache_dir)
     if cached is not None:
         return cached
+    return _fetch_on_first_use(spec, cache_dir, sources, progress, keep=False)[0]
+
+
+def _fetch_on_first_use(spec: ModelSpec, cache_dir: str | os.PathLike[str] | None,
+                        sources: Sequence[Source] | None, progress: ByteProgress | None, *,
+                        keep: bool) -> tuple[Path, bytes | None]:
+    """``_fetch``, with a progress line on a terminal unless ``progress`` is given."""
     if progress is None:
         from bgremove.console import DownloadProgress
 
         bar = DownloadProgress(f"downloading {spec.name}")
         try:
-            return fetch_model(name, cache_dir, sources=sources, progress=bar)
+            return _fetch(spec, cache_dir, sources, bar, force=False, keep=keep)
         finally:
             bar.finish()
-    return fetch_model(name, cache_dir, sources=sources, progress=progress)
+    return _fetch(spec, cache_dir, sources, progress, force=False, keep=keep)
 
 
 def load_verified(name: str, cache_dir: str | os.PathLike[str] | None = None, *,
                   sources: Sequence[Source] | None = None) -> bytes:
-    """The model's bytes, read once and checked against the pinned sha256 as read.
+    """The model's bytes, fetched on first use, hashed once and checked against the pinned
+    sha256.
 
     What the caller builds its session from is exactly what was hashed, whatever the
-    stamp says. A cached file that no longer matches is removed and fetched again once.
+    stamp says: the cached file as read, or a download as read back from its own temp
+    file. A cached file that does not match is removed and fetched again once.
     """
     spec = get_spec(name)
-    for _ in range(2):
-        path = ensure_model(name, cache_dir, sources=sources)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ModelError(f"cannot read the model file {path}: {exc.strerror or exc}",
-                             hint=f"run `{spec.fetch_command}`") from None
+    path = model_path(spec, cache_dir)
+    data = _read_cached(path, spec)
+    if data is not None:
         if hashlib.sha256(data).hexdigest() == spec.sha256:
+            restamp(path, spec)
             return data
         log.warning("cached model %s changed since it was verified (wrong sha256): "
                     "removing it and fetching it again", path)
         discard(path)
-    raise ModelError(f"model {spec.name}: the file fetched does not match its sha256",
-                     hint=f"run `{spec.fetch_command}`")
+    path, data = _fetch_on_first_use(spec, cache_dir, sources, None, keep=True)
+    if data is None:  # another thread or process fetched it meanwhile: read and check that
+        data = _read_cached(path, spec)
+        if data is None or hashlib.sha256(data).hexdigest() != spec.sha256:
+            raise ModelError(f"model {spec.name}: the file fetched does not match its sha256",
+                             hint=f"run `{spec.fetch_command}`")
+    return data
+
+
+def _read_cached(path: Path, spec: ModelSpec) -> bytes | None:
+    """The cached file's bytes; None when it is missing or (then removed) of the wrong size."""
+    try:
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == spec.size:
+                return fh.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ModelError(f"cannot read the model file {path}: {exc.strerror or exc}",
+                         hint=f"run `{spec.fetch_command}`") from None
+    log.warning("cached model %s has %d bytes, expected %d: removing it", path, size, spec.size)
+    discard(path)
+    return None
+
