@@ -103,6 +103,29 @@ def test_outputs_keep_the_photographers_exif_but_not_the_location(
         assert b"Exif" not in out.info.get("xmp", b"")
 
 
+XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
+       b'22-rdf-syntax-ns#"><rdf:Description xmlns:exif="http://ns.adobe.com/exif/1.0/" '
+       b'exif:GPSLatitude="48,51.5N"/></rdf:RDF></x:xmpmeta>')
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "tiff", "webp"])
+def test_xmp_is_not_carried_to_outputs(tmp_path: Path, emulator: Emulator, fmt: str) -> None:
+    """XMP can hold the location again (README: what is kept); no output format gets it."""
+    src = tmp_path / "portrait.jpg"
+    image = Image.new("RGB", (40, 30), GREEN)
+    image.paste(RED, BLOCK)
+    image.save(src, "JPEG", quality=98, xmp=XMP, exif=photographer_exif())
+    with Image.open(src) as check:
+        assert check.info.get("xmp") == XMP
+    done = bgremove(tmp_path, "remove", str(src), "-o", str(tmp_path / "out"), "--format", fmt,
+                    emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    written = next((tmp_path / "out").iterdir())
+    assert b"GPSLatitude" not in written.read_bytes() and b"xmpmeta" not in written.read_bytes()
+    with Image.open(written) as out:
+        assert "xmp" not in out.info and out.getexif().get(ARTIST) == "Ann Lens"
+
+
 def test_strip_metadata_writes_no_exif(tmp_path: Path, emulator: Emulator) -> None:
     src = subject(tmp_path / "portrait.jpg", exif=photographer_exif())
     done = bgremove(tmp_path, "remove", str(src), "--strip-metadata", emulator=emulator)

@@ -205,6 +205,7 @@ def test_second_sigint_exits_at_once_and_nothing_is_lost(tmp_path: Path,
 @pytest.mark.parametrize(("outbox", "flags", "message"), [
     ("in", [], "is the INBOX"),
     ("in/out", ["--recursive"], "inside the watched INBOX"),
+    ("in/out", [], "could change the daemon's journal"),
 ])
 def test_outbox_in_inbox_is_refused(tmp_path: Path, outbox: str, flags: list[str],
                                     message: str) -> None:
@@ -217,6 +218,23 @@ def test_outbox_in_inbox_is_refused(tmp_path: Path, outbox: str, flags: list[str
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / outbox / ".bgremove").exists()
+
+
+def test_a_journal_link_planted_in_an_outbox_inside_inbox_is_never_written(
+        tmp_path: Path) -> None:
+    """Whoever can write to INBOX could plant a link where the journal of an OUTBOX inside
+    it goes: the daemon would write its database through it, outside its folders."""
+    inbox, outside = tmp_path / "in", tmp_path / "outside"
+    (inbox / "out" / ".bgremove").mkdir(parents=True)
+    outside.mkdir()
+    (inbox / "out" / ".bgremove" / "journal.sqlite3").symlink_to(outside / "victim.db")
+    result = subprocess.run(
+        [sys.executable, "-m", "bgremove", "watch", str(inbox), str(inbox / "out"), "--once"],
+        capture_output=True, text=True, timeout=30, cwd=Path(__file__).resolve().parents[1],
+        env=dict(os.environ, WAVESPEED_API_KEY="k-1234"))
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert list(outside.iterdir()) == []
 
 
 def test_json_lines_one_per_file_and_never_the_key(tmp_path: Path, emulator_factory) -> None:

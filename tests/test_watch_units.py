@@ -66,10 +66,19 @@ def test_layout_refuses_overlaps(tmp_path: Path, outbox: str, recursive: bool,
         Layout.create(tmp_path / "in", tmp_path / outbox, recursive=recursive)
 
 
-def test_outbox_inside_inbox_is_fine_when_not_watched(tmp_path: Path) -> None:
+@pytest.mark.parametrize("outbox", ["in/out", "in/done/out"])
+@pytest.mark.parametrize("recursive", [False, True])
+def test_outbox_inside_inbox_is_refused_even_when_not_watched(tmp_path: Path, outbox: str,
+                                                              recursive: bool) -> None:
+    """Its journal (the tasks paid for, the cost guard's counts) would be in reach of
+    whoever can write to INBOX."""
     (tmp_path / "in").mkdir()
-    layout = Layout.create(tmp_path / "in", tmp_path / "in" / "out")
-    assert layout.relative(tmp_path / "in" / "out" / "x.png") is None
+    with pytest.raises(ConfigError, match="could change the daemon's journal"):
+        Layout.create(tmp_path / "in", tmp_path / outbox, recursive=recursive)
+    # done/ and failed/ moved out of INBOX: OUTBOX may sit in them (not watched, not INBOX's)
+    layout = Layout.create(tmp_path / "in", tmp_path / "kept" / "out", tmp_path / "kept",
+                           tmp_path / "failed", recursive=recursive)
+    assert layout.relative(tmp_path / "kept" / "out" / "x.png") is None
 
 
 def test_move_no_replace_adds_suffixes(tmp_path: Path) -> None:

@@ -78,10 +78,10 @@ class Layout:
         if outbox_p == inbox_p:
             raise ConfigError(f"OUTBOX {outbox_p} is the INBOX: outputs would be taken as inputs",
                               hint="use a separate folder")
-        if recursive and _inside(outbox_p, inbox_p) and not (
-                _inside(outbox_p, done_p) or _inside(outbox_p, failed_p)):
-            raise ConfigError(f"OUTBOX {outbox_p} is inside the watched INBOX {inbox_p}",
-                              hint="use a folder outside INBOX, or drop --recursive")
+        if _inside(outbox_p, inbox_p):  # watched or not: its journal is the daemon's memory
+            raise ConfigError(f"OUTBOX {outbox_p} is inside the watched INBOX {inbox_p}: "
+                              "whoever can drop files there could change the daemon's journal",
+                              hint="use a folder outside INBOX")
         if recursive and _inside(inbox_p, outbox_p):
             raise ConfigError(f"INBOX {inbox_p} is inside OUTBOX {outbox_p}: mirrored outputs "
                               "could land in the INBOX", hint="use folders that do not nest")
