@@ -356,5 +356,7 @@ def _take_one(counter: Counter[str], key: str) -> None:
 
 @dataclass(frozen=True)
 class _Window:
+    """The service's tasks listed around a lost submit."""
+
     items: list[Listed]
     clock_checked: bool
