@@ -672,6 +672,7 @@ def test_a_failed_finish_keeps_no_decoded_image_in_its_result(
     error = ended[0].error
     assert isinstance(error, OutputError) and "cannot write" in str(error)
     assert error.__traceback__ is None and error.__cause__ is not None
+    assert error.__cause__.__traceback__ is None  # the OS error's frames held the cut-out
     assert refs and refs[0]() is None, "the failed result still holds the decoded input"
 
 
