@@ -129,12 +129,13 @@ def run_daemon_batch(count: int, delay: float, concurrency: int, poll_initial: f
 
 
 def run_latency(count: int, stable: float, gap: float = 0.0, *,
-                keep_open: bool = False) -> list[float]:
-    """Seconds from a file's last write to its upload starting, in-process daemon.
+                renamed: bool = False) -> list[float]:
+    """Seconds from a file's last write (or its rename into INBOX) to its upload starting,
+    in-process daemon.
 
-    Each file is written ``gap`` seconds after the previous one is in done/. Written and
-    closed, it is taken at once; ``keep_open``: its writer holds it open until the upload
-    starts, so it is taken after ``stable`` seconds unchanged."""
+    Each file is written ``gap`` seconds after the previous one is in done/. Written in
+    place, it is taken once unchanged for ``stable`` seconds; ``renamed``: written in
+    another folder and renamed into INBOX, it is taken at once."""
     import io
 
     from bgremove.backends import make_backend
@@ -147,6 +148,7 @@ def run_latency(count: int, stable: float, gap: float = 0.0, *,
     with tempfile.TemporaryDirectory() as td, Emulator(EmulatorOptions()) as emu:
         tmp = Path(td)
         (tmp / "in").mkdir()
+        (tmp / "stage").mkdir()
         config = Config().with_overrides({
             "backend": "wavespeed", "wavespeed.base_url": emu.base_url,
             "wavespeed.api_key": emu.api_key, "watch.stable_seconds": stable})
@@ -174,15 +176,14 @@ def run_latency(count: int, stable: float, gap: float = 0.0, *,
                 path = tmp / "in" / f"lat{i}.png"
                 buf = io.BytesIO()
                 _image(buf, 50_000 + i)
-                with open(path, "wb") as fh:
-                    fh.write(buf.getvalue())
-                    fh.flush()
-                    if not keep_open:
-                        fh.close()
-                    written = time.monotonic()
-                    deadline = written + 10
-                    while "last" not in starts and time.monotonic() < deadline:
-                        time.sleep(0.002)
+                (tmp / "stage" if renamed else tmp / "in").joinpath(path.name).write_bytes(
+                    buf.getvalue())
+                if renamed:
+                    os.rename(tmp / "stage" / path.name, path)
+                written = time.monotonic()
+                deadline = written + 10
+                while "last" not in starts and time.monotonic() < deadline:
+                    time.sleep(0.002)
                 latencies.append(starts.get("last", deadline) - written)
                 while not (tmp / "in" / "done" / path.name).exists() \
                         and time.monotonic() < deadline + 10:
@@ -228,10 +229,10 @@ def main() -> int:
             rows.append(("  requests per image", f"{r['requests']:.2f} "
                          f"({r['tasks']} tasks)", "-"))
     if "latency" not in args.skip:
-        for label, gap, keep_open in (("back to back", 0.0, False),
-                                      ("isolated, 0.6 s apart", 0.6, False),
-                                      ("back to back, held open by the writer", 0.0, True)):
-            lat = run_latency(args.latency_files, 0.5, gap, keep_open=keep_open)
+        for label, gap, renamed in (("written in place back to back", 0.0, False),
+                                    ("written in place 0.6 s apart", 0.6, False),
+                                    ("renamed in back to back", 0.0, True)):
+            lat = run_latency(args.latency_files, 0.5, gap, renamed=renamed)
             rows.append((f"last write -> upload start ({len(lat)} files {label}, stable 0.5 s)",
                          f"median {statistics.median(lat):.3f} s, max {max(lat):.3f} s",
                          "< 1 s"))

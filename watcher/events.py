@@ -3,9 +3,11 @@
 The event handler only hands paths to a callback (the readiness tracker);
 it never touches the file. Created, modified, closed and moved-in events
 (by their destination name) all count. A file moved in (renamed into INBOX:
-written elsewhere first, as rsync, browsers and careful writers do) and a file
-closed after writing are announced as ``whole``: the tracker lets them be tried
-at once instead of after ``stable_seconds`` (``readiness``). Native events are used unless
+written elsewhere first, as rsync, browsers and careful writers do) is announced
+as ``whole``: the tracker lets it be tried at once instead of after
+``stable_seconds`` (``readiness``). A file closed after writing is not: its writer
+may open it again (to add metadata, or the next chunk) and a file taken and billed
+at the first close would then be billed again. Native events are used unless
 ``polling`` is asked for or the native observer cannot start (inotify
 watch limit, a file system without events); then watchdog's
 ``PollingObserver`` takes over with a log line.
@@ -106,7 +108,7 @@ class Watcher:
                     target = event.dest_path if kind == "moved" else event.src_path
                     if target:  # a move out of INBOX has no destination here
                         watcher.offer(Path(os.fsdecode(target)),
-                                      whole=kind in ("moved", "closed"))
+                                      whole=kind == "moved")
 
         return Handler()
 

@@ -5,7 +5,7 @@ prepared (``imaging.prepare_file``: checked to decode as cheaply as can be, its 
 made; no decoded pixels are kept: a 24 MP photo's are some 220 MB). A file that
 does not decode yet is handed back to the tracker (a writer may have paused mid-file)
 until it has settled; one that changed since it was found stable is handed back too, and
-so is one tried early (moved in or closed: ``readiness``) that fails either check.
+so is one tried early (moved in: ``readiness``) that fails either check.
 Then it is claimed (``claims``) and handed to ``FileJobs``.
 """
 

@@ -8,13 +8,12 @@ does not decode is handed back with ``not_yet`` and only declared broken
 after it has stayed unchanged for ``settle_seconds`` more, so a writer that
 pauses mid-file is not mistaken for a corrupt image.
 
-A path announced ``whole`` (moved into INBOX, or closed after writing: see
-``events``) is handed out at once, marked ``early``, without the wait: a file
-renamed in was written elsewhere and arrives complete. It is only a hint: the
-worker's completeness check (it must decode) still decides, and a file that
-fails it, or changes, goes back to the normal wait as if just seen, never to
-failed/. One early try per pending file, so a writer that closes its file
-after every chunk costs one extra read, not one per chunk.
+A path announced ``whole`` (moved into INBOX: see ``events``) is handed out
+at once, marked ``early``, without the wait: a file renamed in was written
+elsewhere and arrives complete. It is only a hint: the worker's completeness
+check (it must decode) still decides, and a file that fails it, or changes,
+goes back to the normal wait as if just seen, never to failed/. One early try
+per pending file.
 
 Memory is one small record per pending path; 10,000 pending files cost a
 few megabytes.
@@ -79,7 +78,7 @@ class ReadinessTracker:
 
     def seen(self, path: Path, *, whole: bool = False) -> None:
         """A path was created, modified or moved in (or found by a scan); ``whole``: it was
-        moved in or closed after writing (see the module doc)."""
+        moved in (see the module doc)."""
         with self._cond:
             entry = self._pending.get(path)
             if entry is not None and entry.handed_out:
