@@ -379,10 +379,15 @@ def oracle(src: Path, service_alpha: Image.Image, orientation: int) -> Image.Ima
     return want
 
 
+@pytest.mark.parametrize("apart", [False, True], ids=["in-turn", "decoded-apart"])
 @pytest.mark.parametrize("kind", ["jpg", "png"])
 @pytest.mark.parametrize("orientation", [1, 6])
-def test_finish_is_pixel_exact_on_a_full_size_result(tmp_path: Path, emulator: Emulator,
-                                                     orientation: int, kind: str) -> None:
+def test_finish_is_pixel_exact_on_a_full_size_result(
+        tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch, orientation: int,
+        kind: str, apart: bool) -> None:
+    """``apart``: the service's result decoded on a thread beside the input (as a large
+    one is)."""
+    monkeypatch.setattr(_finish, "_DECODE_APART_BYTES", 0 if apart else 1 << 40)
     src = (save_jpeg if kind == "jpg" else save_png)(tmp_path / f"photo.{kind}", orientation)
     prepared = prepare_file(src, **LIMITS)
     result = served(emulator, prepared)
@@ -533,7 +538,10 @@ def test_an_empty_cut_out_is_written_with_a_warning(tmp_path: Path) -> None:
     assert (tmp_path / "out.png").exists()
 
 
-def test_a_result_over_its_pixel_limit_is_refused_before_decoding(tmp_path: Path) -> None:
+@pytest.mark.parametrize("apart", [False, True], ids=["in-turn", "decoded-apart"])
+def test_a_result_over_its_pixel_limit_is_refused_before_decoding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, apart: bool) -> None:
+    monkeypatch.setattr(_finish, "_DECODE_APART_BYTES", 0 if apart else 1 << 40)
     src = save_jpeg(tmp_path / "photo.jpg", 1)
     prepared = prepare_file(src, **LIMITS)
     big = Image.new("RGBA", (2000, 2000))

@@ -43,7 +43,8 @@ def register(sub: Any) -> None:
     p.add_argument("--max-per-day", type=int, metavar="N",
                    help="cost guard: pause intake after N images in a day")
     p.add_argument("--stable-seconds", type=float, metavar="S",
-                   help="a file must stay unchanged this long before it is taken (default 0.5)")
+                   help="a file must stay unchanged this long before it is taken, unless it "
+                   "was renamed in or closed after writing and decodes (default 0.5)")
     p.add_argument("--reprocess", action="store_true", default=None,
                    help="process content that was already processed")
     p.add_argument("--backend", choices=BACKENDS,
