@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
                    help="cost guard: pause intake after N images in a day")
     p.add_argument("--stable-seconds", type=float, metavar="S",
                    help="a file must stay unchanged this long before it is taken, unless it "
-                   "was renamed in or closed after writing and decodes (default 0.5)")
+                   "was renamed into INBOX and decodes (default 0.5)")
     p.add_argument("--reprocess", action="store_true", default=None,
                    help="process content that was already processed")
     p.add_argument("--backend", choices=BACKENDS,
