@@ -5,6 +5,7 @@ Waits are on deadlines (``_until``), never fixed sleeps; nothing is timed.
 
 from __future__ import annotations
 
+import _thread
 import io
 import signal
 import subprocess
@@ -258,6 +259,43 @@ def test_ctrl_c_in_a_batch_abandons_the_images_at_the_service_and_says_how_many(
     assert interrupted == [2]
     assert emu.stats()["tasks_submitted"] == 2
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_ctrl_c_that_lands_just_before_the_batch_waits_still_stops_it(
+        emulator_factory: Callable[..., Emulator], tmp_path: Path) -> None:
+    """A SIGINT that arrives after the batch's last look at the flags but before its wait
+    blocks interrupts no system call: Python only flags it. ``interrupt_main`` makes
+    exactly that state. The batch must act on it while its images still wait at the
+    service, not when one of them ends (here: never, unless the test ends the tasks)."""
+    emu = emulator_factory(delay=3600)
+    config = configured(emu, {"concurrency": 2, "wavespeed.wait": "poll"})
+    backend = WaveSpeedBackend(config)
+    srcs = []
+    for i in range(3):
+        make_keyed_image((16, 16)).save(tmp_path / f"{i}.png")
+        srcs.append(tmp_path / f"{i}.png")
+    plan = plan_outputs(srcs, tmp_path / "out", config.output)
+    interrupted: list[int] = []
+    rescued = threading.Event()
+
+    def flag_ctrl_c_when_two_are_waiting() -> None:
+        _until(lambda: emu.stats().get("running_tasks", 0) == 2)
+        _thread.interrupt_main()
+        deadline = time.monotonic() + 60
+        while not interrupted and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not interrupted:  # the batch did not see it: end the tasks rather than hang
+            rescued.set()
+            emu.end_delays()
+
+    threading.Thread(target=flag_ctrl_c_when_two_are_waiting, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(plan, backend, config, on_result=lambda r: None,
+                  on_interrupt=interrupted.append)
+    backend.close()
+    assert not rescued.is_set(), "the flagged Ctrl-C was seen only once an image ended"
+    assert interrupted == [2]
+    assert emu.stats()["tasks_submitted"] == 2
 
 
 # -- a failure in each stage is reported once ----------------------------------------------------
