@@ -272,6 +272,9 @@ class _BatchJob:
     def before_send(self) -> None:
         self._breaker.check(self._file.src)
 
+    def warm(self, prepared: Prepared) -> None:
+        self._file.warm(prepared)
+
     def finish(self, prepared: Prepared, result: Result) -> None:
         self._file.finish(prepared, result)
 

@@ -36,6 +36,8 @@ from bgremove.imaging import (
     strip_jpeg_metadata,
 )
 from bgremove.imaging._png import png_data_complete, read_chunks, strip_png_metadata
+from bgremove.jobs import JobResult
+from bgremove.stages import FileJob
 from bgremove.wavespeed import WaveSpeedClient
 from tests import images as img
 from tests.cli_process import bgremove
@@ -548,6 +550,55 @@ def test_a_file_changed_after_its_upload_is_not_finished(tmp_path: Path, emulato
         finish_file(prepared, result, src, dst, OutputConfig(),
                     data=src.read_bytes() if given else None)
     assert str(src) in str(err.value) and err.value.kind == "changed"
+    assert not dst.parent.exists() or not any(dst.parent.iterdir())
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_file_job_warmed_ahead_decodes_its_input_once_and_writes_the_same(
+        tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch,
+        orientation: int) -> None:
+    """``FileJob.warm`` (run while the task waits) decodes the input; the finish then only
+    checks the file is the one prepared and decodes the service's result."""
+    src = save_jpeg(tmp_path / "photo.jpg", orientation)
+    config = configured(emulator)
+    decodes: list[Path] = []
+    real = _finish.load_image
+    monkeypatch.setattr(_finish, "load_image", lambda path, **kw: (
+        decodes.append(Path(path)), real(path, **kw))[1])
+    ended: list[JobResult] = []
+    job = FileJob(src, tmp_path / "out.png", config, done=ended.append)
+    prepared = job.prepare()
+    result = served(emulator, prepared)
+    job.warm(prepared)
+    assert decodes == [src]
+    job.finish(prepared, result)
+    assert decodes == [src] and ended[0].status == "ok"
+    with Image.open(io.BytesIO(result.data or b"")) as answer:
+        want = oracle(src, answer.getchannel("A"), orientation)
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.tobytes() == want.tobytes()
+    job.warm(prepared)  # too late: the finish has begun, nothing is decoded
+    assert decodes == [src]
+
+
+@pytest.mark.parametrize("when", ["before-warm", "after-warm"])
+def test_a_file_changed_around_its_warm_is_not_finished(tmp_path: Path, emulator: Emulator,
+                                                         when: str) -> None:
+    src = save_jpeg(tmp_path / "photo.jpg", 1)
+    config = configured(emulator)
+    ended: list[JobResult] = []
+    dst = tmp_path / "out" / "photo.png"
+    job = FileJob(src, dst, config, done=ended.append)
+    prepared = job.prepare()
+    result = served(emulator, prepared)
+    if when == "after-warm":
+        job.warm(prepared)
+    photo().transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(src, "JPEG", quality=100)
+    if when == "before-warm":
+        with pytest.raises(InputChangedError):
+            job.warm(prepared)
+    with pytest.raises(InputChangedError, match="changed while it was being processed"):
+        job.finish(prepared, result)
     assert not dst.parent.exists() or not any(dst.parent.iterdir())
 
 

@@ -481,6 +481,54 @@ def test_admission_bounds_tasks_in_flight_unsent_uploads_and_downloads() -> None
     assert all(len(j.results) == 1 and not j.errors for j in jobs)
 
 
+class WarmJob(StagedJob):
+    """A job with a ``warm`` step; counts the jobs holding what a warm made (from the warm
+    to the job's end) and the most at once."""
+
+    lock = threading.Lock()
+
+    def __init__(self, holding: list[int], fail_warm: bool = False) -> None:
+        super().__init__()
+        self.holding = holding  # [now, most]
+        self.fail_warm = fail_warm
+        self.warms = 0
+        self.warmed_before_finish = False
+
+    def warm(self, prepared: Prepared) -> None:
+        assert prepared.size == self.size
+        with self.lock:
+            self.warms += 1
+            self.holding[0] += 1
+            self.holding[1] = max(self.holding[1], self.holding[0])
+        if self.fail_warm:
+            raise RuntimeError("warm failed")
+
+    def finish(self, prepared: Prepared, result: Result) -> None:
+        self.warmed_before_finish = self.warms == 1
+        super().finish(prepared, result)
+        with self.lock:
+            self.holding[0] -= self.warms
+
+
+def test_jobs_are_warmed_while_their_tasks_wait_at_most_the_finish_room_at_once() -> None:
+    remote = GatedRemote()
+    holding = [0, 0]
+    jobs = [WarmJob(holding, fail_warm=i == 0) for i in range(12)]
+    pipeline = Pipeline(None, Config(), in_flight=6, cpu_workers=2, io_threads=3, remote=remote)
+    for job in jobs:
+        pipeline.start(job)
+    _until(lambda: pipeline.counts().get("waiting", 0) == 6, what="6 tasks waiting")
+    # warmed while every task waits: as many as the finish room, no more
+    _until(lambda: sum(j.warms for j in jobs) >= pipeline.finish_room, what="warms")
+    assert not any(j.results for j in jobs)
+    remote.release.set()
+    assert pipeline.drain(60)
+    pipeline.close()
+    assert all(len(j.results) == 1 and not j.errors for j in jobs)  # a failed warm too
+    assert all(j.warms <= 1 for j in jobs) and jobs[0].warmed_before_finish
+    assert holding[1] == pipeline.finish_room
+
+
 # -- the poller ----------------------------------------------------------------------------------
 
 def test_the_poller_hands_out_actions_in_due_order_on_one_thread() -> None:

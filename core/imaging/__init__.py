@@ -18,7 +18,7 @@ The modules are private; these are the public names.
 
 from bgremove.choices import OUTPUT_FORMATS as FORMATS
 from bgremove.imaging._deep import DeepImage
-from bgremove.imaging._finish import finish_file, result_alpha
+from bgremove.imaging._finish import finish_file, load_source, result_alpha
 from bgremove.imaging._jpeg import strip_jpeg_metadata
 from bgremove.imaging._match import EXACT_SCORE, cutout_matches, cutout_mismatch, decode_image
 from bgremove.imaging._modes import apply_orientation, undo_orientation
@@ -44,6 +44,6 @@ __all__ = [
     "alpha_from_bytes", "apply_orientation", "compose", "compose_output", "cutout_matches",
     "cutout_mismatch", "decode_image",
     "encode_for_upload", "estimate_foreground", "extension_for", "finish_file", "fit_alpha",
-    "has_subject", "load_image", "parse_color", "prepare_file", "result_alpha", "save_image",
-    "sendable_original", "source_from_raw", "strip_jpeg_metadata", "undo_orientation",
+    "has_subject", "load_image", "load_source", "parse_color", "prepare_file", "result_alpha",
+    "save_image", "sendable_original", "source_from_raw", "strip_jpeg_metadata", "undo_orientation",
 ]

@@ -1,6 +1,7 @@
 """The finish stage: the service's answer applied to the file it was made from, written once.
 
     finish_file(prepared, result, src, dst, output) -> warning or None
+    load_source(prepared, src)                      -> the input decoded ahead of its finish
     result_alpha(result, orientation)               -> the mask, "L", turned upright
 
 The file is read again and must have the sha256 it had when prepared: a file changed since
@@ -54,21 +55,33 @@ if TYPE_CHECKING:
 _COMPARE_BYTES = 1 << 19
 
 
+def load_source(prepared: Prepared, src: str | os.PathLike[str]) -> SourceImage:
+    """``src`` read and decoded ahead of its finish (while its task waits at the service),
+    for ``finish_file(source=)``; InputChangedError when it is not the file prepared."""
+    path = Path(src)
+    width, height = prepared.size
+    return load_image(path, max_pixels=width * height, data=_read_prepared(prepared, path))
+
+
 def finish_file(prepared: Prepared, result: Result, src: str | os.PathLike[str],
                 dst: str | os.PathLike[str], output: OutputConfig, *,
-                data: bytes | None = None) -> str | None:
+                data: bytes | None = None, source: SourceImage | None = None) -> str | None:
     """Write the cut-out of ``src`` (or of its ``data``, already read) to ``dst`` atomically.
+
+    ``source`` is the input as ``load_source`` decoded it ahead; the file is still read
+    again and must still be the one prepared.
 
     Returns a warning worth showing (an empty cut-out), else None. Raises InputChangedError
     when the file is not the one prepared, ProtocolError for a result that cannot be used,
     OutputError when ``dst`` cannot be written; nothing is written then.
     """
     path = Path(src)
-    if data is None:
-        data = read_input(path)
-    if prepared.digest is not None and hashlib.sha256(data).hexdigest() != prepared.digest:
-        raise _changed(path)
-    source, service = _decode(path, data, prepared, result)
+    data = _read_prepared(prepared, path, data)
+    if source is None:
+        source, service = _decode(path, data, prepared, result)
+    else:  # decoded ahead (``load_source``) from these very bytes: the digest says so
+        service = result_image(result.data, max_pixels=result.max_pixels) \
+            if result.data is not None else None
     if source.image.size != prepared.size:
         raise _changed(path)
     stored = result_mask(service) if service is not None else _local_alpha(result)
@@ -89,6 +102,15 @@ def finish_file(prepared: Prepared, result: Result, src: str | os.PathLike[str],
     image = compose_output(source, alpha, output)
     save_image(image, dst, fmt=output.format, icc_profile=source.icc_profile, exif=exif)
     return warning
+
+
+def _read_prepared(prepared: Prepared, path: Path, data: bytes | None = None) -> bytes:
+    """The file's bytes (``data`` when given), refused unless they are the ones prepared."""
+    if data is None:
+        data = read_input(path)
+    if prepared.digest is not None and hashlib.sha256(data).hexdigest() != prepared.digest:
+        raise _changed(path)
+    return data
 
 
 def _decode(path: Path, data: bytes, prepared: Prepared, result: Result

@@ -106,11 +106,12 @@ def _prepare_pillow(max_pixels: int) -> None:
 
 
 def load_image(path: str | os.PathLike[str], *, max_pixels: int,
-               data: bytes | None = None) -> SourceImage:
+               data: bytes | None = None, exif: bool = True) -> SourceImage:
     """Read, fully decode, orient and normalise an input image.
 
     ``data``, when given, is the file's content already read by the caller (the hot-folder
     daemon hashes and decodes the same bytes); ``path`` then only names it in messages.
+    ``exif=False``: the EXIF to keep is not read (for an upload, which carries none).
 
     Raises InputNotFoundError, UnreadableImageError (empty, truncated, not an image, a format
     not accepted) or ImageTooLargeError (over ``max_pixels`` or a decompression bomb); every
@@ -125,7 +126,7 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int,
         tiles = deep_tiles(im)
         decode_input(im, src)
         orientation = exif_orientation(im)
-        exif = kept_exif(im, src)
+        kept = kept_exif(im, src) if exif else None
         icc = im.info.get("icc_profile") or None
         fmt = "JPEG" if im.format == "MPO" else im.format
         deep = read_deep(fh, im, tiles, icc)
@@ -141,7 +142,7 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int,
     image.info = {}  # nothing from the file travels with the pixels (EXIF: ``exif`` above)
     log.debug("loaded %s: %s %s %dx%d, orientation %d, icc %s", src, fmt, im.mode, image.width,
               image.height, orientation, "yes" if icc else "no")
-    return SourceImage(image=image, icc_profile=icc, format=fmt, path=src, exif=exif, deep=deep)
+    return SourceImage(image=image, icc_profile=icc, format=fmt, path=src, exif=kept, deep=deep)
 
 
 def read_input(src: Path) -> bytes:

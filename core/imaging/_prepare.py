@@ -65,7 +65,7 @@ def prepare_file(path: str | os.PathLike[str], *, max_pixels: int, max_upload_by
         if sent is not None:
             _check_decodes(im, sent, src)
             return Prepared(sent.as_upload(), upright, orientation, digest)
-    source = load_image(src, max_pixels=max_pixels, data=data)
+    source = load_image(src, max_pixels=max_pixels, data=data, exif=False)
     upload = encode_for_upload(source.image, max_bytes=max_upload_bytes,
                                max_side=max_upload_side)
     return Prepared(upload, source.image.size, 1, digest)

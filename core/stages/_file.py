@@ -1,7 +1,8 @@
 """One input file to one output file, as a pipeline job.
 
 ``FileJob.prepare`` reads and checks the file and makes its upload
-(``imaging.prepare_file``); ``finish`` re-reads it, applies the result and writes
+(``imaging.prepare_file``); ``warm``, while its task waits, decodes it ahead
+(``imaging.load_source``); ``finish`` re-reads it, applies the result and writes
 ``dst`` atomically (``imaging.finish_file``, which refuses a file changed meanwhile).
 The job's one outcome, a ``JobResult``, goes to ``done``: the batch and the daemon
 decide what to do with it. ``remove_file`` runs one such job for a library caller.
@@ -10,6 +11,7 @@ decide what to do with it. ``remove_file`` runs one such job for a library calle
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 
     from bgremove.config import Config
     from bgremove.contract import Backend
+    from bgremove.imaging import SourceImage
     from bgremove.jobs import JobResult
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,10 @@ class FileJob:
         self.hooks = hooks or JobHooks()
         self._done = done
         self._started = time.monotonic()
+        self._warm_lock = threading.Lock()
+        self._warm_state: str | None = None  # None, "warming", then "finishing"
+        self._warmed = threading.Event()
+        self._source: SourceImage | None = None  # the input decoded by ``warm``
 
     def prepare(self) -> Prepared:
         from bgremove.imaging import prepare_file
@@ -47,11 +54,32 @@ class FileJob:
                             max_upload_bytes=self.config.wavespeed.max_upload_bytes,
                             max_upload_side=self.config.wavespeed.max_upload_side)
 
+    def warm(self, prepared: Prepared) -> None:
+        """Decode the input ahead of the finish, while the task waits (see ``Pipeline``);
+        skipped once the finish has begun, which then decodes it itself."""
+        from bgremove.imaging import load_source
+
+        with self._warm_lock:
+            if self._warm_state is not None:
+                return
+            self._warm_state = "warming"
+        try:
+            self._source = load_source(prepared, self.src)
+        finally:
+            self._warmed.set()
+
     def finish(self, prepared: Prepared, result: Result) -> None:
         from bgremove.imaging import finish_file
         from bgremove.jobs import JobResult
 
-        warning = finish_file(prepared, result, self.src, self.dst, self.config.output)
+        with self._warm_lock:
+            warming = self._warm_state == "warming"
+            self._warm_state = "finishing"
+        if warming:
+            self._warmed.wait()  # it runs on another CPU worker: it ends on its own
+        source, self._source = self._source, None
+        warning = finish_file(prepared, result, self.src, self.dst, self.config.output,
+                              source=source)
         self._done(JobResult(self.src, self.dst, "ok", None, time.monotonic() - self._started,
                              result.task_id, result.requests, warning))
 

@@ -16,6 +16,12 @@ A finishing job no longer holds one of the ``in_flight`` places (its task is ove
 result downloaded), so the next upload starts while it is written; ``finish_room`` bounds
 the results held.
 
+A job may also have ``warm(prepared)``: work its finish needs that does not need the result
+(decoding its input), run on the CPU pool from the start of its upload, while it is sent and
+its task waits (the CPU's idle time: a sync submit returns only when the task is done).
+At most ``finish_room`` jobs hold what their warm made, from its start to their end, so
+that memory stays bounded too; a job whose finish has begun is not warmed.
+
 A job ends exactly once: ``finish`` returned, or ``failed(error)`` was called (from
 whichever stage failed; a failure of ``finish`` itself too).
 """
@@ -77,6 +83,7 @@ class _Entry:
     prepared: Prepared | None = None
     call: Call | None = None
     ended: bool = False
+    warmed: bool = False  # its ``warm`` was handed to the CPU pool (it holds a warm place)
 
 
 class Pipeline:
@@ -125,6 +132,8 @@ class Pipeline:
         self._pending: deque[_Entry] = deque()
         self._prepared: deque[_Entry] = deque()
         self._ready: deque[_Entry] = deque()
+        self._cold: deque[_Entry] = deque()  # sent, with a ``warm`` not yet handed out
+        self._warm = 0  # jobs warmed or warming, not yet ended (at most ``finish_room``)
         self._open = 0  # started and not yet ended
         self._closed = False
 
@@ -208,11 +217,23 @@ class Pipeline:
             entry = self._prepared.popleft()
             self._move(entry, "sending")
             self._submit(self._io, self._send, entry)
+            if getattr(entry.job, "warm", None) is not None:
+                self._cold.append(entry)  # warmed below while it is sent and waits
         while (self._pending and counts["preparing"] < self.cpu_workers
                and counts["preparing"] + counts["prepared"] < self.prepare_ahead):
             entry = self._pending.popleft()
             self._move(entry, "preparing")
             self._submit(self._cpu, self._prepare, entry)
+        while self._cold and (self._cold[0].ended or self._cold[0].stage == "finishing"):
+            self._cold.popleft()  # too late to warm
+        while self._cold and self._warm < self.finish_room:
+            entry = self._cold.popleft()
+            if entry.ended or entry.stage == "finishing":
+                continue
+            entry.warmed = True
+            self._warm += 1
+            with contextlib.suppress(RuntimeError):  # shut down: the job ends anyway
+                self._cpu.submit(self._warm_up, entry)
 
     def _move(self, entry: _Entry, stage: str) -> None:
         self._counts[entry.stage] -= 1
@@ -268,6 +289,15 @@ class Pipeline:
         # Sent: the upload's bytes are needed no more (the finish re-reads the input).
         entry.prepared = call.prepared = dataclasses.replace(prepared, upload=_sent(prepared))
         self._wait_or_fetch(entry, call)
+
+    def _warm_up(self, entry: _Entry) -> None:
+        prepared = entry.prepared
+        if entry.ended or entry.stage == "finishing" or prepared is None:
+            return
+        try:
+            entry.job.warm(prepared)  # type: ignore[attr-defined]
+        except Exception:  # the finish does the same work again and reports what fails
+            log.debug("warming a job failed", exc_info=True)
 
     def _poll(self, entry: _Entry) -> None:
         call = entry.call
@@ -332,6 +362,8 @@ class Pipeline:
             entry.stage = "ended"
             entry.call = None
             self._open -= 1
+            if entry.warmed:
+                self._warm -= 1
             self._pump()
             self._lock.notify_all()
 
