@@ -8,7 +8,9 @@ The command line is the top layer: it imports core, the watcher and the
 plug-in, and none of them imports it. Each sub-command is a module of
 ``bgremove.commands`` that registers itself through ``register(subparsers)``;
 those modules import only argparse at load time so start-up stays fast, and
-load what they run on first use.
+load what they run on first use. A command's ``args.ends_process`` says whether the
+process ends right after it (``main()`` with the process's own command line), so it may
+leave what the exit frees anyway.
 """
 
 from __future__ import annotations

@@ -98,6 +98,8 @@ class ReconcilePolicy:
 
 @dataclass(frozen=True)
 class WaveSpeedConfig:
+    """The WaveSpeed service: key, address, limits, timeouts, retries and polling."""
+
     api_key: str | None = _opt(None, secret=True)
     base_url: str = DEFAULT_BASE_URL
     # http:// to a host other than this machine sends the key and images in clear: refused
@@ -115,6 +117,8 @@ class WaveSpeedConfig:
 
 @dataclass(frozen=True)
 class LocalConfig:
+    """The offline model."""
+
     model: str = _opt("u2netp", choices=LOCAL_MODELS)
     threads: int = _opt(0, min=0, max=256)  # 0: let onnxruntime choose
     refine: bool = False  # edge refinement
@@ -124,6 +128,8 @@ class LocalConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
+    """What is written for each image."""
+
     format: str = _opt("png", choices=OUTPUT_FORMATS)
     mask_only: bool = False
     background: str | None = None  # a colour: "#ffffff", "white", "255,255,255"
@@ -138,11 +144,15 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class InputConfig:
+    """What inputs are accepted."""
+
     max_pixels: int = _opt(100_000_000, min=1)
 
 
 @dataclass(frozen=True)
 class WatchConfig:
+    """The hot-folder daemon (``bgremove watch``)."""
+
     inbox: str | None = None
     outbox: str | None = None
     done: str | None = None  # default INBOX/done
@@ -172,6 +182,8 @@ class WatchConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration: defaults, then the config file, then the environment and flags."""
+
     backend: str = _opt("auto", choices=BACKENDS)
     concurrency: int = _opt(4, min=1, max=10000)  # tasks in flight (Ultra: 10,000)
     log_level: str = _opt("info", choices=LOG_LEVELS)

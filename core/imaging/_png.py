@@ -62,6 +62,8 @@ _ADLER_BASE = 65521
 
 @dataclass(frozen=True)
 class Chunk:
+    """One chunk of a PNG file, by its place in the file."""
+
     kind: bytes
     start: int  # where its length field starts
     end: int  # just after its CRC
@@ -70,6 +72,8 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Header:
+    """A PNG's IHDR chunk."""
+
     width: int
     height: int
     bit_depth: int

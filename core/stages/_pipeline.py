@@ -77,6 +77,8 @@ class Job(Protocol):
 
 @dataclasses.dataclass(eq=False)
 class _Entry:
+    """One job in the pipeline, with the stage it is in."""
+
     job: Job
     hooks: JobHooks  # the job's, with the pipeline's cancel token in it
     stage: str = "pending"

@@ -331,5 +331,7 @@ class Reconciler:
 
 @dataclass(frozen=True)
 class _Window:
+    """The service's tasks listed around a lost submit."""
+
     items: list[Listed]
     clock_checked: bool

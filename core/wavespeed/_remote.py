@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class _State:
+    """A task's own state at the remote stage."""
+
     ctx: CallContext
     prediction: Prediction | None = None  # completed: ready to download
     waiting: TaskWait | None = None
