@@ -285,6 +285,40 @@ def test_remove_without_the_list_route_fails_clearly_with_one_task(
     assert emu.stats()["tasks_submitted"] == 1 and emu.count("submit") == 1
 
 
+@pytest.mark.parametrize("list_input", [False, True], ids=["by-pixels", "by-input-url"])
+def test_a_near_identical_photos_task_is_never_taken_when_ours_was_never_created(
+        tmp_path: Path, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], list_input: bool) -> None:
+    from bgremove.wavespeed import WaveSpeedClient
+
+    emu = emulator_factory(list_input=list_input)
+    ours = make_keyed_image(size=(200, 150))
+    near = ours.copy()  # a burst's next photo: 16 subject pixels differ (within the allowance)
+    near.paste((10, 10, 250), (60, 45, 64, 49))
+    near_png = tmp_path / "near.png"
+    near.save(near_png)
+    # another program of the account cuts out the near photo first
+    with WaveSpeedClient(configured(emu).wavespeed) as other:
+        url = other.upload(near_png.read_bytes(), "image.png", "image/png")
+        assert other.run(url, sync=True).status == "completed"
+    emu.set_faults(Fault("drop", route="submit", first=1))  # our submit creates no task
+    path = tmp_path / "ours.png"
+    ours.save(path)
+    code, _, err = run_remove(tmp_path, emu, monkeypatch, capsys, [path], "poll",
+                              json_lines=False)
+    if list_input:  # the list shows no task of this upload: the one safe resend
+        assert code == 0, err
+        assert_cutout(tmp_path / "out" / "ours.png", ours)
+        assert "submitting it again" in err and emu.count("submit") == 3
+        assert sorted(emu.stats()["tasks_per_content"].values()) == [1, 1]
+    else:  # it cannot be told: neither the other photo's mask nor a second submit
+        assert code == 1 and not (tmp_path / "out" / "ours.png").exists()
+        *line, closing = own_lines(err)
+        assert closing == "bgremove: 1 image: 0 done, 1 failed"
+        assert len(line) == 1 and "not exactly" in line[0] and "bgremove tasks" in line[0]
+        assert emu.count("submit") == 2 and emu.stats()["tasks_submitted"] == 1
+
+
 def test_watch_without_the_list_route_sends_the_file_to_failed_with_one_task(
         tmp_path: Path, emulator_factory: Any) -> None:
     emu = emulator_factory(list_route=False,

@@ -582,6 +582,87 @@ def test_a_job_with_its_own_token_is_cancelled_alone() -> None:
     assert other.results and not other.errors
 
 
+@pytest.mark.parametrize("when", ["between-polls", "during-a-poll"])
+def test_a_job_cancelled_while_its_task_waits_ends_at_once_and_its_task_is_left(
+        emulator_factory: Callable[..., Emulator], when: str) -> None:
+    """A job's own cancel (not the pipeline's) while its hour-long task waits in the poller:
+    the job ends now, not when its next poll comes due (10 minutes away here) or answers
+    (held 20 s by the service), and nothing more is asked about its task; the other jobs
+    wait on."""
+    from bgremove.emulator import Fault
+
+    between = when == "between-polls"
+    emu = emulator_factory(delay=3600, faults=() if between else (
+        Fault("delay", route="result", every=1, seconds=20),))
+    config = configured(emu, {"wavespeed.wait": "poll",
+                              "wavespeed.poll.initial": 600.0 if between else 0.05,
+                              "wavespeed.poll.max": 600.0 if between else 0.05})
+    asked: Counter[str] = Counter()  # task id -> result requests sent
+
+    def count(request: httpx.Request) -> None:
+        if request.url.path.endswith("/result"):
+            asked[request.url.path.split("/")[-2]] += 1
+
+    from bgremove.wavespeed._transport import bound_sockets
+
+    http = httpx.Client(event_hooks={"request": [count]})
+    bound_sockets(http)  # as the backend's own client: a cancel reaches a read under way
+    backend = WaveSpeedBackend(config, http=http)
+    data = _png(make_keyed_image((16, 16)))
+    mine, ids = CancelToken(), []
+    alone = BytesJob(data, (16, 16), hooks=JobHooks(cancel=mine, on_task=ids.append))
+    others = [BytesJob(data, (16, 16)) for _ in range(2)]
+    pipeline = Pipeline(backend, config, in_flight=3, cpu_workers=1)
+    for job in (alone, *others):
+        pipeline.start(job)
+    _until(lambda: pipeline.counts() == {"waiting": 3}, what="3 tasks waiting")
+    if not between:  # every job's poll is at the service, held there
+        _until(lambda: emu.count("result") >= 3, what="3 polls in flight")
+    mine.cancel()
+    _until(alone.ended.is_set, 15, what="the cancelled job's end")
+    assert len(alone.errors) == 1 and isinstance(alone.errors[0], CancelledError)
+    assert not alone.results and pipeline.counts() == {"waiting": 2}
+    asked_then = asked[ids[0]]
+    pipeline.cancel()  # hands out every poll still waiting, the cancelled job's too
+    assert pipeline.drain(60)
+    pipeline.close()
+    backend.close()
+    http.close()
+    assert asked[ids[0]] == asked_then  # nothing more asked about its task
+    assert emu.prediction(ids[0])["status"] == "processing"  # left to the service
+    assert all(len(j.errors) == 1 and not j.results for j in others)
+
+
+def test_remove_file_cancelled_while_its_task_waits_ends_at_once(
+        emulator_factory: Callable[..., Emulator], tmp_path: Path) -> None:
+    """The library's one-image call: its cancel token is its pipeline's, so a cancel ends
+    it now rather than at the next poll, ten minutes away here; nothing is written."""
+    from bgremove.stages import remove_file
+
+    emu = emulator_factory(delay=3600)
+    config = configured(emu, {"wavespeed.wait": "poll", "wavespeed.poll.initial": 600.0,
+                              "wavespeed.poll.max": 600.0})
+    backend = WaveSpeedBackend(config)
+    make_keyed_image((16, 16)).save(tmp_path / "a.png")
+    token, raised = CancelToken(), []
+
+    def run() -> None:
+        try:
+            remove_file(tmp_path / "a.png", tmp_path / "out.png", backend, config,
+                        JobHooks(cancel=token))
+        except CancelledError as exc:
+            raised.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    _until(lambda: emu.stats().get("running_tasks", 0) == 1, what="the task at the service")
+    token.cancel()
+    worker.join(15)
+    backend.close()
+    assert not worker.is_alive() and len(raised) == 1
+    assert not (tmp_path / "out.png").exists() and emu.count("result") == 0
+
+
 def test_a_result_waiting_for_the_finish_pool_is_still_downloaded_after_the_deadline(
         emulator: Emulator) -> None:
     """The wait for a free finish pool is this machine's, not the service's: a task done

@@ -192,8 +192,10 @@ def test_account_levels_cap_the_limits(level: str | None, concurrency: int, per_
 
 def test_rate_limiter_sliding_minute() -> None:
     clock = Clock()
-    limiter = RateLimiter(2, clock=clock)
+    limiter = RateLimiter(2, clock=clock, slack=0.0)
     assert limiter.try_acquire() and limiter.try_acquire()
+    limiter.commit()
+    limiter.commit()
     assert not limiter.try_acquire()
     assert limiter.delay() == pytest.approx(60.0)
     clock.now += 59.9
@@ -201,6 +203,26 @@ def test_rate_limiter_sliding_minute() -> None:
     clock.now += 0.1
     assert limiter.try_acquire()
     assert RateLimiter(0).try_acquire()
+
+
+def test_rate_limiter_counts_a_token_from_its_submit() -> None:
+    """Tokens taken together whose submits leave later: each counts from its submit (the
+    service's count), and a held one counts meanwhile; one given back frees its place."""
+    clock = Clock()
+    limiter = RateLimiter(2, clock=clock, slack=1.0)
+    assert limiter.try_acquire() and limiter.try_acquire()
+    assert not limiter.try_acquire()  # held, not yet sent: still counted
+    clock.now += 30.0
+    limiter.commit()  # the first submit leaves 30 s after its token was taken
+    limiter.release()  # the second job failed before its submit
+    assert limiter.try_acquire() and not limiter.try_acquire()
+    clock.now += 31.0 - 0.1  # 60 s + slack after the token was taken, but not the submit
+    limiter.release()
+    assert limiter.try_acquire() and not limiter.try_acquire()
+    limiter.commit()
+    clock.now += 0.1 + 30.0  # the first submit's 61 s are over: its place is free again
+    assert limiter.try_acquire()
+    assert not limiter.try_acquire()
 
 
 def test_rate_limiter_gives_up_on_shutdown() -> None:

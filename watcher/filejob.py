@@ -189,6 +189,7 @@ class FileJobs:
             return
         if not ctx.rate.acquire(ctx.cancel, ctx.stopping):
             raise CancelledError("shutting down")
+        run.rate_token = True  # counted when its submit leaves (``on_submit``)
         if not guard.acquire(ctx.cancel, lambda: ctx.stopping() or (
                 ctx.watch.once and guard.paused is not None)):
             if ctx.watch.once and guard.paused is not None:
@@ -219,6 +220,7 @@ class FileJobs:
 
         def on_submit(sent_at: float, upload_url: str) -> None:
             # before the submit leaves: a crash from here on is reconciled on restart
+            ctx.rate.commit(held=run.take_rate_token())
             journal.update(key, submit_sent=sent_at, upload_url=upload_url)
 
         lost = None
@@ -294,6 +296,7 @@ class _Run:
         self.hooks = JobHooks()
         self.prepared: Prepared | None = None  # until the pipeline takes it (``prepare``)
         self.reserved = False  # a place under the cost cap, not yet counted
+        self.rate_token = False  # a place under images per minute, its submit not sent yet
         self.holds: list[threading.Semaphore] = []  # places taken in ``FileJobs._admit``
         self._lock = threading.Lock()
         self._ended = False
@@ -396,15 +399,22 @@ class _Run:
             reserved, self.reserved = self.reserved, False
         return reserved
 
+    def take_rate_token(self) -> bool:
+        with self._lock:
+            held, self.rate_token = self.rate_token, False
+        return held
+
     def release(self) -> None:
-        """Give back the places it holds and a cost-cap place that was never counted
-        (no task id came: a local backend, or nothing was sent)."""
+        """Give back the places it holds, and a cost-cap place and a rate token that were
+        never counted (no task id came, no submit left: a local backend, or nothing sent)."""
         with self._lock:
             holds, self.holds = self.holds, []
         for gate in holds:
             gate.release()
         if self.take_reserved():
             self.ctx.guard.release()
+        if self.take_rate_token():
+            self.ctx.rate.release()
 
     def _end(self) -> None:
         """A job started on the pipeline has ended (once)."""

@@ -54,39 +54,51 @@ def effective_limits(watch: WatchConfig) -> Limits:
 
 
 class RateLimiter:
-    """At most ``per_minute`` acquisitions in any 60-second window (0: unlimited)."""
+    """At most ``per_minute`` submits in any 60-second window (0: unlimited), as the service
+    counts them: when each submit leaves, not when its job was admitted.
+
+    A job takes a token before it is admitted (``acquire``) and holds it until its submit
+    leaves (``commit``), or gives it back when nothing was submitted (``release``). Held
+    tokens count in the window, so jobs admitted together cannot send a burst when their
+    uploads end together. A token stays in the window ``slack`` seconds longer than the
+    window: a submit's way to the service takes a moment.
+    """
 
     def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic,
-                 window: float = 60.0) -> None:
+                 window: float = 60.0, slack: float = 1.0) -> None:
         self.per_minute = per_minute
         self.window = window
+        self.slack = slack
         self._clock = clock
-        self._times: deque[float] = deque()
+        self._times: deque[float] = deque()  # when each counted submit left
+        self._held = 0  # tokens taken whose submit has not left yet
         self._lock = threading.Lock()
+
+    def _wait(self, now: float) -> float:
+        """Under the lock: seconds until a token is free (0 now)."""
+        span = self.window + self.slack
+        while self._times and now - self._times[0] >= span:
+            self._times.popleft()
+        if len(self._times) + self._held < self.per_minute:
+            return 0.0
+        # all taken: the oldest submit leaves the window then (or a held token comes back)
+        return span - (now - self._times[0]) if self._times else 0.25
 
     def delay(self) -> float:
         """Seconds until the next acquisition is allowed (0 now)."""
         if self.per_minute <= 0:
             return 0.0
         with self._lock:
-            now = self._clock()
-            while self._times and now - self._times[0] >= self.window:
-                self._times.popleft()
-            if len(self._times) < self.per_minute:
-                return 0.0
-            return self.window - (now - self._times[0])
+            return self._wait(self._clock())
 
     def try_acquire(self) -> bool:
         if self.per_minute <= 0:
             return True
         with self._lock:
-            now = self._clock()
-            while self._times and now - self._times[0] >= self.window:
-                self._times.popleft()
-            if len(self._times) < self.per_minute:
-                self._times.append(now)
-                return True
-            return False
+            if self._wait(self._clock()) > 0:
+                return False
+            self._held += 1
+            return True
 
     def acquire(self, cancel: CancelToken, give_up: Callable[[], bool] = lambda: False) -> bool:
         """Block until allowed; False if cancelled or ``give_up()`` meanwhile."""
@@ -94,6 +106,23 @@ class RateLimiter:
             if give_up() or cancel.wait(min(max(self.delay(), 0.01), 0.25)):
                 return False
         return True
+
+    def commit(self, *, held: bool = True) -> None:
+        """A submit leaves now: it counts from now, in place of its held token (``held``;
+        a second submit after one that surely created no task holds none: it counts too)."""
+        if self.per_minute <= 0:
+            return
+        with self._lock:
+            if held and self._held:
+                self._held -= 1
+            self._times.append(self._clock())
+
+    def release(self) -> None:
+        """A held token whose job sent no submit (it failed first, or resumed a task)."""
+        if self.per_minute <= 0:
+            return
+        with self._lock:
+            self._held = max(0, self._held - 1)
 
 
 class CostGuard:

@@ -55,6 +55,8 @@ MAX_IO_THREADS = 16
 HOLDS_PLACE = ("sending", "waiting", "ready", "fetching")
 #: The stages of a job the service has (or may have) taken: it may be billed.
 AT_SERVICE = (*HOLDS_PLACE, "finishing")
+#: The stages in which no step of a job runs: its own cancel ends it there at once.
+IDLE = ("pending", "prepared", "waiting", "ready")
 
 
 class Job(Protocol):
@@ -98,7 +100,8 @@ class Pipeline:
     (default: ``in_flight``, at most ``MAX_IO_THREADS``) upload, poll and download.
     Sync waiting (a thread blocked per task) is used only when the remote wants it and
     every task in flight can have an IO thread to itself. ``cancel`` (default: a new
-    token) cancels every job; each job's own ``hooks.cancel`` cancels that job.
+    token) cancels every job; each job's own ``hooks.cancel`` cancels that job, at once
+    unless a step of it runs (its task, if sent, is left to the service).
     """
 
     def __init__(self, backend: Backend | None, config: Config, *, in_flight: int,
@@ -149,9 +152,10 @@ class Pipeline:
 
     def start(self, job: Job) -> None:
         """Queue ``job``; returns at once. Raises RuntimeError after ``close``."""
-        token = job.hooks.cancel
-        token = self.cancel_token if token is None or token is self.cancel_token else \
-            CancelToken.either(self.cancel_token, token)
+        own = job.hooks.cancel
+        if own is self.cancel_token:
+            own = None
+        token = self.cancel_token if own is None else CancelToken.either(self.cancel_token, own)
         entry = _Entry(job, dataclasses.replace(job.hooks, cancel=token))
         with self._lock:
             if self._closed:
@@ -160,6 +164,8 @@ class Pipeline:
             self._counts["pending"] += 1
             self._pending.append(entry)
             self._pump()
+        if own is not None:  # this job's alone: it ends at once too
+            token.on_cancel(lambda: self._cancelled(entry))
 
     def counts(self) -> dict[str, int]:
         """How many jobs are in each stage now (see the module docstring)."""
@@ -212,11 +218,15 @@ class Pipeline:
         counts = self._counts
         while self._ready and counts["fetching"] + counts["finishing"] < self.finish_room:
             entry = self._ready.popleft()
+            if entry.ended:  # by its own cancel
+                continue
             self._move(entry, "fetching")
             self._submit(self._io, self._fetch, entry)
         while (self._prepared and counts["sending"] < self.io_threads
                and sum(counts[s] for s in HOLDS_PLACE) < self.in_flight):
             entry = self._prepared.popleft()
+            if entry.ended:
+                continue
             self._move(entry, "sending")
             self._submit(self._io, self._send, entry)
             if getattr(entry.job, "warm", None) is not None:
@@ -224,6 +234,8 @@ class Pipeline:
         while (self._pending and counts["preparing"] < self.cpu_workers
                and counts["preparing"] + counts["prepared"] < self.prepare_ahead):
             entry = self._pending.popleft()
+            if entry.ended:
+                continue
             self._move(entry, "preparing")
             self._submit(self._cpu, self._prepare, entry)
         while self._cold and (self._cold[0].ended or self._cold[0].stage == "finishing"):
@@ -303,7 +315,8 @@ class Pipeline:
 
     def _poll(self, entry: _Entry) -> None:
         call = entry.call
-        assert call is not None
+        if call is None:  # ended meanwhile (its own cancel): nothing more is asked
+            return
         try:
             entry.hooks.check_cancel()
             self.remote.poll(call)
@@ -317,6 +330,8 @@ class Pipeline:
             self._advance(entry, "ready", self._ready)
             return
         self._advance(entry, "waiting")
+        if entry.ended:
+            return
         try:
             self._poller.add(call.due, lambda: self._poll(entry))
         except RuntimeError:  # closed without waiting
@@ -348,12 +363,25 @@ class Pipeline:
             return
         self._end(entry, None)
 
+    def _cancelled(self, entry: _Entry) -> None:
+        """The job's own cancel: where no step of it runs (queued, or its task waiting in
+        the poller) it ends now, its task left to the service, and nothing more is asked
+        for it; a step running sees the cancel itself."""
+        with self._lock:
+            if entry.ended or entry.stage not in IDLE:
+                return
+            entry.ended = True  # a queue still holding it skips it
+        self._ended(entry, CancelledError("cancelled"))
+
     def _end(self, entry: _Entry, error: BaseException | None) -> None:
         """The job's one end: ``failed(error)`` when there is one, then its slot freed."""
         with self._lock:
             if entry.ended:
                 return
             entry.ended = True
+        self._ended(entry, error)
+
+    def _ended(self, entry: _Entry, error: BaseException | None) -> None:
         if error is not None:
             try:
                 entry.job.failed(error)

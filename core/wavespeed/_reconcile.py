@@ -15,11 +15,17 @@ The service lists the account's predictions of the last 7 days, so
    when the list carries it, otherwise by downloading the candidate's output
    and comparing it with the uploaded image (``bgremove.imaging._match``).
    Candidates still running are waited for.
-3. One match: that task is adopted. None, once ``reconcile.settle`` seconds
-   have passed since the answer was lost and the clock is known to be right:
-   no task exists and the image may be submitted again (the only safe
-   resend). Several, a candidate that cannot be compared, no list route, or
-   a clock too far off: ``SubmitUncertainError`` with the reason.
+3. One match: that task is adopted. A match is made from this very upload:
+   its URL when the list carries it, else a cut-out of exactly these pixels
+   (``EXACT_SCORE``, rounding at most). A cut-out only within the allowance
+   may be a similar photo's (a burst, another program of the account) while
+   this submit created none, or this image's scaled by the model: it is
+   neither adopted (a mask made for other pixels) nor a reason to submit
+   again. None, once ``reconcile.settle`` seconds have passed since the answer
+   was lost and the clock is known to be right: no task exists and the image
+   may be submitted again (the only safe resend). Several, a near one, a
+   candidate that cannot be compared, no list route, or a clock too far off:
+   ``SubmitUncertainError`` with the reason.
 
 Identical uploads in one batch are interchangeable: while another submit of
 the same bytes is still waiting for its answer nothing is decided, and as
@@ -139,7 +145,7 @@ class Reconciler:
             yield
         finally:
             with self._lock:
-                self._in_flight[digest] -= 1
+                _take_one(self._in_flight, digest)
 
     def find(self, sent: SentSubmit, lost: SubmitUncertainError, *, ctx: CallContext,
              known: Collection[str] = ()) -> Prediction | None:
@@ -166,7 +172,7 @@ class Reconciler:
             raise error from lost
         finally:
             with self._lock:
-                self._lost[digest] -= 1
+                _take_one(self._lost, digest)
         if found is None:
             log.warning("%s; the service has no task for it: submitting it again",
                         lost.message.split(";")[0])
@@ -190,6 +196,7 @@ class Reconciler:
             with self._lock:
                 known = self._known.keys() | extra_known
                 others_in_flight = self._in_flight[digest] > 0
+                any_in_flight = bool(self._in_flight)  # this client's submits of any image
                 lost_here = max(1, self._lost[digest])
             matches: list[Listed] = []
             scores: dict[str, float] = {}  # task id -> mismatch score of a match
@@ -224,14 +231,21 @@ class Reconciler:
                 elif score <= 1.0:
                     matches.append(item)
                     scores[task.id] = score
+            near: list[str] = []  # cut-outs like this image's, but not exactly of it
             if by_url:  # an upload's URL is unique: decisive whatever else is listed
                 matches = [m for m in matches if m.input_image == sent.image_url]
-            elif any(score <= EXACT_SCORE for score in scores.values()):
-                # the image itself beats near copies of it (a burst of similar photos)
+            else:
+                # Only the image itself is surely ours. A cut-out merely within the allowance
+                # may be a similar photo's (a burst, another program of the account) while
+                # ours was never created: never adopted (a mask made for other pixels), and
+                # never a reason to submit again either (it may be ours, scaled by the model).
+                near = [m.prediction.id for m in matches if scores[m.prediction.id] > EXACT_SCORE]
                 matches = [m for m in matches if scores[m.prediction.id] <= EXACT_SCORE]
-            elif running or others_in_flight:
+            # A near candidate may be another image's of this client whose answer is on
+            # its way: once that answer came, its task is known and no longer a candidate.
+            if not matches and (running or others_in_flight or (near and any_in_flight)):
                 log.debug("reconcile: waiting for %d running task(s)%s", len(running),
-                          " and a submit of the same image" if others_in_flight else "")
+                          " and a submit's answer" if others_in_flight or near else "")
                 requests.pause(next(intervals), ctx, "submit", None)
                 continue
             if len(matches) > lost_here:
@@ -249,6 +263,10 @@ class Reconciler:
                 requests.pause(min(next(intervals), settled_at - requests.clock()), ctx,
                                "submit", None)
                 continue
+            if near:
+                raise _Unsure(f"task(s) {', '.join(near)} created since then are like this "
+                              "image's cut-out but not exactly it (a similar photo's, or this "
+                              "one's scaled by the model)")
             if unknown:
                 raise _Unsure(f"task(s) {', '.join(unknown)} created since then cannot be "
                               "compared with this image")
@@ -327,6 +345,13 @@ class Reconciler:
                 self._verdicts.clear()
             self._verdicts[task.id, digest] = score
         return score
+
+
+def _take_one(counter: Counter[str], key: str) -> None:
+    """One less of ``key``; none left: the key goes (one per image would pile up)."""
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
 
 @dataclass(frozen=True)
