@@ -16,14 +16,11 @@ leave what the exit frees anyway.
 from __future__ import annotations
 
 import argparse
-import atexit
-import contextlib
 import gc
 import importlib
 import logging
 import os
 import sys
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,38 +78,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; ``argv`` None: this process's own command line (it ends after,
-    mostly here: see ``end_process``)."""
+    """Run one command; ``argv`` None: this process's own command line (it ends after)."""
     if argv is not None:
         return _main(list(argv), whole_process=False)
-    code = _main(sys.argv[1:], whole_process=True)
-    end_process(code)
-    return code
-
-
-def end_process(code: int) -> None:
-    """End this process with ``code`` now, without the interpreter's tear-down of every
-    module and object (~4 ms of a one-image run), once nothing is left to wait for.
-
-    What that exit does that matters is done first: stdout and stderr flushed, the
-    ``atexit`` handlers run (logging's flush among them). While a thread that is not a
-    daemon still runs (after Ctrl-C, a sync submit the exit waits for) or stdout cannot be
-    written, this returns and the usual exit takes over.
-    """
-    main_thread = threading.main_thread()
-    if any(t is not main_thread and not t.daemon and t.is_alive()
-           for t in threading.enumerate()):
-        return
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        return
-    atexit._run_exitfuncs()
-    with contextlib.suppress(OSError, ValueError):
-        sys.stdout.flush()
-        sys.stderr.flush()
-    os._exit(code)
+    return _main(sys.argv[1:], whole_process=True)
 
 
 def _main(argv: list[str], *, whole_process: bool) -> int:

@@ -239,6 +239,32 @@ def test_a_journal_link_planted_in_an_outbox_inside_inbox_is_never_written(
     assert list(outside.iterdir()) == []
 
 
+@pytest.mark.parametrize("journal", ["in/state.sqlite3", "in/done/j.sqlite3", "in/link/j.sqlite3",
+                                     "alias/j.sqlite3"])
+def test_a_journal_inside_inbox_is_refused_and_never_written(tmp_path: Path,
+                                                             journal: str) -> None:
+    """watch.journal inside INBOX (directly, in done/, through a folder link planted there, or
+    through a link to INBOX) is in reach of its writers, as OUTBOX inside it is: refused in
+    one line, and a link planted at its name is never written through."""
+    inbox, outside = tmp_path / "in", tmp_path / "outside"
+    (inbox / "done").mkdir(parents=True)
+    outside.mkdir()
+    (inbox / "link").symlink_to(outside)
+    (tmp_path / "alias").symlink_to(inbox)
+    (inbox / "state.sqlite3").symlink_to(outside / "victim.db")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"watch:\n  journal: {tmp_path / journal}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "bgremove", "watch", str(inbox), str(tmp_path / "out"), "--once",
+         "--config", str(config)], capture_output=True, text=True, timeout=30,
+        cwd=Path(__file__).resolve().parents[1], env=dict(os.environ, WAVESPEED_API_KEY="k-1234"))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is inside INBOX" in lines[0], result.stderr
+    assert list(outside.iterdir()) == []
+    assert sorted(p.name for p in inbox.iterdir()) == ["done", "link", "state.sqlite3"]
+
+
 def test_json_lines_one_per_file_and_never_the_key(tmp_path: Path, emulator_factory) -> None:
     emu = emulator_factory()
     inbox, outbox = tmp_path / "in", tmp_path / "out"

@@ -81,6 +81,15 @@ def test_outbox_inside_inbox_is_refused_even_when_not_watched(tmp_path: Path, ou
     assert layout.relative(tmp_path / "kept" / "out" / "x.png") is None
 
 
+def test_journal_path_outside_inbox_is_taken_as_given(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    layout = Layout.create(tmp_path / "in", tmp_path / "out")
+    assert layout.journal_path(None) == tmp_path / "out" / ".bgremove" / "journal.sqlite3"
+    assert layout.journal_path(tmp_path / "j" / "x.db") == tmp_path / "j" / "x.db"
+    with pytest.raises(ConfigError, match="is inside INBOX"):
+        layout.journal_path(tmp_path / "in" / ".." / "in" / "x.db")
+
+
 def test_move_no_replace_adds_suffixes(tmp_path: Path) -> None:
     (tmp_path / "dst").mkdir()
     (tmp_path / "dst" / "x.png").write_text("old")

@@ -118,9 +118,8 @@ class Daemon:
         self._heartbeat_failing = False
         self._foreign_claims = 0
         self._blocked_exit = False  # --once stopped for an unwritable folder
+        journal_path = layout.journal_path(watch.journal)
         _open_outbox(layout)
-        journal_path = Path(watch.journal).expanduser() if watch.journal \
-            else layout.state_dir / "journal.sqlite3"
         journal = Journal(journal_path, check=True)
         try:
             backend = backend_factory() if backend_factory \

@@ -92,6 +92,19 @@ class Layout:
             raise ConfigError(f"the done and failed folders are the same ({done_p})")
         return cls(inbox_p, outbox_p, done_p, failed_p, recursive)
 
+    def journal_path(self, configured: str | os.PathLike[str] | None) -> Path:
+        """The journal's path (default ``OUTBOX/.bgremove/journal.sqlite3``); one reached
+        through INBOX is refused, as OUTBOX inside it is (its writers could plant a link at
+        the name, or change the tasks paid for and the cost guard's counts)."""
+        if not configured:
+            return self.state_dir / "journal.sqlite3"
+        path = Path(configured).expanduser().absolute()
+        if any(_inside(p, self.inbox) for p in (Path(os.path.normpath(path)),
+                                                path.parent.resolve() / path.name)):
+            raise ConfigError(f"the journal {path} is inside INBOX {self.inbox}: whoever can "
+                              "drop files there could change it", hint="use a path outside INBOX")
+        return path
+
     @property
     def claims(self) -> Path:
         return self.inbox / CLAIMS_DIR

@@ -154,35 +154,20 @@ def _samples(deep: DeepImage) -> bytes:
 
 # --- PNG -----------------------------------------------------------------------------------
 
-_PNG_COLOUR = {"L": 0, "RGB": 2, "LA": 4, "RGBA": 6}
-
-
 def write_png16(deep: DeepImage, fh: IO[bytes], icc: bytes | None, exif: bytes | None) -> None:
+    from bgremove.imaging._png import PNG_COLOUR, IdatWriter, png_chunk, png_head
+
     width, height = deep.size
     stride = width * 2 * len(deep.bands)
     data = _samples(deep)
-    fh.write(b"\x89PNG\r\n\x1a\n")
-    _chunk(fh, b"IHDR", struct.pack(">IIBBBBB", width, height, 16, _PNG_COLOUR[deep.bands],
-                                    0, 0, 0))
-    if icc:
-        _chunk(fh, b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc))
-    if exif:
-        _chunk(fh, b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif)
+    fh.writelines(png_head(width, height, 16, PNG_COLOUR[deep.bands], icc, exif))
     packer = zlib.compressobj(_ZLIB_LEVEL)
-    pending = io.BytesIO()
+    idat = IdatWriter(fh)
     for y in range(height):
-        pending.write(packer.compress(b"\0" + data[y * stride:(y + 1) * stride]))
-        if pending.tell() >= _STRIP_BYTES:
-            _chunk(fh, b"IDAT", pending.getvalue())
-            pending = io.BytesIO()
-    pending.write(packer.flush())
-    _chunk(fh, b"IDAT", pending.getvalue())
-    _chunk(fh, b"IEND", b"")
-
-
-def _chunk(fh: IO[bytes], kind: bytes, body: bytes) -> None:
-    fh.write(struct.pack(">I", len(body)) + kind + body
-             + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+        idat.write(packer.compress(b"\0" + data[y * stride:(y + 1) * stride]))
+    idat.write(packer.flush())
+    idat.close()
+    fh.write(png_chunk(b"IEND", b""))
 
 
 # --- TIFF ----------------------------------------------------------------------------------

@@ -272,7 +272,7 @@ def write_png(image: Image.Image, fh: IO[bytes], *, level: int, icc: bytes | Non
     runs = max(1, min(_PARTS, height // rows))
     cuts = [height * i // runs for i in range(runs + 1)]
     fh.writelines(png_head(width, height, 8, PNG_COLOUR[image.mode], icc, exif))
-    idat = _IdatWriter(fh)
+    idat = IdatWriter(fh)
     idat.write(_ZLIB_HEADER)
     later: list[list[bytes]] = [[] for _ in range(runs - 1)]
     with ThreadPoolExecutor(max(1, runs - 1), thread_name_prefix="bgremove-png") as pool:
@@ -324,7 +324,7 @@ def _adler32_combine(first: int, second: int, length: int) -> int:
     return (low % _ADLER_BASE) | (high % _ADLER_BASE) << 16
 
 
-class _IdatWriter:
+class IdatWriter:
     """Image data written to ``fh`` as IDAT chunks of about ``_IDAT_BYTES``."""
 
     def __init__(self, fh: IO[bytes]) -> None:
