@@ -15,6 +15,7 @@ import json
 import subprocess
 import threading
 import time
+import weakref
 import zlib
 from pathlib import Path
 
@@ -25,8 +26,15 @@ from bgremove.config import OutputConfig
 from bgremove.contract import Prepared, Result
 from bgremove.emulator import Emulator
 from bgremove.emulator.model import cutout_png, keyout_alpha
-from bgremove.errors import InputChangedError, ProtocolError, UnreadableImageError
+from bgremove.errors import (
+    CancelledError,
+    InputChangedError,
+    OutputError,
+    ProtocolError,
+    UnreadableImageError,
+)
 from bgremove.imaging import (
+    SourceImage,
     _finish,
     apply_orientation,
     finish_file,
@@ -600,6 +608,72 @@ def test_a_file_changed_around_its_warm_is_not_finished(tmp_path: Path, emulator
     with pytest.raises(InputChangedError, match="changed while it was being processed"):
         job.finish(prepared, result)
     assert not dst.parent.exists() or not any(dst.parent.iterdir())
+
+
+def _weakly_held_sources(monkeypatch: pytest.MonkeyPatch, gate: threading.Event | None = None
+                         ) -> list[weakref.ref[SourceImage]]:
+    """Weak references to what ``FileJob.warm`` decodes (after ``gate`` is set, if given)."""
+    import bgremove.imaging
+
+    refs: list[weakref.ref[SourceImage]] = []
+    real = bgremove.imaging.load_source
+
+    def noted(prepared: Prepared, src: Path) -> SourceImage:
+        source = real(prepared, src)
+        refs.append(weakref.ref(source))
+        if gate is not None:
+            assert gate.wait(30)
+        return source
+
+    monkeypatch.setattr(bgremove.imaging, "load_source", noted)
+    return refs
+
+
+def test_a_job_failing_while_it_is_warmed_keeps_nothing_it_decoded(
+        tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decode ahead ends after the job has failed (cancelled while its task waited): its
+    pixels are not kept (a batch keeps its results; a failed job's must be small)."""
+    src = save_jpeg(tmp_path / "photo.jpg", 1)
+    gate = threading.Event()
+    refs = _weakly_held_sources(monkeypatch, gate)
+    ended: list[JobResult] = []
+    job = FileJob(src, tmp_path / "out.png", configured(emulator), done=ended.append)
+    prepared = job.prepare()
+    warming = threading.Thread(target=job.warm, args=(prepared,))
+    warming.start()
+    deadline = time.monotonic() + 30
+    while not refs:
+        assert time.monotonic() < deadline, "the warm never decoded"
+        time.sleep(0.01)
+    job.failed(CancelledError("cancelled"))
+    gate.set()
+    warming.join(30)
+    assert ended[0].status == "failed"
+    assert refs[0]() is None, "the failed job still holds its decoded input"
+
+
+def test_a_failed_finish_keeps_no_decoded_image_in_its_result(
+        tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The output cannot be written: the job's result says why, and holds no traceback (its
+    frames would keep the decoded input, the cut-out and the service's answer alive)."""
+    src = save_jpeg(tmp_path / "photo.jpg", 1)
+    refs = _weakly_held_sources(monkeypatch)
+    (tmp_path / "blocker").write_bytes(b"a file where the output folder goes")
+    ended: list[JobResult] = []
+    job = FileJob(src, tmp_path / "blocker" / "out.png", configured(emulator),
+                  done=ended.append)
+    prepared = job.prepare()
+    result = served(emulator, prepared)
+    job.warm(prepared)
+    try:
+        job.finish(prepared, result)
+    except OutputError as exc:
+        job.failed(exc)
+    error = ended[0].error
+    assert isinstance(error, OutputError) and "cannot write" in str(error)
+    assert error.__traceback__ is None and error.__cause__ is not None
+    assert error.__cause__.__traceback__ is None  # the OS error's frames held the cut-out
+    assert refs and refs[0]() is None, "the failed result still holds the decoded input"
 
 
 # --- the same choice everywhere: remove, fetch --input ------------------------------------

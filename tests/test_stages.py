@@ -6,12 +6,14 @@ Waits are on deadlines (``_until``), never fixed sleeps; nothing is timed.
 from __future__ import annotations
 
 import _thread
+import gc
 import io
 import signal
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -527,6 +529,51 @@ def test_jobs_are_warmed_while_their_tasks_wait_at_most_the_finish_room_at_once(
     assert all(len(j.results) == 1 and not j.errors for j in jobs)  # a failed warm too
     assert all(j.warms <= 1 for j in jobs) and jobs[0].warmed_before_finish
     assert holding[1] == pipeline.finish_room
+
+
+class SlowFirstRemote(FakeRemote):
+    """The tasks of the first ``slow`` jobs sent wait until ``release``; the others are done
+    at their first poll."""
+
+    def __init__(self, slow: int) -> None:
+        super().__init__(polls=1)
+        self.slow = slow
+        self.sent = 0
+        self.release = threading.Event()
+
+    def send(self, prepared: Prepared, hooks: JobHooks, *, sync: bool) -> Call:
+        call = super().send(prepared, hooks, sync=sync)
+        with self._lock:
+            self.sent += 1
+            call.state = self.sent <= self.slow
+        return call
+
+    def poll(self, call: Call) -> None:
+        self._step("poll")
+        call.due = 0.01 if call.state and not self.release.is_set() else None
+
+
+def test_jobs_ended_behind_slow_warmed_ones_are_not_held() -> None:
+    """Every warm place is held by a job whose task is slow, so no warm is handed out;
+    hundreds of jobs sent meanwhile end, and the pipeline lets go of them."""
+    pipeline = Pipeline(None, Config(), in_flight=6, cpu_workers=2, io_threads=3,
+                        remote=(remote := SlowFirstRemote(0)))
+    remote.slow = pipeline.finish_room + 1  # the warm places, and one waiting cold in front
+    total = 400
+    alive: list[weakref.ref[WarmJob]] = []
+    holding = [0, 0]
+    for _ in range(total):
+        job = WarmJob(holding)
+        alive.append(weakref.ref(job))
+        pipeline.start(job)
+    del job
+    _until(lambda: remote.asked["fetch"] >= total - remote.slow, what="the quick jobs ended")
+    gc.collect()
+    held = sum(1 for ref in alive[remote.slow:] if ref() is not None)
+    remote.release.set()
+    assert pipeline.drain(60)
+    pipeline.close()
+    assert held <= 2 * pipeline.in_flight, f"{held} ended jobs still held"
 
 
 # -- the poller ----------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ class FileJob:
         self._done = done
         self._started = time.monotonic()
         self._warm_lock = threading.Lock()
-        self._warm_state: str | None = None  # None, "warming", then "finishing"
+        self._warm_state: str | None = None  # None, "warming", "finishing"; "ended": failed
         self._warmed = threading.Event()
         self._source: SourceImage | None = None  # the input decoded by ``warm``
 
@@ -64,7 +64,10 @@ class FileJob:
                 return
             self._warm_state = "warming"
         try:
-            self._source = load_source(prepared, self.src)
+            source = load_source(prepared, self.src)
+            with self._warm_lock:
+                if self._warm_state != "ended":  # else the job failed meanwhile: not kept
+                    self._source = source
         finally:
             self._warmed.set()
 
@@ -86,7 +89,9 @@ class FileJob:
     def failed(self, error: BaseException) -> None:
         from bgremove.jobs import JobResult
 
-        problem = job_error(self.src, error)
+        with self._warm_lock:
+            self._warm_state, self._source = "ended", None
+        problem = _without_frames(job_error(self.src, error))
         self._done(JobResult(self.src, None, "failed", problem, time.monotonic() - self._started,
                              getattr(problem, "task_id", None)))
 
@@ -103,6 +108,21 @@ def remove_file(src: Path, dst: Path, backend: Backend, config: Config,
     if result.error is not None:
         raise result.error
     return result
+
+
+def _without_frames(error: BgremoveError) -> BgremoveError:
+    """``error`` (and the errors it was raised from) without tracebacks: a job's result is
+    kept to the batch's end, and a traceback keeps each frame's locals (a failed finish's
+    decoded images, some 200 MB at 24 MP). ``job_error`` has logged what a bug's shows."""
+    todo: list[BaseException | None] = [error]
+    seen: set[int] = set()
+    while todo:
+        link = todo.pop()
+        if link is not None and id(link) not in seen:
+            seen.add(id(link))
+            link.__traceback__ = None
+            todo += (link.__cause__, link.__context__)
+    return error
 
 
 def job_error(src: Path, error: BaseException) -> BgremoveError:

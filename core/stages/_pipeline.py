@@ -240,6 +240,8 @@ class Pipeline:
             self._submit(self._cpu, self._prepare, entry)
         while self._cold and (self._cold[0].ended or self._cold[0].stage == "finishing"):
             self._cold.popleft()  # too late to warm
+        if len(self._cold) > 2 * self.in_flight:  # ended ones behind a front still waiting
+            self._cold = deque(e for e in self._cold if not e.ended and e.stage != "finishing")
         while self._cold and self._warm < self.finish_room:
             entry = self._cold.popleft()
             if entry.ended or entry.stage == "finishing":
