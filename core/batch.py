@@ -49,6 +49,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".b
 ResultFn = Callable[["JobResult"], None]
 #: Called on Ctrl-C with the number of images still in flight (they may still be billed).
 InterruptFn = Callable[[int], None]
+#: The longest ``run_batch`` waits for a result before it looks for a flagged Ctrl-C.
+WAKE_SECONDS = 0.25
 
 
 @dataclass
@@ -211,10 +213,20 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
             if started - len(results) >= most_open:
                 return
 
+    def next_result() -> JobResult:
+        # In slices: a Ctrl-C that lands just before a blocking wait begins does not wake
+        # it (Python only flags it), and an unbounded wait would hold it until some image
+        # ended, which may be hours at the service.
+        while True:
+            try:
+                return ended.get(timeout=WAKE_SECONDS)
+            except queue.Empty:
+                continue  # back in Python: a flagged Ctrl-C is raised here
+
     try:
         feed()
         while len(results) < len(plan):
-            result = ended.get()
+            result = next_result()
             results.append(result)
             on_result(result)
             feed()

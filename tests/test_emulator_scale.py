@@ -115,6 +115,22 @@ def test_end_delays_reaches_a_task_still_making_its_cut_out(
         assert wait_done(client, task["id"], timeout=30)["status"] == "completed"
 
 
+def test_end_delays_reaches_a_task_created_but_not_yet_started(
+        emulator_factory: Callable[..., Emulator],
+        keyed_image: Callable[..., Image.Image]) -> None:
+    """A test that sees a task submitted and ends the delays must not race the task's
+    thread: here the second task waits behind the cap when they are ended."""
+    emu = emulator_factory(delay=600, concurrency_cap=1)
+    with api_client(emu) as client:
+        url = upload(client, png_bytes(keyed_image()))
+        first, second = (client.post(SUBMIT, json={"image": url}).json()["data"]
+                         for _ in range(2))
+        assert emu.stats()["running_tasks"] <= 1  # the second has not started
+        emu.end_delays()
+        assert wait_done(client, first["id"], timeout=30)["status"] == "completed"
+        assert wait_done(client, second["id"], timeout=30)["status"] == "completed"
+
+
 def test_cut_outs_are_made_one_per_core_at_a_time(
         emulator_factory: Callable[..., Emulator], monkeypatch: pytest.MonkeyPatch,
         keyed_image: Callable[..., Image.Image]) -> None:

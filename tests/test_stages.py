@@ -5,6 +5,7 @@ Waits are on deadlines (``_until``), never fixed sleeps; nothing is timed.
 
 from __future__ import annotations
 
+import _thread
 import gc
 import io
 import signal
@@ -235,9 +236,11 @@ def test_cancel_ends_every_job_once_at_every_stage(
     assert emu.stats()["tasks_submitted"] == 3  # nothing sent after the cancel
 
 
-def test_ctrl_c_in_a_batch_abandons_the_images_at_the_service_and_says_how_many(
-        emulator_factory: Callable[..., Emulator], tmp_path: Path) -> None:
-    emu = emulator_factory(delay=3600)
+def _ctrl_c_with_two_at_the_service(emu: Emulator, tmp_path: Path,
+                                    interrupt: Callable[[list[int]], None]) -> list[int]:
+    """A batch of 5 images at concurrency 2 whose tasks never end; once two wait at the
+    service, ``interrupt(told)`` runs on another thread and ``run_batch`` must raise
+    ``KeyboardInterrupt``. Returns ``told``: what its ``on_interrupt`` was told."""
     config = configured(emu, {"concurrency": 2, "wavespeed.wait": "poll"})
     backend = WaveSpeedBackend(config)
     srcs = []
@@ -245,21 +248,52 @@ def test_ctrl_c_in_a_batch_abandons_the_images_at_the_service_and_says_how_many(
         make_keyed_image((16, 16)).save(tmp_path / f"{i}.png")
         srcs.append(tmp_path / f"{i}.png")
     plan = plan_outputs(srcs, tmp_path / "out", config.output)
-    interrupted: list[int] = []
-    main = threading.current_thread()
+    told: list[int] = []
 
     def interrupt_when_two_are_waiting() -> None:
         _until(lambda: emu.stats().get("running_tasks", 0) == 2)
-        signal.pthread_kill(main.ident or 0, signal.SIGINT)
+        interrupt(told)
 
     threading.Thread(target=interrupt_when_two_are_waiting, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
-        run_batch(plan, backend, config, on_result=lambda r: None,
-                  on_interrupt=interrupted.append)
+        run_batch(plan, backend, config, on_result=lambda r: None, on_interrupt=told.append)
     backend.close()
-    assert interrupted == [2]
+    return told
+
+
+def test_ctrl_c_in_a_batch_abandons_the_images_at_the_service_and_says_how_many(
+        emulator_factory: Callable[..., Emulator], tmp_path: Path) -> None:
+    emu = emulator_factory(delay=3600)
+    main = threading.current_thread()
+    told = _ctrl_c_with_two_at_the_service(
+        emu, tmp_path, lambda _told: signal.pthread_kill(main.ident or 0, signal.SIGINT))
+    assert told == [2]
     assert emu.stats()["tasks_submitted"] == 2
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_ctrl_c_that_lands_just_before_the_batch_waits_still_stops_it(
+        emulator_factory: Callable[..., Emulator], tmp_path: Path) -> None:
+    """A SIGINT that arrives after the batch's last look at the flags but before its wait
+    blocks interrupts no system call: Python only flags it. ``interrupt_main`` makes
+    exactly that state. The batch must act on it while its images still wait at the
+    service, not when one of them ends (here: never, unless the test ends the tasks)."""
+    emu = emulator_factory(delay=3600)
+    rescued = threading.Event()
+
+    def flag_ctrl_c(told: list[int]) -> None:
+        _thread.interrupt_main()
+        deadline = time.monotonic() + 60
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not told:  # the batch did not see it: end the tasks rather than hang
+            rescued.set()
+            emu.end_delays()
+
+    told = _ctrl_c_with_two_at_the_service(emu, tmp_path, flag_ctrl_c)
+    assert not rescued.is_set(), "the flagged Ctrl-C was seen only once an image ended"
+    assert told == [2]
+    assert emu.stats()["tasks_submitted"] == 2
 
 
 # -- a failure in each stage is reported once ----------------------------------------------------

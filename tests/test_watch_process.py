@@ -90,11 +90,12 @@ def test_kill_9_mid_batch_then_restart(tmp_path: Path, emulator_factory, mode: s
 
     The kill lands at a chosen moment, not a lucky one: once a file is done, every
     result request is held by the emulator (a long ``delay`` fault, released only when the
-    emulator stops). Each worker then finishes what it had, takes a new file, submits it,
-    journals its task id and blocks polling for it, so the daemon settles where every task
-    the service created is journaled and none is being submitted. A kill in the gap between
-    the service creating a task and the journal recording it cannot be made safe by the
-    daemon (the id only exists in the lost answer); that case is not what this tests.
+    emulator stops). Each of the 4 places then ends what it had, sends a new file, journals
+    its task id and waits on a held poll. Only when 4 polls are held is that state final:
+    a job still finishing (journaled "submitted" too) has given its place to the next
+    upload, whose submit may still come. A kill in the gap between the service creating a
+    task and the journal recording its id is ``test_reconcile_emulator``'s
+    ``test_kill_9_during_a_submit_then_a_restart_adopts_the_task``, not this test.
     """
     emu = emulator_factory(delay=1.0)
     inbox, outbox = tmp_path / "in", tmp_path / "out"
@@ -108,8 +109,9 @@ def test_kill_9_mid_batch_then_restart(tmp_path: Path, emulator_factory, mode: s
         rows = journal_rows(outbox)
         ids = {t for _s, t in rows if t}
         waiting = [t for s, t in rows if s == "submitted" and t]
-        # all 4 workers parked on a held poll; no submit in flight; every task journaled
-        return (len(waiting) == 4 and submits == stats["tasks_submitted"] == len(ids))
+        held = stats["faults"].get("delay", 0)  # polls held: each a job holding its place
+        # all 4 places parked on a held poll (so no upload can start); every task journaled
+        return (held == len(waiting) == 4 and submits == stats["tasks_submitted"] == len(ids))
 
     try:
         wait_until(lambda: files(inbox / "done"), 30, what="a file done")

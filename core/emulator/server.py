@@ -124,7 +124,8 @@ class Emulator:
         self._service.reset_stats()
 
     def end_delays(self) -> None:
-        """Tasks waiting out their ``delay`` end it now (those submitted later still wait)."""
+        """Tasks submitted by now end their ``delay`` now, started or not (those submitted
+        later still wait)."""
         self._service.end_delays()
 
     def set_faults(self, *faults: Fault) -> None:

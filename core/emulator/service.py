@@ -118,7 +118,8 @@ class Service:
         return self._stopped.wait(seconds)
 
     def end_delays(self) -> None:
-        """Every task started by now ends its ``delay`` at once (later tasks still wait)."""
+        """Every task submitted by now ends its ``delay`` at once, started or not (later
+        tasks still wait)."""
         with self._cond:
             over, self._delays_over = self._delays_over, threading.Event()
         over.set()
@@ -275,7 +276,10 @@ class Service:
                     image_url=image_url, image=content,
                     base64_output=bool(request.get("enable_base64_output")),
                     public_base=public_base, input=request, seq=next(self._seq),
-                    fail_code=fail[0].code if fail else None)
+                    fail_code=fail[0].code if fail else None,
+                    # taken now, not when its thread starts: an end_delays() from here on
+                    # ends this task's delay even if it has not started yet
+                    delays_over=self._delays_over)
         task.submitted = task.prediction()  # before the task can run
         self.store.tasks.put(task.id, task)
         self.stats.task(hashlib.sha256(content).hexdigest() if content is not None else None)
@@ -414,7 +418,6 @@ class Service:
     def _process(self, task: Task) -> None:
         task.status = "processing"
         started = time.monotonic()
-        delay_over = self._delays_over  # an end_delays() from now on ends this task's delay
         outcome: tuple[str, int | None, str, bytes | None]
         if task.fail_code is not None:
             outcome = ("failed", task.fail_code, task_error(task.fail_code), None)
@@ -424,7 +427,7 @@ class Service:
             outcome = self._cut_out(task.image)
         remaining = self.options.delay - (time.monotonic() - started)
         if remaining > 0:
-            delay_over.wait(remaining)
+            task.delays_over.wait(remaining)
             if self._stopped.is_set():
                 return
         task.inference_ms = round((time.monotonic() - started) * 1000)

@@ -92,6 +92,8 @@ class Task:
     code: int | None = None
     inference_ms: int = 0
     done: threading.Event = field(default_factory=threading.Event)
+    # Set by the first ``end_delays()`` after the task was created (the service's)
+    delays_over: threading.Event = field(default_factory=threading.Event)
     # What an async submit answers: the task as created, before it ran
     submitted: dict[str, Any] = field(default_factory=dict)
 
