@@ -23,7 +23,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.test_watch_support import DaemonRun, LogLines, files, image_bytes, wait_until
+from tests.test_watch_support import (
+    DaemonRun,
+    LogLines,
+    captured_logs,
+    files,
+    image_bytes,
+    wait_until,
+)
 
 pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 
@@ -33,14 +40,8 @@ NEVER = 600.0
 
 @pytest.fixture
 def logs() -> Iterator[LogLines]:
-    handler = LogLines()
-    intake = logging.getLogger("bgremove.watcher.intake")
-    old = intake.level
-    intake.addHandler(handler)
-    intake.setLevel(logging.DEBUG)
-    yield handler
-    intake.removeHandler(handler)
-    intake.setLevel(old)
+    with captured_logs("bgremove.watcher.intake", logging.DEBUG) as handler:
+        yield handler
 
 
 def pixels(data: bytes) -> Image.Image:

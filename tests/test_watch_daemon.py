@@ -6,7 +6,6 @@ Every test runs twice: with native file events and with the polling observer.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 import time
@@ -22,6 +21,7 @@ from tests import images as img
 from tests.test_watch_support import (
     DaemonRun,
     LogLines,
+    captured_logs,
     files,
     image_bytes,
     wait_until,
@@ -34,14 +34,8 @@ pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 
 @pytest.fixture
 def logs() -> Iterator[LogLines]:
-    handler = LogLines()
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    yield handler
-    root.removeHandler(handler)
-    root.setLevel(old)
+    with captured_logs() as handler:
+        yield handler
 
 
 def assert_cutout(path: Path) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +164,18 @@ class LogLines(logging.Handler):
     def has(self, text: str) -> bool:
         with self._lines_lock:
             return any(text in line for line in self.lines)
+
+
+@contextmanager
+def captured_logs(logger: str = "", level: int = logging.INFO) -> Iterator[LogLines]:
+    """The messages of ``logger`` (the root by default) at ``level`` and above, while inside."""
+    handler = LogLines()
+    target = logging.getLogger(logger or None)
+    old = target.level
+    target.addHandler(handler)
+    target.setLevel(level)
+    try:
+        yield handler
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(old)
