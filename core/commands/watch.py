@@ -74,6 +74,7 @@ def run_watch(args: argparse.Namespace) -> int:
 
     from bgremove.errors import ConfigError
     from bgremove.logs import setup_logging
+    from bgremove.memory import limit_malloc_arenas
     from bgremove.watcher.daemon import Daemon
     from bgremove.watcher.naming import Layout
     from bgremove.watcher.status import StatusLine
@@ -108,6 +109,7 @@ def run_watch(args: argparse.Namespace) -> int:
         setup_logging(config.log_level, json_lines=True)
     layout = Layout.create(watch.inbox, watch.outbox, watch.done, watch.failed, watch.recursive)
 
+    limit_malloc_arenas()  # before the daemon's threads start (see bgremove.memory)
     status_line: StatusLine | None = None
     if not watch.json:
         status_line = StatusLine()  # a live line on a terminal, nothing elsewhere

@@ -1,0 +1,52 @@
+"""The daemon's malloc arenas: at most two, so freed photo buffers are reused across threads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Eight threads allocating at the same time (each held at a barrier), then glibc's own
+# per-arena report on stderr ("Arena 0:", "Arena 1:", ...).
+_PROBE = """
+import ctypes, sys, threading
+from bgremove.memory import limit_malloc_arenas
+print(limit_malloc_arenas() if sys.argv[1] == "limit" else None)
+barrier = threading.Barrier(8)
+def work():
+    kept = [bytearray(65536) for _ in range(40)]
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+ctypes.CDLL(None).malloc_stats()
+"""
+
+
+def _arenas(mode: str) -> tuple[str, int]:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    proc = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=60, check=True)
+    return proc.stdout.strip(), sum(line.startswith("Arena ") for line in
+                                    proc.stderr.splitlines())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_the_daemon_limits_malloc_to_two_arenas() -> None:
+    said, limited = _arenas("limit")
+    assert said == "True"
+    assert 1 <= limited <= 2
+    _, unlimited = _arenas("no")
+    assert unlimited > 2  # the probe does make arenas of its own without the limit
+
+
+def test_the_users_malloc_arena_max_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bgremove.memory import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False
