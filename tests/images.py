@@ -35,6 +35,15 @@ def pixels(im: Image.Image) -> list[tuple[int, ...]]:
     return [tuple(raw[i:i + bands]) for i in range(0, len(raw), bands)]
 
 
+def tiny_pngs(folder: Path, count: int) -> list[Path]:
+    """``count`` different 4x4 PNGs ``0.png``, ``1.png``, ... in ``folder``."""
+    paths = []
+    for i in range(count):
+        Image.new("RGB", (4, 4), (i % 256, i // 256, 0)).save(folder / f"{i}.png")
+        paths.append(folder / f"{i}.png")
+    return paths
+
+
 def noise_image(size: tuple[int, int], mode: str = "RGB", seed: int = 1) -> Image.Image:
     """Incompressible pixels: a PNG of it is about as large as the raw data."""
     rng = random.Random(seed)

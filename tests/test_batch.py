@@ -22,6 +22,7 @@ from bgremove.errors import (
     ServiceTimeoutError,
 )
 from bgremove.jobs import JobResult
+from tests.images import tiny_pngs
 
 
 def _result(error: BgremoveError | None) -> JobResult:
@@ -85,10 +86,7 @@ class RefusingBackend:
 
 def test_results_reach_the_callback_on_the_calling_thread_and_a_refusal_stops_the_rest(
         tmp_path: Path) -> None:
-    srcs = []
-    for i in range(5):
-        Image.new("RGB", (4, 4), (i, 0, 0)).save(tmp_path / f"{i}.png")
-        srcs.append(tmp_path / f"{i}.png")
+    srcs = tiny_pngs(tmp_path, 5)
     config = Config().with_overrides({"concurrency": 1})
     plan = plan_outputs(srcs, tmp_path / "out", config.output)
     backend = RefusingBackend()

@@ -34,6 +34,7 @@ from bgremove.jobs import JobResult
 from bgremove.stages import Call, FileJob, Pipeline, Poller
 from bgremove.wavespeed import WaveSpeedBackend, WaveSpeedClient
 from tests.conftest import configured, make_keyed_image
+from tests.images import tiny_pngs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -392,7 +393,6 @@ def test_a_failing_failed_callback_does_not_stop_the_pipeline() -> None:
         pipeline.start(rude)
         pipeline.start(fine)
     assert len(rude.errors) == 1 and fine.results
-
 
 
 def test_cancelling_the_token_the_pipeline_was_given_ends_a_waiting_job_at_once() -> None:
@@ -769,10 +769,7 @@ def test_a_big_batch_starts_jobs_as_others_end(tmp_path: Path, monkeypatch: pyte
         real_init(self, *args, **kwargs)
 
     monkeypatch.setattr(bgremove.batch._BatchJob, "__init__", counting_init)
-    srcs = []
-    for i in range(200):
-        Image.new("RGB", (4, 4), (i, 0, 0)).save(tmp_path / f"{i}.png")
-        srcs.append(tmp_path / f"{i}.png")
+    srcs = tiny_pngs(tmp_path, 200)
     config = Config().with_overrides({"concurrency": 2})
     plan = plan_outputs(srcs, tmp_path / "out", config.output)
     backend = GatedBackend()
