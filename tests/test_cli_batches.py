@@ -207,7 +207,6 @@ def test_o_file_with_a_contradicting_format_is_refused(
     assert "webp" in done.stderr and "r.png" in done.stderr
 
 
-
 @pytest.mark.parametrize("flags", [(), ("--overwrite",)])
 def test_o_file_naming_the_input_itself_is_refused_and_the_input_kept(
         tmp_path: Path, emulator: Emulator, flags: tuple[str, ...]) -> None:

@@ -269,7 +269,6 @@ def test_a_photo_over_the_upload_limit_is_sent_as_jpeg(tmp_path: Path,
         assert inside[3] == 255 and inside[:3] == photo.getpixel((width // 2, height // 2))
 
 
-
 # --- 16-bit inputs ------------------------------------------------------------------------------
 
 KEY16, RED16 = (0, 200 * 257, 0), (51_400 + 123, 5_140 + 77, 5_140 + 201)  # low bytes that matter

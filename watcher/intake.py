@@ -143,7 +143,6 @@ class Intake:
         self.jobs.process(claimed, rel, input_error, content)
         return False
 
-
     def _not_yet(self, ready: Ready, rel: Path, *, decode_failed: bool = True) -> None:
         if ready.early:
             log.debug("%s arrived incomplete (still being written): waiting until it stays "

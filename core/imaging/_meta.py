@@ -73,7 +73,6 @@ def kept_exif(im: Image.Image, src: str | os.PathLike[str]) -> bytes | None:
         return None
 
 
-
 def _intact(block: bytes) -> bool:
     """Whether the main IFD of a raw EXIF block, and its EXIF sub-IFD, lie whole within it."""
     tiff = block[6:] if block.startswith(b"Exif\x00\x00") else block

@@ -61,7 +61,6 @@ ACCEPTED = "JPEG, PNG, WebP, TIFF, BMP, GIF (first frame)"
 _ACCEPTED_HINT = f"accepted formats: {ACCEPTED}"
 
 
-
 @dataclass
 class SourceImage:
     """An input ready for the backend: upright, mode "RGB" or "RGBA", 8 bits per channel."""

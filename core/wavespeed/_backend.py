@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 class WaveSpeedBackend:
     """The Backend protocol on the WaveSpeedAI API. Thread-safe: one instance serves N threads."""
 
