@@ -184,7 +184,7 @@ class FileJobs:
         while not self._unsent.acquire(timeout=0.25):
             if ctx.stopping():
                 raise CancelledError("shutting down")
-        run.holds.append(self._unsent)
+        run.unsent = True
         if run.hooks.resume_task is not None:
             return
         if not ctx.rate.acquire(ctx.cancel, ctx.stopping):
@@ -297,7 +297,7 @@ class _Run:
         self.prepared: Prepared | None = None  # until the pipeline takes it (``prepare``)
         self.reserved = False  # a place under the cost cap, not yet counted
         self.rate_token = False  # a place under images per minute, its submit not sent yet
-        self.holds: list[threading.Semaphore] = []  # places taken in ``FileJobs._admit``
+        self.unsent = False  # a place among the jobs not yet sent (``FileJobs._unsent``)
         self._lock = threading.Lock()
         self._ended = False
 
@@ -310,12 +310,8 @@ class _Run:
 
     def before_send(self) -> None:
         """Sending now: its place among the jobs not yet sent is free."""
-        gate = self.jobs._unsent
-        with self._lock:
-            if gate not in self.holds:
-                return
-            self.holds.remove(gate)
-        gate.release()
+        if self._take("unsent"):
+            self.jobs._unsent.release()
 
     def finish(self, prepared: Prepared, result: Result) -> None:
         try:
@@ -395,22 +391,23 @@ class _Run:
         return self.ctx.staging / f"{self.job.key[:24]}{self.ctx.ext}"
 
     def take_reserved(self) -> bool:
-        with self._lock:
-            reserved, self.reserved = self.reserved, False
-        return reserved
+        return self._take("reserved")
 
     def take_rate_token(self) -> bool:
+        return self._take("rate_token")
+
+    def _take(self, place: str) -> bool:
+        """Whether the place named ``place`` was held; it is not any more (once only)."""
         with self._lock:
-            held, self.rate_token = self.rate_token, False
+            held: bool = getattr(self, place)
+            setattr(self, place, False)
         return held
 
     def release(self) -> None:
         """Give back the places it holds, and a cost-cap place and a rate token that were
         never counted (no task id came, no submit left: a local backend, or nothing sent)."""
-        with self._lock:
-            holds, self.holds = self.holds, []
-        for gate in holds:
-            gate.release()
+        if self._take("unsent"):
+            self.jobs._unsent.release()
         if self.take_reserved():
             self.ctx.guard.release()
         if self.take_rate_token():
