@@ -7,7 +7,7 @@ Dropped: the GPS block; the thumbnail (it shows the old background); Orientation
 pixels are already upright); the pixel dimensions (a crop changes them); the MakerNote
 (a vendor blob whose internal offsets break when rewritten); and every structural TIFF tag.
 A damaged block (an entry or a value past its end) is not carried at all: Pillow would read
-part of it, with raw warnings that ``silence_pillow_exif_warnings`` keeps off stderr.
+part of it, with raw warnings that ``_pillow.pillow_scope`` keeps off stderr.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -33,12 +32,6 @@ _DROPPED_EXIF = (0x927C, 0xA002, 0xA003, 0xA005)
 #: Bytes per value of each TIFF field type (types Pillow skips are absent).
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
                13: 4, 16: 8, 17: 8, 18: 8}
-
-
-def silence_pillow_exif_warnings() -> None:
-    """Keep Pillow's warnings about damaged EXIF (raw Python warning text) off stderr, for
-    good: ``kept_exif`` drops such a block with one line of its own."""
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
 
 
 def kept_exif(im: Image.Image, src: str | os.PathLike[str]) -> bytes | None:
