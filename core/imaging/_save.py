@@ -56,8 +56,10 @@ def save_params(image: Image.Image, fmt: str, icc_profile: bytes | None,
     """Pillow save options for one output format (lossless everywhere but JPEG), with the
     metadata kept (``texts`` go to PNG only: the other formats have no text chunks)."""
     params: dict[str, Any] = {"icc_profile": fitting_profile(image.mode, icc_profile)}
-    if exif:
-        params["exif"] = _tiff_main_exif(exif) if fmt == "tiff" else exif
+    if fmt == "tiff" and (exif or xmp):
+        params["exif"] = _tiff_main_tags(exif, xmp)
+    elif exif:
+        params["exif"] = exif
     if fmt == "png" and (xmp or texts):
         from PIL import PngImagePlugin
 
@@ -65,9 +67,7 @@ def save_params(image: Image.Image, fmt: str, icc_profile: bytes | None,
         for kind, data in text_chunks(xmp, texts):
             info.add(kind, data)
         params["pnginfo"] = info
-    elif fmt == "tiff" and xmp:
-        params["tiffinfo"] = {TIFF_XMP: xmp}
-    elif xmp:  # JPEG (Pillow 11 and later) and WebP
+    elif xmp and fmt != "tiff":  # JPEG (Pillow 11 and later) and WebP
         params["xmp"] = xmp
     if fmt == "jpg":
         params.update(quality=JPEG_OUTPUT_QUALITY, subsampling=0)
@@ -169,15 +169,19 @@ def _write_atomically(dest: Path, write: Callable[[IO[bytes]], object]) -> None:
         raise _output_error(dest, exc) from exc
 
 
-def _tiff_main_exif(exif: bytes) -> bytes:
-    """``exif`` without its EXIF sub-IFD, which the compressing TIFF writer (libtiff) cannot
-    write: ``_add_exif_sub_ifd`` adds it to the file afterwards."""
+def _tiff_main_tags(exif: bytes | None, xmp: bytes | None) -> Image.Exif:
+    """The main IFD's tags of a TIFF output: ``exif`` without its EXIF sub-IFD, which the
+    compressing TIFF writer (libtiff) cannot write (``_add_exif_sub_ifd`` adds it to the file
+    afterwards), and ``xmp`` (tag 700; Pillow takes either its ``exif`` or its ``tiffinfo``)."""
     from PIL import Image
 
     main = Image.Exif()
-    main.load(exif)
-    main.pop(EXIF_IFD_POINTER, None)
-    return main.tobytes()
+    if exif:
+        main.load(exif)
+        main.pop(EXIF_IFD_POINTER, None)
+    if xmp:
+        main[TIFF_XMP] = xmp
+    return main
 
 
 def _exif_sub_ifd(exif: bytes | None) -> dict[int, Any] | None:
