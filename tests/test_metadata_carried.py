@@ -147,6 +147,7 @@ HOSTILE = {
                        + b'"><dc:creator>&s;</dc:creator></x:xmpmeta>',
     "parameter entity": b'<!DOCTYPE x [<!ENTITY % p SYSTEM "file://SECRET"> %p;]>'
                         b'<x:xmpmeta xmlns:x="adobe:ns:meta/"/>',
+    "bare DOCTYPE": b"<!DOCTYPE x:xmpmeta>" + PHOTO_XMP[PHOTO_XMP.index(b"<x:xmpmeta"):],
     "undeclared entity": b'<x:xmpmeta xmlns:x="adobe:ns:meta/" xmlns:dc="' + DC.encode()
                          + b'"><dc:creator>&s;</dc:creator></x:xmpmeta>',
     "cut short": PHOTO_XMP[:700],
