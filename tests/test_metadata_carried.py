@@ -334,6 +334,19 @@ def test_png_with_metadata_puts_the_chunks_before_the_image_data() -> None:
     assert bytes(parsed[1][1].data) == b"XML:com.adobe.xmp\x00\x00\x00\x00\x00<x/>"
 
 
+def test_the_exif_drops_the_subjects_place_as_the_xmp_does(tmp_path: Path) -> None:
+    exif = img.exif_with(None)
+    exif[EXIF_IFD] = {DATE_ORIGINAL: "2026:11:29 09:59:58", 0x9214: (20, 15, 10, 10),
+                      0xA214: (20, 15)}  # SubjectArea, SubjectLocation
+    src = tmp_path / "photo.jpg"
+    subject().save(src, "JPEG", exif=exif)
+    kept = load_image(src, max_pixels=10**6).exif
+    assert kept is not None
+    block = Image.Exif()
+    block.load(kept)
+    assert block.get_ifd(EXIF_IFD) == {DATE_ORIGINAL: "2026:11:29 09:59:58"}
+
+
 # --- bgremove remove against the emulator --------------------------------------------------
 
 

@@ -1,11 +1,13 @@
-"""The photographer's EXIF carried from an input to its cut-out, minus where it was taken.
+"""The photographer's EXIF and PNG text carried from an input to its cut-out, minus where it
+was taken (XMP: ``_xmp``).
 
 Kept, as photographers' export tools do with "all metadata except location": who made the
 picture and its rights (Artist, Copyright, ImageDescription, the Windows XP fields), when
 (DateTime and the EXIF dates) and with what (Make, Model, Software, lens and exposure).
 Dropped: the GPS block; the thumbnail (it shows the old background); Orientation (the
-pixels are already upright); the pixel dimensions (a crop changes them); the MakerNote
-(a vendor blob whose internal offsets break when rewritten); and every structural TIFF tag.
+pixels are already upright); the pixel dimensions and the subject's place (a crop changes
+them); the MakerNote (a vendor blob whose internal offsets break when rewritten); and every
+structural TIFF tag.
 A damaged block (an entry or a value past its end) is not carried at all: Pillow would read
 part of it, with raw warnings that ``silence_pillow_exif_warnings`` keeps off stderr.
 
@@ -37,8 +39,9 @@ _EXIF_IFD = 0x8769
 #: XPTitle, XPComment, XPAuthor, XPKeywords, XPSubject.
 _KEPT_IFD0 = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298,
               0x9C9B, 0x9C9C, 0x9C9D, 0x9C9E, 0x9C9F)
-#: EXIF sub-IFD tags left out: MakerNote, PixelXDimension, PixelYDimension, the interop pointer.
-_DROPPED_EXIF = (0x927C, 0xA002, 0xA003, 0xA005)
+#: EXIF sub-IFD tags left out: MakerNote, PixelXDimension, PixelYDimension, the interop
+#: pointer, SubjectArea and SubjectLocation (pixel positions: a crop moves them).
+_DROPPED_EXIF = (0x927C, 0xA002, 0xA003, 0xA005, 0x9214, 0xA214)
 #: Bytes per value of each TIFF field type (types Pillow skips are absent).
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
                13: 4, 16: 8, 17: 8, 18: 8}
