@@ -56,8 +56,9 @@ def register(sub: Any) -> None:
                    help="the offline model: u2netp (fast) or u2net (better); the WaveSpeed "
                    "service has one model (default: local.model in the config)")
     p.add_argument("--strip-metadata", action="store_true", default=None,
-                   help="write no EXIF (by default outputs keep the input's EXIF, such as "
-                   "artist, copyright, date and camera, but never its GPS location)")
+                   help="write no metadata (by default outputs keep the input's EXIF, XMP "
+                   "and PNG text, such as artist, copyright, caption, date and camera, but "
+                   "never its location)")
     p.add_argument("--mask-only", action="store_true", default=None,
                    help="write the mask as a greyscale image instead of the cut-out")
     p.add_argument("--background", metavar="COLOR",
