@@ -20,9 +20,10 @@ from PIL import Image, ImageFilter
 
 from bgremove.config import OutputConfig
 from bgremove.contract import Result
-from bgremove.emulator import Emulator
+from bgremove.emulator import Emulator, EmulatorOptions
 from bgremove.emulator import service as service_module
 from bgremove.emulator.model import cutout_png, keyout_alpha
+from bgremove.errors import ConfigError
 from bgremove.imaging import _finish, finish_file, prepare_file
 from tests import images as img
 from tests.cli_process import bgremove
@@ -112,6 +113,27 @@ def assert_kept(dst: Path, png: bytes) -> None:
     written = dst.read_bytes()
     assert idat(written) == idat(png)
     assert chunk_kinds(written)[:2] == [b"IHDR", b"iCCP"]
+
+
+# --- the emulator's colours ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("colours", "want"), [
+    ("input", [(10, 20, 30, 0), (200, 100, 50, 255), (255, 255, 255, 128), (7, 7, 7, 1)]),
+    ("zero-clear", [(0, 0, 0, 0), (200, 100, 50, 255), (255, 255, 255, 128), (7, 7, 7, 1)]),
+    ("premultiplied", [(0, 0, 0, 0), (200, 100, 50, 255), (128, 128, 128, 128), (0, 0, 0, 1)]),
+])
+def test_the_emulators_output_colours(colours: str, want: list[tuple[int, ...]]) -> None:
+    image = Image.new("RGB", (4, 1))
+    image.putdata([(10, 20, 30), (200, 100, 50), (255, 255, 255), (7, 7, 7)])
+    alpha = Image.new("L", (4, 1))
+    alpha.putdata([0, 255, 128, 1])
+    assert img.pixels(decoded(cutout_png(image, alpha, 0, colours))) == want
+
+
+def test_unknown_output_colours_are_refused() -> None:
+    with pytest.raises(ConfigError, match="output_colours"):
+        EmulatorOptions(output_colours="black")
 
 
 # --- a service that zeroes clear colours: kept as it came --------------------------------
