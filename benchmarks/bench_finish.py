@@ -35,14 +35,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import camera_photos  # noqa: E402
 
 
-def cpu(action: Callable[[], object], rounds: int) -> float:
-    """Median process CPU seconds of ``action``."""
-    times = []
-    for _ in range(rounds):
+def cpu(rounds: int, action: Callable[..., object], *args: object) -> float:
+    """Median process CPU seconds of ``action(*args)`` over ``rounds``."""
+    def once() -> float:
         started = time.process_time()
-        action()
-        times.append(time.process_time() - started)
-    return statistics.median(times)
+        action(*args)
+        return time.process_time() - started
+
+    return statistics.median(once() for _ in range(rounds))
 
 
 def main() -> int:
@@ -76,18 +76,17 @@ def main() -> int:
                             * prepared.size[1])
             with Image.open(io.BytesIO(png)) as opened:
                 service = opened.convert("RGBA")
-            check = cpu(lambda: _finish._same_colours(service, original), args.rounds)
+            check = cpu(args.rounds, _finish._same_colours, service, original)
             kept = _finish._same_colours(service, original)
-            whole = cpu(lambda: finish_file(prepared, result, src, dst, OutputConfig()),
-                        args.rounds)
+            finish = (finish_file, prepared, result, src, dst, OutputConfig())
+            whole = cpu(args.rounds, *finish)
             rows.append(f"| {colours} | {'kept' if kept else 'composed'} | {check:.3f} s | "
                         f"{whole:.2f} s |")
             if colours == "zero-clear":
                 real = _finish._shown_and_zeroed
                 _finish._shown_and_zeroed = lambda service, original: False
                 try:
-                    before = cpu(lambda: finish_file(prepared, result, src, dst,
-                                                     OutputConfig()), args.rounds)
+                    before = cpu(args.rounds, *finish)
                 finally:
                     _finish._shown_and_zeroed = real
                 rows.append(f"| zero-clear, zeroed rule off (before) | composed | - | "
