@@ -14,14 +14,14 @@ nothing that changes its pixels (no crop, background, mask only, foreground esti
 16-bit input), the input has no alpha, the upload was upright, and the service's colour
 pixels are exactly the input's, or its clear ones (alpha 0) are 0,0,0 and all others
 exactly the input's: many services zero what they make fully transparent. Then the
-service's PNG is written as it came, with the input's ICC profile and kept EXIF added as
-chunks (``_png.png_with_metadata``): the pixels ``compose`` would give, without its encode
-(most of a 24 MP photo's CPU). When the service zeroed its clear pixels, so does the output:
-they hold 0,0,0 where ``compose`` keeps the input's colours, and every pixel that shows
-(alpha > 0) is the same. Nothing but the input's colours or zeros is ever kept hidden under
-alpha 0; any other colour there, or one changed where alpha > 0 (premultiplied colours
-included), goes the other way: the mask is applied to the original pixels and encoded
-(``compose_output``, ``save_image``).
+service's PNG is written as it came, with the input's ICC profile and kept EXIF, XMP and
+PNG text added as chunks (``_png.png_with_metadata``): the pixels ``compose`` would give,
+without its encode (most of a 24 MP photo's CPU). When the service zeroed its clear
+pixels, so does the output: they hold 0,0,0 where ``compose`` keeps the input's colours,
+and every pixel that shows (alpha > 0) is the same. Nothing but the input's colours or
+zeros is ever kept hidden under alpha 0; any other colour there, or one changed where
+alpha > 0 (premultiplied colours included), goes the other way: the mask is applied to
+the original pixels and encoded (``compose_output``, ``save_image``).
 """
 
 from __future__ import annotations
@@ -96,10 +96,13 @@ def finish_file(prepared: Prepared, result: Result, src: str | os.PathLike[str],
     alpha = fit_alpha(apply_orientation(stored, prepared.orientation), source.image.size)
     warning = None if has_subject(alpha) else NO_SUBJECT_WARNING
     exif = None if output.strip_metadata else source.exif
+    xmp = None if output.strip_metadata else source.xmp
+    texts = () if output.strip_metadata else source.texts
     if service is not None and result.data is not None and prepared.orientation == 1 \
             and _needs_no_change(source, output):
-        # The service's PNG with our profile and EXIF: kept if its colours are all ours.
-        png = png_with_metadata(result.data, fitting_profile("RGBA", source.icc_profile), exif)
+        # The service's PNG with our profile and metadata: kept if it shows only our colours.
+        png = png_with_metadata(result.data, fitting_profile("RGBA", source.icc_profile), exif,
+                                xmp, texts)
         if png is not None and _same_colours(service, source.image):
             save_encoded(png, dst)
             return warning
@@ -108,7 +111,8 @@ def finish_file(prepared: Prepared, result: Result, src: str | os.PathLike[str],
         source.image = estimate_foreground(source.image, alpha, inplace=True)
         source.deep = None  # the estimate is made on the 8-bit pixels: the output is 8-bit
     image = compose_output(source, alpha, output)
-    save_image(image, dst, fmt=output.format, icc_profile=source.icc_profile, exif=exif)
+    save_image(image, dst, fmt=output.format, icc_profile=source.icc_profile, exif=exif,
+               xmp=xmp, texts=texts)
     return warning
 
 
