@@ -517,7 +517,8 @@ def test_a_ctrl_c_while_close_waits_cancels_what_is_left() -> None:
     """``with Pipeline(...)`` (``run_one``, a library caller) waits in ``close``: a Ctrl-C
     there must not leave the jobs running: those not sent end at once."""
     remote = StuckRemote()
-    pipeline = Pipeline(None, Config(), in_flight=1, remote=remote)
+    # one CPU worker: prepared in the order started, so ``stuck`` is the one sent
+    pipeline = Pipeline(None, Config(), in_flight=1, cpu_workers=1, remote=remote)
     stuck, queued = StagedJob(), StagedJob()
     pipeline.start(stuck)
     pipeline.start(queued)

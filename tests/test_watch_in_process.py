@@ -72,26 +72,27 @@ def test_a_second_signal_to_watch_in_process_returns_rather_than_ending_the_proc
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     write_image(inbox / "a.png")
     outbox.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", IN_PROCESS, str(inbox), str(outbox)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     errors: list[str] = []
-    stderr = proc.stderr
-    assert stderr is not None
-    reader = threading.Thread(target=lambda: errors.extend(iter(stderr.readline, "")),
-                              daemon=True)
-    reader.start()
-    try:
-        wait_until(lambda: emu.stats()["tasks_submitted"] == 1, 60, what="a task in flight")
-        proc.send_signal(signal.SIGTERM)
-        wait_until(lambda: any("SIGTERM received" in line for line in errors), 60,
-                   what="the first signal handled")
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(10)
+    with subprocess.Popen([sys.executable, "-c", IN_PROCESS, str(inbox), str(outbox)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        stderr, stdout = proc.stderr, proc.stdout
+        assert stderr is not None and stdout is not None
+        reader = threading.Thread(target=lambda: errors.extend(iter(stderr.readline, "")),
+                                  daemon=True)
+        reader.start()
+        try:
+            wait_until(lambda: emu.stats()["tasks_submitted"] == 1, 60,
+                       what="a task in flight")
+            proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: any("SIGTERM received" in line for line in errors), 60,
+                       what="the first signal handled")
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        reader.join(10)  # stderr read to its end (communicate would race the reader for it)
+        out = stdout.read()
     assert proc.returncode == 0, "".join(errors)
     assert out.splitlines() == ["returned 0"]  # neither signal reached the caller's handler
     assert any("second signal" in line for line in errors)
