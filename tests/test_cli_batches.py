@@ -361,41 +361,58 @@ def test_the_breaker_wins_the_race_against_a_slow_reporter(tmp_path: Path) -> No
     assert [r.error.kind for r in results if r.error].count("not_attempted") == 5
 
 
-# --- Ctrl-C: a second one ends the process at once, without a traceback -------------------------
+# --- Ctrl-C: the wait for a sync submit ends at once, without a traceback ------------------------
 
-def test_a_second_ctrl_c_ends_the_wait_for_a_sync_submit_without_a_traceback(
-        tmp_path: Path, emulator_factory: Any) -> None:
-    """After the first Ctrl-C the process still waits for a sync submit already sent (it
-    cannot be interrupted); a second Ctrl-C must end it there and then, with no traceback
-    from the interpreter's wait for that thread."""
+def _remove_interrupted(tmp_path: Path, emu: Emulator, images: int
+                        ) -> tuple[subprocess.Popen[str], list[str]]:
+    """``bgremove remove`` of ``images`` photos at that concurrency in sync mode, sent a
+    Ctrl-C once each one's submit waits at the service (its task never ends by itself);
+    returns the process and what it said on stderr up to its "interrupted" line."""
     import signal
     import time
 
     from tests.cli_process import COMMAND, FAST, ROOT
 
-    emu = emulator_factory(delay=600.0)
     config = tmp_path / "config.yaml"
     config.write_text(FAST + "  wait: sync\n", encoding="utf-8")
     env = dict(os.environ, BGREMOVE_CONFIG=str(config), PYTHONUNBUFFERED="1",
                WAVESPEED_API_KEY=emu.api_key, WAVESPEED_BASE_URL=emu.base_url)
-    src = photo(tmp_path / "in" / "photo.png")
-    proc = subprocess.Popen([*COMMAND, "remove", str(src), "-o", str(tmp_path / "out")],
+    srcs = [str(photo(tmp_path / "in" / f"photo{i}.png")) for i in range(images)]
+    proc = subprocess.Popen([*COMMAND, "remove", *srcs, "-o", str(tmp_path / "out"),
+                             "--concurrency", str(images)],
                             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    said: list[str] = []
     try:
         deadline = time.monotonic() + 60
-        while emu.stats().get("running_tasks", 0) < 1:  # its sync submit is waiting
+        while emu.stats().get("running_tasks", 0) < images:  # each sync submit is waiting
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         assert proc.stderr is not None
-        said = []
         for line in proc.stderr:  # the first Ctrl-C is handled: the command has returned
             said.append(line)
             if line.startswith("bgremove: interrupted"):
                 break
-        assert proc.poll() is None, "".join(said)  # still waiting for the sync submit
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc, said
+
+
+def test_a_second_ctrl_c_ends_the_wait_for_a_sync_submit_without_a_traceback(
+        tmp_path: Path, emulator_factory: Any) -> None:
+    """After the first Ctrl-C a batch's process still waits for the sync submits its
+    pipeline's threads sent (they cannot be interrupted); a second Ctrl-C must end it there
+    and then, with no traceback from the interpreter's wait for those threads."""
+    import signal
+
+    emu = emulator_factory(delay=600.0)
+    proc, said = _remove_interrupted(tmp_path, emu, 2)
+    try:
+        assert proc.poll() is None, "".join(said)  # still waiting for the sync submits
         proc.send_signal(signal.SIGINT)
         _, rest = proc.communicate(timeout=60)
     finally:
@@ -406,4 +423,29 @@ def test_a_second_ctrl_c_ends_the_wait_for_a_sync_submit_without_a_traceback(
     stderr = "".join(said) + rest
     assert proc.returncode in (130, -signal.SIGINT), stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
-    assert not (tmp_path / "out" / "photo.png").exists()
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_one_ctrl_c_ends_one_images_sync_wait_at_once(tmp_path: Path,
+                                                       emulator_factory: Any) -> None:
+    """One image waits for its sync submit on the command's own thread: the first Ctrl-C
+    ends the process there and then (its task, which may be billed, is said), not when the
+    service answers (here: in ten minutes)."""
+    emu = emulator_factory(delay=600.0)
+    proc, said = _remove_interrupted(tmp_path, emu, 1)
+    try:
+        _, rest = proc.communicate(timeout=60)
+        still_running = emu.stats().get("running_tasks", 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        emu.end_delays()
+    stderr = "".join(said) + rest
+    assert proc.returncode == 130, stderr
+    assert stderr.splitlines()[-2:] == [
+        "bgremove: stopped; 1 image(s) were being processed and may still be billed by the "
+        "service", "bgremove: interrupted"], stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert still_running == 1 and emu.stats()["tasks_submitted"] == 1
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
