@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,25 +136,6 @@ def test_an_unusable_output_folder_is_one_line_and_exit_2(
     assert "Traceback" not in done.stderr
     assert emulator.stats()["uploads"] == 0
     assert all(s.exists() for s in srcs)
-
-
-@pytest.fixture
-def read_only_folder(tmp_path: Path) -> Iterator[Path]:
-    """A folder nobody can write into, root included (root ignores mode bits, so as root
-    the folder is made immutable with chattr, which ext4, xfs and btrfs support)."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o500)
-    if os.geteuid() != 0:
-        yield folder
-        return
-    made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"chattr +i failed here: {made.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
 def test_a_read_only_output_folder_is_one_line_and_exit_2(

@@ -274,3 +274,16 @@ def test_the_task_log_keeps_the_sha256_of_each_input(
     assert proc.wait(60) == 0, proc.log()
     records = [r for r in tasklog.read().values() if r.input == str(inbox / "a.png")]
     assert [r.sha256 for r in records] == [hashlib.sha256(image_bytes(1)).hexdigest()]
+
+
+def test_an_inbox_that_cannot_be_written_is_one_line_and_exit_2(
+        tmp_path: Path, emulator_factory, read_only_folder: Path) -> None:  # type: ignore[no-untyped-def]
+    """A read-only INBOX (a mounted card, a share without write access): the daemon cannot
+    move files out of it, and says so, not that something is in the way of its claims."""
+    emu = emulator_factory()
+    proc = Proc(tmp_path, emu, str(read_only_folder), str(tmp_path / "out"), "--once")
+    assert proc.wait(30) == 2
+    lines = proc.log().strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.log(), lines
+    assert lines[0].startswith(f"bgremove: INBOX {read_only_folder} cannot be written: "), lines
+    assert "nothing was taken from INBOX" in lines[0] and "remove it" not in lines[0]
