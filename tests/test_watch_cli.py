@@ -155,20 +155,32 @@ def _down(port: int) -> Any:
                            base_url=f"http://127.0.0.1:{port}")
 
 
-def test_service_down_pauses_intake_with_one_line_and_resumes(tmp_path: Path,
-                                                              emulator_factory) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("cause", ["service down", "key refused"])
+def test_an_outage_pauses_intake_with_one_line_and_resumes(tmp_path: Path, emulator_factory,  # type: ignore[no-untyped-def]
+                                                           cause: str) -> None:
+    """No file's fault: the service unreachable, or a key it refuses (a new key before the
+    account's first top-up). The files wait, one line says so, the first success resumes."""
     from tests.test_watch_support import wait_until
 
     (tmp_path / "config.yaml").write_text(OUTAGE_CONFIG)
     port = _closed_port()
+    key = _down(port).api_key
+    refusing = emulator_factory(port=port, api_key=key, key_state="inactive") \
+        if cause == "key refused" else None
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     for i in range(3):
         write_image(inbox / f"s{i}.png", i)
     proc = Proc(tmp_path, _down(port), str(inbox), str(outbox), concurrency=2)
+    paused, resumed = {"service down": ("service unreachable", "the service answers again"),
+                       "key refused": ("API key refused", "the service accepts the key again")
+                       }[cause]
     try:
         wait_until(lambda: "intake paused" in proc.log(), 30, what="the pause line")
-        assert "service unreachable: intake paused, retrying every 1 s" in proc.log()
-        emu = emulator_factory(port=port, api_key=_down(port).api_key)  # the service is back
+        assert f"{paused}: intake paused, retrying every 1 s" in proc.log()
+        assert files(inbox / "failed") == []
+        if refusing is not None:
+            refusing.stop()  # the account was topped up
+        emu = emulator_factory(port=port, api_key=key)  # the service is back
         wait_until(lambda: len(files(outbox)) == 3, 30, what="all three cut out")
     finally:
         proc.signal(signal.SIGTERM)
@@ -176,7 +188,7 @@ def test_service_down_pauses_intake_with_one_line_and_resumes(tmp_path: Path,
     log = proc.log()
     assert log.count("intake paused") == 1, log  # one line for the outage, not per file
     assert "retrying in" not in log and "(attempt" not in log, log  # no per-try lines
-    assert "the service answers again: resuming intake" in log
+    assert f"{resumed}: resuming intake" in log and "error: failed" not in log, log
     assert files(inbox / "failed") == [] and emu.stats()["tasks_submitted"] == 3
 
 
