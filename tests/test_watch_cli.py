@@ -299,3 +299,19 @@ def test_an_inbox_that_cannot_be_written_is_one_line_and_exit_2(
     assert len(lines) == 1 and "Traceback" not in proc.log(), lines
     assert lines[0].startswith(f"bgremove: INBOX {read_only_folder} cannot be written: "), lines
     assert "nothing was taken from INBOX" in lines[0] and "remove it" not in lines[0]
+
+
+def test_a_sub_folder_without_recursive_is_said_once_and_left_alone(tmp_path: Path,
+                                                                    emulator_factory) -> None:  # type: ignore[no-untyped-def]
+    """A folder dropped into INBOX without --recursive: one line says its images are not
+    taken (instead of silence), and nothing in it is touched."""
+    emu = emulator_factory()
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    write_image(inbox / "top.png", 1)
+    write_image(inbox / "shoot" / "x.png", 2)
+    proc = Proc(tmp_path, emu, str(inbox), str(outbox), "--once")
+    assert proc.wait(60) == 0, proc.log()
+    warned = [line for line in proc.log().splitlines() if "not watched" in line]
+    assert len(warned) == 1 and "sub-folder shoot of INBOX" in warned[0], proc.log()
+    assert "--recursive" in warned[0] and "done" not in warned[0] and "failed" not in warned[0]
+    assert files(outbox) == ["top.png"] and (inbox / "shoot" / "x.png").is_file()
