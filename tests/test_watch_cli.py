@@ -103,7 +103,7 @@ def test_an_unwritable_outbox_at_start_is_one_line_and_exit_2(tmp_path: Path,
         assert proc.wait(30) == 2
         lines = proc.log().strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in proc.log(), lines
-        assert lines[0].startswith(f"bgremove: OUTBOX {outbox} cannot be written: ")
+        assert lines[0].startswith(f"bgremove: error: OUTBOX {outbox} cannot be written: ")
         assert "nothing was taken from INBOX" in lines[0]
         assert files(inbox) == ["keep.png"]  # untouched
     assert emu.stats()["tasks_submitted"] == 0
@@ -297,7 +297,7 @@ def test_an_inbox_that_cannot_be_written_is_one_line_and_exit_2(
     assert proc.wait(30) == 2
     lines = proc.log().strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.log(), lines
-    assert lines[0].startswith(f"bgremove: INBOX {read_only_folder} cannot be written: "), lines
+    assert lines[0].startswith(f"bgremove: error: INBOX {read_only_folder} cannot be written: "), lines
     assert "nothing was taken from INBOX" in lines[0] and "remove it" not in lines[0]
 
 

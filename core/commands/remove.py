@@ -309,11 +309,11 @@ def _report(result: JobResult, json_lines: bool, out: TextIO, err: TextIO) -> No
         out.write(printable(f"{result.input} -> {result.output} ({result.seconds:.1f} s)") + "\n")
         out.flush()
         if result.warning:
-            err.write(printable(f"bgremove: {result.input}: warning: {result.warning}") + "\n")
+            err.write(printable(f"bgremove: warning: {result.input}: {result.warning}") + "\n")
             err.flush()
     else:
         # Core errors usually name the file already; add it only where they do not.
         text = str(result.error)
         where = "" if str(result.input) in text else f"{result.input}: "
-        err.write(printable(f"bgremove: {where}{text}") + "\n")
+        err.write(printable(f"bgremove: error: {where}{text}") + "\n")
         err.flush()
