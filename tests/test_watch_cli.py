@@ -297,7 +297,8 @@ def test_an_inbox_that_cannot_be_written_is_one_line_and_exit_2(
     assert proc.wait(30) == 2
     lines = proc.log().strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.log(), lines
-    assert lines[0].startswith(f"bgremove: error: INBOX {read_only_folder} cannot be written: "), lines
+    assert lines[0].startswith(
+        f"bgremove: error: INBOX {read_only_folder} cannot be written: "), lines
     assert "nothing was taken from INBOX" in lines[0] and "remove it" not in lines[0]
 
 
