@@ -141,8 +141,8 @@ def test_fetch_refuses_another_image_of_the_same_shape(emulator: Emulator, run: 
     lines = [line for line in err.splitlines() if line.startswith("bgremove:")
              and "WaveSpeed emulator" not in line]  # the in-process emulator logs too
     assert lines == [f"bgremove: error: {other} is not the file task {task} was made from "
-                     f"({source}): its content differs (give that file as it was, or leave out --input for "
-                     "the cut-out alone)"]
+                     f"({source}): its content differs (give that file as it was, or leave out "
+                     "--input for the cut-out alone)"]
     assert other.read_bytes() == kept and not (tmp_path / "fetched").exists()
     code, _, err = run(emulator, "fetch", task, "--input", str(source), "-o",
                        str(tmp_path / "fetched"))
