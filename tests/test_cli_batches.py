@@ -277,6 +277,19 @@ def test_files_that_are_not_images_are_counted(tmp_path: Path, emulator: Emulato
     assert ".heic" in line and ".nef" in line and ".txt" in line
 
 
+def test_an_mpo_in_a_folder_is_taken_as_watch_and_a_named_file_take_it(tmp_path: Path,
+                                                                   emulator: Emulator) -> None:
+    """A stereo camera's .MPO is a JPEG (its first picture is cut out): in a folder too."""
+    shoot = tmp_path / "shoot"
+    photo(shoot / "a.png")
+    image = Image.open(photo(tmp_path / "b.png"))
+    image.save(shoot / "DSCF0001.MPO", format="MPO", save_all=True, append_images=[image])
+    done = bgremove(tmp_path, "remove", str(shoot), emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    assert summary(done.stderr) == "bgremove: 2 images: 2 done", done.stderr
+    assert (shoot / "DSCF0001-nobg.png").is_file()
+
+
 # --- 14. the breaker decides before the next image starts ---------------------------------------
 
 def test_an_unreachable_service_starts_no_image_after_the_third_failure(tmp_path: Path) -> None:
