@@ -165,6 +165,18 @@ def test_o_with_an_image_name_names_the_output_file(tmp_path: Path, emulator: Em
     assert again.returncode == 0 and emulator.stats()["tasks_submitted"] == 2  # kept, not paid
 
 
+def test_o_naming_a_format_bgremove_does_not_write_is_refused(tmp_path: Path,
+                                                              emulator: Emulator) -> None:
+    """`-o cutout.gif` meant a GIF file: refused in one line, not a folder named cutout.gif."""
+    src = photo(tmp_path / "shoe.jpg")
+    done = bgremove(tmp_path, "remove", str(src), "-o", str(tmp_path / "cutout.gif"),
+                    emulator=emulator)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"bgremove: error: -o {tmp_path / 'cutout.gif'}: .gif is not an output format (name "
+        "the result .png, .jpg, .webp or .tif, or give a folder)"), done.stderr
+    assert not (tmp_path / "cutout.gif").exists() and emulator.stats()["uploads"] == 0
+
+
 def test_o_with_an_image_name_and_several_inputs_is_refused(
         tmp_path: Path, emulator: Emulator) -> None:
     for i in range(2):
