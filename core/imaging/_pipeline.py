@@ -44,6 +44,7 @@ from bgremove.imaging._jpeg import strip_jpeg_metadata
 from bgremove.imaging._meta import kept_exif, silence_pillow_exif_warnings
 from bgremove.imaging._modes import apply_orientation, exif_orientation, to_8bit_rgb
 from bgremove.imaging._png import checked_png, strip_png_metadata
+from bgremove.memory import reuse_image_blocks
 
 if TYPE_CHECKING:
     from PIL import Image, ImageFile
@@ -101,6 +102,7 @@ def _prepare_pillow(max_pixels: int) -> None:
                 importlib.import_module(f"PIL.{plugin}ImagePlugin")
             warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
             silence_pillow_exif_warnings()
+            reuse_image_blocks()
             _pillow_ready = True
 
 
