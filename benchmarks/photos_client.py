@@ -196,9 +196,9 @@ def write_turned(image: Any, orientation: int, exif: bytes | None, dst: Path) ->
 def decoded(data: bytes) -> Any:
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return image.copy() if image.mode in ("RGB", "RGBA") else image.convert("RGB")
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image if image.mode in ("RGB", "RGBA") else image.convert("RGB")
 
 
 def checked(service: Service, src: Path, out: Path, decoder: ThreadPoolExecutor) -> None:
