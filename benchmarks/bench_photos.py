@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_photos.py                  # everything (~20 min)
     .venv/bin/python benchmarks/bench_photos.py --only wall --only cpu
     .venv/bin/python benchmarks/bench_photos.py --only many --many 2000 --many-concurrency 500
+    .venv/bin/python benchmarks/bench_photos.py --only cpu --output-colours zero-clear
 
 The photos are made by ``camera_photos.py`` (6000x4000, about 4.4 MB, sensor-like noise,
 camera EXIF with GPS, every third stored sideways with orientation 6) and cached. The
@@ -30,6 +31,10 @@ many   2,000 small images at concurrency 500 with 3 s tasks, through ``remove`` 
        through a running ``watch``: drain time over the ideal (2000 / 500 x 3 s), peak
        threads and RSS of the process, CPU of it and of the emulator
 
+``--output-colours zero-clear`` (or ``premultiplied``) runs the wall and cpu sections against a
+service that makes the colours of its fully transparent pixels 0,0,0 (or premultiplies them
+by alpha), as many do; the default is the input's own colours everywhere.
+
 Results: a table on stdout, everything in ``benchmarks/results/photos.json``.
 """
 
@@ -50,6 +55,8 @@ from typing import Any
 
 import httpx
 import throwaway_state
+
+from bgremove.choices import EMULATOR_OUTPUT_COLOURS
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -266,6 +273,8 @@ def wall_and_cpu(photos: list[Path], args: argparse.Namespace, tmp: Path, uplink
     """One emulator (loopback, or an uplink of ``uplink`` Mbit/s): the checked first run of
     each client, then ``rounds`` timed runs of each, then (``cpu``) the CPU runs."""
     flags = ["--delay", str(args.delay), "--max-stored-mb", "2048"]
+    if args.output_colours != "input":
+        flags += ["--output-colours", args.output_colours]
     if uplink:
         flags += ["--uplink-mbit", str(uplink)]
     link = f"uplink {uplink:g} Mbit/s" if uplink else "loopback"
@@ -557,8 +566,11 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         lines += [f"{args.photos} photos {camera_photos.SIZE[0]}x{camera_photos.SIZE[1]} "
                   f"({results.get('photo_mb', 0):.2f} MB each on average), concurrency "
                   f"{args.concurrency}, emulator delay {args.delay} s, median of "
-                  f"{args.rounds}", "", "| measure | (a) plain | (b) lean | (b') checked | "
-                  "bgremove | bgremove / (b) | bgremove / (b') | bgremove / (a) | goal |",
+                  f"{args.rounds}"
+                  + ("" if args.output_colours == "input" else
+                     f", the service's output colours {args.output_colours}"),
+                  "", "| measure | (a) plain | (b) lean | (b') checked | bgremove | "
+                  "bgremove / (b) | bgremove / (b') | bgremove / (a) | goal |",
                   "|---|---|---|---|---|---|---|---|---|"]
 
     def row(name: str, values: dict[str, float], fmt: str, goal: str,
@@ -641,6 +653,10 @@ def main() -> int:
     parser.add_argument("--many-commands", nargs="+", default=["remove", "watch"],
                         choices=("remove", "watch"))
     parser.add_argument("--many-timeout", type=float, default=900.0)
+    parser.add_argument("--output-colours", default="input",
+                        choices=EMULATOR_OUTPUT_COLOURS,
+                        help="the colours of the service's cut-outs in the wall and cpu "
+                        "sections (default: the input's own everywhere)")
     parser.add_argument("--only", action="append", default=[], choices=SECTIONS)
     parser.add_argument("--skip", action="append", default=[], choices=SECTIONS)
     args = parser.parse_args()

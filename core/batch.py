@@ -37,6 +37,7 @@ from bgremove.errors import (
 from bgremove.files import probe_writable
 
 if TYPE_CHECKING:
+    from bgremove.account import RateLimiter
     from bgremove.config import Config, OutputConfig
     from bgremove.contract import Backend, Prepared, Result
     from bgremove.jobs import JobResult
@@ -175,7 +176,8 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
               on_result: ResultFn, on_interrupt: InterruptFn | None = None,
               overwrite: bool = False) -> list[JobResult]:
     """Run every job through a ``bgremove.stages.Pipeline`` with ``config.concurrency``
-    images at the service at once; report each as it ends.
+    images at the service at once, within the account's limits (``bgremove.account``: its
+    level and images per minute, counted when each submit leaves); report each as it ends.
 
     A ``dst`` that already exists is kept and its image not sent (status "skipped"),
     unless ``overwrite``. The breaker is asked before an image is read and again before
@@ -186,6 +188,7 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
     """
     import queue
 
+    from bgremove.account import RateLimiter, account_limits
     from bgremove.contract import CancelToken
     from bgremove.stages import Pipeline
 
@@ -194,39 +197,51 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
     check_output = OutputCheck()
     breaker = Breaker()
     results: list[JobResult] = []
-    pipeline = Pipeline(backend, config, in_flight=max(1, min(config.concurrency, len(plan))),
+    concurrency, per_minute = config.concurrency, 0
+    if backend.name == "wavespeed":  # the account's limits are the service's
+        limits = account_limits(config)
+        concurrency, per_minute = limits.concurrency, limits.images_per_minute
+    rate = RateLimiter(per_minute)
+    pipeline = Pipeline(backend, config, in_flight=max(1, min(concurrency, len(plan))),
                         cancel=cancel)
     # Jobs are started as others end, never many more than the pipeline can hold at once:
     # a folder of 100,000 images costs 100,000 paths, not 100,000 jobs.
     most_open = pipeline.in_flight + pipeline.prepare_ahead + pipeline.cpu_workers
     todo = iter(plan)
+    waiting: list[tuple[Path, Path]] = []  # the next image, waiting for a rate token
     started = 0
 
     def feed() -> None:
+        """Start images until the pipeline holds enough, or the next one must wait for
+        images per minute (it holds a token from its start until its submit leaves)."""
         nonlocal started
-        for src, dst in todo:
-            started += 1
+        while started - len(results) < most_open:
+            pair = waiting.pop() if waiting else next(todo, None)
+            if pair is None:
+                return
+            src, dst = pair
             if not overwrite and _is_file(dst):
                 ended.put(_kept(src, dst))
+            elif rate.try_acquire():
+                pipeline.start(_BatchJob(src, dst, config, breaker, check_output, ended.put,
+                                         rate))
             else:
-                pipeline.start(_BatchJob(src, dst, config, breaker, check_output, ended.put))
-            if started - len(results) >= most_open:
+                waiting.append(pair)
                 return
-
-    def next_result() -> JobResult:
-        # In slices: a Ctrl-C that lands just before a blocking wait begins does not wake
-        # it (Python only flags it), and an unbounded wait would hold it until some image
-        # ended, which may be hours at the service.
-        while True:
-            try:
-                return ended.get(timeout=WAKE_SECONDS)
-            except queue.Empty:
-                continue  # back in Python: a flagged Ctrl-C is raised here
+            started += 1
 
     try:
         feed()
         while len(results) < len(plan):
-            result = next_result()
+            # In slices: a Ctrl-C that lands just before a blocking wait begins does not
+            # wake it (Python only flags it), and an unbounded wait would hold it until
+            # some image ended, which may be hours at the service. Each slice also lets
+            # an image waiting for images per minute start once a token is free.
+            try:
+                result = ended.get(timeout=WAKE_SECONDS)
+            except queue.Empty:
+                feed()  # back in Python: a flagged Ctrl-C is raised here
+                continue
             results.append(result)
             on_result(result)
             feed()
@@ -247,7 +262,7 @@ class _BatchJob:
     is sent (a result that cannot be saved is not paid for) and keeps the task log."""
 
     def __init__(self, src: Path, dst: Path, config: Config, breaker: Breaker,
-                 check_output: OutputCheck, report: ResultFn) -> None:
+                 check_output: OutputCheck, report: ResultFn, rate: RateLimiter) -> None:
         from bgremove import tasklog
         from bgremove.contract import JobHooks
         from bgremove.stages import FileJob
@@ -255,12 +270,19 @@ class _BatchJob:
         def on_task(task_id: str) -> None:  # `bgremove tasks` names the input
             tasklog.record(task_id, input=src, sha256=self._digest)
 
+        def on_submit(_sent_at: float, _upload_url: str) -> None:
+            rate.commit(held=self._take_token())  # counted from now, as the service counts
+
         self._digest: str | None = None  # of the input's bytes, once prepared
-        self._file = FileJob(src, dst, config, done=self._done, hooks=JobHooks(on_task=on_task))
+        self._file = FileJob(src, dst, config, done=self._done,
+                             hooks=JobHooks(on_task=on_task, on_submit=on_submit))
         self.hooks = self._file.hooks
         self._breaker = breaker
         self._check_output = check_output
         self._report = report
+        self._rate = rate
+        self._token = True  # its rate token, until its first submit leaves
+        self._token_lock = threading.Lock()
 
     def prepare(self) -> Prepared:
         self._breaker.check(self._file.src)
@@ -281,9 +303,17 @@ class _BatchJob:
     def failed(self, error: BaseException) -> None:
         self._file.failed(error)
 
+    def _take_token(self) -> bool:
+        """Whether it still held its rate token; it does not any more."""
+        with self._token_lock:
+            held, self._token = self._token, False
+        return held
+
     def _done(self, result: JobResult) -> None:
         from bgremove import tasklog
 
+        if self._take_token():  # no submit left: nothing counts
+            self._rate.release()
         self._breaker.trips(result)  # here, before this job's slot goes to the next
         if result.task_id and result.output:
             tasklog.record(result.task_id, output=result.output)

@@ -32,3 +32,6 @@ EMULATOR_KEY_STATES = ("active", "inactive", "suspended")
 EMULATOR_SYNC_TIMEOUT_STYLES = ("504", "processing", "gateway", "drop")
 #: what makes the emulator's masks: a colour key, or the offline model.
 EMULATOR_MODELS = ("keyout", "local")
+#: the colours of the emulator's cut-outs: the input's own everywhere; 0,0,0 under alpha 0
+#: (as many services send); or premultiplied by alpha (0 under alpha 0, darker where partial).
+EMULATOR_OUTPUT_COLOURS = ("input", "zero-clear", "premultiplied")

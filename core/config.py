@@ -109,6 +109,10 @@ class WaveSpeedConfig:
     base64_output: bool = False
     max_upload_bytes: int = _opt(20 * 1024 * 1024, min=1024)
     max_upload_side: int = _opt(8192, min=64)
+    # The account's limits, kept by ``remove`` and ``watch`` both (``bgremove.account``): the
+    # level caps tasks at once and images per minute; images per minute 0 is no limit.
+    account_level: str | None = _opt(None, choices=(None, *ACCOUNT_LEVELS))
+    images_per_minute: int = _opt(0, min=0)
     timeouts: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll: PollPolicy = field(default_factory=PollPolicy)
@@ -161,9 +165,10 @@ class WatchConfig:
     polling: bool = False
     once: bool = False
     json: bool = False
+    # The daemon's own share of the account; None: wavespeed.account_level / images_per_minute.
     account_level: str | None = _opt(None, choices=(None, *ACCOUNT_LEVELS))
     concurrency: int = _opt(2, min=1, max=10000)  # tasks in flight (Ultra: 10,000)
-    images_per_minute: int = _opt(0, min=0)  # 0: no limit
+    images_per_minute: int | None = _opt(None, min=0)  # 0: no limit
     max_per_hour: int = _opt(0, min=0)  # cost guard, 0: no cap
     max_per_day: int = _opt(0, min=0)
     stable_seconds: float = _opt(0.5, min=0.0)  # size and mtime unchanged this long

@@ -17,12 +17,14 @@ CONFIG_FIELDS = {
     ("wavespeed", "wait"): choices.WAIT_MODES,
     ("local", "model"): choices.LOCAL_MODELS,
     ("watch", "account_level"): (None, *choices.ACCOUNT_LEVELS),
+    ("wavespeed", "account_level"): (None, *choices.ACCOUNT_LEVELS),
 }
 #: (command, flag) -> the declared list
 FLAGS = {
     ("remove", "--backend"): choices.BACKENDS,
     ("remove", "--format"): choices.OUTPUT_FORMATS,
     ("remove", "--log-level"): choices.LOG_LEVELS,
+    ("remove", "--account-level"): choices.ACCOUNT_LEVELS,
     ("watch", "--backend"): choices.BACKENDS,
     ("watch", "--account-level"): choices.ACCOUNT_LEVELS,
     ("emulator", "--level"): choices.ACCOUNT_LEVELS,

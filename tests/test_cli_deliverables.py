@@ -109,8 +109,10 @@ XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.o
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpg", "tiff", "webp"])
-def test_xmp_is_not_carried_to_outputs(tmp_path: Path, emulator: Emulator, fmt: str) -> None:
-    """XMP can hold the location again (README: what is kept); no output format gets it."""
+def test_an_xmp_holding_only_the_location_is_not_carried(tmp_path: Path, emulator: Emulator,
+                                                         fmt: str) -> None:
+    """XMP can hold the location again (README: what is kept): with nothing else in it, no
+    output format gets any (tests/test_metadata_carried.py: the fields that are carried)."""
     src = tmp_path / "portrait.jpg"
     image = Image.new("RGB", (40, 30), GREEN)
     image.paste(RED, BLOCK)

@@ -38,6 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 LOST: dict[str, tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]] = {
     "dropped": ({"faults": (Fault("drop", route="submit", first=2, after=True),)}, {},
                 ("sync", "poll")),
+    # a service that zeroes the colours it cuts away: matched by the opaque pixels alone
+    "dropped-zero-clear": ({"output_colours": "zero-clear", "faults": (
+        Fault("drop", route="submit", first=2, after=True),)}, {}, ("sync", "poll")),
     "dropped-input-listed": ({"list_input": True, "faults": (
         Fault("drop", route="submit", first=2, after=True),)}, {}, ("sync", "poll")),
     "gateway-502": ({"faults": (Fault("status", route="submit", status=502, first=2,

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from bgremove.account import RateLimiter
 from bgremove.config import Config, WatchConfig
 from bgremove.contract import CancelToken
 from bgremove.errors import ConfigError
 from bgremove.watcher.claims import Claims, make_owner_id, parse_owner, pid_alive
 from bgremove.watcher.journal import Journal
-from bgremove.watcher.limits import CostGuard, RateLimiter, effective_limits
+from bgremove.watcher.limits import CostGuard, effective_limits
 from bgremove.watcher.naming import Layout, candidate_names, is_ignored_name, move_no_replace
 from bgremove.watcher.readiness import ReadinessTracker
 from bgremove.watcher.status import render_line
@@ -194,8 +195,8 @@ def test_readiness_drops_vanished_files(tmp_path: Path) -> None:
 ])
 def test_account_levels_cap_the_limits(level: str | None, concurrency: int, per_minute: int,
                                        expect: tuple[int, int]) -> None:
-    limits = effective_limits(WatchConfig(account_level=level, concurrency=concurrency,
-                                          images_per_minute=per_minute))
+    limits = effective_limits(Config(watch=WatchConfig(
+        account_level=level, concurrency=concurrency, images_per_minute=per_minute)))
     assert (limits.concurrency, limits.images_per_minute) == expect
 
 

@@ -19,12 +19,13 @@ from bgremove.watcher.folder_health import FolderBlocked
 from bgremove.watcher.naming import move_no_replace, shown
 
 if TYPE_CHECKING:
+    from bgremove.account import RateLimiter
     from bgremove.config import Config, WatchConfig
     from bgremove.contract import Backend, CancelToken
     from bgremove.watcher.claims import Claims
     from bgremove.watcher.folder_health import FolderHealth
     from bgremove.watcher.journal import Journal
-    from bgremove.watcher.limits import CostGuard, Limits, RateLimiter
+    from bgremove.watcher.limits import CostGuard, Limits
     from bgremove.watcher.naming import Layout
     from bgremove.watcher.outage import Outage
     from bgremove.watcher.readiness import ReadinessTracker

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bgremove.account import RateLimiter
 from bgremove.contract import CancelToken
 from bgremove.errors import ConfigError
 from bgremove.files import probe_writable
@@ -56,7 +57,7 @@ from bgremove.watcher.fingerprint import settings_fingerprint
 from bgremove.watcher.folder_health import FolderHealth
 from bgremove.watcher.intake import Intake
 from bgremove.watcher.journal import Journal
-from bgremove.watcher.limits import CostGuard, Limits, RateLimiter, effective_limits
+from bgremove.watcher.limits import CostGuard, Limits, effective_limits
 from bgremove.watcher.naming import Layout, ensure_folder, shown
 from bgremove.watcher.outage import Outage
 from bgremove.watcher.policy import ErrorPolicy
@@ -108,7 +109,7 @@ class Daemon:
         self.config = config
         self.watch = watch = config.watch
         self.layout = layout
-        self.limits: Limits = effective_limits(watch)
+        self.limits: Limits = effective_limits(config)
         self.started = time.time()
         self.owner = make_owner_id(started=self.started)
         self._stopping = threading.Event()

@@ -1,9 +1,9 @@
 """How fast the daemon may go: concurrency, images per minute, and the cost guard.
 
-``watch.account_level`` is a ceiling matching the WaveSpeed account's limits
-(docs, account-levels page): the daemon never runs more tasks at once, nor
-submits more images a minute, than the level allows, whatever
-``watch.concurrency`` and ``watch.images_per_minute`` say.
+The account's level and images per minute (``bgremove.account``: ``wavespeed.*``, or
+``watch.*`` for the daemon alone) are a ceiling: the daemon never runs more tasks at once,
+nor submits more images a minute, than the level allows, whatever ``watch.concurrency``
+and ``watch.images_per_minute`` say.
 
 The cost guard counts submissions (from the journal, so a restart keeps the
 count) in a sliding hour and day; when a cap is reached intake pauses with
@@ -16,15 +16,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bgremove.choices import ACCOUNT_LIMITS
+from bgremove.account import account_limits
 
 if TYPE_CHECKING:
-    from bgremove.config import WatchConfig
+    from bgremove.config import Config
     from bgremove.contract import CancelToken
     from bgremove.watcher.journal import Journal
 
@@ -41,88 +40,12 @@ class Limits:
     max_per_day: int
 
 
-def effective_limits(watch: WatchConfig) -> Limits:
-    """Combine the configured limits with the account level's ceiling."""
-    concurrency = watch.concurrency
-    per_minute = watch.images_per_minute
-    if watch.account_level:
-        level_conc, level_rate = ACCOUNT_LIMITS[watch.account_level]
-        concurrency = min(concurrency, level_conc)
-        per_minute = level_rate if per_minute == 0 else min(per_minute, level_rate)
+def effective_limits(config: Config) -> Limits:
+    """The daemon's limits: the account's (``bgremove.account``) and the cost guard's."""
+    account = account_limits(config, daemon=True)
     # no cap for threads: a task in flight needs none (``bgremove.stages``)
-    return Limits(concurrency, per_minute, watch.max_per_hour, watch.max_per_day)
-
-
-class RateLimiter:
-    """At most ``per_minute`` submits in any 60-second window (0: unlimited), as the service
-    counts them: when each submit leaves, not when its job was admitted.
-
-    A job takes a token before it is admitted (``acquire``) and holds it until its submit
-    leaves (``commit``), or gives it back when nothing was submitted (``release``). Held
-    tokens count in the window, so jobs admitted together cannot send a burst when their
-    uploads end together. A token stays in the window ``slack`` seconds longer than the
-    window: a submit's way to the service takes a moment.
-    """
-
-    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic,
-                 window: float = 60.0, slack: float = 1.0) -> None:
-        self.per_minute = per_minute
-        self.window = window
-        self.slack = slack
-        self._clock = clock
-        self._times: deque[float] = deque()  # when each counted submit left
-        self._held = 0  # tokens taken whose submit has not left yet
-        self._lock = threading.Lock()
-
-    def _wait(self, now: float) -> float:
-        """Under the lock: seconds until a token is free (0 now)."""
-        span = self.window + self.slack
-        while self._times and now - self._times[0] >= span:
-            self._times.popleft()
-        if len(self._times) + self._held < self.per_minute:
-            return 0.0
-        # all taken: the oldest submit leaves the window then (or a held token comes back)
-        return span - (now - self._times[0]) if self._times else 0.25
-
-    def delay(self) -> float:
-        """Seconds until the next acquisition is allowed (0 now)."""
-        if self.per_minute <= 0:
-            return 0.0
-        with self._lock:
-            return self._wait(self._clock())
-
-    def try_acquire(self) -> bool:
-        if self.per_minute <= 0:
-            return True
-        with self._lock:
-            if self._wait(self._clock()) > 0:
-                return False
-            self._held += 1
-            return True
-
-    def acquire(self, cancel: CancelToken, give_up: Callable[[], bool] = lambda: False) -> bool:
-        """Block until allowed; False if cancelled or ``give_up()`` meanwhile."""
-        while not self.try_acquire():
-            if give_up() or cancel.wait(min(max(self.delay(), 0.01), 0.25)):
-                return False
-        return True
-
-    def commit(self, *, held: bool = True) -> None:
-        """A submit leaves now: it counts from now, in place of its held token (``held``;
-        a second submit after one that surely created no task holds none: it counts too)."""
-        if self.per_minute <= 0:
-            return
-        with self._lock:
-            if held and self._held:
-                self._held -= 1
-            self._times.append(self._clock())
-
-    def release(self) -> None:
-        """A held token whose job sent no submit (it failed first, or resumed a task)."""
-        if self.per_minute <= 0:
-            return
-        with self._lock:
-            self._held = max(0, self._held - 1)
+    return Limits(account.concurrency, account.images_per_minute,
+                  config.watch.max_per_hour, config.watch.max_per_day)
 
 
 class CostGuard:

@@ -13,6 +13,7 @@ from bgremove.choices import (
     ACCOUNT_LEVELS,
     EMULATOR_KEY_STATES,
     EMULATOR_MODELS,
+    EMULATOR_OUTPUT_COLOURS,
     EMULATOR_SYNC_TIMEOUT_STYLES,
     LOG_LEVELS,
 )
@@ -92,6 +93,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--output-max-side", type=int, default=0, metavar="PX",
                         help="return outputs scaled down to this longest side (a model that "
                         "answers below full size)")
+    parser.add_argument("--output-colours", choices=EMULATOR_OUTPUT_COLOURS, default="input",
+                        help="colours of the cut-outs: the input's own everywhere (default), "
+                        "0,0,0 under fully transparent pixels (as many services send), or "
+                        "premultiplied by alpha (also darker where partly transparent)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random fault rates")
     parser.add_argument("--log-level", choices=LOG_LEVELS,
                         default="info", help="requests are logged at debug")
@@ -153,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, retention=args.retention, list_route=args.list_route,
         list_input=args.list_input, clock_skew=args.clock_skew,
         allow_remote=args.allow_remote, uplink_mbit=args.uplink_mbit,
-        downlink_mbit=args.downlink_mbit, output_max_side=args.output_max_side)
+        downlink_mbit=args.downlink_mbit, output_max_side=args.output_max_side,
+        output_colours=args.output_colours)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

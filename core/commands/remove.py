@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from bgremove.choices import BACKENDS, OUTPUT_FORMATS
+from bgremove.choices import ACCOUNT_LEVELS, BACKENDS, OUTPUT_FORMATS
 from bgremove.commands.common import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
 from bgremove.errors import ConfigError
 
@@ -42,6 +42,11 @@ def register(sub: Any) -> None:
                    "are skipped and not sent)")
     p.add_argument("--concurrency", type=int, metavar="N",
                    help="images processed at once (default: concurrency in the config, 4)")
+    p.add_argument("--images-per-minute", type=int, metavar="N",
+                   help="submissions per minute, 0 for no limit (default: "
+                   "wavespeed.images_per_minute in the config, 0)")
+    p.add_argument("--account-level", choices=ACCOUNT_LEVELS,
+                   help="cap concurrency and rate at the WaveSpeed account level's limits")
     p.add_argument("--backend", choices=BACKENDS,
                    help="auto: WaveSpeed when an API key is set, else the offline model")
     p.add_argument("--format", choices=OUTPUT_FORMATS,
@@ -51,8 +56,9 @@ def register(sub: Any) -> None:
                    help="the offline model: u2netp (fast) or u2net (better); the WaveSpeed "
                    "service has one model (default: local.model in the config)")
     p.add_argument("--strip-metadata", action="store_true", default=None,
-                   help="write no EXIF (by default outputs keep the input's EXIF, such as "
-                   "artist, copyright, date and camera, but never its GPS location)")
+                   help="write no metadata (by default outputs keep the input's EXIF, XMP "
+                   "and PNG text, such as artist, copyright, caption, date and camera, but "
+                   "never its location)")
     p.add_argument("--mask-only", action="store_true", default=None,
                    help="write the mask as a greyscale image instead of the cut-out")
     p.add_argument("--background", metavar="COLOR",
@@ -105,10 +111,14 @@ def _run(args: argparse.Namespace, resume_collection: Callable[[], None]) -> int
 
     if args.concurrency is not None and args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
+    if args.images_per_minute is not None and args.images_per_minute < 0:
+        raise ConfigError(f"--images-per-minute cannot be {args.images_per_minute}")
     out_dir, out_file = output_target(args.output)
     named_format = _format_of(out_file, args.format)
     config = config_from_args(args, {
         "concurrency": args.concurrency,
+        "wavespeed.images_per_minute": args.images_per_minute,
+        "wavespeed.account_level": args.account_level,
         "backend": args.backend,
         "output.format": args.format or named_format,
         "output.mask_only": args.mask_only,

@@ -35,9 +35,11 @@ def register(sub: Any) -> None:
                    help="process what is there, then exit (1 if any file failed)")
     p.add_argument("--concurrency", type=int, metavar="N", help="images processed at once")
     p.add_argument("--images-per-minute", type=int, metavar="N",
-                   help="submissions per minute, 0 for no limit")
+                   help="submissions per minute, 0 for no limit (default: "
+                   "watch.images_per_minute, else wavespeed.images_per_minute in the config)")
     p.add_argument("--account-level", choices=ACCOUNT_LEVELS,
-                   help="cap concurrency and rate at the WaveSpeed account level's limits")
+                   help="cap concurrency and rate at the WaveSpeed account level's limits "
+                   "(default: watch.account_level, else wavespeed.account_level)")
     p.add_argument("--max-per-hour", type=int, metavar="N",
                    help="cost guard: pause intake after N images in an hour")
     p.add_argument("--max-per-day", type=int, metavar="N",

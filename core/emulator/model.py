@@ -81,9 +81,14 @@ def fit_within(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def cutout_png(image: Image.Image, alpha: Image.Image, max_side: int = 0) -> bytes:
+def cutout_png(image: Image.Image, alpha: Image.Image, max_side: int = 0,
+               colours: str = "input") -> bytes:
     """The output the service returns: the input's RGB with ``alpha``, as PNG; scaled down to
-    a longest side of ``max_side`` when given (a model that answers below full size)."""
+    a longest side of ``max_side`` when given (a model that answers below full size).
+
+    ``colours``: "input" keeps the input's colours under every alpha; "zero-clear" makes
+    them 0,0,0 where alpha is 0 (as many services send); "premultiplied" multiplies them by
+    alpha / 255 (0 where alpha is 0, darker where it is partial)."""
     from PIL import Image
 
     rgba = image.convert("RGB").copy()
@@ -94,6 +99,14 @@ def cutout_png(image: Image.Image, alpha: Image.Image, max_side: int = 0) -> byt
         rgba = rgba.resize(size, Image.Resampling.BILINEAR)
         alpha = alpha.resize(size, Image.Resampling.BILINEAR)
     rgba.putalpha(alpha)
+    if colours == "zero-clear":
+        clear = Image.new("RGBA", size)
+        clear.paste(rgba, None, alpha.point([0] + [255] * 255, "1"))
+        rgba = clear
+    elif colours == "premultiplied":  # Pillow's "RGBa" holds colour x alpha / 255, rounded
+        rgba = Image.frombytes("RGBA", size, rgba.convert("RGBa").tobytes())
+    elif colours != "input":
+        raise ValueError(f"unknown output colours {colours!r}")
     buffer = io.BytesIO()
     rgba.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bgremove.choices import EMULATOR_KEY_STATES, EMULATOR_SYNC_TIMEOUT_STYLES
+from bgremove.choices import (
+    EMULATOR_KEY_STATES,
+    EMULATOR_OUTPUT_COLOURS,
+    EMULATOR_SYNC_TIMEOUT_STYLES,
+)
 from bgremove.emulator.faults import Fault
 from bgremove.errors import ConfigError
 
@@ -47,6 +51,10 @@ class EmulatorOptions:
     uplink_mbit: float = 0.0  # request bodies arrive at most this fast, all together. 0: any
     downlink_mbit: float = 0.0  # answers leave at most this fast, all together. 0: any
     output_max_side: int = 0  # outputs scaled down to fit this longest side. 0: full size
+    # The cut-out's colours: "input" (the input's own under every alpha), "zero-clear" (0,0,0
+    # under alpha 0) or "premultiplied" (colour x alpha / 255: 0 under alpha 0, darker where
+    # partly transparent).
+    output_colours: str = "input"
     # Served beyond this machine: every route needs the key (the file routes a URL signed
     # with it), checked before a body is read; needs ``api_key``.
     allow_remote: bool = False
@@ -58,6 +66,9 @@ class EmulatorOptions:
         if self.sync_timeout_style not in EMULATOR_SYNC_TIMEOUT_STYLES:
             raise ConfigError(f"unknown sync_timeout_style {self.sync_timeout_style!r}",
                               hint=f"allowed: {', '.join(EMULATOR_SYNC_TIMEOUT_STYLES)}")
+        if self.output_colours not in EMULATOR_OUTPUT_COLOURS:
+            raise ConfigError(f"unknown output_colours {self.output_colours!r}",
+                              hint=f"allowed: {', '.join(EMULATOR_OUTPUT_COLOURS)}")
         if self.delay < 0 or (self.sync_timeout is not None and self.sync_timeout < 0):
             raise ConfigError("delay and sync_timeout must not be negative")
         if self.allow_remote and not self.api_key:

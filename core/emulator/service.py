@@ -455,7 +455,8 @@ class Service:
                     except ValueError as exc:
                         return ("failed", 1401, f"Invalid parameter: image: {exc}", None)
                     assert self._alpha is not None
-                    cutout = cutout_png(image, self._alpha(image), self.options.output_max_side)
+                    cutout = cutout_png(image, self._alpha(image), self.options.output_max_side,
+                                        self.options.output_colours)
                     del image
                     self._made.put(digest, cutout)
         return ("completed", None, "", cutout)

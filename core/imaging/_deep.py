@@ -21,12 +21,14 @@ import logging
 import struct
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from PIL import Image, ImageFile
+
+    from bgremove.imaging._meta import PngText
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +156,14 @@ def _samples(deep: DeepImage) -> bytes:
 
 # --- PNG -----------------------------------------------------------------------------------
 
-def write_png16(deep: DeepImage, fh: IO[bytes], icc: bytes | None, exif: bytes | None) -> None:
+def write_png16(deep: DeepImage, fh: IO[bytes], icc: bytes | None, exif: bytes | None,
+                xmp: bytes | None = None, texts: Sequence[PngText] = ()) -> None:
     from bgremove.imaging._png import PNG_COLOUR, IdatWriter, png_chunk, png_head
 
     width, height = deep.size
     stride = width * 2 * len(deep.bands)
     data = _samples(deep)
-    fh.writelines(png_head(width, height, 16, PNG_COLOUR[deep.bands], icc, exif))
+    fh.writelines(png_head(width, height, 16, PNG_COLOUR[deep.bands], icc, exif, xmp, texts))
     packer = zlib.compressobj(_ZLIB_LEVEL)
     idat = IdatWriter(fh)
     for y in range(height):
@@ -175,11 +178,14 @@ def write_png16(deep: DeepImage, fh: IO[bytes], icc: bytes | None, exif: bytes |
 #: IFD0 text tags carried from the EXIF block (description, make, model, software, date,
 #: artist, copyright); ``save_image`` adds the EXIF sub-IFD afterwards, as for 8-bit TIFF.
 _TIFF_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 33432)
-_SHORT, _LONG, _RATIONAL, _ASCII, _UNDEFINED = 3, 4, 5, 2, 7
+_BYTE, _SHORT, _LONG, _RATIONAL, _ASCII, _UNDEFINED = 1, 3, 4, 5, 2, 7
+_XMP_TAG = 700
 
 
-def write_tiff16(deep: DeepImage, fh: IO[bytes], icc: bytes | None, exif: bytes | None) -> None:
-    """A big-endian baseline TIFF, 16 bits per sample, Adobe Deflate strips."""
+def write_tiff16(deep: DeepImage, fh: IO[bytes], icc: bytes | None, exif: bytes | None,
+                 xmp: bytes | None = None, texts: Sequence[PngText] = ()) -> None:
+    """A big-endian baseline TIFF, 16 bits per sample, Adobe Deflate strips. ``texts`` are
+    PNG's own and not written."""
     width, height = deep.size
     spp = len(deep.bands)
     stride = width * 2 * spp
@@ -202,6 +208,8 @@ def write_tiff16(deep: DeepImage, fh: IO[bytes], icc: bytes | None, exif: bytes 
         tags.append((338, _SHORT, [2]))  # extra sample: unassociated alpha
     if icc:
         tags.append((34675, _UNDEFINED, icc))
+    if xmp:
+        tags.append((_XMP_TAG, _BYTE, xmp))
     tags.extend(_text_tags(exif))
     _write_ifd(fh, sorted(tags, key=lambda t: t[0]))
 

@@ -12,10 +12,16 @@ orientation the upload was stored in.
 The fast path (nothing re-encoded): the output is a PNG of the input's full size with
 nothing that changes its pixels (no crop, background, mask only, foreground estimate,
 16-bit input), the input has no alpha, the upload was upright, and the service's colour
-pixels are exactly the input's. Then the service's PNG is written as it came, with the
-input's ICC profile and kept EXIF added as chunks (``_png.png_with_metadata``): the same
-pixels ``compose`` would give, without its encode (most of a 24 MP photo's CPU). Otherwise
-the mask is applied to the original pixels and encoded (``compose_output``, ``save_image``).
+pixels are exactly the input's, or its clear ones (alpha 0) are 0,0,0 and all others
+exactly the input's: many services zero what they make fully transparent. Then the
+service's PNG is written as it came, with the input's ICC profile and kept EXIF, XMP and
+PNG text added as chunks (``_png.png_with_metadata``): the pixels ``compose`` would give,
+without its encode (most of a 24 MP photo's CPU). When the service zeroed its clear
+pixels, so does the output: they hold 0,0,0 where ``compose`` keeps the input's colours,
+and every pixel that shows (alpha > 0) is the same. Nothing but the input's colours or
+zeros is ever kept hidden under alpha 0; any other colour there, or one changed where
+alpha > 0 (premultiplied colours included), goes the other way: the mask is applied to
+the original pixels and encoded (``compose_output``, ``save_image``).
 """
 
 from __future__ import annotations
@@ -90,10 +96,13 @@ def finish_file(prepared: Prepared, result: Result, src: str | os.PathLike[str],
     alpha = fit_alpha(apply_orientation(stored, prepared.orientation), source.image.size)
     warning = None if has_subject(alpha) else NO_SUBJECT_WARNING
     exif = None if output.strip_metadata else source.exif
+    xmp = None if output.strip_metadata else source.xmp
+    texts = () if output.strip_metadata else source.texts
     if service is not None and result.data is not None and prepared.orientation == 1 \
             and _needs_no_change(source, output):
-        # The service's PNG with our profile and EXIF: kept if its colours are all ours.
-        png = png_with_metadata(result.data, fitting_profile("RGBA", source.icc_profile), exif)
+        # The service's PNG with our profile and metadata: kept if it shows only our colours.
+        png = png_with_metadata(result.data, fitting_profile("RGBA", source.icc_profile), exif,
+                                xmp, texts)
         if png is not None and _same_colours(service, source.image):
             save_encoded(png, dst)
             return warning
@@ -102,7 +111,8 @@ def finish_file(prepared: Prepared, result: Result, src: str | os.PathLike[str],
         source.image = estimate_foreground(source.image, alpha, inplace=True)
         source.deep = None  # the estimate is made on the 8-bit pixels: the output is 8-bit
     image = compose_output(source, alpha, output)
-    save_image(image, dst, fmt=output.format, icc_profile=source.icc_profile, exif=exif)
+    save_image(image, dst, fmt=output.format, icc_profile=source.icc_profile, exif=exif,
+               xmp=xmp, texts=texts)
     return warning
 
 
@@ -164,20 +174,46 @@ def _needs_no_change(source: SourceImage, output: OutputConfig) -> bool:
 
 
 def _same_colours(service: Image.Image, original: Image.Image) -> bool:
-    """Whether the service's RGBA result has exactly the original's RGB pixels.
+    """Whether the service's RGBA result shows exactly the original's RGB pixels and hides
+    nothing else: either every pixel's colour is the original's, or every pixel with alpha
+    > 0 has the original's colour and every pixel with alpha 0 is 0,0,0 (a service that
+    zeroes the colours it makes fully transparent). Anything else under alpha 0, and any
+    colour changed where alpha > 0 (premultiplied ones included), is refused.
 
     Compared a band of rows at a time: two full-size copies (some 150 MB at 24 MP) would
     otherwise be added to the finish's peak memory, and small bands are compared in cache.
+    The strict comparison goes first and costs nothing more when it holds; once a band
+    fails it, the rule for zeroed colours is checked from the first band (24 MP: 0.03 s and
+    0.05 s a photo).
     """
     from PIL import ImageChops
 
     if service.mode != "RGBA" or service.size != original.size:
         return False
-    width, height = original.size
-    rows = max(1, _COMPARE_BYTES // (4 * width))
-    for top in range(0, height, rows):
-        box = (0, top, width, min(height, top + rows))
+    for box in _bands(original.size):
         if ImageChops.difference(service.crop(box).convert("RGB"),
                                  original.crop(box)).getbbox() is not None:
+            return _shown_and_zeroed(service, original)
+    return True
+
+
+def _shown_and_zeroed(service: Image.Image, original: Image.Image) -> bool:
+    """Whether every pixel of ``service`` with alpha > 0 has ``original``'s colour and every
+    one with alpha 0 is 0,0,0: its colours are the original's with the clear ones zeroed."""
+    from PIL import Image, ImageChops
+
+    shown = [0] + [255] * 255  # alpha > 0, as a mask of mode "1" (its paste copies, fast)
+    for box in _bands(original.size):
+        band = service.crop(box)
+        want = Image.new("RGB", band.size)
+        want.paste(original.crop(box), None, band.getchannel("A").point(shown, "1"))
+        if ImageChops.difference(band.convert("RGB"), want).getbbox() is not None:
             return False
     return True
+
+
+def _bands(size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Boxes of whole rows covering ``size``, each about ``_COMPARE_BYTES`` of RGBA."""
+    width, height = size
+    rows = max(1, _COMPARE_BYTES // (4 * width))
+    return [(0, top, width, min(height, top + rows)) for top in range(0, height, rows)]

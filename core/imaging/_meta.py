@@ -1,13 +1,23 @@
-"""The photographer's EXIF carried from an input to its cut-out, minus where it was taken.
+"""The photographer's EXIF and PNG text carried from an input to its cut-out, minus where it
+was taken (XMP: ``_xmp``).
 
 Kept, as photographers' export tools do with "all metadata except location": who made the
 picture and its rights (Artist, Copyright, ImageDescription, the Windows XP fields), when
 (DateTime and the EXIF dates) and with what (Make, Model, Software, lens and exposure).
 Dropped: the GPS block; the thumbnail (it shows the old background); Orientation (the
-pixels are already upright); the pixel dimensions (a crop changes them); the MakerNote
-(a vendor blob whose internal offsets break when rewritten); and every structural TIFF tag.
+pixels are already upright); the pixel dimensions and the subject's place (a crop changes
+them); the MakerNote (a vendor blob whose internal offsets break when rewritten); and every
+structural TIFF tag.
 A damaged block (an entry or a value past its end) is not carried at all: Pillow would read
 part of it, with raw warnings that ``silence_pillow_exif_warnings`` keeps off stderr.
+
+A PNG input's text chunks (tEXt, zTXt, iTXt) are carried to PNG outputs by the same rule
+(``kept_png_text``): only the keywords the PNG specification defines (Title, Author,
+Description, Copyright, Creation Time, Software, Disclaimer, Warning, Source, Comment), up to
+``MAX_TEXT_BYTES`` in all. Every other keyword goes: tools' housekeeping (ImageMagick's
+date:create, thumbnailers' Thumb::*), raw EXIF/IPTC/XMP profiles written as hex text (with the
+GPS position and the orientation again) and private keys whose content bgremove cannot know.
+The XMP packet ("XML:com.adobe.xmp") is filtered apart (``_xmp.kept_xmp``).
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import logging
 import os
 import struct
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,11 +39,29 @@ _EXIF_IFD = 0x8769
 #: XPTitle, XPComment, XPAuthor, XPKeywords, XPSubject.
 _KEPT_IFD0 = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298,
               0x9C9B, 0x9C9C, 0x9C9D, 0x9C9E, 0x9C9F)
-#: EXIF sub-IFD tags left out: MakerNote, PixelXDimension, PixelYDimension, the interop pointer.
-_DROPPED_EXIF = (0x927C, 0xA002, 0xA003, 0xA005)
+#: EXIF sub-IFD tags left out: MakerNote, PixelXDimension, PixelYDimension, the interop
+#: pointer, SubjectArea and SubjectLocation (pixel positions: a crop moves them).
+_DROPPED_EXIF = (0x927C, 0xA002, 0xA003, 0xA005, 0x9214, 0xA214)
 #: Bytes per value of each TIFF field type (types Pillow skips are absent).
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
                13: 4, 16: 8, 17: 8, 18: 8}
+#: The PNG specification's own text keywords: the only ones carried.
+PNG_KEYWORDS = ("Title", "Author", "Description", "Copyright", "Creation Time", "Software",
+                "Disclaimer", "Warning", "Source", "Comment")
+#: The most text an output carries from its input's text chunks (UTF-8 bytes of keywords
+#: and texts); chunks past it are dropped with one warning.
+MAX_TEXT_BYTES = 65_536
+
+
+@dataclass(frozen=True)
+class PngText:
+    """One text chunk to write: tEXt when ``international`` is false (Latin-1), else iTXt."""
+
+    keyword: str
+    text: str
+    international: bool = False
+    language: str = ""
+    translated: str = ""  # the keyword in that language (iTXt)
 
 
 def silence_pillow_exif_warnings() -> None:
@@ -102,3 +131,34 @@ def _check_ifd(tiff: bytes, order: str, offset: int) -> int | None:
         if tag == _EXIF_IFD:
             pointer = value
     return pointer
+
+
+def kept_png_text(im: Image.Image, src: str | os.PathLike[str]) -> tuple[PngText, ...]:
+    """The text chunks of a PNG ``im`` (decoded: chunks after the image data are read) to
+    write into its output, in the file's order; see the module docstring. Never raises."""
+    texts = getattr(im, "text", None) if im.format == "PNG" else None
+    if not isinstance(texts, dict):
+        return ()
+    kept: list[PngText] = []
+    size = 0
+    for keyword, value in texts.items():
+        if keyword not in PNG_KEYWORDS or not isinstance(value, str) or "\x00" in value:
+            continue
+        language, translated = getattr(value, "lang", None), getattr(value, "tkey", None)
+        international = language is not None or not _latin1(value)
+        chunk = PngText(keyword, str(value), international, language or "", translated or "")
+        size += len(keyword) + len(chunk.text.encode("utf-8")) + len(chunk.translated.encode())
+        if size > MAX_TEXT_BYTES:
+            log.warning("%s: its PNG text is over %s bytes; the cut-out carries the first %d of "
+                        "its text chunks", src, f"{MAX_TEXT_BYTES:,}", len(kept))
+            break
+        kept.append(chunk)
+    return tuple(kept)
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True

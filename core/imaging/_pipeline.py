@@ -41,9 +41,10 @@ from bgremove.errors import (
 )
 from bgremove.imaging._deep import DEEP_FORMATS, DeepImage, compose_deep, deep_tiles, read_deep
 from bgremove.imaging._jpeg import strip_jpeg_metadata
-from bgremove.imaging._meta import kept_exif, silence_pillow_exif_warnings
+from bgremove.imaging._meta import PngText, kept_exif, kept_png_text, silence_pillow_exif_warnings
 from bgremove.imaging._modes import apply_orientation, exif_orientation, to_8bit_rgb
 from bgremove.imaging._png import checked_png, strip_png_metadata
+from bgremove.imaging._xmp import kept_xmp
 from bgremove.memory import reuse_image_blocks
 
 if TYPE_CHECKING:
@@ -72,6 +73,8 @@ class SourceImage:
     path: Path | None = None
     exif: bytes | None = None  # the EXIF the output keeps (``bgremove.imaging._meta``)
     deep: DeepImage | None = None  # a 16-bit input's own samples (``bgremove.imaging._deep``)
+    xmp: bytes | None = None  # the XMP packet the output keeps (``bgremove.imaging._xmp``)
+    texts: tuple[PngText, ...] = ()  # a PNG's text chunks the output keeps (``_meta``)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -112,7 +115,8 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int,
 
     ``data``, when given, is the file's content already read by the caller (the hot-folder
     daemon hashes and decodes the same bytes); ``path`` then only names it in messages.
-    ``exif=False``: the EXIF to keep is not read (for an upload, which carries none).
+    ``exif=False``: the metadata to keep (EXIF, XMP, PNG text) is not read (for an upload,
+    which carries none).
 
     Raises InputNotFoundError, UnreadableImageError (empty, truncated, not an image, a format
     not accepted) or ImageTooLargeError (over ``max_pixels`` or a decompression bomb); every
@@ -128,6 +132,8 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int,
         decode_input(im, src)
         orientation = exif_orientation(im)
         kept = kept_exif(im, src) if exif else None
+        xmp = kept_xmp(im, src) if exif else None
+        texts = kept_png_text(im, src) if exif else ()
         icc = im.info.get("icc_profile") or None
         fmt = "JPEG" if im.format == "MPO" else im.format
         deep = read_deep(fh, im, tiles, icc)
@@ -143,7 +149,8 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int,
     image.info = {}  # nothing from the file travels with the pixels (EXIF: ``exif`` above)
     log.debug("loaded %s: %s %s %dx%d, orientation %d, icc %s", src, fmt, im.mode, image.width,
               image.height, orientation, "yes" if icc else "no")
-    return SourceImage(image=image, icc_profile=icc, format=fmt, path=src, exif=kept, deep=deep)
+    return SourceImage(image=image, icc_profile=icc, format=fmt, path=src, exif=kept, deep=deep,
+                       xmp=xmp, texts=texts)
 
 
 def read_input(src: Path) -> bytes:

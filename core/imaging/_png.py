@@ -12,14 +12,16 @@ announces, without unfiltering or keeping any pixels.
 time, ...) with a wrong CRC is dropped, as the PNG spec lets a decoder do (Pillow would refuse
 the whole file); a critical one (IHDR, PLTE, IDAT, IEND) refuses the file with one line.
 
-``png_with_metadata(png, icc, exif)`` is the finish's fast path: the service's 8-bit RGBA PNG
-reduced to IHDR, IDAT and IEND, with our ICC profile (iCCP) and EXIF (eXIf) chunks put in where
-Pillow would write them. The image data is copied byte for byte: nothing is re-encoded.
+``png_with_metadata(png, icc, exif, xmp, texts)`` is the finish's fast path: the service's
+8-bit RGBA PNG reduced to IHDR, IDAT and IEND, with our ICC profile (iCCP), EXIF (eXIf), XMP
+(iTXt "XML:com.adobe.xmp", uncompressed) and text chunks put in before the image data. The
+image data is copied byte for byte: nothing is re-encoded.
 
-``write_png(image, fh, level=, icc=, exif=)`` encodes a large 8-bit image (a photo's cut-out)
-in half the CPU of Pillow's encoder: every row gets the Up filter (the row minus the one above,
-computed by Pillow's ``subtract_modulo`` on a band of rows at a time) instead of Pillow's
-choice among all five filters per row, then zlib. The same chunks as Pillow's PNG.
+``write_png(image, fh, level=, icc=, exif=, xmp=, texts=)`` encodes a large 8-bit image (a
+photo's cut-out) in half the CPU of Pillow's encoder: every row gets the Up filter (the row
+minus the one above, computed by Pillow's ``subtract_modulo`` on a band of rows at a time)
+instead of Pillow's choice among all five filters per row, then zlib. The same chunks as
+Pillow's PNG.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from bgremove.imaging._meta import PngText
 
 from bgremove.errors import UnreadableImageError
 
@@ -214,11 +218,12 @@ def png_data_complete(data: bytes) -> bool:
         return False
 
 
-def png_with_metadata(png: bytes, icc: bytes | None, exif: bytes | None
-                      ) -> list[bytes | memoryview] | None:
+def png_with_metadata(png: bytes, icc: bytes | None, exif: bytes | None, xmp: bytes | None = None,
+                      texts: Sequence[PngText] = ()) -> list[bytes | memoryview] | None:
     """The service's PNG as it came, reduced to IHDR, IDAT and IEND, with ``icc`` (an iCCP
-    chunk) and ``exif`` (eXIf) added, as pieces to write one after the other (views of
-    ``png``: no copy of its image data); None unless it is a well-formed 8-bit RGBA PNG."""
+    chunk), ``exif`` (eXIf), ``xmp`` and ``texts`` added (``metadata_chunks``), as pieces to
+    write one after the other (views of ``png``: no copy of its image data); None unless it
+    is a well-formed 8-bit RGBA PNG."""
     parsed = read_chunks(png)
     if parsed is None:
         return None
@@ -227,32 +232,55 @@ def png_with_metadata(png: bytes, icc: bytes | None, exif: bytes | None
         return None
     view = memoryview(png)
     pieces: list[bytes | memoryview] = [SIGNATURE, view[chunks[0].start:chunks[0].end]]
-    pieces += metadata_chunks(icc, exif)
+    pieces += metadata_chunks(icc, exif, xmp, texts)
     pieces += [view[c.start:c.end] for c in chunks[1:] if c.kind in (b"IDAT", b"IEND")]
     return pieces
 
 
 def png_head(width: int, height: int, bit_depth: int, colour_type: int, icc: bytes | None,
-             exif: bytes | None) -> list[bytes]:
+             exif: bytes | None, xmp: bytes | None = None, texts: Sequence[PngText] = ()
+             ) -> list[bytes]:
     """The signature, IHDR and metadata chunks of a PNG (non-interlaced) about to be written."""
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return [SIGNATURE, png_chunk(b"IHDR", ihdr), *metadata_chunks(icc, exif)]
+    return [SIGNATURE, png_chunk(b"IHDR", ihdr), *metadata_chunks(icc, exif, xmp, texts)]
 
 
-def metadata_chunks(icc: bytes | None, exif: bytes | None) -> list[bytes]:
-    """An ICC profile (iCCP) and an EXIF block (eXIf) as chunks, as Pillow writes them."""
+def metadata_chunks(icc: bytes | None, exif: bytes | None, xmp: bytes | None = None,
+                    texts: Sequence[PngText] = ()) -> list[bytes]:
+    """An ICC profile (iCCP) and an EXIF block (eXIf) as chunks, as Pillow writes them, then
+    the XMP packet and the text chunks (``text_chunks``)."""
     found = []
     if icc:
         found.append(png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc)))
     if exif:
         found.append(png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    found += [png_chunk(kind, data) for kind, data in text_chunks(xmp, texts)]
+    return found
+
+
+def text_chunks(xmp: bytes | None, texts: Sequence[PngText]) -> list[tuple[bytes, bytes]]:
+    """The kind and data of the chunks holding ``xmp`` (iTXt "XML:com.adobe.xmp", not
+    compressed, as the XMP specification asks) and ``texts`` (tEXt or iTXt)."""
+    found = []
+    if xmp:
+        found.append((b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp))
+    for text in texts:
+        keyword = text.keyword.encode("latin-1")
+        if text.international:
+            found.append((b"iTXt", b"".join((
+                keyword, b"\x00\x00\x00", text.language.encode("ascii", "replace"), b"\x00",
+                text.translated.encode("utf-8"), b"\x00", text.text.encode("utf-8")))))
+        else:
+            found.append((b"tEXt", keyword + b"\x00" + text.text.encode("latin-1")))
     return found
 
 
 def write_png(image: Image.Image, fh: IO[bytes], *, level: int, icc: bytes | None = None,
-              exif: bytes | None = None) -> None:
+              exif: bytes | None = None, xmp: bytes | None = None,
+              texts: Sequence[PngText] = ()) -> None:
     """Write ``image`` (8-bit L, LA, RGB or RGBA) to ``fh`` as a PNG, zlib at ``level``, with
-    ``icc`` and ``exif`` chunks; every row has the Up filter (see the module docstring).
+    ``icc``, ``exif``, ``xmp`` and ``texts`` chunks; every row has the Up filter (see the
+    module docstring).
 
     The rows are split in up to ``_PARTS`` runs compressed at once on threads (zlib lets go of
     the interpreter lock), each run a deflate stream of its own ended on a byte boundary, so
@@ -271,7 +299,7 @@ def write_png(image: Image.Image, fh: IO[bytes], *, level: int, icc: bytes | Non
     rows = max(1, _ENCODE_BYTES // stride)
     runs = max(1, min(_PARTS, height // rows))
     cuts = [height * i // runs for i in range(runs + 1)]
-    fh.writelines(png_head(width, height, 8, PNG_COLOUR[image.mode], icc, exif))
+    fh.writelines(png_head(width, height, 8, PNG_COLOUR[image.mode], icc, exif, xmp, texts))
     idat = IdatWriter(fh)
     idat.write(_ZLIB_HEADER)
     later: list[list[bytes]] = [[] for _ in range(runs - 1)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -20,10 +20,12 @@ from bgremove.errors import OutputError
 from bgremove.files import atomic_writer
 from bgremove.imaging._deep import DeepImage, write_png16, write_tiff16
 from bgremove.imaging._modes import icc_colour_space
-from bgremove.imaging._png import PNG_COLOUR, write_png
+from bgremove.imaging._png import PNG_COLOUR, text_chunks, write_png
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from bgremove.imaging._meta import PngText
 
 _PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "tiff": "TIFF", "jpg": "JPEG"}
 _EXTENSIONS = {"png": ".png", "webp": ".webp", "tiff": ".tiff", "jpg": ".jpg"}
@@ -34,6 +36,7 @@ DEEP_WRITERS = {"png": write_png16, "tiff": write_tiff16}
 #: JPEG outputs: high quality, no chroma subsampling (crisp edges on a flat background).
 JPEG_OUTPUT_QUALITY = 95
 EXIF_IFD_POINTER = 0x8769
+TIFF_XMP = 700
 #: From this many pixels on, PNG outputs use the fastest compression (see png_compress_level).
 _FAST_PNG_PIXELS = 4_000_000
 
@@ -48,11 +51,24 @@ def extension_for(fmt: str) -> str:
 
 
 def save_params(image: Image.Image, fmt: str, icc_profile: bytes | None,
-                exif: bytes | None = None) -> dict[str, Any]:
-    """Pillow save options for one output format (lossless everywhere but JPEG)."""
+                exif: bytes | None = None, xmp: bytes | None = None,
+                texts: Sequence[PngText] = ()) -> dict[str, Any]:
+    """Pillow save options for one output format (lossless everywhere but JPEG), with the
+    metadata kept (``texts`` go to PNG only: the other formats have no text chunks)."""
     params: dict[str, Any] = {"icc_profile": fitting_profile(image.mode, icc_profile)}
-    if exif:
-        params["exif"] = _tiff_main_exif(exif) if fmt == "tiff" else exif
+    if fmt == "tiff" and (exif or xmp):
+        params["exif"] = _tiff_main_tags(exif, xmp)
+    elif exif:
+        params["exif"] = exif
+    if fmt == "png" and (xmp or texts):
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        for kind, data in text_chunks(xmp, texts):
+            info.add(kind, data)
+        params["pnginfo"] = info
+    elif xmp and fmt != "tiff":  # JPEG (Pillow 11 and later) and WebP
+        params["xmp"] = xmp
     if fmt == "jpg":
         params.update(quality=JPEG_OUTPUT_QUALITY, subsampling=0)
     elif fmt == "png":
@@ -89,14 +105,15 @@ def png_compress_level(pixels: int) -> int:
 
 def save_image(image: Image.Image | DeepImage, path: str | os.PathLike[str], *,
                fmt: str = "png", icc_profile: bytes | None = None,
-               exif: bytes | None = None) -> None:
+               exif: bytes | None = None, xmp: bytes | None = None,
+               texts: Sequence[PngText] = ()) -> None:
     """Write ``image`` to ``path`` atomically; any failure raises ``OutputError`` naming the path.
 
     The ICC profile is embedded when it matches the image's colour space (an RGB profile is
     not put on a greyscale mask); a 16-bit ``DeepImage`` carries its own. ``exif`` (a block
-    from ``bgremove.imaging._meta``) is written as is. Missing parent folders are created. A
-    JPEG cannot hold transparency: an RGBA image is refused (``compose`` flattens JPEG
-    outputs onto a background).
+    from ``bgremove.imaging._meta``), ``xmp`` (from ``_xmp``) and ``texts`` (PNG only) are
+    written as they are. Missing parent folders are created. A JPEG cannot hold transparency:
+    an RGBA image is refused (``compose`` flattens JPEG outputs onto a background).
     """
     dest = Path(path)
     encode: Callable[[IO[bytes]], None]
@@ -105,15 +122,15 @@ def save_image(image: Image.Image | DeepImage, path: str | os.PathLike[str], *,
             raise ValueError(f"16-bit images are written as {' or '.join(DEEP_WRITERS)} only")
         deep, writer = image, DEEP_WRITERS[fmt]
         profile = fitting_profile(deep.bands, deep.icc)
-        encode = lambda fh: writer(deep, fh, profile, exif)  # noqa: E731
+        encode = lambda fh: writer(deep, fh, profile, exif, xmp, texts)  # noqa: E731
     else:
-        params = save_params(image, fmt, icc_profile, exif)
+        params = save_params(image, fmt, icc_profile, exif, xmp, texts)
         flat = image
         if fmt == "png" and flat.mode in PNG_COLOUR \
                 and flat.width * flat.height >= _FAST_PNG_PIXELS:
             encode = lambda fh: write_png(  # noqa: E731
                 flat, fh, level=params["compress_level"], icc=params["icc_profile"],
-                exif=params.get("exif"))
+                exif=params.get("exif"), xmp=xmp, texts=texts)
         else:
             encode = lambda fh: _write(flat, fh, fmt, params)  # noqa: E731
     sub_ifd = _exif_sub_ifd(exif) if fmt == "tiff" else None
@@ -152,15 +169,19 @@ def _write_atomically(dest: Path, write: Callable[[IO[bytes]], object]) -> None:
         raise _output_error(dest, exc) from exc
 
 
-def _tiff_main_exif(exif: bytes) -> bytes:
-    """``exif`` without its EXIF sub-IFD, which the compressing TIFF writer (libtiff) cannot
-    write: ``_add_exif_sub_ifd`` adds it to the file afterwards."""
+def _tiff_main_tags(exif: bytes | None, xmp: bytes | None) -> Image.Exif:
+    """The main IFD's tags of a TIFF output: ``exif`` without its EXIF sub-IFD, which the
+    compressing TIFF writer (libtiff) cannot write (``_add_exif_sub_ifd`` adds it to the file
+    afterwards), and ``xmp`` (tag 700; Pillow takes either its ``exif`` or its ``tiffinfo``)."""
     from PIL import Image
 
     main = Image.Exif()
-    main.load(exif)
-    main.pop(EXIF_IFD_POINTER, None)
-    return main.tobytes()
+    if exif:
+        main.load(exif)
+        main.pop(EXIF_IFD_POINTER, None)
+    if xmp:
+        main[TIFF_XMP] = xmp
+    return main
 
 
 def _exif_sub_ifd(exif: bytes | None) -> dict[int, Any] | None:
