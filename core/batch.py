@@ -50,8 +50,6 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".b
 ResultFn = Callable[["JobResult"], None]
 #: Called on Ctrl-C with the number of images still in flight (they may still be billed).
 InterruptFn = Callable[[int], None]
-#: The longest ``run_batch`` waits for a result before it looks for a flagged Ctrl-C.
-WAKE_SECONDS = 0.25
 
 
 @dataclass
@@ -190,7 +188,7 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
 
     from bgremove.account import RateLimiter, account_limits
     from bgremove.contract import CancelToken
-    from bgremove.stages import Pipeline
+    from bgremove.stages import WAKE_SECONDS, Pipeline
 
     cancel = CancelToken()
     ended: queue.SimpleQueue[JobResult] = queue.SimpleQueue()

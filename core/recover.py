@@ -130,8 +130,10 @@ def _check_shape(input: Path, prepared: Prepared, data: bytes, task_id: str) -> 
     input's sha256)."""
     from PIL import Image
 
+    from bgremove.imaging import pillow_scope
+
     try:
-        with Image.open(io.BytesIO(data), formats=("PNG", "WEBP")) as result:
+        with pillow_scope(), Image.open(io.BytesIO(data), formats=("PNG", "WEBP")) as result:
             width, height = result.size  # the header only: finish_file decodes it
     except Exception:
         return  # not an image we read: finish_file says so

@@ -29,7 +29,7 @@ from bgremove.batch import plan_outputs, run_batch
 from bgremove.config import Config
 from bgremove.contract import CancelToken, JobHooks, Prepared, Result, Upload
 from bgremove.emulator import Emulator
-from bgremove.errors import CancelledError, TaskFailedError
+from bgremove.errors import CancelledError, ServiceTimeoutError, TaskFailedError
 from bgremove.jobs import JobResult
 from bgremove.stages import Call, FileJob, Pipeline, Poller
 from bgremove.wavespeed import WaveSpeedBackend, WaveSpeedClient
@@ -414,6 +414,128 @@ def test_cancelling_the_token_the_pipeline_was_given_ends_a_waiting_job_at_once(
     pipeline.close()
     assert len(job.errors) == 1 and isinstance(job.errors[0], CancelledError)
     assert remote.asked["poll"] == 0  # ended by the cancel, without asking the service
+
+# -- waiting for the jobs is bounded ---------------------------------------------------------------
+
+class StuckRemote(FakeRemote):
+    """A remote whose upload hangs until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.returned = threading.Event()
+
+    def send(self, prepared: Prepared, hooks: JobHooks, *, sync: bool) -> Call:
+        self.release.wait(120)
+        try:
+            return super().send(prepared, hooks, sync=sync)
+        finally:
+            self.returned.set()
+
+
+def test_drain_and_close_are_bounded_when_a_step_is_stuck(
+        caplog: pytest.LogCaptureFixture) -> None:
+    remote, job, fine = StuckRemote(), StagedJob(), StagedJob()
+    pipeline = Pipeline(None, Config(), in_flight=2, remote=remote)
+    pipeline.start(fine)
+    _until(lambda: pipeline.counts().get("sending") == 1)
+    pipeline.start(job)
+    _until(lambda: pipeline.counts().get("sending") == 2)
+    assert pipeline.drain(0.3) is False
+    assert pipeline.open_jobs() == 2
+    with caplog.at_level("WARNING", logger="bgremove.stages._pipeline"):
+        pipeline.close(timeout=1.0)  # returns: both jobs end, given up
+    assert "2 image(s) did not end within 1 s: given up" in caplog.text
+    for stuck in (job, fine):
+        assert len(stuck.errors) == 1 and isinstance(stuck.errors[0], ServiceTimeoutError)
+        assert "did not end within" in str(stuck.errors[0])
+    assert pipeline.open_jobs() == 0 and pipeline.drain(0) is True
+    remote.release.set()  # the stuck steps return now: their outcome is dropped
+    _until(remote.returned.is_set)
+    pipeline._io.shutdown(wait=True)
+    assert len(job.errors) == 1 and not job.results and remote.asked["poll"] == 0
+
+
+def test_close_waits_as_long_as_the_open_jobs_may_take() -> None:
+    """``longest``: each job's overall deadline at the service and its CPU time,
+    ``in_flight`` at a time."""
+    from bgremove.stages._pipeline import CPU_SECONDS
+
+    remote = StuckRemote()
+    config = Config().with_overrides({"wavespeed.timeouts.overall": 100.0})
+    pipeline = Pipeline(None, config, in_flight=2, remote=remote)
+    assert pipeline.longest() == 0
+    for _ in range(3):
+        pipeline.start(StagedJob())
+    assert pipeline.longest() == 2 * (100.0 + CPU_SECONDS)
+    remote.release.set()
+    pipeline.close()
+    assert pipeline.longest() == 0
+
+
+def test_a_finish_given_up_on_reports_its_file_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finish stuck (a hung disk, say) when ``close`` gives up: the file's one result is
+    the give-up; the finish returning later reports nothing more."""
+    from bgremove import imaging
+
+    release, finishing = threading.Event(), threading.Event()
+
+    def stuck_finish(*args: object, **kwargs: object) -> None:
+        finishing.set()
+        release.wait(120)
+
+    monkeypatch.setattr(imaging, "finish_file", stuck_finish)
+    src = tmp_path / "in.png"
+    make_keyed_image((8, 8)).save(src)
+    ended: list[JobResult] = []
+    pipeline = Pipeline(None, Config(), in_flight=1, remote=FakeRemote(polls=0))
+    pipeline.start(FileJob(src, tmp_path / "out.png", Config(), done=ended.append))
+    _until(finishing.is_set)
+    pipeline.close(timeout=0.2)
+    assert [r.status for r in ended] == ["failed"]
+    assert isinstance(ended[0].error, ServiceTimeoutError)
+    release.set()
+    pipeline._cpu.shutdown(wait=True)
+    assert [r.status for r in ended] == ["failed"]
+
+
+def test_a_ctrl_c_that_lands_while_drain_waits_is_raised_at_once() -> None:
+    """``_thread.interrupt_main`` flags a Ctrl-C as a signal landing just before a blocking
+    wait does: no system call is interrupted. drain must raise it while its job still
+    waits, not once the job ends."""
+    remote = StuckRemote()
+    pipeline = Pipeline(None, Config(), in_flight=1, remote=remote)
+    pipeline.start(StagedJob())
+    _until(lambda: pipeline.counts().get("sending") == 1)
+    main = threading.main_thread()
+    rescued = threading.Event()
+
+    def flag_ctrl_c() -> None:
+        def in_drains_wait() -> bool:
+            frame = sys._current_frames().get(main.ident or 0)
+            return (frame is not None and frame.f_code.co_name == "wait"
+                    and frame.f_back is not None and frame.f_back.f_code.co_name == "drain")
+
+        _until(in_drains_wait)
+        _thread.interrupt_main()
+        if not raised.wait(30):  # drain did not see it: end the job rather than hang
+            rescued.set()
+            remote.release.set()
+
+    raised = threading.Event()
+    helper = threading.Thread(target=flag_ctrl_c, daemon=True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            helper.start()
+            pipeline.drain(120)
+        raised.set()
+    finally:
+        remote.release.set()
+        pipeline.close(timeout=60)
+        helper.join(60)
+    assert not rescued.is_set(), "the flagged Ctrl-C was seen only once the job ended"
+
 
 # -- admission: in flight, prepared ahead, downloads held for the finish pool ------------------
 

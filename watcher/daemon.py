@@ -250,7 +250,9 @@ class Daemon:
             for thread in self._threads:
                 thread.join(timeout=5.0)
             self.pipeline.close(wait=False)  # what is left is cancelled: the journal resumes it
-            self.pipeline.drain(timeout=5.0)
+            if not self.pipeline.drain(timeout=5.0):  # a step still running (an upload, say)
+                log.warning("%d job(s) still running at exit are left for the next start "
+                            "(the journal resumes them)", self.pipeline.open_jobs())
             self._heartbeat(stopped=True)
             self.ctx.backend.close()
             self.claims.stop()

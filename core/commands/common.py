@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from bgremove.choices import LOG_LEVELS
@@ -17,6 +19,29 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
                         "(default: $BGREMOVE_CONFIG, then the user config dir)")
     parser.add_argument("--log-level", choices=LOG_LEVELS,
                         help="how much to log on stderr (default: info)")
+
+
+@contextlib.contextmanager
+def stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """``handler`` for SIGINT and SIGTERM while the block runs; the handlers found are put
+    back after it, so a command run in-process (by a library user, a test) leaves the
+    process as it found it. Off the main thread, where Python cannot set a handler,
+    nothing is installed (the caller's own way to stop the command then applies)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    found = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig in found:
+            signal.signal(sig, handler)
+        yield
+    finally:
+        for sig, previous in found.items():
+            # None: set outside Python, which cannot be put back; the default is closest
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
 
 
 def config_from_args(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Any:

@@ -123,11 +123,11 @@ def _faults(args: argparse.Namespace) -> tuple[Any, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import signal
     import sys
     import threading
 
     from bgremove.choices import ACCOUNT_LIMITS
+    from bgremove.commands.common import stop_signals
     from bgremove.emulator import Emulator, EmulatorOptions
     from bgremove.emulator.options import LOOPBACK_HOSTS
     from bgremove.errors import ConfigError
@@ -165,22 +165,21 @@ def run(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    emulator = Emulator(options)
-    try:
-        emulator.start()
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
-                          hint="pick another --port, or --port 0 for a free one") from None
-    try:
-        print(emulator.base_url, flush=True)
-        print(f"use: WAVESPEED_BASE_URL={emulator.base_url} WAVESPEED_API_KEY="
-              f"{'<your --api-key>' if args.api_key else 'any-value'}; Ctrl-C stops",
-              file=sys.stderr, flush=True)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        emulator.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with stop_signals(on_signal):
+        emulator = Emulator(options)
+        try:
+            emulator.start()
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {args.host}:{args.port}: "
+                              f"{exc.strerror or exc}",
+                              hint="pick another --port, or --port 0 for a free one") from None
+        try:
+            print(emulator.base_url, flush=True)
+            print(f"use: WAVESPEED_BASE_URL={emulator.base_url} WAVESPEED_API_KEY="
+                  f"{'<your --api-key>' if args.api_key else 'any-value'}; Ctrl-C stops",
+                  file=sys.stderr, flush=True)
+            while not stop.wait(0.5):
+                pass
+        finally:
+            emulator.stop()
     return 0

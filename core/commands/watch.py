@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from bgremove.choices import ACCOUNT_LEVELS, BACKENDS
-from bgremove.commands.common import add_config_argument, config_from_args
+from bgremove.commands.common import add_config_argument, config_from_args, stop_signals
 
 log = logging.getLogger("bgremove.watch")
 
@@ -136,10 +136,9 @@ def run_watch(args: argparse.Namespace) -> int:
             logging.shutdown()
             os._exit(130)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     try:
-        code = daemon.run()
+        with stop_signals(on_signal):
+            code = daemon.run()
     finally:
         if status_line is not None:
             status_line.close()

@@ -12,6 +12,7 @@
     _deep      16-bit inputs kept 16-bit in PNG and TIFF outputs
     _match     is a cut-out made from this image? (finding the task of a lost submit)
     _foreground  foreground colours on soft edges (numpy; loaded on first use)
+    _pillow    Pillow's warnings kept to bgremove's own image work (pillow_scope)
 
 The modules are private; these are the public names.
 """
@@ -22,6 +23,7 @@ from bgremove.imaging._finish import finish_file, load_source, result_alpha
 from bgremove.imaging._jpeg import strip_jpeg_metadata
 from bgremove.imaging._match import EXACT_SCORE, cutout_matches, cutout_mismatch, decode_image
 from bgremove.imaging._modes import apply_orientation, undo_orientation
+from bgremove.imaging._pillow import pillow_scope
 from bgremove.imaging._pipeline import (
     NO_SUBJECT_WARNING,
     SourceImage,
@@ -44,6 +46,7 @@ __all__ = [
     "alpha_from_bytes", "apply_orientation", "compose", "compose_output", "cutout_matches",
     "cutout_mismatch", "decode_image",
     "encode_for_upload", "estimate_foreground", "extension_for", "finish_file", "fit_alpha",
-    "has_subject", "load_image", "load_source", "parse_color", "prepare_file", "result_alpha",
+    "has_subject", "load_image", "load_source", "parse_color", "pillow_scope", "prepare_file",
+    "result_alpha",
     "save_image", "sendable_original", "source_from_raw", "strip_jpeg_metadata", "undo_orientation",
 ]

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from bgremove.errors import InputChangedError
 from bgremove.imaging._modes import apply_orientation
+from bgremove.imaging._pillow import pillow_scope
 from bgremove.imaging._pipeline import (
     NO_SUBJECT_WARNING,
     SourceImage,
@@ -71,6 +72,7 @@ def load_source(prepared: Prepared, src: str | os.PathLike[str]) -> SourceImage:
     return load_image(path, max_pixels=width * height, data=_read_prepared(prepared, path))
 
 
+@pillow_scope()
 def finish_file(prepared: Prepared, result: Result, src: str | os.PathLike[str],
                 dst: str | os.PathLike[str], output: OutputConfig, *,
                 data: bytes | None = None, source: SourceImage | None = None) -> str | None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bgremove.imaging._pillow import pillow_scope
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -122,6 +124,7 @@ def _blanked(image: Image.Image, mask: Image.Image) -> bool:
     return all(band == (0, 0) for band in extrema) or all(band == (255, 255) for band in extrema)
 
 
+@pillow_scope()
 def decode_image(data: bytes, *, max_pixels: int,
                  formats: tuple[str, ...] | None = None) -> Image.Image:
     """An image file's pixels; ``ValueError`` when it does not decode.

@@ -9,7 +9,7 @@ pixels are already upright); the pixel dimensions and the subject's place (a cro
 them); the MakerNote (a vendor blob whose internal offsets break when rewritten); and every
 structural TIFF tag.
 A damaged block (an entry or a value past its end) is not carried at all: Pillow would read
-part of it, with raw warnings that ``silence_pillow_exif_warnings`` keeps off stderr.
+part of it, with raw warnings that ``_pillow.pillow_scope`` keeps off stderr.
 
 A PNG input's text chunks (tEXt, zTXt, iTXt) are carried to PNG outputs by the same rule
 (``kept_png_text``): only the keywords the PNG specification defines (Title, Author,
@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,12 +61,6 @@ class PngText:
     international: bool = False
     language: str = ""
     translated: str = ""  # the keyword in that language (iTXt)
-
-
-def silence_pillow_exif_warnings() -> None:
-    """Keep Pillow's warnings about damaged EXIF (raw Python warning text) off stderr, for
-    good: ``kept_exif`` drops such a block with one line of its own."""
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
 
 
 def kept_exif(im: Image.Image, src: str | os.PathLike[str]) -> bytes | None:

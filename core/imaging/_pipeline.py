@@ -25,7 +25,6 @@ import logging
 import os
 import stat
 import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -41,8 +40,9 @@ from bgremove.errors import (
 )
 from bgremove.imaging._deep import DEEP_FORMATS, DeepImage, compose_deep, deep_tiles, read_deep
 from bgremove.imaging._jpeg import strip_jpeg_metadata
-from bgremove.imaging._meta import PngText, kept_exif, kept_png_text, silence_pillow_exif_warnings
+from bgremove.imaging._meta import PngText, kept_exif, kept_png_text
 from bgremove.imaging._modes import apply_orientation, exif_orientation, to_8bit_rgb
+from bgremove.imaging._pillow import install_pillow_warnings, pillow_scope
 from bgremove.imaging._png import checked_png, strip_png_metadata
 from bgremove.imaging._xmp import kept_xmp
 
@@ -83,12 +83,12 @@ _pillow_ready = False
 
 
 def _prepare_pillow(max_pixels: int) -> None:
-    """Let Pillow's own bomb check never refuse below ``max_pixels``; make its warning an error.
+    """Let Pillow's own bomb check never refuse below ``max_pixels``.
 
     Our explicit check after reading the header is the one that enforces ``max_pixels``;
     Pillow's global limit is only raised (never lowered), so threads loading with different
-    limits cannot undo each other. Its DecompressionBombWarning becomes an exception so a
-    bomb is refused, not just reported on stderr.
+    limits cannot undo each other. Its DecompressionBombWarning stops a decode inside
+    ``pillow_scope`` (``_pillow``): a bomb is refused, not just reported on stderr.
     """
     global _pillow_ready
     from PIL import Image
@@ -102,11 +102,11 @@ def _prepare_pillow(max_pixels: int) -> None:
             # register the rest itself, which names that format in the error.
             for plugin in _PLUGINS:
                 importlib.import_module(f"PIL.{plugin}ImagePlugin")
-            warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
-            silence_pillow_exif_warnings()
+            install_pillow_warnings()  # in the plugins just loaded too
             _pillow_ready = True
 
 
+@pillow_scope()
 def load_image(path: str | os.PathLike[str], *, max_pixels: int,
                data: bytes | None = None, exif: bool = True) -> SourceImage:
     """Read, fully decode, orient and normalise an input image.
@@ -163,6 +163,7 @@ def read_input(src: Path) -> bytes:
     return data
 
 
+@pillow_scope()
 def open_input(fh: IO[bytes], src: Path, *, max_pixels: int) -> ImageFile.ImageFile:
     """Open an input from its header only, refusing one of more than ``max_pixels``."""
     _prepare_pillow(max_pixels)
@@ -251,6 +252,7 @@ def _identify_any(fh: IO[bytes]) -> str | None:
         return None
 
 
+@pillow_scope()
 def decode_input(im: Image.Image, src: Path) -> None:
     """Decode every pixel now, so a truncated file fails here and not halfway through a job."""
     from PIL import Image
@@ -310,6 +312,7 @@ def alpha_from_bytes(data: bytes, *, max_pixels: int) -> Image.Image:
     return result_mask(result_image(data, max_pixels=max_pixels))
 
 
+@pillow_scope()
 def result_image(data: bytes, *, max_pixels: int) -> Image.Image:
     """The service's result decoded (PNG or WebP only, at most ``max_pixels``, checked from
     the header before any pixel is decoded); ProtocolError for anything else."""

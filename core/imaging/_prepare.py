@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from bgremove.contract import Prepared, StoredImage
 from bgremove.errors import UnreadableImageError
 from bgremove.imaging._modes import exif_orientation
+from bgremove.imaging._pillow import pillow_scope
 from bgremove.imaging._pipeline import (
     decode_input,
     load_image,
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 _CHECK_SCALE = 8
 
 
+@pillow_scope()
 def prepare_file(path: str | os.PathLike[str], *, max_pixels: int, max_upload_bytes: int,
                  max_upload_side: int, data: bytes | None = None) -> Prepared:
     """Read ``path`` (or take its ``data``, already read), check it and make its upload.

@@ -20,6 +20,7 @@ from bgremove.errors import OutputError
 from bgremove.files import atomic_writer
 from bgremove.imaging._deep import DeepImage, write_png16, write_tiff16
 from bgremove.imaging._modes import icc_colour_space
+from bgremove.imaging._pillow import pillow_scope
 from bgremove.imaging._png import PNG_COLOUR, text_chunks, write_png
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ def png_compress_level(pixels: int) -> int:
     return 1 if pixels >= _FAST_PNG_PIXELS else 3
 
 
+@pillow_scope()
 def save_image(image: Image.Image | DeepImage, path: str | os.PathLike[str], *,
                fmt: str = "png", icc_profile: bytes | None = None,
                exif: bytes | None = None, xmp: bytes | None = None,

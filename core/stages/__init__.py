@@ -17,10 +17,10 @@ these are the public names.
 from bgremove.stages._file import FileJob, job_error, remove_file
 from bgremove.stages._image import prepare_image
 from bgremove.stages._one import run_one
-from bgremove.stages._pipeline import MAX_IO_THREADS, Job, Pipeline
+from bgremove.stages._pipeline import MAX_IO_THREADS, WAKE_SECONDS, Job, Pipeline
 from bgremove.stages._poller import Poller
 from bgremove.stages._remote import Call, CutoutRemote, Remote, remote_for
 
-__all__ = ["MAX_IO_THREADS", "Call", "CutoutRemote", "FileJob", "Job", "Pipeline", "Poller",
-           "Remote", "job_error", "prepare_image", "remote_for", "remove_file",
-           "run_one"]
+__all__ = ["MAX_IO_THREADS", "WAKE_SECONDS", "Call", "CutoutRemote", "FileJob", "Job",
+           "Pipeline", "Poller", "Remote", "job_error", "prepare_image", "remote_for",
+           "remove_file", "run_one"]

@@ -83,6 +83,9 @@ class FileJob:
         source, self._source = self._source, None
         warning = finish_file(prepared, result, self.src, self.dst, self.config.output,
                               source=source)
+        with self._warm_lock:
+            if self._warm_state == "ended":  # given up meanwhile: it has its one result
+                return
         self._done(JobResult(self.src, self.dst, "ok", None, time.monotonic() - self._started,
                              result.task_id, result.requests, warning))
 

@@ -24,6 +24,12 @@ that memory stays bounded too; a job whose finish has begun is not warmed.
 
 A job ends exactly once: ``finish`` returned, or ``failed(error)`` was called (from
 whichever stage failed; a failure of ``finish`` itself too).
+
+Waiting for the jobs is bounded: ``drain(timeout)``, and ``close()`` waits at most as long
+as the open jobs may take (``longest``: each has its overall deadline at the service and
+``CPU_SECONDS`` for its prepare and finish, ``in_flight`` at a time). Past that a step is
+stuck: the jobs still open end with ``ServiceTimeoutError`` and ``close`` returns (a step
+still running goes on on its own thread; its outcome is dropped).
 """
 
 from __future__ import annotations
@@ -33,13 +39,14 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
 from bgremove.contract import CancelToken, JobHooks, Prepared, Upload
-from bgremove.errors import CancelledError
+from bgremove.errors import CancelledError, ServiceTimeoutError
 from bgremove.stages._poller import Poller
 
 if TYPE_CHECKING:
@@ -57,6 +64,12 @@ HOLDS_PLACE = ("sending", "waiting", "ready", "fetching")
 AT_SERVICE = (*HOLDS_PLACE, "finishing")
 #: The stages in which no step of a job runs: its own cancel ends it there at once.
 IDLE = ("pending", "prepared", "waiting", "ready")
+#: The longest a waiting caller goes without looking at its flags: a Ctrl-C that lands just
+#: before a blocking wait begins does not wake it (Python only flags it).
+WAKE_SECONDS = 0.25
+#: Seconds a job's prepare and finish may take together before ``close`` calls it stuck
+#: (a 100 MP photo takes some 10 s on one slow core).
+CPU_SECONDS = 300.0
 
 
 class Job(Protocol):
@@ -139,7 +152,7 @@ class Pipeline:
         self._ready: deque[_Entry] = deque()
         self._cold: deque[_Entry] = deque()  # sent, with a ``warm`` not yet handed out
         self._warm = 0  # jobs warmed or warming, not yet ended (at most ``finish_room``)
-        self._open = 0  # started and not yet ended
+        self._open: set[_Entry] = set()  # started and not yet ended
         self._closed = False
 
     def __enter__(self) -> Pipeline:
@@ -160,7 +173,7 @@ class Pipeline:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the pipeline is closed")
-            self._open += 1
+            self._open.add(entry)
             self._counts["pending"] += 1
             self._pending.append(entry)
             self._pump()
@@ -172,16 +185,36 @@ class Pipeline:
         with self._lock:
             return {stage: n for stage, n in self._counts.items() if n}
 
+    def open_jobs(self) -> int:
+        """Jobs started and not yet ended."""
+        with self._lock:
+            return len(self._open)
+
     def at_service(self) -> int:
         """Jobs between the start of their upload and the end of their finish (all may be
         billed)."""
         with self._lock:
             return sum(self._counts[s] for s in AT_SERVICE)
 
-    def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every job started has ended; False if ``timeout`` passed first."""
+    def drain(self, timeout: float) -> bool:
+        """Wait until every job started has ended, at most ``timeout`` seconds; False if
+        some had not by then. A Ctrl-C of the calling thread is raised within
+        ``WAKE_SECONDS``, even one that landed just before the wait began."""
+        end = time.monotonic() + timeout
         with self._lock:
-            return self._lock.wait_for(lambda: self._open == 0, timeout)
+            while self._open:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(min(left, WAKE_SECONDS))
+        return True
+
+    def longest(self) -> float:
+        """Seconds the jobs open now may still take: ``in_flight`` at a time, each with its
+        overall deadline at the service (``wavespeed.timeouts.overall``) and ``CPU_SECONDS``."""
+        with self._lock:
+            rounds = -(-len(self._open) // self.in_flight)
+        return rounds * (self.config.wavespeed.timeouts.overall + CPU_SECONDS)
 
     def cancel(self) -> None:
         """Cancel every job: those not yet sent end at once, the others at their next step
@@ -196,20 +229,34 @@ class Pipeline:
             self._end(entry, CancelledError("cancelled"))
         self._poller.flush()
 
-    def close(self, *, wait: bool = True) -> None:
-        """No more jobs. ``wait``: let the started ones end first; else cancel them and
-        return without waiting for the threads (a submit in flight keeps its own)."""
+    def close(self, *, wait: bool = True, timeout: float | None = None) -> None:
+        """No more jobs. ``wait``: let the started ones end first, for at most ``timeout``
+        seconds (default ``longest()``); the jobs still open then end with
+        ``ServiceTimeoutError`` (a step of theirs is stuck). Else, or then, cancel what is
+        left and return without waiting for the threads (a submit in flight keeps its own)."""
         with self._lock:
             self._closed = True
         if wait:
-            self.drain()
-        else:
+            seconds = self.longest() if timeout is None else timeout
+            if not self.drain(seconds):
+                wait = False
+                self._give_up(seconds)
+        if not wait:
             self.cancel()
         self._poller.close()
         # Queued steps still run (a cancelled job's see the cancel at once), so each job
         # ends once, with ``failed`` called, however the pipeline was closed.
         self._io.shutdown(wait=wait)
         self._cpu.shutdown(wait=wait)
+
+    def _give_up(self, seconds: float) -> None:
+        """End every job still open: ``close``'s wait for them is over."""
+        with self._lock:
+            stuck = list(self._open)
+        log.warning("%d image(s) did not end within %.0f s: given up", len(stuck), seconds)
+        for entry in stuck:
+            self._end(entry, ServiceTimeoutError(
+                f"did not end within {seconds:.0f} s (a step is stuck); given up"))
 
     # -- scheduling (under the lock) ------------------------------------------------------
 
@@ -357,6 +404,8 @@ class Pipeline:
     def _finish(self, entry: _Entry, result: Result) -> None:
         # No cancel check from here on: the result is paid for and downloaded, so keep it.
         assert entry.prepared is not None
+        if entry.ended:  # given up by ``close`` while it waited for a CPU worker
+            return
         try:
             entry.hooks.report("compose", 0.95)
             entry.job.finish(entry.prepared, result)
@@ -393,7 +442,7 @@ class Pipeline:
             self._counts[entry.stage] -= 1
             entry.stage = "ended"
             entry.call = None
-            self._open -= 1
+            self._open.discard(entry)
             if entry.warmed:
                 self._warm -= 1
             self._pump()
