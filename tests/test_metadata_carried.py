@@ -71,6 +71,11 @@ PHOTO_XMP = f"""<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
    <xmpMM:History xmlns:xmpMM="http://ns.adobe.com/xap/1.0/mm/"><rdf:Seq>
     <rdf:li rdf:parseType="Resource"><exif:GPSLongitude>2,17.4E</exif:GPSLongitude>
      <xmp:Label>edited</xmp:Label></rdf:li></rdf:Seq></xmpMM:History>
+   <drone-dji:GpsLatitude xmlns:drone-dji="http://www.dji.com/drone-dji/1.0/">48.85
+   </drone-dji:GpsLatitude>
+   <cam:RtkLatitudeStd xmlns:cam="http://example.com/camera/">0.02</cam:RtkLatitudeStd>
+   <cam:SiteLongitude xmlns:cam="http://example.com/camera/">2.29</cam:SiteLongitude>
+   <cam:GpsHeading xmlns:cam="http://example.com/camera/">271</cam:GpsHeading>
    <!-- a comment -->
   </rdf:Description>
  </rdf:RDF>
@@ -97,7 +102,9 @@ def assert_photographers_xmp(packet: bytes | None) -> None:
     assert packet is not None
     present = names(packet)
     assert present >= KEPT
-    assert not {local for _, local in present if local.startswith("GPS")}
+    assert not {local for _, local in present if local.lower().startswith("gps")
+                or "itude" in local}
+    assert not {uri for uri, _ in present if "dji" in uri}
     for gone in [(TIFF, "Orientation"), (TIFF, "ImageWidth"), (TIFF, "ImageLength"),
                  (EXIF, "PixelXDimension"), (PHOTOSHOP, "City"), (PHOTOSHOP, "Country"),
                  (XMP_NS, "Thumbnails"), (DC, "format")]:
@@ -293,7 +300,7 @@ def test_png_text_is_capped(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
         texts = load_image(src, max_pixels=10**6).texts
     assert [t.keyword for t in texts] == ["Title", "Description"]
     warned = [r.getMessage() for r in caplog.records if "PNG text" in r.getMessage()]
-    assert len(warned) == 1 and "first 2" in warned[0]
+    assert len(warned) == 1 and "first 2 text chunk(s)" in warned[0]
 
 
 def test_the_fast_path_adds_xmp_and_text_without_re_encoding(tmp_path: Path,
@@ -406,3 +413,18 @@ def test_remove_with_a_hostile_xmp_writes_the_cut_out_with_one_warning(
     assert "Traceback" not in done.stderr
     with Image.open(tmp_path / "out" / "laughs.png") as out:
         assert "xmp" not in out.info and out.size == (40, 30)
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_watch_carries_the_creator_but_not_the_location_or_orientation(
+        tmp_path: Path, emulator: Emulator) -> None:
+    from tests.test_watch_support import DaemonRun
+
+    run = DaemonRun(tmp_path, emulator, once=True)
+    save_with_xmp(run.inbox / "portrait.jpg", "JPEG", quality=98)
+    run.start()
+    run.thread.join(60)  # type: ignore[union-attr]
+    assert run.stop() == 0
+    with Image.open(run.outbox / "portrait.png") as out:
+        assert out.size == (30, 40)  # the XMP's orientation applied once
+        assert_photographers_xmp(out.info["xmp"])

@@ -8,7 +8,8 @@
     _png       a PNG's own chunks minus metadata; the service's PNG with ICC and EXIF added
     _save      the output formats and the atomic save
     _modes     colour modes, ICC profiles, EXIF orientation
-    _meta      the EXIF an output keeps (no GPS location)
+    _meta      the EXIF and PNG text an output keeps (no GPS location)
+    _xmp       the XMP an output keeps: filtered as the EXIF, parsed with no DOCTYPE
     _deep      16-bit inputs kept 16-bit in PNG and TIFF outputs
     _match     is a cut-out made from this image? (finding the task of a lost submit)
     _foreground  foreground colours on soft edges (numpy; loaded on first use)

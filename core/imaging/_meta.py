@@ -142,8 +142,8 @@ def kept_png_text(im: Image.Image, src: str | os.PathLike[str]) -> tuple[PngText
         chunk = PngText(keyword, str(value), international, language or "", translated or "")
         size += len(keyword) + len(chunk.text.encode("utf-8")) + len(chunk.translated.encode())
         if size > MAX_TEXT_BYTES:
-            log.warning("%s: its PNG text is over %s bytes; the cut-out carries the first %d of "
-                        "its text chunks", src, f"{MAX_TEXT_BYTES:,}", len(kept))
+            log.warning("%s: its PNG text is over %s bytes; the cut-out carries only its first "
+                        "%d text chunk(s)", src, f"{MAX_TEXT_BYTES:,}", len(kept))
             break
         kept.append(chunk)
     return tuple(kept)

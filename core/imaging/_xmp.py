@@ -6,9 +6,10 @@
 XMP (from JPEG APP1, PNG iTXt "XML:com.adobe.xmp", TIFF tag 700, WebP "XMP ") holds what
 photo tools write about a picture: creator, rights, title, caption, keywords, dates, rating.
 It can also hold again what ``_meta.kept_exif`` drops, so the same properties go:
-- the location: every ``GPS*`` property in any namespace (exif:GPSLatitude, ...), IPTC's
-  location fields (photoshop:City/State/Country, Iptc4xmpCore:Location/CountryCode,
-  Iptc4xmpExt:LocationCreated/LocationShown);
+- the location: every property named GPS* (in any case: exif:GPSLatitude, a drone's
+  GpsLatitude) or holding "Latitude" or "Longitude", in any namespace; IPTC's location
+  fields (photoshop:City/State/Country, Iptc4xmpCore:Location/CountryCode,
+  Iptc4xmpExt:LocationCreated/LocationShown and their parts); a drone's flight data (DJI);
 - the orientation (tiff:Orientation: the output is upright; kept, it would turn it again);
 - what describes pixels no longer true: every structural tiff: property (only Make, Model,
   Software, Artist, Copyright, DateTime and ImageDescription stay), exif:PixelX/YDimension,
@@ -73,11 +74,15 @@ _DROPPED = frozenset({
     ("http://iptc.org/std/Iptc4xmpExt/2008-02-29/", "LocationCreated"),
     ("http://iptc.org/std/Iptc4xmpExt/2008-02-29/", "LocationShown"),
     ("http://iptc.org/std/Iptc4xmpExt/2008-02-29/", "ImageRegion"),
+    *(("http://iptc.org/std/Iptc4xmpExt/2008-02-29/", part) for part in (
+        "City", "CountryCode", "CountryName", "ProvinceState", "Sublocation", "WorldRegion")),
     ("http://www.metadataworkinggroup.com/schemas/regions/", "Regions"),
     ("http://ns.microsoft.com/photo/1.2/", "RegionInfo"),
 })
-#: Namespaces dropped whole: raw settings, Google's depth/motion/panorama data, Apple's faces.
+#: Namespaces dropped whole: raw settings, Google's depth/motion/panorama data, Apple's faces,
+#: a DJI drone's flight data (positions, altitudes, headings).
 _DROPPED_NAMESPACES = frozenset({
+    "http://www.dji.com/drone-dji/1.0/",
     "http://ns.adobe.com/camera-raw-settings/1.0/",
     "http://ns.google.com/photos/1.0/camera/",
     "http://ns.google.com/photos/1.0/container/",
@@ -97,7 +102,10 @@ class _Refused(Exception):
 
 def dropped(uri: str, local: str) -> bool:
     """Whether the XMP property ``local`` of namespace ``uri`` is left out of outputs."""
-    if local.startswith("GPS") or uri in _DROPPED_NAMESPACES or (uri, local) in _DROPPED:
+    lower = local.lower()
+    if lower.startswith("gps") or "latitude" in lower or "longitude" in lower:
+        return True
+    if uri in _DROPPED_NAMESPACES or (uri, local) in _DROPPED:
         return True
     return uri == _TIFF and local not in _KEPT_TIFF
 
