@@ -500,6 +500,40 @@ def test_a_finish_given_up_on_reports_its_file_once(
     assert [r.status for r in ended] == ["failed"]
 
 
+def _main_waits_in_drain() -> bool:
+    frame = sys._current_frames().get(threading.main_thread().ident or 0)
+    return (frame is not None and frame.f_code.co_name == "wait"
+            and frame.f_back is not None and frame.f_back.f_code.co_name == "drain")
+
+
+def _ctrl_c_once_main_waits_in_drain() -> None:
+    """Flag a Ctrl-C as a signal landing just before a blocking wait does (no system call
+    is interrupted: ``_thread.interrupt_main``), once the main thread waits in ``drain``."""
+    _until(_main_waits_in_drain)
+    _thread.interrupt_main()
+
+
+def test_a_ctrl_c_while_close_waits_cancels_what_is_left() -> None:
+    """``with Pipeline(...)`` (``run_one``, a library caller) waits in ``close``: a Ctrl-C
+    there must not leave the jobs running: those not sent end at once."""
+    remote = StuckRemote()
+    # one CPU worker: prepared in the order started, so ``stuck`` is the one sent
+    pipeline = Pipeline(None, Config(), in_flight=1, cpu_workers=1, remote=remote)
+    stuck, queued = StagedJob(), StagedJob()
+    pipeline.start(stuck)
+    pipeline.start(queued)
+    _until(lambda: pipeline.counts() == {"sending": 1, "prepared": 1})
+    threading.Thread(target=_ctrl_c_once_main_waits_in_drain, daemon=True).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.close()
+        assert len(queued.errors) == 1 and isinstance(queued.errors[0], CancelledError)
+    finally:
+        remote.release.set()
+    _until(stuck.ended.is_set)
+    assert isinstance(stuck.errors[0], CancelledError)  # its step returned to a cancel
+
+
 def test_a_ctrl_c_that_lands_while_drain_waits_is_raised_at_once() -> None:
     """``_thread.interrupt_main`` flags a Ctrl-C as a signal landing just before a blocking
     wait does: no system call is interrupted. drain must raise it while its job still
@@ -508,17 +542,10 @@ def test_a_ctrl_c_that_lands_while_drain_waits_is_raised_at_once() -> None:
     pipeline = Pipeline(None, Config(), in_flight=1, remote=remote)
     pipeline.start(StagedJob())
     _until(lambda: pipeline.counts().get("sending") == 1)
-    main = threading.main_thread()
     rescued = threading.Event()
 
     def flag_ctrl_c() -> None:
-        def in_drains_wait() -> bool:
-            frame = sys._current_frames().get(main.ident or 0)
-            return (frame is not None and frame.f_code.co_name == "wait"
-                    and frame.f_back is not None and frame.f_back.f_code.co_name == "drain")
-
-        _until(in_drains_wait)
-        _thread.interrupt_main()
+        _ctrl_c_once_main_waits_in_drain()
         if not raised.wait(30):  # drain did not see it: end the job rather than hang
             rescued.set()
             remote.release.set()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -48,3 +50,49 @@ def test_watch_in_process_puts_back_the_signal_handlers(
     assert code == 0 and files(outbox) == ["a.png"]
     assert caught == [], "the signal reached the caller's handler, not the daemon's"
     assert handlers == {sig: callers_own for sig in STOPS}
+
+
+IN_PROCESS = """
+import signal, sys
+from bgremove.cli import main
+
+signal.signal(signal.SIGTERM, lambda *_: print("the caller's handler", flush=True))
+code = main(["watch", sys.argv[1], sys.argv[2], "--backend", "wavespeed"])
+print("returned", code, flush=True)
+"""
+
+
+def test_a_second_signal_to_watch_in_process_returns_rather_than_ending_the_process(
+        tmp_path: Path, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a command the second signal ends the process at once; run in-process it stops
+    the daemon at once and returns to the caller, whose process goes on."""
+    emu = emulator_factory(delay=3600)  # the job stays in flight: the first stop waits
+    monkeypatch.setenv("WAVESPEED_API_KEY", emu.api_key)
+    monkeypatch.setenv("WAVESPEED_BASE_URL", emu.base_url)
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    write_image(inbox / "a.png")
+    outbox.mkdir()
+    errors: list[str] = []
+    with subprocess.Popen([sys.executable, "-c", IN_PROCESS, str(inbox), str(outbox)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        stderr, stdout = proc.stderr, proc.stdout
+        assert stderr is not None and stdout is not None
+        reader = threading.Thread(target=lambda: errors.extend(iter(stderr.readline, "")),
+                                  daemon=True)
+        reader.start()
+        try:
+            wait_until(lambda: emu.stats()["tasks_submitted"] == 1, 60,
+                       what="a task in flight")
+            proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: any("SIGTERM received" in line for line in errors), 60,
+                       what="the first signal handled")
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        reader.join(10)  # stderr read to its end (communicate would race the reader for it)
+        out = stdout.read()
+    assert proc.returncode == 0, "".join(errors)
+    assert out.splitlines() == ["returned 0"]  # neither signal reached the caller's handler
+    assert any("second signal" in line for line in errors)

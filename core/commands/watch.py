@@ -133,8 +133,9 @@ def run_watch(args: argparse.Namespace) -> int:
         else:
             daemon.abort()
             log.warning("second signal: exiting now; unfinished jobs resume on the next start")
-            logging.shutdown()
-            os._exit(130)
+            if getattr(args, "ends_process", False):  # in-process (a library user): return
+                logging.shutdown()
+                os._exit(130)
 
     try:
         with stop_signals(on_signal):

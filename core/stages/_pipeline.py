@@ -238,7 +238,12 @@ class Pipeline:
             self._closed = True
         if wait:
             seconds = self.longest() if timeout is None else timeout
-            if not self.drain(seconds):
+            try:
+                drained = self.drain(seconds)
+            except BaseException:  # a Ctrl-C while waiting: stop now, as ``wait=False``
+                self.close(wait=False)
+                raise
+            if not drained:
                 wait = False
                 self._give_up(seconds)
         if not wait:
