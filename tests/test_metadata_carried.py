@@ -22,7 +22,7 @@ from PIL import Image, PngImagePlugin
 from bgremove.config import OutputConfig
 from bgremove.emulator import Emulator
 from bgremove.imaging import DeepImage, finish_file, load_image, prepare_file, save_image
-from bgremove.imaging._meta import MAX_TEXT_BYTES, PngText
+from bgremove.imaging._meta import MAX_EXIF_BYTES, MAX_TEXT_BYTES, PngText
 from bgremove.imaging._png import png_with_metadata, read_chunks
 from bgremove.imaging._xmp import MAX_XMP_BYTES, filter_xmp
 from tests import images as img
@@ -428,3 +428,22 @@ def test_watch_carries_the_creator_but_not_the_location_or_orientation(
     with Image.open(run.outbox / "portrait.png") as out:
         assert out.size == (30, 40)  # the XMP's orientation applied once
         assert_photographers_xmp(out.info["xmp"])
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png"])
+def test_an_exif_too_large_to_carry_is_dropped_and_the_jpeg_still_written(
+        tmp_path: Path, emulator: Emulator, fmt: str) -> None:
+    """A PNG's EXIF can outgrow a JPEG's EXIF segment (a long user comment): the cut-out,
+    paid for, is written without it, with one warning, rather than failing to be saved."""
+    exif = img.exif_with(None)
+    exif[ARTIST] = "Ann Lens"
+    exif[EXIF_IFD] = {0x9286: b"ASCII\x00\x00\x00" + b"x" * MAX_EXIF_BYTES}  # UserComment
+    src = tmp_path / "long.png"
+    subject().save(src, "PNG", exif=exif)
+    done = bgremove(tmp_path, "remove", str(src), "-o", str(tmp_path / "out"), "--format", fmt,
+                    emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "EXIF" in line]
+    assert len(warned) == 1 and "over 65,533 bytes" in warned[0], done.stderr
+    with Image.open(next((tmp_path / "out").iterdir())) as out:
+        assert not out.getexif()

@@ -9,7 +9,8 @@ pixels are already upright); the pixel dimensions and the subject's place (a cro
 them); the MakerNote (a vendor blob whose internal offsets break when rewritten); and every
 structural TIFF tag.
 A damaged block (an entry or a value past its end) is not carried at all: Pillow would read
-part of it, with raw warnings that ``_pillow.pillow_scope`` keeps off stderr.
+part of it, with raw warnings that ``_pillow.pillow_scope`` keeps off stderr. Neither is a
+block over ``MAX_EXIF_BYTES`` once filtered.
 
 A PNG input's text chunks (tEXt, zTXt, iTXt) are carried to PNG outputs by the same rule
 (``kept_png_text``): only the keywords the PNG specification defines (Title, Author,
@@ -44,6 +45,10 @@ _DROPPED_EXIF = (0x927C, 0xA002, 0xA003, 0xA005, 0x9214, 0xA214)
 #: Bytes per value of each TIFF field type (types Pillow skips are absent).
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
                13: 4, 16: 8, 17: 8, 18: 8}
+#: The most EXIF an output carries (its block with the "Exif" header, once filtered): what a
+#: JPEG's EXIF segment holds. A PNG, WebP or TIFF input can hold more (a long user comment):
+#: over it, a JPEG output could not be written, and the others would grow without bound.
+MAX_EXIF_BYTES = 65_533
 #: The PNG specification's own text keywords: the only ones carried.
 PNG_KEYWORDS = ("Title", "Author", "Description", "Copyright", "Creation Time", "Software",
                 "Disclaimer", "Warning", "Source", "Comment")
@@ -89,10 +94,15 @@ def kept_exif(im: Image.Image, src: str | os.PathLike[str]) -> bytes | None:
                 kept[_EXIF_IFD] = sub
         if not len(kept):
             return None
-        return kept.tobytes()
+        block = kept.tobytes()
     except Exception as exc:  # a malformed block must not cost the image
         log.debug("dropping unreadable EXIF data: %s", exc)
         return None
+    if len(block) > MAX_EXIF_BYTES:
+        log.warning("%s: its EXIF data is over %s bytes once filtered; the cut-out is written "
+                    "without it", src, f"{MAX_EXIF_BYTES:,}")
+        return None
+    return block
 
 
 def _intact(block: bytes) -> bool:
