@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from bgremove.config import Config
     from bgremove.contract import Backend
     from bgremove.jobs import JobResult
+    from bgremove.origins import Origins
 
 
 def register(sub: Any) -> None:
@@ -108,6 +109,7 @@ def _run(args: argparse.Namespace, resume_collection: Callable[[], None]) -> int
     from bgremove.backends import make_backend, resolve_backend_name
     from bgremove.batch import IMAGE_SUFFIXES, expand_inputs, path_key, plan_outputs
     from bgremove.imaging import parse_color
+    from bgremove.origins import Origins
 
     if args.concurrency is not None and args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
@@ -137,6 +139,7 @@ def _run(args: argparse.Namespace, resume_collection: Callable[[], None]) -> int
     if config.output.foreground and not config.output.mask_only:
         _require_numpy()
     found = expand_inputs(args.inputs, config.output.suffix, out_dir, recursive=args.recursive)
+    origins = Origins()
     subfolders = (f"{_count(found.subfolders, 'subfolder')} left out "
                   f"({', '.join(found.subfolder_parents)}): add -r to include them")
     if not found.images:
@@ -150,9 +153,14 @@ def _run(args: argparse.Namespace, resume_collection: Callable[[], None]) -> int
         if path_key(out_file) == path_key(found.images[0]):
             raise ConfigError(f"-o {out_file} is the input itself: its result would replace it",
                               hint="name another result file, or give a folder to -o")
+        origin = origins.of(out_file) if origins.is_anothers(out_file, found.images[0]) else None
+        if origin is not None:  # skipping it would be a false skip, replacing it a loss
+            raise ConfigError(f"-o {out_file} is the result of another image ({origin.input})",
+                              hint="name another result file, or move that one away first")
         plan = [(found.images[0], out_file)]
     else:
-        plan = plan_outputs(found.images, out_dir, config.output, subdirs=found.subdirs)
+        plan = plan_outputs(found.images, out_dir, config.output, subdirs=found.subdirs,
+                            origins=origins)
     check_output_folder(out_file.parent if out_file is not None else out_dir)
     if found.subfolders:
         _say(subfolders)
@@ -162,7 +170,7 @@ def _run(args: argparse.Namespace, resume_collection: Callable[[], None]) -> int
     try:
         _prepare(backend)
         results = run_batch(plan, backend, config, json_lines=args.json,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, origins=origins)
     finally:
         backend.close()
     _say(summary(results, found.others))
@@ -266,7 +274,7 @@ def _count(n: int, noun: str) -> str:
 
 def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *,
               json_lines: bool, out: TextIO | None = None, err: TextIO | None = None,
-              overwrite: bool = False) -> list[JobResult]:
+              overwrite: bool = False, origins: Origins | None = None) -> list[JobResult]:
     """``bgremove.batch.run_batch`` with each result printed as it ends and a progress line
     (a bar with the time left on a terminal, a plain line every 10 s elsewhere)."""
     from bgremove import batch
@@ -292,7 +300,8 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
 
     try:
         return batch.run_batch(plan, backend, config, on_result=on_result,
-                               on_interrupt=on_interrupt, overwrite=overwrite)
+                               on_interrupt=on_interrupt, overwrite=overwrite,
+                               origins=origins)
     finally:
         bar.finish()  # the closing line is run()'s summary
 
