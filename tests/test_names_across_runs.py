@@ -5,6 +5,7 @@ replaced by the input it was made from, never by another input that shares its n
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -64,6 +65,33 @@ def test_one_input_of_a_folder_gets_the_name_the_folder_gave_it(
     assert size_of(out / "photo-2.png") == WEBP
     assert (out / "photo.png").read_bytes() == tiffs
     assert emulator.stats()["tasks_submitted"] == 3
+
+
+def test_an_input_named_first_alone_takes_the_name_its_folder_gives_it(
+        tmp_path: Path, emulator: Emulator) -> None:
+    a, out = tmp_path / "a", tmp_path / "out"
+    picture(a / "photo.tiff", TIFF)
+    webp = picture(a / "photo.webp", WEBP)
+    assert run(tmp_path, emulator, str(webp), "-o", str(out)) == {
+        "photo.webp": ("photo-2.png", "ok")}  # photo.png is the tiff's name, made or not
+    assert run(tmp_path, emulator, str(a), "-o", str(out)) == {
+        "photo.tiff": ("photo.png", "ok"), "photo.webp": ("photo-2.png", "skipped")}
+    assert size_of(out / "photo.png") == TIFF and size_of(out / "photo-2.png") == WEBP
+
+
+def test_results_with_no_record_are_judged_by_the_names_the_folder_gives(
+        tmp_path: Path, emulator: Emulator) -> None:
+    """Results made before their inputs were recorded (or with the records lost)."""
+    a, out = tmp_path / "a", tmp_path / "out"
+    picture(a / "photo.tiff", TIFF)
+    webp = picture(a / "photo.webp", WEBP)
+    run(tmp_path, emulator, str(a), "-o", str(out))
+    records = Path(os.environ["XDG_STATE_HOME"]) / "bgremove" / "results"
+    assert any(records.iterdir())
+    shutil.rmtree(records)
+    assert run(tmp_path, emulator, str(webp), "-o", str(out)) == {
+        "photo.webp": ("photo-2.png", "skipped")}
+    assert emulator.stats()["tasks_submitted"] == 2
 
 
 def test_overwrite_replaces_only_the_inputs_own_result(tmp_path: Path, emulator: Emulator) -> None:
