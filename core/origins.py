@@ -35,11 +35,7 @@ class Origins:
     """The records of the output folders one command writes into. Thread-safe."""
 
     def __init__(self, root: Path | None = None) -> None:
-        if root is None:
-            from platformdirs import user_state_dir
-
-            root = Path(user_state_dir("bgremove")) / "results"
-        self._root = root
+        self._root = root  # found on first use: a run with no result there never needs it
         self._folders: dict[str, dict[str, Origin]] = {}
         self._digests: dict[str, str | None] = {}
         self._lock = threading.Lock()
@@ -83,6 +79,10 @@ class Origins:
     def _file(self, folder: Path) -> Path:
         from bgremove.batch import path_key
 
+        if self._root is None:
+            from platformdirs import user_state_dir
+
+            self._root = Path(user_state_dir("bgremove")) / "results"
         name = hashlib.sha256(path_key(folder).encode("utf-8", "surrogateescape")).hexdigest()
         return self._root / f"{name[:32]}.jsonl"
 

@@ -44,11 +44,16 @@ def run(tmp: Path, emulator: Emulator, *args: str) -> dict[str, tuple[str, str]]
 TIFF, WEBP = (60, 40), (40, 60)
 
 
+def photo_folder(tmp: Path) -> tuple[Path, Path, Path]:
+    """``a/photo.tiff`` and ``a/photo.webp`` (one name for both); -> a, out, the webp."""
+    a = tmp / "a"
+    picture(a / "photo.tiff", TIFF)
+    return a, tmp / "out", picture(a / "photo.webp", WEBP)
+
+
 def test_one_input_of_a_folder_gets_the_name_the_folder_gave_it(
         tmp_path: Path, emulator: Emulator) -> None:
-    a, out = tmp_path / "a", tmp_path / "out"
-    picture(a / "photo.tiff", TIFF)
-    webp = picture(a / "photo.webp", WEBP)
+    a, out, webp = photo_folder(tmp_path)
     assert run(tmp_path, emulator, str(a), "-o", str(out)) == {
         "photo.tiff": ("photo.png", "ok"), "photo.webp": ("photo-2.png", "ok")}
     tiffs = (out / "photo.png").read_bytes()
@@ -69,9 +74,7 @@ def test_one_input_of_a_folder_gets_the_name_the_folder_gave_it(
 
 def test_an_input_named_first_alone_takes_the_name_its_folder_gives_it(
         tmp_path: Path, emulator: Emulator) -> None:
-    a, out = tmp_path / "a", tmp_path / "out"
-    picture(a / "photo.tiff", TIFF)
-    webp = picture(a / "photo.webp", WEBP)
+    a, out, webp = photo_folder(tmp_path)
     assert run(tmp_path, emulator, str(webp), "-o", str(out)) == {
         "photo.webp": ("photo-2.png", "ok")}  # photo.png is the tiff's name, made or not
     assert run(tmp_path, emulator, str(a), "-o", str(out)) == {
@@ -82,9 +85,7 @@ def test_an_input_named_first_alone_takes_the_name_its_folder_gives_it(
 def test_results_with_no_record_are_judged_by_the_names_the_folder_gives(
         tmp_path: Path, emulator: Emulator) -> None:
     """Results made before their inputs were recorded (or with the records lost)."""
-    a, out = tmp_path / "a", tmp_path / "out"
-    picture(a / "photo.tiff", TIFF)
-    webp = picture(a / "photo.webp", WEBP)
+    a, out, webp = photo_folder(tmp_path)
     run(tmp_path, emulator, str(a), "-o", str(out))
     records = Path(os.environ["XDG_STATE_HOME"]) / "bgremove" / "results"
     assert any(records.iterdir())
@@ -95,9 +96,7 @@ def test_results_with_no_record_are_judged_by_the_names_the_folder_gives(
 
 
 def test_overwrite_replaces_only_the_inputs_own_result(tmp_path: Path, emulator: Emulator) -> None:
-    a, out = tmp_path / "a", tmp_path / "out"
-    picture(a / "photo.tiff", TIFF)
-    webp = picture(a / "photo.webp", WEBP)
+    a, out, webp = photo_folder(tmp_path)
     run(tmp_path, emulator, str(a), "-o", str(out))
     tiffs = (out / "photo.png").read_bytes()
     (out / "photo-2.png").write_bytes(b"stale")  # so its replacement shows

@@ -29,8 +29,9 @@ def register(sub: Any) -> None:
         help="remove the background of image files",
         description="Remove the background of each INPUT (files, or folders of images). "
         "Writes DIR/<stem>.<ext> with -o DIR, else <stem>-nobg.<ext> beside the input. "
-        "A result that already exists is kept and its input not sent again (--overwrite "
-        "to redo it).",
+        "A result this input made that already exists is kept and the input not sent again "
+        "(--overwrite to redo it); a name holding another input's result is passed over "
+        "for the next free one.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("-o", "--output-dir", "--output", dest="output", metavar="DIR|FILE",
