@@ -152,14 +152,16 @@ def plan_outputs(inputs: list[Path], out_dir: Path | None, output: OutputConfig,
     subdirs = dict(subdirs or {})
     taken: set[str] = {path_key(p) for p in inputs}
     named: dict[str, Path] = {}  # input (or folder sibling) -> its output
-    folders: dict[str, list[Path]] = {}  # folder -> its images, as a folder run takes them
-    done_upto: dict[str, int] = {}  # folder -> how many of them are named
+    # (folder, family) -> its images as a folder run takes them, and how many are named
+    families: dict[tuple[str, str], tuple[list[Path], list[int]]] = {}
+
+    def folder_of(src: Path) -> Path | None:
+        return out_dir / subdirs[src] if out_dir is not None and src in subdirs else out_dir
 
     def name(src: Path) -> Path:
         key = path_key(src)
         if key not in named:
-            folder = out_dir / subdirs[src] if out_dir is not None and src in subdirs else out_dir
-            base = output_path_for(src, folder, output)
+            base = output_path_for(src, folder_of(src), output)
             dst, n = base, 1
             while path_key(dst) in taken or (origins is not None
                                              and origins.is_anothers(dst, src)):
@@ -169,28 +171,44 @@ def plan_outputs(inputs: list[Path], out_dir: Path | None, output: OutputConfig,
             named[key] = dst
         return named[key]
 
-    if origins is not None:  # a folder run's inputs are its images: none is an output
+    def family(src: Path) -> tuple[str, str]:
+        """Images whose names can meet: ``x``, ``x-2``, ``x-2-1`` (a collision adds ``-N``)."""
+        stem = output_path_for(src, folder_of(src), output).stem.casefold()
+        return path_key(src.parent), re.sub(r"(-[0-9]+)+$", "", stem)
+
+    if origins is not None:  # a folder run's images are all its inputs: none is an output
+        listed: dict[str, list[Path]] = {}
         for src in inputs:
-            folder_key = path_key(src.parent)
-            if folder_key not in folders:
-                folders[folder_key] = [  # (an unreadable folder lists itself: not a sibling)
-                    p for p in expand_inputs([str(src.parent)], output.suffix, out_dir).images
-                    if p.parent == src.parent]
-                done_upto[folder_key] = 0
-                taken.update(path_key(p) for p in folders[folder_key])
+            if family(src) not in families:
+                if family(src)[0] not in listed:
+                    listed[family(src)[0]] = _folder_images(src.parent, output.suffix)
+                kin = [p for p in listed[family(src)[0]]
+                       if family(p) == family(src) and _is_file(p)]
+                families[family(src)] = (kin, [0])
+                taken.update(path_key(p) for p in kin)
     plan: list[tuple[Path, Path]] = []
     for src in inputs:
-        siblings = folders.get(path_key(src.parent), [])
-        folder_key = path_key(src.parent)
-        while done_upto.get(folder_key, 0) < len(siblings) and \
-                siblings[done_upto[folder_key]].name < src.name:
-            sibling = siblings[done_upto[folder_key]]
-            if src in subdirs:
-                subdirs.setdefault(sibling, subdirs[src])
-            name(sibling)
-            done_upto[folder_key] += 1
+        if origins is not None:  # its kin that sort before it take their names first
+            kin, done = families[family(src)]
+            while done[0] < len(kin) and kin[done[0]] < src.parent / src.name:
+                if src in subdirs:
+                    subdirs.setdefault(kin[done[0]], subdirs[src])
+                name(kin[done[0]])
+                done[0] += 1
         plan.append((src, name(src)))
     return plan
+
+
+def _folder_images(folder: Path, suffix: str) -> list[Path]:
+    """What a run of ``folder`` would take as images (``expand_inputs``), in its order, by
+    name alone: the caller checks that the few it needs are files."""
+    try:
+        with os.scandir(folder) as entries:
+            paths = sorted(folder / e.name for e in entries if not e.name.startswith("."))
+    except OSError:
+        return []
+    return [p for p in paths
+            if p.suffix.lower() in IMAGE_SUFFIXES and not is_earlier_result(p, suffix)]
 
 
 def path_key(path: Path) -> str:

@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from bgremove.emulator import Emulator
@@ -153,3 +154,30 @@ def test_o_naming_another_inputs_result_is_refused(tmp_path: Path, emulator: Emu
         assert "a.jpg" in lines[0] and "Traceback" not in done.stderr
         assert (out / "cut.png").read_bytes() == before
     assert emulator.stats()["tasks_submitted"] == 1
+
+
+# --- the planner alone: any subset is named as the whole folder names it -----------------------
+
+NAMES = ["photo-2.jpg", "Photo.png", "photo.tiff", "photo.webp", "photo-2-1.gif", "photo-x.jpg",
+         "other.jpg", "photo-nobg.png", "photo-nobg-2.jpg"]
+
+
+@pytest.mark.parametrize("with_o", [True, False], ids=["-o DIR", "beside"])
+def test_every_subset_is_named_as_the_whole_folder_names_it(tmp_path: Path, with_o: bool) -> None:
+    from bgremove.batch import expand_inputs, plan_outputs
+    from bgremove.config import Config
+    from bgremove.origins import Origins
+
+    folder = tmp_path / "a"
+    for name in NAMES:
+        picture(folder / name, TIFF)
+    output = Config().output
+    out = tmp_path / "out" if with_o else None
+    images = expand_inputs([str(folder)], output.suffix, out).images
+    whole = dict(plan_outputs(images, out, output, origins=Origins(tmp_path / "records")))
+    assert len(set(whole.values())) == len(images) >= 7
+    for mask in range(1, 2 ** len(images)):
+        subset = [p for i, p in enumerate(images) if mask >> i & 1]
+        for order in (subset, subset[::-1]):  # as given on the command line, in any order
+            plan = plan_outputs(order, out, output, origins=Origins(tmp_path / "records"))
+            assert dict(plan) == {src: whole[src] for src in order}, order
