@@ -181,7 +181,7 @@ def plan_outputs(inputs: list[Path], out_dir: Path | None, output: OutputConfig,
         for src in inputs:
             if family(src) not in families:
                 if family(src)[0] not in listed:
-                    listed[family(src)[0]] = _folder_images(src.parent, output.suffix)
+                    listed[family(src)[0]] = _folder_images(src.parent, output.suffix, out_dir)
                 kin = [p for p in listed[family(src)[0]]
                        if family(p) == family(src) and _is_file(p)]
                 families[family(src)] = (kin, [0])
@@ -199,9 +199,11 @@ def plan_outputs(inputs: list[Path], out_dir: Path | None, output: OutputConfig,
     return plan
 
 
-def _folder_images(folder: Path, suffix: str) -> list[Path]:
+def _folder_images(folder: Path, suffix: str, out_dir: Path | None) -> list[Path]:
     """What a run of ``folder`` would take as images (``expand_inputs``), in its order, by
     name alone: the caller checks that the few it needs are files."""
+    if out_dir is not None and path_key(folder) == path_key(out_dir):
+        return []  # the output folder is never read as inputs
     try:
         with os.scandir(folder) as entries:
             paths = sorted(folder / e.name for e in entries if not e.name.startswith("."))
