@@ -218,11 +218,17 @@ _NAMED_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp",
 
 def output_target(value: str | None) -> tuple[Path | None, Path | None]:
     """``(folder, None)``, ``(None, file)`` or ``(None, None)`` (beside each input) for ``-o``."""
+    from bgremove.batch import IMAGE_SUFFIXES
+
     if not value:
         return None, None
     path = Path(value)
     if path.suffix.lower() in _NAMED_FORMATS and not path.is_dir():
         return None, path
+    if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir():
+        # `-o cutout.gif`: a result file was meant, not a folder named so
+        raise ConfigError(f"-o {value}: {path.suffix} is not an output format",
+                          hint="name the result .png, .jpg, .webp or .tif, or give a folder")
     return path, None
 
 
@@ -319,11 +325,11 @@ def _report(result: JobResult, json_lines: bool, out: TextIO, err: TextIO) -> No
         out.write(printable(f"{result.input} -> {result.output} ({result.seconds:.1f} s)") + "\n")
         out.flush()
         if result.warning:
-            err.write(printable(f"bgremove: {result.input}: warning: {result.warning}") + "\n")
+            err.write(printable(f"bgremove: warning: {result.input}: {result.warning}") + "\n")
             err.flush()
     else:
         # Core errors usually name the file already; add it only where they do not.
         text = str(result.error)
         where = "" if str(result.input) in text else f"{result.input}: "
-        err.write(printable(f"bgremove: {where}{text}") + "\n")
+        err.write(printable(f"bgremove: error: {where}{text}") + "\n")
         err.flush()
