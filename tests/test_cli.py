@@ -306,6 +306,24 @@ def test_progress_bar_on_a_terminal_only(tmp_path: Path, emulator) -> None:  # t
         backend.close()
 
 
+def test_a_refused_output_download_fails_that_image_and_the_batch_goes_on(
+        tmp_path: Path, emulator_factory, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from bgremove.emulator import Fault
+
+    # storage answers 403 for an expired or deleted result: not a refused key or account
+    emu = emulator_factory(faults=(Fault("status", route="download", status=403, first=1),))
+    monkeypatch.setenv("WAVESPEED_API_KEY", emu.api_key)
+    monkeypatch.setenv("WAVESPEED_BASE_URL", emu.base_url)
+    srcs = [_solid(tmp_path / f"{i}.png") for i in range(3)]
+    assert main(["remove", *map(str, srcs), "--concurrency", "1", "--json"]) == 1
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["status"] for r in records].count("ok") == 2, records
+    failed = [r for r in records if r["status"] == "failed"]
+    assert len(failed) == 1 and "refused the download (HTTP 403)" in failed[0]["error"]
+    assert emu.stats()["tasks_submitted"] == 3
+
+
 def test_a_refused_key_stops_the_batch_after_the_first_image(
         tmp_path: Path, emulator_factory, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -626,6 +626,19 @@ def test_truncated_download_recovers_on_retry(client: WaveSpeedClient, service: 
     assert client.download_output(Prediction("t1", "completed", (OUTPUT_URL,))) == PNG
 
 
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_output_address_is_that_file_s_error_not_the_account_s(
+        make_client: Any, service: Service, status: int) -> None:
+    # storage answers 403 for an expired or deleted object: never a refused key or account
+    client = make_client(retry={"max_attempts": 1})
+    service.on("download", httpx.Response(status, content=b"<Error>AccessDenied</Error>"))
+    with pytest.raises(APIStatusError) as info:
+        client.download_output(Prediction("t1", "completed", (OUTPUT_URL,)))
+    assert not isinstance(info.value, (AuthenticationError, AccountSuspendedError))
+    assert f"refused the download (HTTP {status})" in str(info.value)
+    assert info.value.task_id == "t1" and "submit the image again" in (info.value.hint or "")
+
+
 def test_download_from_the_api_origin_carries_the_key(client: WaveSpeedClient,
                                                       service: Service) -> None:
     url = f"{BASE}/files/t1.png"

@@ -186,6 +186,22 @@ def test_permanent_task_failure_goes_to_failed_at_once(tmp_path: Path, emulator_
     assert emu.stats()["tasks_submitted"] == 2
 
 
+def test_a_refused_output_download_fails_that_file_and_never_pauses_intake(
+        tmp_path: Path, emulator_factory, mode: str, logs: LogLines) -> None:
+    # storage answers 403 for an expired or deleted result: that file's problem, not the account's
+    emu = emulator_factory(faults=(Fault("status", route="download", status=403, first=1),))
+    with DaemonRun(tmp_path, emu, mode, concurrency=1) as run:
+        write_image(run.inbox / "gone.png", 32)
+        wait_until(lambda: files(run.failed), what="a failure")
+        write_image(run.inbox / "fine.png", 33)
+        wait_until(lambda: files(run.done) == ["fine.png"], what="the next file done")
+        assert not run.daemon.snapshot()["paused"]
+    report = json.loads((run.failed / "gone.png.error.json").read_text())
+    assert "refused the download (HTTP 403)" in report["error"], report
+    assert not logs.has("intake paused")
+    assert emu.stats()["tasks_submitted"] == 2
+
+
 def test_transient_errors_give_up_after_retry_for_seconds(tmp_path: Path, emulator_factory,
                                                           mode: str) -> None:
     emu = emulator_factory(faults=(Fault("fail_task", route="submit", code=5000, every=1),))

@@ -51,6 +51,11 @@ _SERVER = (ServerError, "the service failed on its side",
            "try again later; if it persists, check status.wavespeed.ai")
 _OTHER = (APIStatusError, "the service answered with an unexpected status",
           "try again later; if it persists, report it with the request id")
+# a result's own address (a signed storage URL) refusing its GET is about that file, not the
+# account: storage answers 403 for an expired or deleted object
+_DOWNLOAD_REFUSED = (APIStatusError, "the result's address refused the download",
+                     "the result may have expired (results are kept 7 days); "
+                     "submit the image again")
 
 
 def parse_json(response: httpx.Response) -> Any:
@@ -101,8 +106,9 @@ def status_error(response: httpx.Response, *, what: str, secret: str | None,
             f"{what}: the service timed out waiting for the request (HTTP 408)",
             hint="check the network, or raise wavespeed.timeouts; then try again",
             task_id=task_id)
-    cls, happened, next_step = STATUS_ERRORS.get(
-        status, _SERVER if 500 <= status <= 599 else _OTHER)
+    cls, happened, next_step = (
+        _DOWNLOAD_REFUSED if what == "download" and status in (401, 403)
+        else STATUS_ERRORS.get(status, _SERVER if 500 <= status <= 599 else _OTHER))
     body = parse_json(response)
     server_says = envelope_message(body)
     if server_says is None and body is None and response.content:
