@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bgremove.errors import APIStatusError, InputError, ServiceError
+from bgremove.errors import APIStatusError, InputError, ProtocolError, ServiceError
 
 if TYPE_CHECKING:
     from bgremove.config import Config
@@ -100,7 +100,14 @@ def fetch_result(client: WaveSpeedClient, config: Config, task_id: str, *,
     max_pixels = client.output_limits(ctx).max_pixels
     if prepared is None or input is None:
         dst = (out_dir or Path.cwd()) / f"{task_id}.png"
-        save_image(decode_image(data, max_pixels=max_pixels), dst, fmt="png")
+        try:
+            image = decode_image(data, max_pixels=max_pixels)
+        except ValueError as exc:  # the result is untrusted input: one line, no traceback
+            detail = str(exc).removeprefix("cannot decode the image: ")
+            raise ProtocolError(f"task {task_id}: its result cannot be decoded: {detail}",
+                                hint="try again later; if it persists, report the task id",
+                                task_id=task_id) from None
+        save_image(image, dst, fmt="png")
     else:
         _check_shape(input, prepared, data, task_id)
         dst = output_path_for(input, out_dir, config.output)

@@ -636,6 +636,17 @@ def test_background_under_an_input_that_was_half_transparent() -> None:
     assert img.close(out.getpixel((0, 0)), (blend, blend, round((9 * 128 + 255 * 127) / 255)), 1)
 
 
+def test_decode_image_turns_pillows_bomb_warning_into_its_value_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bgremove.imaging import decode_image
+
+    # Pillow's own limit as a process that never prepared an input has it (bgremove fetch)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)
+    header = img.make_png_header_only(tmp_path / "big.png", (10_000, 10_000)).read_bytes()
+    with pytest.raises(ValueError, match="cannot decode the image"):
+        decode_image(header, max_pixels=200_000_000)  # 100 MP: the warning, not the error
+
+
 def test_decode_image_of_a_result_takes_png_or_webp_within_the_pixel_limit() -> None:
     from bgremove.imaging import decode_image
 

@@ -108,6 +108,25 @@ def test_fetch_errors_are_one_line_each_and_the_rest_goes_on(emulator: Emulator,
     assert "unknown to the service" in lines[0] and "Traceback" not in err
 
 
+def test_fetch_of_an_undecodable_result_is_one_line_naming_the_task(
+        emulator: Emulator, run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests import images as img
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # as a fresh process has it
+    big = img.make_png_header_only(tmp_path / "big.png", (10_000, 10_000)).read_bytes()
+    answers = iter([b"not an image at all", big])
+    task = foreign_task(emulator, make_keyed_image())
+    # the service's answer is untrusted: garbage, and a 100 MP header (Pillow's bomb warning)
+    monkeypatch.setattr(WaveSpeedClient, "download_output", lambda *a, **k: next(answers))
+    code, out, err = run(emulator, "fetch", task, task, "-o", str(tmp_path / "got"))
+    assert code == 1 and out == "" and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("bgremove:")
+             and "WaveSpeed emulator" not in line]  # the in-process emulator logs too
+    assert len(lines) == 2, err
+    assert all(line.startswith(f"bgremove: error: task {task}: its result cannot be decoded")
+               for line in lines), lines
+
+
 def test_fetch_refuses_an_input_that_is_not_the_tasks(emulator: Emulator, run: Run,
                                                       tmp_path: Path) -> None:
     task = foreign_task(emulator, make_keyed_image(size=(64, 48)))

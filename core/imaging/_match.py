@@ -147,5 +147,6 @@ def decode_image(data: bytes, *, max_pixels: int,
             opened.load()
             image: Image.Image = opened.copy()
             return image
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:  # the warning is raised in pillow_scope
         raise ValueError(f"cannot decode the image: {exc}") from None
