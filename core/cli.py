@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bgremove.commands.common import EXIT_FAILED, EXIT_USAGE
+from bgremove.commands.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from bgremove.errors import BgremoveError, ConfigError
 from bgremove.logs import printable
 from bgremove.version import __version__
@@ -107,7 +107,7 @@ def _main(argv: list[str], *, whole_process: bool) -> int:
 
             signal.signal(signal.SIGINT, signal.SIG_DFL)
         print("bgremove: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # stdout closed by the reader (e.g. `| head`): not an error worth a traceback
         devnull = os.open(os.devnull, os.O_WRONLY)

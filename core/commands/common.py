@@ -10,6 +10,7 @@ from typing import Any
 from bgremove.choices import LOG_LEVELS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # Ctrl-C, or a second stop signal
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,12 @@ import logging
 from typing import Any
 
 from bgremove.choices import ACCOUNT_LEVELS, BACKENDS
-from bgremove.commands.common import add_config_argument, config_from_args, stop_signals
+from bgremove.commands.common import (
+    EXIT_INTERRUPTED,
+    add_config_argument,
+    config_from_args,
+    stop_signals,
+)
 
 log = logging.getLogger("bgremove.watch")
 
@@ -133,9 +138,10 @@ def run_watch(args: argparse.Namespace) -> int:
         else:
             daemon.abort()
             log.warning("second signal: exiting now; unfinished jobs resume on the next start")
-            if getattr(args, "ends_process", False):  # in-process (a library user): return
+            # the command is the process: end it now (in-process: return to the caller)
+            if getattr(args, "ends_process", False):
                 logging.shutdown()
-                os._exit(130)
+                os._exit(EXIT_INTERRUPTED)
 
     try:
         with stop_signals(on_signal):
@@ -143,6 +149,8 @@ def run_watch(args: argparse.Namespace) -> int:
     finally:
         if status_line is not None:
             status_line.close()
+    if signals["count"] >= 2:  # aborted: jobs were left unfinished, as the command says
+        return EXIT_INTERRUPTED
     return code if watch.once else 0
 
 
