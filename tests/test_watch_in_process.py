@@ -97,3 +97,41 @@ def test_a_second_signal_to_watch_in_process_returns_rather_than_ending_the_proc
     # neither signal reached the caller's handler; the abort is the command's exit code
     assert out.splitlines() == ["returned 130"]
     assert any("second signal" in line for line in errors)
+
+
+@pytest.mark.parametrize("argv", [["watch", "IN", "OUT", "--backend", "wavespeed"],
+                                  ["emulator", "--port", "0"]], ids=["watch", "emulator"])
+def test_a_command_only_a_signal_stops_refuses_to_start_off_the_main_thread(
+        tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """Signals reach only the main thread: on another the call would never return."""
+    monkeypatch.setenv("WAVESPEED_API_KEY", emulator.api_key)
+    monkeypatch.setenv("WAVESPEED_BASE_URL", emulator.base_url)
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    write_image(inbox / "a.png")
+    outbox.mkdir()
+    args = [str(inbox) if a == "IN" else str(outbox) if a == "OUT" else a for a in argv]
+    codes: list[int] = []
+    worker = threading.Thread(target=lambda: codes.append(main(args)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the command runs on with no way to stop it"
+    err = capsys.readouterr().err
+    assert codes == [2] and f"bgremove: error: bgremove {argv[0]} run off the main thread" in err
+    assert "Traceback" not in err
+    assert files(outbox) == []  # refused before anything was taken
+
+
+def test_watch_once_runs_off_the_main_thread(tmp_path: Path, emulator: Emulator,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WAVESPEED_API_KEY", emulator.api_key)
+    monkeypatch.setenv("WAVESPEED_BASE_URL", emulator.base_url)
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    write_image(inbox / "a.png")
+    outbox.mkdir()
+    codes: list[int] = []
+    worker = threading.Thread(target=lambda: codes.append(main(
+        ["watch", str(inbox), str(outbox), "--backend", "wavespeed", "--once"])), daemon=True)
+    worker.start()
+    worker.join(120)
+    assert codes == [0] and files(outbox) == ["a.png"]

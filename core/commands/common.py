@@ -27,7 +27,7 @@ def stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
     """``handler`` for SIGINT and SIGTERM while the block runs; the handlers found are put
     back after it, so a command run in-process (by a library user, a test) leaves the
     process as it found it. Off the main thread, where Python cannot set a handler,
-    nothing is installed (the caller's own way to stop the command then applies)."""
+    nothing is installed: a command only a signal stops first calls ``need_main_thread``."""
     import signal
     import threading
 
@@ -43,6 +43,18 @@ def stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
         for sig, previous in found.items():
             # None: set outside Python, which cannot be put back; the default is closest
             signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+
+
+def need_main_thread(command: str, hint: str) -> None:
+    """Refuse to start ``command``, which only a signal stops, off the main thread: signals
+    reach only the main thread, so the call would never return (a library user's thread)."""
+    import threading
+
+    from bgremove.errors import ConfigError
+
+    if threading.current_thread() is not threading.main_thread():
+        raise ConfigError(f"{command} run off the main thread could never be stopped "
+                          "(only the main thread gets Ctrl-C and SIGTERM)", hint=hint)
 
 
 def config_from_args(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Any:

@@ -127,12 +127,14 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from bgremove.choices import ACCOUNT_LIMITS
-    from bgremove.commands.common import stop_signals
+    from bgremove.commands.common import need_main_thread, stop_signals
     from bgremove.emulator import Emulator, EmulatorOptions
     from bgremove.emulator.options import LOOPBACK_HOSTS
     from bgremove.errors import ConfigError
     from bgremove.logs import register_secret, setup_logging
 
+    need_main_thread("bgremove emulator", "use bgremove.emulator.Emulator (start() and "
+                     "stop()) from a thread")
     if args.host not in LOOPBACK_HOSTS and not args.allow_remote:
         raise ConfigError(f"refusing to listen on {args.host}: the emulator has no real "
                           "security and would be open to the network",

@@ -11,6 +11,7 @@ from bgremove.commands.common import (
     EXIT_INTERRUPTED,
     add_config_argument,
     config_from_args,
+    need_main_thread,
     stop_signals,
 )
 
@@ -112,6 +113,9 @@ def run_watch(args: argparse.Namespace) -> int:
     if not watch.inbox or not watch.outbox:
         raise ConfigError("bgremove watch needs INBOX and OUTBOX",
                           hint="give them as arguments or as watch.inbox / watch.outbox")
+    if not watch.once:
+        need_main_thread("bgremove watch", "give --once (it stops when INBOX is empty), or "
+                         "run it on the main thread")
     if watch.json and not args.json_logs:
         setup_logging(config.log_level, json_lines=True)
     layout = Layout.create(watch.inbox, watch.outbox, watch.done, watch.failed, watch.recursive)
