@@ -20,14 +20,21 @@ from tests.test_watch_support import files, wait_until, write_image
 STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
-@pytest.mark.parametrize("how", ["sigterm", "once"])
-def test_watch_in_process_puts_back_the_signal_handlers(
-        tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
-    monkeypatch.setenv("WAVESPEED_API_KEY", emulator.api_key)
-    monkeypatch.setenv("WAVESPEED_BASE_URL", emulator.base_url)
+def folders(tmp_path: Path, emu: Emulator,
+            monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """INBOX holding a.png and an empty OUTBOX, the command pointed at ``emu``."""
+    monkeypatch.setenv("WAVESPEED_API_KEY", emu.api_key)
+    monkeypatch.setenv("WAVESPEED_BASE_URL", emu.base_url)
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     write_image(inbox / "a.png")
     outbox.mkdir()
+    return inbox, outbox
+
+
+@pytest.mark.parametrize("how", ["sigterm", "once"])
+def test_watch_in_process_puts_back_the_signal_handlers(
+        tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    inbox, outbox = folders(tmp_path, emulator, monkeypatch)
     caught: list[int] = []
 
     def callers_own(signum: int, _frame: Any) -> None:
@@ -67,11 +74,7 @@ def test_a_second_signal_to_watch_in_process_returns_rather_than_ending_the_proc
     """As a command the second signal ends the process at once; run in-process it stops
     the daemon at once and returns to the caller, whose process goes on."""
     emu = emulator_factory(delay=3600)  # the job stays in flight: the first stop waits
-    monkeypatch.setenv("WAVESPEED_API_KEY", emu.api_key)
-    monkeypatch.setenv("WAVESPEED_BASE_URL", emu.base_url)
-    inbox, outbox = tmp_path / "in", tmp_path / "out"
-    write_image(inbox / "a.png")
-    outbox.mkdir()
+    inbox, outbox = folders(tmp_path, emu, monkeypatch)
     errors: list[str] = []
     with subprocess.Popen([sys.executable, "-c", IN_PROCESS, str(inbox), str(outbox)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
@@ -105,11 +108,7 @@ def test_a_command_only_a_signal_stops_refuses_to_start_off_the_main_thread(
         tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     """Signals reach only the main thread: on another the call would never return."""
-    monkeypatch.setenv("WAVESPEED_API_KEY", emulator.api_key)
-    monkeypatch.setenv("WAVESPEED_BASE_URL", emulator.base_url)
-    inbox, outbox = tmp_path / "in", tmp_path / "out"
-    write_image(inbox / "a.png")
-    outbox.mkdir()
+    inbox, outbox = folders(tmp_path, emulator, monkeypatch)
     args = [str(inbox) if a == "IN" else str(outbox) if a == "OUT" else a for a in argv]
     codes: list[int] = []
     worker = threading.Thread(target=lambda: codes.append(main(args)), daemon=True)
@@ -124,11 +123,7 @@ def test_a_command_only_a_signal_stops_refuses_to_start_off_the_main_thread(
 
 def test_watch_once_runs_off_the_main_thread(tmp_path: Path, emulator: Emulator,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WAVESPEED_API_KEY", emulator.api_key)
-    monkeypatch.setenv("WAVESPEED_BASE_URL", emulator.base_url)
-    inbox, outbox = tmp_path / "in", tmp_path / "out"
-    write_image(inbox / "a.png")
-    outbox.mkdir()
+    inbox, outbox = folders(tmp_path, emulator, monkeypatch)
     codes: list[int] = []
     worker = threading.Thread(target=lambda: codes.append(main(
         ["watch", str(inbox), str(outbox), "--backend", "wavespeed", "--once"])), daemon=True)
