@@ -280,7 +280,8 @@ _NEXT_STEPS: tuple[tuple[str, str], ...] = (
      "account has been topped up."),
     ("AccountSuspendedError", "Check your WaveSpeed account's status on its dashboard."),
     ("RateLimitError",
-     "Wait a minute and run Remove Background again, or choose {local}."),
+     "Wait a minute and run Remove Background again, or choose {local}. Setting "
+     "wavespeed.account_level in {config} makes bgremove keep to the account's limits."),
     ("ServiceTimeoutError",
      "Try again; if it keeps happening, raise wavespeed.timeouts in {config} or choose "
      "{local}."),

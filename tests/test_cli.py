@@ -306,6 +306,21 @@ def test_progress_bar_on_a_terminal_only(tmp_path: Path, emulator) -> None:  # t
         backend.close()
 
 
+@pytest.mark.parametrize(("argv", "says"), [
+    (["remove", "a.png", "--images-per-minute", "-1"],
+     "--images-per-minute must be 0 (no limit) or more, not -1"),
+    (["remove", "a.png", "--concurrency", "0"], "--concurrency must be at least 1, not 0"),
+    (["watch", "in", "out", "--max-per-hour", "-2"],
+     "--max-per-hour must be 0 (no limit) or more, not -2"),
+    (["watch", "in", "out", "--images-per-minute", "-1"],
+     "--images-per-minute must be 0 (no limit) or more, not -1"),
+])
+def test_a_count_flag_below_its_least_says_what_it_must_be(
+        argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"bgremove: error: {says}\n"
+
+
 def test_a_refused_output_download_fails_that_image_and_the_batch_goes_on(
         tmp_path: Path, emulator_factory, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -113,7 +113,8 @@ def test_models_path_of_a_model_not_downloaded_exits_1(tmp_path: Path) -> None:
     done = bgremove("models", "path", "u2net", home=tmp_path)
     assert done.returncode == 1
     assert done.stdout.strip().endswith("u2net.onnx")  # where it would be
-    assert "not downloaded yet" in done.stderr and "models fetch u2net" in done.stderr
+    assert done.stderr.startswith("bgremove: error: u2net is not downloaded yet")
+    assert "models fetch u2net" in done.stderr
 
 
 def test_models_fetch_of_an_unknown_model_is_a_usage_error(tmp_path: Path) -> None:

@@ -697,7 +697,7 @@ def test_malformed_results_are_retried_then_protocol_errors(
     (403, AccountSuspendedError, "support"),
     (404, APIStatusError, "base_url"),
     (413, PayloadTooLargeError, "max_upload"),
-    (429, RateLimitError, "concurrency"),
+    (429, RateLimitError, "wavespeed.account_level (or --account-level)"),
     (500, ServerError, "try again later"),
     (502, ServerError, "try again later"),
     (503, ServerError, "try again later"),

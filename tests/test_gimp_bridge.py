@@ -233,6 +233,7 @@ def test_rate_limited_after_retries_says_to_wait(
                                          retry_after="0"),))
     error = failure(emulator_env(emu, bridge_env), keyed_image())
     assert error.kind == "rate_limited" and "Wait a minute" in error.message
+    assert "wavespeed.account_level" in error.message
 
 
 def test_a_timeout_says_to_try_again(

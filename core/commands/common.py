@@ -45,6 +45,19 @@ def stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
             signal.signal(sig, signal.SIG_DFL if previous is None else previous)
 
 
+def check_counts(args: argparse.Namespace, *names: str) -> None:
+    """A usage error for a count flag below its least: ``concurrency`` 1, the others 0
+    (no limit)."""
+    from bgremove.errors import ConfigError
+
+    for name in names:
+        value = getattr(args, name, None)
+        least = 1 if name == "concurrency" else 0
+        if value is not None and value < least:
+            must = "at least 1" if least else "0 (no limit) or more"
+            raise ConfigError(f"--{name.replace('_', '-')} must be {must}, not {value}")
+
+
 def need_main_thread(command: str, hint: str) -> None:
     """Refuse to start ``command``, which only a signal stops, off the main thread: signals
     reach only the main thread, so the call would never return (a library user's thread)."""

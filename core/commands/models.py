@@ -78,7 +78,7 @@ def run_path(args: argparse.Namespace) -> int:
     spec = get_spec(_known(args.name))
     print(model_path(spec, config.local.cache_dir))
     if verify_cached(spec, config.local.cache_dir) is None:
-        print(f"bgremove: {spec.name} is not downloaded yet: run `bgremove models fetch "
+        print(f"bgremove: error: {spec.name} is not downloaded yet: run `bgremove models fetch "
               f"{spec.name}`", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from bgremove.choices import ACCOUNT_LEVELS, BACKENDS, OUTPUT_FORMATS
-from bgremove.commands.common import EXIT_FAILED, EXIT_OK, add_config_argument, config_from_args
+from bgremove.commands.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_config_argument,
+    check_counts,
+    config_from_args,
+)
 from bgremove.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -112,10 +118,7 @@ def _run(args: argparse.Namespace, resume_collection: Callable[[], None]) -> int
     from bgremove.imaging import parse_color
     from bgremove.origins import Origins
 
-    if args.concurrency is not None and args.concurrency < 1:
-        raise ConfigError("--concurrency must be at least 1")
-    if args.images_per_minute is not None and args.images_per_minute < 0:
-        raise ConfigError(f"--images-per-minute cannot be {args.images_per_minute}")
+    check_counts(args, "concurrency", "images_per_minute")
     out_dir, out_file = output_target(args.output)
     named_format = _format_of(out_file, args.format)
     config = config_from_args(args, {

@@ -10,6 +10,7 @@ from bgremove.choices import ACCOUNT_LEVELS, BACKENDS
 from bgremove.commands.common import (
     EXIT_INTERRUPTED,
     add_config_argument,
+    check_counts,
     config_from_args,
     need_main_thread,
     stop_signals,
@@ -87,10 +88,7 @@ def run_watch(args: argparse.Namespace) -> int:
     from bgremove.watcher.naming import Layout
     from bgremove.watcher.status import StatusLine
 
-    for name in ("concurrency", "images_per_minute", "max_per_hour", "max_per_day"):
-        value = getattr(args, name)
-        if value is not None and value < (1 if name == "concurrency" else 0):
-            raise ConfigError(f"--{name.replace('_', '-')} cannot be {value}")
+    check_counts(args, "concurrency", "images_per_minute", "max_per_hour", "max_per_day")
     config = config_from_args(args, {
         "backend": args.backend,
         "watch.inbox": args.inbox,

@@ -44,8 +44,8 @@ STATUS_ERRORS: dict[int, tuple[type[APIStatusError], str, str]] = {
     413: (PayloadTooLargeError, "the upload is too large for the service",
           "lower wavespeed.max_upload_bytes or wavespeed.max_upload_side"),
     429: (RateLimitError, "the service is rate limiting this account",
-          "lower --concurrency (or watch.concurrency) to the account level's limits, "
-          "or try again later"),
+          "set wavespeed.account_level (or --account-level) and bgremove paces itself to "
+          "the account's limits; or try again later"),
 }
 _SERVER = (ServerError, "the service failed on its side",
            "try again later; if it persists, check status.wavespeed.ai")
