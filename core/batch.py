@@ -247,6 +247,7 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
     import queue
 
     from bgremove.account import RateLimiter, account_limits
+    from bgremove.choices import ACCOUNT_LIMITS
     from bgremove.contract import CancelToken
     from bgremove.stages import WAKE_SECONDS, Alone
 
@@ -259,6 +260,11 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
     if backend.name == "wavespeed":  # the account's limits are the service's
         limits = account_limits(config)
         concurrency, per_minute = limits.concurrency, limits.images_per_minute
+    if per_minute and len(plan) > per_minute:  # say why the batch is slow
+        level = config.wavespeed.account_level
+        log.info("pacing to %d images a minute (%s)", per_minute,
+                 f"account level {level}" if level and per_minute == ACCOUNT_LIMITS[level][1]
+                 else "wavespeed.images_per_minute or --images-per-minute")
     rate = RateLimiter(per_minute)
     runner: Alone | Pipeline
     if len(plan) == 1:

@@ -40,10 +40,29 @@ def test_the_account_is_said_once_for_remove_and_watch(
         assert (limits.concurrency, limits.images_per_minute) == expect
 
 
+@pytest.mark.parametrize(("count", "said"), [(2, False), (3, True)])
+def test_remove_says_once_that_it_paces_to_the_account_level(
+        tmp_path: Path, emulator: Any, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], count: int, said: bool) -> None:
+    monkeypatch.setattr(account, "MINUTE", 0.5)  # the service's minute, shortened for the test
+    monkeypatch.setenv("WAVESPEED_API_KEY", emulator.api_key)
+    monkeypatch.setenv("WAVESPEED_BASE_URL", emulator.base_url)
+    (tmp_path / "in").mkdir()
+    tiny_pngs(tmp_path / "in", count)
+    code = main(["remove", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                 "--backend", "wavespeed", "--account-level", "bronze",
+                 "--images-per-minute", "3"])  # the level caps it at 2
+    assert code == 0
+    paced = [line for line in capsys.readouterr().err.splitlines() if "pacing" in line]
+    # a batch the rate does not slow is not told about it
+    assert paced == (["bgremove: pacing to 2 images a minute (account level bronze)"]
+                     if said else []), paced
+
+
 @pytest.mark.parametrize("limited", [True, False])
 def test_remove_keeps_to_the_images_per_minute(
         tmp_path: Path, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch,
-        limited: bool) -> None:
+        capsys: pytest.CaptureFixture[str], limited: bool) -> None:
     """More images than the limit, all let in at once: with the limit set none is refused
     (they wait for the window), without it the service refuses some (it is the judge)."""
     limit, window = 3, 2.0  # the service's minute, shortened for the test
@@ -65,6 +84,9 @@ def test_remove_keeps_to_the_images_per_minute(
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         p.name for p in inputs)
     assert rate_limited == 0, "a submit went over the service's images per minute"
+    paced = [line for line in capsys.readouterr().err.splitlines() if "pacing" in line]
+    assert len(paced) == 1 and paced[0].endswith(
+        "pacing to 3 images a minute (wavespeed.images_per_minute or --images-per-minute)")
     created = [datetime.fromisoformat(p["created_at"].replace("Z", "+00:00")).timestamp()
                for p in emu.list_predictions()]
     assert len(created) == count and most_in_any_window(created, window) <= limit
