@@ -449,11 +449,30 @@ def test_drain_and_close_are_bounded_when_a_step_is_stuck(
     for stuck in (job, fine):
         assert len(stuck.errors) == 1 and isinstance(stuck.errors[0], ServiceTimeoutError)
         assert "did not end within" in str(stuck.errors[0])
+        assert stuck.errors[0].hint == "try the image again"  # nothing was sent
     assert pipeline.open_jobs() == 0 and pipeline.drain(0) is True
     remote.release.set()  # the stuck steps return now: their outcome is dropped
     _until(remote.returned.is_set)
     pipeline._io.shutdown(wait=True)
     assert len(job.errors) == 1 and not job.results and remote.asked["poll"] == 0
+
+
+def test_a_job_given_up_after_its_submit_names_its_task_and_the_next_step() -> None:
+    class Patient(FakeRemote):  # the task's next poll is an hour away
+        def send(self, prepared: Prepared, hooks: JobHooks, *, sync: bool) -> Call:
+            call = super().send(prepared, hooks, sync=sync)
+            call.due = 3600.0
+            return call
+
+    job = StagedJob()
+    pipeline = Pipeline(None, Config(), in_flight=1, remote=Patient())
+    pipeline.start(job)
+    _until(lambda: pipeline.counts() == {"waiting": 1})
+    pipeline.close(timeout=0.2)
+    assert len(job.errors) == 1 and isinstance(job.errors[0], ServiceTimeoutError)
+    error = job.errors[0]
+    assert error.task_id == "t" and "within 0.2 s (a step is stuck); given up on task t" in str(error)
+    assert error.hint is not None and "bgremove fetch t" in error.hint
 
 
 def test_close_waits_as_long_as_the_open_jobs_may_take() -> None:

@@ -251,11 +251,17 @@ class Pipeline:
     def _give_up(self, seconds: float) -> None:
         """End every job still open: ``close``'s wait for them is over."""
         with self._lock:
-            stuck = list(self._open)
-        log.warning("%d image(s) did not end within %.0f s: given up", len(stuck), seconds)
-        for entry in stuck:
+            stuck = [(entry, entry.call.task_id if entry.call else None) for entry in self._open]
+        log.warning("%d image(s) did not end within %g s: given up", len(stuck), seconds)
+        for entry, task_id in stuck:
+            if task_id is None:
+                hint = "try the image again"
+            else:  # sent: it may be billed, and its output may still be written
+                hint = (f"its output may still appear; else `bgremove fetch {task_id}` gets "
+                        "the result without paying for the image again")
             self._end(entry, ServiceTimeoutError(
-                f"did not end within {seconds:.0f} s (a step is stuck); given up"))
+                f"did not end within {seconds:g} s (a step is stuck); given up"
+                + (f" on task {task_id}" if task_id else ""), hint=hint, task_id=task_id))
 
     # -- scheduling (under the lock) ------------------------------------------------------
 
