@@ -471,7 +471,8 @@ def test_a_job_given_up_after_its_submit_names_its_task_and_the_next_step() -> N
     pipeline.close(timeout=0.2)
     assert len(job.errors) == 1 and isinstance(job.errors[0], ServiceTimeoutError)
     error = job.errors[0]
-    assert error.task_id == "t" and "within 0.2 s (a step is stuck); given up on task t" in str(error)
+    assert error.task_id == "t"
+    assert "within 0.2 s (a step is stuck); given up on task t" in str(error)
     assert error.hint is not None and "bgremove fetch t" in error.hint
 
 
