@@ -494,7 +494,12 @@ def test_a_finish_given_up_on_reports_its_file_once(
     _until(finishing.is_set)
     pipeline.close(timeout=0.2)
     assert [r.status for r in ended] == ["failed"]
-    assert isinstance(ended[0].error, ServiceTimeoutError)
+    error = ended[0].error
+    assert isinstance(error, ServiceTimeoutError)
+    # paid for and downloaded: the caller is told so, and given the task to fetch it
+    assert ended[0].task_id == error.task_id == "t"
+    assert "its result was downloaded (task t) and may still be written" in str(error)
+    assert "`bgremove fetch t`" in str(error)
     release.set()
     pipeline._cpu.shutdown(wait=True)
     assert [r.status for r in ended] == ["failed"]
