@@ -96,7 +96,7 @@ class _Entry:
     stage: str = "pending"
     prepared: Prepared | None = None
     call: Call | None = None
-    result: Result | None = None  # its task's result, once downloaded
+    task_id: str | None = None  # its task's, once the result is downloaded (for a give-up)
     ended: bool = False
     warmed: bool = False  # its ``warm`` was handed to the CPU pool (it holds a warm place)
 
@@ -385,7 +385,7 @@ class Pipeline:
         with self._lock:
             if entry.ended:
                 return
-            entry.result = result
+            entry.task_id = result.task_id
             self._move(entry, "finishing")
             self._submit(self._cpu, lambda e: self._finish(e, result), entry)
             self._pump()  # its place is free: the next upload may start
@@ -438,9 +438,9 @@ def _given_up(entry: _Entry, seconds: float) -> ServiceTimeoutError:
     its finish has its result paid for and downloaded: the error says so, with the task id,
     so that a caller fetches it (or finds the output written) instead of paying again."""
     late = f"did not end within {seconds:.0f} s (a step is stuck); given up"
-    if entry.stage != "finishing" or entry.result is None:
+    if entry.stage != "finishing":
         return ServiceTimeoutError(late)
-    task = entry.result.task_id
+    task = entry.task_id
     if task is None:  # a local model's: nothing paid
         return ServiceTimeoutError(f"{late}, but its output may still be written")
     return ServiceTimeoutError(
