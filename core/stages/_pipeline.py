@@ -96,6 +96,7 @@ class _Entry:
     stage: str = "pending"
     prepared: Prepared | None = None
     call: Call | None = None
+    task_id: str | None = None  # its task's, once the result is downloaded (for a give-up)
     ended: bool = False
     warmed: bool = False  # its ``warm`` was handed to the CPU pool (it holds a warm place)
 
@@ -251,17 +252,10 @@ class Pipeline:
     def _give_up(self, seconds: float) -> None:
         """End every job still open: ``close``'s wait for them is over."""
         with self._lock:
-            stuck = [(entry, entry.call.task_id if entry.call else None) for entry in self._open]
+            stuck = [(entry, _given_up(entry, seconds)) for entry in self._open]
         log.warning("%d image(s) did not end within %g s: given up", len(stuck), seconds)
-        for entry, task_id in stuck:
-            if task_id is None:
-                hint = "try the image again"
-            else:  # sent: it may be billed, and its output may still be written
-                hint = (f"its output may still appear; else `bgremove fetch {task_id}` gets "
-                        "the result without paying for the image again")
-            self._end(entry, ServiceTimeoutError(
-                f"did not end within {seconds:g} s (a step is stuck); given up"
-                + (f" on task {task_id}" if task_id else ""), hint=hint, task_id=task_id))
+        for entry, error in stuck:
+            self._end(entry, error)
 
     # -- scheduling (under the lock) ------------------------------------------------------
 
@@ -391,6 +385,7 @@ class Pipeline:
         with self._lock:
             if entry.ended:
                 return
+            entry.task_id = result.task_id
             self._move(entry, "finishing")
             self._submit(self._cpu, lambda e: self._finish(e, result), entry)
             self._pump()  # its place is free: the next upload may start
@@ -436,3 +431,25 @@ class Pipeline:
                 self._warm -= 1
             self._pump()
             self._lock.notify_all()
+
+
+def _given_up(entry: _Entry, seconds: float) -> ServiceTimeoutError:
+    """The error a job still open when ``close`` gives up ends with (under the lock). One
+    sent, or in its finish with its result paid for and downloaded, names its task, so that
+    a caller fetches it (or finds the output written) instead of paying again."""
+    late = f"did not end within {seconds:g} s (a step is stuck); given up"
+    if entry.stage != "finishing":
+        sent = entry.call.task_id if entry.call else None
+        if sent is None:
+            return ServiceTimeoutError(late, hint="try the image again")
+        return ServiceTimeoutError(  # sent: it may be billed, and may still finish
+            f"{late} on task {sent}", task_id=sent,
+            hint=f"`bgremove fetch {sent}` gets its result without paying for the image again")
+    task = entry.task_id
+    if task is None:  # a local model's: nothing paid
+        return ServiceTimeoutError(f"{late}, but its output may still be written")
+    return ServiceTimeoutError(
+        f"{late}, but its result was downloaded (task {task}) and may still be written",
+        hint=f"look for the output before running it again; `bgremove fetch {task}` "
+             "gets the result without paying again",
+        task_id=task)
