@@ -11,9 +11,11 @@ Two arenas is what ``MALLOC_ARENA_MAX=2`` sets; a value the user set in the envi
 each one back when its image goes. A photo's finish makes and drops some 200 MB of images
 (the service's RGBA result, the decoded photo), so every finish faulted all of those pages
 in again: 0.07 s of system time per 24 MP photo. Pillow's cache of free blocks keeps up to
-``IMAGE_BLOCKS`` of them for the next image instead. It cannot raise the peak (a block is
-cached only when an image is freed, and taken before a new one is made), but a process
-keeps up to that much once its images are gone. ``PILLOW_BLOCKS_MAX`` set by the user wins.
+``IMAGE_BLOCKS`` of them (256 MB) for the next image instead. Pillow's own images never
+need more memory for it (a block is cached only when an image is freed, and taken before a
+new one is made), but other memory (encoded bytes, zlib buffers) does not use the cache, so
+a process may hold up to that much more at its peak and once its images are gone.
+``PILLOW_BLOCKS_MAX`` set by the user wins.
 """
 
 from __future__ import annotations
