@@ -29,14 +29,17 @@ from bgremove.errors import (
     AccountSuspendedError,
     AuthenticationError,
     BgremoveError,
+    CancelledError,
     NotAttemptedError,
     OutputError,
     ServiceConnectionError,
     ServiceTimeoutError,
+    SubmitUncertainError,
 )
 from bgremove.files import probe_writable
 
 if TYPE_CHECKING:
+    from bgremove import tasklog
     from bgremove.account import RateLimiter
     from bgremove.config import Config, OutputConfig
     from bgremove.contract import Backend, Prepared, Result
@@ -200,6 +203,7 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
         limits = account_limits(config)
         concurrency, per_minute = limits.concurrency, limits.images_per_minute
     rate = RateLimiter(per_minute)
+    pending = Pending(config) if backend.name == "wavespeed" else None
     pipeline = Pipeline(backend, config, in_flight=max(1, min(concurrency, len(plan))),
                         cancel=cancel)
     # Jobs are started as others end, never many more than the pipeline can hold at once:
@@ -222,7 +226,7 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
                 ended.put(_kept(src, dst))
             elif rate.try_acquire():
                 pipeline.start(_BatchJob(src, dst, config, breaker, check_output, ended.put,
-                                         rate))
+                                         rate, pending))
             else:
                 waiting.append(pair)
                 return
@@ -255,23 +259,58 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
     return results
 
 
+class Pending:
+    """What earlier runs left pending at this service (``tasklog.pending``: submits whose
+    answer never came, tasks whose result was never saved), handed out one per image of
+    the same bytes. Thread-safe."""
+
+    def __init__(self, config: Config) -> None:
+        self.service = config.wavespeed.base_url
+        self._lock = threading.Lock()
+        self._left: dict[str, list[tasklog.Pending]] | None = None
+
+    def take(self, digest: str) -> tasklog.Pending | None:
+        from bgremove import tasklog
+
+        with self._lock:
+            if self._left is None:
+                self._left = tasklog.pending(self.service)
+            left = self._left.get(digest)
+            return left.pop(0) if left else None
+
+
 class _BatchJob:
     """A ``FileJob`` that asks the breaker first, checks its output folder before anything
-    is sent (a result that cannot be saved is not paid for) and keeps the task log."""
+    is sent (a result that cannot be saved is not paid for) and keeps the task log: each
+    submit is recorded before it leaves, so one whose answer never came (Ctrl-C, a crash)
+    is looked up in the service's list by the next run of the same bytes, not sent again."""
 
     def __init__(self, src: Path, dst: Path, config: Config, breaker: Breaker,
-                 check_output: OutputCheck, report: ResultFn, rate: RateLimiter) -> None:
+                 check_output: OutputCheck, report: ResultFn, rate: RateLimiter,
+                 pending: Pending | None = None) -> None:
         from bgremove import tasklog
         from bgremove.contract import JobHooks
         from bgremove.stages import FileJob
 
-        def on_task(task_id: str) -> None:  # `bgremove tasks` names the input
-            tasklog.record(task_id, input=src, sha256=self._digest)
-
-        def on_submit(_sent_at: float, _upload_url: str) -> None:
-            rate.commit(held=self._take_token())  # counted from now, as the service counts
-
         self._digest: str | None = None  # of the input's bytes, once prepared
+        self._sent: str | None = None  # the upload URL of its open submit
+        self._pending = pending
+        self._resumed: str | None = None  # a task an earlier run left unsaved
+        service = pending.service if pending is not None else None
+
+        def on_task(task_id: str) -> None:  # `bgremove tasks` names the input
+            tasklog.record(task_id, input=src, sha256=self._digest, upload_url=self._sent,
+                           service=service)
+
+        def on_submit(sent_at: float, upload_url: str) -> None:
+            rate.commit(held=self._take_token())  # counted from now, as the service counts
+            if service is not None and self._digest is not None:
+                tasklog.record_submit(upload_url, input=src, sha256=self._digest,
+                                      sent_at=sent_at, service=service)
+            if self._sent is not None and self._sent != upload_url:
+                tasklog.close_submit(self._sent)  # its list showed no task: the one resend
+            self._sent = upload_url
+
         self._file = FileJob(src, dst, config, done=self._done,
                              hooks=JobHooks(on_task=on_task, on_submit=on_submit))
         self.hooks = self._file.hooks
@@ -287,7 +326,30 @@ class _BatchJob:
         self._check_output(self._file.dst)
         prepared = self._file.prepare()
         self._digest = prepared.digest
+        earlier = (self._pending.take(prepared.digest)
+                   if self._pending is not None and prepared.digest else None)
+        if earlier is not None:
+            self._take_over(earlier)
         return prepared
+
+    def _take_over(self, earlier: tasklog.Pending) -> None:
+        """Go on with what an earlier run left pending of these bytes instead of paying
+        again: its task's result, or its lost submit looked up in the service's list."""
+        from bgremove import tasklog
+
+        hooks, src = self.hooks, self._file.src
+        hooks.known_tasks = set(tasklog.read()) - {earlier.task} if earlier.task else set(
+            tasklog.read())
+        if earlier.task is not None:
+            log.info("%s: an earlier run left task %s unsaved: getting its result",
+                     src, earlier.task)
+            hooks.resume_task = self._resumed = earlier.task
+            self._sent = earlier.upload_url
+        elif earlier.upload_url is not None and earlier.sent_at is not None:
+            log.info("%s: an earlier run sent it and its answer never came: looking for "
+                     "its task", src)
+            hooks.lost_submit = (earlier.sent_at, earlier.upload_url)
+            self._sent = earlier.upload_url
 
     def before_send(self) -> None:
         self._breaker.check(self._file.src)
@@ -315,7 +377,19 @@ class _BatchJob:
         self._breaker.trips(result)  # here, before this job's slot goes to the next
         if result.task_id and result.output:
             tasklog.record(result.task_id, output=result.output)
+        elif not isinstance(result.error, _OUTCOME_UNKNOWN):
+            # The service answered: a resumed task that failed or expired is done with, a
+            # refused submit created none. Otherwise the next run looks again.
+            if self._resumed is not None and result.error is not None:
+                tasklog.record(self._resumed, closed=True)
+            elif self._sent is not None and result.task_id is None:
+                tasklog.close_submit(self._sent)
         self._report(result)
+
+
+#: Errors after which a submit may have created a task, or a task may still give its result.
+_OUTCOME_UNKNOWN = (SubmitUncertainError, CancelledError, ServiceConnectionError,
+                    ServiceTimeoutError)
 
 
 def _is_file(path: Path) -> bool:
