@@ -30,6 +30,7 @@ from bgremove.errors import (
     AuthenticationError,
     BgremoveError,
     CancelledError,
+    InputError,
     NotAttemptedError,
     OutputError,
     ServiceConnectionError,
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from bgremove import tasklog
     from bgremove.account import RateLimiter
     from bgremove.config import Config, OutputConfig
-    from bgremove.contract import Backend, Prepared, Result
+    from bgremove.contract import Backend, JobHooks, Prepared, Result
     from bgremove.jobs import JobResult
 
 log = logging.getLogger(__name__)
@@ -269,14 +270,29 @@ class Pending:
         self._lock = threading.Lock()
         self._left: dict[str, list[tasklog.Pending]] | None = None
 
-    def take(self, digest: str) -> tasklog.Pending | None:
+    def take(self, src: Path) -> tuple[str, tasklog.Pending] | None:
+        """The file's sha256 and what is pending of its bytes; None, without reading the
+        file, when nothing is pending at all (the usual case)."""
+        import hashlib
+
         from bgremove import tasklog
 
         with self._lock:
             if self._left is None:
                 self._left = tasklog.pending(self.service)
+            if not any(self._left.values()):
+                return None
+        try:
+            sha = hashlib.sha256()
+            with src.open("rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    sha.update(chunk)
+            digest = sha.hexdigest()
+        except OSError:
+            return None  # prepare says what is wrong with it
+        with self._lock:
             left = self._left.get(digest)
-            return left.pop(0) if left else None
+            return (digest, left.pop(0)) if left else None
 
 
 class _BatchJob:
@@ -294,7 +310,6 @@ class _BatchJob:
 
         self._digest: str | None = None  # of the input's bytes, once prepared
         self._sent: str | None = None  # the upload URL of its open submit
-        self._pending = pending
         self._resumed: str | None = None  # a task an earlier run left unsaved
         service = pending.service if pending is not None else None
 
@@ -311,8 +326,12 @@ class _BatchJob:
                 tasklog.close_submit(self._sent)  # its list showed no task: the one resend
             self._sent = upload_url
 
-        self._file = FileJob(src, dst, config, done=self._done,
-                             hooks=JobHooks(on_task=on_task, on_submit=on_submit))
+        hooks = JobHooks(on_task=on_task, on_submit=on_submit)
+        # Read before the job starts: the pipeline runs it with a copy of its hooks.
+        self._earlier = pending.take(src) if pending is not None else None
+        if self._earlier is not None:
+            self._take_over(src, self._earlier[1], hooks)
+        self._file = FileJob(src, dst, config, done=self._done, hooks=hooks)
         self.hooks = self._file.hooks
         self._breaker = breaker
         self._check_output = check_output
@@ -326,18 +345,16 @@ class _BatchJob:
         self._check_output(self._file.dst)
         prepared = self._file.prepare()
         self._digest = prepared.digest
-        earlier = (self._pending.take(prepared.digest)
-                   if self._pending is not None and prepared.digest else None)
-        if earlier is not None:
-            self._take_over(earlier)
+        if self._earlier is not None and self._earlier[0] != prepared.digest:
+            raise InputError(f"{self._file.src} changed while it was being read",
+                             hint="run the command again once it is written")
         return prepared
 
-    def _take_over(self, earlier: tasklog.Pending) -> None:
+    def _take_over(self, src: Path, earlier: tasklog.Pending, hooks: JobHooks) -> None:
         """Go on with what an earlier run left pending of these bytes instead of paying
         again: its task's result, or its lost submit looked up in the service's list."""
         from bgremove import tasklog
 
-        hooks, src = self.hooks, self._file.src
         hooks.known_tasks = set(tasklog.read()) - {earlier.task} if earlier.task else set(
             tasklog.read())
         if earlier.task is not None:
