@@ -47,9 +47,14 @@ def open_submits() -> list[dict[str, Any]]:
             and e["submit"] not in closed]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+@pytest.mark.parametrize(("sig", "wait"), [(signal.SIGINT, "sync"), (signal.SIGKILL, "sync"),
+                                           (signal.SIGINT, "poll")],
+                         ids=["ctrl-c", "kill-9", "poll-ctrl-c"])
 def test_a_remove_stopped_with_3_tasks_at_the_service_is_not_paid_twice(
-        tmp_path: Path, emulator_factory: Any, sig: signal.Signals) -> None:
+        tmp_path: Path, emulator_factory: Any, sig: signal.Signals, wait: str) -> None:
+    """Sync mode: the ids were to come with the answers, so the log holds 3 open submits.
+    Poll mode: it holds 3 tasks whose results were never saved. Either way the second run
+    pays nothing more."""
     emu = emulator_factory(delay=4.0)
     images = subjects(3)
     inputs = []
@@ -57,7 +62,8 @@ def test_a_remove_stopped_with_3_tasks_at_the_service_is_not_paid_twice(
         inputs.append(tmp_path / f"p{i}.png")
         image.save(inputs[-1])
     config = tmp_path / "config.yaml"
-    config.write_text(SYNC, encoding="utf-8")
+    settings = SYNC.replace("wait: sync", f"wait: {wait}")
+    config.write_text(settings, encoding="utf-8")
     env = dict(os.environ, WAVESPEED_API_KEY=emu.api_key, WAVESPEED_BASE_URL=emu.base_url,
                BGREMOVE_CONFIG=str(config), PYTHONUNBUFFERED="1")
     args = ["remove", *map(str, inputs), "-o", str(tmp_path / "out"), "--concurrency", "3"]
@@ -65,6 +71,9 @@ def test_a_remove_stopped_with_3_tasks_at_the_service_is_not_paid_twice(
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: emu.stats()["tasks_submitted"] == 3, 60, what="3 submits")
+        if wait == "poll":
+            wait_until(lambda: len([e for e in log_lines() if "task" in e]) == 3, 60,
+                       what="3 task ids recorded")
         assert emu.stats()["tasks_completed"] == 0  # their answers are still to come
         first.send_signal(sig)
         _, err = first.communicate(timeout=60)
@@ -84,8 +93,11 @@ def test_a_remove_stopped_with_3_tasks_at_the_service_is_not_paid_twice(
     assert set(tasklog.pending(emu.base_url)) == digests
     if sig == signal.SIGKILL:
         assert len(open_submits()) == 3
+    if wait == "poll":
+        assert not open_submits()
+        assert all(p.task for ps in tasklog.pending(emu.base_url).values() for p in ps)
 
-    again = bgremove(tmp_path, *args, emulator=emu, config=SYNC)
+    again = bgremove(tmp_path, *args, emulator=emu, config=settings)
     assert again.returncode == 0, again.stderr
     assert emu.stats()["tasks_submitted"] == 3
     assert emu.count("submit") == 3
@@ -94,12 +106,12 @@ def test_a_remove_stopped_with_3_tasks_at_the_service_is_not_paid_twice(
         assert_cutout(tmp_path / "out" / f"{src.stem}.png", image)
     assert tasklog.pending(emu.base_url) == {}
     # `bgremove tasks` now names each task's input
-    listed = bgremove(tmp_path, "tasks", "--json", emulator=emu, config=SYNC)
+    listed = bgremove(tmp_path, "tasks", "--json", emulator=emu, config=settings)
     assert listed.returncode == 0, listed.stderr
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert sorted(r["input"] for r in rows) == sorted(str(p) for p in inputs)
     # a third run has nothing left pending: results kept, nothing sent
-    third = bgremove(tmp_path, *args, emulator=emu, config=SYNC)
+    third = bgremove(tmp_path, *args, emulator=emu, config=settings)
     assert third.returncode == 0 and emu.count("submit") == 3
 
 
