@@ -1,4 +1,4 @@
-"""Photo benchmark: 24 MP camera JPEGs through bgremove beside two reference clients.
+"""Photo benchmark: 24 MP camera JPEGs through bgremove beside three reference clients.
 
     .venv/bin/python benchmarks/bench_photos.py                  # everything (~20 min)
     .venv/bin/python benchmarks/bench_photos.py --only wall --only cpu
@@ -13,7 +13,10 @@ checked pixel by pixel, see ``check_outputs``) its own image work is out of the 
 Each client is a process of its own, timed from start to exit; CPU is its rusage.
 
 (a) plain   ``photos_client.py plain``: the file's bytes up, sync mode, the PNG as it comes
-(b) lean    ``photos_client.py lean``: the leanest correct client (the floor)
+(b) lean    ``photos_client.py lean``: the leanest correct client (the floor); it trusts
+            the service's colour pixels
+(b') checked ``photos_client.py checked``: (b) without that trust, as bgremove: the service's
+            colours kept only when they are exactly the photo's (both decoded, compared)
 bgremove    ``bgremove remove PHOTOS -o DIR --concurrency 3``
 
 Sections (``--only``/``--skip``):
@@ -62,8 +65,9 @@ sys.path.insert(0, str(BENCH))
 import camera_photos  # noqa: E402
 
 KEY = "bench-key"
-CLIENTS = ("plain", "lean", "bgremove")
-LABEL = {"plain": "(a) plain", "lean": "(b) lean", "bgremove": "bgremove"}
+CLIENTS = ("plain", "lean", "checked", "bgremove")
+LABEL = {"plain": "(a) plain", "lean": "(b) lean", "checked": "(b') checked",
+         "bgremove": "bgremove"}
 SECTIONS = ("wall", "cpu", "rss", "many")
 
 
@@ -301,7 +305,8 @@ def wall_and_cpu(photos: list[Path], args: argparse.Namespace, tmp: Path, uplink
         rsss: dict[str, list[int]] = {client: [] for client in CLIENTS}
         timelines: dict[str, dict[str, list[float]]] = {client: {} for client in CLIENTS}
         for round_ in range(args.rounds):
-            order = CLIENTS[round_ % 3:] + CLIENTS[:round_ % 3]
+            turn = round_ % len(CLIENTS)
+            order = CLIENTS[turn:] + CLIENTS[:turn]
             for client in order:
                 out = tmp / f"run-{client}"
                 logged = len(emu.stats()["upload_log"])
@@ -564,18 +569,20 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
                   f"{args.rounds}"
                   + ("" if args.output_colours == "input" else
                      f", the service's output colours {args.output_colours}"),
-                  "", "| measure | (a) plain | (b) lean | bgremove | "
-                  "bgremove / (b) | bgremove / (a) | goal |", "|---|---|---|---|---|---|---|"]
+                  "", "| measure | (a) plain | (b) lean | (b') checked | bgremove | "
+                  "bgremove / (b) | bgremove / (b') | bgremove / (a) | goal |",
+                  "|---|---|---|---|---|---|---|---|---|"]
 
     def row(name: str, values: dict[str, float], fmt: str, goal: str,
             ratios: bool = True) -> None:
         cells = " | ".join(format(values[c], fmt) for c in CLIENTS)
         if not ratios:
-            lines.append(f"| {name} | {cells} | | | {goal} |")
+            lines.append(f"| {name} | {cells} | | | | {goal} |")
             return
-        ratio_b = values["bgremove"] / values["lean"] if values["lean"] else float("nan")
-        ratio_a = values["bgremove"] / values["plain"] if values["plain"] else float("nan")
-        lines.append(f"| {name} | {cells} | {ratio_b:.2f}x | {ratio_a:.2f}x | {goal} |")
+        ratio = " | ".join(
+            f"{values['bgremove'] / values[c]:.2f}x" if values[c] else "-"
+            for c in ("lean", "checked", "plain"))
+        lines.append(f"| {name} | {cells} | {ratio} | {goal} |")
 
     for section in results.get("wall", []):
         row(f"wall, {section['link']} (s)", section["wall"], ".2f", "<= 1.10x (b)")
@@ -597,7 +604,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         row("  of the files' own bytes", {c: ups[c]["ratio_to_files"] for c in CLIENTS}, ".3f",
             "<= 1.00 (bgremove)")
         lines.append("| photos whose GPS went up | " + " | ".join(
-            f"{ups[c]['gps_up']} of {args.photos}" for c in CLIENTS) + " | | | 0 |")
+            f"{ups[c]['gps_up']} of {args.photos}" for c in CLIENTS) + " | | | | 0 |")
     for section in results.get("wall", []):
         bad = {c: p for c, p in section["problems"].items() if p}
         lines.append(f"\noutputs checked ({section['link']}): " + (

@@ -45,10 +45,12 @@ if TYPE_CHECKING:
     from bgremove.config import Config, OutputConfig
     from bgremove.contract import Backend, JobHooks, Prepared, Result
     from bgremove.jobs import JobResult
+    from bgremove.origins import Origins
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".mpo", ".png", ".webp", ".tif", ".tiff", ".bmp",
+                  ".gif"}
 
 #: Called with each result as it ends, on the thread that called ``run_batch``.
 ResultFn = Callable[["JobResult"], None]
@@ -139,27 +141,81 @@ def expand_inputs(inputs: list[str], suffix: str = "-nobg", out_dir: Path | None
 
 
 def plan_outputs(inputs: list[Path], out_dir: Path | None, output: OutputConfig, *,
-                 subdirs: dict[Path, Path] | None = None) -> list[tuple[Path, Path]]:
+                 subdirs: dict[Path, Path] | None = None,
+                 origins: Origins | None = None) -> list[tuple[Path, Path]]:
     """Pair each input with an output; never two inputs on one output, never onto an input.
 
     With ``out_dir`` an image found in a subfolder goes to the same subfolder of it. The
     pairing depends on the inputs alone, so the same command names the same results again.
+    With ``origins`` it holds across commands too: an image gets the name its whole folder
+    would give it (the folder's images that sort before it take their names first, given
+    or not), and a name whose file ``origins`` knows as another input's result is passed
+    over for the next free one, so a result is only ever skipped or replaced by its own input.
     """
     from bgremove.jobs import output_path_for
 
-    subdirs = subdirs or {}
+    subdirs = dict(subdirs or {})
     taken: set[str] = {path_key(p) for p in inputs}
+    named: dict[str, Path] = {}  # input (or folder sibling) -> its output
+    # (folder, family) -> its images as a folder run takes them, and how many are named
+    families: dict[tuple[str, str], tuple[list[Path], list[int]]] = {}
+
+    def folder_of(src: Path) -> Path | None:
+        return out_dir / subdirs[src] if out_dir is not None and src in subdirs else out_dir
+
+    def name(src: Path) -> Path:
+        key = path_key(src)
+        if key not in named:
+            base = output_path_for(src, folder_of(src), output)
+            dst, n = base, 1
+            while path_key(dst) in taken or (origins is not None
+                                             and origins.is_anothers(dst, src)):
+                n += 1
+                dst = base.with_name(f"{base.stem}-{n}{base.suffix}")
+            taken.add(path_key(dst))
+            named[key] = dst
+        return named[key]
+
+    def family(src: Path) -> tuple[str, str]:
+        """Images whose names can meet: ``x``, ``x-2``, ``x-2-1`` (a collision adds ``-N``)."""
+        stem = output_path_for(src, folder_of(src), output).stem.casefold()
+        return path_key(src.parent), re.sub(r"(-[0-9]+)+$", "", stem)
+
+    if origins is not None:  # a folder run's images are all its inputs: none is an output
+        listed: dict[str, list[Path]] = {}
+        for src in inputs:
+            if family(src) not in families:
+                if family(src)[0] not in listed:
+                    listed[family(src)[0]] = _folder_images(src.parent, output.suffix, out_dir)
+                kin = [p for p in listed[family(src)[0]]
+                       if family(p) == family(src) and _is_file(p)]
+                families[family(src)] = (kin, [0])
+                taken.update(path_key(p) for p in kin)
     plan: list[tuple[Path, Path]] = []
     for src in inputs:
-        folder = out_dir / subdirs[src] if out_dir is not None and src in subdirs else out_dir
-        base = output_path_for(src, folder, output)
-        dst, n = base, 1
-        while path_key(dst) in taken:
-            n += 1
-            dst = base.with_name(f"{base.stem}-{n}{base.suffix}")
-        taken.add(path_key(dst))
-        plan.append((src, dst))
+        if origins is not None:  # its kin that sort before it take their names first
+            kin, done = families[family(src)]
+            while done[0] < len(kin) and kin[done[0]] < src.parent / src.name:
+                if src in subdirs:
+                    subdirs.setdefault(kin[done[0]], subdirs[src])
+                name(kin[done[0]])
+                done[0] += 1
+        plan.append((src, name(src)))
     return plan
+
+
+def _folder_images(folder: Path, suffix: str, out_dir: Path | None) -> list[Path]:
+    """What a run of ``folder`` would take as images (``expand_inputs``), in its order, by
+    name alone: the caller checks that the few it needs are files."""
+    if out_dir is not None and path_key(folder) == path_key(out_dir):
+        return []  # the output folder is never read as inputs
+    try:
+        with os.scandir(folder) as entries:
+            paths = sorted(folder / e.name for e in entries if not e.name.startswith("."))
+    except OSError:
+        return []
+    return [p for p in paths
+            if p.suffix.lower() in IMAGE_SUFFIXES and not is_earlier_result(p, suffix)]
 
 
 def path_key(path: Path) -> str:
@@ -176,13 +232,14 @@ def path_key(path: Path) -> str:
 
 def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *,
               on_result: ResultFn, on_interrupt: InterruptFn | None = None,
-              overwrite: bool = False) -> list[JobResult]:
+              overwrite: bool = False, origins: Origins | None = None) -> list[JobResult]:
     """Run every job through a ``bgremove.stages.Pipeline`` with ``config.concurrency``
     images at the service at once, within the account's limits (``bgremove.account``: its
     level and images per minute, counted when each submit leaves); report each as it ends.
 
     A ``dst`` that already exists is kept and its image not sent (status "skipped"),
-    unless ``overwrite``. The breaker is asked before an image is read and again before
+    unless ``overwrite``. Each result written is recorded in ``origins`` as its input's.
+    The breaker is asked before an image is read and again before
     it is sent, and told each outcome before its slot goes to the next image, so a
     decision to stop never lags behind the work. On Ctrl-C, images not sent never are,
     images at the service are abandoned, ``on_interrupt`` is told how many, and
@@ -227,7 +284,7 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
                 ended.put(_kept(src, dst))
             elif rate.try_acquire():
                 pipeline.start(_BatchJob(src, dst, config, breaker, check_output, ended.put,
-                                         rate, pending))
+                                         rate, pending=pending, origins=origins))
             else:
                 waiting.append(pair)
                 return
@@ -303,7 +360,7 @@ class _BatchJob:
 
     def __init__(self, src: Path, dst: Path, config: Config, breaker: Breaker,
                  check_output: OutputCheck, report: ResultFn, rate: RateLimiter,
-                 pending: Pending | None = None) -> None:
+                 pending: Pending | None = None, origins: Origins | None = None) -> None:
         from bgremove import tasklog
         from bgremove.contract import JobHooks
         from bgremove.stages import FileJob
@@ -337,6 +394,7 @@ class _BatchJob:
         self._check_output = check_output
         self._report = report
         self._rate = rate
+        self._origins = origins
         self._token = True  # its rate token, until its first submit leaves
         self._token_lock = threading.Lock()
 
@@ -401,6 +459,8 @@ class _BatchJob:
                 tasklog.record(self._resumed, closed=True)
             elif self._sent is not None and result.task_id is None:
                 tasklog.close_submit(self._sent)
+        if self._origins is not None and result.status == "ok" and result.output:
+            self._origins.record(result.output, result.input, self._digest)
         self._report(result)
 
 

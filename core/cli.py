@@ -94,10 +94,10 @@ def _main(argv: list[str], *, whole_process: bool) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"bgremove: {printable(str(exc))}", file=sys.stderr)
+        print(f"bgremove: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except BgremoveError as exc:
-        print(f"bgremove: {printable(str(exc))}", file=sys.stderr)
+        print(f"bgremove: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         if whole_process:

@@ -19,6 +19,8 @@ into a test.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -148,3 +150,22 @@ def no_leaked_threads() -> Iterator[None]:
 def mode(request: pytest.FixtureRequest) -> str:
     """The hot-folder daemon's watching mode: native file events, then the polling observer."""
     return str(request.param)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder nobody can write into, root included (root ignores mode bits, so as root
+    the folder is made immutable with chattr, which ext4, xfs and btrfs support)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    if os.geteuid() != 0:
+        yield folder
+        return
+    made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"chattr +i failed here: {made.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)

@@ -231,7 +231,7 @@ def test_an_unexpected_error_costs_one_file_not_the_batch(
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     assert [line for line in captured.err.splitlines() if "boom.png" in line] == [
-        f"bgremove: {boom}: internal error: RuntimeError: simulated bug "
+        f"bgremove: error: {boom}: internal error: RuntimeError: simulated bug "
         "(please report it with --log-level debug output)"]
     assert (tmp_path / "fine-nobg.png").exists()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,25 +138,6 @@ def test_an_unusable_output_folder_is_one_line_and_exit_2(
     assert all(s.exists() for s in srcs)
 
 
-@pytest.fixture
-def read_only_folder(tmp_path: Path) -> Iterator[Path]:
-    """A folder nobody can write into, root included (root ignores mode bits, so as root
-    the folder is made immutable with chattr, which ext4, xfs and btrfs support)."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o500)
-    if os.geteuid() != 0:
-        yield folder
-        return
-    made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"chattr +i failed here: {made.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
-
-
 def test_a_read_only_output_folder_is_one_line_and_exit_2(
         tmp_path: Path, emulator: Emulator, read_only_folder: Path) -> None:
     srcs = [photo(tmp_path / f"{i}.png") for i in range(3)]
@@ -183,6 +163,18 @@ def test_o_with_an_image_name_names_the_output_file(tmp_path: Path, emulator: Em
     again = bgremove(tmp_path, "remove", str(src), "-o", str(tmp_path / "result.png"),
                      emulator=emulator)
     assert again.returncode == 0 and emulator.stats()["tasks_submitted"] == 2  # kept, not paid
+
+
+def test_o_naming_a_format_bgremove_does_not_write_is_refused(tmp_path: Path,
+                                                              emulator: Emulator) -> None:
+    """`-o cutout.gif` meant a GIF file: refused in one line, not a folder named cutout.gif."""
+    src = photo(tmp_path / "shoe.jpg")
+    done = bgremove(tmp_path, "remove", str(src), "-o", str(tmp_path / "cutout.gif"),
+                    emulator=emulator)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"bgremove: error: -o {tmp_path / 'cutout.gif'}: .gif is not an output format (name "
+        "the result .png, .jpg, .webp or .tif, or give a folder)"), done.stderr
+    assert not (tmp_path / "cutout.gif").exists() and emulator.stats()["uploads"] == 0
 
 
 def test_o_with_an_image_name_and_several_inputs_is_refused(
@@ -295,6 +287,19 @@ def test_files_that_are_not_images_are_counted(tmp_path: Path, emulator: Emulato
     line = summary(done.stderr)
     assert "4 other files left out" in line, line
     assert ".heic" in line and ".nef" in line and ".txt" in line
+
+
+def test_an_mpo_in_a_folder_is_taken_as_watch_and_a_named_file_take_it(tmp_path: Path,
+                                                                   emulator: Emulator) -> None:
+    """A stereo camera's .MPO is a JPEG (its first picture is cut out): in a folder too."""
+    shoot = tmp_path / "shoot"
+    photo(shoot / "a.png")
+    image = Image.open(photo(tmp_path / "b.png"))
+    image.save(shoot / "DSCF0001.MPO", format="MPO", save_all=True, append_images=[image])
+    done = bgremove(tmp_path, "remove", str(shoot), emulator=emulator)
+    assert done.returncode == 0, done.stderr
+    assert summary(done.stderr) == "bgremove: 2 images: 2 done", done.stderr
+    assert (shoot / "DSCF0001-nobg.png").is_file()
 
 
 # --- 14. the breaker decides before the next image starts ---------------------------------------

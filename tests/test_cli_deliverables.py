@@ -183,7 +183,7 @@ def test_an_image_with_no_subject_is_written_with_a_warning(
     done = bgremove(tmp_path, "remove", str(empty), str(good), emulator=emulator)
     assert done.returncode == 0, done.stderr
     warnings = [line for line in done.stderr.splitlines() if "warning:" in line]
-    assert warnings == [f"bgremove: {empty}: warning: no subject found: the result is fully "
+    assert warnings == [f"bgremove: warning: {empty}: no subject found: the result is fully "
                         "transparent"]
     assert done.stderr.splitlines()[-1] == "bgremove: 2 images: 2 done; 1 with no subject found"
     with Image.open(tmp_path / "wall-nobg.png") as out:

@@ -115,7 +115,7 @@ def test_models_path_of_a_model_not_downloaded_exits_1(tmp_path: Path) -> None:
 def test_models_fetch_of_an_unknown_model_is_a_usage_error(tmp_path: Path) -> None:
     done = bgremove("models", "fetch", "foo", home=tmp_path)
     assert done.returncode == 2
-    assert done.stderr.strip() == ("bgremove: unknown model 'foo' "
+    assert done.stderr.strip() == ("bgremove: error: unknown model 'foo' "
                                    "(choose one of u2netp, u2net)")
 
 
@@ -227,3 +227,21 @@ def test_a_missing_local_extra_without_a_key_is_one_line_and_exit_2(tmp_path: Pa
     assert doctor.returncode == 1
     model = _doctor_lines(doctor)["offline model"]
     assert model.startswith("[FAIL]") and "bgremove[local]" in model, model
+
+
+def test_an_error_line_says_error_as_the_readme_says(tmp_path: Path) -> None:
+    """`bgremove: ` then `error: ` on an error line, whether it stops the command (a config
+    mistake, exit 2) or one file of a batch (exit 1), as `watch` and the usage errors say."""
+    config = tmp_path / "config.yaml"
+    config.write_text("concurrency: three\n", encoding="utf-8")
+    done = bgremove("remove", str(tmp_path / "x.jpg"), "--config", str(config), home=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"bgremove: error: {config}: key 'concurrency' must be a "
+                                   "whole number, not 'three'")
+    config.write_text("backend: wavespeed\n", encoding="utf-8")
+    done = bgremove("remove", str(tmp_path / "gone.jpg"), "--config", str(config), home=tmp_path,
+                    env={"WAVESPEED_API_KEY": "wsk-test-0123456789abcdef",
+                         "WAVESPEED_BASE_URL": f"http://127.0.0.1:{closed_port()}"})
+    assert done.returncode == 1
+    assert f"bgremove: error: {tmp_path / 'gone.jpg'}: no such file" in done.stderr.splitlines()
+

@@ -307,7 +307,7 @@ def test_cli_fetch_failure_is_one_line_exit_1(tmp_path: Path, monkeypatch: pytes
     cfg = _config_file(tmp_path, tmp_path / "cache")
     assert main(["models", "fetch", "tiny", "--config", str(cfg)]) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]  # earlier lines: INFO log
-    assert last.startswith("bgremove: the local model tiny is not in")
+    assert last.startswith("bgremove: error: the local model tiny is not in")
     assert last.endswith("(run `bgremove models fetch tiny` while online)")
 
 

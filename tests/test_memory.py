@@ -50,3 +50,42 @@ def test_the_users_malloc_arena_max_wins(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert limit_malloc_arenas() is False
+
+
+# Two photos decoded one after the other, the first one dropped: Pillow's own block counters.
+_BLOCKS_PROBE = """
+import io, json, sys
+from PIL import Image
+buffer = io.BytesIO()
+Image.new("RGBA", (3000, 2000), (10, 20, 30, 255)).save(buffer, "PNG")
+Image.core.reset_stats()  # counters from here on
+from bgremove.imaging import alpha_from_bytes
+for _ in range(2):
+    alpha_from_bytes(buffer.getvalue(), max_pixels=10**8)
+print(json.dumps({**Image.core.get_stats(), "max": Image.core.get_blocks_max()}))
+"""
+
+
+def _blocks(env_max: str | None) -> dict[str, int]:
+    env = {k: v for k, v in os.environ.items() if k != "PILLOW_BLOCKS_MAX"}
+    if env_max is not None:
+        env["PILLOW_BLOCKS_MAX"] = env_max
+    proc = subprocess.run([sys.executable, "-c", _BLOCKS_PROBE], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=60, check=True)
+    import json
+
+    return dict(json.loads(proc.stdout))
+
+
+def test_a_decoded_images_blocks_are_reused_by_the_next() -> None:
+    from bgremove.memory import IMAGE_BLOCKS
+
+    stats = _blocks(None)
+    assert stats["max"] == IMAGE_BLOCKS
+    assert stats["reused_blocks"] >= 2  # the second photo (24 MB: two blocks) took the first's
+
+
+def test_the_users_pillow_blocks_max_wins() -> None:
+    stats = _blocks("0")
+    assert stats["max"] == 0
+    assert stats["reused_blocks"] == 0  # and the probe would reuse blocks without it

@@ -359,7 +359,7 @@ def test_remove_refuses_a_png_with_a_damaged_image_chunk_in_one_line(
     done = bgremove(tmp_path, "remove", str(src), "-o", str(tmp_path / "out"), emulator=emulator)
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
-        f"bgremove: {src}: the PNG is damaged: its IDAT chunk fails its checksum",
+        f"bgremove: error: {src}: the PNG is damaged: its IDAT chunk fails its checksum",
         "bgremove: 1 image: 0 done, 1 failed"]
     assert src.read_bytes() == data and not (tmp_path / "out" / "photo.png").exists()
 

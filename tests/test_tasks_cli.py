@@ -104,7 +104,7 @@ def test_fetch_errors_are_one_line_each_and_the_rest_goes_on(emulator: Emulator,
     assert out.strip() == f"{good} -> {tmp_path / f'{good}.png'}"
     lines = [line for line in err.splitlines() if line.startswith("bgremove:")
              and "WaveSpeed emulator" not in line]  # the in-process emulator logs too
-    assert len(lines) == 1 and lines[0].startswith("bgremove: task no-such-task")
+    assert len(lines) == 1 and lines[0].startswith("bgremove: error: task no-such-task")
     assert "unknown to the service" in lines[0] and "Traceback" not in err
 
 
@@ -140,9 +140,9 @@ def test_fetch_refuses_another_image_of_the_same_shape(emulator: Emulator, run: 
     assert code == 1 and out == ""
     lines = [line for line in err.splitlines() if line.startswith("bgremove:")
              and "WaveSpeed emulator" not in line]  # the in-process emulator logs too
-    assert lines == [f"bgremove: {other} is not the file task {task} was made from ({source}): "
-                     "its content differs (give that file as it was, or leave out --input for "
-                     "the cut-out alone)"]
+    assert lines == [f"bgremove: error: {other} is not the file task {task} was made from "
+                     f"({source}): its content differs (give that file as it was, or leave out "
+                     "--input for the cut-out alone)"]
     assert other.read_bytes() == kept and not (tmp_path / "fetched").exists()
     code, _, err = run(emulator, "fetch", task, "--input", str(source), "-o",
                        str(tmp_path / "fetched"))
@@ -167,7 +167,7 @@ def test_tasks_against_an_api_without_the_list_is_one_line(emulator_factory: Any
     assert code == 1 and out == ""
     lines = [line for line in err.splitlines() if line.startswith("bgremove:")
              and "WaveSpeed emulator" not in line]  # the in-process emulator logs too
-    assert lines == ["bgremove: the service offers no task list (HTTP 404) (check "
+    assert lines == ["bgremove: error: the service offers no task list (HTTP 404) (check "
                      "wavespeed.base_url points at the WaveSpeed API)"]
     assert emu.api_key not in err and "Traceback" not in err
 

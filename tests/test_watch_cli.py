@@ -103,7 +103,7 @@ def test_an_unwritable_outbox_at_start_is_one_line_and_exit_2(tmp_path: Path,
         assert proc.wait(30) == 2
         lines = proc.log().strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in proc.log(), lines
-        assert lines[0].startswith(f"bgremove: OUTBOX {outbox} cannot be written: ")
+        assert lines[0].startswith(f"bgremove: error: OUTBOX {outbox} cannot be written: ")
         assert "nothing was taken from INBOX" in lines[0]
         assert files(inbox) == ["keep.png"]  # untouched
     assert emu.stats()["tasks_submitted"] == 0
@@ -155,20 +155,32 @@ def _down(port: int) -> Any:
                            base_url=f"http://127.0.0.1:{port}")
 
 
-def test_service_down_pauses_intake_with_one_line_and_resumes(tmp_path: Path,
-                                                              emulator_factory) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("cause", ["service down", "key refused"])
+def test_an_outage_pauses_intake_with_one_line_and_resumes(tmp_path: Path, emulator_factory,  # type: ignore[no-untyped-def]
+                                                           cause: str) -> None:
+    """No file's fault: the service unreachable, or a key it refuses (a new key before the
+    account's first top-up). The files wait, one line says so, the first success resumes."""
     from tests.test_watch_support import wait_until
 
     (tmp_path / "config.yaml").write_text(OUTAGE_CONFIG)
     port = _closed_port()
+    key = _down(port).api_key
+    refusing = emulator_factory(port=port, api_key=key, key_state="inactive") \
+        if cause == "key refused" else None
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     for i in range(3):
         write_image(inbox / f"s{i}.png", i)
     proc = Proc(tmp_path, _down(port), str(inbox), str(outbox), concurrency=2)
+    paused, resumed = {"service down": ("service unreachable", "the service answers again"),
+                       "key refused": ("API key refused", "the service accepts the key again")
+                       }[cause]
     try:
         wait_until(lambda: "intake paused" in proc.log(), 30, what="the pause line")
-        assert "service unreachable: intake paused, retrying every 1 s" in proc.log()
-        emu = emulator_factory(port=port, api_key=_down(port).api_key)  # the service is back
+        assert f"{paused}: intake paused, retrying every 1 s" in proc.log()
+        assert files(inbox / "failed") == []
+        if refusing is not None:
+            refusing.stop()  # the account was topped up
+        emu = emulator_factory(port=port, api_key=key)  # the service is back
         wait_until(lambda: len(files(outbox)) == 3, 30, what="all three cut out")
     finally:
         proc.signal(signal.SIGTERM)
@@ -176,7 +188,7 @@ def test_service_down_pauses_intake_with_one_line_and_resumes(tmp_path: Path,
     log = proc.log()
     assert log.count("intake paused") == 1, log  # one line for the outage, not per file
     assert "retrying in" not in log and "(attempt" not in log, log  # no per-try lines
-    assert "the service answers again: resuming intake" in log
+    assert f"{resumed}: resuming intake" in log and "error: failed" not in log, log
     assert files(inbox / "failed") == [] and emu.stats()["tasks_submitted"] == 3
 
 
@@ -274,3 +286,33 @@ def test_the_task_log_keeps_the_sha256_of_each_input(
     assert proc.wait(60) == 0, proc.log()
     records = [r for r in tasklog.read().values() if r.input == str(inbox / "a.png")]
     assert [r.sha256 for r in records] == [hashlib.sha256(image_bytes(1)).hexdigest()]
+
+
+def test_an_inbox_that_cannot_be_written_is_one_line_and_exit_2(
+        tmp_path: Path, emulator_factory, read_only_folder: Path) -> None:  # type: ignore[no-untyped-def]
+    """A read-only INBOX (a mounted card, a share without write access): the daemon cannot
+    move files out of it, and says so, not that something is in the way of its claims."""
+    emu = emulator_factory()
+    proc = Proc(tmp_path, emu, str(read_only_folder), str(tmp_path / "out"), "--once")
+    assert proc.wait(30) == 2
+    lines = proc.log().strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.log(), lines
+    assert lines[0].startswith(
+        f"bgremove: error: INBOX {read_only_folder} cannot be written: "), lines
+    assert "nothing was taken from INBOX" in lines[0] and "remove it" not in lines[0]
+
+
+def test_a_sub_folder_without_recursive_is_said_once_and_left_alone(tmp_path: Path,
+                                                                    emulator_factory) -> None:  # type: ignore[no-untyped-def]
+    """A folder dropped into INBOX without --recursive: one line says its images are not
+    taken (instead of silence), and nothing in it is touched."""
+    emu = emulator_factory()
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    write_image(inbox / "top.png", 1)
+    write_image(inbox / "shoot" / "x.png", 2)
+    proc = Proc(tmp_path, emu, str(inbox), str(outbox), "--once")
+    assert proc.wait(60) == 0, proc.log()
+    warned = [line for line in proc.log().splitlines() if "not watched" in line]
+    assert len(warned) == 1 and "sub-folder shoot of INBOX" in warned[0], proc.log()
+    assert "--recursive" in warned[0] and "done" not in warned[0] and "failed" not in warned[0]
+    assert files(outbox) == ["top.png"] and (inbox / "shoot" / "x.png").is_file()

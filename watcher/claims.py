@@ -138,7 +138,13 @@ class Claims:
             self._open_dir()
         except OSError as exc:
             what = {errno.ELOOP: "a symbolic link", errno.ENOTDIR: "not a folder"}.get(
-                exc.errno or 0, exc.strerror)
+                exc.errno or 0)
+            if what is None:  # read-only, no permission, disk full: INBOX itself is the cause
+                raise ConfigError(f"INBOX {shown(self.root.parent)} cannot be written: "
+                                  f"{exc.strerror or exc}",
+                                  hint="the daemon moves each file it takes into "
+                                  f"{self.root.name}/ there: check its permissions and free "
+                                  "space; nothing was taken from INBOX") from None
             raise ConfigError(f"{shown(exc.filename)} is {what}: the daemon keeps its claims "
                               "in a folder there and follows no link",
                               hint="remove it, then start again") from None

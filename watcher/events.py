@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bgremove.watcher.naming import shown
+
 if TYPE_CHECKING:
     from bgremove.watcher.naming import Layout
 
@@ -44,8 +46,10 @@ class _QuietStopRace(logging.Filter):
 _quiet = _QuietStopRace()
 
 
-def scan(layout: Layout) -> Iterator[Path]:
-    """Every candidate file now in INBOX (sub-folders too if recursive), excluded ones skipped."""
+def scan(layout: Layout, left_out: set[str] | None = None) -> Iterator[Path]:
+    """Every candidate file now in INBOX (sub-folders too if recursive), excluded ones skipped.
+
+    Without ``--recursive`` the sub-folders a user put in INBOX are added to ``left_out``."""
     excluded = {str(p) for p in layout.excluded()}
     stack = [layout.inbox]
     while stack:
@@ -64,9 +68,11 @@ def scan(layout: Layout) -> Iterator[Path]:
             except OSError:
                 continue
             if is_dir:
-                if layout.recursive and entry.path not in excluded \
-                        and not entry.name.startswith("."):
-                    stack.append(path)
+                if entry.path not in excluded and not entry.name.startswith("."):
+                    if layout.recursive:
+                        stack.append(path)
+                    elif left_out is not None:
+                        left_out.add(entry.name)
                 continue
             if layout.relative(path) is not None:
                 yield path
@@ -85,6 +91,7 @@ class Watcher:
         self.mode = "none"
         self._observer: Any = None
         self._offline = False
+        self._told_left_out: set[str] = set()  # sub-folders said once not to be watched
 
     # -- observer -------------------------------------------------------------
 
@@ -165,9 +172,15 @@ class Watcher:
     def rescan(self) -> int:
         """Announce every file now in INBOX; returns how many were found."""
         count = 0
-        for path in scan(self.layout):
+        left_out: set[str] = set()
+        for path in scan(self.layout, left_out):
             self.announce(path, False)
             count += 1
+        for name in sorted(left_out - self._told_left_out):
+            log.warning("sub-folder %s of INBOX is not watched: its images are left alone "
+                        "(start with --recursive to take them)", shown(name),
+                        extra={"event": "warning", "input": shown(name)})
+        self._told_left_out |= left_out
         return count
 
     def healthy(self) -> bool:

@@ -1,6 +1,7 @@
-"""A problem no single file can fix (the service unreachable, the offline model missing):
-intake pauses with one line, one file tries again every ``retry_seconds``, and the first
-success resumes intake. Nothing goes to failed/ for it."""
+"""A problem no single file can fix (the service unreachable, the API key refused or the
+account suspended, the offline model missing): intake pauses with one line, one file tries
+again every ``retry_seconds``, and the first success resumes intake. Nothing goes to failed/
+for it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from bgremove.errors import ModelError, TransportError
+from bgremove.errors import (
+    AccountSuspendedError,
+    AuthenticationError,
+    ModelError,
+    TransportError,
+)
 from bgremove.watcher.naming import shown
 
 if TYPE_CHECKING:
@@ -21,6 +27,9 @@ log = logging.getLogger(__name__)
 #: (what the pause line says, what the resume line says) per kind of outage.
 SERVICE = ("service unreachable", "the service answers again")
 MODEL = ("offline model unavailable", "the offline model works again")
+# Every file would fail alike (a new key answers 401 until the account is topped up).
+KEY = ("API key refused", "the service accepts the key again")
+SUSPENDED = ("account suspended", "the account works again")
 
 
 def outage_of(exc: BgremoveError) -> tuple[str, str] | None:
@@ -29,6 +38,10 @@ def outage_of(exc: BgremoveError) -> tuple[str, str] | None:
         return MODEL
     if isinstance(exc, TransportError):
         return SERVICE
+    if isinstance(exc, AuthenticationError):
+        return KEY
+    if isinstance(exc, AccountSuspendedError):
+        return SUSPENDED
     return None
 
 

@@ -4,7 +4,8 @@
 - a transient one: retried with capped exponential backoff (``bgremove.retry``) for
   ``watch.retry_for_seconds`` while the other files go on, then failed;
 - an unwritable folder (``OutputError``): intake pauses (``folder_health``), the file waits;
-- an outage (service unreachable, model missing): intake pauses (``outage``), the file waits;
+- an outage (service unreachable, key refused, model missing): intake pauses (``outage``),
+  the file waits;
 - an unexpected error (a bug, an odd file system): retried a few times, then failed.
 """
 

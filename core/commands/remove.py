@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from bgremove.config import Config
     from bgremove.contract import Backend
     from bgremove.jobs import JobResult
+    from bgremove.origins import Origins
 
 
 def register(sub: Any) -> None:
@@ -28,8 +29,9 @@ def register(sub: Any) -> None:
         help="remove the background of image files",
         description="Remove the background of each INPUT (files, or folders of images). "
         "Writes DIR/<stem>.<ext> with -o DIR, else <stem>-nobg.<ext> beside the input. "
-        "A result that already exists is kept and its input not sent again (--overwrite "
-        "to redo it).",
+        "A result this input made that already exists is kept and the input not sent again "
+        "(--overwrite to redo it); a name holding another input's result is passed over "
+        "for the next free one.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("-o", "--output-dir", "--output", dest="output", metavar="DIR|FILE",
@@ -108,6 +110,7 @@ def _run(args: argparse.Namespace, resume_collection: Callable[[], None]) -> int
     from bgremove.backends import make_backend, resolve_backend_name
     from bgremove.batch import IMAGE_SUFFIXES, expand_inputs, path_key, plan_outputs
     from bgremove.imaging import parse_color
+    from bgremove.origins import Origins
 
     if args.concurrency is not None and args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
@@ -137,6 +140,7 @@ def _run(args: argparse.Namespace, resume_collection: Callable[[], None]) -> int
     if config.output.foreground and not config.output.mask_only:
         _require_numpy()
     found = expand_inputs(args.inputs, config.output.suffix, out_dir, recursive=args.recursive)
+    origins = Origins()
     subfolders = (f"{_count(found.subfolders, 'subfolder')} left out "
                   f"({', '.join(found.subfolder_parents)}): add -r to include them")
     if not found.images:
@@ -150,9 +154,14 @@ def _run(args: argparse.Namespace, resume_collection: Callable[[], None]) -> int
         if path_key(out_file) == path_key(found.images[0]):
             raise ConfigError(f"-o {out_file} is the input itself: its result would replace it",
                               hint="name another result file, or give a folder to -o")
+        origin = origins.of(out_file) if origins.is_anothers(out_file, found.images[0]) else None
+        if origin is not None:  # skipping it would be a false skip, replacing it a loss
+            raise ConfigError(f"-o {out_file} is the result of another image ({origin.input})",
+                              hint="name another result file, or move that one away first")
         plan = [(found.images[0], out_file)]
     else:
-        plan = plan_outputs(found.images, out_dir, config.output, subdirs=found.subdirs)
+        plan = plan_outputs(found.images, out_dir, config.output, subdirs=found.subdirs,
+                            origins=origins)
     check_output_folder(out_file.parent if out_file is not None else out_dir)
     if found.subfolders:
         _say(subfolders)
@@ -162,7 +171,7 @@ def _run(args: argparse.Namespace, resume_collection: Callable[[], None]) -> int
     try:
         _prepare(backend)
         results = run_batch(plan, backend, config, json_lines=args.json,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, origins=origins)
     finally:
         backend.close()
     _say(summary(results, found.others))
@@ -209,11 +218,17 @@ _NAMED_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp",
 
 def output_target(value: str | None) -> tuple[Path | None, Path | None]:
     """``(folder, None)``, ``(None, file)`` or ``(None, None)`` (beside each input) for ``-o``."""
+    from bgremove.batch import IMAGE_SUFFIXES
+
     if not value:
         return None, None
     path = Path(value)
     if path.suffix.lower() in _NAMED_FORMATS and not path.is_dir():
         return None, path
+    if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir():
+        # `-o cutout.gif`: a result file was meant, not a folder named so
+        raise ConfigError(f"-o {value}: {path.suffix} is not an output format",
+                          hint="name the result .png, .jpg, .webp or .tif, or give a folder")
     return path, None
 
 
@@ -266,7 +281,7 @@ def _count(n: int, noun: str) -> str:
 
 def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *,
               json_lines: bool, out: TextIO | None = None, err: TextIO | None = None,
-              overwrite: bool = False) -> list[JobResult]:
+              overwrite: bool = False, origins: Origins | None = None) -> list[JobResult]:
     """``bgremove.batch.run_batch`` with each result printed as it ends and a progress line
     (a bar with the time left on a terminal, a plain line every 10 s elsewhere)."""
     from bgremove import batch
@@ -293,7 +308,8 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
 
     try:
         return batch.run_batch(plan, backend, config, on_result=on_result,
-                               on_interrupt=on_interrupt, overwrite=overwrite)
+                               on_interrupt=on_interrupt, overwrite=overwrite,
+                               origins=origins)
     finally:
         bar.finish()  # the closing line is run()'s summary
 
@@ -310,11 +326,11 @@ def _report(result: JobResult, json_lines: bool, out: TextIO, err: TextIO) -> No
         out.write(printable(f"{result.input} -> {result.output} ({result.seconds:.1f} s)") + "\n")
         out.flush()
         if result.warning:
-            err.write(printable(f"bgremove: {result.input}: warning: {result.warning}") + "\n")
+            err.write(printable(f"bgremove: warning: {result.input}: {result.warning}") + "\n")
             err.flush()
     else:
         # Core errors usually name the file already; add it only where they do not.
         text = str(result.error)
         where = "" if str(result.input) in text else f"{result.input}: "
-        err.write(printable(f"bgremove: {where}{text}") + "\n")
+        err.write(printable(f"bgremove: error: {where}{text}") + "\n")
         err.flush()

@@ -88,7 +88,7 @@ def run_fetch(args: argparse.Namespace) -> int:
             except BgremoveError as exc:
                 failed = True
                 text = str(exc)
-                print(printable(f"bgremove: {'' if task_id in text else f'task {task_id}: '}"
+                print(printable(f"bgremove: error: {'' if task_id in text else f'task {task_id}: '}"
                                 f"{text}"), file=sys.stderr)
                 continue
             print(f"{task_id} -> {dst}")
