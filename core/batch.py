@@ -561,5 +561,6 @@ class OutputCheck:
             probe_writable(folder)
         except OSError as exc:
             return OutputError(f"cannot write to output folder {folder}: {exc.strerror or exc}",
-                               hint="check the -o path, its permissions and free space")
+                               hint="check its permissions and free space, or give another folder "
+                               "with -o")
         return None

@@ -401,7 +401,10 @@ def _shown_key(dotted: str) -> str:
 def _check(value: Any, ftype: Any, meta: Mapping[str, Any], dotted: str, origin: str) -> Any:
     if meta.get("secret") and value is not None and not isinstance(value, str):
         # Say what kind of value it is, never the value: it may be the key itself.
-        raise ConfigError(f"{origin}: key {dotted!r} must be text, not a {type(value).__name__}")
+        kind = {bool: "true/false", int: "a number", float: "a number", list: "a list",
+                dict: "a mapping"}.get(type(value), type(value).__name__)
+        raise ConfigError(f"{origin}: key {dotted!r} must be text, not {kind}",
+                          hint="put the value in quotes")
     args = typing.get_args(ftype)
     optional = typing.get_origin(ftype) in (Union, types.UnionType) and type(None) in args
     base = next((a for a in args if a is not type(None)), ftype) if optional else ftype

@@ -99,6 +99,8 @@ class UnreadableImageError(InputError):
     """Raised when a file is not a decodable image of a supported format."""
 
     kind = "unreadable"
+    #: The data ends early or is damaged: a copy still being written looks the same.
+    truncated = False
 
 
 class ImageTooLargeError(InputError):

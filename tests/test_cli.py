@@ -259,6 +259,10 @@ def test_a_key_of_the_wrong_type_in_the_file_is_not_echoed(
     assert "sk-listed-secret" not in out.out + out.err
     assert "sk-mapped-secret" not in out.out + out.err
     assert "must be text, not a list" in out.out
+    cfg.write_text("wavespeed:\n  api_key: 12345678901\n")  # all digits: YAML reads a number
+    assert main(["remove", str(_solid(tmp_path / "a.png")), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "must be text, not a number (put the value in quotes)" in err and "12345" not in err
 
 
 def test_an_empty_folder_is_a_usage_error(tmp_path: Path,

@@ -145,6 +145,7 @@ def test_a_read_only_output_folder_is_one_line_and_exit_2(
                     emulator=emulator)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert str(read_only_folder) in done.stderr and "Traceback" not in done.stderr
+    assert "or give another folder with -o" in done.stderr  # true beside an input too
     assert emulator.stats()["uploads"] == 0
     assert all(s.exists() for s in srcs)
 

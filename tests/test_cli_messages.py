@@ -42,6 +42,8 @@ def test_error_report_names_the_failed_task_and_hints_only_what_helps(
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     write_image(inbox / "refused.png", 1)
     (inbox / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    whole = write_image(tmp_path / "whole.jpg", 2, size=(400, 300)).read_bytes()
+    (inbox / "half.jpg").write_bytes(whole[:len(whole) // 2])  # a copy that stalled, say
     cfg = tmp_path / "c.yaml"
     cfg.write_text("watch:\n  stable_seconds: 0.1\n  settle_seconds: 0.3\n"
                    "wavespeed:\n  poll:\n    initial: 0.05\n")
@@ -54,6 +56,8 @@ def test_error_report_names_the_failed_task_and_hints_only_what_helps(
     assert "move the file back" not in refused["hint"] and "will not help" in refused["hint"]
     corrupt = json.loads((inbox / "failed" / "corrupt.jpg.error.json").read_text())
     assert "move the file back" not in corrupt["hint"] and "will not help" in corrupt["hint"]
+    half = json.loads((inbox / "failed" / "half.jpg.error.json").read_text())
+    assert "if it was still being copied, move the file back into INBOX" in half["hint"], half
 
 
 # -- doctor ------------------------------------------------------------------------------

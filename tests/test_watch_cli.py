@@ -189,6 +189,7 @@ def test_an_outage_pauses_intake_with_one_line_and_resumes(tmp_path: Path, emula
     assert log.count("intake paused") == 1, log  # one line for the outage, not per file
     assert "retrying in" not in log and "(attempt" not in log, log  # no per-try lines
     assert f"{resumed}: resuming intake" in log and "error: failed" not in log, log
+    assert log.splitlines()[-1].endswith("stopped: 3 done, 0 duplicates, 0 failed since start")
     assert files(inbox / "failed") == [] and emu.stats()["tasks_submitted"] == 3
 
 

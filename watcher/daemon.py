@@ -362,7 +362,10 @@ class Daemon:
         unclaimable = self.intake.unclaimable
         if self.watch.once and unclaimable:
             log.error("%d file(s) could not be taken from INBOX (see above)", len(unclaimable))
-        problems = (self.session["failed"] or self.ctx.cap_reached.is_set()
+        session = self.session
+        log.info("stopped: %d done, %d duplicates, %d failed since start", session["done"],
+                 session["duplicates"], session["failed"])
+        problems = (session["failed"] or self.ctx.cap_reached.is_set()
                     or self._blocked_exit or self._foreign_claims
                     or (self.watch.once and unclaimable))
         return 1 if problems else 0

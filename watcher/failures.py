@@ -15,6 +15,7 @@ from bgremove.errors import (
     InputError,
     SubmitUncertainError,
     TaskFailedError,
+    UnreadableImageError,
 )
 from bgremove.files import atomic_write
 from bgremove.watcher.naming import fit_name, folder_fd, shown
@@ -74,6 +75,10 @@ def retry_hint(exc: BgremoveError) -> str:
         return again + " (it may already have been billed once)"
     if isinstance(exc, ImageTooLargeError):
         return "resize the image or raise input.max_pixels, then " + again
+    if isinstance(exc, UnreadableImageError) and exc.truncated:
+        # a copy that stalled past watch.settle_seconds looks the same, and may end complete
+        return "the image data ends early or is damaged: if it was still being copied, " + again \
+            + " once the copy has finished; otherwise replace it with a good copy"
     if isinstance(exc, InputError):
         return "the file is not a usable image: trying it again will not help; replace it " \
                "with a good copy"

@@ -267,8 +267,10 @@ def decode_input(im: Image.Image, src: Path) -> None:
     except MemoryError:
         raise ImageTooLargeError(f"{src}: not enough memory to decode this image") from None
     except Exception as exc:
-        raise UnreadableImageError(f"{src}: the image data is truncated or corrupt "
-                                   f"({_one_line(exc)})") from None
+        error = UnreadableImageError(f"{src}: the image data is truncated or corrupt "
+                                     f"({_one_line(exc)})")
+        error.truncated = True
+        raise error from None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -77,7 +77,9 @@ def _check_decodes(im: ImageFile.ImageFile, sent: StoredImage, src: Path) -> Non
     """Raise UnreadableImageError unless the whole image decodes (no pixels are kept)."""
     if sent.content_type == "image/png":
         if not png_data_complete(sent.data):
-            raise UnreadableImageError(f"{src}: the image data is truncated or corrupt")
+            error = UnreadableImageError(f"{src}: the image data is truncated or corrupt")
+            error.truncated = True
+            raise error
         return
     width, height = im.size
     im.draft("YCbCr" if im.mode == "RGB" else None,
