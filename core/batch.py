@@ -27,15 +27,18 @@ from typing import TYPE_CHECKING
 
 from bgremove.errors import (
     AccountSuspendedError,
+    APIStatusError,
     AuthenticationError,
+    BadRequestError,
     BgremoveError,
-    CancelledError,
     InputError,
     NotAttemptedError,
     OutputError,
+    PayloadTooLargeError,
+    RateLimitError,
     ServiceConnectionError,
     ServiceTimeoutError,
-    SubmitUncertainError,
+    TaskFailedError,
 )
 from bgremove.files import probe_writable
 
@@ -366,21 +369,22 @@ class _BatchJob:
         from bgremove.stages import FileJob
 
         self._digest: str | None = None  # of the input's bytes, once prepared
-        self._sent: str | None = None  # the upload URL of its open submit
-        self._resumed: str | None = None  # a task an earlier run left unsaved
+        self._sent: str | None = None  # the upload URL of this run's submit
+        self._lost: str | None = None  # an earlier run's open submit, being looked up
         service = pending.service if pending is not None else None
 
         def on_task(task_id: str) -> None:  # `bgremove tasks` names the input
-            tasklog.record(task_id, input=src, sha256=self._digest, upload_url=self._sent,
-                           service=service)
+            tasklog.record(task_id, input=src, sha256=self._digest,
+                           upload_url=self._sent or self._lost, service=service)
 
         def on_submit(sent_at: float, upload_url: str) -> None:
             rate.commit(held=self._take_token())  # counted from now, as the service counts
             if service is not None and self._digest is not None:
                 tasklog.record_submit(upload_url, input=src, sha256=self._digest,
                                       sent_at=sent_at, service=service)
-            if self._sent is not None and self._sent != upload_url:
-                tasklog.close_submit(self._sent)  # its list showed no task: the one resend
+            if self._lost is not None:  # the list surely holds no task of it: the one resend
+                tasklog.close_submit(self._lost)
+                self._lost = None
             self._sent = upload_url
 
         hooks = JobHooks(on_task=on_task, on_submit=on_submit)
@@ -418,13 +422,12 @@ class _BatchJob:
         if earlier.task is not None:
             log.info("%s: an earlier run left task %s unsaved: getting its result",
                      src, earlier.task)
-            hooks.resume_task = self._resumed = earlier.task
-            self._sent = earlier.upload_url
+            hooks.resume_task = earlier.task
         elif earlier.upload_url is not None and earlier.sent_at is not None:
             log.info("%s: an earlier run sent it and its answer never came: looking for "
                      "its task", src)
             hooks.lost_submit = (earlier.sent_at, earlier.upload_url)
-            self._sent = earlier.upload_url
+            self._lost = earlier.upload_url
 
     def before_send(self) -> None:
         self._breaker.check(self._file.src)
@@ -452,21 +455,27 @@ class _BatchJob:
         self._breaker.trips(result)  # here, before this job's slot goes to the next
         if result.task_id and result.output:
             tasklog.record(result.task_id, output=result.output)
-        elif not isinstance(result.error, _OUTCOME_UNKNOWN):
-            # The service answered: a resumed task that failed or expired is done with, a
-            # refused submit created none. Otherwise the next run looks again.
-            if self._resumed is not None and result.error is not None:
-                tasklog.record(self._resumed, closed=True)
-            elif self._sent is not None and result.task_id is None:
-                tasklog.close_submit(self._sent)
+        elif result.task_id is not None and _task_gone(result.error):
+            tasklog.record(result.task_id, closed=True)  # the service's final word on it
+        elif (self._sent is not None and result.task_id is None
+              and isinstance(result.error, _SUBMIT_REFUSED)):
+            tasklog.close_submit(self._sent)
+        # Anything else leaves what is open open: the next run asks the service again.
         if self._origins is not None and result.status == "ok" and result.output:
             self._origins.record(result.output, result.input, self._digest)
         self._report(result)
 
 
-#: Errors after which a submit may have created a task, or a task may still give its result.
-_OUTCOME_UNKNOWN = (SubmitUncertainError, CancelledError, ServiceConnectionError,
-                    ServiceTimeoutError)
+#: The service's answers to a submit that created no task.
+_SUBMIT_REFUSED = (BadRequestError, AuthenticationError, AccountSuspendedError,
+                   PayloadTooLargeError, RateLimitError)
+
+
+def _task_gone(error: BgremoveError | None) -> bool:
+    """Whether the service said the task will never give a result: it failed, or it is
+    not known (any more)."""
+    return isinstance(error, TaskFailedError) or (
+        isinstance(error, APIStatusError) and error.status_code == 404)
 
 
 def _is_file(path: Path) -> bool:

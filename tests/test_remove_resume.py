@@ -172,3 +172,38 @@ def test_a_record_of_another_service_is_not_looked_up(
     assert result.returncode == 0, result.stderr
     assert emu.count("submit") == 1
     assert len(tasklog.pending("http://127.0.0.1:9")) == 1
+
+
+@pytest.mark.parametrize("wait", ["sync", "poll"])
+def test_a_run_with_a_refused_key_leaves_what_is_pending_pending(
+        tmp_path: Path, emulator_factory: Any, wait: str) -> None:
+    """Run 1 is killed with its task at the service; run 2 has a mistyped key (the lookup,
+    the poll or the breaker fails); run 3, with the right key, still pays nothing more."""
+    emu = emulator_factory(api_key="the-right-key", delay=1.0)
+    mine, other = tmp_path / "mine.png", tmp_path / "other.png"
+    image = make_keyed_image(size=(64, 48))
+    image.save(mine)
+    make_keyed_image(size=(40, 30), key=(0, 200, 0)).save(other)
+    settings = SYNC.replace("wait: sync", f"wait: {wait}")
+    config = tmp_path / "config.yaml"
+    config.write_text(settings, encoding="utf-8")
+    env = dict(os.environ, WAVESPEED_API_KEY=emu.api_key, WAVESPEED_BASE_URL=emu.base_url,
+               BGREMOVE_CONFIG=str(config), PYTHONUNBUFFERED="1")
+    args = ["remove", str(mine), "-o", str(tmp_path / "out")]
+    first = subprocess.Popen([*COMMAND, *args], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: emu.stats()["tasks_submitted"] == 1, 60, what="the submit")
+        if wait == "poll":
+            wait_until(lambda: any("task" in e for e in log_lines()), 60, what="its task id")
+    finally:
+        first.kill()
+        first.wait()
+    wrong = bgremove(tmp_path, "remove", str(other), str(mine), "-o", str(tmp_path / "out"),
+                     emulator=emu, config=settings, env={"WAVESPEED_API_KEY": "mistyped"})
+    assert wrong.returncode != 0
+    assert len(tasklog.pending(emu.base_url)) == 1, log_lines()
+    right = bgremove(tmp_path, *args, emulator=emu, config=settings)
+    assert right.returncode == 0, right.stderr
+    assert emu.count("submit") == 1
+    assert_cutout(tmp_path / "out" / "mine.png", image)
