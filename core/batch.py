@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from bgremove.contract import Backend, JobHooks, Prepared, Result
     from bgremove.jobs import JobResult
     from bgremove.origins import Origins
+    from bgremove.stages import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,8 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
     """Run every job through a ``bgremove.stages.Pipeline`` with ``config.concurrency``
     images at the service at once, within the account's limits (``bgremove.account``: its
     level and images per minute, counted when each submit leaves); report each as it ends.
+    One image runs the same steps on this thread (``bgremove.stages.Alone``): handed
+    between the pipeline's threads, it would wait for each to wake.
 
     A ``dst`` that already exists is kept and its image not sent (status "skipped"),
     unless ``overwrite``. Each result written is recorded in ``origins`` as its input's.
@@ -252,7 +255,7 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
 
     from bgremove.account import RateLimiter, account_limits
     from bgremove.contract import CancelToken
-    from bgremove.stages import WAKE_SECONDS, Pipeline
+    from bgremove.stages import WAKE_SECONDS, Alone
 
     cancel = CancelToken()
     ended: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
@@ -265,11 +268,17 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
         concurrency, per_minute = limits.concurrency, limits.images_per_minute
     rate = RateLimiter(per_minute)
     pending = Pending(config) if backend.name == "wavespeed" else None
-    pipeline = Pipeline(backend, config, in_flight=max(1, min(concurrency, len(plan))),
-                        cancel=cancel)
-    # Jobs are started as others end, never many more than the pipeline can hold at once:
-    # a folder of 100,000 images costs 100,000 paths, not 100,000 jobs.
-    most_open = pipeline.in_flight + pipeline.prepare_ahead + pipeline.cpu_workers
+    runner: Alone | Pipeline
+    if len(plan) == 1:
+        runner, most_open = Alone(backend, cancel=cancel), 1
+    else:
+        from bgremove.stages import Pipeline
+
+        runner = pipeline = Pipeline(backend, config, in_flight=min(concurrency, len(plan)),
+                                     cancel=cancel)
+        # Jobs are started as others end, never many more than the pipeline can hold at
+        # once: a folder of 100,000 images costs 100,000 paths, not 100,000 jobs.
+        most_open = pipeline.in_flight + pipeline.prepare_ahead + pipeline.cpu_workers
     todo = iter(plan)
     waiting: list[tuple[Path, Path]] = []  # the next image, waiting for a rate token
     started = 0
@@ -286,8 +295,8 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
             if not overwrite and _is_file(dst):
                 ended.put(_kept(src, dst))
             elif rate.try_acquire():
-                pipeline.start(_BatchJob(src, dst, config, breaker, check_output, ended.put,
-                                         rate, pending=pending, origins=origins))
+                runner.start(_BatchJob(src, dst, config, breaker, check_output, ended.put,
+                                       rate, pending=pending, origins=origins))
             else:
                 waiting.append(pair)
                 return
@@ -311,12 +320,12 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
     except KeyboardInterrupt:
         # Stop at once: images not sent never are; images at the service are abandoned
         # (their tasks may still run and be billed, so the caller is told how many).
-        in_flight = pipeline.at_service()
-        pipeline.close(wait=False)
+        in_flight = runner.at_service()
+        runner.close(wait=False)
         if on_interrupt is not None:
             on_interrupt(in_flight)
         raise
-    pipeline.close()
+    runner.close()
     return results
 
 

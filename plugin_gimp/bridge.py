@@ -224,7 +224,7 @@ def _within(new: Image.Image, old: Image.Image, selection: bytes | None) -> Imag
 
 
 class LayerJob:
-    """The layer as the pipeline's one job: prepare = its pixels encoded for upload,
+    """The layer as one stages job: prepare = its pixels encoded for upload,
     finish = the result combined with the layer (``combine``); the outcome is kept."""
 
     def __init__(self, request: Request, pixels: bytes, old_mask: bytes | None,
@@ -507,7 +507,7 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], *, grace: float = CANCEL_GRACE,
         backend = make_backend(config, name=request.backend)
         job = LayerJob(request, pixels, old_mask, selection, config,
                        JobHooks(progress=out.progress, cancel=token))
-        run_one(job, backend, config)
+        run_one(job, backend)
         if job.error is not None:
             raise job.error
         token.raise_if_cancelled()  # the plug-in went away meanwhile: nothing to send back

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -367,49 +368,97 @@ def test_the_breaker_wins_the_race_against_a_slow_reporter(tmp_path: Path) -> No
     assert [r.error.kind for r in results if r.error].count("not_attempted") == 5
 
 
-# --- Ctrl-C: a second one ends the process at once, without a traceback -------------------------
+# --- Ctrl-C: the wait for a sync submit ends at once, without a traceback ------------------------
 
-def test_a_second_ctrl_c_ends_the_wait_for_a_sync_submit_without_a_traceback(
-        tmp_path: Path, emulator_factory: Any) -> None:
-    """After the first Ctrl-C the process still waits for a sync submit already sent (it
-    cannot be interrupted); a second Ctrl-C must end it there and then, with no traceback
-    from the interpreter's wait for that thread."""
+def _remove_interrupted(tmp_path: Path, emu: Emulator, images: int
+                        ) -> tuple[subprocess.Popen[str], list[str], threading.Thread]:
+    """``bgremove remove`` of ``images`` photos at that concurrency in sync mode, sent a
+    Ctrl-C once each one's submit waits at the service (its task never ends by itself).
+    Returns the process, the lines of its stderr as a thread reads them, and that thread."""
     import signal
     import time
 
     from tests.cli_process import COMMAND, FAST, ROOT
 
-    emu = emulator_factory(delay=600.0)
     config = tmp_path / "config.yaml"
     config.write_text(FAST + "  wait: sync\n", encoding="utf-8")
     env = dict(os.environ, BGREMOVE_CONFIG=str(config), PYTHONUNBUFFERED="1",
                WAVESPEED_API_KEY=emu.api_key, WAVESPEED_BASE_URL=emu.base_url)
-    src = photo(tmp_path / "in" / "photo.png")
-    proc = subprocess.Popen([*COMMAND, "remove", str(src), "-o", str(tmp_path / "out")],
-                            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
+    srcs = [str(photo(tmp_path / "in" / f"photo{i}.png")) for i in range(images)]
+    proc = subprocess.Popen([*COMMAND, "remove", *srcs, "-o", str(tmp_path / "out"),
+                             "--concurrency", str(images)],
+                            cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(proc.stderr or ()), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 60
-        while emu.stats().get("running_tasks", 0) < 1:  # its sync submit is waiting
-            assert time.monotonic() < deadline and proc.poll() is None
+        while emu.stats().get("running_tasks", 0) < images:  # each sync submit is waiting
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(said)
             time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
-        assert proc.stderr is not None
-        said = []
-        for line in proc.stderr:  # the first Ctrl-C is handled: the command has returned
-            said.append(line)
-            if line.startswith("bgremove: interrupted"):
-                break
-        assert proc.poll() is None, "".join(said)  # still waiting for the sync submit
+    except BaseException:
+        _ended(proc, reader, emu)
+        raise
+    return proc, said, reader
+
+
+def _ended(proc: subprocess.Popen[str], reader: threading.Thread, emu: Emulator) -> None:
+    """Make sure the process is gone and its tasks end (a failed test leaves neither)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    reader.join(60)
+    if proc.stderr is not None:
+        proc.stderr.close()
+    emu.end_delays()
+
+
+def test_a_second_ctrl_c_ends_the_wait_for_a_sync_submit_without_a_traceback(
+        tmp_path: Path, emulator_factory: Any) -> None:
+    """After the first Ctrl-C a batch's process still waits for the sync submits its
+    pipeline's threads sent (they cannot be interrupted); a second Ctrl-C must end it there
+    and then, with no traceback from the interpreter's wait for those threads."""
+    import signal
+    import time
+
+    emu = emulator_factory(delay=600.0)
+    proc, said, reader = _remove_interrupted(tmp_path, emu, 2)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(line.startswith("bgremove: interrupted") for line in said):
+            assert time.monotonic() < deadline, "".join(said)  # the first Ctrl-C is handled
+            time.sleep(0.02)
+        assert proc.poll() is None, "".join(said)  # still waiting for the sync submits
         proc.send_signal(signal.SIGINT)
-        _, rest = proc.communicate(timeout=60)
+        proc.wait(60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        emu.end_delays()
-    stderr = "".join(said) + rest
+        _ended(proc, reader, emu)
+    stderr = "".join(said)
     assert proc.returncode in (130, -signal.SIGINT), stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
-    assert not (tmp_path / "out" / "photo.png").exists()
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_one_ctrl_c_ends_one_images_sync_wait_at_once(tmp_path: Path,
+                                                       emulator_factory: Any) -> None:
+    """One image waits for its sync submit on the command's own thread: the first Ctrl-C
+    ends the process there and then (its task, which may be billed, is said), not when the
+    service answers (here: in ten minutes)."""
+    emu = emulator_factory(delay=600.0)
+    proc, said, reader = _remove_interrupted(tmp_path, emu, 1)
+    try:
+        proc.wait(60)
+        still_running = emu.stats().get("running_tasks", 0)
+    finally:
+        _ended(proc, reader, emu)
+    stderr = "".join(said)
+    assert proc.returncode == 130, stderr
+    assert stderr.splitlines()[-2:] == [
+        "bgremove: stopped; 1 image(s) were being processed and may still be billed by the "
+        "service", "bgremove: interrupted"], stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert still_running == 1 and emu.stats()["tasks_submitted"] == 1
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

@@ -101,12 +101,12 @@ class FileJob:
 
 def remove_file(src: Path, dst: Path, backend: Backend, config: Config,
                 hooks: JobHooks | None = None) -> JobResult:
-    """Cut out ``src`` into ``dst`` through a pipeline of one job (the path every image
-    takes); raises ``BgremoveError`` on failure, nothing written then."""
+    """Cut out ``src`` into ``dst``: the stages every image takes, run on this thread
+    (``run_one``); raises ``BgremoveError`` on failure, nothing written then."""
     from bgremove.stages._one import run_one
 
     ended: list[JobResult] = []
-    run_one(FileJob(src, dst, config, done=ended.append, hooks=hooks), backend, config)
+    run_one(FileJob(src, dst, config, done=ended.append, hooks=hooks), backend)
     result = ended[0]
     if result.error is not None:
         raise result.error

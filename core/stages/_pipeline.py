@@ -45,8 +45,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
-from bgremove.contract import CancelToken, JobHooks, Prepared, Upload
+from bgremove.contract import CancelToken, JobHooks, Prepared
 from bgremove.errors import CancelledError, ServiceTimeoutError
+from bgremove.stages import _steps
 from bgremove.stages._poller import Poller
 
 if TYPE_CHECKING:
@@ -58,15 +59,11 @@ log = logging.getLogger(__name__)
 
 #: The most IO threads a pipeline starts by default (uploads, polls, downloads).
 MAX_IO_THREADS = 16
-#: The stages a job holds an ``in_flight`` place in: from its upload to its download.
-HOLDS_PLACE = ("sending", "waiting", "ready", "fetching")
-#: The stages of a job the service has (or may have) taken: it may be billed.
-AT_SERVICE = (*HOLDS_PLACE, "finishing")
+#: The stages a job holds an ``in_flight`` place in: from its upload to its download
+#: (``_steps.AT_SERVICE`` without "finishing").
+HOLDS_PLACE = _steps.AT_SERVICE[:-1]
 #: The stages in which no step of a job runs: its own cancel ends it there at once.
 IDLE = ("pending", "prepared", "waiting", "ready")
-#: The longest a waiting caller goes without looking at its flags: a Ctrl-C that lands just
-#: before a blocking wait begins does not wake it (Python only flags it).
-WAKE_SECONDS = 0.25
 #: Seconds a job's prepare and finish may take together before ``close`` calls it stuck
 #: (a 100 MP photo takes some 10 s on one slow core).
 CPU_SECONDS = 300.0
@@ -165,11 +162,7 @@ class Pipeline:
 
     def start(self, job: Job) -> None:
         """Queue ``job``; returns at once. Raises RuntimeError after ``close``."""
-        own = job.hooks.cancel
-        if own is self.cancel_token:
-            own = None
-        token = self.cancel_token if own is None else CancelToken.either(self.cancel_token, own)
-        entry = _Entry(job, dataclasses.replace(job.hooks, cancel=token))
+        entry = _Entry(job, _steps.job_hooks(job, self.cancel_token))
         with self._lock:
             if self._closed:
                 raise RuntimeError("the pipeline is closed")
@@ -177,8 +170,9 @@ class Pipeline:
             self._counts["pending"] += 1
             self._pending.append(entry)
             self._pump()
-        if own is not None:  # this job's alone: it ends at once too
-            token.on_cancel(lambda: self._cancelled(entry))
+        token = entry.hooks.cancel
+        if token is not None and token is not self.cancel_token:  # it has its own too:
+            token.on_cancel(lambda: self._cancelled(entry))  # that one ends it at once
 
     def counts(self) -> dict[str, int]:
         """How many jobs are in each stage now (see the module docstring)."""
@@ -194,7 +188,7 @@ class Pipeline:
         """Jobs between the start of their upload and the end of their finish (all may be
         billed)."""
         with self._lock:
-            return sum(self._counts[s] for s in AT_SERVICE)
+            return sum(self._counts[s] for s in _steps.AT_SERVICE)
 
     def drain(self, timeout: float) -> bool:
         """Wait until every job started has ended, at most ``timeout`` seconds; False if
@@ -206,7 +200,7 @@ class Pipeline:
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
-                self._lock.wait(min(left, WAKE_SECONDS))
+                self._lock.wait(min(left, _steps.WAKE_SECONDS))
         return True
 
     def longest(self) -> float:
@@ -333,10 +327,7 @@ class Pipeline:
 
     def _prepare(self, entry: _Entry) -> None:
         try:
-            entry.hooks.check_cancel()
-            entry.hooks.report("prepare", 0.0)
-            entry.prepared = entry.job.prepare()
-            entry.hooks.check_cancel()
+            entry.prepared = _steps.prepare(entry.job, entry.hooks)
         except Exception as exc:
             self._end(entry, exc)
             return
@@ -346,34 +337,26 @@ class Pipeline:
         prepared = entry.prepared
         assert prepared is not None
         try:
-            entry.hooks.check_cancel()
-            before_send = getattr(entry.job, "before_send", None)
-            if before_send is not None:
-                before_send()
-            entry.call = call = self.remote.send(prepared, entry.hooks, sync=self.sync)
+            entry.call = call = _steps.send(entry.job, self.remote, prepared, entry.hooks,
+                                          sync=self.sync)
         except Exception as exc:
             self._end(entry, exc)
             return
-        # Sent: the upload's bytes are needed no more (the finish re-reads the input).
-        entry.prepared = call.prepared = dataclasses.replace(prepared, upload=_sent(prepared))
+        entry.prepared = call.prepared  # without the upload's bytes
         self._wait_or_fetch(entry, call)
 
     def _warm_up(self, entry: _Entry) -> None:
         prepared = entry.prepared
         if entry.ended or entry.stage == "finishing" or prepared is None:
             return
-        try:
-            entry.job.warm(prepared)  # type: ignore[attr-defined]
-        except Exception:  # the finish does the same work again and reports what fails
-            log.debug("warming a job failed", exc_info=True)
+        _steps.warm(entry.job, prepared)
 
     def _poll(self, entry: _Entry) -> None:
         call = entry.call
         if call is None:  # ended meanwhile (its own cancel): nothing more is asked
             return
         try:
-            entry.hooks.check_cancel()
-            self.remote.poll(call)
+            _steps.poll(self.remote, call)
         except Exception as exc:
             self._end(entry, exc)
             return
@@ -407,13 +390,11 @@ class Pipeline:
             self._pump()  # its place is free: the next upload may start
 
     def _finish(self, entry: _Entry, result: Result) -> None:
-        # No cancel check from here on: the result is paid for and downloaded, so keep it.
         assert entry.prepared is not None
         if entry.ended:  # given up by ``close`` while it waited for a CPU worker
             return
         try:
-            entry.hooks.report("compose", 0.95)
-            entry.job.finish(entry.prepared, result)
+            _steps.finish(entry.job, entry.prepared, result, entry.hooks)
         except Exception as exc:
             self._end(entry, exc)
             return
@@ -439,10 +420,7 @@ class Pipeline:
 
     def _ended(self, entry: _Entry, error: BaseException | None) -> None:
         if error is not None:
-            try:
-                entry.job.failed(error)
-            except Exception:  # a bug in the caller's callback must not stop the pipeline
-                log.exception("a job's failed() raised")
+            _steps.fail(entry.job, error)  # a bug in that callback must not stop the pipeline
         with self._lock:
             self._counts[entry.stage] -= 1
             entry.stage = "ended"
@@ -452,9 +430,3 @@ class Pipeline:
                 self._warm -= 1
             self._pump()
             self._lock.notify_all()
-
-
-def _sent(prepared: Prepared) -> Upload:
-    """The upload's description without its bytes (the size still bounds the result)."""
-    upload = prepared.upload
-    return Upload(b"", upload.content_type, upload.filename, upload.size)

@@ -5,7 +5,9 @@ byte every half second (headers or body) is never "timed out". Here the
 request loop states, for the calls the current thread makes, when they must
 end and which cancel token may stop them (``budget``); every connect, read and
 write on the sockets of a bound pool (``bound_sockets``) then waits at most until that
-moment, and a read wakes every ``CANCEL_POLL`` seconds to look at the token.
+moment, and a read wakes every ``CANCEL_POLL`` seconds to look at the token. On the main
+thread a read wakes so too, token or not: a Ctrl-C that lands just before a read blocks
+interrupts no system call (Python only flags it), and a sync submit's wait is long.
 
 ``bound_sockets`` puts this on every connection pool of the client's own
 ``httpx.Client``: the direct one and those of proxies from the environment
@@ -38,7 +40,8 @@ import httpx
 if TYPE_CHECKING:
     from bgremove.contract import CancelToken
 
-#: How often a waiting read looks at the cancel token, seconds.
+#: How often a waiting read looks at the cancel token (and the main thread at a flagged
+#: Ctrl-C), seconds.
 CANCEL_POLL = 0.2
 
 
@@ -110,13 +113,16 @@ class _BoundedStream(httpcore.NetworkStream):
             cancel = _budget.cancel
             if cancel is not None:
                 cancel.raise_if_cancelled()
+            sliced = cancel is not None or threading.current_thread() is threading.main_thread()
+            if sliced:
                 limit = CANCEL_POLL if limit is None else min(limit, CANCEL_POLL)
             try:
                 return self._inner.read(max_bytes, limit)
             except httpcore.ReadTimeout:
-                # a slice ended: go on unless the real timeout or the deadline is used up
-                if cancel is None or (timeout is not None
-                                      and time.monotonic() - started >= timeout):
+                # a slice ended (back in Python: a flagged Ctrl-C is raised here): go on
+                # unless the real timeout or the deadline is used up
+                if not sliced or (timeout is not None
+                                  and time.monotonic() - started >= timeout):
                     raise
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
