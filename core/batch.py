@@ -180,25 +180,28 @@ def plan_outputs(inputs: list[Path], out_dir: Path | None, output: OutputConfig,
             named[key] = dst
         return named[key]
 
-    def family(src: Path) -> tuple[str, str]:
-        """Images whose names can meet: ``x``, ``x-2``, ``x-2-1`` (a collision adds ``-N``)."""
-        stem = output_path_for(src, folder_of(src), output).stem.casefold()
-        return path_key(src.parent), re.sub(r"(-[0-9]+)+$", "", stem)
+    kin_of: dict[Path, tuple[str, str]] = {}  # input -> its (folder, family)
 
     if origins is not None:  # a folder run's images are all its inputs: none is an output
-        listed: dict[str, list[Path]] = {}
+        grouped: dict[str, dict[str, list[str]]] = {}  # folder -> family -> image names
+        folder_keys: dict[Path, str] = {}
         for src in inputs:
-            if family(src) not in families:
-                if family(src)[0] not in listed:
-                    listed[family(src)[0]] = _folder_images(src.parent, output.suffix, out_dir)
-                kin = [p for p in listed[family(src)[0]]
-                       if family(p) == family(src) and _is_file(p)]
-                families[family(src)] = (kin, [0])
+            if src.parent not in folder_keys:
+                folder_keys[src.parent] = path_key(src.parent)
+            folder_key = folder_keys[src.parent]
+            stem = _stem_family(src.name, out_dir, output.suffix)
+            kin_of[src] = (folder_key, stem)
+            if folder_key not in grouped:
+                grouped[folder_key] = _folder_families(src.parent, out_dir, output.suffix)
+            if (folder_key, stem) not in families:
+                kin = sorted(src.parent / n for n in grouped[folder_key].get(stem, []))
+                kin = [p for p in kin if not is_earlier_result(p, output.suffix) and _is_file(p)]
+                families[folder_key, stem] = (kin, [0])
                 taken.update(path_key(p) for p in kin)
     plan: list[tuple[Path, Path]] = []
     for src in inputs:
         if origins is not None:  # its kin that sort before it take their names first
-            kin, done = families[family(src)]
+            kin, done = families[kin_of[src]]
             while done[0] < len(kin) and kin[done[0]] < src.parent / src.name:
                 if src in subdirs:
                     subdirs.setdefault(kin[done[0]], subdirs[src])
@@ -208,18 +211,32 @@ def plan_outputs(inputs: list[Path], out_dir: Path | None, output: OutputConfig,
     return plan
 
 
-def _folder_images(folder: Path, suffix: str, out_dir: Path | None) -> list[Path]:
-    """What a run of ``folder`` would take as images (``expand_inputs``), in its order, by
-    name alone: the caller checks that the few it needs are files."""
+_COLLISION_NUMBERS = re.compile(r"(-[0-9]+)+$")
+
+
+def _stem_family(name: str, out_dir: Path | None, suffix: str) -> str:
+    """The family of an image's output names: its output's stem (``output_path_for``),
+    case-folded, without trailing ``-N`` groups (``x``, ``x-2``, ``x-2-1`` can meet)."""
+    stem = os.path.splitext(name)[0]
+    return _COLLISION_NUMBERS.sub("", (stem if out_dir is not None else stem + suffix).casefold())
+
+
+def _folder_families(folder: Path, out_dir: Path | None, suffix: str) -> dict[str, list[str]]:
+    """The names a run of ``folder`` could take as images (``expand_inputs``), by family;
+    by name alone, cheap for a big folder: the caller checks the few it needs."""
     if out_dir is not None and path_key(folder) == path_key(out_dir):
-        return []  # the output folder is never read as inputs
+        return {}  # the output folder is never read as inputs
+    families: dict[str, list[str]] = {}
     try:
         with os.scandir(folder) as entries:
-            paths = sorted(folder / e.name for e in entries if not e.name.startswith("."))
+            for entry in entries:
+                name = entry.name
+                if not name.startswith(".") and \
+                        os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+                    families.setdefault(_stem_family(name, out_dir, suffix), []).append(name)
     except OSError:
-        return []
-    return [p for p in paths
-            if p.suffix.lower() in IMAGE_SUFFIXES and not is_earlier_result(p, suffix)]
+        pass
+    return families
 
 
 def path_key(path: Path) -> str:

@@ -312,7 +312,7 @@ def _read_yaml(file: Path) -> Mapping[str, Any]:
     import yaml  # here: most runs have no config file, and the import costs ~10 ms
 
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_keys_loader(yaml, file))  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -324,6 +324,32 @@ def _read_yaml(file: Path) -> Mapping[str, Any]:
         raise ConfigError(f"config file {file} must hold a mapping of keys, "
                           f"not {type(data).__name__}")
     return data
+
+
+def _unique_keys_loader(yaml: Any, file: Path) -> Any:
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last
+    silently: a pasted line would override the setting above it unseen)."""
+
+    class Loader(yaml.SafeLoader):  # type: ignore[misc]
+        pass
+
+    def mapping(loader: Any, node: Any, deep: bool = False) -> Any:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                first = lines.setdefault(key, line)
+            except TypeError:  # an unhashable key: the safe loader says so
+                break
+            if first != line:
+                raise ConfigError(f"config file {file}: key {_shown_key(str(key))} is given "
+                                  f"twice (lines {first} and {line})",
+                                  hint="keep one: the second would silently win")
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

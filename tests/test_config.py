@@ -62,6 +62,10 @@ def test_config_found_through_environment_variable(tmp_path: Path) -> None:
         ("local:\n  refine: maybe\n", "must be true or false"),
         ("- a\n- b\n", "must hold a mapping"),
         ("a: [\n", "not valid YAML at line"),
+        ("backend: local\nlog_level: info\nbackend: wavespeed\n",
+         "key 'backend' is given twice (lines 1 and 3)"),
+        ("wavespeed:\n  retry:\n    max_attempts: 3\n  retry:\n    max_attempts: 4\n",
+         "key 'retry' is given twice (lines 2 and 4)"),
         ("watch:\n  retry_uncertain_submits: 1\n", "looked up in the service's task list"),
     ],
 )
