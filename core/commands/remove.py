@@ -302,8 +302,9 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
     def on_interrupt(in_flight: int) -> None:
         console.close()
         if in_flight:
-            err.write(f"bgremove: stopped; {in_flight} image(s) were being processed and may "
-                      "still be billed by the service\n")
+            err.write(f"bgremove: stopped; {in_flight} image(s) were at the service and may "
+                      "still be billed: run the same command again to get their results "
+                      "without paying twice (`bgremove tasks` lists them)\n")
 
     try:
         return batch.run_batch(plan, backend, config, on_result=on_result,
