@@ -132,6 +132,10 @@ def _run(args: argparse.Namespace, resume_collection: Callable[[], None]) -> int
         "output.strip_metadata": args.strip_metadata,
         "local.model": args.model,
     })
+    if getattr(args, "ends_process", False):
+        from bgremove.memory import reuse_image_blocks
+
+        reuse_image_blocks()  # a batch's photos one after another (see bgremove.memory)
     if args.model is not None and resolve_backend_name(config) == "wavespeed":
         raise ConfigError("--model picks the offline model; the WaveSpeed service has one model",
                           hint="add --backend local to use the offline model")
