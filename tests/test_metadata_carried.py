@@ -59,6 +59,7 @@ PHOTO_XMP = f"""<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
    <dc:title><rdf:Alt><rdf:li xml:lang="x-default">Shoe</rdf:li></rdf:Alt></dc:title>
    <dc:description><rdf:Alt><rdf:li xml:lang="x-default">A red &lt;shoe&gt;</rdf:li></rdf:Alt>
    </dc:description>
+   <dc:coverage>Paris, France</dc:coverage>
    <dc:subject><rdf:Bag><rdf:li>shoe</rdf:li><rdf:li>red</rdf:li></rdf:Bag></dc:subject>
    <exif:GPSAltitude>35/1</exif:GPSAltitude>
    <t:Orientation xmlns:t="{TIFF}">6</t:Orientation>
@@ -107,7 +108,7 @@ def assert_photographers_xmp(packet: bytes | None) -> None:
     assert not {uri for uri, _ in present if "dji" in uri}
     for gone in [(TIFF, "Orientation"), (TIFF, "ImageWidth"), (TIFF, "ImageLength"),
                  (EXIF, "PixelXDimension"), (PHOTOSHOP, "City"), (PHOTOSHOP, "Country"),
-                 (XMP_NS, "Thumbnails"), (DC, "format")]:
+                 (XMP_NS, "Thumbnails"), (DC, "format"), (DC, "coverage")]:
         assert gone not in present, gone
     assert not {uri for uri, _ in present if "Iptc4xmpExt" in uri or "camera-raw" in uri}
     text = packet.decode("utf-8")
@@ -128,6 +129,17 @@ def xmp_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_the_filter_keeps_the_photographers_fields_and_drops_location_and_orientation(
         caplog: pytest.LogCaptureFixture) -> None:
     assert_photographers_xmp(filter_xmp(PHOTO_XMP + b"\x00\x00   ", "photo.jpg"))
+    assert not xmp_warnings(caplog)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize("bom", ["\ufeff", ""])
+def test_a_utf16_xmp_with_its_padding_is_read(caplog: pytest.LogCaptureFixture,
+                                              encoding: str, bom: str) -> None:
+    """The XMP specification allows UTF-16 (with or without a byte-order mark); its padding
+    is trimmed in whole characters."""
+    packet = f"{bom}{PHOTO_XMP.decode()}\x00\x00  \n".encode(encoding)
+    assert_photographers_xmp(filter_xmp(packet, "photo.tif"))
     assert not xmp_warnings(caplog)
 
 

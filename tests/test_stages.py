@@ -494,10 +494,59 @@ def test_a_finish_given_up_on_reports_its_file_once(
     _until(finishing.is_set)
     pipeline.close(timeout=0.2)
     assert [r.status for r in ended] == ["failed"]
-    assert isinstance(ended[0].error, ServiceTimeoutError)
+    error = ended[0].error
+    assert isinstance(error, ServiceTimeoutError)
+    # paid for and downloaded: the caller is told so, and given the task to fetch it
+    assert ended[0].task_id == error.task_id == "t"
+    assert "its result was downloaded (task t) and may still be written" in str(error)
+    assert "`bgremove fetch t`" in str(error)
     release.set()
     pipeline._cpu.shutdown(wait=True)
     assert [r.status for r in ended] == ["failed"]
+
+
+class _FailedLate(FileJob):
+    """A ``FileJob`` whose ``failed`` runs late: once it is called (the pipeline has marked
+    it ended) it lets the stuck finish go and waits until that finish has reported."""
+
+    def __init__(self, *args: Any, release: threading.Event, reported: threading.Event,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release, self.reported = release, reported
+
+    def failed(self, error: BaseException) -> None:
+        self.release.set()
+        self.reported.wait(60)
+        super().failed(error)
+
+
+def test_a_finish_that_returns_as_it_is_given_up_reports_its_file_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race: ``close`` gives up the job (``entry.ended`` set) and its finish returns
+    before ``failed`` runs. One report, the finish's: its output was written."""
+    from bgremove import imaging
+
+    release, finishing, reported = threading.Event(), threading.Event(), threading.Event()
+
+    def stuck_finish(*args: object, **kwargs: object) -> None:
+        finishing.set()
+        release.wait(120)
+
+    def done(result: JobResult) -> None:
+        ended.append(result)
+        reported.set()
+
+    monkeypatch.setattr(imaging, "finish_file", stuck_finish)
+    src = tmp_path / "in.png"
+    make_keyed_image((8, 8)).save(src)
+    ended: list[JobResult] = []
+    pipeline = Pipeline(None, Config(), in_flight=1, remote=FakeRemote(polls=0))
+    pipeline.start(_FailedLate(src, tmp_path / "out.png", Config(), done=done,
+                               release=release, reported=reported))
+    _until(finishing.is_set)
+    pipeline.close(timeout=0.2)
+    pipeline._cpu.shutdown(wait=True)
+    assert [r.status for r in ended] == ["ok"]
 
 
 def _main_waits_in_drain() -> bool:

@@ -179,7 +179,7 @@ def write_png16(deep: DeepImage, fh: IO[bytes], icc: bytes | None, exif: bytes |
 #: artist, copyright); ``save_image`` adds the EXIF sub-IFD afterwards, as for 8-bit TIFF.
 _TIFF_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 33432)
 _BYTE, _SHORT, _LONG, _RATIONAL, _ASCII, _UNDEFINED = 1, 3, 4, 5, 2, 7
-_XMP_TAG = 700
+TIFF_XMP = 700  # the XMP packet's tag (Adobe XMP spec, part 3)
 
 
 def write_tiff16(deep: DeepImage, fh: IO[bytes], icc: bytes | None, exif: bytes | None,
@@ -209,7 +209,7 @@ def write_tiff16(deep: DeepImage, fh: IO[bytes], icc: bytes | None, exif: bytes 
     if icc:
         tags.append((34675, _UNDEFINED, icc))
     if xmp:
-        tags.append((_XMP_TAG, _BYTE, xmp))
+        tags.append((TIFF_XMP, _BYTE, xmp))
     tags.extend(_text_tags(exif))
     _write_ifd(fh, sorted(tags, key=lambda t: t[0]))
 

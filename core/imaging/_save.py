@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 from bgremove.choices import OUTPUT_FORMATS
 from bgremove.errors import OutputError
 from bgremove.files import atomic_writer
-from bgremove.imaging._deep import DeepImage, write_png16, write_tiff16
+from bgremove.imaging._deep import TIFF_XMP, DeepImage, write_png16, write_tiff16
 from bgremove.imaging._modes import icc_colour_space
 from bgremove.imaging._pillow import pillow_scope
 from bgremove.imaging._png import PNG_COLOUR, text_chunks, write_png
@@ -37,7 +37,6 @@ DEEP_WRITERS = {"png": write_png16, "tiff": write_tiff16}
 #: JPEG outputs: high quality, no chroma subsampling (crisp edges on a flat background).
 JPEG_OUTPUT_QUALITY = 95
 EXIF_IFD_POINTER = 0x8769
-TIFF_XMP = 700
 #: From this many pixels on, PNG outputs use the fastest compression (see png_compress_level).
 _FAST_PNG_PIXELS = 4_000_000
 

@@ -59,6 +59,7 @@ _DROPPED = frozenset({
     (_EXIF, "PixelXDimension"), (_EXIF, "PixelYDimension"), (_EXIF, "NativeDigest"),
     (_EXIF, "SubjectArea"), (_EXIF, "SubjectLocation"),
     ("http://purl.org/dc/elements/1.1/", "format"),
+    ("http://purl.org/dc/elements/1.1/", "coverage"),  # the place (or time) shown, often
     ("http://ns.adobe.com/xap/1.0/", "Thumbnails"),
     ("http://ns.adobe.com/xap/1.0/mm/", "InstanceID"),
     ("http://ns.adobe.com/xap/1.0/mm/", "Pantry"),
@@ -120,6 +121,14 @@ def kept_xmp(im: Image.Image, src: str | os.PathLike[str]) -> bytes | None:
     return filter_xmp(data, src)
 
 
+def _trimmed(data: bytes) -> bytes:
+    """``data`` without the NUL padding and whitespace a packet may end with, in whole
+    characters: a UTF-16 packet's last ``>`` keeps its zero byte."""
+    trimmed = data.rstrip(b"\x00 \t\r\n")
+    utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff", b"<\x00", b"\x00<")
+    return trimmed + b"\x00" if utf16 and len(trimmed) % 2 else trimmed
+
+
 def filter_xmp(data: bytes, src: str | os.PathLike[str]) -> bytes | None:
     """``data`` (an XMP packet) without the properties ``dropped`` names, as UTF-8; None when
     nothing worth keeping is left, or (with one warning naming ``src``) when it is malformed,
@@ -139,7 +148,7 @@ def filter_xmp(data: bytes, src: str | os.PathLike[str]) -> bytes | None:
     parser.EndElementHandler = packet.end
     parser.CharacterDataHandler = packet.text
     try:
-        parser.Parse(data.rstrip(b"\x00 \t\r\n"), True)
+        parser.Parse(_trimmed(data), True)
     except _Refused as exc:
         log.warning("%s: its XMP metadata %s; the cut-out is written without it", src, exc)
         return None

@@ -42,7 +42,8 @@ class FileJob:
         self._done = done
         self._started = time.monotonic()
         self._warm_lock = threading.Lock()
-        self._warm_state: str | None = None  # None, "warming", "finishing"; "ended": failed
+        # None, "warming", "finishing"; then the one report claimed: "done" (ok), "ended" (failed)
+        self._warm_state: str | None = None
         self._warmed = threading.Event()
         self._source: SourceImage | None = None  # the input decoded by ``warm``
 
@@ -86,6 +87,7 @@ class FileJob:
         with self._warm_lock:
             if self._warm_state == "ended":  # given up meanwhile: it has its one result
                 return
+            self._warm_state = "done"
         self._done(JobResult(self.src, self.dst, "ok", None, time.monotonic() - self._started,
                              result.task_id, result.requests, warning))
 
@@ -93,6 +95,8 @@ class FileJob:
         from bgremove.jobs import JobResult
 
         with self._warm_lock:
+            if self._warm_state == "done":  # given up as its finish reported: reported once
+                return
             self._warm_state, self._source = "ended", None
         problem = _without_frames(job_error(self.src, error))
         self._done(JobResult(self.src, None, "failed", problem, time.monotonic() - self._started,

@@ -96,6 +96,7 @@ class _Entry:
     stage: str = "pending"
     prepared: Prepared | None = None
     call: Call | None = None
+    task_id: str | None = None  # its task's, once the result is downloaded (for a give-up)
     ended: bool = False
     warmed: bool = False  # its ``warm`` was handed to the CPU pool (it holds a warm place)
 
@@ -251,11 +252,10 @@ class Pipeline:
     def _give_up(self, seconds: float) -> None:
         """End every job still open: ``close``'s wait for them is over."""
         with self._lock:
-            stuck = list(self._open)
+            stuck = [(entry, _given_up(entry, seconds)) for entry in self._open]
         log.warning("%d image(s) did not end within %.0f s: given up", len(stuck), seconds)
-        for entry in stuck:
-            self._end(entry, ServiceTimeoutError(
-                f"did not end within {seconds:.0f} s (a step is stuck); given up"))
+        for entry, error in stuck:
+            self._end(entry, error)
 
     # -- scheduling (under the lock) ------------------------------------------------------
 
@@ -385,6 +385,7 @@ class Pipeline:
         with self._lock:
             if entry.ended:
                 return
+            entry.task_id = result.task_id
             self._move(entry, "finishing")
             self._submit(self._cpu, lambda e: self._finish(e, result), entry)
             self._pump()  # its place is free: the next upload may start
@@ -430,3 +431,20 @@ class Pipeline:
                 self._warm -= 1
             self._pump()
             self._lock.notify_all()
+
+
+def _given_up(entry: _Entry, seconds: float) -> ServiceTimeoutError:
+    """The error a job still open when ``close`` gives up ends with (under the lock). One in
+    its finish has its result paid for and downloaded: the error says so, with the task id,
+    so that a caller fetches it (or finds the output written) instead of paying again."""
+    late = f"did not end within {seconds:.0f} s (a step is stuck); given up"
+    if entry.stage != "finishing":
+        return ServiceTimeoutError(late)
+    task = entry.task_id
+    if task is None:  # a local model's: nothing paid
+        return ServiceTimeoutError(f"{late}, but its output may still be written")
+    return ServiceTimeoutError(
+        f"{late}, but its result was downloaded (task {task}) and may still be written",
+        hint=f"look for the output before running it again; `bgremove fetch {task}` "
+             "gets the result without paying again",
+        task_id=task)
