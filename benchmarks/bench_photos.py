@@ -16,7 +16,7 @@ Each client is a process of its own, timed from start to exit; CPU is its rusage
 (b) lean    ``photos_client.py lean``: the leanest correct client (the floor); it trusts
             the service's colour pixels
 (b') checked ``photos_client.py checked``: (b) without that trust, as bgremove: the service's
-            colours kept only when they are exactly the photo's (both decoded, compared)
+            colours kept only when bgremove's check passes them (both decoded, compared)
 bgremove    ``bgremove remove PHOTOS -o DIR --concurrency 3``
 
 Sections (``--only``/``--skip``):

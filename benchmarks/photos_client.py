@@ -1,10 +1,10 @@
-"""The two reference clients of the photo benchmark (``bench_photos.py``), run as processes.
+"""The reference clients of the photo benchmark (``bench_photos.py``), run as processes.
 
     python benchmarks/photos_client.py plain|lean|checked --out DIR [--concurrency 3] PHOTO...
 
-Both read ``WAVESPEED_BASE_URL`` and ``WAVESPEED_API_KEY``, share one pooled HTTP client,
-and per photo do what the official SDK does: a direct upload (ticket, then PUT), a submit
-in sync mode, then they download the service's PNG and write ``DIR/<stem>.png``.
+Each reads ``WAVESPEED_BASE_URL`` and ``WAVESPEED_API_KEY``, shares one pooled HTTP client,
+and per photo does what the official SDK does: a direct upload (ticket, then PUT), a submit
+in sync mode, then it downloads the service's PNG and writes ``DIR/<stem>.png``.
 
 plain  what a script on the official SDK does with a local file: uploads the file's bytes
        as they are (GPS and all) and saves the service's PNG as it comes (a photo stored
@@ -17,10 +17,11 @@ lean   the leanest correct client: uploads the file's bytes minus its metadata s
        turned, and encoded once (zlib level 1). It trusts the service's colour pixels (it
        does not compare them with the original's).
 checked  lean, without trusting the service: the photo is decoded while its task waits,
-       and the service's colour pixels are kept (as lean keeps them) only when they are
-       exactly the photo's; otherwise the service's mask is applied to the photo's own
-       pixels. The price of that check (both 24 MP images decoded and compared) is what
-       separates bgremove from (b) on a machine where the CPU is the limit.
+       and the service's colour pixels are kept (as lean keeps them) only when bgremove's
+       check passes them (the photo's own colours, or those zeroed where clear); otherwise
+       the service's mask is applied to the photo's own pixels. The price of that check
+       (both 24 MP images decoded and compared) is what separates bgremove from (b) on a
+       machine where the CPU is the limit.
 
 Prints nothing on success; the first failure is one line on stderr and exit status 1.
 """

@@ -27,19 +27,26 @@ from typing import TYPE_CHECKING
 
 from bgremove.errors import (
     AccountSuspendedError,
+    APIStatusError,
     AuthenticationError,
+    BadRequestError,
     BgremoveError,
+    InputError,
     NotAttemptedError,
     OutputError,
+    PayloadTooLargeError,
+    RateLimitError,
     ServiceConnectionError,
     ServiceTimeoutError,
+    TaskFailedError,
 )
 from bgremove.files import probe_writable
 
 if TYPE_CHECKING:
+    from bgremove import tasklog
     from bgremove.account import RateLimiter
     from bgremove.config import Config, OutputConfig
-    from bgremove.contract import Backend, Prepared, Result
+    from bgremove.contract import Backend, JobHooks, Prepared, Result
     from bgremove.jobs import JobResult
     from bgremove.origins import Origins
     from bgremove.stages import Pipeline
@@ -283,6 +290,7 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
                  f"account level {level}" if level and per_minute == ACCOUNT_LIMITS[level][1]
                  else "wavespeed.images_per_minute or --images-per-minute")
     rate = RateLimiter(per_minute)
+    pending = Pending(config) if backend.name == "wavespeed" else None
     runner: Alone | Pipeline
     if len(plan) == 1:
         runner, most_open = Alone(backend, cancel=cancel), 1
@@ -311,7 +319,7 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
                 ended.put(_kept(src, dst))
             elif rate.try_acquire():
                 runner.start(_BatchJob(src, dst, config, breaker, check_output, ended.put,
-                                       rate, origins))
+                                       rate, pending=pending, origins=origins))
             else:
                 waiting.append(pair)
                 return
@@ -344,26 +352,79 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
     return results
 
 
+class Pending:
+    """What earlier runs left pending at this service (``tasklog.pending``: submits whose
+    answer never came, tasks whose result was never saved), handed out one per image of
+    the same bytes. Thread-safe."""
+
+    def __init__(self, config: Config) -> None:
+        self.service = config.wavespeed.base_url
+        self._lock = threading.Lock()
+        self._left: dict[str, list[tasklog.Pending]] | None = None
+
+    def take(self, src: Path) -> tuple[str, tasklog.Pending] | None:
+        """The file's sha256 and what is pending of its bytes; None, without reading the
+        file, when nothing is pending at all (the usual case)."""
+        import hashlib
+
+        from bgremove import tasklog
+
+        with self._lock:
+            if self._left is None:
+                self._left = tasklog.pending(self.service)
+            if not any(self._left.values()):
+                return None
+        try:
+            sha = hashlib.sha256()
+            with src.open("rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    sha.update(chunk)
+            digest = sha.hexdigest()
+        except OSError:
+            return None  # prepare says what is wrong with it
+        with self._lock:
+            left = self._left.get(digest)
+            return (digest, left.pop(0)) if left else None
+
+
 class _BatchJob:
     """A ``FileJob`` that asks the breaker first, checks its output folder before anything
-    is sent (a result that cannot be saved is not paid for) and keeps the task log."""
+    is sent (a result that cannot be saved is not paid for) and keeps the task log: each
+    submit is recorded before it leaves, so one whose answer never came (Ctrl-C, a crash)
+    is looked up in the service's list by the next run of the same bytes, not sent again."""
 
     def __init__(self, src: Path, dst: Path, config: Config, breaker: Breaker,
                  check_output: OutputCheck, report: ResultFn, rate: RateLimiter,
-                 origins: Origins | None = None) -> None:
+                 pending: Pending | None = None, origins: Origins | None = None) -> None:
         from bgremove import tasklog
         from bgremove.contract import JobHooks
         from bgremove.stages import FileJob
 
-        def on_task(task_id: str) -> None:  # `bgremove tasks` names the input
-            tasklog.record(task_id, input=src, sha256=self._digest)
-
-        def on_submit(_sent_at: float, _upload_url: str) -> None:
-            rate.commit(held=self._take_token())  # counted from now, as the service counts
-
         self._digest: str | None = None  # of the input's bytes, once prepared
-        self._file = FileJob(src, dst, config, done=self._done,
-                             hooks=JobHooks(on_task=on_task, on_submit=on_submit))
+        self._sent: str | None = None  # the upload URL of this run's submit
+        self._lost: str | None = None  # an earlier run's open submit, being looked up
+        service = pending.service if pending is not None else None
+
+        def on_task(task_id: str) -> None:  # `bgremove tasks` names the input
+            tasklog.record(task_id, input=src, sha256=self._digest,
+                           upload_url=self._sent or self._lost, service=service)
+
+        def on_submit(sent_at: float, upload_url: str) -> None:
+            rate.commit(held=self._take_token())  # counted from now, as the service counts
+            if service is not None and self._digest is not None:
+                tasklog.record_submit(upload_url, input=src, sha256=self._digest,
+                                      sent_at=sent_at, service=service)
+            if self._lost is not None:  # the list surely holds no task of it: the one resend
+                tasklog.close_submit(self._lost)
+                self._lost = None
+            self._sent = upload_url
+
+        hooks = JobHooks(on_task=on_task, on_submit=on_submit)
+        # Read before the job starts: the pipeline runs it with a copy of its hooks.
+        self._earlier = pending.take(src) if pending is not None else None
+        if self._earlier is not None:
+            self._take_over(src, self._earlier[1], hooks)
+        self._file = FileJob(src, dst, config, done=self._done, hooks=hooks)
         self.hooks = self._file.hooks
         self._breaker = breaker
         self._check_output = check_output
@@ -378,7 +439,27 @@ class _BatchJob:
         self._check_output(self._file.dst)
         prepared = self._file.prepare()
         self._digest = prepared.digest
+        if self._earlier is not None and self._earlier[0] != prepared.digest:
+            raise InputError(f"{self._file.src} changed while it was being read",
+                             hint="run the command again once it is written")
         return prepared
+
+    def _take_over(self, src: Path, earlier: tasklog.Pending, hooks: JobHooks) -> None:
+        """Go on with what an earlier run left pending of these bytes instead of paying
+        again: its task's result, or its lost submit looked up in the service's list."""
+        from bgremove import tasklog
+
+        hooks.known_tasks = set(tasklog.read()) - {earlier.task} if earlier.task else set(
+            tasklog.read())
+        if earlier.task is not None:
+            log.info("%s: an earlier run left task %s unsaved: getting its result",
+                     src, earlier.task)
+            hooks.resume_task = earlier.task
+        elif earlier.upload_url is not None and earlier.sent_at is not None:
+            log.info("%s: an earlier run sent it and its answer never came: looking for "
+                     "its task", src)
+            hooks.lost_submit = (earlier.sent_at, earlier.upload_url)
+            self._lost = earlier.upload_url
 
     def before_send(self) -> None:
         self._breaker.check(self._file.src)
@@ -406,9 +487,27 @@ class _BatchJob:
         self._breaker.trips(result)  # here, before this job's slot goes to the next
         if result.task_id and result.output:
             tasklog.record(result.task_id, output=result.output)
+        elif result.task_id is not None and _task_gone(result.error):
+            tasklog.record(result.task_id, closed=True)  # the service's final word on it
+        elif (self._sent is not None and result.task_id is None
+              and isinstance(result.error, _SUBMIT_REFUSED)):
+            tasklog.close_submit(self._sent)
+        # Anything else leaves what is open open: the next run asks the service again.
         if self._origins is not None and result.status == "ok" and result.output:
             self._origins.record(result.output, result.input, self._digest)
         self._report(result)
+
+
+#: The service's answers to a submit that created no task.
+_SUBMIT_REFUSED = (BadRequestError, AuthenticationError, AccountSuspendedError,
+                   PayloadTooLargeError, RateLimitError)
+
+
+def _task_gone(error: BgremoveError | None) -> bool:
+    """Whether the service said the task will never give a result: it failed, or it is
+    not known (any more)."""
+    return isinstance(error, TaskFailedError) or (
+        isinstance(error, APIStatusError) and error.status_code == 404)
 
 
 def _is_file(path: Path) -> bool:

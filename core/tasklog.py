@@ -6,7 +6,12 @@ event to ``tasks.jsonl`` in the user state folder (Linux
 ``~/.local/state/bgremove``): ``{"task", "input", "sha256", "at"}`` when a task
 is known (``sha256``: of the input file's bytes, so ``bgremove fetch --input``
 can tell the task's own input from another image), ``{"task", "output", "at"}``
-when its result is saved. Each line is
+when its result is saved. ``bgremove remove`` also writes, just before each
+submit leaves, ``{"submit": <upload URL>, "input", "sha256", "sent_at", "service"}``;
+the line that names its task (``{"task", "submit", ...}``) or ``"closed"`` ends it.
+A submit left open (Ctrl-C, a crash, a lost connection cut the answer off) or a
+task whose result was never saved is ``pending``: the next ``remove`` of the same
+bytes looks it up in the service's list instead of paying again. Each line is
 one ``write`` in append mode, so processes can share the file. Lines older
 than 8 days are dropped once the file passes ``_COMPACT_BYTES``. The log is
 a convenience for ``bgremove tasks``: failing to write it never fails an
@@ -50,9 +55,23 @@ def log_path() -> Path:
     return Path(user_state_dir("bgremove")) / "tasks.jsonl"
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A submit whose answer never came (``task`` None), or a task whose result was never
+    saved, of one input's bytes at one service."""
+
+    task: str | None
+    upload_url: str | None
+    sent_at: float | None
+
+
 def record(task_id: str, *, input: str | os.PathLike[str] | None = None,
-           output: str | os.PathLike[str] | None = None, sha256: str | None = None) -> None:
-    """Append what is now known of ``task_id``; a failure is only logged."""
+           output: str | os.PathLike[str] | None = None, sha256: str | None = None,
+           upload_url: str | None = None, service: str | None = None,
+           closed: bool = False) -> None:
+    """Append what is now known of ``task_id``; a failure is only logged. ``upload_url``:
+    the submit it answers (closed by it); ``service``: makes it pending until its output
+    is recorded or it is ``closed`` (its result cannot be had: failed, expired)."""
     entry: dict[str, object] = {"task": task_id, "at": round(time.time(), 3)}
     if input is not None:
         entry["input"] = os.path.abspath(input)
@@ -60,6 +79,56 @@ def record(task_id: str, *, input: str | os.PathLike[str] | None = None,
         entry["sha256"] = sha256
     if output is not None:
         entry["output"] = os.path.abspath(output)
+    if upload_url is not None:
+        entry["submit"] = upload_url
+    if service is not None:
+        entry["service"] = service
+    if closed:
+        entry["closed"] = True
+    _append(entry, task_id)
+
+
+def record_submit(upload_url: str, *, input: str | os.PathLike[str], sha256: str,
+                  sent_at: float, service: str) -> None:
+    """Just before a submit leaves: what it sends, so a lost answer can be looked up."""
+    _append({"submit": upload_url, "input": os.path.abspath(input), "sha256": sha256,
+             "sent_at": sent_at, "service": service, "at": round(time.time(), 3)}, upload_url)
+
+
+def close_submit(upload_url: str) -> None:
+    """The submit surely created no task (the service refused it, or its list shows none)."""
+    _append({"submit": upload_url, "closed": True, "at": round(time.time(), 3)}, upload_url)
+
+
+def pending(service: str) -> dict[str, list[Pending]]:
+    """sha256 -> the open submits and unsaved tasks at ``service``, oldest first."""
+    submits: dict[str, tuple[str, Pending]] = {}
+    tasks: dict[str, tuple[str, Pending]] = {}
+    for entry in _entries():
+        task, url = entry.get("task"), _text(entry.get("submit"))
+        digest = _text(entry.get("sha256"))
+        if isinstance(task, str):
+            if url is not None:
+                submits.pop(url, None)
+            if entry.get("output") or entry.get("closed"):
+                tasks.pop(task, None)
+            elif digest and entry.get("service") == service:
+                tasks[task] = (digest, Pending(task, url, None))
+        elif url is not None:
+            sent_at = entry.get("sent_at")
+            if entry.get("closed"):
+                submits.pop(url, None)
+            elif (digest and entry.get("service") == service
+                  and isinstance(sent_at, (int, float))):
+                submits.pop(url, None)  # sent again: the latest time counts
+                submits[url] = (digest, Pending(None, url, float(sent_at)))
+    found: dict[str, list[Pending]] = {}
+    for digest, item in [*tasks.values(), *submits.values()]:
+        found.setdefault(digest, []).append(item)
+    return found
+
+
+def _append(entry: dict[str, object], what: str) -> None:
     line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
     path = log_path()
     try:
@@ -73,24 +142,34 @@ def record(task_id: str, *, input: str | os.PathLike[str] | None = None,
         if size > _COMPACT_BYTES and _has_stale_lines(path):
             _compact(path)
     except OSError as exc:
-        log.debug("cannot record task %s in %s: %s", task_id, path, exc)
+        log.debug("cannot record %s in %s: %s", what, path, exc)
 
 
-def read() -> dict[str, TaskRecord]:
-    """Every task this machine recorded in the last 8 days (later lines win)."""
-    records: dict[str, TaskRecord] = {}
+def _entries() -> list[dict[str, object]]:
+    """The log's lines of the last 8 days, in order."""
     try:
         text = log_path().read_bytes().decode("utf-8", "surrogateescape")
     except OSError:
-        return records
+        return []
     oldest = time.time() - KEEP_SECONDS
+    entries = []
     for line in text.splitlines():
         try:
             entry = json.loads(line)
         except ValueError:
             continue  # a line cut short by a crash
+        at = entry.get("at") if isinstance(entry, dict) else None
+        if isinstance(at, (int, float)) and at >= oldest:
+            entries.append(entry)
+    return entries
+
+
+def read() -> dict[str, TaskRecord]:
+    """Every task this machine recorded in the last 8 days (later lines win)."""
+    records: dict[str, TaskRecord] = {}
+    for entry in _entries():
         task, at = entry.get("task"), entry.get("at")
-        if not isinstance(task, str) or not isinstance(at, (int, float)) or at < oldest:
+        if not isinstance(task, str) or not isinstance(at, (int, float)):
             continue
         known = records.get(task)
         records[task] = TaskRecord(

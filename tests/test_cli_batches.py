@@ -457,8 +457,9 @@ def test_one_ctrl_c_ends_one_images_sync_wait_at_once(tmp_path: Path,
     stderr = "".join(said)
     assert proc.returncode == 130, stderr
     assert stderr.splitlines()[-2:] == [
-        "bgremove: stopped; 1 image(s) were being processed and may still be billed by the "
-        "service", "bgremove: interrupted"], stderr
+        "bgremove: stopped; 1 image(s) were at the service and may still be billed: run the "
+        "same command again to get their results without paying twice (`bgremove tasks` "
+        "lists them)", "bgremove: interrupted"], stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     assert still_running == 1 and emu.stats()["tasks_submitted"] == 1
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

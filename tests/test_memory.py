@@ -60,17 +60,20 @@ buffer = io.BytesIO()
 Image.new("RGBA", (3000, 2000), (10, 20, 30, 255)).save(buffer, "PNG")
 Image.core.reset_stats()  # counters from here on
 from bgremove.imaging import alpha_from_bytes
+from bgremove.memory import reuse_image_blocks
+if sys.argv[1] == "reuse":
+    reuse_image_blocks()
 for _ in range(2):
     alpha_from_bytes(buffer.getvalue(), max_pixels=10**8)
 print(json.dumps({**Image.core.get_stats(), "max": Image.core.get_blocks_max()}))
 """
 
 
-def _blocks(env_max: str | None) -> dict[str, int]:
+def _blocks(env_max: str | None, mode: str = "reuse") -> dict[str, int]:
     env = {k: v for k, v in os.environ.items() if k != "PILLOW_BLOCKS_MAX"}
     if env_max is not None:
         env["PILLOW_BLOCKS_MAX"] = env_max
-    proc = subprocess.run([sys.executable, "-c", _BLOCKS_PROBE], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", _BLOCKS_PROBE, mode], capture_output=True,
                           text=True, cwd=REPO, env=env, timeout=60, check=True)
     import json
 
@@ -83,6 +86,8 @@ def test_a_decoded_images_blocks_are_reused_by_the_next() -> None:
     stats = _blocks(None)
     assert stats["max"] == IMAGE_BLOCKS
     assert stats["reused_blocks"] >= 2  # the second photo (24 MB: two blocks) took the first's
+    untouched = _blocks(None, "library")  # decoding alone (the daemon, a library) sets nothing
+    assert untouched["max"] == 0 and untouched["reused_blocks"] == 0
 
 
 def test_the_users_pillow_blocks_max_wins() -> None:

@@ -135,6 +135,10 @@ def _run(args: argparse.Namespace, resume_collection: Callable[[], None]) -> int
         "output.strip_metadata": args.strip_metadata,
         "local.model": args.model,
     })
+    if getattr(args, "ends_process", False):
+        from bgremove.memory import reuse_image_blocks
+
+        reuse_image_blocks()  # a batch's photos one after another (see bgremove.memory)
     if args.model is not None and resolve_backend_name(config) == "wavespeed":
         raise ConfigError("--model picks the offline model; the WaveSpeed service has one model",
                           hint="add --backend local to use the offline model")
@@ -305,8 +309,9 @@ def run_batch(plan: list[tuple[Path, Path]], backend: Backend, config: Config, *
     def on_interrupt(in_flight: int) -> None:
         console.close()
         if in_flight:
-            err.write(f"bgremove: stopped; {in_flight} image(s) were being processed and may "
-                      "still be billed by the service\n")
+            err.write(f"bgremove: stopped; {in_flight} image(s) were at the service and may "
+                      "still be billed: run the same command again to get their results "
+                      "without paying twice (`bgremove tasks` lists them)\n")
 
     try:
         return batch.run_batch(plan, backend, config, on_result=on_result,

@@ -45,7 +45,6 @@ from bgremove.imaging._modes import apply_orientation, exif_orientation, to_8bit
 from bgremove.imaging._pillow import install_pillow_warnings, pillow_scope
 from bgremove.imaging._png import checked_png, strip_png_metadata
 from bgremove.imaging._xmp import kept_xmp
-from bgremove.memory import reuse_image_blocks
 
 if TYPE_CHECKING:
     from PIL import Image, ImageFile
@@ -104,7 +103,6 @@ def _prepare_pillow(max_pixels: int) -> None:
             for plugin in _PLUGINS:
                 importlib.import_module(f"PIL.{plugin}ImagePlugin")
             install_pillow_warnings()  # in the plugins just loaded too
-            reuse_image_blocks()
             _pillow_ready = True
 
 
