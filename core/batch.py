@@ -40,7 +40,7 @@ from bgremove.errors import (
     ServiceTimeoutError,
     TaskFailedError,
 )
-from bgremove.files import probe_writable
+from bgremove.files import probe_writable, sha256_file
 
 if TYPE_CHECKING:
     from bgremove import tasklog
@@ -365,8 +365,6 @@ class Pending:
     def take(self, src: Path) -> tuple[str, tasklog.Pending] | None:
         """The file's sha256 and what is pending of its bytes; None, without reading the
         file, when nothing is pending at all (the usual case)."""
-        import hashlib
-
         from bgremove import tasklog
 
         with self._lock:
@@ -375,11 +373,7 @@ class Pending:
             if not any(self._left.values()):
                 return None
         try:
-            sha = hashlib.sha256()
-            with src.open("rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    sha.update(chunk)
-            digest = sha.hexdigest()
+            digest = sha256_file(src)
         except OSError:
             return None  # prepare says what is wrong with it
         with self._lock:

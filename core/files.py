@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 TEMP_PREFIX = ".bgremove-"
 TEMP_SUFFIX = ".tmp"
@@ -116,3 +117,22 @@ def _create_temp(dest: Path, dir_fd: int | None = None) -> tuple[int, Path]:
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "cannot pick a free temp file name", str(dest.parent))
+
+
+#: Bytes read at a time by ``sha256_of``.
+HASH_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of the file at ``path``, read a chunk at a time (OSError as
+    ``open`` raises it)."""
+    with open(path, "rb") as fh:
+        return sha256_of(fh)
+
+
+def sha256_of(fh: IO[bytes]) -> str:
+    """The sha256 of what is left to read in ``fh``."""
+    digest = hashlib.sha256()
+    while chunk := fh.read(HASH_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bgremove.files import sha256_file
+
 log = logging.getLogger(__name__)
 
 
@@ -113,11 +115,7 @@ class Origins:
         key = _real(src)
         if key not in self._digests:
             try:
-                digest = hashlib.sha256()
-                with open(src, "rb") as fh:
-                    while chunk := fh.read(1 << 20):
-                        digest.update(chunk)
-                self._digests[key] = digest.hexdigest()
+                self._digests[key] = sha256_file(src)
             except OSError:
                 self._digests[key] = None
         return self._digests[key]

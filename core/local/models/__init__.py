@@ -32,6 +32,7 @@ list`` must start fast); httpx is imported when a download starts.
 The modules are private; these are the public names.
 """
 
+from bgremove.files import sha256_file
 from bgremove.local.models._cache import (
     ENV_MODEL_DIR,
     ModelStatus,
@@ -39,7 +40,6 @@ from bgremove.local.models._cache import (
     model_dir,
     model_path,
     model_status,
-    sha256_file,
     verify_cached,
 )
 from bgremove.local.models._fetch import (

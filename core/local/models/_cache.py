@@ -8,15 +8,13 @@ removed. The stamp can be forged, so it never decides what runs (``load_verified
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
-from bgremove.files import atomic_write
+from bgremove.files import atomic_write, sha256_file
 from bgremove.local.models._registry import MODELS, ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
@@ -43,19 +41,6 @@ def model_path(spec: ModelSpec, cache_dir: str | os.PathLike[str] | None = None)
 
 def _stamp_path(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return sha256_of(f)
-
-
-def sha256_of(fh: IO[bytes]) -> str:
-    """The sha256 of what is left to read in ``fh``."""
-    digest = hashlib.sha256()
-    while chunk := fh.read(CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _stamp_matches(path: Path, spec: ModelSpec, st: os.stat_result) -> bool:

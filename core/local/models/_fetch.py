@@ -11,12 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bgremove.errors import ModelError
-from bgremove.files import atomic_writer
+from bgremove.files import atomic_writer, sha256_of
 from bgremove.local.models._cache import (
     discard,
     model_path,
     restamp,
-    sha256_of,
     verify_cached,
     write_stamp,
 )

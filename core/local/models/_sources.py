@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
-from bgremove.local.models._cache import CHUNK, sha256_file
+from bgremove.files import sha256_file
+from bgremove.local.models._cache import CHUNK
 from bgremove.local.models._registry import RELEASE_URL, ModelSpec
 
 if TYPE_CHECKING:
